@@ -1,0 +1,149 @@
+"""Frozen configuration for every stage of the data path.
+
+Each pipeline takes exactly one of these, passed explicitly; nothing reads the environment here.
+Values are validated in ``__post_init__`` so a bad setting fails at the boundary with its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+INDEX_KINDS = ("flat", "ivf", "ivfpq")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Size and seed of the synthetic job marketplace."""
+
+    n_jobs: int = 5_000  # the size parameter: members and impressions scale from it
+    seed: int = 7  # same seed -> byte-identical tables
+    members_per_job: float = 0.2  # marketplaces have more jobs than active searchers per day
+    sessions_per_member: float = 6.0  # search / JYMBII sessions per member over the log window
+    shown_per_session: int = 10  # impressions per session (one results page)
+    search_fraction: float = 0.7  # share of sessions with a query (the rest are JYMBII feeds)
+    n_cities: int = 60  # real cities (GeoNames) jobs and members live in
+    n_companies: int = 0  # 0 -> derived from n_jobs
+    days: int = 14  # impression log spans this many days (time split uses the last ones)
+
+    def __post_init__(self) -> None:
+        _require(self.n_jobs >= 50, f"n_jobs must be >= 50, got {self.n_jobs}")
+        _require(self.n_jobs <= 5_000_000, f"n_jobs must be <= 5,000,000, got {self.n_jobs}")
+        _require(
+            0 < self.members_per_job <= 10, f"members_per_job out of range: {self.members_per_job}"
+        )
+        _require(self.sessions_per_member > 0, "sessions_per_member must be > 0")
+        _require(1 <= self.shown_per_session <= 100, "shown_per_session must be in [1, 100]")
+        _require(0 <= self.search_fraction <= 1, "search_fraction must be in [0, 1]")
+        _require(2 <= self.n_cities <= 1000, f"n_cities must be in [2, 1000], got {self.n_cities}")
+        _require(self.days >= 2, "days must be >= 2 (a time split needs a later day)")
+
+    @property
+    def n_members(self) -> int:
+        return max(20, int(self.n_jobs * self.members_per_job))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the two-tower model (saved inside the artifact, so it rebuilds identically)."""
+
+    dim: int = 64  # output embedding size (cosine space)
+    hash_buckets: int = 2**17  # hashed word uni+bigrams; ~131k buckets keeps collisions rare
+    token_dim: int = 64  # width of the text embedding bags
+    cat_buckets: int = 2**14  # hashed categorical values (company, city, industry, ...)
+    cat_dim: int = 16  # width of each categorical embedding
+    hidden: int = 128  # MLP width on top of the concatenated features
+    max_tokens: int = 96  # fixed token slots per text input (padded with 0) so batches stack
+
+    def __post_init__(self) -> None:
+        _require(8 <= self.dim <= 1024, f"dim must be in [8, 1024], got {self.dim}")
+        _require(self.hash_buckets >= 1024, "hash_buckets must be >= 1024")
+        _require(self.cat_buckets >= 64, "cat_buckets must be >= 64")
+        _require(self.max_tokens >= 8, "max_tokens must be >= 8")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings for the in-batch softmax two-tower training."""
+
+    epochs: int = 4
+    batch_size: int = 512  # in-batch negatives: larger batches -> harder softmax
+    lr: float = 3e-3
+    temperature: float = 0.05  # cosine logits / temperature
+    seed: int = 13
+    torch_threads: int = 2  # the machines have 2 cores
+    eval_days: int = 2  # last days of the impression log are held out
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 2, "batch_size must be >= 2 (in-batch negatives)")
+        _require(self.lr > 0, "lr must be > 0")
+        _require(
+            0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}"
+        )
+        _require(self.eval_days >= 1, "eval_days must be >= 1")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Which FAISS index a slot holds and how it is searched."""
+
+    kind: str = "ivfpq"  # flat | ivf | ivfpq
+    nlist: int = 0  # IVF cells; 0 -> about 4 * sqrt(n)
+    nprobe: int = 16  # cells visited per query
+    pq_m: int = 16  # PQ sub-quantizers (must divide dim)
+    pq_nbits: int = 8  # bits per PQ code
+    refine: int = 4  # IVFPQ re-ranks refine * k candidates exactly
+    recall_queries: int = 500  # queries used to measure recall@10 against exact search
+    seed: int = 3
+
+    def __post_init__(self) -> None:
+        _require(
+            self.kind in INDEX_KINDS, f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}"
+        )
+        _require(self.nlist >= 0, "nlist must be >= 0")
+        _require(self.nprobe >= 1, "nprobe must be >= 1")
+        _require(self.pq_nbits in (4, 8), f"pq_nbits must be 4 or 8, got {self.pq_nbits}")
+        _require(self.refine >= 1, "refine must be >= 1")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where one platform instance keeps its artifacts (a local folder by default).
+
+    Layout::
+
+        data/{jobs,members,impressions}.parquet    marketplace tables
+        models/<version>/                          two-tower artifacts
+        embeddings/<version>/{jobs,members}.parquet
+        feature_repo/                              the Feast repo (definitions + data/)
+        slots/<slot-name>/                         immutable index slots
+        slots/aliases.json                         alias -> slot name (the only mutable file)
+    """
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.root / "feature_repo"
+
+    @property
+    def slots(self) -> Path:
+        return self.root / "slots"

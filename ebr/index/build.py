@@ -1,0 +1,230 @@
+"""Build FAISS indexes over L2-normalised embeddings and measure their recall against exact search.
+
+Cosine similarity on unit vectors equals inner product, so every index here uses
+``METRIC_INNER_PRODUCT``. Three kinds (``IndexConfig.kind``):
+
+- ``flat``:  exact ``IndexFlatIP``; the reference and the right choice for small catalogues.
+- ``ivf``:   ``IVF{nlist},Flat``; exact distances inside the probed cells.
+- ``ivfpq``: ``IVF{nlist},PQ{m}x4fs,RFlat`` (4-bit fast-scan PQ) or ``IVF{nlist},PQ{m},RFlat``
+  (8-bit PQ); the compressed scan proposes ``refine * k`` candidates that are re-ranked with
+  exact inner products (STACK.md: fast-scan PQ + refine was the fastest at recall@10 0.95).
+
+Try it::
+
+    python -c "import numpy as np; from ebr.config import IndexConfig; \
+from ebr.index.build import build_index, recall_at_k; \
+x = np.random.default_rng(0).standard_normal((20000, 64)).astype('float32'); \
+x /= np.linalg.norm(x, axis=1, keepdims=True); idx, info = build_index(x, IndexConfig()); \
+print(info, recall_at_k(idx, x, 200))"
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ebr.config import IndexConfig
+
+MIN_IVF_POINTS = 1_000  # below this an IVF/PQ index saves nothing and trains badly: use flat
+MIN_POINTS_PER_CELL = 39  # faiss k-means warns below 39 training points per centroid
+MAX_TRAIN_POINTS = 100_000  # k-means quality saturates well before this; training time does not
+NORM_TOLERANCE = 1e-3  # float32 normalisation error is ~1e-7; larger means "not normalised"
+EXACT_BLAS_THRESHOLD = 20  # query batches at least this big take faiss's BLAS (GEMM) path
+
+
+def set_faiss_threads(n: int) -> None:
+    """Cap FAISS's OpenMP threads (call from entry points only; nothing here calls it)."""
+    if n < 1:
+        raise ValueError(f"faiss thread count must be >= 1, got {n}")
+    faiss.omp_set_num_threads(n)
+
+
+def check_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Validate ``vectors`` [n, d] float32, finite, unit rows; return them C-contiguous."""
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
+        shape = getattr(vectors, "shape", type(vectors).__name__)
+        raise ValueError(f"{what} must be a 2-D array [n, d], got shape {shape}")
+    if vectors.dtype != np.float32:
+        raise ValueError(f"{what} must be float32, got {vectors.dtype}")
+    n, d = vectors.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"{what} must be non-empty, got shape {vectors.shape}")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{what} row {int(np.argmin(finite))} contains NaN or inf")
+    norms = np.linalg.norm(vectors, axis=1)
+    worst = int(np.argmax(np.abs(norms - 1.0)))
+    if abs(norms[worst] - 1.0) > NORM_TOLERANCE:
+        # Inner product only equals cosine on unit vectors; unnormalised rows rank wrongly.
+        raise ValueError(
+            f"{what} rows must be L2-normalised (cosine = inner product); "
+            f"row {worst} has norm {norms[worst]:.4f}"
+        )
+    return np.ascontiguousarray(vectors)
+
+
+def effective_nlist(n: int, requested: int) -> int:
+    """IVF cell count for ``n`` points: ``requested`` (or ~4*sqrt(n)) capped at n / 39."""
+    wanted = requested if requested > 0 else round(4 * math.sqrt(n))
+    return max(1, min(wanted, n // MIN_POINTS_PER_CELL))
+
+
+def _factory_string(cfg: IndexConfig, nlist: int) -> str:
+    if cfg.kind == "ivf":
+        return f"IVF{nlist},Flat"
+    pq = f"PQ{cfg.pq_m}x4fs" if cfg.pq_nbits == 4 else f"PQ{cfg.pq_m}"
+    return f"IVF{nlist},{pq},RFlat"
+
+
+def build_index(vectors: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train and fill the index ``cfg`` asks for over ``vectors``.
+
+    Args:
+        vectors: float32 [n, d], L2-normalised rows; FAISS id ``i`` is row ``i``.
+        cfg: which index to build.
+
+    Returns:
+        The filled index (searching it returns inner products = cosine) and the effective
+        parameters: kind, factory, nlist, nprobe, pq_m, pq_nbits, refine, degraded_to_flat.
+        IVF and PQ settings that do not apply are ``None``.
+
+    Raises:
+        ValueError: bad vectors, or ``pq_m`` does not divide ``d`` for an ``ivfpq`` request.
+    """
+    vectors = check_vectors(vectors)
+    n, d = vectors.shape
+    if cfg.kind == "ivfpq" and d % cfg.pq_m != 0:
+        # Checked even when a small n degrades to flat, so the config fails before it meets
+        # a big catalogue rather than after.
+        raise ValueError(f"pq_m={cfg.pq_m} must divide the vector dim d={d}")
+
+    degraded = cfg.kind != "flat" and n < MIN_IVF_POINTS
+    kind = "flat" if degraded else cfg.kind
+    info: dict[str, Any] = {
+        "kind": kind,
+        "requested_kind": cfg.kind,
+        "factory": "Flat",
+        "nlist": None,
+        "nprobe": None,
+        "pq_m": None,
+        "pq_nbits": None,
+        "refine": None,
+        "degraded_to_flat": degraded,
+    }
+    if kind == "flat":
+        index: faiss.Index = faiss.IndexFlatIP(d)
+        index.add(vectors)
+        return index, info
+
+    nlist = effective_nlist(n, cfg.nlist)
+    factory = _factory_string(cfg, nlist)
+    # Any: the factory hands back IndexIVF* or IndexRefineFlat; faiss's stubs only say Index.
+    index_any: Any = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index_any)
+    ivf.cp.seed = cfg.seed
+    if kind == "ivfpq":
+        # Keep a Python reference to the downcast base: it is owned by the refine index.
+        base: Any = faiss.downcast_index(index_any.base_index)
+        base.pq.cp.seed = cfg.seed
+        if hasattr(base, "do_polysemous_training"):
+            # The factory turns this on for 8-bit PQ; it only serves Hamming pre-filtering,
+            # which we never use, and it multiplies training time (~10 s on 5k x 32).
+            base.do_polysemous_training = False
+        index_any.k_factor = float(cfg.refine)
+
+    rng = np.random.default_rng(cfg.seed)
+    if n > MAX_TRAIN_POINTS:
+        # Sorted rows keep the gather cache-friendly; the sample is fixed by cfg.seed.
+        sample = vectors[np.sort(rng.choice(n, MAX_TRAIN_POINTS, replace=False))]
+    else:
+        sample = vectors
+    index_any.train(sample)
+    index_any.add(vectors)
+    ivf.nprobe = min(cfg.nprobe, nlist)
+
+    info.update(factory=factory, nlist=nlist, nprobe=int(ivf.nprobe))
+    if kind == "ivfpq":
+        info.update(pq_m=cfg.pq_m, pq_nbits=cfg.pq_nbits, refine=cfg.refine)
+    return index_any, info
+
+
+def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of ``queries`` [q, d] over ``vectors`` [n, d] (both float32).
+
+    Returns:
+        scores [q, k] float32 (descending) and row indices [q, k] int64; when ``k > n`` the
+        tail holds index -1 and score ``-3.4e38`` (FAISS's empty-slot value).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or vectors.ndim != 2 or queries.shape[1] != vectors.shape[1]:
+        raise ValueError(
+            f"queries [q, d] and vectors [n, d] must share d, got {queries.shape} and "
+            f"{vectors.shape}"
+        )
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    # faiss 1.15 defaults this threshold to 128k queries, so normal batches take the scalar
+    # path; GEMM was ~5x faster for 1k queries (STACK.md). It is a process global: restore it.
+    previous = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = EXACT_BLAS_THRESHOLD
+    try:
+        scores, idx = index.search(queries, k)
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = previous
+    return scores, idx.astype(np.int64, copy=False)
+
+
+def recall_queries(vectors: np.ndarray, n_queries: int, seed: int, noise: float) -> np.ndarray:
+    """Sample ``n_queries`` rows of ``vectors`` [n, d], jitter and re-normalise them -> [q, d].
+
+    Jittered copies stand in for real queries: near a catalogue item but not equal to it, so an
+    index cannot score well by only finding the identical row.
+    """
+    n, d = vectors.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(n, size=min(n_queries, n), replace=False)
+    # noise / sqrt(d) per coordinate gives a perturbation of norm ~noise, whatever d is.
+    q = vectors[rows] + rng.standard_normal((len(rows), d)).astype(np.float32) * (
+        noise / math.sqrt(d)
+    )
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def recall_at_k(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    n_queries: int,
+    k: int = 10,
+    seed: int = 0,
+    noise: float = 0.1,
+) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k over jittered copies of sampled rows.
+
+    Args:
+        index: filled with ``vectors`` (FAISS id i = row i).
+        vectors: float32 [n, d], the rows ``index`` holds.
+        n_queries: queries to sample (capped at n).
+        k: cut-off; capped at n so a tiny catalogue is not penalised for missing rows.
+        seed: fixes the sampled rows and the noise.
+        noise: norm of the gaussian jitter added to each query before re-normalising.
+    """
+    if n_queries < 1 or k < 1:
+        raise ValueError(f"n_queries and k must be >= 1, got {n_queries} and {k}")
+    if index.ntotal != len(vectors):
+        raise ValueError(f"index holds {index.ntotal} vectors but {len(vectors)} were given")
+    k = min(k, len(vectors))
+    queries = recall_queries(vectors, n_queries, seed, noise)
+    _, truth = exact_topk(vectors, queries, k)
+    _, found = index.search(queries, k)
+    hits = [
+        len(np.intersect1d(t, f[f >= 0], assume_unique=True))
+        for t, f in zip(truth, found, strict=True)
+    ]
+    return float(np.mean(hits) / k)

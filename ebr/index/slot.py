@@ -1,0 +1,303 @@
+"""Index slots: immutable directories holding one FAISS index and the jobs it was built from.
+
+Layout of ``slots_dir``::
+
+    <slot-name>/index.faiss      FAISS index; id i is row i of items.parquet
+    <slot-name>/items.parquet    job_id (int64) + display columns (title, company, city, ...)
+    <slot-name>/manifest.json    model version, effective index params, recall@10, checksums
+    aliases.json                 alias -> slot name: the only file that ever changes
+
+A slot is written once under a temp name and renamed into place (``ebr.io.atomic_directory``),
+so a reader sees a complete slot or none. Serving follows an alias (``resolve_alias``); a new
+model version gets a new slot and flipping the alias is the release (and the rollback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from ebr.config import IndexConfig
+from ebr.index.build import build_index, check_vectors, recall_at_k
+from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.parquet"
+MANIFEST_FILE = "manifest.json"
+ALIASES_FILE = "aliases.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no separators, no leading dot (temp dirs)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} must match {_NAME.pattern} (letters, digits, . _ -), got {value!r}"
+        )
+    return value
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_items(items: pd.DataFrame, n_rows: int) -> pd.DataFrame:
+    """Validate ``items`` against the vector count; return it with a 0..n-1 index, int64 ids."""
+    if not isinstance(items, pd.DataFrame) or "job_id" not in items.columns:
+        raise ValueError("items must be a DataFrame with a 'job_id' column")
+    if len(items) != n_rows:
+        raise ValueError(f"items has {len(items)} rows but vectors has {n_rows}; they must align")
+    ids = items["job_id"]
+    if not pd.api.types.is_integer_dtype(ids.dtype):
+        raise ValueError(f"job_id must be an integer column, got dtype {ids.dtype}")
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        raise ValueError(
+            f"job_id must be unique, {len(duplicated)} repeat (e.g. {duplicated.iloc[0]})"
+        )
+    if (ids < 0).any():
+        # -1 is the padding id in search results; a real negative id would be ambiguous.
+        raise ValueError(f"job_id must be >= 0, got {int(ids.min())}")
+    out = items.reset_index(drop=True)
+    out["job_id"] = out["job_id"].astype(np.int64)
+    return out
+
+
+def slot_name_for(model_version: str) -> str:
+    """A fresh slot name for ``model_version``, e.g. ``jobs-v3-20261126T101500123456``."""
+    _check_name(model_version, "model_version")
+    return f"jobs-{model_version}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+
+
+def write_slot(
+    slots_dir: Path,
+    name: str,
+    vectors: np.ndarray,
+    items: pd.DataFrame,
+    model_version: str,
+    cfg: IndexConfig,
+) -> Path:
+    """Build an index over ``vectors`` and write it atomically as ``slots_dir/name/``.
+
+    Args:
+        slots_dir: parent folder of all slots (``Workspace.slots``).
+        name: the new slot's folder name (see ``slot_name_for``).
+        vectors: float32 [n, d], L2-normalised job embeddings; row i is ``items`` row i.
+        items: n rows, ``job_id`` (unique, int) plus display columns.
+        model_version: the embedding model the vectors came from; queries must use the same.
+        cfg: index kind and parameters.
+
+    Returns:
+        The slot directory.
+
+    Raises:
+        ValueError: invalid vectors, items or names. FileExistsError: the slot already exists.
+    """
+    _check_name(name, "slot name")
+    _check_name(model_version, "model_version")
+    vectors = check_vectors(vectors)
+    items = _check_items(items, len(vectors))
+    if cfg.recall_queries < 1:
+        raise ValueError(f"recall_queries must be >= 1, got {cfg.recall_queries}")
+    target = Path(slots_dir) / name
+    if target.exists():
+        # Fail before the expensive build; atomic_directory checks again at write time.
+        raise FileExistsError(f"slot already exists (slots are immutable): {target}")
+
+    start = time.perf_counter()
+    index, info = build_index(vectors, cfg)
+    build_seconds = time.perf_counter() - start
+    n_queries = min(cfg.recall_queries, len(vectors))
+    recall = recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed)
+
+    with atomic_directory(target) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        atomic_write_parquet(tmp / ITEMS_FILE, items)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "model_version": model_version,
+            "dim": int(vectors.shape[1]),
+            "metric": "cosine",
+            "index": info,
+            "item_count": len(items),
+            "recall_at_10": recall,
+            "recall_queries": n_queries,
+            "build_seconds": round(build_seconds, 3),
+            "created_at": datetime.now(UTC).isoformat(),
+            "faiss_version": faiss.__version__,
+            "checksums": {f: _sha256(tmp / f) for f in (INDEX_FILE, ITEMS_FILE)},
+        }
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    return target
+
+
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """A loaded slot. Treat it as read-only: it is shared by every request that searches it."""
+
+    path: Path
+    manifest: dict[str, Any]
+    items: pd.DataFrame  # row i = FAISS id i
+    index: faiss.Index
+    _job_ids: np.ndarray = field(init=False, repr=False)  # [n] int64, FAISS id -> job_id
+    _by_job: pd.DataFrame = field(init=False, repr=False)  # items indexed by job_id
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_job_ids", self.items["job_id"].to_numpy(np.int64))
+        object.__setattr__(self, "_by_job", self.items.set_index("job_id", drop=False))
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k jobs for each query.
+
+        Args:
+            queries: float [q, d] L2-normalised query embeddings from ``model_version``.
+            k: results per query (>= 1).
+
+        Returns:
+            scores [q, k] float32 cosine, descending, and job_ids [q, k] int64. Slots with
+            no result (fewer than k items, or too few in the probed IVF cells) hold job id -1
+            and score -inf.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not isinstance(queries, np.ndarray) or queries.ndim != 2:
+            shape = getattr(queries, "shape", type(queries).__name__)
+            raise ValueError(f"queries must be a 2-D array [q, d], got shape {shape}")
+        if queries.shape[1] != self.dim:
+            raise ValueError(
+                f"query dim mismatch: slot {self.name} expects d={self.dim}, "
+                f"got d={queries.shape[1]}"
+            )
+        if not np.issubdtype(queries.dtype, np.floating):
+            raise ValueError(f"queries must be floating point, got {queries.dtype}")
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        # Asking FAISS for more than it holds only makes it fill -1 slots; pad ourselves.
+        k_found = min(k, self.index.ntotal)
+        raw_scores, raw_ids = self.index.search(q, k_found)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        job_ids = np.full((len(q), k), -1, dtype=np.int64)
+        found = raw_ids >= 0
+        scores[:, :k_found] = np.where(found, raw_scores, -np.inf)
+        job_ids[:, :k_found] = np.where(found, self._job_ids[np.where(found, raw_ids, 0)], -1)
+        return scores, job_ids
+
+    def rows(self, job_ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
+        """Display rows (job_id + display columns) for ``job_ids``, in that order.
+
+        Negative ids (search padding) are skipped; an id not in this slot is a KeyError.
+        """
+        ids = np.asarray(job_ids, dtype=np.int64).ravel()
+        ids = ids[ids >= 0]
+        missing = ids[~np.isin(ids, self._job_ids)]
+        if len(missing):
+            raise KeyError(f"job_ids not in slot {self.name}: {missing[:10].tolist()}")
+        return self._by_job.loc[ids].reset_index(drop=True)
+
+
+def load_slot(path: Path, verify: bool = True) -> Slot:
+    """Open the slot at ``path``; with ``verify`` check every file against its sha256 first.
+
+    Raises:
+        FileNotFoundError: a slot file is missing.
+        ValueError: checksum mismatch, unknown format, or files that disagree with the manifest.
+    """
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"slot {path} has format_version {manifest.get('format_version')!r}, "
+            f"expected {FORMAT_VERSION}"
+        )
+    if verify:
+        checksums = manifest.get("checksums", {})
+        for file in (INDEX_FILE, ITEMS_FILE):
+            if file not in checksums:
+                raise ValueError(f"manifest of {path} has no checksum for {file}")
+            if _sha256(path / file) != checksums[file]:
+                raise ValueError(f"checksum mismatch for {file} in slot {path}")
+    index = faiss.read_index(str(path / INDEX_FILE))
+    items = pd.read_parquet(path / ITEMS_FILE)
+    counts = {"index": index.ntotal, "items": len(items), "manifest": manifest["item_count"]}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"slot {path} item counts disagree: {counts}")
+    if index.d != manifest["dim"]:
+        raise ValueError(f"slot {path} index dim {index.d} != manifest dim {manifest['dim']}")
+    return Slot(path=path, manifest=manifest, items=items, index=index)
+
+
+@contextlib.contextmanager
+def _aliases_lock(slots_dir: Path) -> Iterator[None]:
+    # aliases.json is read-modify-written; the lock stops two promotions losing one update.
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    with open(slots_dir / f".{ALIASES_FILE}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_aliases(slots_dir: Path) -> dict[str, str]:
+    """The alias -> slot name map (empty when no alias was ever set)."""
+    path = Path(slots_dir) / ALIASES_FILE
+    if not path.exists():
+        return {}
+    aliases = json.loads(path.read_text())
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+    ):
+        raise ValueError(f"{path} must hold a JSON object of alias -> slot name")
+    return aliases
+
+
+def set_alias(slots_dir: Path, alias: str, slot_name: str) -> None:
+    """Point ``alias`` at the existing slot ``slot_name`` (atomic rewrite of aliases.json)."""
+    slots_dir = Path(slots_dir)
+    _check_name(alias, "alias")
+    _check_name(slot_name, "slot name")
+    if not (slots_dir / slot_name / MANIFEST_FILE).is_file():
+        known = sorted(p.parent.name for p in slots_dir.glob(f"*/{MANIFEST_FILE}"))
+        raise ValueError(f"unknown slot {slot_name!r} in {slots_dir}; known slots: {known}")
+    with _aliases_lock(slots_dir):
+        aliases = read_aliases(slots_dir)
+        aliases[alias] = slot_name
+        atomic_write_json(slots_dir / ALIASES_FILE, aliases)
+
+
+def resolve_alias(slots_dir: Path, alias: str) -> Path:
+    """The slot directory ``alias`` points at."""
+    slots_dir = Path(slots_dir)
+    aliases = read_aliases(slots_dir)
+    if alias not in aliases:
+        raise KeyError(f"unknown alias {alias!r} in {slots_dir}; known aliases: {sorted(aliases)}")
+    return slots_dir / aliases[alias]

@@ -1,0 +1,50 @@
+"""Batched encoding with either tower (the plain torch loop; Beam and Serve wrap the same calls)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ebr.config import ModelConfig
+from ebr.model.features import job_batch, request_batch
+from ebr.model.towers import ItemTower, RequestTower
+
+
+def run_tower(tower: torch.nn.Module, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One forward pass without gradients: feature batch -> float32 [n, dim]."""
+    with torch.inference_mode():
+        out = tower(**{k: torch.from_numpy(v) for k, v in batch.items()})
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def encode_jobs(
+    tower: ItemTower, jobs: Sequence[Mapping[str, Any]], cfg: ModelConfig, batch_size: int = 1024
+) -> np.ndarray:
+    """Embed job records in batches: -> float32 [n, dim], unit rows."""
+    if not jobs:
+        return np.zeros((0, cfg.dim), dtype=np.float32)
+    parts = [
+        run_tower(tower, job_batch(jobs[i : i + batch_size], cfg))
+        for i in range(0, len(jobs), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def encode_requests(
+    tower: RequestTower,
+    queries: Sequence[str | None],
+    members: Sequence[Mapping[str, Any] | None],
+    cfg: ModelConfig,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Embed (query, member) requests in batches: -> float32 [n, dim], unit rows."""
+    parts = [
+        run_tower(
+            tower, request_batch(queries[i : i + batch_size], members[i : i + batch_size], cfg)
+        )
+        for i in range(0, len(queries), batch_size)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, cfg.dim), dtype=np.float32)
