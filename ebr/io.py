@@ -8,6 +8,7 @@ name and renamed into place once every file inside is durable.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,15 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed (artifacts are checked against their manifests)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -83,7 +93,11 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if target.exists():
+        if not overwrite:
+            # rename(2) onto an existing non-empty directory fails (ENOTEMPTY), so a writer that
+            # raced us to the same immutable name is never replaced.
+            os.rename(tmp, target)
+        elif target.exists():
             # Replace-by-rename of a non-empty directory is impossible on POSIX; move the old
             # one aside first so the window holds either old or new, then delete the old.
             old = target.with_name(f".{target.name}.old")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import re
 import time
@@ -32,7 +31,7 @@ import pandas as pd
 
 from ebr.config import IndexConfig
 from ebr.index.build import build_index, check_vectors, recall_at_k
-from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet
+from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet, sha256_file
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -40,22 +39,13 @@ ITEMS_FILE = "items.parquet"
 MANIFEST_FILE = "manifest.json"
 ALIASES_FILE = "aliases.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no separators, no leading dot (temp dirs)
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")  # 'jobs@live', 'jobs@v1'
 
 
-def _check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise ValueError(
-            f"{what} must match {_NAME.pattern} (letters, digits, . _ -), got {value!r}"
-        )
+def _check_name(value: str, what: str, pattern: re.Pattern[str] = _NAME) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{what} must match {pattern.pattern}, got {value!r}")
     return value
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_items(items: pd.DataFrame, n_rows: int) -> pd.DataFrame:
@@ -143,7 +133,7 @@ def write_slot(
             "build_seconds": round(build_seconds, 3),
             "created_at": datetime.now(UTC).isoformat(),
             "faiss_version": faiss.__version__,
-            "checksums": {f: _sha256(tmp / f) for f in (INDEX_FILE, ITEMS_FILE)},
+            "checksums": {f: sha256_file(tmp / f) for f in (INDEX_FILE, ITEMS_FILE)},
         }
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     return target
@@ -243,7 +233,7 @@ def load_slot(path: Path, verify: bool = True) -> Slot:
         for file in (INDEX_FILE, ITEMS_FILE):
             if file not in checksums:
                 raise ValueError(f"manifest of {path} has no checksum for {file}")
-            if _sha256(path / file) != checksums[file]:
+            if sha256_file(path / file) != checksums[file]:
                 raise ValueError(f"checksum mismatch for {file} in slot {path}")
     index = faiss.read_index(str(path / INDEX_FILE))
     items = pd.read_parquet(path / ITEMS_FILE)
@@ -260,11 +250,8 @@ def _aliases_lock(slots_dir: Path) -> Iterator[None]:
     # aliases.json is read-modify-written; the lock stops two promotions losing one update.
     slots_dir.mkdir(parents=True, exist_ok=True)
     with open(slots_dir / f".{ALIASES_FILE}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, exception or not
+        yield
 
 
 def read_aliases(slots_dir: Path) -> dict[str, str]:
@@ -283,7 +270,7 @@ def read_aliases(slots_dir: Path) -> dict[str, str]:
 def set_alias(slots_dir: Path, alias: str, slot_name: str) -> None:
     """Point ``alias`` at the existing slot ``slot_name`` (atomic rewrite of aliases.json)."""
     slots_dir = Path(slots_dir)
-    _check_name(alias, "alias")
+    _check_name(alias, "alias", _ALIAS)
     _check_name(slot_name, "slot name")
     if not (slots_dir / slot_name / MANIFEST_FILE).is_file():
         known = sorted(p.parent.name for p in slots_dir.glob(f"*/{MANIFEST_FILE}"))

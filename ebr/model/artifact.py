@@ -11,7 +11,6 @@ batch inference each load only the tower they run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from ebr.config import ModelConfig
-from ebr.io import atomic_directory, atomic_write_bytes
+from ebr.io import atomic_directory, atomic_write_bytes, sha256_file
 from ebr.model.towers import ItemTower, RequestTower, TwoTower
 
 VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
@@ -33,14 +32,6 @@ def check_version(version: str) -> str:
     if not VERSION_RE.match(version):
         raise ValueError(f"model version must look like 'v1', 'v2', ...; got {version!r}")
     return version
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def split_towers(model: TwoTower) -> dict[str, dict[str, torch.Tensor]]:
@@ -59,7 +50,7 @@ def save_model(model: TwoTower, models_dir: Path, version: str, meta: dict[str, 
         checksums = {}
         for name, state in split_towers(model).items():
             torch.save(state, tmp / name)
-            checksums[name] = _sha256(tmp / name)
+            checksums[name] = sha256_file(tmp / name)
         doc = {
             "version": version,
             "model_config": asdict(model.cfg),
@@ -81,7 +72,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def _load(path: Path, name: str, tower_cls: type[RequestTower] | type[ItemTower]) -> Any:
     meta = read_meta(path)
-    if _sha256(path / name) != meta["checksums"][name]:
+    if sha256_file(path / name) != meta["checksums"][name]:
         raise ValueError(f"checksum mismatch for {path / name}")
     cfg = ModelConfig(**meta["model_config"])
     tower = tower_cls(cfg)

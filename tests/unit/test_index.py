@@ -124,6 +124,8 @@ def test_slot_round_trip_returns_nearest_job_ids(slot_dir: Path, vectors: np.nda
     # Each stored vector's own job is its nearest neighbour.
     np.testing.assert_array_equal(job_ids[:, 0], make_items(N)["job_id"].to_numpy()[rows])
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    # nprobe and refine k_factor survive write_index/read_index: recall matches the manifest.
+    assert recall_at_k(slot.index, vectors, n_queries=200, k=10, seed=1) >= 0.85
     shown = slot.rows(job_ids[:, 0])
     assert shown["title"].tolist() == [f"title {r}" for r in rows]
 
