@@ -31,8 +31,9 @@ def esco_data_dir() -> Path:
 
 
 def _split_labels(text: str) -> tuple[str, str]:
-    """Split 'labels... Definition sentence.' at the first capital letter (labels are lowercase)."""
-    m = re.search(r"[A-Z]", text)
+    """Split 'labels... Definition sentence.' at the first capitalised word (labels are lowercase;
+    acronyms such as 'ICT' or 'EU' inside labels are not a sentence start)."""
+    m = re.search(r"\b[A-Z][a-z]", text)
     if m is None:
         return text.strip(), ""
     return text[: m.start()].strip(), text[m.start() :].strip()

@@ -1,0 +1,336 @@
+"""The Feast adapter the workflow and serving call: publish embedding tables, read them online.
+
+``publish`` turns ``embeddings/<version>/`` and ``data/members.parquet`` of a workspace into a
+Feast repo at ``<workspace>/feature_repo/`` (definitions + parquet ``data/``), applies it and
+materializes the new rows into the online store. The read helpers return plain Python / numpy.
+
+``feast`` is imported inside functions only: it costs ~6 s (it pulls in torch and fastapi).
+
+Run the tests: ``pytest -q tests/pipelines/test_feast_store.py``
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from ebr.config import Workspace
+from ebr.io import atomic_write_bytes, atomic_write_parquet
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+TEMPLATE_DIR = Path(__file__).resolve().parent
+# What a workspace repo is made of; store.py and __init__.py stay behind (not definitions).
+DEFINITION_FILES = ("feature_store.yaml", "feature_store.redis.yaml", "definitions.py", ".feastignore")
+CONFIG_NAMES = ("feature_store.yaml", "feature_store.redis.yaml")
+# Feast expands ${VAR} but has no default syntax; these apply when the variable is unset.
+ENV_DEFAULTS = {"REDIS_CONNECTION_STRING": "127.0.0.1:6379"}
+PROFILE_FIELDS = (
+    "headline",
+    "skills",
+    "seniority",
+    "city",
+    "country",
+    "lat",
+    "lon",
+    "open_to_remote",
+    "max_commute_km",
+    "preferred_employment_type",
+)
+_VERSION_RE = re.compile(r"^v[0-9]+$")
+_VERSIONS_LINE_RE = re.compile(r"^EMBEDDING_VERSIONS\b[^=\n]*=.*$", re.MULTILINE)
+_PUBLISHED_RE = re.compile(r"^job_embeddings_(v[0-9]+)\.parquet$")
+
+
+def _check_version(version: str) -> None:
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise ValueError(f"version must match ^v[0-9]+$ (e.g. 'v1'), got {version!r}")
+
+
+def _check_config_name(config_name: str) -> None:
+    if config_name not in CONFIG_NAMES:
+        raise ValueError(f"config_name must be one of {CONFIG_NAMES}, got {config_name!r}")
+
+
+def _read_embeddings(path: Path, key: str, version: str) -> pd.DataFrame:
+    """Validated ``key, embedding (list<float32>, one dim), model_version, event_timestamp``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding table not found: {path}")
+    columns = [key, "embedding", "model_version", "event_timestamp"]
+    missing = sorted(set(columns) - set(pq.read_schema(path).names))
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; expected {columns}")
+    table = pq.read_table(path, columns=columns)
+    if table.num_rows == 0:
+        raise ValueError(f"{path} has no rows")
+    if table.column(key).null_count or table.column("embedding").null_count:
+        raise ValueError(f"{path} has null {key} or embedding values")
+    dims = pc.unique(pc.list_value_length(table.column("embedding"))).to_pylist()
+    if len(dims) != 1:
+        raise ValueError(f"{path} mixes embedding dimensions {sorted(dims)}; expected one")
+    versions = pc.unique(table.column("model_version")).to_pylist()
+    if versions != [version]:
+        raise ValueError(f"{path} has model_version {versions}; expected only {version!r}")
+    df = table.to_pandas()
+    if df[key].duplicated().any():
+        raise ValueError(f"{path} repeats {key} values; expected one row per id")
+    # Naive timestamps are read as UTC, which is what Feast assumes for them as well.
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    df["embedding"] = [np.asarray(e, dtype=np.float32) for e in df["embedding"]]
+    return df
+
+
+def _read_profiles(path: Path, published_at: datetime) -> pd.DataFrame:
+    """Member profiles with ``event_timestamp`` = publish time (profiles carry none)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"member profiles not found: {path}")
+    columns = ["member_id", *PROFILE_FIELDS]
+    missing = sorted(set(columns) - set(pq.read_schema(path).names))
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; expected {columns}")
+    df = pd.read_parquet(path, columns=columns)
+    if df["member_id"].duplicated().any():
+        raise ValueError(f"{path} repeats member_id values; expected one row per member")
+    df["event_timestamp"] = pd.Timestamp(published_at)
+    return df
+
+
+def _published_versions(data_dir: Path) -> set[str]:
+    if not data_dir.is_dir():
+        return set()
+    return {m.group(1) for p in data_dir.iterdir() if (m := _PUBLISHED_RE.match(p.name))}
+
+
+def _write_definitions(template_dir: Path, repo: Path, versions: list[str]) -> None:
+    """Copy the template, pinning EMBEDDING_VERSIONS so `feast apply` there sees every version."""
+    for name in DEFINITION_FILES:
+        src = template_dir / name
+        if not src.is_file():
+            raise FileNotFoundError(f"feature_repo template lacks {name}: {src}")
+        text = src.read_text()
+        if name == "definitions.py":
+            listed = "(" + ", ".join(f'"{v}"' for v in versions) + ",)"
+            text, n = _VERSIONS_LINE_RE.subn(
+                f"EMBEDDING_VERSIONS: tuple[str, ...] = {listed}", text
+            )
+            if n != 1:
+                raise ValueError(f"{src} must assign EMBEDDING_VERSIONS on exactly one line")
+        atomic_write_bytes(repo / name, text.encode())
+
+
+def _load_definitions(path: Path) -> ModuleType:
+    # A fresh module per load under a unique name: importing "definitions" the way `feast apply`
+    # does would hand a second publish in this process the stale module from sys.modules.
+    spec = importlib.util.spec_from_file_location(f"_ebr_feast_defs_{uuid.uuid4().hex}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load Feast definitions from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _apply(store: FeatureStore, definitions: Path) -> list[str]:
+    """Apply the objects of ``definitions`` exactly like `feast apply` (stale objects deleted)."""
+    from feast import Entity, FeatureService, FeatureView, Project, PushSource
+    from feast.data_source import DataSource
+    from feast.feature_view import DUMMY_ENTITY
+    from feast.repo_contents import RepoContents
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    sources: list[Any] = []
+    views: list[Any] = []
+    entities: list[Any] = []
+    services: list[Any] = []
+
+    def add(bucket: list[Any], obj: Any) -> None:
+        if not any(obj is seen for seen in bucket):  # identity, as feast's parse_repo does
+            bucket.append(obj)
+
+    for name, obj in vars(_load_definitions(definitions)).items():
+        if isinstance(obj, FeatureView) and type(obj) is FeatureView:
+            add(views, obj)
+            add(sources, obj.batch_source)
+            if obj.stream_source is not None:
+                add(sources, obj.stream_source)
+        elif isinstance(obj, FeatureView):  # stream/batch feature views: not handled here
+            raise ValueError(f"{definitions}: {name} is a {type(obj).__name__}; extend _apply")
+        elif isinstance(obj, DataSource):
+            add(sources, obj)
+            if isinstance(obj, PushSource) and obj.batch_source is not None:
+                add(sources, obj.batch_source)
+        elif isinstance(obj, Entity):
+            add(entities, obj)
+        elif isinstance(obj, FeatureService):
+            add(services, obj)
+    repo = RepoContents(
+        projects=[Project(name=store.project)],
+        data_sources=sources,
+        feature_views=views,
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        entities=[*entities, DUMMY_ENTITY],
+        feature_services=services,
+        permissions=[],
+    )
+    apply_total_with_repo_instance(
+        store, store.project, store.registry, repo, skip_source_validation=False
+    )
+    return sorted(v.name for v in views)
+
+
+def publish(
+    workspace_root: Path,
+    version: str,
+    template_dir: Path | None = None,
+    config_name: str = "feature_store.yaml",
+) -> dict[str, Any]:
+    """Publish embeddings of ``version`` and member profiles to Feast, online and offline.
+
+    Writes ``<workspace>/feature_repo/{definitions, data/*.parquet}`` atomically, applies the
+    definitions (idempotent; earlier versions stay served) and materializes this version's
+    embedding views plus ``member_profile`` over a window covering every event timestamp.
+    Returns row counts, the applied feature views and seconds per step.
+    """
+    _check_version(version)
+    _check_config_name(config_name)
+    t0 = time.perf_counter()
+    ws = Workspace(Path(workspace_root))
+    repo, template = ws.feature_repo, Path(template_dir or TEMPLATE_DIR)
+    published_at = datetime.now(UTC).replace(microsecond=0)
+
+    jobs = _read_embeddings(ws.embeddings / version / "jobs.parquet", "job_id", version)
+    members = _read_embeddings(ws.embeddings / version / "members.parquet", "member_id", version)
+    profiles = _read_profiles(ws.data / "members.parquet", published_at)
+    # Data first: apply validates that every FileSource path exists.
+    atomic_write_parquet(repo / "data" / f"job_embeddings_{version}.parquet", jobs)
+    atomic_write_parquet(repo / "data" / f"member_embeddings_{version}.parquet", members)
+    atomic_write_parquet(repo / "data" / "member_profiles.parquet", profiles)
+    versions = sorted(_published_versions(repo / "data") | {version}, key=lambda v: int(v[1:]))
+    _write_definitions(template, repo, versions)
+    t_write = time.perf_counter()
+
+    # Applied in-process rather than via a `feast apply` subprocess: this process imports feast
+    # anyway to materialize (a subprocess pays the ~6 s import again), failures arrive as
+    # exceptions instead of exit codes, and _apply runs the same routine the CLI runs after
+    # parsing, without the CLI's os.chdir() and sys.modules import of "definitions".
+    store = open_store(repo, config_name)
+    applied = _apply(store, repo / "definitions.py")
+    t_apply = time.perf_counter()
+
+    stamps = pd.concat([jobs["event_timestamp"], members["event_timestamp"]])
+    start = min(stamps.min(), pd.Timestamp(published_at)).to_pydatetime() - timedelta(seconds=1)
+    end = max(stamps.max(), pd.Timestamp(published_at)).to_pydatetime() + timedelta(seconds=1)
+    views = [f"job_embedding_{version}", f"member_embedding_{version}", "member_profile"]
+    store.materialize(start_date=start, end_date=end, feature_views=views)
+    t_end = time.perf_counter()
+    return {
+        "version": version,
+        "repo_path": str(repo),
+        "config_name": config_name,
+        "versions_served": versions,
+        "feature_views": applied,
+        "jobs": len(jobs),
+        "members": len(members),
+        "profiles": len(profiles),
+        "dim": int(len(jobs["embedding"].iloc[0])),
+        "write_s": round(t_write - t0, 3),
+        "apply_s": round(t_apply - t_write, 3),
+        "materialize_s": round(t_end - t_apply, 3),
+        "total_s": round(t_end - t0, 3),
+    }
+
+
+def _expand_env(text: str) -> str:
+    # Same expansion as Feast's loader (os.path.expandvars), plus ENV_DEFAULTS for unset ${VAR}.
+    def default(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return ENV_DEFAULTS[name] if name not in os.environ and name in ENV_DEFAULTS else m[0]
+
+    return os.path.expandvars(re.sub(r"\$\{(\w+)\}", default, text))
+
+
+def open_store(repo_path: Path, config_name: str = "feature_store.yaml") -> FeatureStore:
+    """A FeatureStore over ``repo_path`` configured by ``config_name`` (sqlite or Redis yaml).
+
+    Relative paths in the yaml and the definitions resolve against ``repo_path``, whatever the
+    process's working directory.
+    """
+    from feast import FeatureStore
+    from feast.repo_config import FeastConfigError, RepoConfig
+    from pydantic import ValidationError
+
+    _check_config_name(config_name)
+    repo_path = Path(repo_path).resolve()
+    fs_yaml = repo_path / config_name
+    if not fs_yaml.is_file():
+        raise FileNotFoundError(f"Feast config not found: {fs_yaml} (run publish first?)")
+    try:
+        config = RepoConfig(**yaml.safe_load(_expand_env(fs_yaml.read_text())))
+    except ValidationError as e:
+        raise FeastConfigError(e, fs_yaml) from e
+    config.repo_path = repo_path
+    return FeatureStore(repo_path=str(repo_path), config=config)
+
+
+def _online(store: FeatureStore, view: str, fields: tuple[str, ...], key: str, ids: list[int]):
+    rows = [{key: int(i)} for i in ids]
+    refs = [f"{view}:{f}" for f in fields]
+    return store.get_online_features(features=refs, entity_rows=rows).to_dict()
+
+
+def member_profiles(store: FeatureStore, member_ids: list[int]) -> dict[int, dict | None]:
+    """``member_id -> {field: value}`` (plain Python; skills a list[str]); None if unknown."""
+    if not member_ids:
+        return {}
+    got = _online(store, "member_profile", PROFILE_FIELDS, "member_id", member_ids)
+    out: dict[int, dict | None] = {}
+    for row, mid in enumerate(member_ids):
+        values = {f: got[f][row] for f in PROFILE_FIELDS}
+        if all(v is None for v in values.values()):
+            out[int(mid)] = None
+            continue
+        values["skills"] = [str(s) for s in values["skills"] or []]
+        out[int(mid)] = values
+    return out
+
+
+def _embeddings(
+    store: FeatureStore, kind: str, ids: list[int], version: str
+) -> dict[int, np.ndarray | None]:
+    _check_version(version)
+    if not ids:
+        return {}
+    got = _online(store, f"{kind}_embedding_{version}", ("embedding",), f"{kind}_id", ids)
+    return {
+        int(i): None if e is None else np.asarray(e, dtype=np.float32)
+        for i, e in zip(ids, got["embedding"], strict=True)
+    }
+
+
+def member_embeddings(
+    store: FeatureStore, member_ids: list[int], version: str
+) -> dict[int, np.ndarray | None]:
+    """``member_id -> float32 (dim,)`` from ``member_embedding_<version>``; None if unknown."""
+    return _embeddings(store, "member", member_ids, version)
+
+
+def job_embeddings(
+    store: FeatureStore, job_ids: list[int], version: str
+) -> dict[int, np.ndarray | None]:
+    """``job_id -> float32 (dim,)`` from ``job_embedding_<version>``; None if unknown."""
+    return _embeddings(store, "job", job_ids, version)

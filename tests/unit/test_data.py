@@ -1,0 +1,112 @@
+"""Marketplace generator: schema, determinism, grounding in real data, learnable signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ebr.config import DataConfig
+from ebr.data.esco import load_occupations, load_skills, occupation_skill_profiles
+from ebr.data.geo import haversine_km
+from ebr.data.marketplace import OUTCOMES, generate, write_marketplace
+from ebr.data.pairs import eval_searches, positive_pairs, time_split
+
+
+@pytest.fixture(scope="module")
+def mp():
+    return generate(DataConfig(n_jobs=1000, seed=3))
+
+
+def test_esco_is_read_from_the_installed_package() -> None:
+    occ, skills = load_occupations(), load_skills()
+    assert len(occ) > 3000 and len(skills) > 13000
+    assert "physiotherapist" in set(occ["label"])
+    prof = occupation_skill_profiles()
+    assert prof.shape == (len(occ), 24) and prof.max() < len(skills)
+
+
+def test_tables_have_the_documented_columns(mp) -> None:
+    assert {
+        "job_id",
+        "title",
+        "description",
+        "skills",
+        "company",
+        "industry",
+        "seniority",
+        "employment_type",
+        "city",
+        "lat",
+        "lon",
+        "remote",
+        "posted_at",
+        "active",
+    } <= set(mp.jobs)
+    assert {
+        "member_id",
+        "headline",
+        "skills",
+        "seniority",
+        "city",
+        "lat",
+        "lon",
+        "open_to_remote",
+        "max_commute_km",
+        "preferred_employment_type",
+    } <= set(mp.members)
+    assert {"member_id", "query", "job_id", "position", "outcome", "ts"} <= set(mp.impressions)
+    assert mp.jobs["job_id"].is_unique and len(mp.jobs) == 1000
+    assert set(mp.impressions["outcome"].unique()) <= set(OUTCOMES)
+    assert mp.impressions["job_id"].isin(mp.jobs["job_id"]).all()
+    assert mp.impressions["query"].isna().any() and mp.impressions["query"].notna().any()
+
+
+def test_same_seed_same_tables_other_seed_differs() -> None:
+    a, b = generate(DataConfig(n_jobs=300, seed=1)), generate(DataConfig(n_jobs=300, seed=1))
+    c = generate(DataConfig(n_jobs=300, seed=2))
+    pd.testing.assert_frame_equal(a.impressions, b.impressions)
+    pd.testing.assert_frame_equal(a.jobs, b.jobs)
+    assert not a.jobs["title"].equals(c.jobs["title"])
+
+
+def test_engagement_follows_the_hidden_preferences(mp) -> None:
+    imp = mp.impressions.merge(mp.members[["member_id", "lat", "lon", "skills"]], on="member_id")
+    imp = imp.merge(
+        mp.jobs[["job_id", "lat", "lon", "skills", "active"]], on="job_id", suffixes=("_m", "_j")
+    )
+    engaged = imp["outcome"] != "none"
+    dist = haversine_km(imp["lat_m"], imp["lon_m"], imp["lat_j"], imp["lon_j"])
+    overlap = [len(set(a) & set(b)) for a, b in zip(imp["skills_m"], imp["skills_j"], strict=True)]
+    overlap = np.asarray(overlap)
+    # Engaged jobs are closer and share more skills than the ones shown and ignored.
+    assert np.median(dist[engaged]) < np.median(dist[~engaged])
+    assert overlap[engaged].mean() > 1.3 * overlap[~engaged].mean()
+    assert not imp.loc[engaged, "active"].eq(False).any()  # inactive jobs are never engaged
+    # Position bias: the top slot is engaged far more than the last one.
+    by_pos = engaged.groupby(imp["position"]).mean()
+    assert by_pos.iloc[0] > 3 * by_pos.iloc[-1]
+
+
+def test_time_split_has_no_leakage(mp) -> None:
+    train, held = time_split(mp.impressions, eval_days=2)
+    assert set(train["session_id"]).isdisjoint(held["session_id"])
+    assert train["ts"].min() < held["ts"].min()
+    ev = eval_searches(held)
+    assert len(ev) > 0 and all(len(p) >= 1 for p in ev["positives"])
+    assert positive_pairs(train)["outcome"].isin(["click", "save", "apply"]).all()
+
+
+def test_write_is_atomic_and_complete(tmp_path) -> None:
+    info = write_marketplace(DataConfig(n_jobs=200), tmp_path)
+    assert info["jobs"] == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "impressions.parquet",
+        "jobs.parquet",
+        "members.parquet",
+    ]
+
+
+def test_bad_config_is_rejected_with_the_field_name() -> None:
+    with pytest.raises(ValueError, match="n_jobs"):
+        DataConfig(n_jobs=3)

@@ -1,0 +1,25 @@
+"""Launch plans: the nightly re-embedding schedule.
+
+pyflyte --pkgs workflows package --image <image> -o flyte-package.tgz --force
+"""
+
+from __future__ import annotations
+
+from flytekit import CronSchedule, LaunchPlan
+
+from workflows.platform import build_platform, reembed
+
+# 02:00 UTC nightly: re-embed the catalog with the live model version so new jobs are searchable.
+nightly_reembed = LaunchPlan.get_or_create(
+    workflow=reembed,
+    name="ebr.nightly_reembed",
+    schedule=CronSchedule(schedule="0 2 * * *"),
+    default_inputs={"workspace": "/data/ebr", "version": "v1"},
+)
+
+# On-demand full rebuild (new model version), launched from the console or pyflyte.
+full_build = LaunchPlan.get_or_create(
+    workflow=build_platform,
+    name="ebr.build_platform",
+    default_inputs={"workspace": "/data/ebr", "size": 100_000},
+)
