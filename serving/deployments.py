@@ -1,0 +1,273 @@
+"""Ray Serve deployments: request encoder, index retriever, and the FastAPI ingress.
+
+    HTTP -> Ingress -> RequestEncoder (Feast profile + request tower) -> Retriever (FAISS slot)
+
+One model version end to end: ``build_app`` resolves the slot alias ONCE and hands the same slot
+(and its ``model_version``) to both the encoder and the retriever, so a request embedding of
+version N only ever searches vectors that version N's item tower produced, even if the alias
+flips while replicas restart. A release is "flip the alias, redeploy".
+
+Heavy stacks (torch, faiss, feast) are imported inside the replica constructors: the ingress
+replica and the driver never pay for them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as UrlPath
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from ebr.config import Workspace
+from serving.schemas import (
+    MAX_K,
+    MAX_MEMBER_ID,
+    ErrorResponse,
+    HealthResponse,
+    JobHit,
+    SearchRequest,
+    SearchResponse,
+)
+
+
+class UnknownMember(LookupError):
+    """A member id with no profile in the Feast online store (HTTP 404)."""
+
+    def __init__(self, member_id: int) -> None:
+        # args holds only the id so the error pickles across the handle call unchanged.
+        super().__init__(member_id)
+        self.member_id = member_id
+
+    def __str__(self) -> str:
+        return f"unknown member_id {self.member_id}"
+
+
+def unknown_member(exc: BaseException) -> UnknownMember | None:
+    """The ``UnknownMember`` inside ``exc``, or None.
+
+    A replica's exception reaches the caller wrapped in ``RayTaskError``; the original is its
+    ``cause``. Walk the chain rather than rely on Ray's dual-class wrapper keeping attributes.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # bounded: wrappers never nest deeper than a few levels
+        if seen is None:
+            return None
+        if isinstance(seen, UnknownMember) and not isinstance(seen, RayTaskError):
+            return seen
+        seen = seen.cause if isinstance(seen, RayTaskError) else seen.__cause__
+    return None
+
+
+def request_tower_dir(ws: Workspace, model_version: str) -> Path:
+    """``models/<version>`` for the slot's version; fail loudly if that model is not there.
+
+    Serving another version's request tower against this slot would return plausible-looking
+    but meaningless neighbours, so there is no fallback.
+    """
+    path = ws.models / model_version
+    if not (path / "request_tower.pt").is_file():
+        raise FileNotFoundError(
+            f"the live slot was built with model {model_version!r} but {path} has no "
+            "request_tower.pt; requests must be embedded by the same model version as the slot"
+        )
+    return path
+
+
+@serve.deployment
+class Retriever:
+    """Holds one immutable index slot in memory and answers top-k searches over it."""
+
+    def __init__(self, slot_dir: str, verify: bool = True) -> None:
+        from ebr.index.slot import load_slot
+
+        self._slot = load_slot(Path(slot_dir), verify=verify)
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """Top-k jobs per request vector.
+
+        Args:
+            vectors: float32 [q, d] unit request embeddings of the slot's model version.
+            k: results per request (1..100, validated by the ingress).
+
+        Returns:
+            q lists of up to k hits (display columns + ``score``), best first; padding dropped.
+        """
+        scores, job_ids = self._slot.search(vectors, k)
+        out = []
+        for row_scores, row_ids in zip(scores, job_ids, strict=True):
+            found = row_ids >= 0
+            records = self._slot.rows(row_ids[found]).to_dict("records")
+            for record, score in zip(records, row_scores[found], strict=True):
+                record["score"] = float(score)
+            out.append(records)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Slot name, model version, size and measured recall@10 (for /healthz)."""
+        m = self._slot.manifest
+        return {
+            "slot": self._slot.name,
+            "model_version": self._slot.model_version,
+            "item_count": int(m["item_count"]),
+            "recall_at_10": m.get("recall_at_10"),
+        }
+
+
+@serve.deployment
+class RequestEncoder:
+    """Embeds (query, member) requests with the request tower of one model version."""
+
+    def __init__(self, workspace: str, model_version: str) -> None:
+        import torch
+
+        from ebr.model.artifact import load_request_tower
+        from feature_repo.store import open_store
+
+        # A replica gets a fraction of a core; intra-op threads would only contend.
+        torch.set_num_threads(1)
+        ws = Workspace(Path(workspace))
+        self._tower, self._cfg, meta = load_request_tower(request_tower_dir(ws, model_version))
+        if meta.get("version") != model_version:
+            raise ValueError(
+                f"{ws.models / model_version} says version {meta.get('version')!r}, "
+                f"expected {model_version!r}"
+            )
+        self._version = model_version
+        self._store = open_store(ws.feature_repo)
+
+    def _profile(self, member_id: int) -> dict[str, Any]:
+        from feature_repo.store import member_profiles
+
+        profile = member_profiles(self._store, [member_id]).get(member_id)
+        if profile is None:
+            raise UnknownMember(member_id)
+        return profile
+
+    def encode(self, query: str | None, member_id: int | None) -> np.ndarray:
+        """float32 [1, dim] unit embedding of one request; raises ``UnknownMember``."""
+        from ebr.model.infer import encode_requests
+
+        member = None if member_id is None else self._profile(member_id)
+        return encode_requests(self._tower, [query], [member], self._cfg)
+
+    def member_embedding(self, member_id: int) -> np.ndarray:
+        """float32 [1, dim] JYMBII embedding: the batch one from Feast, else the profile's.
+
+        A member who joined after the last batch run has a profile but no batch embedding yet;
+        encoding the profile online is what the batch job would have produced.
+        """
+        from feature_repo.store import member_embeddings
+
+        vec = member_embeddings(self._store, [member_id], self._version).get(member_id)
+        if vec is None:
+            return self.encode(None, member_id)
+        vec = np.asarray(vec, dtype=np.float32).reshape(1, -1)
+        if vec.shape[1] != self._cfg.dim:
+            raise ValueError(
+                f"member_embedding_{self._version} for member {member_id} has dim "
+                f"{vec.shape[1]}, model {self._version} has dim {self._cfg.dim}"
+            )
+        return vec
+
+    def info(self) -> dict[str, Any]:
+        return {"model_version": self._version, "dim": self._cfg.dim}
+
+
+app = FastAPI(
+    title="EBR job search",
+    version="1",
+    description="Embedding-based retrieval: search (query and/or member) and JYMBII.",
+)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default body echoes the input and raw ctx objects; keep loc/msg/type and add
+    # one readable line that names each bad field ("k: Input should be less than or equal...").
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    fields = [".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]) for e in detail]
+    message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, detail, strict=True))
+    return JSONResponse(status_code=422, content={"detail": detail, "message": message})
+
+
+async def _result(response: DeploymentResponse) -> Any:
+    """Await a handle call; an unknown member becomes a 404, anything else propagates."""
+    try:
+        return await response
+    except Exception as exc:
+        member = unknown_member(exc)
+        if member is None:
+            raise
+        raise HTTPException(status_code=404, detail=str(member)) from exc
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    """HTTP API; holds handles to the encoder and retriever (composed in ``build_app``)."""
+
+    def __init__(
+        self,
+        encoder: DeploymentHandle,
+        retriever: DeploymentHandle,
+        slot: str,
+        model_version: str,
+    ) -> None:
+        self._encoder = encoder
+        self._retriever = retriever
+        self._slot = slot
+        self._version = model_version
+
+    async def _respond(self, vectors: np.ndarray, k: int, start: float) -> SearchResponse:
+        hits = await _result(self._retriever.search.remote(vectors, k))
+        return SearchResponse(
+            results=[JobHit(**h) for h in hits[0]],
+            model_version=self._version,
+            slot=self._slot,
+            took_ms=round((time.perf_counter() - start) * 1e3, 3),
+        )
+
+    @app.post("/v1/search", response_model=SearchResponse, responses=_NOT_FOUND)
+    async def search(self, body: SearchRequest) -> SearchResponse:
+        """Jobs for a free-text query, personalised by ``member_id`` when given."""
+        start = time.perf_counter()
+        vectors = await _result(self._encoder.encode.remote(body.query, body.member_id))
+        return await self._respond(vectors, body.k, start)
+
+    @app.get(
+        "/v1/members/{member_id}/recommendations",
+        response_model=SearchResponse,
+        responses=_NOT_FOUND,
+    )
+    async def recommendations(
+        self,
+        member_id: Annotated[int, UrlPath(gt=0, le=MAX_MEMBER_ID)],
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+    ) -> SearchResponse:
+        """JYMBII ("jobs you may be interested in"): the member's embedding, no query."""
+        start = time.perf_counter()
+        vectors = await _result(self._encoder.member_embedding.remote(member_id))
+        return await self._respond(vectors, k, start)
+
+    @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def healthz(self) -> JSONResponse:
+        """200 when both replicas serve the slot and model version this app was built for."""
+        slot_info = await self._retriever.info.remote()
+        enc_info = await self._encoder.info.remote()
+        ok = (
+            slot_info["slot"] == self._slot
+            and slot_info["model_version"] == self._version == enc_info["model_version"]
+        )
+        body = HealthResponse(ok=ok, encoder_model_version=enc_info["model_version"], **slot_info)
+        return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())

@@ -1,0 +1,101 @@
+"""HTTP and application schemas for the serving layer (pydantic v2).
+
+Every request body is validated here, at the boundary, so a bad request is a 422 that names the
+field, never a 500 from deep inside a replica. ``AppArgs`` is the single input of
+``serving.app.build_app``: Serve passes it the ``args`` mapping of a config YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+MAX_K = 100  # one results page is 10; 100 covers re-rankers without letting k scan the index
+MAX_QUERY_CHARS = 512  # longer than any real job search; bounds tokenizer work per request
+# Member ids are int64 entity keys in Feast: a larger int must fail here, not in the store.
+MAX_MEMBER_ID = 2**63 - 1
+
+Query = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS),
+]
+# Strict ints: a JSON "10" or 10.5 or true is a client bug worth a 422, not something to coerce.
+MemberId = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMBER_ID)]
+TopK = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
+
+
+class SearchRequest(BaseModel):
+    """``POST /v1/search`` body: a free-text query, a member (personalisation), or both."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo ('querry') must not be silently ignored
+
+    query: Query | None = Field(default=None, description="free-text job search")
+    member_id: MemberId | None = Field(default=None, description="the searching member")
+    k: TopK = Field(default=10, description=f"number of jobs to return, 1..{MAX_K}")
+
+    @model_validator(mode="after")
+    def _query_or_member(self) -> SearchRequest:
+        if self.query is None and self.member_id is None:
+            raise ValueError("at least one of 'query' or 'member_id' is required")
+        return self
+
+
+class JobHit(BaseModel):
+    """One retrieved job: its display columns plus the cosine score of the match."""
+
+    job_id: int
+    title: str
+    company: str
+    city: str
+    country: str
+    seniority: str | None = None
+    remote: bool | None = None
+    score: float = Field(description="cosine similarity of request and job embeddings")
+
+
+class SearchResponse(BaseModel):
+    """Results of a search or a recommendation feed, best first."""
+
+    results: list[JobHit]
+    model_version: str = Field(description="embedding version of both request and index")
+    slot: str = Field(description="index slot that answered (immutable, named by build time)")
+    took_ms: float = Field(description="server-side time from request to response, ms")
+
+
+class HealthResponse(BaseModel):
+    """``GET /healthz``: which slot and model are live, and whether they agree."""
+
+    ok: bool
+    slot: str
+    model_version: str
+    encoder_model_version: str
+    item_count: int
+    recall_at_10: float | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx the API returns itself (validation errors keep FastAPI's ``detail``)."""
+
+    detail: str
+
+
+class AppArgs(BaseModel):
+    """Arguments of ``build_app`` (the ``args:`` block of ``serving/config.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt config key fails the deploy
+
+    workspace: str = Field(description="workspace root (models/, feature_repo/, slots/)")
+    alias: str = Field(default="jobs@live", description="slot alias resolved once at build")
+    # Fractions of a core: the machines have 2 cores and a replica reserves 1 by default, so
+    # whole-CPU replicas would leave the third deployment pending forever.
+    encoder_num_cpus: float = Field(default=0.25, gt=0, le=64)
+    retriever_num_cpus: float = Field(default=0.25, gt=0, le=64)
+    ingress_num_cpus: float = Field(default=0.25, gt=0, le=64)
+    encoder_replicas: int = Field(default=1, ge=1, le=64)
+    retriever_replicas: int = Field(default=1, ge=1, le=64)
+    # Sha256 of every slot file at load; off only for quick local experiments on huge slots.
+    verify_slot: bool = True
+    # Used by ``serving.app.main`` and tests; with a config YAML the application's own
+    # ``route_prefix`` key decides (Serve sets the prefix at deploy, not inside the graph).
+    route_prefix: str = Field(default="/", pattern=r"^/")
