@@ -14,7 +14,7 @@ PORT ?= 8000
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo serve stop test lint package bench clean
+.PHONY: setup sysdeps demo serve stop test lint package bench clean
 
 setup: $(STAMP)
 
@@ -37,12 +37,18 @@ serve: setup
 stop:
 	-@pkill -TERM -f "serving.app --workspace" ; $(VENV)/bin/ray stop --force >/dev/null 2>&1 || true
 
+# redis-server backs the Redis online-store test (the test starts and stops its own server).
+sysdeps:
+	@command -v redis-server >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint sysdeps
 	$(VENV)/bin/pytest -q
 
 package: setup

@@ -37,7 +37,12 @@ if TYPE_CHECKING:
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 # What a workspace repo is made of; store.py and __init__.py stay behind (not definitions).
-DEFINITION_FILES = ("feature_store.yaml", "feature_store.redis.yaml", "definitions.py", ".feastignore")
+DEFINITION_FILES = (
+    "feature_store.yaml",
+    "feature_store.redis.yaml",
+    "definitions.py",
+    ".feastignore",
+)
 CONFIG_NAMES = ("feature_store.yaml", "feature_store.redis.yaml")
 # Feast expands ${VAR} but has no default syntax; these apply when the variable is unset.
 ENV_DEFAULTS = {"REDIS_CONNECTION_STRING": "127.0.0.1:6379"}
@@ -126,7 +131,7 @@ def _write_definitions(template_dir: Path, repo: Path, versions: list[str]) -> N
             raise FileNotFoundError(f"feature_repo template lacks {name}: {src}")
         text = src.read_text()
         if name == "definitions.py":
-            listed = "(" + ", ".join(f'"{v}"' for v in versions) + ",)"
+            listed = repr(tuple(versions)).replace("'", '"')  # versions are ^v[0-9]+$
             text, n = _VERSIONS_LINE_RE.subn(
                 f"EMBEDDING_VERSIONS: tuple[str, ...] = {listed}", text
             )

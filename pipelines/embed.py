@@ -76,7 +76,9 @@ class EmbedRecords(beam.PTransform):
         meta = read_meta(model_dir)
         self._kind, self._cfg = kind, ModelConfig(**meta["model_config"])
         self._version = meta["version"]
-        tower, file = (ItemTower, "item_tower.pt") if kind == "jobs" else (RequestTower, "request_tower.pt")
+        tower, file = (
+            (ItemTower, "item_tower.pt") if kind == "jobs" else (RequestTower, "request_tower.pt")
+        )
         self._handler = KeyedModelHandler(
             PytorchModelHandlerKeyedTensor(
                 state_dict_path=str(model_dir / file),
@@ -123,7 +125,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return known, rest
 
 
-def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+def run(
+    argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None
+) -> dict[str, Any]:
     """Embed jobs and members of a workspace; returns counts, seconds and the output folder."""
     args, beam_args = parse_args(argv)
     ws = Workspace(args.workspace)
@@ -154,8 +158,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         result = pipeline.run()
         result.wait_until_finish()
     out = ws.embeddings / args.version
-    counts = {k: len(pd.read_parquet(out / f"{k}.parquet", columns=[c]))
-              for k, c in (("jobs", "job_id"), ("members", "member_id"))}  # fmt: skip
+    counts = {
+        k: len(pd.read_parquet(out / f"{k}.parquet", columns=[c]))
+        for k, c in (("jobs", "job_id"), ("members", "member_id"))
+    }
     return {**counts, "seconds": round(time.perf_counter() - t0, 2), "path": str(out)}
 
 

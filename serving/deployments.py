@@ -11,8 +11,8 @@ Heavy stacks (torch, faiss, feast) are imported inside the replica constructors:
 replica and the driver never pay for them.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI resolves the route signatures of a
+# class-based Serve ingress at request time, and string annotations then fail to resolve.
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -129,7 +129,7 @@ class RequestEncoder:
         import torch
 
         from ebr.model.artifact import load_request_tower
-        from feature_repo.store import open_store
+        from feature_repo.store import member_profiles, open_store
 
         # A replica gets a fraction of a core; intra-op threads would only contend.
         torch.set_num_threads(1)
@@ -142,6 +142,10 @@ class RequestEncoder:
             )
         self._version = model_version
         self._store = open_store(ws.feature_repo)
+        # Warm up: the first forward pass and the first online read are ~0.5 s (lazy init);
+        # pay it here, before the replica reports ready, not on the first user's request.
+        self.encode("warm up", None)
+        member_profiles(self._store, [1])
 
     def _profile(self, member_id: int) -> dict[str, Any]:
         from feature_repo.store import member_profiles
@@ -192,10 +196,16 @@ app = FastAPI(
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's default body echoes the input and raw ctx objects; keep loc/msg/type and add
     # one readable line that names each bad field ("k: Input should be less than or equal...").
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    fields = [".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]) for e in detail]
-    message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, detail, strict=True))
-    return JSONResponse(status_code=422, content={"detail": detail, "message": message})
+    detail, parts = [], []
+    for e in exc.errors():
+        loc, msg = list(e["loc"]), e["msg"]
+        if e["type"] == "json_invalid":
+            # loc[1] is a character offset, not a field: say where and why parsing stopped.
+            msg = f"{msg} at character {loc[-1]}: {e.get('ctx', {}).get('error', 'invalid JSON')}"
+            loc = loc[:1]
+        detail.append({"loc": loc, "msg": msg, "type": e["type"]})
+        parts.append(f"{'.'.join(str(p) for p in loc[1:]) or loc[0]}: {msg}")
+    return JSONResponse(status_code=422, content={"detail": detail, "message": "; ".join(parts)})
 
 
 async def _result(response: DeploymentResponse) -> Any:

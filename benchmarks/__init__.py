@@ -1,0 +1,1 @@
+"""Reproducible benchmark commands; each writes ``benchmarks/results/<name>.json`` and a PNG."""

@@ -1,0 +1,95 @@
+"""Compose the serving graph, and run it locally.
+
+Production (a Serve config, see ``serving/config.yaml``)::
+
+    serve run serving/config.yaml          # or: serve deploy serving/config.yaml
+
+Local demo (one process, Ctrl-C / SIGTERM to stop)::
+
+    python -m serving.app --workspace var/demo --port 8000
+    curl -s localhost:8000/v1/search -H 'content-type: application/json' \
+        -d '{"query": "data engineer", "k": 5}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+from ray import serve
+from ray.serve import Application
+
+from ebr.config import Workspace
+from ebr.index.slot import MANIFEST_FILE, resolve_alias
+from serving.deployments import Ingress, RequestEncoder, Retriever, request_tower_dir
+from serving.schemas import AppArgs
+
+APP_NAME = "ebr"
+
+
+def build_app(args: dict[str, Any] | AppArgs) -> Application:
+    """The bound graph Ingress(RequestEncoder, Retriever) for ``args`` (Serve's app builder).
+
+    The alias is resolved here, once: both deployments get the same slot directory and model
+    version, so they cannot disagree even if the alias moves while replicas (re)start.
+
+    Raises:
+        pydantic.ValidationError: bad args. KeyError: unknown alias.
+        FileNotFoundError: the slot's model version has no request tower in ``models/``.
+    """
+    cfg = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    # Replicas may run with another working directory than the process that builds the app.
+    ws = Workspace(Path(cfg.workspace).expanduser().resolve())
+    slot_dir = resolve_alias(ws.slots, cfg.alias)
+    manifest = json.loads((slot_dir / MANIFEST_FILE).read_text())
+    version = str(manifest["model_version"])
+    request_tower_dir(ws, version)  # fail the deploy now, not in a replica restart loop
+
+    encoder = RequestEncoder.options(
+        num_replicas=cfg.encoder_replicas,
+        ray_actor_options={"num_cpus": cfg.encoder_num_cpus},
+    ).bind(str(ws.root), version)
+    retriever = Retriever.options(
+        num_replicas=cfg.retriever_replicas,
+        ray_actor_options={"num_cpus": cfg.retriever_num_cpus},
+    ).bind(str(slot_dir), cfg.verify_slot)
+    return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(
+        encoder, retriever, str(manifest["name"]), version
+    )
+
+
+def main(
+    workspace: str = typer.Option(..., help="workspace root holding models/, slots/, ..."),
+    alias: str = typer.Option("jobs@live", help="slot alias to serve"),
+    host: str = typer.Option("127.0.0.1", help="HTTP bind address"),
+    port: int = typer.Option(8000, help="HTTP port"),
+    num_cpus: int = typer.Option(2, help="CPUs Ray may schedule on (the machines have 2)"),
+) -> None:
+    """Start a local Ray, serve the app over HTTP and block until SIGTERM / SIGINT."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no phone-home
+    import ray
+
+    args = AppArgs(workspace=workspace, alias=alias)
+    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(args), name=APP_NAME, route_prefix=args.route_prefix, blocking=False)
+        typer.echo(f"serving {alias} from {workspace} on http://{host}:{port}", err=True)
+        stop = threading.Event()
+        # A background `serve run` ignores SIGINT in non-interactive shells; honour both.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
+            pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    typer.run(main)

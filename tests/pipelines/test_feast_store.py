@@ -1,0 +1,257 @@
+"""The Feast adapter on a real temp repo: publish, online reads, push, registry contents.
+
+One workspace is published once per module (import + apply + materialize cost a few seconds);
+the tests read it. The Redis test runs only where redis-server and the redis client exist.
+
+Run: ``pytest -q tests/pipelines/test_feast_store.py``
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_repo import store as feast_store
+
+N_JOBS, N_MEMBERS, DIM = 30, 10, 8
+UNKNOWN_ID = 10_000
+
+
+def _embeddings(key: str, n: int, seed: int, version: str = "v1") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    return pd.DataFrame(
+        {
+            key: np.arange(1, n + 1, dtype=np.int64),
+            "embedding": list(vectors),
+            "model_version": version,
+            "event_timestamp": pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=5),
+        }
+    )
+
+
+def _profiles(n: int) -> pd.DataFrame:
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "member_id": ids,
+            "headline": [f"Senior data engineer {i}" for i in ids],
+            "skills": [[f"skill-{i}", "python", "sql"][: 1 + i % 3] for i in ids],
+            "seniority": "senior",
+            "city": "Berlin",
+            "country": "DE",
+            "lat": 52.52 + ids / 100.0,
+            "lon": 13.40,
+            "open_to_remote": ids % 2 == 0,
+            "max_commute_km": 30.0,
+            "preferred_employment_type": "full_time",
+        }
+    )
+
+
+def _make_workspace(root: Path) -> dict[str, pd.DataFrame]:
+    """Write the upstream contract layout: embeddings/v1/{jobs,members}.parquet, data/members."""
+    tables = {
+        "jobs": _embeddings("job_id", N_JOBS, seed=1),
+        "members": _embeddings("member_id", N_MEMBERS, seed=2),
+        "profiles": _profiles(N_MEMBERS),
+    }
+    (root / "embeddings" / "v1").mkdir(parents=True)
+    (root / "data").mkdir()
+    tables["jobs"].to_parquet(root / "embeddings" / "v1" / "jobs.parquet")
+    tables["members"].to_parquet(root / "embeddings" / "v1" / "members.parquet")
+    tables["profiles"].to_parquet(root / "data" / "members.parquet")
+    return tables
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("workspace")
+    tables = _make_workspace(root)
+    report = feast_store.publish(root, "v1")
+    return {"root": root, "tables": tables, "report": report}
+
+
+@pytest.fixture(scope="module")
+def store(published: dict[str, Any]) -> Any:
+    return feast_store.open_store(published["root"] / "feature_repo")
+
+
+def test_publish_reports_counts_and_views(published: dict[str, Any]) -> None:
+    report = published["report"]
+    assert (report["jobs"], report["members"], report["profiles"]) == (N_JOBS, N_MEMBERS, N_MEMBERS)
+    assert report["dim"] == DIM
+    assert report["versions_served"] == ["v1"]
+    repo = published["root"] / "feature_repo"
+    for name in ("job_embeddings_v1", "member_embeddings_v1", "member_profiles"):
+        assert (repo / "data" / f"{name}.parquet").is_file()
+    # Only definitions travel to the workspace; the adapter itself stays in the code tree.
+    assert not (repo / "store.py").exists()
+
+
+def test_job_and_member_embeddings_round_trip(published: dict[str, Any], store: Any) -> None:
+    for kind, read in (
+        ("jobs", feast_store.job_embeddings),
+        ("members", feast_store.member_embeddings),
+    ):
+        table = published["tables"][kind]
+        key = table.columns[0]
+        ids = [int(i) for i in table[key]]
+        got = read(store, ids, "v1")
+        assert set(got) == set(ids)
+        for i, expected in zip(ids, table["embedding"], strict=True):
+            vec = got[i]
+            assert vec is not None and vec.dtype == np.float32 and vec.shape == (DIM,)
+            assert np.allclose(vec, expected), f"{kind} {i} differs"
+
+
+def test_member_profiles_round_trip(published: dict[str, Any], store: Any) -> None:
+    profiles = published["tables"]["profiles"]
+    got = feast_store.member_profiles(store, [int(i) for i in profiles["member_id"]])
+    for row in profiles.itertuples(index=False):
+        profile = got[int(row.member_id)]
+        assert profile is not None
+        assert profile["skills"] == list(row.skills)
+        assert all(isinstance(s, str) for s in profile["skills"])
+        assert profile["headline"] == row.headline
+        assert profile["open_to_remote"] is bool(row.open_to_remote)
+        assert profile["lat"] == pytest.approx(row.lat)
+        assert profile["preferred_employment_type"] == "full_time"
+
+
+def test_unknown_ids_read_as_none(store: Any) -> None:
+    assert feast_store.member_profiles(store, [UNKNOWN_ID, 1])[UNKNOWN_ID] is None
+    assert feast_store.member_embeddings(store, [UNKNOWN_ID], "v1") == {UNKNOWN_ID: None}
+    got = feast_store.job_embeddings(store, [1, UNKNOWN_ID], "v1")
+    assert got[UNKNOWN_ID] is None and got[1] is not None
+    assert feast_store.job_embeddings(store, [], "v1") == {}
+
+
+def test_bad_version_is_rejected(published: dict[str, Any], store: Any) -> None:
+    with pytest.raises(ValueError, match="version must match"):
+        feast_store.job_embeddings(store, [1], "latest")
+    with pytest.raises(ValueError, match="version must match"):
+        feast_store.publish(published["root"], "1")
+
+
+def test_registry_lists_views_services_and_push_sources(store: Any) -> None:
+    views = {fv.name for fv in store.list_feature_views()}
+    assert {"job_embedding_v1", "member_embedding_v1", "member_profile"} <= views
+    sources = {ds.name for ds in store.list_data_sources()}
+    assert {"job_embedding_push_v1", "member_embedding_push_v1"} <= sources
+    services = {fs.name for fs in store.list_feature_services()}
+    assert {"request_features_v1", "item_features_v1"} <= services
+
+
+def test_request_feature_service_serves_embedding_and_profile(store: Any) -> None:
+    service = store.get_feature_service("request_features_v1")
+    got = store.get_online_features(features=service, entity_rows=[{"member_id": 3}]).to_dict()
+    assert len(got["embedding"][0]) == DIM and got["city"] == ["Berlin"]
+
+
+def test_pushed_job_embedding_is_readable_at_once(store: Any) -> None:
+    from feast.data_source import PushMode
+
+    fresh = np.full(DIM, 0.5, dtype=np.float32)
+    row = pd.DataFrame(
+        {
+            "job_id": [N_JOBS + 1],
+            "embedding": [fresh],
+            "model_version": ["v1"],
+            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+        }
+    )
+    store.push("job_embedding_push_v1", row, to=PushMode.ONLINE)
+    got = feast_store.job_embeddings(store, [N_JOBS + 1], "v1")[N_JOBS + 1]
+    assert got is not None and np.allclose(got, fresh)
+
+
+def test_historical_features_resolve_relative_paths(
+    published: dict[str, Any], store: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # FileSource paths are relative to the repo; the process may run from anywhere.
+    monkeypatch.chdir(tmp_path)
+    entities = pd.DataFrame({"job_id": [1, 2], "event_timestamp": pd.Timestamp.now(tz="UTC")})
+    df = store.get_historical_features(
+        entity_df=entities, features=["job_embedding_v1:embedding"]
+    ).to_df()
+    expected = published["tables"]["jobs"].set_index("job_id")["embedding"]
+    for job_id, vec in zip(df["job_id"], df["embedding"], strict=True):
+        assert np.allclose(vec, expected[job_id])
+
+
+def test_second_publish_is_idempotent(published: dict[str, Any]) -> None:
+    # Runs last among the shared-repo tests (pytest keeps file order): it re-materializes.
+    report = feast_store.publish(published["root"], "v1")
+    assert report["versions_served"] == ["v1"]
+    assert not [c for c in report["apply_changes"] if c.startswith(("Created", "Deleted"))]
+    again = feast_store.open_store(published["root"] / "feature_repo")
+    jobs = published["tables"]["jobs"]
+    got = feast_store.job_embeddings(again, [1, N_JOBS], "v1")
+    assert np.allclose(got[1], jobs["embedding"].iloc[0])
+    assert np.allclose(got[N_JOBS], jobs["embedding"].iloc[-1])
+
+
+def test_publish_rejects_wrong_model_version(tmp_path: Path) -> None:
+    _make_workspace(tmp_path)
+    _embeddings("job_id", 3, seed=0, version="v2").to_parquet(
+        tmp_path / "embeddings" / "v1" / "jobs.parquet"
+    )
+    with pytest.raises(ValueError, match="model_version"):
+        feast_store.publish(tmp_path, "v1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    pytest.importorskip("redis", reason="the redis client (feast[redis]) is not installed")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly"]
+        + ["no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_config_round_trip(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", redis_url)
+    tables = _make_workspace(tmp_path)
+    report = feast_store.publish(tmp_path, "v1", config_name="feature_store.redis.yaml")
+    assert report["jobs"] == N_JOBS
+    store = feast_store.open_store(tmp_path / "feature_repo", "feature_store.redis.yaml")
+    assert store.config.online_store.type == "redis"
+    got = feast_store.member_embeddings(store, [1, UNKNOWN_ID], "v1")
+    assert np.allclose(got[1], tables["members"]["embedding"].iloc[0])
+    assert got[UNKNOWN_ID] is None
