@@ -132,6 +132,8 @@ def write_result(name: str, threads: int, params: dict[str, Any], results: dict[
                 "cpu_model": cpu_model(),
                 "logical_cpus": os.cpu_count(),
                 "mem_total_gib": mem_total_gib(),
+                # The machines are shared: a high load average explains noisy timings.
+                "load_average_1_5_15m_at_end": [round(x, 2) for x in os.getloadavg()],
             },
             "threads": threads,
             "versions": versions(),

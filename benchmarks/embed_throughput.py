@@ -8,6 +8,7 @@ irrelevant here), then measures in this one process, ``--repeats`` times each, i
 
 - ``torch_jobs``:    ``ebr.model.infer.encode_jobs`` over all job records (featurize + infer).
 - ``beam_jobs``:     ``beam.Create(records) | EmbedRecords("jobs", ...)`` on the FnApiRunner.
+- ``beam_create_only``: the same pipeline without ``EmbedRecords``: what ``beam.Create`` costs.
 - ``torch_members``: ``encode_requests`` over all members (no query), for the mixed baseline.
 - ``pipeline_run``:  the whole ``pipelines.embed.run`` (jobs + members, Parquet in and out).
 
@@ -62,15 +63,16 @@ class _CountRows(beam.DoFn):
         return ()
 
 
-def beam_jobs(records: list[dict[str, Any]], model_dir: Path, batch_size: int) -> int:
-    """Run Create -> EmbedRecords -> count on the in-process FnApiRunner; rows embedded."""
+def beam_jobs(records: list[dict[str, Any]], model_dir: Path | None, batch_size: int) -> int:
+    """Run Create -> EmbedRecords -> count on the in-process FnApiRunner; rows that arrived.
+
+    With ``model_dir=None`` the embedding step is left out, which prices ``beam.Create`` alone.
+    """
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
-    _ = (
-        pipeline
-        | "Create" >> beam.Create(records)
-        | "Embed" >> EmbedRecords("jobs", model_dir, batch_size)
-        | "Count" >> beam.ParDo(_CountRows())
-    )
+    rows = pipeline | "Create" >> beam.Create(records)
+    if model_dir is not None:
+        rows = rows | "Embed" >> EmbedRecords("jobs", model_dir, batch_size)
+    _ = rows | "Count" >> beam.ParDo(_CountRows())
     result = pipeline.run()
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_name("rows"))["counters"]
@@ -101,6 +103,7 @@ def plot(summary: dict[str, dict[str, Any]], batch_size: int, n_jobs: int) -> An
     labels = {
         "torch_jobs": "torch loop\njobs",
         "beam_jobs": "Beam EmbedRecords\njobs (Create)",
+        "beam_create_only": "Beam Create only\n(no embedding)",
         "torch_jobs_members": "torch loop\njobs + members",
         "pipeline_run": "pipelines.embed.run\njobs + members, Parquet",
     }
@@ -108,9 +111,9 @@ def plot(summary: dict[str, dict[str, Any]], batch_size: int, n_jobs: int) -> An
     med = [summary[k]["items_per_s"] for k in keys]
     lo = [m - summary[k]["items_per_s_min"] for k, m in zip(keys, med, strict=True)]
     hi = [summary[k]["items_per_s_max"] - m for k, m in zip(keys, med, strict=True)]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    bars = ax.bar(range(len(keys)), med, yerr=[lo, hi], capsize=4,
-                  color=["C0", "C1", "C0", "C1"])  # fmt: skip
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    colors = ["C0", "C1", "C7", "C0", "C1"]  # torch blue, Beam orange, Create-only grey
+    bars = ax.bar(range(len(keys)), med, yerr=[lo, hi], capsize=4, color=colors)
     for bar, k in zip(bars, keys, strict=True):
         ratio = summary[k].get("ratio_vs_torch")
         text = f"{summary[k]['items_per_s']:,.0f}/s" + (f"\n{ratio:.2f}x torch" if ratio else "")
@@ -151,6 +154,7 @@ def main(
         variants: dict[str, tuple[int, Callable[[], Any]]] = {
             "torch_jobs": (len(jobs), lambda: encode_jobs(item, jobs, cfg, batch_size)),
             "beam_jobs": (len(jobs), lambda: beam_jobs(jobs, model_dir, batch_size)),
+            "beam_create_only": (len(jobs), lambda: beam_jobs(jobs, None, batch_size)),
             "torch_members": (
                 len(members),
                 lambda: encode_requests(request, [None] * len(members), members, cfg, batch_size),
@@ -190,10 +194,17 @@ def main(
     summary["pipeline_run"]["ratio_vs_torch"] = round(
         summary["pipeline_run"]["items_per_s"] / tm, 3
     )
+    # Beam's embedding work with the cost of shipping records through beam.Create taken out.
+    net = statistics.median(seconds["beam_jobs"]) - statistics.median(seconds["beam_create_only"])
+    net_items_per_s = round(len(jobs) / net, 1) if net > 0 else None
     results = {
         "workspace": setup,
         "variants": summary,
         "beam_over_torch_items_per_s": summary["beam_jobs"]["ratio_vs_torch"],
+        "beam_jobs_net_of_create_items_per_s": net_items_per_s,
+        "beam_net_of_create_over_torch": round(net_items_per_s / tj, 3)
+        if net_items_per_s
+        else None,
         "pipeline_run_over_torch_items_per_s": summary["pipeline_run"]["ratio_vs_torch"],
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }

@@ -75,7 +75,7 @@ def request_tower_dir(ws: Workspace, model_version: str) -> Path:
     path = ws.models / model_version
     if not (path / "request_tower.pt").is_file():
         raise FileNotFoundError(
-            f"the live slot was built with model {model_version!r} but {path} has no "
+            f"the served slot was built with model {model_version!r} but {path} has no "
             "request_tower.pt; requests must be embedded by the same model version as the slot"
         )
     return path

@@ -4,17 +4,22 @@ that needs trained models, embeddings, Feast tables and a slot (building it is t
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 # Small enough for CI's 2 cores, big enough that the model learns the preference signal.
 TINY_SIZE = 3000
-TINY_EPOCHS = 8
+TINY_EPOCHS = 6
 
 REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 120.0
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -35,3 +40,48 @@ def platform_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert (root / "slots" / "aliases.json").is_file(), proc.stdout[-2000:]
     return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def api(platform_ws: Path) -> Iterator[httpx.Client]:
+    """HTTP client for the Serve app over ``platform_ws`` (one Ray + Serve per test session)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from serving.app import APP_NAME, build_app
+
+    # Replicas import `serving` and `feature_repo`: make the repo importable whatever the cwd.
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+    )
+    port = _free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"workspace": str(platform_ws)}), name=APP_NAME, blocking=False)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        # The proxy answers 404 until the app's routes are live: poll a real route.
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"/healthz not ready after {READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.5)
+        yield client
+        client.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -82,11 +82,13 @@ def train(
     job_row = pd.Series(np.arange(len(jobs)), index=jobs["job_id"].to_numpy())
     job_feats = job_batch(jobs.to_dict("records"), mcfg)
     recs = member_records(members)
-    req_feats = request_batch(
-        [None if pd.isna(x) else x for x in pairs["query"]],
-        [recs[int(m)] for m in pairs["member_id"]],
-        mcfg,
-    )
+    queries = [None if pd.isna(x) else x for x in pairs["query"]]
+    drop = rng.random(len(pairs)) < tcfg.member_dropout
+    req_members = [
+        None if (d and q is not None) else recs[int(m)]
+        for d, q, m in zip(drop, queries, pairs["member_id"], strict=True)
+    ]
+    req_feats = request_batch(queries, req_members, mcfg)
     pair_job = job_row.loc[pairs["job_id"].to_numpy()].to_numpy()
 
     model = TwoTower(mcfg)

@@ -2,15 +2,11 @@
 
     cd /work/main && python -m pytest -q tests/serving
 
-One Ray + Serve instance for the whole module (starting Ray is ~10-20 s on 2 cores).
+One Ray + Serve instance for the whole session (the ``api`` fixture in tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,57 +17,11 @@ import yaml
 
 from ebr.index.slot import load_slot, resolve_alias
 from serving.schemas import AppArgs
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 120.0
 UNKNOWN_MEMBER = 987_654_321  # far above any generated member id
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def api(platform_ws: Path) -> Iterator[httpx.Client]:
-    """An HTTP client for the app serving ``platform_ws`` (Ray + Serve started once)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-    from ray import serve
-
-    from serving.app import APP_NAME, build_app
-
-    # Replicas import `serving` and `feature_repo`: make the repo importable whatever the cwd.
-    paths = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
-    )
-    port = _free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"workspace": str(platform_ws)}), name=APP_NAME, blocking=False)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        # The proxy answers 404 until the app's routes are live: poll a real route.
-        while True:
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"/healthz not ready after {READY_TIMEOUT_S:.0f} s")
-            time.sleep(0.5)
-        yield client
-        client.close()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +184,7 @@ def test_config_yaml_is_a_valid_serve_config() -> None:
     from ray.serve.schema import ServeDeploySchema
 
     config = ServeDeploySchema.model_validate(
-        yaml.safe_load((REPO_ROOT / "serving" / "config.yaml").read_text())
+        yaml.safe_load((REPO / "serving" / "config.yaml").read_text())
     )
     (app,) = config.applications
     assert app.import_path == "serving.app:build_app"
