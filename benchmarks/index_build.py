@@ -111,7 +111,7 @@ def plot(rows: list[dict[str, Any]], n: int, source: str) -> Any:
         ax.set_xlabel(f"queries / s ({title})")
         ax.set_title(f"recall@10 vs QPS: {title}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower left")
+        ax.legend(loc="best")
     axes[0].set_ylabel("recall@10 vs exact (labels: nprobe)")
     fig.suptitle(f"FAISS indexes over {n:,} job embeddings ({source})")
     return fig

@@ -37,6 +37,10 @@ def test_nightly_reembed_promotes_a_new_slot_and_keeps_the_old(
 
     ws = tmp_path / "ws"
     shutil.copytree(platform_ws, ws)
+    # Feast's registry records the sqlite online store by absolute path: a copied registry
+    # would make this publish rewrite the ORIGINAL workspace's tables. Start the copy fresh.
+    for f in ("registry.db", "online.db"):
+        (ws / "feature_repo" / "data" / f).unlink()
     before = read_aliases(ws / "slots")["jobs@live"]
     after = reembed(workspace=str(ws), version="v1", index_kind="flat")
     assert after != before and read_aliases(ws / "slots")["jobs@live"] == after
