@@ -1,13 +1,15 @@
 """FAISS index kinds on real job embeddings: build time, recall@10 against exact search, QPS.
 
-    python -m benchmarks.index_build                          # own 20k-job workspace (~3 min)
+    python -m benchmarks.index_build                          # own 20k-job workspace (~4 min)
     python -m benchmarks.index_build --workspace var/demo     # embeddings/v1/jobs.parquet there
 
-For flat / ivf / ivfpq at ``IndexConfig`` defaults (built ``--repeats`` times, median seconds),
-then for ivf and ivfpq an nprobe sweep (4, 8, 16, 32, 64) on the built index: recall@10 via
-``ebr.index.build.recall_at_k`` and queries/s for one batch of ``--queries`` queries and for the
-same queries searched one at a time, each as a ratio of flat's QPS measured in this run.
-``flat_blas`` is the same flat index searched with FAISS's BLAS threshold lowered the way
+Variants: flat / ivf / ivfpq at ``IndexConfig`` defaults, plus ivfpq with 4-bit fast-scan PQ.
+Each is built ``--build-repeats`` times at ``--threads`` and at 1 thread (median seconds); then
+for the IVF variants an nprobe sweep (4, 8, 16, 32, 64) on the built index measures recall@10
+(``ebr.index.build.recall_at_k``, ``--queries`` jittered catalogue rows) and queries/s for one
+batch of ``--queries`` queries and for the same queries one call each (at ``--threads`` and at
+1 thread), median of ``--repeats``, each also as a ratio of flat's QPS in this run.
+``flat_blas`` is the flat index searched with FAISS's BLAS threshold lowered the way
 ``exact_topk`` does it, since the default (128k queries) keeps batches on the scalar path.
 Writes ``benchmarks/results/index_build.json`` and ``index_build.png``.
 """
@@ -40,6 +42,14 @@ from ebr.index.build import (
 NAME = "index_build"
 NPROBES = (4, 8, 16, 32, 64)
 K = 10
+# IndexConfig defaults per kind, plus 4-bit fast-scan PQ: 8-bit PQ codebooks dominate build time.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "flat": {"kind": "flat"},
+    "ivf": {"kind": "ivf"},
+    "ivfpq": {"kind": "ivfpq"},
+    "ivfpq_4bit": {"kind": "ivfpq", "pq_nbits": 4},
+}
+QPS_KEYS = ("batch_qps", "single_qps", "single_qps_1thread")
 
 
 def job_vectors(
@@ -61,20 +71,45 @@ def job_vectors(
     return encode_jobs(item, jobs, cfg), {"built": setup}
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    return statistics.median(timed(fn)[0] for _ in range(repeats))
+def seconds(fn: Callable[[], Any], repeats: int, threads: int | None = None) -> list[float]:
+    """Wall seconds of ``repeats`` calls, optionally with FAISS capped at ``threads``."""
+    previous = faiss.omp_get_max_threads()
+    if threads is not None:
+        set_faiss_threads(threads)
+    try:
+        return [timed(fn)[0] for _ in range(repeats)]
+    finally:
+        set_faiss_threads(previous)
+
+
+def rate(n: int, secs: list[float], key: str) -> dict[str, float]:
+    """items/s at the median time, and at the best time (least disturbed by other load)."""
+    return {key: n / statistics.median(secs), f"{key}_best": n / min(secs)}
 
 
 def search_qps(index: faiss.Index, queries: np.ndarray, repeats: int) -> dict[str, float]:
-    """Queries/s searching ``queries`` [q, d] as one batch, and one query per call."""
-    batch = median_seconds(lambda: index.search(queries, K), repeats)
+    """Queries/s for ``queries`` [q, d] as one batch, and one query per call (also 1 thread)."""
 
     def singles() -> None:
         for i in range(len(queries)):
             index.search(queries[i : i + 1], K)
 
-    single = median_seconds(singles, repeats)
-    return {"batch_qps": len(queries) / batch, "single_qps": len(queries) / single}
+    nq = len(queries)
+    return {
+        **rate(nq, seconds(lambda: index.search(queries, K), repeats), "batch_qps"),
+        **rate(nq, seconds(singles, repeats), "single_qps"),
+        **rate(nq, seconds(singles, repeats, threads=1), "single_qps_1thread"),
+    }
+
+
+def flat_blas_qps(index: faiss.Index, queries: np.ndarray, repeats: int) -> dict[str, float]:
+    """Batch QPS of a flat index with the BLAS threshold ``exact_topk`` uses (restored after)."""
+    previous = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = EXACT_BLAS_THRESHOLD
+    try:
+        return rate(len(queries), seconds(lambda: index.search(queries, K), repeats), "batch_qps")
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = previous
 
 
 def boundary_ties(vectors: np.ndarray, queries: np.ndarray) -> float:
@@ -83,33 +118,31 @@ def boundary_ties(vectors: np.ndarray, queries: np.ndarray) -> float:
     return float(np.mean(np.abs(scores[:, K - 1] - scores[:, K]) < 1e-6))
 
 
-def plot(rows: list[dict[str, Any]], n: int, source: str) -> Any:
+def plot(rows: list[dict[str, Any]], n: int, source: str, threads: int) -> Any:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    for ax, key, title in (
-        (axes[0], "batch_qps", "one batch of queries"),
-        (axes[1], "single_qps", "one query per call"),
-    ):
-        for i, kind in enumerate(("flat", "flat_blas", "ivf", "ivfpq")):
-            pts = [r for r in rows if r["kind"] == kind and r.get(key)]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
+    panels = (
+        ("batch_qps", f"one batch of queries, {threads} threads"),
+        ("single_qps", f"one query per call, {threads} threads"),
+        ("single_qps_1thread", "one query per call, 1 thread"),
+    )
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, variant in enumerate(("flat", "flat_blas", *list(VARIANTS)[1:])):
+            pts = [r for r in rows if r["variant"] == variant and r.get(key)]
             if not pts:
                 continue
             x, y = [r[key] for r in pts], [r["recall_at_10"] for r in pts]
-            marker = "*" if kind.startswith("flat") else "o"
-            ax.plot(x, y, marker=marker, ms=12 if marker == "*" else 6, color=f"C{i}", label=kind)
+            star = variant.startswith("flat")
+            ax.plot(x, y, marker="*" if star else "o", ms=13 if star else 6, color=f"C{i}",
+                    label=variant)  # fmt: skip
             for r in pts:
                 if r["nprobe"] is not None:
                     xy = (r[key], r["recall_at_10"])
-                    ax.annotate(
-                        str(r["nprobe"]),
-                        xy,
-                        fontsize=8,
-                        textcoords="offset points",
-                        xytext=(4, -10),
-                    )
+                    ax.annotate(str(r["nprobe"]), xy, fontsize=8, textcoords="offset points",
+                                xytext=(4, -10))  # fmt: skip
         ax.set_xscale("log")
-        ax.set_xlabel(f"queries / s ({title})")
-        ax.set_title(f"recall@10 vs QPS: {title}")
+        ax.set_xlabel("queries / s (median)")
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="best")
     axes[0].set_ylabel("recall@10 vs exact (labels: nprobe)")
@@ -122,56 +155,55 @@ def main(
     version: Annotated[str, typer.Option(help="embedding version in --workspace")] = "v1",
     n_jobs: Annotated[int, typer.Option(help="jobs in the self-built workspace")] = 20_000,
     queries: Annotated[int, typer.Option(help="queries per QPS / recall measurement")] = 1000,
-    repeats: Annotated[int, typer.Option(help="timings per figure (median)")] = 3,
+    repeats: Annotated[int, typer.Option(help="timings per QPS figure (median)")] = 5,
+    build_repeats: Annotated[int, typer.Option(help="builds per variant (median)")] = 3,
     threads: Annotated[int, typer.Option(help="FAISS OpenMP threads")] = 2,
     tmp_dir: Annotated[Path | None, typer.Option(help="where a self-built workspace goes")] = None,
 ) -> None:
-    """Measure every index kind and write results/index_build.{json,png}."""
-    if repeats < 1 or queries < 1:
-        raise typer.BadParameter(f"repeats and queries must be >= 1, got {repeats}, {queries}")
+    """Measure every index variant and write results/index_build.{json,png}."""
+    if min(repeats, build_repeats, queries) < 1:
+        raise typer.BadParameter("repeats, build repeats and queries must be >= 1")
     set_faiss_threads(threads)
     with tempfile.TemporaryDirectory(prefix="ebr-bench-index-", dir=tmp_dir) as tmp:
         vectors, source = job_vectors(workspace, version, n_jobs, Path(tmp))
     n, d = vectors.shape
     q = recall_queries(vectors, queries, seed=1, noise=0.1)
     rows: list[dict[str, Any]] = []
-    base = IndexConfig()
-    for kind in ("flat", "ivf", "ivfpq"):
-        cfg = replace(base, kind=kind)
-        build_s = median_seconds(lambda cfg=cfg: build_index(vectors, cfg), repeats)
+    for variant, overrides in VARIANTS.items():
+        cfg = replace(IndexConfig(), **overrides)
+        build = seconds(lambda cfg=cfg: build_index(vectors, cfg), build_repeats)
+        build_1t = seconds(lambda cfg=cfg: build_index(vectors, cfg), build_repeats, threads=1)
         index, info = build_index(vectors, cfg)
-        size_mib = len(faiss.serialize_index(index)) / 2**20
-        common = {"kind": kind, "build_seconds": round(build_s, 3), "index_mib": round(size_mib, 2)}
-        common["factory"] = info["factory"]
-        if kind == "flat":
-            rows.append(
-                {**common, "nprobe": None, "default": True, **search_qps(index, q, repeats)}
-            )
-            rows[-1]["recall_at_10"] = recall_at_k(index, vectors, queries, K)
-            previous = faiss.cvar.distance_compute_blas_threshold
-            faiss.cvar.distance_compute_blas_threshold = EXACT_BLAS_THRESHOLD
-            try:
-                blas = len(q) / median_seconds(lambda index=index: index.search(q, K), repeats)
-            finally:
-                faiss.cvar.distance_compute_blas_threshold = previous
-            blas_row = {**common, "kind": "flat_blas", "nprobe": None, "default": False}
-            blas_row.update(batch_qps=blas, single_qps=None, recall_at_10=rows[-1]["recall_at_10"])
-            rows.append(blas_row)
+        common = {
+            "variant": variant,
+            "kind": info["kind"],
+            "factory": info["factory"],
+            "nlist": info["nlist"],
+            "build_seconds": round(statistics.median(build), 3),
+            "build_seconds_1thread": round(statistics.median(build_1t), 3),
+            "index_mib": round(len(faiss.serialize_index(index)) / 2**20, 2),
+        }
+        if info["nlist"] is None:
+            recall = recall_at_k(index, vectors, queries, K)
+            rows.append({**common, "nprobe": None, "default": True, "recall_at_10": recall})
+            rows[-1].update(search_qps(index, q, repeats))
+            blas = {**common, "variant": "flat_blas", "nprobe": None, "default": False}
+            rows.append({**blas, "recall_at_10": recall, **flat_blas_qps(index, q, repeats)})
             continue
         ivf = faiss.extract_index_ivf(index)
-        common["nlist"] = info["nlist"]
         for nprobe in sorted({*NPROBES, info["nprobe"]}):
             ivf.nprobe = min(nprobe, info["nlist"])
             row = {**common, "nprobe": int(ivf.nprobe), "default": nprobe == info["nprobe"]}
             row["recall_at_10"] = recall_at_k(index, vectors, queries, K)
             rows.append({**row, **search_qps(index, q, repeats)})
-            print(rows[-1], flush=True)
-    flat = next(r for r in rows if r["kind"] == "flat")
+            print({k: row[k] for k in ("variant", "nprobe", "recall_at_10")}, flush=True)
+    flat = next(r for r in rows if r["variant"] == "flat")
     for r in rows:
-        for key in ("batch_qps", "single_qps"):
+        for key in QPS_KEYS:
             if r.get(key):
                 r[f"{key}_ratio_vs_flat"] = round(r[key] / flat[key], 2)
-                r[key] = round(r[key], 1)
+        for key in [k for k in r if "qps" in k and not k.endswith("ratio_vs_flat")]:
+            r[key] = round(r[key], 1)
         r["recall_at_10"] = round(r["recall_at_10"], 4)
     results = {
         "n_vectors": n,
@@ -180,13 +212,13 @@ def main(
         "exact_ties_at_10th": boundary_ties(vectors, q),
         "faiss_blas_threshold_default": int(faiss.cvar.distance_compute_blas_threshold),
         "rows": rows,
-        "defaults": {r["kind"]: r for r in rows if r["default"]},
+        "defaults": {r["variant"]: r for r in rows if r["default"]},
     }
-    params = {"queries": queries, "k": K, "repeats": repeats, "nprobes": list(NPROBES)}
-    params["index_config"] = asdict(base)
+    params = {"queries": queries, "k": K, "repeats": repeats, "build_repeats": build_repeats}
+    params.update(nprobes=list(NPROBES), variants=VARIANTS, index_config=asdict(IndexConfig()))
     print(write_result(NAME, threads, params, results))
     label = "own 1-epoch model" if workspace is None else str(workspace)
-    print(save_figure(plot(rows, n, label), NAME))
+    print(save_figure(plot(rows, n, label, threads), NAME))
 
 
 if __name__ == "__main__":
