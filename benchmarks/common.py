@@ -154,6 +154,20 @@ def pyplot() -> Any:
     return plt
 
 
+def compact_log_ticks(axis: Any) -> None:
+    """Label a log axis 500, 20k, 1.5M instead of 2x10^4, and drop crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    def fmt(v: float, _pos: int) -> str:
+        for div, unit in ((1e6, "M"), (1e3, "k")):
+            if abs(v) >= div:
+                return f"{v / div:g}{unit}"
+        return f"{v:g}"
+
+    axis.set_major_formatter(FuncFormatter(fmt))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def save_figure(fig: Any, name: str) -> Path:
     """Write ``results/<name>.png`` atomically and close the figure."""
     buf = io.BytesIO()

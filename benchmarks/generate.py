@@ -21,7 +21,14 @@ from typing import Annotated, Any
 import pyarrow.parquet as pq
 import typer
 
-from benchmarks.common import TABLES, pyplot, run_child, save_figure, write_result
+from benchmarks.common import (
+    TABLES,
+    compact_log_ticks,
+    pyplot,
+    run_child,
+    save_figure,
+    write_result,
+)
 
 NAME = "generate"
 
@@ -68,8 +75,6 @@ def measure(n_jobs: int, seed: int, threads: int, tmp_root: Path) -> dict[str, A
 
 def plot(runs: list[dict[str, Any]]) -> Any:
     plt = pyplot()
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     n = [r["n_jobs"] for r in runs]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     panels = (
@@ -80,8 +85,8 @@ def plot(runs: list[dict[str, Any]]) -> Any:
     for ax, (key, label) in zip(axes, panels, strict=True):
         y = [r[key] for r in runs]
         ax.loglog(n, y, "o-")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        compact_log_ticks(ax.xaxis)
+        compact_log_ticks(ax.yaxis)
         for x, v in zip(n, y, strict=True):
             ax.annotate(f"{v:,.1f}", (x, v), textcoords="offset points", xytext=(4, -12))
         ax.set_xlabel("jobs")

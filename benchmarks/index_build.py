@@ -28,7 +28,14 @@ import numpy as np
 import pandas as pd
 import typer
 
-from benchmarks.common import build_workspace, pyplot, save_figure, timed, write_result
+from benchmarks.common import (
+    build_workspace,
+    compact_log_ticks,
+    pyplot,
+    save_figure,
+    timed,
+    write_result,
+)
 from ebr.config import IndexConfig, Workspace
 from ebr.index.build import (
     EXACT_BLAS_THRESHOLD,
@@ -141,6 +148,7 @@ def plot(rows: list[dict[str, Any]], n: int, source: str, threads: int) -> Any:
                     ax.annotate(str(r["nprobe"]), xy, fontsize=8, textcoords="offset points",
                                 xytext=(4, -10))  # fmt: skip
         ax.set_xscale("log")
+        compact_log_ticks(ax.xaxis)
         ax.set_xlabel("queries / s (median)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
