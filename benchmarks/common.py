@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -155,8 +155,8 @@ def pyplot() -> Any:
 
 
 def compact_log_ticks(axis: Any) -> None:
-    """Label a log axis 500, 20k, 1.5M instead of 2x10^4, and drop crowded minor labels."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    """Ticks at 1-2-5 steps on a log axis, labelled 500, 20k, 1.5M instead of 2x10^4."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     def fmt(v: float, _pos: int) -> str:
         for div, unit in ((1e6, "M"), (1e3, "k")):
@@ -164,6 +164,7 @@ def compact_log_ticks(axis: Any) -> None:
                 return f"{v / div:g}{unit}"
         return f"{v:g}"
 
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(fmt))
     axis.set_minor_formatter(NullFormatter())
 
@@ -193,7 +194,8 @@ def build_workspace(root: Path, n_jobs: int, epochs: int = 1, seed: int = 7) -> 
     from ebr.model.train import train
 
     ws = Workspace(root)
-    gen_s, counts = timed(lambda: write_marketplace(DataConfig(n_jobs=n_jobs, seed=seed), ws.data))
+    dcfg = DataConfig(n_jobs=n_jobs, seed=seed)
+    gen_s, counts = timed(lambda: write_marketplace(dcfg, ws.data))
     tables = {n: pd.read_parquet(ws.data / f"{n}.parquet") for n in TABLES}
     tcfg = TrainConfig(epochs=epochs)
     t0 = time.perf_counter()
@@ -205,4 +207,5 @@ def build_workspace(root: Path, n_jobs: int, epochs: int = 1, seed: int = 7) -> 
         "generate_seconds": round(gen_s, 2),
         "train_seconds": round(time.perf_counter() - t0, 2),
         "epochs": epochs,
+        "data_config": asdict(dcfg),
     }

@@ -15,6 +15,7 @@ import ast
 import shutil
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from benchmarks.common import (
     save_figure,
     write_result,
 )
+from ebr.config import DataConfig
 
 NAME = "generate"
 
@@ -117,7 +119,8 @@ def main(
         r["time_ratio_vs_smallest"] = round(r["wall_seconds"] / base["wall_seconds"], 2)
         r["memory_ratio_vs_smallest"] = round(r["peak_rss_mib"] / base["peak_rss_mib"], 2)
         r["jobs_per_second"] = round(r["n_jobs"] / r["wall_seconds"], 1)
-    params = {"sizes": ns, "seed": seed}
+    # The children run DataConfig's defaults (only n_jobs and seed change): record them.
+    params = {"sizes": ns, "seed": seed, "data_config": asdict(DataConfig(seed=seed))}
     print(write_result(NAME, threads, params, {"runs": runs}))
     print(save_figure(plot(runs), NAME))
 

@@ -18,8 +18,22 @@ from ebr.config import IndexConfig, Workspace
 from ebr.index.slot import load_slot, set_alias, slot_name_for, write_slot
 from ebr.model.artifact import check_version
 
-# What a search response shows for each job (kept in the slot, next to the id map).
-DISPLAY_COLUMNS = ("job_id", "title", "company", "city", "country", "seniority", "remote")
+# What a search response shows and filters can test, kept in the slot next to the id map.
+SLOT_COLUMNS = (
+    "job_id",
+    "title",
+    "company",
+    "industry",
+    "city",
+    "country",
+    "lat",
+    "lon",
+    "seniority",
+    "employment_type",
+    "remote",
+    "active",
+    "posted_at",
+)
 
 
 def load_embeddings(path: Path, id_col: str, version: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +57,7 @@ def build_job_slot(
     """Build a new immutable slot for ``version`` and point ``jobs@<version>`` (+ aliases) at it."""
     check_version(version)
     ids, vecs = load_embeddings(ws.embeddings / version / "jobs.parquet", "job_id", version)
-    jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=list(DISPLAY_COLUMNS))
+    jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=list(SLOT_COLUMNS))
     items = pd.DataFrame({"job_id": ids}).merge(jobs, on="job_id", how="left", validate="1:1")
     if items["title"].isna().any():
         missing = items.loc[items["title"].isna(), "job_id"].head(5).tolist()

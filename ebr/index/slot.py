@@ -36,7 +36,9 @@ from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet, sh
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
+VECTORS_FILE = "vectors.npy"  # the exact vectors: filtered exact scans, live merges, re-tuning
 MANIFEST_FILE = "manifest.json"
+DATA_FILES = (INDEX_FILE, ITEMS_FILE, VECTORS_FILE)
 ALIASES_FILE = "aliases.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no separators, no leading dot (temp dirs)
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")  # 'jobs@live', 'jobs@v1'
@@ -120,6 +122,7 @@ def write_slot(
     with atomic_directory(target) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         atomic_write_parquet(tmp / ITEMS_FILE, items)
+        np.save(tmp / VECTORS_FILE, vectors)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -133,7 +136,7 @@ def write_slot(
             "build_seconds": round(build_seconds, 3),
             "created_at": datetime.now(UTC).isoformat(),
             "faiss_version": faiss.__version__,
-            "checksums": {f: sha256_file(tmp / f) for f in (INDEX_FILE, ITEMS_FILE)},
+            "checksums": {f: sha256_file(tmp / f) for f in DATA_FILES},
         }
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     return target
@@ -147,6 +150,7 @@ class Slot:
     manifest: dict[str, Any]
     items: pd.DataFrame  # row i = FAISS id i
     index: faiss.Index
+    vectors: np.ndarray  # [n, d] float32, memory-mapped; row i = FAISS id i
     _job_ids: np.ndarray = field(init=False, repr=False)  # [n] int64, FAISS id -> job_id
     _by_job: pd.DataFrame = field(init=False, repr=False)  # items indexed by job_id
 
@@ -230,19 +234,26 @@ def load_slot(path: Path, verify: bool = True) -> Slot:
         )
     if verify:
         checksums = manifest.get("checksums", {})
-        for file in (INDEX_FILE, ITEMS_FILE):
+        for file in DATA_FILES:
             if file not in checksums:
                 raise ValueError(f"manifest of {path} has no checksum for {file}")
             if sha256_file(path / file) != checksums[file]:
                 raise ValueError(f"checksum mismatch for {file} in slot {path}")
     index = faiss.read_index(str(path / INDEX_FILE))
     items = pd.read_parquet(path / ITEMS_FILE)
-    counts = {"index": index.ntotal, "items": len(items), "manifest": manifest["item_count"]}
+    # Memory-mapped: exact scans touch only the rows they need; pages are shared by processes.
+    vectors = np.load(path / VECTORS_FILE, mmap_mode="r")
+    counts = {
+        "index": index.ntotal,
+        "items": len(items),
+        "vectors": len(vectors),
+        "manifest": manifest["item_count"],
+    }
     if len(set(counts.values())) != 1:
         raise ValueError(f"slot {path} item counts disagree: {counts}")
     if index.d != manifest["dim"]:
         raise ValueError(f"slot {path} index dim {index.d} != manifest dim {manifest['dim']}")
-    return Slot(path=path, manifest=manifest, items=items, index=index)
+    return Slot(path=path, manifest=manifest, items=items, index=index, vectors=vectors)
 
 
 @contextlib.contextmanager

@@ -150,7 +150,7 @@ def test_manifest_records_build(slot_dir: Path):
     assert manifest["metric"] == "cosine" and manifest["item_count"] == N
     assert manifest["index"]["factory"].startswith("IVF") and manifest["recall_queries"] == 200
     assert 0.85 <= manifest["recall_at_10"] <= 1.0
-    assert set(manifest["checksums"]) == {"index.faiss", "items.parquet"}
+    assert set(manifest["checksums"]) == {"index.faiss", "items.parquet", "vectors.npy"}
 
 
 def test_tampered_file_fails_checksum(tmp_path: Path):
