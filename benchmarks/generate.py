@@ -120,7 +120,8 @@ def main(
         r["memory_ratio_vs_smallest"] = round(r["peak_rss_mib"] / base["peak_rss_mib"], 2)
         r["jobs_per_second"] = round(r["n_jobs"] / r["wall_seconds"], 1)
     # The children run DataConfig's defaults (only n_jobs and seed change): record them.
-    params = {"sizes": ns, "seed": seed, "data_config": asdict(DataConfig(seed=seed))}
+    defaults = {k: v for k, v in asdict(DataConfig(seed=seed)).items() if k != "n_jobs"}
+    params = {"sizes": ns, "seed": seed, "data_config_besides_n_jobs": defaults}
     print(write_result(NAME, threads, params, {"runs": runs}))
     print(save_figure(plot(runs), NAME))
 

@@ -1,11 +1,12 @@
 """FAISS index kinds on real job embeddings: build time, recall@10 against exact search, QPS.
 
-    python -m benchmarks.index_build                          # own 20k-job workspace (~4 min)
+    python -m benchmarks.index_build                          # own 20k-job workspace (~5 min)
     python -m benchmarks.index_build --workspace var/demo     # embeddings/v1/jobs.parquet there
 
-Variants: flat / ivf / ivfpq at ``IndexConfig`` defaults, plus ivfpq with 4-bit fast-scan PQ.
-Each is built ``--build-repeats`` times at ``--threads`` and at 1 thread (median seconds); then
-for the IVF variants an nprobe sweep (4, 8, 16, 32, 64) on the built index measures recall@10
+Variants: every kind at ``IndexConfig`` defaults (flat, ivf, ivfpq, hnsw), plus ivfpq at the
+other PQ code width (4-bit fast-scan vs 8-bit). Each is built ``--build-repeats`` times at
+``--threads`` and at 1 thread (median seconds); then one search knob is swept on the built index
+(nprobe 4..64 for ivf/ivfpq, ef_search 16..256 for hnsw, plus the default), measuring recall@10
 (``ebr.index.build.recall_at_k``, ``--queries`` jittered catalogue rows) and queries/s for one
 batch of ``--queries`` queries and for the same queries one call each (at ``--threads`` and at
 1 thread), median of ``--repeats``, each also as a ratio of flat's QPS in this run.
@@ -45,18 +46,31 @@ from ebr.index.build import (
     recall_queries,
     set_faiss_threads,
 )
+from ebr.index.params import search_params, set_search_params
 
 NAME = "index_build"
-NPROBES = (4, 8, 16, 32, 64)
 K = 10
-# IndexConfig defaults per kind, plus 4-bit fast-scan PQ: 8-bit PQ codebooks dominate build time.
+# The knob each kind is swept over (IndexConfig's default value is always added to the sweep).
+SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "ivf": ("nprobe", (4, 8, 16, 32, 64)),
+    "ivfpq": ("nprobe", (4, 8, 16, 32, 64)),
+    "hnsw": ("ef_search", (16, 32, 64, 128, 256)),
+}
+# Every kind at IndexConfig defaults; ivfpq also at both PQ code widths (4-bit fast-scan and
+# 8-bit trade build time against recall very differently), the default one under "ivfpq".
+OTHER_NBITS = 12 - IndexConfig().pq_nbits  # 8 when the default is 4, and the other way round
 VARIANTS: dict[str, dict[str, Any]] = {
     "flat": {"kind": "flat"},
     "ivf": {"kind": "ivf"},
     "ivfpq": {"kind": "ivfpq"},
-    "ivfpq_4bit": {"kind": "ivfpq", "pq_nbits": 4},
+    f"ivfpq_{OTHER_NBITS}bit": {"kind": "ivfpq", "pq_nbits": OTHER_NBITS},
+    "hnsw": {"kind": "hnsw"},
 }
 QPS_KEYS = ("batch_qps", "single_qps", "single_qps_1thread")
+# The plot shows best-of-repeats QPS: on a shared 2-core machine the slower runs measure the
+# neighbours' load (OpenMP threads stall when a core is taken), not the index. Medians are in
+# the JSON too.
+PLOTTED = "_best"
 
 
 def job_vectors(
@@ -133,27 +147,31 @@ def plot(rows: list[dict[str, Any]], n: int, source: str, threads: int) -> Any:
         ("single_qps", f"one query per call, {threads} threads"),
         ("single_qps_1thread", "one query per call, 1 thread"),
     )
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    for ax, (metric, title) in zip(axes, panels, strict=True):
+        key = metric + PLOTTED
         for i, variant in enumerate(("flat", "flat_blas", *list(VARIANTS)[1:])):
             pts = [r for r in rows if r["variant"] == variant and r.get(key)]
             if not pts:
                 continue
             x, y = [r[key] for r in pts], [r["recall_at_10"] for r in pts]
             star = variant.startswith("flat")
+            label = f"{variant}: {pts[0]['factory']}" + (
+                " (BLAS)" if variant == "flat_blas" else ""
+            )
             ax.plot(x, y, marker="*" if star else "o", ms=13 if star else 6, color=f"C{i}",
-                    label=variant)  # fmt: skip
+                    label=label)  # fmt: skip
             for r in pts:
-                if r["nprobe"] is not None:
+                if r["value"] is not None:
                     xy = (r[key], r["recall_at_10"])
-                    ax.annotate(str(r["nprobe"]), xy, fontsize=8, textcoords="offset points",
+                    ax.annotate(str(r["value"]), xy, fontsize=8, textcoords="offset points",
                                 xytext=(4, -10))  # fmt: skip
         ax.set_xscale("log")
         compact_log_ticks(ax.xaxis)
-        ax.set_xlabel("queries / s (median)")
+        ax.set_xlabel("queries / s (best of --repeats)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="best")
-    axes[0].set_ylabel("recall@10 vs exact (labels: nprobe)")
+        ax.legend(loc="best", fontsize=8)
+    axes[0].set_ylabel("recall@10 vs exact (labels: nprobe; ef_search for hnsw)")
     fig.suptitle(f"FAISS indexes over {n:,} job embeddings ({source})")
     return fig
 
@@ -191,23 +209,27 @@ def main(
             "build_seconds_1thread": round(statistics.median(build_1t), 3),
             "index_mib": round(len(faiss.serialize_index(index)) / 2**20, 2),
         }
-        if info["nlist"] is None:
+        if info["kind"] == "flat":
             recall = recall_at_k(index, vectors, queries, K)
-            rows.append({**common, "nprobe": None, "default": True, "recall_at_10": recall})
-            rows[-1].update(search_qps(index, q, repeats))
-            blas = {**common, "variant": "flat_blas", "nprobe": None, "default": False}
+            rows.append({**common, "knob": None, "value": None, "default": True})
+            rows[-1].update(recall_at_10=recall, **search_qps(index, q, repeats))
+            if variant != "flat":  # an IVF/HNSW request degraded to flat (tiny catalogue)
+                continue
+            blas = {**common, "variant": "flat_blas", "knob": None, "value": None, "default": False}
             rows.append({**blas, "recall_at_10": recall, **flat_blas_qps(index, q, repeats)})
             continue
-        ivf = faiss.extract_index_ivf(index)
-        for nprobe in sorted({*NPROBES, info["nprobe"]}):
-            ivf.nprobe = min(nprobe, info["nlist"])
-            row = {**common, "nprobe": int(ivf.nprobe), "default": nprobe == info["nprobe"]}
+        knob, sweep = SWEEPS[info["kind"]]
+        cap = info["nlist"] if knob == "nprobe" else max(sweep)  # nprobe > nlist is rejected
+        for value in sorted({*(min(v, cap) for v in sweep), info[knob]}):
+            set_search_params(index, {knob: value})
+            row = {**common, "knob": knob, "value": value, "default": value == info[knob]}
+            row["search_params"] = search_params(index)
             row["recall_at_10"] = recall_at_k(index, vectors, queries, K)
             rows.append({**row, **search_qps(index, q, repeats)})
-            print({k: row[k] for k in ("variant", "nprobe", "recall_at_10")}, flush=True)
+            print({k: row[k] for k in ("variant", "knob", "value", "recall_at_10")}, flush=True)
     flat = next(r for r in rows if r["variant"] == "flat")
     for r in rows:
-        for key in QPS_KEYS:
+        for key in [q + suffix for q in QPS_KEYS for suffix in ("", "_best")]:
             if r.get(key):
                 r[f"{key}_ratio_vs_flat"] = round(r[key] / flat[key], 2)
         for key in [k for k in r if "qps" in k and not k.endswith("ratio_vs_flat")]:
@@ -223,7 +245,7 @@ def main(
         "defaults": {r["variant"]: r for r in rows if r["default"]},
     }
     params = {"queries": queries, "k": K, "repeats": repeats, "build_repeats": build_repeats}
-    params.update(nprobes=list(NPROBES), variants=VARIANTS, index_config=asdict(IndexConfig()))
+    params.update(sweeps=SWEEPS, variants=VARIANTS, index_config=asdict(IndexConfig()))
     print(write_result(NAME, threads, params, results))
     label = "own 1-epoch model" if workspace is None else str(workspace)
     print(save_figure(plot(rows, n, label, threads), NAME))

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ebr.config import IndexConfig, Workspace
-from ebr.index.slot import load_slot, set_alias, slot_name_for, write_slot
+from ebr.index.aliases import set_alias
+from ebr.index.slot import load_slot, slot_name_for, write_slot
 from ebr.model.artifact import check_version
 
 # What a search response shows and filters can test, kept in the slot next to the id map.

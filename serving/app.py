@@ -25,7 +25,8 @@ from ray import serve
 from ray.serve import Application
 
 from ebr.config import Workspace
-from ebr.index.slot import MANIFEST_FILE, resolve_alias
+from ebr.index.aliases import resolve_alias
+from ebr.index.slot import MANIFEST_FILE
 from serving.deployments import Ingress, RequestEncoder, Retriever, request_tower_dir
 from serving.schemas import AppArgs
 

@@ -1,13 +1,18 @@
 """Build FAISS indexes over L2-normalised embeddings and measure their recall against exact search.
 
 Cosine similarity on unit vectors equals inner product, so every index here uses
-``METRIC_INNER_PRODUCT``. Three kinds (``IndexConfig.kind``):
+``METRIC_INNER_PRODUCT``. Four kinds (``IndexConfig.kind``):
 
 - ``flat``:  exact ``IndexFlatIP``; the reference and the right choice for small catalogues.
 - ``ivf``:   ``IVF{nlist},Flat``; exact distances inside the probed cells.
-- ``ivfpq``: ``IVF{nlist},PQ{m}x4fs,RFlat`` (4-bit fast-scan PQ) or ``IVF{nlist},PQ{m},RFlat``
-  (8-bit PQ); the compressed scan proposes ``refine * k`` candidates that are re-ranked with
-  exact inner products (STACK.md: fast-scan PQ + refine was the fastest at recall@10 0.95).
+- ``ivfpq``: ``IVF{nlist},PQ{m}x4fs,RFlat`` (4-bit fast-scan PQ, the default; m = d unless
+  set) or ``IVF{nlist},PQ{m},RFlat`` (8-bit PQ); the compressed scan proposes ``refine * k``
+  candidates that are re-ranked with exact inner products (STACK.md: fast-scan PQ + refine was
+  the fastest at recall@10 0.95).
+- ``hnsw``:  ``HNSW{hnsw_m},Flat``; a navigable graph over the exact vectors, no training.
+
+Search-time knobs (nprobe, refine, ef_search) are set and read with ``ebr.index.params``;
+``ebr.index.tune`` picks the cheapest setting that reaches ``IndexConfig.target_recall``.
 
 Try it::
 
@@ -27,6 +32,7 @@ import faiss
 import numpy as np
 
 from ebr.config import IndexConfig
+from ebr.index.params import search_params, set_search_params  # re-exported for callers
 
 MIN_IVF_POINTS = 1_000  # below this an IVF/PQ index saves nothing and trains badly: use flat
 MIN_POINTS_PER_CELL = 39  # faiss k-means warns below 39 training points per centroid
@@ -72,10 +78,24 @@ def effective_nlist(n: int, requested: int) -> int:
     return max(1, min(wanted, n // MIN_POINTS_PER_CELL))
 
 
-def _factory_string(cfg: IndexConfig, nlist: int) -> str:
+def effective_pq_m(d: int, cfg: IndexConfig) -> int:
+    """PQ sub-quantizers for dim ``d``: ``cfg.pq_m``, or (0) as many as give 4 bits a dimension.
+
+    Learned embeddings put their top-10 within a few hundredths of cosine of the next hundred
+    (queries at ~0.78, the 100th at ~0.72 on job embeddings), so coarser codes mis-rank more
+    than a 16x refine can repair.
+    """
+    if cfg.pq_m:
+        return cfg.pq_m
+    return d // 2 if cfg.pq_nbits == 8 and d % 2 == 0 else d
+
+
+def _factory_string(cfg: IndexConfig, nlist: int, pq_m: int) -> str:
+    if cfg.kind == "hnsw":
+        return f"HNSW{cfg.hnsw_m},Flat"
     if cfg.kind == "ivf":
         return f"IVF{nlist},Flat"
-    pq = f"PQ{cfg.pq_m}x4fs" if cfg.pq_nbits == 4 else f"PQ{cfg.pq_m}"
+    pq = f"PQ{pq_m}x4fs" if cfg.pq_nbits == 4 else f"PQ{pq_m}"
     return f"IVF{nlist},{pq},RFlat"
 
 
@@ -88,18 +108,20 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dic
 
     Returns:
         The filled index (searching it returns inner products = cosine) and the effective
-        parameters: kind, factory, nlist, nprobe, pq_m, pq_nbits, refine, degraded_to_flat.
-        IVF and PQ settings that do not apply are ``None``.
+        parameters: kind, requested_kind, factory, nlist, nprobe, pq_m, pq_nbits, refine,
+        hnsw_m, ef_construction, ef_search, degraded_to_flat. Settings that do not apply to
+        the kind built are ``None``.
 
     Raises:
         ValueError: bad vectors, or ``pq_m`` does not divide ``d`` for an ``ivfpq`` request.
     """
     vectors = check_vectors(vectors)
     n, d = vectors.shape
-    if cfg.kind == "ivfpq" and d % cfg.pq_m != 0:
+    pq_m = effective_pq_m(d, cfg)
+    if cfg.kind == "ivfpq" and d % pq_m != 0:
         # Checked even when a small n degrades to flat, so the config fails before it meets
         # a big catalogue rather than after.
-        raise ValueError(f"pq_m={cfg.pq_m} must divide the vector dim d={d}")
+        raise ValueError(f"pq_m={pq_m} must divide the vector dim d={d}")
 
     degraded = cfg.kind != "flat" and n < MIN_IVF_POINTS
     kind = "flat" if degraded else cfg.kind
@@ -112,15 +134,33 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dic
         "pq_m": None,
         "pq_nbits": None,
         "refine": None,
+        "hnsw_m": None,
+        "ef_construction": None,
+        "ef_search": None,
         "degraded_to_flat": degraded,
     }
     if kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(d)
         index.add(vectors)
         return index, info
+    if kind == "hnsw":
+        factory = _factory_string(cfg, 0, 0)
+        hnsw: Any = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = cfg.ef_construction
+        # Insertion runs on all OpenMP threads, so the graph (and recall, slightly) differs
+        # between runs with more than one thread; nothing to train.
+        hnsw.add(vectors)
+        set_search_params(hnsw, {"ef_search": cfg.ef_search})
+        info.update(
+            factory=factory,
+            hnsw_m=cfg.hnsw_m,
+            ef_construction=cfg.ef_construction,
+            **search_params(hnsw),
+        )
+        return hnsw, info
 
     nlist = effective_nlist(n, cfg.nlist)
-    factory = _factory_string(cfg, nlist)
+    factory = _factory_string(cfg, nlist, pq_m)
     # Any: the factory hands back IndexIVF* or IndexRefineFlat; faiss's stubs only say Index.
     index_any: Any = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index_any)
@@ -133,21 +173,23 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dic
             # The factory turns this on for 8-bit PQ; it only serves Hamming pre-filtering,
             # which we never use, and it multiplies training time (~10 s on 5k x 32).
             base.do_polysemous_training = False
-        index_any.k_factor = float(cfg.refine)
 
     rng = np.random.default_rng(cfg.seed)
-    if n > MAX_TRAIN_POINTS:
+    # Many cells need more than the cap: faiss wants >= 39 points per centroid (4096 -> 160k).
+    n_train = max(MAX_TRAIN_POINTS, MIN_POINTS_PER_CELL * nlist)
+    if n > n_train:
         # Sorted rows keep the gather cache-friendly; the sample is fixed by cfg.seed.
-        sample = vectors[np.sort(rng.choice(n, MAX_TRAIN_POINTS, replace=False))]
+        sample = vectors[np.sort(rng.choice(n, n_train, replace=False))]
     else:
         sample = vectors
     index_any.train(sample)
     index_any.add(vectors)
-    ivf.nprobe = min(cfg.nprobe, nlist)
-
-    info.update(factory=factory, nlist=nlist, nprobe=int(ivf.nprobe))
+    wanted = {"nprobe": min(cfg.nprobe, nlist)}
     if kind == "ivfpq":
-        info.update(pq_m=cfg.pq_m, pq_nbits=cfg.pq_nbits, refine=cfg.refine)
+        wanted["refine"] = cfg.refine
+        info.update(pq_m=pq_m, pq_nbits=cfg.pq_nbits)
+    set_search_params(index_any, wanted)
+    info.update(factory=factory, nlist=nlist, **search_params(index_any))
     return index_any, info
 
 
@@ -223,8 +265,15 @@ def recall_at_k(
     queries = recall_queries(vectors, n_queries, seed, noise)
     _, truth = exact_topk(vectors, queries, k)
     _, found = index.search(queries, k)
+    return recall_of(found, truth)
+
+
+def recall_of(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean |found ∩ truth| / k over rows of ids ``found`` and ``truth`` [q, k] (-1 = empty)."""
+    if found.shape != truth.shape or found.ndim != 2:
+        raise ValueError(f"found and truth must both be [q, k], got {found.shape}, {truth.shape}")
     hits = [
-        len(np.intersect1d(t, f[f >= 0], assume_unique=True))
+        len(np.intersect1d(t[t >= 0], f[f >= 0], assume_unique=True))
         for t, f in zip(truth, found, strict=True)
     ]
-    return float(np.mean(hits) / k)
+    return float(np.mean(hits) / truth.shape[1])

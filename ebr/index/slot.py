@@ -4,22 +4,23 @@ Layout of ``slots_dir``::
 
     <slot-name>/index.faiss      FAISS index; id i is row i of items.parquet
     <slot-name>/items.parquet    job_id (int64) + display columns (title, company, city, ...)
+    <slot-name>/vectors.npy      float32 [n, d]: the exact vectors, row i = FAISS id i
     <slot-name>/manifest.json    model version, effective index params, recall@10, checksums
-    aliases.json                 alias -> slot name: the only file that ever changes
+    <slot-name>.log/             live upserts/deletes on top of the slot (``ebr.index.live``)
+    aliases.json                 alias -> slot name + history (``ebr.index.aliases``)
 
 A slot is written once under a temp name and renamed into place (``ebr.io.atomic_directory``),
-so a reader sees a complete slot or none. Serving follows an alias (``resolve_alias``); a new
-model version gets a new slot and flipping the alias is the release (and the rollback).
+so a reader sees a complete slot or none. Serving follows an alias (``ebr.index.aliases``); a
+new model version or a compaction gets a new slot and flipping the alias is the release (and
+the rollback).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,12 +40,11 @@ ITEMS_FILE = "items.parquet"
 VECTORS_FILE = "vectors.npy"  # the exact vectors: filtered exact scans, live merges, re-tuning
 MANIFEST_FILE = "manifest.json"
 DATA_FILES = (INDEX_FILE, ITEMS_FILE, VECTORS_FILE)
-ALIASES_FILE = "aliases.json"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no separators, no leading dot (temp dirs)
-_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")  # 'jobs@live', 'jobs@v1'
+# No separators, no leading dot (that is how temp dirs are named).
+SLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def _check_name(value: str, what: str, pattern: re.Pattern[str] = _NAME) -> str:
+def check_name(value: str, what: str, pattern: re.Pattern[str] = SLOT_NAME) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValueError(f"{what} must match {pattern.pattern}, got {value!r}")
     return value
@@ -74,7 +74,7 @@ def _check_items(items: pd.DataFrame, n_rows: int) -> pd.DataFrame:
 
 def slot_name_for(model_version: str) -> str:
     """A fresh slot name for ``model_version``, e.g. ``jobs-v3-20261126T101500123456``."""
-    _check_name(model_version, "model_version")
+    check_name(model_version, "model_version")
     return f"jobs-{model_version}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
 
 
@@ -85,6 +85,7 @@ def write_slot(
     items: pd.DataFrame,
     model_version: str,
     cfg: IndexConfig,
+    lineage: dict[str, Any] | None = None,
 ) -> Path:
     """Build an index over ``vectors`` and write it atomically as ``slots_dir/name/``.
 
@@ -95,6 +96,8 @@ def write_slot(
         items: n rows, ``job_id`` (unique, int) plus display columns.
         model_version: the embedding model the vectors came from; queries must use the same.
         cfg: index kind and parameters.
+        lineage: JSON-able provenance stored in the manifest, e.g. the slot and log sequence
+            number a compaction folded (``ebr.index.live.compact``).
 
     Returns:
         The slot directory.
@@ -102,8 +105,8 @@ def write_slot(
     Raises:
         ValueError: invalid vectors, items or names. FileExistsError: the slot already exists.
     """
-    _check_name(name, "slot name")
-    _check_name(model_version, "model_version")
+    check_name(name, "slot name")
+    check_name(model_version, "model_version")
     vectors = check_vectors(vectors)
     items = _check_items(items, len(vectors))
     if cfg.recall_queries < 1:
@@ -137,9 +140,26 @@ def write_slot(
             "created_at": datetime.now(UTC).isoformat(),
             "faiss_version": faiss.__version__,
             "checksums": {f: sha256_file(tmp / f) for f in DATA_FILES},
+            "lineage": lineage or {},
         }
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     return target
+
+
+def check_queries(queries: np.ndarray, k: int, dim: int, slot_name: str) -> np.ndarray:
+    """Validate a search request; return the queries as C-contiguous float32 [q, dim]."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not isinstance(queries, np.ndarray) or queries.ndim != 2:
+        shape = getattr(queries, "shape", type(queries).__name__)
+        raise ValueError(f"queries must be a 2-D array [q, d], got shape {shape}")
+    if queries.shape[1] != dim:
+        raise ValueError(
+            f"query dim mismatch: slot {slot_name} expects d={dim}, got d={queries.shape[1]}"
+        )
+    if not np.issubdtype(queries.dtype, np.floating):
+        raise ValueError(f"queries must be floating point, got {queries.dtype}")
+    return np.ascontiguousarray(queries, dtype=np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +190,11 @@ class Slot:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
+    @property
+    def job_ids(self) -> np.ndarray:
+        """[n] int64, row (= FAISS id) -> job_id. Read-only by convention, like the slot."""
+        return self._job_ids
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k jobs for each query.
 
@@ -182,19 +207,7 @@ class Slot:
             no result (fewer than k items, or too few in the probed IVF cells) hold job id -1
             and score -inf.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not isinstance(queries, np.ndarray) or queries.ndim != 2:
-            shape = getattr(queries, "shape", type(queries).__name__)
-            raise ValueError(f"queries must be a 2-D array [q, d], got shape {shape}")
-        if queries.shape[1] != self.dim:
-            raise ValueError(
-                f"query dim mismatch: slot {self.name} expects d={self.dim}, "
-                f"got d={queries.shape[1]}"
-            )
-        if not np.issubdtype(queries.dtype, np.floating):
-            raise ValueError(f"queries must be floating point, got {queries.dtype}")
-        q = np.ascontiguousarray(queries, dtype=np.float32)
+        q = check_queries(queries, k, self.dim, self.name)
         # Asking FAISS for more than it holds only makes it fill -1 slots; pad ourselves.
         k_found = min(k, self.index.ntotal)
         raw_scores, raw_ids = self.index.search(q, k_found)
@@ -254,48 +267,3 @@ def load_slot(path: Path, verify: bool = True) -> Slot:
     if index.d != manifest["dim"]:
         raise ValueError(f"slot {path} index dim {index.d} != manifest dim {manifest['dim']}")
     return Slot(path=path, manifest=manifest, items=items, index=index, vectors=vectors)
-
-
-@contextlib.contextmanager
-def _aliases_lock(slots_dir: Path) -> Iterator[None]:
-    # aliases.json is read-modify-written; the lock stops two promotions losing one update.
-    slots_dir.mkdir(parents=True, exist_ok=True)
-    with open(slots_dir / f".{ALIASES_FILE}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, exception or not
-        yield
-
-
-def read_aliases(slots_dir: Path) -> dict[str, str]:
-    """The alias -> slot name map (empty when no alias was ever set)."""
-    path = Path(slots_dir) / ALIASES_FILE
-    if not path.exists():
-        return {}
-    aliases = json.loads(path.read_text())
-    if not isinstance(aliases, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
-    ):
-        raise ValueError(f"{path} must hold a JSON object of alias -> slot name")
-    return aliases
-
-
-def set_alias(slots_dir: Path, alias: str, slot_name: str) -> None:
-    """Point ``alias`` at the existing slot ``slot_name`` (atomic rewrite of aliases.json)."""
-    slots_dir = Path(slots_dir)
-    _check_name(alias, "alias", _ALIAS)
-    _check_name(slot_name, "slot name")
-    if not (slots_dir / slot_name / MANIFEST_FILE).is_file():
-        known = sorted(p.parent.name for p in slots_dir.glob(f"*/{MANIFEST_FILE}"))
-        raise ValueError(f"unknown slot {slot_name!r} in {slots_dir}; known slots: {known}")
-    with _aliases_lock(slots_dir):
-        aliases = read_aliases(slots_dir)
-        aliases[alias] = slot_name
-        atomic_write_json(slots_dir / ALIASES_FILE, aliases)
-
-
-def resolve_alias(slots_dir: Path, alias: str) -> Path:
-    """The slot directory ``alias`` points at."""
-    slots_dir = Path(slots_dir)
-    aliases = read_aliases(slots_dir)
-    if alias not in aliases:
-        raise KeyError(f"unknown alias {alias!r} in {slots_dir}; known aliases: {sorted(aliases)}")
-    return slots_dir / aliases[alias]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ebr.index.slot import load_slot, read_aliases, resolve_alias
+from ebr.index.aliases import read_aliases, resolve_alias
+from ebr.index.slot import load_slot
 from tests.conftest import REPO, TINY_SIZE
 
 

@@ -14,15 +14,9 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
+from ebr.index.aliases import resolve_alias, set_alias
 from ebr.index.build import build_index, exact_topk, recall_at_k
-from ebr.index.slot import (
-    Slot,
-    load_slot,
-    resolve_alias,
-    set_alias,
-    slot_name_for,
-    write_slot,
-)
+from ebr.index.slot import Slot, load_slot, slot_name_for, write_slot
 
 N, D = 5_000, 32
 

@@ -1,0 +1,158 @@
+"""Slot aliases: named pointers (``jobs@live``, ``jobs@v1``) to immutable slots, with history.
+
+``slots_dir/aliases.json`` is the only mutable file among the slots::
+
+    {"aliases": {"jobs@live": "jobs-v2-...", ...},
+     "history": {"jobs@live": ["jobs-v1-...", ...]}}     # previous targets, oldest first
+
+Every change is a locked read-modify-write followed by an atomic rename (``ebr.io``), so a
+reader sees the old map or the new one, never a mix. Slots are never deleted by a promotion, so
+a query that resolved the old target keeps working after the flip: promote and rollback cannot
+fail an in-flight query. The older flat format (``{"jobs@live": "jobs-v1-..."}``) is still read;
+the next write upgrades it.
+
+    python -c "from ebr.index.aliases import promote, rollback; \
+print(promote('var/demo/slots', 'jobs@live', 'jobs-v2-...'))"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ebr.index.slot import MANIFEST_FILE, check_name
+from ebr.io import atomic_write_json
+
+ALIASES_FILE = "aliases.json"
+ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")  # 'jobs@live', 'jobs@v1'
+HISTORY_LIMIT = 50  # previous targets kept per alias; rollback rarely goes back further
+
+
+@contextlib.contextmanager
+def _aliases_lock(slots_dir: Path) -> Iterator[None]:
+    # aliases.json is read-modify-written; the lock stops two promotions losing one update.
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    with open(slots_dir / f".{ALIASES_FILE}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, exception or not
+        yield
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+def _read_state(slots_dir: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(alias -> slot name, alias -> previous slot names oldest first) from aliases.json."""
+    path = Path(slots_dir) / ALIASES_FILE
+    if not path.exists():
+        return {}, {}
+    raw = json.loads(path.read_text())
+    if _is_str_map(raw):  # the flat format written before history existed
+        return dict(raw), {}
+    aliases = raw.get("aliases") if isinstance(raw, dict) else None
+    history = raw.get("history", {}) if isinstance(raw, dict) else None
+    history_ok = isinstance(history, dict) and all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in history.values()
+    )
+    if not _is_str_map(aliases) or not history_ok:
+        raise ValueError(
+            f'{path} must hold {{"aliases": {{alias: slot}}, "history": {{alias: [slot, ...]}}}} '
+            "or a flat JSON object of alias -> slot name"
+        )
+    assert isinstance(aliases, dict) and isinstance(history, dict)  # narrowed above, for mypy
+    return dict(aliases), {k: list(v) for k, v in history.items()}
+
+
+def _write_state(slots_dir: Path, aliases: dict[str, str], history: dict[str, list[str]]) -> None:
+    history = {a: h[-HISTORY_LIMIT:] for a, h in history.items() if h}
+    atomic_write_json(slots_dir / ALIASES_FILE, {"aliases": aliases, "history": history})
+
+
+def _check_slot(slots_dir: Path, slot_name: str) -> None:
+    check_name(slot_name, "slot name")
+    if not (slots_dir / slot_name / MANIFEST_FILE).is_file():
+        # Only complete slots have a manifest (it is written last, inside the renamed dir).
+        known = sorted(p.parent.name for p in slots_dir.glob(f"*/{MANIFEST_FILE}"))
+        raise ValueError(f"unknown slot {slot_name!r} in {slots_dir}; known slots: {known}")
+
+
+def read_aliases(slots_dir: Path) -> dict[str, str]:
+    """The alias -> slot name map (empty when no alias was ever set)."""
+    return _read_state(Path(slots_dir))[0]
+
+
+def alias_history(slots_dir: Path, alias: str) -> list[str]:
+    """Slot names ``alias`` pointed at before its current target, oldest first."""
+    return _read_state(Path(slots_dir))[1].get(alias, [])
+
+
+def promote(slots_dir: Path, alias: str, slot_name: str) -> str | None:
+    """Point ``alias`` at the complete slot ``slot_name``; return its previous target (or None).
+
+    The previous target is pushed onto the alias's history so ``rollback`` can return to it.
+    Re-promoting the current target changes nothing.
+
+    Raises:
+        ValueError: a malformed alias, or ``slot_name`` is not a complete slot in ``slots_dir``.
+    """
+    slots_dir = Path(slots_dir)
+    check_name(alias, "alias", ALIAS_NAME)
+    _check_slot(slots_dir, slot_name)
+    with _aliases_lock(slots_dir):
+        aliases, history = _read_state(slots_dir)
+        previous = aliases.get(alias)
+        if previous == slot_name:
+            return previous
+        if previous is not None:
+            history.setdefault(alias, []).append(previous)
+        aliases[alias] = slot_name
+        _write_state(slots_dir, aliases, history)
+    return previous
+
+
+def set_alias(slots_dir: Path, alias: str, slot_name: str) -> None:
+    """Point ``alias`` at the existing slot ``slot_name`` (``promote`` without the return)."""
+    promote(slots_dir, alias, slot_name)
+
+
+def rollback(slots_dir: Path, alias: str) -> str:
+    """Point ``alias`` back at its previous target and return that slot's name.
+
+    The history is a stack: rolling back twice goes back two promotions.
+
+    Raises:
+        KeyError: unknown alias. ValueError: no earlier target to return to, or that slot is
+        gone (the alias is left unchanged).
+    """
+    slots_dir = Path(slots_dir)
+    with _aliases_lock(slots_dir):
+        aliases, history = _read_state(slots_dir)
+        if alias not in aliases:
+            raise KeyError(f"unknown alias {alias!r} in {slots_dir}; known: {sorted(aliases)}")
+        past = history.get(alias, [])
+        if not past:
+            raise ValueError(
+                f"alias {alias!r} has no previous target to roll back to "
+                f"(it points at {aliases[alias]!r} and has no history)"
+            )
+        target = past.pop()
+        _check_slot(slots_dir, target)
+        aliases[alias] = target
+        _write_state(slots_dir, aliases, history)
+    return target
+
+
+def resolve_alias(slots_dir: Path, alias: str) -> Path:
+    """The slot directory ``alias`` points at."""
+    slots_dir = Path(slots_dir)
+    aliases = read_aliases(slots_dir)
+    if alias not in aliases:
+        raise KeyError(f"unknown alias {alias!r} in {slots_dir}; known aliases: {sorted(aliases)}")
+    return slots_dir / aliases[alias]

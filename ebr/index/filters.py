@@ -1,0 +1,297 @@
+"""Strict filters over job attributes: a JSON tree parsed into frozen dataclasses.
+
+The HTTP API passes the tree through as-is; ``parse_filter`` is the boundary that validates it::
+
+    filter := {"and": [filter, ...]} | {"or": [filter, ...]} | {"not": filter}
+            | {"term": {FIELD: value | [value, ...]}}                  equality / membership
+            | {"range": {NUM_FIELD: {"gte"|"gt"|"lte"|"lt": bound, ...}}}
+            | {"geo_radius": {"lat": deg, "lon": deg, "km": km}}       great-circle distance
+            | {"geo_bbox": {"min_lat": deg, "min_lon": deg, "max_lat": deg, "max_lon": deg}}
+
+    FIELD:     seniority industry company employment_type country city (strings),
+               remote active (true/false)
+    NUM_FIELD: posted_at (ISO-8601 string, naive = UTC, or epoch seconds), lat, lon
+
+Semantics: a row whose attribute is null never matches a ``term``, ``range`` or geo leaf; ``not``
+is the plain complement (so ``not term`` matches nulls). ``posted_at`` is compared in whole
+seconds (the sub-second part of a job's timestamp is dropped). A bbox with ``min_lon > max_lon``
+crosses the antimeridian. ``AttributeTable.mask(parse_filter(tree))`` evaluates a tree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ebr.index.attributes import AttributeTable
+
+STRING_FIELDS = ("seniority", "industry", "company", "employment_type", "country", "city")
+BOOL_FIELDS = ("remote", "active")
+TERM_FIELDS = STRING_FIELDS + BOOL_FIELDS
+RANGE_FIELDS = ("posted_at", "lat", "lon")
+RANGE_OPS = ("gte", "gt", "lte", "lt")
+OPERATORS = ("and", "or", "not", "term", "range", "geo_radius", "geo_bbox")
+MAX_DEPTH = 16  # deeper trees are machine-generated garbage and risk Python's recursion limit
+MAX_NODES = 256  # bounds parse + evaluation cost per request (each node is one mask over n rows)
+MAX_TERM_VALUES = 10_000  # a company allow-list is legitimately long; an unbounded one is not
+MAX_KM = 20_040.0  # half the Earth's circumference: a larger radius is a typo, not a query
+_LAT = (-90.0, 90.0)
+_LON = (-180.0, 180.0)
+
+
+class FilterError(ValueError):
+    """A bad filter expression; ``path`` locates it, e.g. ``filter.and[1].range.posted_at.gte``."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+class Filter:
+    """Base of every filter node (frozen dataclasses below)."""
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        """Rows of ``table`` that pass: bool [table.n]."""
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON tree ``parse_filter`` reads back into an equal filter."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class And(Filter):
+    children: tuple[Filter, ...]
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        return np.logical_and.reduce([c.mask(table) for c in self.children])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"and": [c.to_json() for c in self.children]}
+
+
+@dataclass(frozen=True)
+class Or(Filter):
+    children: tuple[Filter, ...]
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        return np.logical_or.reduce([c.mask(table) for c in self.children])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"or": [c.to_json() for c in self.children]}
+
+
+@dataclass(frozen=True)
+class Not(Filter):
+    child: Filter
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        return ~self.child.mask(table)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"not": self.child.to_json()}
+
+
+@dataclass(frozen=True)
+class Term(Filter):
+    field: str  # one of TERM_FIELDS
+    values: tuple[str | bool, ...]  # match any; str for STRING_FIELDS, bool for BOOL_FIELDS
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        return table.rows_mask(table.term_rows(self.field, self.values))
+
+    def to_json(self) -> dict[str, Any]:
+        value = self.values[0] if len(self.values) == 1 else list(self.values)
+        return {"term": {self.field: value}}
+
+
+@dataclass(frozen=True)
+class Range(Filter):
+    field: str  # one of RANGE_FIELDS; posted_at bounds are epoch seconds
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        lo, lo_inc = (self.gte, True) if self.gte is not None else (self.gt, False)
+        hi, hi_inc = (self.lte, True) if self.lte is not None else (self.lt, False)
+        return table.rows_mask(table.range_rows(self.field, lo, lo_inc, hi, hi_inc))
+
+    def to_json(self) -> dict[str, Any]:
+        # Whole floats as ints (epoch seconds read better); parse turns them back into floats.
+        ops = {op: getattr(self, op) for op in RANGE_OPS if getattr(self, op) is not None}
+        return {"range": {self.field: {o: int(v) if v.is_integer() else v for o, v in ops.items()}}}
+
+
+@dataclass(frozen=True)
+class GeoRadius(Filter):
+    lat: float  # degrees
+    lon: float  # degrees
+    km: float  # great-circle radius, (0, MAX_KM]
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        return table.rows_mask(table.radius_rows(self.lat, self.lon, self.km))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"geo_radius": asdict(self)}
+
+
+@dataclass(frozen=True)
+class GeoBBox(Filter):
+    min_lat: float
+    min_lon: float  # min_lon > max_lon: the box crosses the antimeridian
+    max_lat: float
+    max_lon: float
+
+    def mask(self, table: AttributeTable) -> np.ndarray:
+        box = (self.min_lat, self.min_lon, self.max_lat, self.max_lon)
+        return table.rows_mask(table.bbox_rows(*box))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"geo_bbox": asdict(self)}
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)  # cut: an error message must not echo a megabyte of request back
+    return f"{text[:60] + '...' if len(text) > 60 else text} ({type(value).__name__})"
+
+
+def _object(value: Any, path: str, expected: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FilterError(path, f"expected {expected}, got {_kind(value)}")
+    return value
+
+
+def _single(obj: dict[str, Any], path: str, what: str) -> tuple[str, Any]:
+    if len(obj) != 1:
+        raise FilterError(path, f"expected exactly one {what}, got {len(obj)}: {sorted(obj)}")
+    return next((str(key), value) for key, value in obj.items())
+
+
+def _number(value: Any, path: str, bounds: tuple[float, float] | None = None) -> float:
+    # bool is an int subclass in Python; true/false as a coordinate is a client bug.
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    x = float(value) if number and abs(value) < 1e300 else math.nan  # 10**400 can't be a float
+    if not math.isfinite(x):
+        raise FilterError(path, f"expected a finite number, got {_kind(value)}")
+    if bounds is not None and not bounds[0] <= x <= bounds[1]:
+        raise FilterError(path, f"expected a value in [{bounds[0]:g}, {bounds[1]:g}], got {x:g}")
+    return x
+
+
+def _epoch_seconds(value: Any, path: str) -> float:
+    if isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value)
+        except ValueError:
+            example = "an ISO-8601 timestamp like '2026-10-01T00:00:00Z' or epoch seconds"
+            raise FilterError(path, f"expected {example}, got {value!r}") from None
+        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+    return _number(value, path)
+
+
+def _field(body: Any, path: str, op: str) -> tuple[str, Any, str]:
+    """(field, its value, its path) of a one-field ``term`` / ``range`` body."""
+    fields, other = (TERM_FIELDS, "range") if op == "term" else (RANGE_FIELDS, "term")
+    field, raw = _single(_object(body, path, f"an object {{field: ...}} for {op}"), path, "field")
+    if field not in fields:
+        hint = f"; use {other} for it" if field in TERM_FIELDS + RANGE_FIELDS else ""
+        why = f"unknown {op} field {field!r}{hint}; expected one of {', '.join(fields)}"
+        raise FilterError(f"{path}.{field}", why)
+    return field, raw, f"{path}.{field}"
+
+
+def _term(body: Any, path: str) -> Term:
+    field, raw, path = _field(body, path, "term")
+    items = raw if isinstance(raw, list) else [raw]
+    item_paths = [f"{path}[{i}]" for i in range(len(items))] if isinstance(raw, list) else [path]
+    if not items:
+        raise FilterError(path, "expected a value or a non-empty list of values, got []")
+    if len(items) > MAX_TERM_VALUES:
+        raise FilterError(path, f"expected at most {MAX_TERM_VALUES} values, got {len(items)}")
+    want, expected = (bool, "true or false") if field in BOOL_FIELDS else (str, "a string")
+    for item, item_path in zip(items, item_paths, strict=True):
+        if not isinstance(item, want):
+            raise FilterError(item_path, f"expected {expected}, got {_kind(item)}")
+    return Term(field, tuple(dict.fromkeys(items)))  # dedupe, keep order
+
+
+def _range(body: Any, path: str) -> Range:
+    field, raw, path = _field(body, path, "range")
+    ops = _object(raw, path, 'an object like {"gte": ..., "lt": ...}')
+    if not ops:
+        raise FilterError(path, f"expected at least one of {', '.join(RANGE_OPS)}, got {{}}")
+    bounds: dict[str, float] = {}
+    for op, value in ops.items():
+        op_path = f"{path}.{op}"
+        if op not in RANGE_OPS:
+            raise FilterError(op_path, f"unknown operator {op!r}; expected one of {RANGE_OPS}")
+        if field == "posted_at":
+            bounds[op] = _epoch_seconds(value, op_path)
+        else:
+            bounds[op] = _number(value, op_path, _LAT if field == "lat" else _LON)
+    for pair in (("gte", "gt"), ("lte", "lt")):
+        if all(op in bounds for op in pair):
+            raise FilterError(path, f"expected at most one of {pair[0]} / {pair[1]}, got both")
+    return Range(field, **bounds)
+
+
+def _fields(body: Any, path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    obj, expected = _object(body, path, f"an object with {', '.join(keys)}"), ", ".join(keys)
+    for key in [k for k in obj if k not in keys]:
+        raise FilterError(f"{path}.{key}", f"unknown key {key!r}; expected {expected}")
+    for key in [k for k in keys if k not in obj]:
+        raise FilterError(f"{path}.{key}", f"missing; expected {expected}")
+    return obj
+
+
+def _geo_radius(body: Any, path: str) -> GeoRadius:
+    obj = _fields(body, path, ("lat", "lon", "km"))
+    km = _number(obj["km"], f"{path}.km")
+    if not 0 < km <= MAX_KM:
+        raise FilterError(f"{path}.km", f"expected a radius in (0, {MAX_KM:g}] km, got {km:g}")
+    lat = _number(obj["lat"], f"{path}.lat", _LAT)
+    return GeoRadius(lat, _number(obj["lon"], f"{path}.lon", _LON), km)
+
+
+def _geo_bbox(body: Any, path: str) -> GeoBBox:
+    obj = _fields(body, path, ("min_lat", "min_lon", "max_lat", "max_lon"))
+    v = {k: _number(x, f"{path}.{k}", _LAT if k.endswith("lat") else _LON) for k, x in obj.items()}
+    if v["min_lat"] > v["max_lat"]:
+        got = f"got {v['min_lat']:g} > {v['max_lat']:g}"
+        raise FilterError(f"{path}.min_lat", f"expected min_lat <= max_lat (only lon wraps), {got}")
+    return GeoBBox(**v)
+
+
+def _parse(obj: Any, path: str, depth: int, count: list[int]) -> Filter:
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise FilterError(path, f"expected at most {MAX_NODES} nodes in a filter, got more")
+    if depth > MAX_DEPTH:
+        raise FilterError(path, f"expected nesting at most {MAX_DEPTH} deep, got deeper")
+    ops = ", ".join(OPERATORS)
+    op, body = _single(_object(obj, path, f"an object with one operator ({ops})"), path, "operator")
+    sub = f"{path}.{op}"
+    if op in ("and", "or"):
+        if not isinstance(body, list) or not body:
+            raise FilterError(sub, f"expected a non-empty list of filters, got {_kind(body)}")
+        kids = tuple(_parse(c, f"{sub}[{i}]", depth + 1, count) for i, c in enumerate(body))
+        return And(kids) if op == "and" else Or(kids)
+    if op == "not":
+        return Not(_parse(body, sub, depth + 1, count))
+    leaves = {"term": _term, "range": _range, "geo_radius": _geo_radius, "geo_bbox": _geo_bbox}
+    if op in leaves:
+        return leaves[op](body, sub)
+    raise FilterError(f"{path}.{op}", f"unknown operator {op!r}; expected one of {ops}")
+
+
+def parse_filter(obj: Any, path: str = "filter") -> Filter:
+    """Validate a JSON filter tree and build its ``Filter``; a bad tree raises FilterError
+    naming the offending node's ``path`` and what was expected there."""
+    return _parse(obj, path, 1, [0])

@@ -1,0 +1,279 @@
+"""Live slots: an immutable snapshot plus a durable log of upserts and deletes, merged at query.
+
+A ``LiveSlot`` is a loaded ``Slot`` and its log (``ebr.index.wal``, in ``<slot-name>.log/``
+beside the slot). An append is durable (fsynced) before it becomes visible or is acknowledged,
+so reopening the slot (``open_live``: load the snapshot, replay the log) restores everything
+that was acknowledged. Searching merges an ANN search of the snapshot, filtered by tombstones,
+with an exact search of the upserted vectors (the delta). ``compact`` folds both into a new
+immutable slot; flipping an alias to it (``ebr.index.aliases.promote``) is the release.
+
+    python -c "from ebr.index.live import open_live; s = open_live('var/demo/slots/<slot>'); \
+print(s.stats())"
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ebr.config import IndexConfig
+from ebr.index.build import check_vectors
+from ebr.index.overlay import merge_topk, records_to_table, search_delta, search_snapshot
+from ebr.index.slot import Slot, check_queries, load_slot, write_slot
+from ebr.index.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
+
+TABLES_MERGE = 1024  # delta item tables kept apart before they are merged into one
+
+
+@dataclass(frozen=True)
+class _View:
+    """All a search reads. Appends publish a new view instead of mutating one, so a search that
+    took a view sees one consistent state without holding the lock."""
+
+    lsn: int  # last applied log sequence number
+    deleted: np.ndarray  # [n] bool: snapshot row tombstoned or superseded by a later upsert
+    n_deleted: int
+    ids: np.ndarray  # [cap] int64 delta job ids by position; rows < size are never rewritten
+    vecs: np.ndarray  # [cap, d] float32 delta vectors, same positions
+    alive: np.ndarray  # [size] bool: position holds the latest version of a job not deleted
+
+
+class LiveSlot:
+    """A snapshot slot plus its log. Appends and searches may run on different threads."""
+
+    def __init__(self, snapshot: Slot, log_dir: Path) -> None:
+        self.snapshot = snapshot
+        self.log_dir = log_dir
+        self._lock = threading.Lock()  # serialises appends (log order = apply order)
+        self._rows = pd.Index(snapshot.job_ids)  # job_id -> snapshot row
+        self._schema = pa.Schema.from_pandas(snapshot.items, preserve_index=False)
+        self._pos: dict[int, int] = {}  # job_id -> delta position of its live version
+        self._tables: list[pa.Table] = []  # delta items, one table per upsert, in position order
+        n, d = len(snapshot.job_ids), snapshot.dim
+        empty = np.empty(0, np.int64), np.empty((0, d), np.float32), np.empty(0, bool)
+        self._view = _View(0, np.zeros(n, bool), 0, *empty)
+        self._writer: LogWriter | None = None
+        self._replayed: ReplayInfo | None = None
+        self._sealed: str | None = None  # set by compact: the slot that now takes the writes
+
+    def __enter__(self) -> LiveSlot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the log (and its writer lock); searches keep working, appends do not."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def deleted_rows(self) -> np.ndarray:
+        """[n] bool, read-only: snapshot rows tombstoned or superseded by a later upsert."""
+        out = self._view.deleted.view()
+        out.flags.writeable = False
+        return out
+
+    def delta(self) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """The live upserted records, latest version per job, minus later deletes.
+
+        Returns:
+            job_ids int64 [m], vectors float32 [m, d] and items (m rows, the snapshot's item
+            columns), all in upsert order.
+        """
+        with self._lock:
+            view, tables = self._view, list(self._tables)
+        return self._delta_of(view, tables)
+
+    def _delta_of(
+        self, view: _View, tables: list[pa.Table]
+    ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        pos = np.flatnonzero(view.alive)
+        if tables:
+            items = pa.concat_tables(tables).take(pa.array(pos)).to_pandas()
+            items = items.astype(self.snapshot.items.dtypes.to_dict())
+        else:
+            items = self.snapshot.items.iloc[:0].copy()
+        return view.ids[pos].copy(), view.vecs[pos].copy(), items
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and log position, for health checks and deciding when to compact."""
+        v, r = self._view, self._replayed
+        n, delta = len(v.deleted), int(v.alive.sum())
+        return {
+            "slot": self.snapshot.name,
+            "model_version": self.snapshot.model_version,
+            "lsn": v.lsn,
+            "snapshot_items": n,
+            "deleted_rows": v.n_deleted,
+            "delta_items": delta,
+            "dead_delta_positions": len(v.alive) - delta,
+            "live_items": n - v.n_deleted + delta,
+            "replayed_records": r.records if r else 0,
+            "torn_bytes_dropped": r.torn_bytes if r else 0,
+            "log_bytes": sum(p.stat().st_size for p in self.log_dir.glob("*.wal")),
+            "writable": self._writer is not None,
+            "sealed_into": self._sealed,
+        }
+
+    def upsert(self, records: pd.DataFrame, vectors: np.ndarray) -> int:
+        """Insert or replace jobs; durable when this returns (one fsync for the batch).
+
+        Args:
+            records: m rows, ``job_id`` (unique, >= 0) plus every item column of the snapshot.
+            vectors: float32 [m, d] unit rows of the snapshot's model version; row i is job i.
+
+        Returns:
+            The log sequence number of the batch.
+        """
+        items = records_to_table(records, self.snapshot.items, self._schema)
+        dim = self.snapshot.dim
+        if not isinstance(vectors, np.ndarray) or vectors.shape != (items.num_rows, dim):
+            shape = getattr(vectors, "shape", type(vectors).__name__)
+            raise ValueError(
+                f"vectors must be [{items.num_rows}, {dim}] (one per record, slot dim "
+                f"{dim}); dim mismatch or misaligned, got shape {shape}"
+            )
+        vectors = check_vectors(vectors, "upsert vectors")
+        ids = items.column("job_id").to_numpy().astype(np.int64)
+        return self._append(lambda lsn: Record(UPSERT, lsn, ids, vectors, items))
+
+    def delete(self, job_ids: np.ndarray | list[int]) -> int:
+        """Tombstone ``job_ids`` [m] (unknown ids are no-ops); durable when this returns."""
+        ids = np.asarray(job_ids)
+        if ids.ndim != 1 or not len(ids) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"job_ids must be a non-empty 1-D integer array, got {ids!r:.80}")
+        if (ids < 0).any():
+            raise ValueError(f"job_ids must be >= 0, got {int(ids.min())}")
+        unique = np.unique(ids.astype(np.int64))
+        return self._append(lambda lsn: Record(DELETE, lsn, unique))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k live jobs per query: snapshot ANN minus tombstones, merged with the delta.
+
+        Args:
+            queries: float [q, d] L2-normalised query embeddings of the snapshot's model.
+            k: results per query (>= 1).
+
+        Returns:
+            scores [q, k] float32 descending and job_ids [q, k] int64; -inf / -1 pad.
+        """
+        view = self._view  # one consistent state for the whole search
+        q = check_queries(queries, k, self.snapshot.dim, self.snapshot.name)
+        snap = search_snapshot(self.snapshot, view.deleted, view.n_deleted, q, k)
+        # Superseded snapshot rows are deleted, so an upserted job appears once, in the delta.
+        return merge_topk([snap, search_delta(view.ids, view.vecs, view.alive, q, k)], k)
+
+    def _append(self, make: Callable[[int], Record]) -> int:
+        with self._lock:
+            if self._sealed is not None:
+                raise RuntimeError(
+                    f"slot {self.snapshot.name} was compacted into {self._sealed}; "
+                    "open that slot to write"
+                )
+            if self._writer is None:
+                raise RuntimeError(f"live slot {self.snapshot.name} is open read-only or closed")
+            rec: Record = make(self._writer.next_lsn)
+            self._writer.append(rec)  # durable before it is visible or acknowledged
+            self._apply(rec, copy=True)
+            return rec.lsn
+
+    def _apply(self, rec: Record, copy: bool) -> None:
+        """Apply one record and publish the new view; ``copy`` arrays searches may hold."""
+        v = self._view
+        deleted, n_deleted = v.deleted, v.n_deleted
+        rows = self._rows.get_indexer(rec.job_ids)
+        rows = rows[rows >= 0]
+        if len(rows):
+            deleted = deleted.copy() if copy else deleted
+            n_deleted += int((~deleted[rows]).sum())
+            deleted[rows] = True
+        old = [self._pos.pop(j) for j in rec.job_ids.tolist() if j in self._pos]
+        alive, ids, vecs = v.alive, v.ids, v.vecs
+        if old:
+            alive = alive.copy() if copy else alive
+            alive[old] = False
+        if rec.kind == UPSERT:
+            assert rec.vectors is not None and rec.items is not None, "upserts carry both"
+            size, m = len(alive), len(rec.job_ids)
+            if size + m > len(ids):  # grow by doubling; old views keep the old buffers
+                cap = max(2 * len(ids), size + m, 1024)
+                ids = np.concatenate([ids[:size], np.empty(cap - size, np.int64)])
+                vecs = np.concatenate([vecs[:size], np.empty((cap - size, vecs.shape[1]), "f4")])
+            ids[size : size + m] = rec.job_ids  # beyond every published view's size
+            vecs[size : size + m] = rec.vectors
+            alive = np.concatenate([alive, np.ones(m, bool)])
+            self._pos.update(zip(rec.job_ids.tolist(), range(size, size + m), strict=True))
+            self._tables.append(rec.items)
+            if len(self._tables) >= TABLES_MERGE:  # many tiny tables cost far more than rows
+                self._tables = [pa.concat_tables(self._tables).combine_chunks()]
+        self._view = _View(rec.lsn, deleted, n_deleted, ids, vecs, alive)
+
+
+def open_live(slot_path: Path, verify: bool = True, writable: bool = True) -> LiveSlot:
+    """Load the slot at ``slot_path`` and replay its log.
+
+    ``writable`` takes the log's writer lock (one writer process per slot) and truncates a torn
+    tail a crash left; a read-only open only stops before it.
+
+    Raises:
+        RuntimeError: another process holds the writer lock. ValueError: a corrupt log.
+    """
+    slot_path = Path(slot_path)
+    live = LiveSlot(load_slot(slot_path, verify=verify), log_dir_for(slot_path))
+    writer = LogWriter(live.log_dir) if writable else None  # lock before reading
+    try:
+        live._replayed = replay(live.log_dir, lambda rec: live._apply(rec, copy=False))
+        if writer is not None:
+            writer.resume(live._replayed)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    live._writer = writer
+    return live
+
+
+def compact(live: LiveSlot, slots_dir: Path, new_name: str, cfg: IndexConfig) -> Path:
+    """Fold ``live`` (snapshot rows not deleted + delta) into the new immutable slot ``new_name``.
+
+    Searches and appends continue while the index builds. Appends that land meanwhile are
+    copied into the new slot's log (which otherwise starts empty) and ``live`` is sealed, so
+    every acknowledged write is in the new slot. The old slot and its log stay, for rollback.
+
+    Returns:
+        The new slot directory; its manifest's ``lineage`` names the old slot and log position.
+    """
+    new_log = log_dir_for(Path(slots_dir) / new_name)
+    if new_log.exists():
+        raise FileExistsError(f"log {new_log} already exists; choose a fresh slot name")
+    with live._lock:  # one state: tombstones and delta as of the same lsn
+        view, tables = live._view, list(live._tables)
+    lsn, keep = view.lsn, np.flatnonzero(~view.deleted)
+    ids, vecs, items = live._delta_of(view, tables)
+    snap = live.snapshot
+    vectors = np.concatenate([np.asarray(snap.vectors[keep]), vecs])
+    all_items = pd.concat([snap.items.iloc[keep], items], ignore_index=True)
+    lineage = {"compacted_from": snap.name, "through_lsn": lsn}
+    path = write_slot(slots_dir, new_name, vectors, all_items, snap.model_version, cfg, lineage)
+    with live._lock:
+        tail: list[Record] = []
+        replay(live.log_dir, tail.append, after_lsn=lsn)
+        if tail:
+            writer = LogWriter(new_log)
+            try:
+                writer.resume(replay(new_log, lambda rec: None))
+                for i, rec in enumerate(tail, start=1):
+                    writer.append(replace(rec, lsn=i))
+            finally:
+                writer.close()
+        live._sealed = new_name
+    return path

@@ -1,0 +1,122 @@
+"""Search-time knobs of every index kind we build, set and read under one set of names.
+
+The names are ``IndexConfig``'s, so a tuned setting can be written back into a config
+(``dataclasses.replace(cfg, **params)``) or a manifest:
+
+- ``flat``:  none (exact).
+- ``ivf``:   ``nprobe`` (cells visited per query).
+- ``ivfpq``: ``nprobe`` and ``refine`` (``IndexRefine.k_factor``: the compressed scan proposes
+  ``refine * k`` candidates that are re-ranked exactly).
+- ``hnsw``:  ``ef_search`` (``IndexHNSW.hnsw.efSearch``, the search beam width).
+
+The indexes may come from ``build_index`` or from ``faiss.read_index`` (a loaded slot); both are
+unwrapped the same way. Setting a knob mutates the index: do it before it is shared with
+concurrent searches (FAISS reads these fields without locks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import faiss
+
+SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
+    "flat": (),
+    "ivf": ("nprobe",),
+    "ivfpq": ("nprobe", "refine"),
+    "hnsw": ("ef_search",),
+}
+
+
+def _concrete(index: faiss.Index) -> Any:
+    # Any: the most-derived SWIG type (IndexRefineFlat, IndexHNSWFlat, ...); faiss's stubs
+    # type downcast_index as returning a bare Index without k_factor or hnsw.
+    return faiss.downcast_index(index)
+
+
+def index_kind(index: faiss.Index) -> str:
+    """Which of our kinds (``SEARCH_PARAMS`` keys) ``index`` is, from its FAISS type.
+
+    Raises:
+        ValueError: an index type none of our kinds produces (e.g. a bare IVFPQ, no refine).
+    """
+    idx = _concrete(index)
+    if isinstance(idx, faiss.IndexRefine):
+        if faiss.try_extract_index_ivf(idx) is not None:
+            return "ivfpq"
+    elif isinstance(idx, faiss.IndexIVF):
+        # Only IVF-Flat is built bare; an IVF with codes is always wrapped in a refine.
+        if isinstance(idx, faiss.IndexIVFFlat):
+            return "ivf"
+    elif isinstance(idx, faiss.IndexHNSW):
+        return "hnsw"
+    elif isinstance(idx, faiss.IndexFlat):
+        return "flat"
+    raise ValueError(
+        f"unsupported index type {type(idx).__name__}: expected one built by "
+        f"ebr.index.build.build_index ({', '.join(SEARCH_PARAMS)})"
+    )
+
+
+def search_params(index: faiss.Index) -> dict[str, int]:
+    """The current search knobs of ``index`` (only those its kind has; ``{}`` for flat)."""
+    kind = index_kind(index)
+    out: dict[str, int] = {}
+    if "nprobe" in SEARCH_PARAMS[kind]:
+        out["nprobe"] = int(faiss.extract_index_ivf(index).nprobe)
+    if "refine" in SEARCH_PARAMS[kind]:
+        k_factor = float(_concrete(index).k_factor)
+        if not k_factor.is_integer():
+            # Only set_search_params writes k_factor here, always from an int.
+            raise ValueError(f"refine k_factor {k_factor} is not an integer")
+        out["refine"] = int(k_factor)
+    if "ef_search" in SEARCH_PARAMS[kind]:
+        out["ef_search"] = int(_concrete(index).hnsw.efSearch)
+    return out
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    # bool is an int subclass; True as an nprobe is a bug, not a 1.
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer in {bound}, got {value!r}")
+    return int(value)
+
+
+def set_search_params(index: faiss.Index, params: Mapping[str, Any]) -> None:
+    """Apply ``params`` (a subset of the kind's knobs, see the module docstring) to ``index``.
+
+    Args:
+        index: any index our factory builds (also after ``faiss.read_index``).
+        params: e.g. ``{"nprobe": 32, "refine": 8}`` for ivfpq, ``{"ef_search": 128}`` for hnsw.
+            Knobs not named keep their value.
+
+    Raises:
+        ValueError: a knob this kind does not have, or a value out of range (``nprobe`` must be
+            in [1, nlist], ``refine`` and ``ef_search`` >= 1). Nothing is changed then.
+    """
+    kind = index_kind(index)
+    unknown = sorted(set(params) - set(SEARCH_PARAMS[kind]))
+    if unknown:
+        raise ValueError(
+            f"{kind} index has no search parameter(s) {unknown}; "
+            f"it has {list(SEARCH_PARAMS[kind]) or 'none'}"
+        )
+    # Validate everything before touching the index so a bad value leaves it as it was.
+    checked: dict[str, int] = {}
+    if "nprobe" in params:
+        nlist = int(faiss.extract_index_ivf(index).nlist)
+        checked["nprobe"] = _check_int("nprobe", params["nprobe"], 1, nlist)
+    if "refine" in params:
+        checked["refine"] = _check_int("refine", params["refine"], 1)
+    if "ef_search" in params:
+        checked["ef_search"] = _check_int("ef_search", params["ef_search"], 1)
+
+    if "nprobe" in checked:
+        faiss.extract_index_ivf(index).nprobe = checked["nprobe"]
+    if "refine" in checked:
+        _concrete(index).k_factor = float(checked["refine"])
+    if "ef_search" in checked:
+        _concrete(index).hnsw.efSearch = checked["ef_search"]

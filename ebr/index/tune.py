@@ -1,0 +1,241 @@
+"""Pick the cheapest search setting of an index that still reaches the target recall@10.
+
+Drop-in after ``build_index``::
+
+    index, info = build_index(vectors, cfg)
+    tuned = tune(index, vectors, cfg)        # sets the chosen knobs on ``index``
+    info.update(tuned["chosen"])             # or raises RecallGateError: no setting is good enough
+
+Re-tune a written slot without changing it (prints the sweep; the slot's files stay as they are)::
+
+    python -m ebr.index.tune --slot var/demo/slots/<slot-name> [--target-recall 0.95] [--full]
+
+Recall is measured against exact search on jittered catalogue rows, the same queries
+``recall_at_k(index, vectors, n, seed=cfg.seed)`` uses, so the tuner's figure and a slot
+manifest's agree; or on real request embeddings passed as ``queries`` (closer to what serving
+sees, see ``tune``). Cost is the wall time of one batch search of those queries (median of 3, at
+``threads`` FAISS threads): the quantity a batch-serving replica pays per query.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ebr.config import IndexConfig
+from ebr.index.build import (
+    check_vectors,
+    exact_topk,
+    recall_of,
+    recall_queries,
+    set_faiss_threads,
+)
+from ebr.index.params import index_kind, search_params, set_search_params
+
+REFINE_FACTORS = (16, 8, 4, 2, 1)  # high first: it finds a passing setting sooner (a cost bound)
+EF_SEARCH = (16, 32, 64, 128, 256, 512)
+TIMING_REPEATS = 3
+QUERY_NOISE = 0.1  # recall_at_k's default: tuner and manifest measure on the same queries
+
+
+class RecallGateError(ValueError):
+    """No search setting of an index reaches the target recall@10 (``sweep`` holds them all)."""
+
+    def __init__(self, message: str, sweep: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.sweep = list(sweep)
+
+
+def recall_gate(recall: float, target: float, params: Mapping[str, Any] | None = None) -> None:
+    """Raise ``RecallGateError`` when ``recall`` (recall@10 vs exact) is below ``target``."""
+    if not 0 < target <= 1:
+        raise ValueError(f"target_recall must be in (0, 1], got {target}")
+    if recall < target:
+        where = f" with {dict(params)}" if params is not None else ""
+        raise RecallGateError(f"recall@10 {recall:.4f}{where} is below target_recall={target}")
+
+
+def _powers_of_two_upto(n: int) -> list[int]:
+    """1, 2, 4, ... <= n, plus n itself (visiting every cell is the exact end of the curve)."""
+    out = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
+    return out if out[-1] == n else [*out, n]
+
+
+def sweep_grid(index: faiss.Index) -> list[list[dict[str, int]]]:
+    """The settings ``tune`` tries, as groups whose cost rises along each group.
+
+    Within a group only the effort knob (nprobe, ef_search) grows, so once a setting in it
+    reaches the target, or costs more than a passing one, the rest of the group can be skipped.
+    """
+    kind = index_kind(index)
+    if kind == "flat":
+        return [[{}]]
+    if kind == "hnsw":
+        return [[{"ef_search": ef} for ef in EF_SEARCH]]
+    nprobes = _powers_of_two_upto(int(faiss.extract_index_ivf(index).nlist))
+    if kind == "ivf":
+        return [[{"nprobe": p} for p in nprobes]]
+    return [[{"nprobe": p, "refine": r} for p in nprobes] for r in REFINE_FACTORS]
+
+
+def _measure(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
+    """(median seconds of one batch search of ``queries`` [q, d], the ids found [q, k])."""
+    times = []
+    for _ in range(TIMING_REPEATS):
+        t0 = time.perf_counter()
+        _, found = index.search(queries, k)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), np.asarray(found)
+
+
+def tune(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    cfg: IndexConfig,
+    n_queries: int = 500,
+    k: int = 10,
+    threads: int = 2,
+    full_sweep: bool = False,
+    queries: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Sweep ``index``'s search knobs, apply the cheapest setting with recall >= the target.
+
+    Args:
+        index: built by ``build_index`` over ``vectors`` (or loaded from a slot); its kind is
+            read from the index itself, so a catalogue that degraded to flat is tuned as flat.
+        vectors: float32 [n, d] unit rows; FAISS id i = row i.
+        cfg: supplies ``target_recall`` and ``seed`` (which rows become queries).
+        n_queries: jittered catalogue rows used as queries (capped at n) when ``queries`` is
+            None.
+        k: recall cut-off (capped at n).
+        threads: FAISS OpenMP threads while timing (restored afterwards).
+        full_sweep: measure every setting instead of skipping those that cannot be cheapest.
+        queries: float32 [q, d] unit rows to tune on instead of jittered catalogue rows, e.g.
+            held-out request embeddings. Prefer them when there are some: request embeddings
+            sit farther from the catalogue than jittered rows (top-1 cosine ~0.8 vs ~0.99 for
+            job embeddings), where the top-10 is harder to separate, so recall on jittered rows
+            overstates it (0.95 there was 0.91 on requests in benchmarks/ann_curves.py).
+
+    Returns:
+        ``{"kind", "chosen": params, "recall_at_10", "seconds", "target_recall", "n_queries",
+        "k", "sweep": [{"params", "recall", "seconds"}, ...]}``: ``seconds`` is the batch-search
+        wall time for the ``n_queries`` queries; ``sweep`` lists every setting measured.
+
+    Raises:
+        RecallGateError: no setting reaches ``cfg.target_recall`` (the index keeps the search
+            params it came with; the error's message names the best recall and its setting).
+        ValueError: bad vectors, or ``index`` does not hold them.
+    """
+    vectors = check_vectors(vectors)
+    if index.ntotal != len(vectors):
+        raise ValueError(f"index holds {index.ntotal} vectors but {len(vectors)} were given")
+    if n_queries < 1 or k < 1 or threads < 1:
+        raise ValueError(f"n_queries, k, threads must be >= 1, got {n_queries}, {k}, {threads}")
+    kind = index_kind(index)
+    target = cfg.target_recall
+    k = min(k, len(vectors))
+    if queries is None:
+        queries = recall_queries(vectors, n_queries, cfg.seed, QUERY_NOISE)
+    else:
+        queries = check_vectors(queries, "queries")
+        if queries.shape[1] != vectors.shape[1]:
+            raise ValueError(f"queries have d={queries.shape[1]}, vectors d={vectors.shape[1]}")
+    _, truth = exact_topk(vectors, queries, k)
+
+    original = search_params(index)
+    previous_threads = faiss.omp_get_max_threads()
+    set_faiss_threads(threads)
+    sweep: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None  # cheapest passing entry so far
+    try:
+        for group in sweep_grid(index):
+            for params in group:
+                set_search_params(index, params)
+                seconds, found = _measure(index, queries, k)
+                recall = recall_of(found, truth)
+                entry = {"params": params, "recall": recall, "seconds": seconds}
+                sweep.append(entry)
+                passes = recall >= target
+                if passes and (best is None or seconds < best["seconds"]):
+                    best = entry
+                # More effort in this group only costs more: it can no longer be the cheapest.
+                if not full_sweep and (passes or (best is not None and seconds > best["seconds"])):
+                    break
+    finally:
+        set_faiss_threads(previous_threads)
+        set_search_params(index, original)
+
+    if best is None:
+        top = max(sweep, key=lambda e: (e["recall"], -e["seconds"]))
+        raise RecallGateError(
+            f"no {kind} search setting reaches target_recall={target}: best recall@{k} "
+            f"{top['recall']:.4f} with {top['params']} over {len(sweep)} settings; build a "
+            f"more accurate index (more PQ sub-quantizers, hnsw_m, or kind 'flat')",
+            sweep,
+        )
+    set_search_params(index, best["params"])
+    return {
+        "kind": kind,
+        "chosen": dict(best["params"]),
+        "recall_at_10": best["recall"],
+        "seconds": best["seconds"],
+        "target_recall": target,
+        "n_queries": len(queries),
+        "k": k,
+        "sweep": sweep,
+    }
+
+
+def _print_sweep(sweep: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None) -> None:
+    for e in sweep:
+        mark = "  <- chosen" if chosen is not None and e["params"] == chosen else ""
+        params = " ".join(f"{k}={v}" for k, v in e["params"].items()) or "(exact)"
+        print(f"{params:<24} recall@10 {e['recall']:.4f}  {e['seconds'] * 1e3:9.2f} ms{mark}")
+
+
+def main(
+    slot: Path | None = None,
+    target_recall: float = IndexConfig.target_recall,
+    queries: int = 500,
+    threads: int = 2,
+    seed: int = IndexConfig.seed,
+    full: bool = False,
+) -> None:
+    """Re-tune the index of the slot at --slot in memory and print the sweep (read-only).
+
+    --full measures every setting instead of skipping those that cannot be the cheapest.
+    """
+    import typer
+
+    # Imported here: slot.py imports this module to tune at write time.
+    from ebr.index.slot import load_slot
+
+    if slot is None:
+        raise typer.BadParameter("--slot is required (a slot directory holding manifest.json)")
+    loaded = load_slot(slot)
+    cfg = IndexConfig(target_recall=target_recall, seed=seed)
+    print(f"slot {loaded.name}: {index_kind(loaded.index)}, now {search_params(loaded.index)}")
+    try:
+        # Only the in-memory index changes; the slot's vectors are memory-mapped read-only.
+        tuned = tune(loaded.index, loaded.vectors, cfg, queries, threads=threads, full_sweep=full)
+    except RecallGateError as err:
+        _print_sweep(err.sweep, None)
+        print(err)
+        raise typer.Exit(1) from err
+    _print_sweep(tuned["sweep"], tuned["chosen"])
+    print(
+        f"chosen {tuned['chosen']}: recall@10 {tuned['recall_at_10']:.4f} >= "
+        f"{tuned['target_recall']} at {len(tuned['sweep'])} settings measured"
+    )
+
+
+if __name__ == "__main__":
+    import typer
+
+    typer.run(main)

@@ -1,0 +1,159 @@
+"""Aliases: promote / rollback with history, atomic flips under concurrent queries, and slot
+writes that a SIGKILL interrupts.
+
+Run: ``pytest -q tests/unit/test_aliases.py``
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ebr.config import IndexConfig
+from ebr.index import slot as slot_module
+from ebr.index.aliases import (
+    alias_history,
+    promote,
+    read_aliases,
+    resolve_alias,
+    rollback,
+    set_alias,
+)
+from ebr.index.slot import load_slot, write_slot
+
+D = 16
+
+
+def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def items(n: int, first_id: int) -> pd.DataFrame:
+    return pd.DataFrame({"job_id": np.arange(first_id, first_id + n), "title": ["t"] * n})
+
+
+def make_slot(slots: Path, name: str, first_id: int, n: int = 300) -> Path:
+    vectors = unit_rows(n, D, seed=first_id)
+    return write_slot(slots, name, vectors, items(n, first_id), "v1", IndexConfig(kind="flat"))
+
+
+def test_promote_returns_previous_and_rollback_walks_history_back(tmp_path: Path):
+    for i, name in enumerate("abc"):
+        make_slot(tmp_path, name, first_id=1000 * i)
+    assert promote(tmp_path, "jobs@live", "a") is None
+    assert promote(tmp_path, "jobs@live", "b") == "a"
+    assert promote(tmp_path, "jobs@live", "b") == "b"  # re-promoting is a no-op, no history
+    assert promote(tmp_path, "jobs@live", "c") == "b"
+    assert alias_history(tmp_path, "jobs@live") == ["a", "b"]
+    assert rollback(tmp_path, "jobs@live") == "b"
+    assert resolve_alias(tmp_path, "jobs@live") == tmp_path / "b"
+    assert rollback(tmp_path, "jobs@live") == "a"  # the history is a stack
+    with pytest.raises(ValueError, match="no previous target"):
+        rollback(tmp_path, "jobs@live")
+    assert read_aliases(tmp_path) == {"jobs@live": "a"}  # the failed rollback changed nothing
+    with pytest.raises(KeyError, match="unknown alias"):
+        rollback(tmp_path, "jobs@canary")
+    with pytest.raises(ValueError, match="unknown slot"):
+        promote(tmp_path, "jobs@live", "nope")
+    with pytest.raises(ValueError, match="alias must match"):
+        promote(tmp_path, "jobs live", "a")
+
+
+def test_old_flat_aliases_file_is_read_and_upgraded(tmp_path: Path):
+    make_slot(tmp_path, "a", 0)
+    make_slot(tmp_path, "b", 1000)
+    (tmp_path / "aliases.json").write_text(json.dumps({"jobs@live": "a", "jobs@v1": "a"}))
+    assert read_aliases(tmp_path) == {"jobs@live": "a", "jobs@v1": "a"}
+    set_alias(tmp_path, "jobs@live", "b")
+    raw = json.loads((tmp_path / "aliases.json").read_text())
+    assert raw == {"aliases": {"jobs@live": "b", "jobs@v1": "a"}, "history": {"jobs@live": ["a"]}}
+    assert rollback(tmp_path, "jobs@live") == "a"
+
+
+def test_malformed_aliases_file_is_an_error(tmp_path: Path):
+    (tmp_path / "aliases.json").write_text(json.dumps({"aliases": {"x": 1}}))
+    with pytest.raises(ValueError, match="must hold"):
+        read_aliases(tmp_path)
+
+
+def test_promote_and_rollback_never_fail_an_in_flight_query(tmp_path: Path):
+    slot_a, slot_b = make_slot(tmp_path, "a", 0, 2000), make_slot(tmp_path, "b", 10_000, 2000)
+    queries = unit_rows(4, D, seed=99)
+    # What each complete slot answers: a reader's result must equal one of these exactly.
+    expected = {p.name: load_slot(p).search(queries, 5)[1] for p in (slot_a, slot_b)}
+    promote(tmp_path, "jobs@live", "a")
+    stop, failures, seen = threading.Event(), [], {"a": 0, "b": 0}
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                slot = load_slot(resolve_alias(tmp_path, "jobs@live"), verify=True)
+                _, job_ids = slot.search(queries, 5)
+                if not np.array_equal(job_ids, expected[slot.name]):
+                    failures.append(f"{slot.name} answered {job_ids.tolist()}")
+                seen[slot.name] += 1
+            except Exception as exc:  # any failure at all is what this test is about
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(150):
+            if i % 3 == 2:
+                rollback(tmp_path, "jobs@live")
+            else:
+                promote(tmp_path, "jobs@live", "b" if i % 2 else "a")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert seen["a"] > 0 and seen["b"] > 0, seen  # both targets were really served
+    assert not list(tmp_path.glob(".aliases.json.*.tmp"))  # no temp file left behind
+
+
+def _write_and_hang(slots: str, ready: multiprocessing.synchronize.Event) -> None:
+    """Child: write a slot, but stop for good once its data files are on disk (pre-manifest)."""
+
+    def hang(path: Path) -> str:
+        ready.set()
+        signal.pause()  # the parent SIGKILLs us here, mid-write
+        return ""
+
+    slot_module.sha256_file = hang  # type: ignore[assignment]
+    n = 50_000
+    write_slot(Path(slots), "new", unit_rows(n, D, 5), items(n, 0), "v2", IndexConfig(kind="flat"))
+
+
+def test_sigkill_during_write_slot_leaves_old_slot_and_alias_serving(tmp_path: Path):
+    old = make_slot(tmp_path, "old", 0)
+    promote(tmp_path, "jobs@live", "old")
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with OpenMP threads
+    ready = ctx.Event()
+    child = ctx.Process(target=_write_and_hang, args=(str(tmp_path), ready))
+    child.start()
+    try:
+        assert ready.wait(60), "child never reached the write"
+        temp_dirs = [p for p in tmp_path.iterdir() if p.name.startswith(".new.")]
+        assert temp_dirs and (temp_dirs[0] / "vectors.npy").is_file()  # really mid-write
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    assert not (tmp_path / "new").exists()  # nothing under the new name, not even empty
+    with pytest.raises(ValueError, match="unknown slot"):
+        promote(tmp_path, "jobs@live", "new")
+    with pytest.raises(ValueError, match="must match"):  # the hidden temp dir is not a slot name
+        promote(tmp_path, "jobs@live", temp_dirs[0].name)
+    slot = load_slot(resolve_alias(tmp_path, "jobs@live"), verify=True)
+    assert slot.path == old and slot.search(unit_rows(1, D, 1), 3)[1].min() >= 0

@@ -1,0 +1,278 @@
+"""Filtered search planner on clustered unit vectors: every strategy, every index kind.
+
+Run: ``pytest -q tests/unit/test_planner.py``
+
+Ground truth is a numpy matmul over the eligible rows only; the planner must never return an
+ineligible row and must return min(k, eligible) rows per query, whatever the strategy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ebr.config import IndexConfig
+from ebr.index.build import build_index
+from ebr.index.planner import Plan, PlannerParams, _check_results, filtered_search
+
+N, D, K, Q = 4_000, 32, 10, 40
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+FORCE = {
+    "exact": PlannerParams(exact_max_eligible=N),
+    "ann": PlannerParams(exact_max_eligible=0, exact_max_fraction=0.0),
+    "auto": PlannerParams(exact_max_eligible=400),  # 10% of N: both paths reachable
+}
+
+
+def clustered(n: int, d: int, seed: int) -> np.ndarray:
+    """Unit vectors around 40 random centres (real embeddings cluster; uniform noise doesn't)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, d))
+    x = centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return clustered(N, D, seed=0)
+
+
+@pytest.fixture(scope="module")
+def queries(vectors: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    q = vectors[rng.choice(N, Q, replace=False)] + 0.3 * rng.standard_normal((Q, D)) / np.sqrt(D)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def indexes(vectors: np.ndarray) -> dict[str, Any]:
+    cfg = {
+        "flat": IndexConfig(kind="flat"),
+        "ivf": IndexConfig(kind="ivf", nlist=64, nprobe=8),
+        "ivfpq": IndexConfig(kind="ivfpq", nlist=64, nprobe=8, pq_m=16, pq_nbits=4, refine=4),
+        "hnsw": IndexConfig(kind="hnsw", hnsw_m=16, ef_construction=40, ef_search=32),
+    }
+    return {kind: build_index(vectors, c)[0] for kind, c in cfg.items()}
+
+
+def truth(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k rows among ``mask`` by brute-force matmul: int64 [q, min(k, m)]."""
+    rows = np.flatnonzero(mask)
+    scores = queries @ vectors[rows].T
+    return rows[np.argsort(-scores, axis=1, kind="stable")[:, : min(k, len(rows))]]
+
+
+def check_invariants(rows: np.ndarray, scores: np.ndarray, mask: np.ndarray, k: int) -> None:
+    need = min(k, int(mask.sum()))
+    assert rows.shape == scores.shape == (len(rows), k)
+    assert (rows[:, :need] >= 0).all() and (rows[:, need:] == -1).all()
+    assert mask[rows[:, :need]].all(), "an ineligible row was returned"
+    assert np.isneginf(scores[:, need:]).all()
+    assert (np.diff(scores[:, :need], axis=1) <= 1e-6).all(), "scores must descend"
+
+
+def random_mask(n: int, size: int, seed: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).choice(n, size, replace=False)] = True
+    return mask
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exact_subset_equals_filtered_ground_truth(
+    kind: str, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    mask = random_mask(N, 1_200, seed=2)
+    scores, rows, plan = filtered_search(indexes[kind], vectors, queries, K, mask, FORCE["exact"])
+    assert plan.strategy == "exact_subset" and plan.eligible == 1_200
+    np.testing.assert_array_equal(rows, truth(vectors, queries, mask, K))
+    expected = np.take_along_axis(queries @ vectors.T, rows, axis=1)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "floor"), [("ivf", 0.97), ("ivfpq", 0.9), ("hnsw", 0.9)])
+@pytest.mark.parametrize("size", [400, 2_000])
+def test_ann_filtered_recall_floor(
+    kind: str,
+    floor: float,
+    size: int,
+    indexes: dict[str, Any],
+    vectors: np.ndarray,
+    queries: np.ndarray,
+) -> None:
+    mask = random_mask(N, size, seed=size)
+    params = PlannerParams(exact_max_eligible=0, exact_max_fraction=0.0, nprobe=16)
+    scores, rows, plan = filtered_search(indexes[kind], vectors, queries, K, mask, params)
+    assert plan.strategy == "ann_filtered"
+    check_invariants(rows, scores, mask, K)
+    gt = truth(vectors, queries, mask, K)
+    recall = np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(rows, gt, strict=True)])
+    assert recall >= floor, (kind, size, recall, asdict(plan))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [1, K - 1, K, K + 1])
+def test_tiny_eligible_sets_still_fill_the_page(
+    kind: str, size: int, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    mask = random_mask(N, size, seed=size)
+    for force in ("ann", "exact"):
+        scores, rows, plan = filtered_search(indexes[kind], vectors, queries, K, mask, FORCE[force])
+        check_invariants(rows, scores, mask, K)
+        if size <= K:  # the whole eligible set is the answer
+            assert all(set(r[r >= 0]) == set(np.flatnonzero(mask)) for r in rows)
+
+
+def _cells(index: Any, vectors: np.ndarray) -> np.ndarray:
+    """IVF cell of each row, int [n]."""
+    ivf: Any = faiss.extract_index_ivf(index)
+    return ivf.quantizer.search(vectors, 1)[1].ravel()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_eligible_rows_in_one_far_ivf_cell(
+    kind: str, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    index = indexes[kind]
+    ivf: Any = faiss.extract_index_ivf(index)
+    cell = _cells(index, vectors)
+    sizes = np.bincount(cell, minlength=ivf.nlist)
+    # The cell of at least K + 1 rows least similar to the first query: a filter correlated
+    # with the vectors, the way a far-away region is for most searches.
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    target = next(c for c in np.argsort(centroids @ queries[0]) if sizes[c] > K)
+    mask = cell == target
+    params = PlannerParams(exact_max_eligible=0, exact_max_fraction=0.0, nprobe=1)
+    scores, rows, plan = filtered_search(index, vectors, queries, K, mask, params)
+    check_invariants(rows, scores, mask, K)
+    # Cells without eligible rows are never probed: the one far cell is the only probe, in
+    # the first round (nearest-first probing of all cells would need most of them).
+    assert plan.rounds == 1 and plan.fallback_queries == 0
+    assert plan.nprobe == plan.nprobe_max == 1
+    gt = truth(vectors, queries, mask, K)
+    recall = np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(rows, gt, strict=True)])
+    assert recall >= (0.9 if kind == "ivfpq" else 1.0), recall
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_short_pages_are_retried_then_answered_exactly(
+    kind: str, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    # One eligible row in each of 40 cells and k=30: the first probes hold too few of them.
+    cell = _cells(indexes["ivf"], vectors)
+    first_rows = np.unique(cell, return_index=True)[1][:40]
+    mask = np.zeros(N, dtype=bool)
+    mask[first_rows] = True
+    params = PlannerParams(
+        exact_max_eligible=0, exact_max_fraction=0.0, nprobe=1, ef_search=1, max_rounds=2
+    )
+    scores, rows, plan = filtered_search(indexes[kind], vectors, queries, 30, mask, params)
+    check_invariants(rows, scores, mask, 30)
+    assert plan.retried_queries > 0 or kind == "hnsw", asdict(plan)
+    fell_back = plan.fallback_queries
+    if kind != "hnsw":
+        assert fell_back > 0, asdict(plan)
+        np.testing.assert_array_equal(rows, truth(vectors, queries, mask, 30))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_eligible_set_returns_padding(
+    kind: str, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    mask = np.zeros(N, dtype=bool)
+    scores, rows, plan = filtered_search(indexes[kind], vectors, queries, K, mask)
+    assert (rows == -1).all() and np.isneginf(scores).all()
+    assert plan.eligible == 0 and plan.strategy == "exact_subset"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unfiltered_and_all_eligible_use_the_index(
+    kind: str, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    for eligible in (None, np.ones(N, dtype=bool)):
+        scores, rows, plan = filtered_search(indexes[kind], vectors, queries, K, eligible)
+        assert plan.strategy == "ann" and plan.selectivity == 1.0
+        check_invariants(rows, scores, np.ones(N, dtype=bool), K)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    force=st.sampled_from(sorted(FORCE)),
+    density=st.sampled_from([0.0005, 0.003, 0.02, 0.1, 0.5, 0.95]),
+    k=st.integers(1, 25),
+    seed=st.integers(0, 10**6),
+)
+def test_invariants_hold_for_any_mask(
+    kind: str,
+    force: str,
+    density: float,
+    k: int,
+    seed: int,
+    indexes: dict[str, Any],
+    vectors: np.ndarray,
+    queries: np.ndarray,
+) -> None:
+    rng = np.random.default_rng(seed)
+    mask = rng.random(N) < density
+    scores, rows, plan = filtered_search(indexes[kind], vectors, queries[:8], k, mask, FORCE[force])
+    check_invariants(rows, scores, mask, k)
+    json.dumps(asdict(plan))  # the plan travels in API responses and logs
+    if plan.strategy == "exact_subset" and mask.any():
+        np.testing.assert_array_equal(
+            rows[:, : min(k, mask.sum())], truth(vectors, queries[:8], mask, k)
+        )
+
+
+def test_planner_picks_exact_below_the_threshold_and_ann_above(
+    indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    params = FORCE["auto"]
+    _, _, low = filtered_search(
+        indexes["ivfpq"], vectors, queries, K, random_mask(N, 400, 1), params
+    )
+    _, _, high = filtered_search(
+        indexes["ivfpq"], vectors, queries, K, random_mask(N, 401, 1), params
+    )
+    assert (low.strategy, high.strategy) == ("exact_subset", "ann_filtered")
+    # Probes grow as selectivity drops, ~8 / sqrt(401 / 4000) = 25 cells for a mask independent
+    # of the vectors (per query: until the probed cells hold as many eligible rows).
+    assert high.nprobe is not None and high.nprobe_max is not None
+    assert 8 < high.nprobe <= 25 <= high.nprobe_max < 64 and high.k_factor == 4.0
+
+
+def test_internal_check_catches_ineligible_rows() -> None:
+    mask = np.array([True, False, True, True])
+    with pytest.raises(AssertionError, match=r"ineligible rows \[1\]"):
+        _check_results(np.array([[0, 1]]), 4, mask, 2, "test")
+    with pytest.raises(AssertionError, match="not exactly 2 left-aligned results"):
+        _check_results(np.array([[0, -1]]), 4, mask, 2, "test")
+    with pytest.raises(AssertionError, match="same row twice"):
+        _check_results(np.array([[0, 0]]), 4, mask, 2, "test")
+
+
+def test_bad_inputs_are_rejected(
+    indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    index = indexes["ivf"]
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        filtered_search(index, vectors, queries, K, np.ones(N - 1, dtype=bool))
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        filtered_search(index, vectors, queries, K, np.ones(N, dtype=np.int8))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        filtered_search(index, vectors, queries, 0, None)
+    with pytest.raises(ValueError, match="queries must be"):
+        filtered_search(index, vectors, queries[:, :5], K, None)
+    with pytest.raises(ValueError, match="selectivity_exponent in"):
+        PlannerParams(selectivity_exponent=-1)
+
+
+def test_plan_is_json() -> None:
+    plan = Plan("ann", 10, 10, 1.0, 3, 4, 4, None, None, 1, 0, 0, False)
+    assert json.loads(json.dumps(asdict(plan)))["strategy"] == "ann"

@@ -1,0 +1,223 @@
+"""Index kinds behind one factory, their search knobs, and the tuner's recall gate.
+
+Run: ``pytest -q tests/unit/test_tune.py``
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+
+from ebr.config import IndexConfig
+from ebr.index.build import build_index, exact_topk, recall_at_k, recall_of
+from ebr.index.params import index_kind, search_params, set_search_params
+from ebr.index.slot import write_slot
+from ebr.index.tune import RecallGateError, main, recall_gate, tune
+
+D = 32
+
+
+def mixture(n: int, d: int, centers: int, spread: float, seed: int) -> np.ndarray:
+    """float32 [n, d] unit rows drawn around ``centers`` gaussian centres (clustered data)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, d)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def small() -> np.ndarray:
+    return mixture(5_000, D, 64, 0.3, seed=0)
+
+
+# 256 clusters of spread 0.25: every kind reaches recall@10 0.95 with room (ivfpq measured
+# 0.96-1.0 across nprobe x refine once nprobe >= 2), so the tuner has a real choice to make.
+@pytest.fixture(scope="module")
+def clustered() -> np.ndarray:
+    return mixture(20_000, D, 256, 0.25, seed=1)
+
+
+def test_hnsw_builds_and_reaches_recall_floor(small: np.ndarray):
+    cfg = IndexConfig(kind="hnsw", hnsw_m=16, ef_construction=40, ef_search=48)
+    index, info = build_index(small, cfg)
+    assert isinstance(index, faiss.IndexHNSWFlat) and index.ntotal == len(small)
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert info["kind"] == "hnsw" and info["factory"] == "HNSW16,Flat"
+    assert (info["hnsw_m"], info["ef_construction"], info["ef_search"]) == (16, 40, 48)
+    assert info["nlist"] is None and info["refine"] is None
+    assert index.hnsw.efConstruction == 40
+    # Measured ~0.99; a wrong metric or a broken efSearch drops it far below.
+    assert recall_at_k(index, small, n_queries=200, k=10, seed=1) >= 0.9
+    scores, _ = index.search(small[:5], 3)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # similarities, best first
+
+
+def test_small_hnsw_catalogue_degrades_to_flat():
+    index, info = build_index(mixture(300, D, 4, 0.3, seed=2), IndexConfig(kind="hnsw"))
+    assert info["degraded_to_flat"] and index_kind(index) == "flat"
+
+
+@pytest.mark.parametrize(
+    ("cfg", "params"),
+    [
+        (IndexConfig(kind="flat"), {}),
+        (IndexConfig(kind="ivf", nlist=64), {"nprobe": 7}),
+        (IndexConfig(kind="ivfpq", nlist=64, pq_m=8), {"nprobe": 64, "refine": 3}),
+        (IndexConfig(kind="ivfpq", nlist=64, pq_m=8, pq_nbits=8), {"nprobe": 5, "refine": 1}),
+        (IndexConfig(kind="hnsw", hnsw_m=8, ef_construction=16), {"ef_search": 200}),
+    ],
+    ids=["flat", "ivf", "ivfpq-4bit", "ivfpq-8bit", "hnsw"],
+)
+def test_search_params_round_trip(small: np.ndarray, cfg: IndexConfig, params: dict[str, int]):
+    index, info = build_index(small, cfg)
+    assert index_kind(index) == cfg.kind
+    # build_index applied the config's knobs and reports the same ones it set.
+    before = search_params(index)
+    assert set(before) == set(params)
+    assert all(info[k] == v for k, v in before.items())
+    set_search_params(index, params)
+    assert search_params(index) == params
+    # The knobs are part of the index file: a loaded slot searches the way it was tuned.
+    loaded = faiss.deserialize_index(faiss.serialize_index(index))
+    assert index_kind(loaded) == cfg.kind and search_params(loaded) == params
+
+
+def test_set_search_params_rejects_bad_knobs(small: np.ndarray):
+    index, _ = build_index(small, IndexConfig(kind="ivfpq", nlist=64, pq_m=8, nprobe=4))
+    with pytest.raises(ValueError, match=r"no search parameter.*ef_search"):
+        set_search_params(index, {"ef_search": 10})
+    with pytest.raises(ValueError, match=r"nprobe must be an integer in \[1, 64\], got 65"):
+        set_search_params(index, {"nprobe": 65, "refine": 2})
+    with pytest.raises(ValueError, match="refine"):
+        set_search_params(index, {"refine": 0})
+    assert search_params(index) == {"nprobe": 4, "refine": 4}  # a rejected call changes nothing
+    flat, _ = build_index(small, IndexConfig(kind="flat"))
+    with pytest.raises(ValueError, match=r"flat index has no search parameter.*nprobe"):
+        set_search_params(flat, {"nprobe": 1})
+
+
+def test_index_kind_rejects_foreign_indexes():
+    with pytest.raises(ValueError, match="unsupported index type IndexLSH"):
+        index_kind(faiss.IndexLSH(D, 16))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("kind", "annoy"),
+        ("pq_m", -1),
+        ("hnsw_m", 1),
+        ("ef_construction", 8),  # below hnsw_m=32
+        ("ef_search", 0),
+        ("target_recall", 0.0),
+        ("target_recall", 1.5),
+    ],
+)
+def test_config_rejects_bad_index_settings(field: str, value: object):
+    with pytest.raises(ValueError, match=field):
+        IndexConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_defaults_are_fast_scan_pq_with_refine(small: np.ndarray):
+    cfg = IndexConfig()
+    assert (cfg.kind, cfg.pq_nbits, cfg.target_recall) == ("ivfpq", 4, 0.95) and cfg.refine > 1
+    index, info = build_index(small, replace(cfg, nlist=64))
+    # pq_m=0: one 4-bit sub-quantizer per dimension; 8-bit codes get one per two dimensions.
+    assert info["factory"] == f"IVF64,PQ{D}x4fs,RFlat" and info["pq_m"] == D
+    assert isinstance(faiss.downcast_index(index.base_index), faiss.IndexIVFPQFastScan)
+    _, info8 = build_index(small, replace(cfg, nlist=64, pq_nbits=8))
+    assert info8["factory"] == f"IVF64,PQ{D // 2},RFlat"
+
+
+def _assert_cheapest_passing(tuned: dict, target: float) -> None:
+    chosen = next(e for e in tuned["sweep"] if e["params"] == tuned["chosen"])
+    assert chosen["recall"] == tuned["recall_at_10"] >= target
+    assert chosen["seconds"] == tuned["seconds"]
+    # By the tuner's own cost measurement, everything cheaper misses the target.
+    for e in tuned["sweep"]:
+        if e["seconds"] < chosen["seconds"]:
+            assert e["recall"] < target, e
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [IndexConfig(kind="ivf"), IndexConfig(kind="ivfpq"), IndexConfig(kind="hnsw", hnsw_m=16)],
+    ids=["ivf", "ivfpq", "hnsw"],
+)
+def test_tune_picks_cheapest_setting_meeting_target(clustered: np.ndarray, cfg: IndexConfig):
+    index, _ = build_index(clustered, cfg)
+    full = tune(index, clustered, cfg, n_queries=300, full_sweep=True)
+    assert full["kind"] == cfg.kind and full["target_recall"] == 0.95
+    assert search_params(index) == full["chosen"]  # applied to the index
+    _assert_cheapest_passing(full, 0.95)
+    # The gate's figure is what recall_at_k (the slot manifest's measurement) sees afterwards.
+    assert recall_at_k(index, clustered, 300, seed=cfg.seed) == full["recall_at_10"]
+
+    pruned = tune(index, clustered, cfg, n_queries=300)  # skips settings that can't be cheapest
+    _assert_cheapest_passing(pruned, 0.95)
+    assert len(pruned["sweep"]) <= len(full["sweep"])
+    json.dumps(pruned)  # manifest-ready
+
+
+def test_tune_on_given_queries(clustered: np.ndarray):
+    # Fresh draws around the catalogue's centres (same seed, rows past the catalogue's) stand
+    # in for request embeddings: near the catalogue but not jittered copies of its rows.
+    requests = mixture(20_300, D, 256, 0.25, seed=1)[20_000:]
+    cfg = IndexConfig(kind="ivf")
+    index, _ = build_index(clustered, cfg)
+    tuned = tune(index, clustered, cfg, queries=requests)
+    assert tuned["n_queries"] == len(requests)
+    _, truth = exact_topk(clustered, requests, 10)
+    _, found = index.search(requests, 10)
+    assert recall_of(found, truth) == tuned["recall_at_10"] >= 0.95
+    with pytest.raises(ValueError, match="d=16"):
+        tune(index, clustered, cfg, queries=mixture(10, 16, 4, 0.25, seed=0))
+
+
+def test_tune_flat_has_nothing_to_sweep(small: np.ndarray):
+    index, _ = build_index(small, IndexConfig(kind="flat"))
+    tuned = tune(index, small, IndexConfig(kind="flat", target_recall=1.0), n_queries=100)
+    assert tuned["chosen"] == {} and tuned["recall_at_10"] == 1.0 and len(tuned["sweep"]) == 1
+
+
+def test_unreachable_target_raises_and_keeps_params(clustered: np.ndarray):
+    # Two 4-bit sub-quantizers give 256 distinct codes for 20k vectors: even 16x refine over
+    # every cell cannot recover the exact top-10 (best measured ~0.95), let alone 0.999.
+    cfg = IndexConfig(kind="ivfpq", nlist=16, nprobe=2, pq_m=2, refine=2, target_recall=0.999)
+    index, _ = build_index(clustered, cfg)
+    with pytest.raises(RecallGateError, match=r"target_recall=0\.999: best recall@10 0\.\d+ with"):
+        tune(index, clustered, cfg, n_queries=200)
+    try:
+        tune(index, clustered, cfg, n_queries=200)
+    except RecallGateError as err:
+        assert isinstance(err, ValueError) and len(err.sweep) == 5 * 5  # nprobe 1..16 x refine
+        best = max(e["recall"] for e in err.sweep)
+        assert f"{best:.4f}" in str(err)
+    assert search_params(index) == {"nprobe": 2, "refine": 2}  # left as built
+
+
+def test_recall_gate():
+    recall_gate(0.95, 0.95)
+    with pytest.raises(RecallGateError, match=r"0\.9000 with \{'nprobe': 4\}.*target_recall=0\.95"):
+        recall_gate(0.9, 0.95, {"nprobe": 4})
+    with pytest.raises(ValueError, match="target_recall must be in"):
+        recall_gate(0.9, 0.0)
+
+
+def test_cli_retunes_a_slot_without_changing_it(
+    tmp_path: Path, small: np.ndarray, capsys: pytest.CaptureFixture[str]
+):
+    cfg = IndexConfig(kind="ivf", nlist=32, nprobe=1, recall_queries=100)
+    items = pd.DataFrame({"job_id": np.arange(len(small), dtype=np.int64)})
+    slot = write_slot(tmp_path, "s", small, items, "v1", cfg)
+    before = {p.name: p.read_bytes() for p in slot.iterdir()}
+    main(slot=slot, target_recall=0.9, queries=100, full=True)
+    out = capsys.readouterr().out
+    assert "ivf, now {'nprobe': 1}" in out and "<- chosen" in out and "nprobe=32" in out
+    assert {p.name: p.read_bytes() for p in slot.iterdir()} == before
