@@ -100,8 +100,8 @@ class IndexConfig:
     nlist: int = 0  # IVF cells; 0 -> about 4 * sqrt(n)
     nprobe: int = 16  # cells visited per query (ivf, ivfpq)
     pq_m: int = 0  # PQ sub-quantizers (must divide dim); 0 -> 4 bits per dimension (d for
-    # 4-bit codes): on 1M x 64 job embeddings PQ32x4fs topped out at recall@10 ~0.88 with
-    # 16x refine, PQ64x4fs reached 0.98 (benchmarks/ann_curves.py)
+    # 4-bit codes): on 1M x 64 job embeddings PQ32x4fs topped out at recall@10 0.70 with 16x
+    # refine (0.91 with 64x), PQ64x4fs at 0.98 (benchmarks/ann_curves.py)
     pq_nbits: int = 4  # 4 = fast-scan PQ (SIMD lookups; fastest with refine), 8 = classic PQ
     refine: int = 4  # IVFPQ re-ranks refine * k candidates with exact inner products
     hnsw_m: int = 32  # HNSW graph degree (2 * hnsw_m links on the base layer)

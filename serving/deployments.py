@@ -83,32 +83,53 @@ def request_tower_dir(ws: Workspace, model_version: str) -> Path:
 
 @serve.deployment
 class Retriever:
-    """Holds one immutable index slot in memory and answers top-k searches over it."""
+    """Holds one index slot (snapshot + replayed live log) and answers filtered top-k searches."""
 
     def __init__(self, slot_dir: str, verify: bool = True) -> None:
-        from ebr.index.slot import load_slot
+        import faiss
 
-        self._slot = load_slot(Path(slot_dir), verify=verify)
+        from ebr.index.attributes import AttributeTable
+        from ebr.index.live import open_live
 
-    def search(self, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
-        """Top-k jobs per request vector.
+        # One query per call on a fraction of a core: OpenMP threads only contend (measured
+        # 10-20x slower single-query search with 2 threads on the 2-core machines).
+        faiss.omp_set_num_threads(1)
+        # Read-only: the writer (a pipeline) owns the log; a restart replays what it acked.
+        self._live = open_live(Path(slot_dir), verify=verify, writable=False)
+        self._slot = self._live.snapshot
+        self._attrs = AttributeTable.from_items(self._slot.items)
+
+    def search(
+        self, vectors: np.ndarray, k: int, filter_json: dict[str, Any] | None = None
+    ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
+        """Top-k live jobs per request vector that pass the filter.
 
         Args:
             vectors: float32 [q, d] unit request embeddings of the slot's model version.
             k: results per request (1..100, validated by the ingress).
+            filter_json: a filter expression (validated by the ingress; see ebr.index.filters).
 
         Returns:
-            q lists of up to k hits (display columns + ``score``), best first; padding dropped.
+            q lists of up to k hits (display columns + ``score``), best first, and the plan.
         """
-        scores, job_ids = self._slot.search(vectors, k)
+        from ebr.index.filters import parse_filter
+        from ebr.index.search import search_live
+
+        flt = parse_filter(filter_json) if filter_json is not None else None
+        hits = search_live(self._live, self._attrs, vectors, k, flt)
+        import pandas as pd
+
+        delta = hits.delta_items
         out = []
-        for row_scores, row_ids in zip(scores, job_ids, strict=True):
-            found = row_ids >= 0
-            records = self._slot.rows(row_ids[found]).to_dict("records")
-            for record, score in zip(records, row_scores[found], strict=True):
+        for row_scores, row_ids in zip(hits.scores, hits.job_ids, strict=True):
+            ids = row_ids[row_ids >= 0]
+            newer = np.isin(ids, delta["job_id"])  # an upsert supersedes the snapshot row
+            table = pd.concat([self._slot.rows(ids[~newer]), delta[delta["job_id"].isin(ids)]])
+            records = table.set_index("job_id", drop=False).loc[ids].to_dict("records")
+            for record, score in zip(records, row_scores[row_ids >= 0], strict=True):
                 record["score"] = float(score)
             out.append(records)
-        return out
+        return out, hits.plan
 
     def info(self) -> dict[str, Any]:
         """Slot name, model version, size and measured recall@10 (for /healthz)."""
@@ -239,13 +260,21 @@ class Ingress:
         self._slot = slot
         self._version = model_version
 
-    async def _respond(self, vectors: np.ndarray, k: int, start: float) -> SearchResponse:
-        hits = await _result(self._retriever.search.remote(vectors, k))
+    async def _respond(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        start: float,
+        filter_json: dict[str, Any] | None = None,
+        explain: bool = False,
+    ) -> SearchResponse:
+        hits, plan = await _result(self._retriever.search.remote(vectors, k, filter_json))
         return SearchResponse(
             results=[JobHit(**h) for h in hits[0]],
             model_version=self._version,
             slot=self._slot,
             took_ms=round((time.perf_counter() - start) * 1e3, 3),
+            plan=plan if explain else None,
         )
 
     @app.post("/v1/search", response_model=SearchResponse, responses=_NOT_FOUND)
@@ -253,7 +282,7 @@ class Ingress:
         """Jobs for a free-text query, personalised by ``member_id`` when given."""
         start = time.perf_counter()
         vectors = await _result(self._encoder.encode.remote(body.query, body.member_id))
-        return await self._respond(vectors, body.k, start)
+        return await self._respond(vectors, body.k, start, body.filter, body.explain)
 
     @app.get(
         "/v1/members/{member_id}/recommendations",

@@ -7,9 +7,16 @@ field, never a 500 from deep inside a replica. ``AppArgs`` is the single input o
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 MAX_K = 100  # one results page is 10; 100 covers re-rankers without letting k scan the index
 MAX_QUERY_CHARS = 512  # longer than any real job search; bounds tokenizer work per request
@@ -33,6 +40,26 @@ class SearchRequest(BaseModel):
     query: Query | None = Field(default=None, description="free-text job search")
     member_id: MemberId | None = Field(default=None, description="the searching member")
     k: TopK = Field(default=10, description=f"number of jobs to return, 1..{MAX_K}")
+    filter: dict[str, Any] | None = Field(
+        default=None,
+        description="strict filter applied during the search, e.g. "
+        '{"and": [{"term": {"seniority": ["senior", "lead"]}}, '
+        '{"geo_radius": {"lat": 52.5, "lon": 13.4, "km": 50}}]}',
+    )
+    explain: bool = Field(default=False, description="include how the planner searched")
+
+    @field_validator("filter")
+    @classmethod
+    def _valid_filter(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from ebr.index.filters import FilterError, parse_filter
+
+        try:
+            parse_filter(value)
+        except FilterError as e:  # the message carries the path, e.g. filter.and[1].range
+            raise ValueError(str(e)) from None
+        return value
 
     @model_validator(mode="after")
     def _query_or_member(self) -> SearchRequest:
@@ -61,6 +88,9 @@ class SearchResponse(BaseModel):
     model_version: str = Field(description="embedding version of both request and index")
     slot: str = Field(description="index slot that answered (immutable, named by build time)")
     took_ms: float = Field(description="server-side time from request to response, ms")
+    plan: dict[str, Any] | None = Field(
+        default=None, description="with explain: strategy, eligible count, probes, rounds"
+    )
 
 
 class HealthResponse(BaseModel):

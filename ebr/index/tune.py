@@ -120,7 +120,8 @@ def tune(
             held-out request embeddings. Prefer them when there are some: request embeddings
             sit farther from the catalogue than jittered rows (top-1 cosine ~0.8 vs ~0.99 for
             job embeddings), where the top-10 is harder to separate, so recall on jittered rows
-            overstates it (0.95 there was 0.91 on requests in benchmarks/ann_curves.py).
+            can overstate it (benchmarks/ann_curves.py: 0.953 on rows was 0.919 on requests
+            over 50k jobs; 0.962 vs 0.958 over 1M).
 
     Returns:
         ``{"kind", "chosen": params, "recall_at_10", "seconds", "target_recall", "n_queries",
