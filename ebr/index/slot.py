@@ -32,6 +32,7 @@ import pandas as pd
 
 from ebr.config import IndexConfig
 from ebr.index.build import build_index, check_vectors, recall_at_k
+from ebr.index.tune import tune
 from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet, sha256_file
 
 FORMAT_VERSION = 1
@@ -120,7 +121,12 @@ def write_slot(
     index, info = build_index(vectors, cfg)
     build_seconds = time.perf_counter() - start
     n_queries = min(cfg.recall_queries, len(vectors))
-    recall = recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed)
+    # Recall gate: the cheapest search setting reaching cfg.target_recall is applied, and a
+    # slot that cannot reach it is refused here (RecallGateError), before anything is written.
+    tuned = tune(index, vectors, cfg, n_queries=n_queries)
+    info.update(tuned["chosen"])
+    # Reported recall uses fresh queries (another seed), not the ones the tuner picked with.
+    recall = recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed + 1)
 
     with atomic_directory(target) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
@@ -136,6 +142,12 @@ def write_slot(
             "item_count": len(items),
             "recall_at_10": recall,
             "recall_queries": n_queries,
+            "tuning": {
+                "target_recall": tuned["target_recall"],
+                "tuned_recall_at_10": tuned["recall_at_10"],
+                "chosen": tuned["chosen"],
+                "settings_tried": len(tuned["sweep"]),
+            },
             "build_seconds": round(build_seconds, 3),
             "created_at": datetime.now(UTC).isoformat(),
             "faiss_version": faiss.__version__,

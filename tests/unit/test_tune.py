@@ -221,3 +221,17 @@ def test_cli_retunes_a_slot_without_changing_it(
     out = capsys.readouterr().out
     assert "ivf, now {'nprobe': 1}" in out and "<- chosen" in out and "nprobe=32" in out
     assert {p.name: p.read_bytes() for p in slot.iterdir()} == before
+
+
+def test_write_slot_refuses_a_slot_below_its_target_recall(clustered: np.ndarray, tmp_path: Path):
+    cfg = IndexConfig(kind="ivfpq", nlist=16, nprobe=2, pq_m=2, refine=2, target_recall=0.999)
+    items = pd.DataFrame({"job_id": np.arange(len(clustered)), "title": "t"})
+    with pytest.raises(RecallGateError, match="target_recall=0.999"):
+        write_slot(tmp_path, "gated", clustered, items, "v1", cfg)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    ok = write_slot(
+        tmp_path, "ok", clustered, items, "v1", replace(cfg, pq_m=16, target_recall=0.9)
+    )
+    manifest = json.loads((ok / "manifest.json").read_text())
+    assert manifest["tuning"]["tuned_recall_at_10"] >= 0.9
+    assert manifest["tuning"]["chosen"] == {k: manifest["index"][k] for k in ("nprobe", "refine")}
