@@ -1,6 +1,6 @@
 """Strict filters during ANN on 1M jobs: recall, leaks and QPS per filter, against baselines.
 
-    python -m benchmarks.filtered_search            # ~6 min once the vectors are cached
+    python -m benchmarks.filtered_search            # ~3.5 min once the vectors are cached
 
 Data: the 1M-job marketplace (seed 7), its jobs through a 1-epoch item tower and 1,000 held-out
 search requests through the request tower (``benchmarks.ann_curves.cached_vectors``; the job
