@@ -85,7 +85,7 @@ def request_tower_dir(ws: Workspace, model_version: str) -> Path:
 class Retriever:
     """Holds one index slot (snapshot + replayed live log) and answers filtered top-k searches."""
 
-    def __init__(self, slot_dir: str, verify: bool = True) -> None:
+    def __init__(self, slot_dir: str, verify: bool = True, refresh_s: float = 1.0) -> None:
         import faiss
 
         from ebr.index.attributes import AttributeTable
@@ -98,6 +98,15 @@ class Retriever:
         self._live = open_live(Path(slot_dir), verify=verify, writable=False)
         self._slot = self._live.snapshot
         self._attrs = AttributeTable.from_items(self._slot.items)
+        self._refresh_s = refresh_s
+        self._refreshed = time.monotonic()
+
+    def _refresh(self) -> None:
+        # Upserts and deletes reach the slot's log from a writer process (a pipeline); tail it
+        # at most every refresh_s so a query sees acknowledged writes within that delay.
+        if time.monotonic() - self._refreshed >= self._refresh_s:
+            self._live.refresh()
+            self._refreshed = time.monotonic()
 
     def search(
         self, vectors: np.ndarray, k: int, filter_json: dict[str, Any] | None = None
@@ -115,6 +124,7 @@ class Retriever:
         from ebr.index.filters import parse_filter
         from ebr.index.search import search_live
 
+        self._refresh()
         flt = parse_filter(filter_json) if filter_json is not None else None
         hits = search_live(self._live, self._attrs, vectors, k, flt)
         import pandas as pd

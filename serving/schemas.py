@@ -126,6 +126,8 @@ class AppArgs(BaseModel):
     retriever_replicas: int = Field(default=1, ge=1, le=64)
     # Sha256 of every slot file at load; off only for quick local experiments on huge slots.
     verify_slot: bool = True
+    # How often a retriever tails the slot's live log (upserts/deletes from a writer process).
+    log_refresh_s: float = Field(default=1.0, ge=0, le=3600)
     # Used by ``serving.app.main`` and tests; with a config YAML the application's own
     # ``route_prefix`` key decides (Serve sets the prefix at deploy, not inside the graph).
     route_prefix: str = Field(default="/", pattern=r"^/")

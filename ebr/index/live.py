@@ -186,6 +186,18 @@ class LiveSlot:
             self._apply(rec, copy=True)
             return rec.lsn
 
+    def refresh(self) -> int:
+        """Read-only replicas: apply records another process appended since the last replay.
+
+        Returns how many were applied; searches running meanwhile keep their consistent view.
+        """
+        applied: list[Record] = []
+        with self._lock:
+            replay(self.log_dir, applied.append, after_lsn=self._view.lsn)
+            for rec in applied:
+                self._apply(rec, copy=True)
+        return len(applied)
+
     def _apply(self, rec: Record, copy: bool) -> None:
         """Apply one record and publish the new view; ``copy`` arrays searches may hold."""
         v = self._view
