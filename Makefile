@@ -54,5 +54,11 @@ test: lint sysdeps
 package: setup
 	$(VENV)/bin/pyflyte --pkgs workflows package --image ebr-platform:latest -o var/flyte-package.tgz --force
 
+# Every benchmark writes benchmarks/results/<name>.json + .png (serve needs `make demo` first).
+bench: setup
+	for b in generate embed_throughput index_build ann_curves filtered_search live_slot; do \
+	  $(PY) -m benchmarks.$$b || exit 1; done
+	$(PY) -m benchmarks.serve --workspace $(DEMO_WS)
+
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
