@@ -21,6 +21,7 @@ crosses the antimeridian. ``AttributeTable.mask(parse_filter(tree))`` evaluates 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -52,16 +53,16 @@ class FilterError(ValueError):
         self.path = path
 
 
-class Filter:
+class Filter(ABC):
     """Base of every filter node (frozen dataclasses below)."""
 
+    @abstractmethod
     def mask(self, table: AttributeTable) -> np.ndarray:
         """Rows of ``table`` that pass: bool [table.n]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_json(self) -> dict[str, Any]:
         """The JSON tree ``parse_filter`` reads back into an equal filter."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
