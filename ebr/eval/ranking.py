@@ -1,0 +1,169 @@
+"""Ranking metrics (recall@k, NDCG@k, MRR) and the non-learned baselines EBR is compared with.
+
+Every function takes ranked id lists ``ranked`` int64 [q, K], best first, with -1 for empty
+slots, and ``positives``: q sets of relevant ids. Queries with no positives are skipped (they
+carry no signal); a metric over zero scored queries is 0.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ebr.data.pairs import POSITIVE
+
+RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009): damps the top ranks' weight
+
+
+def _check(ranked: np.ndarray, positives: Sequence[set[int]], k: int | None = None) -> None:
+    """Raise ValueError unless ranked is [q, >=k] and there is one positive set per row."""
+    if not isinstance(ranked, np.ndarray) or ranked.ndim != 2:
+        raise ValueError(
+            f"ranked must be a 2-d array [q, K], got {getattr(ranked, 'shape', ranked)}"
+        )
+    if not np.issubdtype(ranked.dtype, np.integer):
+        raise ValueError(f"ranked must hold integer ids, got dtype {ranked.dtype}")
+    if len(ranked) != len(positives):
+        raise ValueError(f"{len(ranked)} ranked lists but {len(positives)} positive sets")
+    if k is not None and (k < 1 or ranked.shape[1] < k):
+        raise ValueError(f"k must be in [1, {ranked.shape[1]}] for ranked {ranked.shape}, got {k}")
+
+
+def recall_at(
+    ranked: np.ndarray, positives: Sequence[set[int]], ks: Sequence[int]
+) -> dict[int, float]:
+    """{k: mean over queries of |top-k ∩ positives| / |positives|} for every k in ``ks``."""
+    if not ks:
+        raise ValueError("ks must name at least one cutoff")
+    for k in ks:
+        _check(ranked, positives, k)
+    out: dict[int, list[float]] = {int(k): [] for k in ks}
+    for row, pos in zip(ranked, positives, strict=True):
+        if not pos:
+            continue
+        for k in out:
+            out[k].append(len(pos.intersection(row[:k].tolist())) / len(pos))
+    return {k: float(np.mean(v)) if v else 0.0 for k, v in out.items()}
+
+
+def ndcg_at(
+    ranked: np.ndarray,
+    positives: Sequence[set[int]],
+    k: int,
+    gains: Sequence[Mapping[int, float]] | None = None,
+) -> float:
+    """Mean NDCG@k with DCG = sum_i rel(id_i) / log2(i + 2) over the top k (i from 0).
+
+    Binary relevance (1 for a positive) by default. ``gains`` (one dict per query) grades it:
+    a positive's relevance is ``gains[q].get(id, 1.0)``; ids outside ``positives`` stay 0.
+    The ideal DCG orders the query's positive gains best first.
+    """
+    _check(ranked, positives, k)
+    if gains is not None and len(gains) != len(positives):
+        raise ValueError(f"{len(gains)} gain maps but {len(positives)} positive sets")
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)
+    scores = []
+    for q, (row, pos) in enumerate(zip(ranked, positives, strict=True)):
+        if not pos:
+            continue
+        g = gains[q] if gains is not None else {}
+        if any(v < 0 for v in g.values()):
+            raise ValueError(f"gains must be >= 0, query {q} has {dict(g)}")
+        rel = np.array([g.get(int(i), 1.0) if i in pos else 0.0 for i in row[:k]])
+        ideal = np.sort(np.array([g.get(i, 1.0) for i in pos]))[::-1][:k]
+        idcg = float(ideal @ discount[: len(ideal)])
+        if idcg > 0:
+            scores.append(float(rel @ discount[: len(rel)]) / idcg)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def mrr(ranked: np.ndarray, positives: Sequence[set[int]]) -> float:
+    """Mean reciprocal rank of the first positive in the list (0 when none is retrieved)."""
+    _check(ranked, positives)
+    scores = []
+    for row, pos in zip(ranked, positives, strict=True):
+        if not pos:
+            continue
+        hits = np.flatnonzero([i in pos for i in row.tolist()])
+        scores.append(1.0 / (hits[0] + 1) if len(hits) else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def pad_to(ranked: np.ndarray, k: int) -> np.ndarray:
+    """[q, K'] -> [q, max(K', k)] int64, new slots -1 (a catalog smaller than k fills less)."""
+    if ranked.shape[1] >= k:
+        return ranked.astype(np.int64, copy=False)
+    pad = np.full((len(ranked), k - ranked.shape[1]), -1, dtype=np.int64)
+    return np.concatenate([ranked.astype(np.int64), pad], axis=1)
+
+
+def popularity_ranking(
+    impressions_train: pd.DataFrame, job_ids: np.ndarray, n_queries: int, k: int
+) -> np.ndarray:
+    """The same list for every query: jobs by engaged impressions (click/save/apply) -> [q, k].
+
+    Pass the TRAIN split only: counting held-out engagement would leak the answer. Ties and
+    never-engaged jobs follow in ascending job id; -1 pads a catalog smaller than k.
+    """
+    missing = {"job_id", "outcome"} - set(impressions_train.columns)
+    if missing:
+        raise ValueError(f"impressions_train lacks columns {sorted(missing)}")
+    if n_queries < 0 or k < 1:
+        raise ValueError(f"need n_queries >= 0 and k >= 1, got {n_queries} and {k}")
+    ids = np.unique(np.asarray(job_ids, dtype=np.int64))
+    engaged = impressions_train.loc[impressions_train["outcome"].isin(POSITIVE), "job_id"]
+    counts = engaged.value_counts().reindex(ids, fill_value=0).to_numpy()
+    order = np.lexsort((ids, -counts))  # last key is primary: most engaged, then lowest id
+    top = pad_to(ids[order][None, :k], k)[0]
+    return np.tile(top, (n_queries, 1))
+
+
+def _ranks(ids: np.ndarray, scores: np.ndarray) -> dict[int, int]:
+    """1-based rank of each id (-1 skipped) by descending score, list order breaking ties."""
+    keep = ids >= 0
+    ids, scores = ids[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    out: dict[int, int] = {}
+    for r, i in enumerate(ids[order].tolist(), start=1):
+        out.setdefault(i, r)
+    return out
+
+
+def hybrid_ranking(
+    ebr_ids: np.ndarray,
+    ebr_scores: np.ndarray,
+    bm25_ids: np.ndarray,
+    bm25_scores: np.ndarray,
+    k: int,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Weighted reciprocal-rank fusion of two ranked lists -> int64 [q, k] (-1 padded).
+
+    fused(d) = alpha / (60 + rank_ebr(d)) + (1 - alpha) / (60 + rank_bm25(d)), ranks 1-based
+    by descending score within each list; a list missing d contributes 0. RRF over ranks,
+    not scores, because cosine and BM25 scores live on unrelated scales. Ties: better best
+    rank, then lower id.
+    """
+    for name, ids, sc in (("ebr", ebr_ids, ebr_scores), ("bm25", bm25_ids, bm25_scores)):
+        if ids.ndim != 2 or ids.shape != sc.shape:
+            raise ValueError(f"{name}_ids {ids.shape} and {name}_scores {sc.shape} must be [q, K]")
+    if len(ebr_ids) != len(bm25_ids):
+        raise ValueError(f"{len(ebr_ids)} ebr lists but {len(bm25_ids)} bm25 lists")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    out = np.full((len(ebr_ids), k), -1, dtype=np.int64)
+    for q in range(len(ebr_ids)):
+        ra, rb = _ranks(ebr_ids[q], ebr_scores[q]), _ranks(bm25_ids[q], bm25_scores[q])
+        fused = {
+            d: (alpha / (RRF_K + ra[d]) if d in ra else 0.0)
+            + ((1 - alpha) / (RRF_K + rb[d]) if d in rb else 0.0)
+            for d in ra.keys() | rb.keys()
+        }
+        best = {d: min(ra.get(d, 1 << 30), rb.get(d, 1 << 30)) for d in fused}
+        top = sorted(fused, key=lambda d: (-fused[d], best[d], d))[:k]
+        out[q, : len(top)] = top
+    return out

@@ -1,0 +1,169 @@
+"""Offline evaluation report: EBR against BM25, popularity and a BM25+EBR hybrid.
+
+    report = evaluate_marketplace(model, mcfg, jobs, members, impressions, eval_days=2)
+    json_path, png_path = write_report(report, Path("var/eval"))
+
+Held-out sessions are those of the last ``eval_days`` days (ebr.data.pairs.time_split, the
+split training uses); EBR searches all jobs exactly, so the numbers measure the model, not
+the ANN index.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ebr.config import ModelConfig
+from ebr.data.pairs import eval_searches, positive_pairs, time_split
+from ebr.eval.bm25 import BM25Baseline
+from ebr.eval.metrics import exact_topk_ids
+from ebr.eval.ranking import hybrid_ranking, mrr, ndcg_at, pad_to, popularity_ranking, recall_at
+from ebr.io import atomic_write_bytes, atomic_write_json
+from ebr.model.infer import encode_jobs, encode_requests
+from ebr.model.towers import TwoTower
+from ebr.model.train import member_records
+
+GRADES = {"apply": 3.0, "save": 2.0, "click": 1.0}  # graded relevance for ndcg@10_graded
+BY_OUTCOME_K = 100  # per-outcome recall cutoff
+
+
+def _metrics(
+    ranked: np.ndarray,
+    positives: Sequence[set[int]],
+    gains: Sequence[dict[int, float]],
+    ks: Sequence[int],
+) -> dict[str, float]:
+    """recall@k for every k, ndcg@10 (binary and graded) and mrr of one method."""
+    out = {f"recall@{k}": v for k, v in recall_at(ranked, positives, ks).items()}
+    out["ndcg@10"] = ndcg_at(ranked, positives, 10)
+    out["ndcg@10_graded"] = ndcg_at(ranked, positives, 10, gains)
+    out["mrr"] = mrr(ranked, positives)
+    return out
+
+
+def _session_labels(held: pd.DataFrame, sessions: pd.Series) -> pd.DataFrame:
+    """Per session: the best outcome of each engaged job -> columns gains, apply, save, click."""
+    pos = positive_pairs(held)
+    pos = pos.assign(g=pos["outcome"].astype(str).map(GRADES))
+    best = pos.groupby(["session_id", "job_id"])["g"].max().reset_index()
+    by_sess = {
+        s: dict(zip(df["job_id"].tolist(), df["g"].tolist(), strict=True))
+        for s, df in best.groupby("session_id")
+    }
+    gains = [by_sess.get(s, {}) for s in sessions]
+    cols: dict[str, list[Any]] = {"gains": gains}
+    for name, g in GRADES.items():
+        cols[name] = [{j for j, v in d.items() if v == g} for d in gains]
+    return pd.DataFrame(cols)
+
+
+def evaluate_marketplace(
+    model: TwoTower,
+    mcfg: ModelConfig,
+    jobs: pd.DataFrame,
+    members: pd.DataFrame,
+    impressions: pd.DataFrame,
+    eval_days: int,
+    ks: Sequence[int] = (10, 50, 100, 500),
+) -> dict[str, Any]:
+    """Every method's metrics on held-out search and JYMBII sessions, in one dict.
+
+    Returns {"ks", "eval_days", "n_jobs", "search": task, "jymbii": task} where task is
+    {"sessions": int, "methods": {method: {metric: float}}, "ebr_recall@100_by_outcome":
+    {"apply"|"save"|"click": float}}. Methods: ebr, popularity, and for search bm25, hybrid.
+    JYMBII sessions carry no query, so BM25 and the hybrid do not apply there.
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive cutoffs, got {ks}")
+    k_max = max(ks[-1], BY_OUTCOME_K, 10)
+    train_imp, held = time_split(impressions, eval_days)
+    model.eval()
+    ids = jobs["job_id"].to_numpy(np.int64)
+    row_of = pd.Series(np.arange(len(ids)), index=ids)
+    item_vecs = encode_jobs(model.item, jobs.to_dict("records"), mcfg)  # [n, dim]
+    recs = member_records(members)
+    bm25: BM25Baseline | None = None
+    report: dict[str, Any] = {"ks": ks, "eval_days": eval_days, "n_jobs": len(jobs)}
+    for task, with_query in (("search", True), ("jymbii", False)):
+        ev = eval_searches(held, with_query=with_query)
+        if ev.empty:
+            raise ValueError(f"no held-out {task} sessions with engagement in {eval_days} days")
+        queries = [None if pd.isna(x) else str(x) for x in ev["query"]]
+        positives = ev["positives"].tolist()
+        labels = _session_labels(held, ev["session_id"])
+        gains = labels["gains"].tolist()
+
+        q = encode_requests(model.request, queries, [recs[m] for m in ev["member_id"]], mcfg)
+        ebr = pad_to(exact_topk_ids(q, item_vecs, ids, k_max), k_max)  # [q, k_max]
+        # Cosine of each retrieved job (rows are unit vectors); padded slots score -inf.
+        rows = row_of.reindex(ebr.ravel()).fillna(0).to_numpy(np.int64).reshape(ebr.shape)
+        ebr_scores = np.where(ebr >= 0, np.einsum("qd,qkd->qk", q, item_vecs[rows]), -np.inf)
+
+        n = len(ev)
+        methods = {
+            "ebr": _metrics(ebr, positives, gains, ks),
+            "popularity": _metrics(
+                popularity_ranking(train_imp, ids, n, k_max), positives, gains, ks
+            ),
+        }
+        if with_query:
+            bm25 = bm25 or BM25Baseline(jobs)
+            bm = pad_to(bm25.search([q_ or "" for q_ in queries], k_max), k_max)
+            # BM25Baseline returns ids best first; RRF needs only that order, so the rank
+            # stands in for the score.
+            bm_scores = np.broadcast_to(-np.arange(k_max, dtype=np.float64), bm.shape)
+            methods["bm25"] = _metrics(bm, positives, gains, ks)
+            hyb = hybrid_ranking(ebr, ebr_scores, bm, bm_scores, k_max)
+            methods["hybrid"] = _metrics(hyb, positives, gains, ks)
+        by_outcome = {
+            name: recall_at(ebr, labels[name].tolist(), [BY_OUTCOME_K])[BY_OUTCOME_K]
+            for name in GRADES
+        }
+        report[task] = {
+            "sessions": n,
+            "sessions_by_outcome": {name: int(sum(map(bool, labels[name]))) for name in GRADES},
+            "methods": methods,
+            f"ebr_recall@{BY_OUTCOME_K}_by_outcome": by_outcome,
+        }
+    return report
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``eval_report.json`` and ``eval_report.png`` (recall@k per method, one panel per
+    task) atomically under ``out_dir``; returns both paths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = [t for t in ("search", "jymbii") if t in report]
+    if not tasks or "ks" not in report:
+        raise ValueError(f"report lacks ks or tasks; keys: {sorted(report)}")
+    out_dir = Path(out_dir)
+    json_path, png_path = out_dir / "eval_report.json", out_dir / "eval_report.png"
+
+    fig = Figure(figsize=(5 * len(tasks), 4), dpi=100)
+    FigureCanvasAgg(fig)  # Agg: no display, no pyplot global state
+    ks = report["ks"]
+    for i, task in enumerate(tasks, start=1):
+        ax = fig.add_subplot(1, len(tasks), i)
+        for method, m in report[task]["methods"].items():
+            ax.plot(ks, [m[f"recall@{k}"] for k in ks], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("k")
+        ax.set_ylabel("recall@k")
+        ax.set_title(f"{task} ({report[task]['sessions']} held-out sessions)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+
+    atomic_write_json(json_path, report)
+    atomic_write_bytes(png_path, buf.getvalue())
+    return json_path, png_path
