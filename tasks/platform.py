@@ -82,3 +82,30 @@ def build_index_slot(
     )
     print(info)
     return str(info["slot"])
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
+def evaluate_model(workspace: str, model_dir: str, version: str) -> str:
+    """EBR vs BM25 / popularity / hybrid on held-out days; JSON + PNG, shown as a Flyte Deck."""
+    import pandas as pd
+    from flytekit import Deck
+
+    from ebr.eval.report import evaluate_marketplace, report_html, write_report
+    from ebr.model.artifact import load_two_tower
+
+    ws = Workspace(Path(workspace))
+    tables = {
+        n: pd.read_parquet(ws.data / f"{n}.parquet") for n in ("jobs", "members", "impressions")
+    }
+    model, mcfg, _ = load_two_tower(Path(model_dir))
+    report = evaluate_marketplace(
+        model,
+        mcfg,
+        tables["jobs"],
+        tables["members"],
+        tables["impressions"],
+        TrainConfig().eval_days,
+    )
+    json_path, png_path = write_report(report, ws.root / "eval" / version)
+    Deck("Evaluation", report_html(report, png_path))
+    return str(json_path)

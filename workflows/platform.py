@@ -4,8 +4,9 @@
     pyflyte run workflows/platform.py reembed --workspace var/demo --version v1
 
 ``build_platform``: marketplace data -> two-tower training -> Beam embedding -> Feast tables
--> index slot. ``reembed`` (scheduled nightly, see launch_plans.py) re-runs the last three
-with an existing model version, as fresh jobs arrive.
+-> index slot, plus an evaluation report (a Flyte Deck) beside the release. ``reembed``
+(scheduled nightly, see launch_plans.py) re-runs the last three with an existing model
+version, as fresh jobs arrive.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from flytekit import workflow
 from tasks.platform import (
     build_index_slot,
     embed_catalog,
+    evaluate_model,
     generate_marketplace,
     publish_features,
     train_two_tower,
@@ -60,6 +62,7 @@ def build_platform(
     """The full data path at ``size`` jobs; returns the name of the slot now serving."""
     data = generate_marketplace(workspace=workspace, size=size, seed=seed)
     model = train_two_tower(workspace=workspace, data_dir=data, version=version, epochs=epochs)
+    evaluate_model(workspace=workspace, model_dir=model, version=version)
     return reembed(
         workspace=workspace,
         version=version,

@@ -167,3 +167,30 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     atomic_write_json(json_path, report)
     atomic_write_bytes(png_path, buf.getvalue())
     return json_path, png_path
+
+
+def report_html(report: dict[str, Any], png_path: Path) -> str:
+    """A self-contained HTML page (metrics tables + the embedded PNG), e.g. for a Flyte Deck."""
+    import base64
+    import html
+
+    parts = ["<h2>Retrieval evaluation (held-out days)</h2>"]
+    for task in ("search", "jymbii"):
+        if task not in report:
+            continue
+        methods = report[task]["methods"]
+        metrics = list(next(iter(methods.values())))
+        head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{vals[m]:.3f}</td>" for m in metrics)
+            + "</tr>"
+            for name, vals in methods.items()
+        )
+        parts.append(
+            f"<h3>{task}: {report[task]['sessions']} sessions</h3>"
+            f"<table border='1'><tr><th>method</th>{head}</tr>{rows}</table>"
+        )
+    img = base64.b64encode(Path(png_path).read_bytes()).decode()
+    parts.append(f"<img src='data:image/png;base64,{img}' alt='recall@k curves'/>")
+    return "\n".join(parts)

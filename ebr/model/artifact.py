@@ -87,3 +87,15 @@ def load_request_tower(path: Path) -> tuple[RequestTower, ModelConfig, dict[str,
 
 def load_item_tower(path: Path) -> tuple[ItemTower, ModelConfig, dict[str, Any]]:
     return _load(path, "item_tower.pt", ItemTower)  # type: ignore[no-any-return]
+
+
+def load_two_tower(path: Path) -> tuple[TwoTower, ModelConfig, dict[str, Any]]:
+    """Both towers of a saved version in one module (for offline evaluation)."""
+    request, cfg, meta = load_request_tower(path)
+    item, _, _ = load_item_tower(path)
+    model = TwoTower(cfg)
+    # The shared tables are identical in both state dicts (co-trained); item's load wins.
+    model.request.load_state_dict(request.state_dict())
+    model.item.load_state_dict(item.state_dict())
+    model.eval()
+    return model, cfg, meta

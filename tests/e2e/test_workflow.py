@@ -29,6 +29,11 @@ def test_build_platform_writes_every_stage(platform_ws: Path) -> None:
     assert slot.model_version == "v1" and slot.manifest["item_count"] == TINY_SIZE
     assert slot.manifest["recall_at_10"] >= 0.8
     assert read_aliases(platform_ws / "slots")["jobs@v1"] == slot.name
+    report = json.loads((platform_ws / "eval" / "v1" / "eval_report.json").read_text())
+    methods = report["search"]["methods"]
+    assert {"ebr", "bm25", "popularity", "hybrid"} <= set(methods)
+    assert methods["ebr"]["recall@100"] > methods["popularity"]["recall@100"]
+    assert (platform_ws / "eval" / "v1" / "eval_report.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_nightly_reembed_promotes_a_new_slot_and_keeps_the_old(
@@ -72,6 +77,7 @@ def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -
         lp_bytes = tar.extractfile(lp).read()  # type: ignore[union-attr]
     entities = ["build_platform", "reembed", "nightly_reembed", "generate_marketplace"]
     entities += ["train_two_tower", "embed_catalog", "publish_features", "build_index_slot"]
+    entities += ["evaluate_model"]
     for entity in entities:
         assert any(entity in n for n in names), f"{entity} missing from {names}"
     assert b"0 2 * * *" in lp_bytes  # the cron schedule is in the serialized launch plan
