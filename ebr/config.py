@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+SCHEMAS = ("jobs", "interest", "movielens")
+REQUEST_INPUTS = ("composite", "query")
+# Engagement tasks and the impression outcomes that are positives of each: every engaged
+# impression was clicked first (the generator's funnel), saves and applies are terminal.
+TASKS = ("apply", "save", "click")
+TASK_OUTCOMES = {"apply": ("apply",), "save": ("save",), "click": ("click", "save", "apply")}
 
 
 def _require(cond: bool, message: str) -> None:
@@ -59,8 +65,28 @@ class ModelConfig:
     cat_dim: int = 16  # width of each categorical embedding
     hidden: int = 128  # MLP width on top of the concatenated features
     max_tokens: int = 96  # fixed token slots per text input (padded with 0) so batches stack
+    schema: str = "jobs"  # which featurizers feed the towers: jobs | interest | movielens
+    request_inputs: str = "composite"  # composite (query + member + interest + context) |
+    # query (query text only: the baseline the composite tower must beat)
+    interest_dim: int = 0  # width of the looked-up member-interest embedding; 0 = not an input
+    tasks: tuple[str, ...] = ("apply", "save", "click")  # one request-tower head per task
+    serve_task: str = "apply"  # the head batch inference and serving embed requests with
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))  # JSON round trips give lists
+        _require(self.schema in SCHEMAS, f"schema must be one of {SCHEMAS}, got {self.schema!r}")
+        _require(
+            self.request_inputs in REQUEST_INPUTS,
+            f"request_inputs must be one of {REQUEST_INPUTS}, got {self.request_inputs!r}",
+        )
+        _require(0 <= self.interest_dim <= 1024, "interest_dim must be in [0, 1024]")
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        _require(not unknown, f"tasks must be among {TASKS}, got {unknown}")
+        _require(len(set(self.tasks)) == len(self.tasks), f"tasks repeat: {self.tasks}")
+        _require(
+            not self.tasks or self.serve_task in self.tasks,
+            f"serve_task {self.serve_task!r} must be one of tasks {self.tasks}",
+        )
         _require(8 <= self.dim <= 1024, f"dim must be in [8, 1024], got {self.dim}")
         _require(self.hash_buckets >= 1024, "hash_buckets must be >= 1024")
         _require(self.cat_buckets >= 64, "cat_buckets must be >= 64")
@@ -80,8 +106,14 @@ class TrainConfig:
     eval_days: int = 2  # last days of the impression log are held out
     member_dropout: float = 0.2  # share of search pairs trained without the member, so
     # anonymous searches (query only) are in the training distribution too
+    task_weights: tuple[float, ...] = ()  # loss weight per ModelConfig.tasks entry; () = all 1
+    logq: bool = True  # subtract log(sampling probability) from in-batch logits (popular jobs)
+    hard_negatives: bool = True  # add one heuristic hard negative per pair to the softmax:
+    # a job impressed in the same session but not engaged, or the same title in another city
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
+        _require(all(w >= 0 for w in self.task_weights), "task_weights must be >= 0")
         _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _require(self.batch_size >= 2, "batch_size must be >= 2 (in-batch negatives)")
         _require(self.lr > 0, "lr must be > 0")
@@ -145,6 +177,8 @@ class Workspace:
         feature_repo/                              the Feast repo (definitions + data/)
         slots/<slot-name>/                         immutable index slots
         slots/aliases.json                         alias -> slot name (the only mutable file)
+        interest/models/<iv>/                      member-interest model (its own versions)
+        interest/embeddings/<iv>/members.parquet   batch member-interest embeddings
     """
 
     root: Path
@@ -168,3 +202,13 @@ class Workspace:
     @property
     def slots(self) -> Path:
         return self.root / "slots"
+
+    @property
+    def interest_models(self) -> Path:
+        """Member-interest model artifacts: interest/models/<interest-version>/."""
+        return self.root / "interest" / "models"
+
+    @property
+    def interest_embeddings(self) -> Path:
+        """Batch member-interest embeddings: interest/embeddings/<interest-version>/."""
+        return self.root / "interest" / "embeddings"

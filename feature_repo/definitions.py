@@ -11,6 +11,7 @@ same programmatically in ``publish``).
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import cache
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Bool, Float32, Float64, Int64, String
@@ -18,6 +19,9 @@ from feast.types import Array, Bool, Float32, Float64, Int64, String
 # Model versions whose embedding tables this repo serves. ``store.publish`` rewrites this line in
 # the workspace copy, so the file `feast apply` reads always matches the registry.
 EMBEDDING_VERSIONS: tuple[str, ...] = ("v1",)
+# Model version -> the member-interest version it was co-trained with (its lineage); rewritten
+# by ``store.publish`` like EMBEDDING_VERSIONS. A version absent here reads no interest table.
+INTEREST_OF: dict[str, str] = {"v1": "v1"}
 
 # Embeddings only change with a new model version; a short TTL would hide them from
 # point-in-time joins long before a retrain.
@@ -59,40 +63,66 @@ member_profile = FeatureView(
 )
 
 
-def embedding_views(version: str) -> dict[str, object]:
+def _embedding_view(
+    view: str, source: str, push: str, path: str, entity: Entity, key: str
+) -> dict[str, object]:
+    """A parquet batch source, a push source over it and the online embedding view ``view``."""
+    batch_source = FileSource(name=source, path=path, timestamp_field="event_timestamp")
+    push_source = PushSource(name=push, batch_source=batch_source)
+    feature_view = FeatureView(
+        name=view,
+        entities=[entity],
+        ttl=EMBEDDING_TTL,
+        schema=[
+            Field(name=key, dtype=Int64),
+            Field(name="embedding", dtype=Array(Float32)),
+            Field(name="model_version", dtype=String),
+        ],
+        source=push_source,
+        online=True,
+    )
+    return {source: batch_source, push: push_source, view: feature_view}
+
+
+@cache  # one set of objects per interest version, however many models share it
+def interest_views(interest_version: str) -> dict[str, object]:
+    """The batch member-interest embeddings of one interest-model version
+    (``member_interest_<iv>``): an input of the request tower, looked up per request."""
+    name = f"member_interest_{interest_version}"
+    return _embedding_view(
+        name, f"{name}_source", f"{name}_push", f"data/{name}.parquet", member, "member_id"
+    )
+
+
+def embedding_views(version: str, interest_version: str | None = None) -> dict[str, object]:
     """Sources, push sources, feature views and services of one model version, keyed by name.
 
     The feature views read from the push source, so ``store.push`` updates them at once, and
-    ``materialize`` loads the push source's parquet batch source.
+    ``materialize`` loads the push source's parquet batch source. ``interest_version`` adds the
+    co-trained member-interest view to the version's request feature service.
     """
     objects: dict[str, object] = {}
     for kind, entity in (("job", job), ("member", member)):
-        batch = FileSource(
-            name=f"{kind}_embedding_source_{version}",
-            path=f"data/{kind}_embeddings_{version}.parquet",
-            timestamp_field="event_timestamp",
+        objects.update(
+            _embedding_view(
+                f"{kind}_embedding_{version}",
+                f"{kind}_embedding_source_{version}",
+                f"{kind}_embedding_push_{version}",
+                f"data/{kind}_embeddings_{version}.parquet",
+                entity,
+                f"{kind}_id",
+            )
         )
-        push = PushSource(name=f"{kind}_embedding_push_{version}", batch_source=batch)
-        view = FeatureView(
-            name=f"{kind}_embedding_{version}",
-            entities=[entity],
-            ttl=EMBEDDING_TTL,
-            schema=[
-                Field(name=f"{kind}_id", dtype=Int64),
-                Field(name="embedding", dtype=Array(Float32)),
-                Field(name="model_version", dtype=String),
-            ],
-            source=push,
-            online=True,
-        )
-        objects[batch.name] = batch
-        objects[push.name] = push
-        objects[view.name] = view
     job_view = objects[f"job_embedding_{version}"]
     member_view = objects[f"member_embedding_{version}"]
+    request_views = [member_view, member_profile]
+    if interest_version is not None:
+        interest = interest_views(interest_version)
+        objects.update(interest)
+        request_views.append(interest[f"member_interest_{interest_version}"])
     # What the request (query) side of model `version` reads per request.
     objects[f"request_features_{version}"] = FeatureService(
-        name=f"request_features_{version}", features=[member_view, member_profile]
+        name=f"request_features_{version}", features=request_views
     )
     # What the item side of model `version` reads (index builds, re-ranking).
     objects[f"item_features_{version}"] = FeatureService(
@@ -104,4 +134,4 @@ def embedding_views(version: str) -> dict[str, object]:
 # `feast apply` discovers objects among module attributes, so each version's objects become
 # module-level names (job_embedding_v1, member_embedding_push_v1, request_features_v1, ...).
 for _version in EMBEDDING_VERSIONS:
-    globals().update(embedding_views(_version))
+    globals().update(embedding_views(_version, INTEREST_OF.get(_version)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import re
 import time
@@ -60,6 +61,7 @@ PROFILE_FIELDS = (
 )
 _VERSION_RE = re.compile(r"^v[0-9]+$")
 _VERSIONS_LINE_RE = re.compile(r"^EMBEDDING_VERSIONS\b[^=\n]*=.*$", re.MULTILINE)
+_INTEREST_LINE_RE = re.compile(r"^INTEREST_OF\b[^=\n]*=.*$", re.MULTILINE)
 _PUBLISHED_RE = re.compile(r"^job_embeddings_(v[0-9]+)\.parquet$")
 _CHANGE_RE = re.compile(r"^(Created|Updated|Deleted|Removed) ")
 
@@ -123,8 +125,24 @@ def _published_versions(data_dir: Path) -> set[str]:
     return {m.group(1) for p in data_dir.iterdir() if (m := _PUBLISHED_RE.match(p.name))}
 
 
-def _write_definitions(template_dir: Path, repo: Path, versions: list[str]) -> None:
-    """Copy the template, pinning EMBEDDING_VERSIONS so `feast apply` there sees every version."""
+def _interest_of(ws: Workspace, version: str) -> str | None:
+    """The member-interest version model ``version`` was co-trained with (its model.json
+    lineage); None for a model without one or whose folder is not in this workspace."""
+    meta_path = ws.models / version / "model.json"
+    if not meta_path.is_file():
+        return None
+    recorded = json.loads(meta_path.read_text()).get("lineage", {}).get("member_interest")
+    if recorded is None:
+        return None
+    _check_version(recorded["version"])
+    return str(recorded["version"])
+
+
+def _write_definitions(
+    template_dir: Path, repo: Path, versions: list[str], interest_of: dict[str, str]
+) -> None:
+    """Copy the template, pinning EMBEDDING_VERSIONS and INTEREST_OF so `feast apply` there
+    sees every version and the member-interest table each one reads."""
     for name in DEFINITION_FILES:
         src = template_dir / name
         if not src.is_file():
@@ -137,6 +155,10 @@ def _write_definitions(template_dir: Path, repo: Path, versions: list[str]) -> N
             )
             if n != 1:
                 raise ValueError(f"{src} must assign EMBEDDING_VERSIONS on exactly one line")
+            mapping = json.dumps(interest_of, sort_keys=True)  # versions are ^v[0-9]+$
+            text, n = _INTEREST_LINE_RE.subn(f"INTEREST_OF: dict[str, str] = {mapping}", text)
+            if n != 1:
+                raise ValueError(f"{src} must assign INTEREST_OF on exactly one line")
         atomic_write_bytes(repo / name, text.encode())
 
 
@@ -230,12 +252,20 @@ def publish(
     jobs = _read_embeddings(ws.embeddings / version / "jobs.parquet", "job_id", version)
     members = _read_embeddings(ws.embeddings / version / "members.parquet", "member_id", version)
     profiles = _read_profiles(ws.data / "members.parquet", published_at)
+    iv = _interest_of(ws, version)
+    interest = None
+    if iv is not None:
+        path = ws.interest_embeddings / iv / "members.parquet"
+        interest = _read_embeddings(path, "member_id", iv)
     # Data first: apply validates that every FileSource path exists.
     atomic_write_parquet(repo / "data" / f"job_embeddings_{version}.parquet", jobs)
     atomic_write_parquet(repo / "data" / f"member_embeddings_{version}.parquet", members)
     atomic_write_parquet(repo / "data" / "member_profiles.parquet", profiles)
+    if interest is not None:
+        atomic_write_parquet(repo / "data" / f"member_interest_{iv}.parquet", interest)
     versions = sorted(_published_versions(repo / "data") | {version}, key=lambda v: int(v[1:]))
-    _write_definitions(template, repo, versions)
+    interest_of = {v: i for v in versions if (i := _interest_of(ws, v)) is not None}
+    _write_definitions(template, repo, versions, interest_of)
     t_write = time.perf_counter()
 
     # Applied in-process rather than via a `feast apply` subprocess: this process imports feast
@@ -246,10 +276,13 @@ def publish(
     changes = _apply(store, repo / "definitions.py")
     t_apply = time.perf_counter()
 
-    stamps = pd.concat([jobs["event_timestamp"], members["event_timestamp"]])
+    tables = [jobs, members] + ([] if interest is None else [interest])
+    stamps = pd.concat([t["event_timestamp"] for t in tables])
     start = min(stamps.min(), pd.Timestamp(published_at)).to_pydatetime() - timedelta(seconds=1)
     end = max(stamps.max(), pd.Timestamp(published_at)).to_pydatetime() + timedelta(seconds=1)
     views = [f"job_embedding_{version}", f"member_embedding_{version}", "member_profile"]
+    if iv is not None:
+        views.append(f"member_interest_{iv}")
     store.materialize(start_date=start, end_date=end, feature_views=views)
     t_end = time.perf_counter()
     return {
@@ -257,6 +290,7 @@ def publish(
         "repo_path": str(repo),
         "config_name": config_name,
         "versions_served": versions,
+        "interest_version": iv,
         "feature_views": sorted(fv.name for fv in store.list_feature_views()),
         "apply_changes": changes,
         "jobs": len(jobs),
@@ -328,13 +362,26 @@ def _embeddings(
     store: FeatureStore, kind: str, ids: list[int], version: str
 ) -> dict[int, np.ndarray | None]:
     _check_version(version)
+    return _lookup(store, f"{kind}_embedding_{version}", f"{kind}_id", ids)
+
+
+def _lookup(store: FeatureStore, view: str, key: str, ids: list[int]) -> dict[int, Any]:
     if not ids:
         return {}
-    got = _online(store, f"{kind}_embedding_{version}", ("embedding",), f"{kind}_id", ids)
+    got = _online(store, view, ("embedding",), key, ids)
     return {
         int(i): None if e is None else np.asarray(e, dtype=np.float32)
         for i, e in zip(ids, got["embedding"], strict=True)
     }
+
+
+def member_interest(
+    store: FeatureStore, member_ids: list[int], interest_version: str
+) -> dict[int, np.ndarray | None]:
+    """``member_id -> float32 (interest dim,)`` from ``member_interest_<iv>``; None if the
+    batch run has not embedded that member yet."""
+    _check_version(interest_version)
+    return _lookup(store, f"member_interest_{interest_version}", "member_id", member_ids)
 
 
 def member_embeddings(

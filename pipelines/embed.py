@@ -1,10 +1,15 @@
-"""Beam batch inference: embed every job (item tower) and every member (request tower, no query).
+"""Beam batch inference: member-interest embeddings, and job + member two-tower embeddings.
 
+    python -m pipelines.embed --workspace var/demo --interest-version v1 [--history-before TS]
     python -m pipelines.embed --workspace var/demo --version v1 [--runner FnApiRunner]
 
-Writes ``embeddings/<version>/{jobs,members}.parquet`` (id, embedding, model_version,
-event_timestamp). The output folder is staged and renamed into place only after the whole
-pipeline succeeded, so readers never see a half-written embedding set.
+With ``--interest-version``: joins each member's profile with the titles of the jobs they
+engaged with (before ``--history-before``) and writes the member-interest model's embeddings
+to ``interest/embeddings/<iv>/members.parquet``. With ``--version``: embeds every job (item
+tower) and every member (request tower, no query; the member's interest embedding of the
+co-trained interest version joined in) to ``embeddings/<version>/{jobs,members}.parquet``.
+Rows are (id, embedding, model_version, event_timestamp). Output folders are staged and renamed
+into place only after the whole pipeline succeeded: readers never see a half-written set.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from ebr.config import ModelConfig, Workspace
 from ebr.io import atomic_directory
-from ebr.model.artifact import check_version, read_meta
+from ebr.model.artifact import check_lineage, check_version, read_meta
 from ebr.model.features import job_tensors, request_tensors
+from ebr.model.interest import history_text, member_tensors
 from ebr.model.towers import ItemTower, RequestTower
+
+KINDS = ("jobs", "members", "interest")  # item tower, request tower, member-interest tower
 
 # Local default: the FnApiRunner runs in-process (the DirectRunner would first try to download
 # the Prism binary, which an offline machine cannot). Flink/Dataflow are chosen with --runner.
@@ -57,6 +65,9 @@ class _Featurize(beam.DoFn):
         if self._kind == "jobs":
             feats = job_tensors(rec, self._cfg)
             key = int(rec["job_id"])
+        elif self._kind == "interest":
+            feats = member_tensors(rec, rec.get("history") or "", self._cfg)
+            key = int(rec["member_id"])
         else:
             feats = request_tensors(None, rec, self._cfg)
             key = int(rec["member_id"])
@@ -71,8 +82,8 @@ class EmbedRecords(beam.PTransform):
 
     def __init__(self, kind: str, model_dir: Path, batch_size: int) -> None:
         super().__init__()
-        if kind not in ("jobs", "members"):
-            raise ValueError(f"kind must be 'jobs' or 'members', got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         meta = read_meta(model_dir)
         self._kind, self._cfg = kind, ModelConfig(**meta["model_config"])
         self._version = meta["version"]
@@ -92,7 +103,7 @@ class EmbedRecords(beam.PTransform):
         )
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        id_col = "job_id" if self._kind == "jobs" else "member_id"
+        id_col = "job_id" if self._kind == "jobs" else "member_id"  # interest: members too
         version = self._version
 
         def to_row(kv: tuple[int, PredictionResult]) -> dict[str, Any]:
@@ -112,57 +123,182 @@ class EmbedRecords(beam.PTransform):
         )
 
 
+class AttachHistory(beam.PTransform):
+    """members -> members with ``history``: the titles of the jobs each engaged with before
+    ``before`` (the same ebr.model.interest.history_text the training snapshots use)."""
+
+    def __init__(self, ws: Workspace, before: datetime | None) -> None:
+        super().__init__()
+        self._ws, self._before = ws, before
+
+    def expand(self, members: beam.PCollection) -> beam.PCollection:
+        before = self._before
+        p = members.pipeline
+        titles = (
+            p
+            | "ReadTitles"
+            >> beam.io.ReadFromParquet(
+                str(self._ws.data / "jobs.parquet"), columns=["job_id", "title"]
+            )
+            | "TitleKV" >> beam.Map(lambda r: (int(r["job_id"]), str(r["title"])))
+        )
+
+        def engaged(r: Mapping[str, Any]) -> bool:
+            ts = pd.Timestamp(r["ts"])
+            return r["outcome"] != "none" and (before is None or ts < pd.Timestamp(before))
+
+        events = (
+            p
+            | "ReadImpressions"
+            >> beam.io.ReadFromParquet(
+                str(self._ws.data / "impressions.parquet"),
+                columns=["member_id", "job_id", "outcome", "ts"],
+            )
+            | "Engaged" >> beam.Filter(engaged)
+            | "EventKV"
+            >> beam.Map(
+                lambda r, t: (int(r["member_id"]), (r["ts"], t[int(r["job_id"])])),
+                t=beam.pvalue.AsDict(titles),
+            )
+        )
+        keyed = members | "MemberKV" >> beam.Map(lambda r: (int(r["member_id"]), r))
+
+        def attach(kv: tuple[int, dict[str, list[Any]]]) -> Iterable[dict[str, Any]]:
+            _, grouped = kv
+            for rec in grouped["member"]:  # exactly one profile per member id
+                yield {**rec, "history": history_text(grouped["events"])}
+
+        return (
+            {"member": keyed, "events": events}
+            | "JoinHistory" >> beam.CoGroupByKey()
+            | "Attach" >> beam.FlatMap(attach)
+        )
+
+
+class AttachInterest(beam.PTransform):
+    """members -> members with ``interest``: their batch member-interest embedding (None for a
+    member the interest run has not embedded yet; the tower sees has_interest = 0)."""
+
+    def __init__(self, table: Path) -> None:
+        super().__init__()
+        self._table = table
+
+    def expand(self, members: beam.PCollection) -> beam.PCollection:
+        vectors = (
+            members.pipeline
+            | "ReadInterest"
+            >> beam.io.ReadFromParquet(str(self._table), columns=["member_id", "embedding"])
+            | "InterestKV" >> beam.Map(lambda r: (int(r["member_id"]), r["embedding"]))
+        )
+        keyed = members | "MemberKV" >> beam.Map(lambda r: (int(r["member_id"]), r))
+
+        def attach(kv: tuple[int, dict[str, list[Any]]]) -> Iterable[dict[str, Any]]:
+            _, grouped = kv
+            vec = grouped["interest"][0] if grouped["interest"] else None
+            for rec in grouped["member"]:
+                yield {**rec, "interest": vec}
+
+        return (
+            {"member": keyed, "interest": vectors}
+            | "JoinInterest" >> beam.CoGroupByKey()
+            | "Attach" >> beam.FlatMap(attach)
+        )
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workspace", type=Path, required=True, help="platform workspace root")
-    p.add_argument("--version", required=True, help="model version to embed with, e.g. v1")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", help="two-tower model version to embed with, e.g. v1")
+    which.add_argument("--interest-version", help="member-interest model version, e.g. v1")
+    p.add_argument(
+        "--history-before",
+        type=lambda s: pd.Timestamp(s).to_pydatetime(),
+        default=None,
+        help="interest runs: only engagements before this ISO time form the history",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="RunInference batch size")
     p.add_argument("--runner", default=DEFAULT_RUNNER, help="Beam runner (default: local)")
     known, rest = p.parse_known_args(argv)
     if known.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {known.batch_size}")
-    check_version(known.version)
+    check_version(known.version or known.interest_version)
     return known, rest
+
+
+def _sink(id_col: str, path: Path, dim: int) -> beam.PTransform:
+    return beam.io.WriteToParquet(
+        str(path),
+        schema=_schema(id_col, dim),
+        file_name_suffix=".parquet",
+        num_shards=1,
+        shard_name_template="",
+    )
+
+
+def _source(path: Path) -> beam.PTransform:
+    if not path.exists():
+        raise FileNotFoundError(f"missing input table {path}")
+    return beam.io.ReadFromParquet(str(path))
 
 
 def run(
     argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None
 ) -> dict[str, Any]:
-    """Embed jobs and members of a workspace; returns counts, seconds and the output folder."""
+    """Run one embedding job; returns counts, seconds and the output folder."""
     args, beam_args = parse_args(argv)
     ws = Workspace(args.workspace)
-    model_dir = ws.models / args.version
-    dim = ModelConfig(**read_meta(model_dir)["model_config"]).dim
+    interest_run = args.interest_version is not None
+    if interest_run:
+        model_dir = ws.interest_models / args.interest_version
+        out = ws.interest_embeddings / args.interest_version
+        outputs = {"members": "member_id"}
+    else:
+        model_dir = ws.models / args.version
+        out = ws.embeddings / args.version
+        outputs = {"jobs": "job_id", "members": "member_id"}
+    meta = read_meta(model_dir)
+    cfg = ModelConfig(**meta["model_config"])
     t0 = time.perf_counter()
-    with atomic_directory(ws.embeddings / args.version, overwrite=True) as staging:
+    with atomic_directory(out, overwrite=True) as staging:
         pipeline = test_pipeline or beam.Pipeline(
             options=PipelineOptions([f"--runner={args.runner}", *beam_args])
         )
-        for kind, id_col in (("jobs", "job_id"), ("members", "member_id")):
-            src = ws.data / f"{kind}.parquet"
-            if not src.exists():
-                raise FileNotFoundError(f"missing input table {src}")
+        members = pipeline | "ReadMembers" >> _source(ws.data / "members.parquet")
+        if interest_run:
+            (
+                members
+                | "History" >> AttachHistory(ws, args.history_before)
+                | "EmbedInterest" >> EmbedRecords("interest", model_dir, args.batch_size)
+                | "WriteInterest" >> _sink("member_id", staging / "members", cfg.dim)
+            )
+        else:
+            iv = check_lineage(meta, _interest_dir(ws, meta))
+            if iv is not None:
+                table = ws.interest_embeddings / iv / "members.parquet"
+                members = members | "Interest" >> AttachInterest(table)
             (
                 pipeline
-                | f"Read{kind}" >> beam.io.ReadFromParquet(str(src))
-                | f"Embed{kind}" >> EmbedRecords(kind, model_dir, args.batch_size)
-                | f"Write{kind}"
-                >> beam.io.WriteToParquet(
-                    str(staging / kind),
-                    schema=_schema(id_col, dim),
-                    file_name_suffix=".parquet",
-                    num_shards=1,
-                    shard_name_template="",
-                )
+                | "ReadJobs" >> _source(ws.data / "jobs.parquet")
+                | "EmbedJobs" >> EmbedRecords("jobs", model_dir, args.batch_size)
+                | "WriteJobs" >> _sink("job_id", staging / "jobs", cfg.dim)
+            )
+            (
+                members
+                | "EmbedMembers" >> EmbedRecords("members", model_dir, args.batch_size)
+                | "WriteMembers" >> _sink("member_id", staging / "members", cfg.dim)
             )
         result = pipeline.run()
         result.wait_until_finish()
-    out = ws.embeddings / args.version
     counts = {
-        k: len(pd.read_parquet(out / f"{k}.parquet", columns=[c]))
-        for k, c in (("jobs", "job_id"), ("members", "member_id"))
+        k: len(pd.read_parquet(out / f"{k}.parquet", columns=[c])) for k, c in outputs.items()
     }
     return {**counts, "seconds": round(time.perf_counter() - t0, 2), "path": str(out)}
+
+
+def _interest_dir(ws: Workspace, meta: dict[str, Any]) -> Path | None:
+    recorded = meta.get("lineage", {}).get("member_interest")
+    return None if recorded is None else ws.interest_models / recorded["version"]
 
 
 if __name__ == "__main__":

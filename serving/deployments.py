@@ -14,6 +14,7 @@ replica and the driver never pay for them.
 # No `from __future__ import annotations` here: FastAPI resolves the route signatures of a
 # class-based Serve ingress at request time, and string annotations then fail to resolve.
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -159,7 +160,7 @@ class RequestEncoder:
     def __init__(self, workspace: str, model_version: str) -> None:
         import torch
 
-        from ebr.model.artifact import load_request_tower
+        from ebr.model.artifact import check_lineage, load_request_tower
         from feature_repo.store import member_profiles, open_store
 
         # A replica gets a fraction of a core; intra-op threads would only contend.
@@ -172,6 +173,11 @@ class RequestEncoder:
                 f"expected {model_version!r}"
             )
         self._version = model_version
+        # The member-interest version this model was co-trained with; refuse any other.
+        recorded = meta.get("lineage", {}).get("member_interest")
+        self._interest = check_lineage(
+            meta, None if recorded is None else ws.interest_models / recorded["version"]
+        )
         self._store = open_store(ws.feature_repo)
         # Warm up: the first forward pass and the first online read are ~0.5 s (lazy init);
         # pay it here, before the replica reports ready, not on the first user's request.
@@ -179,19 +185,26 @@ class RequestEncoder:
         member_profiles(self._store, [1])
 
     def _profile(self, member_id: int) -> dict[str, Any]:
-        from feature_repo.store import member_profiles
+        """Profile + looked-up member-interest embedding (None until the batch run embeds a
+        new member: the tower then sees has_interest = 0, as in training)."""
+        from feature_repo.store import member_interest, member_profiles
 
         profile = member_profiles(self._store, [member_id]).get(member_id)
         if profile is None:
             raise UnknownMember(member_id)
+        if self._interest is not None:
+            vec = member_interest(self._store, [member_id], self._interest).get(member_id)
+            profile["interest"] = vec
         return profile
 
     def encode(self, query: str | None, member_id: int | None) -> np.ndarray:
-        """float32 [1, dim] unit embedding of one request; raises ``UnknownMember``."""
+        """float32 [1, dim] unit embedding of one request (now as its time context); raises
+        ``UnknownMember``."""
         from ebr.model.infer import encode_requests
 
         member = None if member_id is None else self._profile(member_id)
-        return encode_requests(self._tower, [query], [member], self._cfg)
+        now = datetime.now(UTC)
+        return encode_requests(self._tower, [query], [member], self._cfg, whens=[now])
 
     def member_embedding(self, member_id: int) -> np.ndarray:
         """float32 [1, dim] JYMBII embedding: the batch one from Feast, else the profile's.
@@ -213,7 +226,11 @@ class RequestEncoder:
         return vec
 
     def info(self) -> dict[str, Any]:
-        return {"model_version": self._version, "dim": self._cfg.dim}
+        return {
+            "model_version": self._version,
+            "member_interest_version": self._interest,
+            "dim": self._cfg.dim,
+        }
 
 
 app = FastAPI(
@@ -318,5 +335,10 @@ class Ingress:
             slot_info["slot"] == self._slot
             and slot_info["model_version"] == self._version == enc_info["model_version"]
         )
-        body = HealthResponse(ok=ok, encoder_model_version=enc_info["model_version"], **slot_info)
+        body = HealthResponse(
+            ok=ok,
+            encoder_model_version=enc_info["model_version"],
+            member_interest_version=enc_info["member_interest_version"],
+            **slot_info,
+        )
         return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())

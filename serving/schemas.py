@@ -100,6 +100,7 @@ class HealthResponse(BaseModel):
     slot: str
     model_version: str
     encoder_model_version: str
+    member_interest_version: str | None = None  # the co-trained interest model it reads
     item_count: int
     recall_at_10: float | None = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from flytekit import Resources, task
 
@@ -24,36 +25,80 @@ def generate_marketplace(workspace: str, size: int, seed: int) -> str:
     return str(ws.data)
 
 
-@task(requests=Resources(cpu="2", mem="4Gi"))
-def train_two_tower(workspace: str, data_dir: str, version: str, epochs: int) -> str:
-    """Train on the impression log and save models/<version>; returns the model folder."""
+def _tables(data_dir: str) -> dict[str, Any]:
     import pandas as pd
 
-    from ebr.model.artifact import save_model
-    from ebr.model.train import train
-
-    tables = {
+    return {
         n: pd.read_parquet(Path(data_dir) / f"{n}.parquet")
         for n in ("jobs", "members", "impressions")
     }
-    tcfg = TrainConfig(epochs=epochs)
-    model, metrics = train(
-        tables["jobs"], tables["members"], tables["impressions"], ModelConfig(), tcfg
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"))
+def train_member_interest(workspace: str, data_dir: str, interest_version: str, epochs: int) -> str:
+    """Train the member-interest model; saves interest/models/<iv>, returns that folder."""
+    from ebr.model.artifact import save_model
+    from ebr.model.interest import train_interest
+
+    t, tcfg = _tables(data_dir), TrainConfig(epochs=epochs)
+    model, metrics = train_interest(t["jobs"], t["members"], t["impressions"], tcfg)
+    print(metrics)
+    meta = {"train": asdict(tcfg), "metrics": metrics}
+    return str(
+        save_model(model, Workspace(Path(workspace)).interest_models, interest_version, meta)
+    )
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"))
+def train_two_tower(
+    workspace: str, data_dir: str, version: str, epochs: int, interest_dir: str
+) -> str:
+    """Train the composite multi-task model on the impression log, reading the member-interest
+    model at ``interest_dir`` (lineage saved in model.json); returns models/<version>."""
+    from ebr.model.artifact import save_model
+    from ebr.model.train import train_with_interest
+
+    t, tcfg = _tables(data_dir), TrainConfig(epochs=epochs)
+    model, metrics, lineage = train_with_interest(
+        t["jobs"], t["members"], t["impressions"], Path(interest_dir), ModelConfig(), tcfg
     )
     print(metrics)
-    return str(
-        save_model(
-            model,
-            Workspace(Path(workspace)).models,
-            version,
-            {"train": asdict(tcfg), "metrics": metrics},
-        )
-    )
+    meta = {"train": asdict(tcfg), "metrics": metrics, "lineage": lineage}
+    return str(save_model(model, Workspace(Path(workspace)).models, version, meta))
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
-def embed_catalog(workspace: str, model_dir: str, version: str, batch_size: int) -> str:
-    """Beam batch inference over all jobs and members; returns the embeddings folder."""
+def embed_member_interest(
+    workspace: str, model_dir: str, version: str, batch_size: int, history_holdout_days: int
+) -> str:
+    """Beam: refresh the batch member-interest embeddings of the interest version model
+    ``version`` was co-trained with (history up to ``history_holdout_days`` before the log's
+    end); returns their folder, or "" for a model without a member-interest input."""
+    from ebr.data.pairs import split_cutoff
+    from ebr.model.artifact import read_meta
+    from pipelines.embed import run
+
+    ws = Workspace(Path(workspace))
+    recorded = read_meta(ws.models / version).get("lineage", {}).get("member_interest")
+    if recorded is None:
+        return ""
+    argv = ["--workspace", workspace, "--interest-version", recorded["version"]]
+    if history_holdout_days > 0:
+        import pandas as pd
+
+        ts = pd.read_parquet(ws.data / "impressions.parquet", columns=["ts"])
+        argv += ["--history-before", split_cutoff(ts, history_holdout_days).isoformat()]
+    out = run([*argv, "--batch-size", str(batch_size)])
+    print(out)
+    return str(out["path"])
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
+def embed_catalog(
+    workspace: str, model_dir: str, version: str, batch_size: int, interest_embeddings: str
+) -> str:
+    """Beam batch inference over all jobs and members (members joined with their interest
+    embeddings from ``interest_embeddings``); returns the embeddings folder."""
     from pipelines.embed import run
 
     out = run(["--workspace", workspace, "--version", version, "--batch-size", str(batch_size)])
@@ -87,24 +132,23 @@ def build_index_slot(
 @task(requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
 def evaluate_model(workspace: str, model_dir: str, version: str) -> str:
     """EBR vs BM25 / popularity / hybrid on held-out days; JSON + PNG, shown as a Flyte Deck."""
-    import pandas as pd
     from flytekit import Deck
 
     from ebr.eval.report import evaluate_marketplace, report_html, write_report
-    from ebr.model.artifact import load_two_tower
+    from ebr.model.artifact import check_lineage, load_two_tower
+    from ebr.model.interest import load_interest_snapshots
 
-    ws = Workspace(Path(workspace))
-    tables = {
-        n: pd.read_parquet(ws.data / f"{n}.parquet") for n in ("jobs", "members", "impressions")
-    }
-    model, mcfg, _ = load_two_tower(Path(model_dir))
+    ws, eval_days = Workspace(Path(workspace)), TrainConfig().eval_days
+    t = _tables(str(ws.data))
+    model, mcfg, meta = load_two_tower(Path(model_dir))
+    snaps = None
+    if mcfg.interest_dim:
+        iv = check_lineage(meta, ws.interest_models / meta["lineage"]["member_interest"]["version"])
+        snaps = load_interest_snapshots(
+            ws.interest_models / str(iv), t["jobs"], t["members"], t["impressions"], eval_days
+        )
     report = evaluate_marketplace(
-        model,
-        mcfg,
-        tables["jobs"],
-        tables["members"],
-        tables["impressions"],
-        TrainConfig().eval_days,
+        model, mcfg, t["jobs"], t["members"], t["impressions"], eval_days, interest=snaps
     )
     json_path, png_path = write_report(report, ws.root / "eval" / version)
     Deck("Evaluation", report_html(report, png_path))

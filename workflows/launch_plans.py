@@ -14,7 +14,8 @@ nightly_reembed = LaunchPlan.get_or_create(
     workflow=reembed,
     name="ebr.nightly_reembed",
     schedule=CronSchedule(schedule="0 2 * * *"),
-    default_inputs={"workspace": "/data/ebr", "version": "v1"},
+    # Production logs end now: the member-interest history uses every engagement.
+    default_inputs={"workspace": "/data/ebr", "version": "v1", "history_holdout_days": 0},
 )
 
 # On-demand full rebuild (new model version), launched from the console or pyflyte.

@@ -3,10 +3,12 @@
     pyflyte run workflows/platform.py build_platform --workspace var/demo --size 5000
     pyflyte run workflows/platform.py reembed --workspace var/demo --version v1
 
-``build_platform``: marketplace data -> two-tower training -> Beam embedding -> Feast tables
--> index slot, plus an evaluation report (a Flyte Deck) beside the release. ``reembed``
-(scheduled nightly, see launch_plans.py) re-runs the last three with an existing model
-version, as fresh jobs arrive.
+``build_platform``: marketplace data -> member-interest model -> composite multi-task
+two-tower (co-trained with that interest version, lineage in its model.json) -> ``reembed``,
+plus an evaluation report (a Flyte Deck) beside the release. ``reembed`` (scheduled nightly,
+see launch_plans.py) refreshes the batch member-interest embeddings with the interest version
+the model names, then Beam-embeds jobs and members, publishes the Feast tables and builds and
+promotes an index slot, as fresh jobs and engagements arrive.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from flytekit import workflow
 from tasks.platform import (
     build_index_slot,
     embed_catalog,
+    embed_member_interest,
     evaluate_model,
     generate_marketplace,
     publish_features,
+    train_member_interest,
     train_two_tower,
 )
 
@@ -31,10 +35,26 @@ def reembed(
     batch_size: int = 256,
     index_kind: str = "ivfpq",
     nprobe: int = 16,
+    history_holdout_days: int = 2,
 ) -> str:
-    """Embed the catalog with models/<version>, publish to Feast, build and promote a slot."""
+    """Embed the catalog with models/<version>, publish to Feast, build and promote a slot.
+
+    ``history_holdout_days``: the member-interest history stops this many days before the
+    log's end (the demo's evaluation days; 0 in production, where the log ends now).
+    """
+    interest = embed_member_interest(
+        workspace=workspace,
+        model_dir=model_dir,
+        version=version,
+        batch_size=batch_size,
+        history_holdout_days=history_holdout_days,
+    )
     emb = embed_catalog(
-        workspace=workspace, model_dir=model_dir, version=version, batch_size=batch_size
+        workspace=workspace,
+        model_dir=model_dir,
+        version=version,
+        batch_size=batch_size,
+        interest_embeddings=interest,
     )
     repo = publish_features(workspace=workspace, embeddings_dir=emb, version=version)
     slot = build_index_slot(
@@ -54,6 +74,7 @@ def build_platform(
     size: int = 5000,
     seed: int = 7,
     version: str = "v1",
+    interest_version: str = "v1",
     epochs: int = 6,
     batch_size: int = 256,
     index_kind: str = "ivfpq",
@@ -61,7 +82,12 @@ def build_platform(
 ) -> str:
     """The full data path at ``size`` jobs; returns the name of the slot now serving."""
     data = generate_marketplace(workspace=workspace, size=size, seed=seed)
-    model = train_two_tower(workspace=workspace, data_dir=data, version=version, epochs=epochs)
+    interest = train_member_interest(
+        workspace=workspace, data_dir=data, interest_version=interest_version, epochs=epochs
+    )
+    model = train_two_tower(
+        workspace=workspace, data_dir=data, version=version, epochs=epochs, interest_dir=interest
+    )
     evaluate_model(workspace=workspace, model_dir=model, version=version)
     return reembed(
         workspace=workspace,

@@ -11,14 +11,14 @@ the ANN index.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ebr.config import ModelConfig
+from ebr.config import TASK_OUTCOMES, ModelConfig
 from ebr.data.pairs import eval_searches, positive_pairs, time_split
 from ebr.eval.bm25 import BM25Baseline
 from ebr.eval.metrics import exact_topk_ids
@@ -26,7 +26,7 @@ from ebr.eval.ranking import hybrid_ranking, mrr, ndcg_at, pad_to, popularity_ra
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.towers import TwoTower
-from ebr.model.train import member_records
+from ebr.model.train import request_members
 
 GRADES = {"apply": 3.0, "save": 2.0, "click": 1.0}  # graded relevance for ndcg@10_graded
 BY_OUTCOME_K = 100  # per-outcome recall cutoff
@@ -70,13 +70,16 @@ def evaluate_marketplace(
     impressions: pd.DataFrame,
     eval_days: int,
     ks: Sequence[int] = (10, 50, 100, 500),
+    interest: Mapping[pd.Timestamp, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Every method's metrics on held-out search and JYMBII sessions, in one dict.
 
     Returns {"ks", "eval_days", "n_jobs", "search": task, "jymbii": task} where task is
     {"sessions": int, "methods": {method: {metric: float}}, "ebr_recall@100_by_outcome":
     {"apply"|"save"|"click": float}}. Methods: ebr, popularity, and for search bm25, hybrid.
-    JYMBII sessions carry no query, so BM25 and the hybrid do not apply there.
+    JYMBII sessions carry no query, so BM25 and the hybrid do not apply there (nor to a
+    query-only tower). ``interest``: daily member-interest snapshots for a model that reads them
+    (ebr.model.interest.load_interest_snapshots).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -87,10 +90,11 @@ def evaluate_marketplace(
     ids = jobs["job_id"].to_numpy(np.int64)
     row_of = pd.Series(np.arange(len(ids)), index=ids)
     item_vecs = encode_jobs(model.item, jobs.to_dict("records"), mcfg)  # [n, dim]
-    recs = member_records(members)
     bm25: BM25Baseline | None = None
     report: dict[str, Any] = {"ks": ks, "eval_days": eval_days, "n_jobs": len(jobs)}
     for task, with_query in (("search", True), ("jymbii", False)):
+        if not with_query and mcfg.request_inputs == "query":
+            continue
         ev = eval_searches(held, with_query=with_query)
         if ev.empty:
             raise ValueError(f"no held-out {task} sessions with engagement in {eval_days} days")
@@ -99,7 +103,8 @@ def evaluate_marketplace(
         labels = _session_labels(held, ev["session_id"])
         gains = labels["gains"].tolist()
 
-        q = encode_requests(model.request, queries, [recs[m] for m in ev["member_id"]], mcfg)
+        reqs = request_members(ev, members, interest)
+        q = encode_requests(model.request, queries, reqs, mcfg, whens=ev["ts"].tolist())
         ebr = pad_to(exact_topk_ids(q, item_vecs, ids, k_max), k_max)  # [q, k_max]
         # Cosine of each retrieved job (rows are unit vectors); padded slots score -inf.
         rows = row_of.reindex(ebr.ravel()).fillna(0).to_numpy(np.int64).reshape(ebr.shape)
@@ -125,11 +130,23 @@ def evaluate_marketplace(
             name: recall_at(ebr, labels[name].tolist(), [BY_OUTCOME_K])[BY_OUTCOME_K]
             for name in GRADES
         }
+        # Each task head retrieving its own task's positives (the served head is serve_task).
+        by_head = {}
+        for head in model.request.tasks:
+            qh = encode_requests(
+                model.request, queries, reqs, mcfg, whens=ev["ts"].tolist(), task=head
+            )
+            truth = [
+                set().union(*(labels[o].iloc[i] for o in TASK_OUTCOMES[head])) for i in range(n)
+            ]
+            ranked = exact_topk_ids(qh, item_vecs, ids, BY_OUTCOME_K)
+            by_head[head] = recall_at(ranked, truth, [BY_OUTCOME_K])[BY_OUTCOME_K]
         report[task] = {
             "sessions": n,
             "sessions_by_outcome": {name: int(sum(map(bool, labels[name]))) for name in GRADES},
             "methods": methods,
             f"ebr_recall@{BY_OUTCOME_K}_by_outcome": by_outcome,
+            f"ebr_recall@{BY_OUTCOME_K}_by_task_head": by_head,
         }
     return report
 

@@ -99,3 +99,58 @@ def load_two_tower(path: Path) -> tuple[TwoTower, ModelConfig, dict[str, Any]]:
     model.item.load_state_dict(item.state_dict())
     model.eval()
     return model, cfg, meta
+
+
+class LineageError(ValueError):
+    """A model and the member-interest model it names are not the co-trained pair."""
+
+
+def interest_lineage(interest_dir: Path) -> dict[str, Any]:
+    """The ``lineage`` entry a two-tower model records for the interest model it read.
+
+    The interest model's version, its artifact checksums and creation time pin exactly which
+    model produced the interest embeddings the request tower was trained on.
+    """
+    meta = read_meta(interest_dir)
+    cfg = ModelConfig(**meta["model_config"])
+    if cfg.schema != "interest":
+        raise LineageError(
+            f"{interest_dir} holds a {cfg.schema!r} model, not a member-interest one"
+        )
+    return {
+        "member_interest": {
+            "version": meta["version"],
+            "dim": cfg.dim,
+            "checksums": meta["checksums"],
+            "created_at": meta["created_at"],
+        }
+    }
+
+
+def check_lineage(meta: dict[str, Any], interest_dir: Path | None) -> str | None:
+    """Verify that ``interest_dir`` is the interest model ``meta`` (a model.json) was co-trained
+    with; returns its version (None for a model without a member-interest input).
+
+    Raises LineageError when the model needs an interest model and ``interest_dir`` is missing,
+    another version, or a re-trained artifact under the same version (checksums differ).
+    """
+    cfg = ModelConfig(**meta["model_config"])
+    recorded = meta.get("lineage", {}).get("member_interest")
+    if not cfg.interest_dim:
+        return None
+    if recorded is None:
+        raise LineageError(f"model {meta.get('version')} reads member interest but records none")
+    if interest_dir is None or not (interest_dir / "model.json").is_file():
+        raise LineageError(
+            f"model {meta.get('version')} was co-trained with member-interest "
+            f"{recorded['version']}, which is not at {interest_dir}"
+        )
+    actual = interest_lineage(interest_dir)["member_interest"]
+    for key in ("version", "checksums", "dim"):
+        if actual[key] != recorded[key]:
+            raise LineageError(
+                f"model {meta.get('version')} was co-trained with member-interest "
+                f"{recorded['version']} ({key}={recorded[key]}), but {interest_dir} has "
+                f"{key}={actual[key]}"
+            )
+    return str(recorded["version"])

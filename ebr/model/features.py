@@ -15,9 +15,11 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ebr.config import ModelConfig
 from ebr.data.geo import unit_xyz
+from ebr.model.towers import TowerSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -28,6 +30,24 @@ ITEM_CATS = ("company", "industry", "seniority", "employment_type", "city", "cou
 REQUEST_CATS = ("seniority", "city", "country", "preferred_employment_type")
 ITEM_NUMS = 5  # xyz(3), remote, active
 REQUEST_NUMS = 6  # xyz(3), open_to_remote, log commute, has_member
+CONTEXT_NUMS = 4  # request time: sin/cos of hour of day and of day of week
+
+
+def request_spec(cfg: ModelConfig) -> TowerSpec:
+    """Request-tower inputs: query only, or query + profile + interest + context."""
+    if cfg.request_inputs == "query":
+        return TowerSpec(texts=("query",), n_cats=0, n_nums=0)
+    interest = 1 + cfg.interest_dim if cfg.interest_dim else 0  # has_interest flag + vector
+    return TowerSpec(
+        texts=("query", "headline", "skills"),
+        n_cats=len(REQUEST_CATS),
+        n_nums=REQUEST_NUMS + CONTEXT_NUMS + interest,
+    )
+
+
+def item_spec(cfg: ModelConfig) -> TowerSpec:
+    """Item-tower inputs: title, description, skills; company, industry, seniority, ...; geo."""
+    return TowerSpec(texts=("title", "body", "skills"), n_cats=len(ITEM_CATS), n_nums=ITEM_NUMS)
 
 
 @lru_cache(maxsize=200_000)
@@ -79,15 +99,51 @@ def job_tensors(job: Mapping[str, Any], cfg: ModelConfig) -> dict[str, np.ndarra
     }
 
 
-def request_tensors(
-    query: str | None, member: Mapping[str, Any] | None, cfg: ModelConfig
-) -> dict[str, np.ndarray]:
-    """Request-tower inputs: optional query text + optional member profile record.
+def context_nums(when: Any) -> np.ndarray:
+    """float32 [4]: sin/cos of the hour of day and of the day of week of ``when`` (UTC).
 
-    Returns query int64 [16], headline int64 [16], skills int64 [48], cats int64 [4],
-    nums float32 [6]. A missing member yields zeros (the 'anonymous search' case).
+    ``None`` (a batch embedding with no request time) gives zeros, a point off both circles.
+    """
+    if when is None:
+        return np.zeros(CONTEXT_NUMS, dtype=np.float32)
+    t = pd.Timestamp(when)
+    hour = 2 * np.pi * (t.hour + t.minute / 60) / 24
+    dow = 2 * np.pi * t.dayofweek / 7
+    return np.array([np.sin(hour), np.cos(hour), np.sin(dow), np.cos(dow)], dtype=np.float32)
+
+
+def _interest(member: Mapping[str, Any], cfg: ModelConfig) -> np.ndarray:
+    """float32 [1 + interest_dim]: has_interest flag + the member's looked-up interest vector."""
+    vec = member.get("interest")
+    if vec is None:
+        return np.zeros(1 + cfg.interest_dim, dtype=np.float32)
+    vec = np.asarray(vec, dtype=np.float32).ravel()
+    if vec.shape != (cfg.interest_dim,):
+        raise ValueError(
+            f"member interest embedding has {vec.shape[0]} dims, the model expects "
+            f"{cfg.interest_dim}"
+        )
+    return np.concatenate([[1.0], vec]).astype(np.float32)
+
+
+def request_tensors(
+    query: str | None, member: Mapping[str, Any] | None, cfg: ModelConfig, when: Any = None
+) -> dict[str, np.ndarray]:
+    """Request-tower inputs: optional query text + optional member record + request time.
+
+    ``member`` is a profile record, optionally with ``interest`` (float [interest_dim], the
+    member-interest model's batch embedding, looked up, never recomputed here). Returns query
+    int64 [16], and for the composite tower headline int64 [16], skills int64 [48], cats int64
+    [4], nums float32 [10 (+ 1 + interest_dim)]. A missing member yields zeros (the anonymous
+    search case).
     """
     b = cfg.hash_buckets
+    if cfg.request_inputs == "query":
+        return {
+            "query": text_ids(query, SHORT_TOKENS, b),
+            "cats": np.zeros(0, dtype=np.int64),
+            "nums": np.zeros(0, dtype=np.float32),
+        }
     m = member or {}
     if member is not None:
         xyz = unit_xyz(float(m["lat"]), float(m["lon"]))
@@ -98,6 +154,9 @@ def request_tensors(
         ]
     else:
         xyz, extra = np.zeros(3, dtype=np.float32), [0.0, 0.0, 0.0]
+    nums: list[Any] = [xyz, extra, context_nums(when)]
+    if cfg.interest_dim:
+        nums.append(_interest(m, cfg))
     return {
         "query": text_ids(query, SHORT_TOKENS, b),
         "headline": text_ids(m.get("headline"), SHORT_TOKENS, b),
@@ -105,7 +164,7 @@ def request_tensors(
         "cats": np.array(
             [cat_id(f, m.get(f), cfg.cat_buckets) for f in REQUEST_CATS], dtype=np.int64
         ),
-        "nums": np.concatenate([xyz, extra]).astype(np.float32),
+        "nums": np.concatenate(nums).astype(np.float32),
     }
 
 
@@ -124,7 +183,13 @@ def request_batch(
     queries: Sequence[str | None],
     members: Sequence[Mapping[str, Any] | None],
     cfg: ModelConfig,
+    whens: Sequence[Any] | None = None,
 ) -> dict[str, np.ndarray]:
     if len(queries) != len(members):
         raise ValueError(f"{len(queries)} queries but {len(members)} members")
-    return stack([request_tensors(q, m, cfg) for q, m in zip(queries, members, strict=True)])
+    if whens is not None and len(whens) != len(queries):
+        raise ValueError(f"{len(queries)} queries but {len(whens)} request times")
+    times = whens if whens is not None else [None] * len(queries)
+    return stack(
+        [request_tensors(q, m, cfg, t) for q, m, t in zip(queries, members, times, strict=True)]
+    )

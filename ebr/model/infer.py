@@ -13,10 +13,15 @@ from ebr.model.features import job_batch, request_batch
 from ebr.model.towers import ItemTower, RequestTower
 
 
-def run_tower(tower: torch.nn.Module, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    """One forward pass without gradients: feature batch -> float32 [n, dim]."""
+def run_tower(
+    tower: torch.nn.Module, batch: Mapping[str, np.ndarray], task: str | None = None
+) -> np.ndarray:
+    """One forward pass without gradients: feature batch -> float32 [n, dim].
+
+    ``task`` picks a request-tower head (None: the model's serve_task).
+    """
     with torch.inference_mode():
-        out = tower(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        out = tower(task=task, **{k: torch.from_numpy(v) for k, v in batch.items()})
     return out.numpy().astype(np.float32, copy=False)
 
 
@@ -39,11 +44,21 @@ def encode_requests(
     members: Sequence[Mapping[str, Any] | None],
     cfg: ModelConfig,
     batch_size: int = 1024,
+    whens: Sequence[Any] | None = None,
+    task: str | None = None,
 ) -> np.ndarray:
-    """Embed (query, member) requests in batches: -> float32 [n, dim], unit rows."""
+    """Embed (query, member, request time) requests in batches: -> float32 [n, dim], unit rows."""
+    times = list(whens) if whens is not None else [None] * len(queries)
     parts = [
         run_tower(
-            tower, request_batch(queries[i : i + batch_size], members[i : i + batch_size], cfg)
+            tower,
+            request_batch(
+                queries[i : i + batch_size],
+                members[i : i + batch_size],
+                cfg,
+                times[i : i + batch_size],
+            ),
+            task,
         )
         for i in range(0, len(queries), batch_size)
     ]
