@@ -12,6 +12,7 @@ from pathlib import Path
 INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 SCHEMAS = ("jobs", "interest", "movielens")
 REQUEST_INPUTS = ("composite", "query")
+TEXT_ENCODERS = ("hashed", "hashed+minilm")
 # Engagement tasks and the impression outcomes that are positives of each: every engaged
 # impression was clicked first (the generator's funnel), saves and applies are terminal.
 TASKS = ("apply", "save", "click")
@@ -71,6 +72,8 @@ class ModelConfig:
     interest_dim: int = 0  # width of the looked-up member-interest embedding; 0 = not an input
     tasks: tuple[str, ...] = ("apply", "save", "click")  # one request-tower head per task
     serve_task: str = "apply"  # the head batch inference and serving embed requests with
+    text_encoder: str = "hashed"  # hashed | hashed+minilm: adds frozen all-MiniLM-L6-v2
+    # sentence embeddings of the query and the job title (ebr.model.sentence)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))  # JSON round trips give lists
@@ -80,6 +83,10 @@ class ModelConfig:
             f"request_inputs must be one of {REQUEST_INPUTS}, got {self.request_inputs!r}",
         )
         _require(0 <= self.interest_dim <= 1024, "interest_dim must be in [0, 1024]")
+        _require(
+            self.text_encoder in TEXT_ENCODERS,
+            f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}",
+        )
         unknown = sorted(set(self.tasks) - set(TASKS))
         _require(not unknown, f"tasks must be among {TASKS}, got {unknown}")
         _require(len(set(self.tasks)) == len(self.tasks), f"tasks repeat: {self.tasks}")

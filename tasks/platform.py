@@ -51,16 +51,27 @@ def train_member_interest(workspace: str, data_dir: str, interest_version: str, 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def train_two_tower(
-    workspace: str, data_dir: str, version: str, epochs: int, interest_dir: str
+    workspace: str,
+    data_dir: str,
+    version: str,
+    epochs: int,
+    interest_dir: str,
+    text_encoder: str = "hashed",
 ) -> str:
     """Train the composite multi-task model on the impression log, reading the member-interest
-    model at ``interest_dir`` (lineage saved in model.json); returns models/<version>."""
+    model at ``interest_dir`` (lineage saved in model.json); returns models/<version>.
+    ``text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title vectors)."""
     from ebr.model.artifact import save_model
     from ebr.model.train import train_with_interest
 
     t, tcfg = _tables(data_dir), TrainConfig(epochs=epochs)
     model, metrics, lineage = train_with_interest(
-        t["jobs"], t["members"], t["impressions"], Path(interest_dir), ModelConfig(), tcfg
+        t["jobs"],
+        t["members"],
+        t["impressions"],
+        Path(interest_dir),
+        ModelConfig(text_encoder=text_encoder),
+        tcfg,
     )
     print(metrics)
     meta = {"train": asdict(tcfg), "metrics": metrics, "lineage": lineage}
@@ -130,11 +141,13 @@ def build_index_slot(
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
-def evaluate_model(workspace: str, model_dir: str, version: str) -> str:
-    """EBR vs BM25 / popularity / hybrid on held-out days; JSON + PNG, shown as a Flyte Deck."""
+def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> str:
+    """EBR (exact, and through the served ANN ``slot``) vs BM25 / popularity / hybrid on the
+    held-out days; JSON + PNG, shown as a Flyte Deck."""
     from flytekit import Deck
 
     from ebr.eval.report import evaluate_marketplace, report_html, write_report
+    from ebr.index.slot import load_slot
     from ebr.model.artifact import check_lineage, load_two_tower
     from ebr.model.interest import load_interest_snapshots
 
@@ -147,8 +160,16 @@ def evaluate_model(workspace: str, model_dir: str, version: str) -> str:
         snaps = load_interest_snapshots(
             ws.interest_models / str(iv), t["jobs"], t["members"], t["impressions"], eval_days
         )
+    served = load_slot(ws.slots / slot)
     report = evaluate_marketplace(
-        model, mcfg, t["jobs"], t["members"], t["impressions"], eval_days, interest=snaps
+        model,
+        mcfg,
+        t["jobs"],
+        t["members"],
+        t["impressions"],
+        eval_days,
+        interest=snaps,
+        ann=lambda q, k: served.search(q, k)[1],
     )
     json_path, png_path = write_report(report, ws.root / "eval" / version)
     Deck("Evaluation", report_html(report, png_path))

@@ -76,6 +76,7 @@ def build_platform(
     version: str = "v1",
     interest_version: str = "v1",
     epochs: int = 6,
+    text_encoder: str = "hashed",
     batch_size: int = 256,
     index_kind: str = "ivfpq",
     nprobe: int = 16,
@@ -86,10 +87,14 @@ def build_platform(
         workspace=workspace, data_dir=data, interest_version=interest_version, epochs=epochs
     )
     model = train_two_tower(
-        workspace=workspace, data_dir=data, version=version, epochs=epochs, interest_dir=interest
+        workspace=workspace,
+        data_dir=data,
+        version=version,
+        epochs=epochs,
+        interest_dir=interest,
+        text_encoder=text_encoder,
     )
-    evaluate_model(workspace=workspace, model_dir=model, version=version)
-    return reembed(
+    slot = reembed(
         workspace=workspace,
         version=version,
         model_dir=model,
@@ -97,3 +102,5 @@ def build_platform(
         index_kind=index_kind,
         nprobe=nprobe,
     )
+    evaluate_model(workspace=workspace, model_dir=model, version=version, slot=slot)
+    return slot

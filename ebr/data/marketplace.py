@@ -131,6 +131,12 @@ def _sample_from_profile(
 
 def generate(cfg: DataConfig) -> Marketplace:
     """Build the three tables in memory (vectorised; 1M jobs fits on a 24 GiB machine)."""
+    return generate_with_truth(cfg)[0]
+
+
+def generate_with_truth(cfg: DataConfig) -> tuple[Marketplace, _Hidden]:
+    """The tables plus the generator's hidden state (for ceilings such as ebr.data.oracle);
+    the same seed gives the same tables as ``generate``."""
     rng = np.random.default_rng(cfg.seed)
     occ_all, skills = load_occupations(), load_skills()
     profiles_all = occupation_skill_profiles()
@@ -249,7 +255,7 @@ def generate(cfg: DataConfig) -> Marketplace:
         cities["lon"].to_numpy(),
     )
     impressions = _impressions(rng, cfg, hidden, occ_label, skill_label, profiles)
-    return Marketplace(jobs=jobs, members=members, impressions=impressions)
+    return Marketplace(jobs=jobs, members=members, impressions=impressions), hidden
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ the ANN index.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ def evaluate_marketplace(
     eval_days: int,
     ks: Sequence[int] = (10, 50, 100, 500),
     interest: Mapping[pd.Timestamp, np.ndarray] | None = None,
+    ann: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Every method's metrics on held-out search and JYMBII sessions, in one dict.
 
@@ -79,7 +80,9 @@ def evaluate_marketplace(
     {"apply"|"save"|"click": float}}. Methods: ebr, popularity, and for search bm25, hybrid.
     JYMBII sessions carry no query, so BM25 and the hybrid do not apply there (nor to a
     query-only tower). ``interest``: daily member-interest snapshots for a model that reads them
-    (ebr.model.interest.load_interest_snapshots).
+    (ebr.model.interest.load_interest_snapshots). ``ann``: (request vectors [q, d], k) ->
+    job ids [q, k] (-1 padded) from the served ANN index (e.g. ``Slot.search``); adds the
+    method ``ebr_ann`` beside the exact ``ebr``.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -117,6 +120,8 @@ def evaluate_marketplace(
                 popularity_ranking(train_imp, ids, n, k_max), positives, gains, ks
             ),
         }
+        if ann is not None:
+            methods["ebr_ann"] = _metrics(pad_to(ann(q, k_max), k_max), positives, gains, ks)
         if with_query:
             bm25 = bm25 or BM25Baseline(jobs)
             bm = pad_to(bm25.search([q_ or "" for q_ in queries], k_max), k_max)

@@ -31,23 +31,50 @@ REQUEST_CATS = ("seniority", "city", "country", "preferred_employment_type")
 ITEM_NUMS = 5  # xyz(3), remote, active
 REQUEST_NUMS = 6  # xyz(3), open_to_remote, log commute, has_member
 CONTEXT_NUMS = 4  # request time: sin/cos of hour of day and of day of week
+MINILM_NUMS = 384  # all-MiniLM-L6-v2 sentence embedding (text_encoder hashed+minilm)
+
+
+def _minilm(cfg: ModelConfig) -> bool:
+    return cfg.text_encoder == "hashed+minilm"
+
+
+def _sentence(text: str | None, cfg: ModelConfig) -> list[np.ndarray]:
+    """[float32 [384]] MiniLM vector of ``text`` when the config uses it, else []."""
+    if not _minilm(cfg):
+        return []
+    from ebr.model.sentence import sentence_vectors
+
+    return [sentence_vectors([text])[0]]
+
+
+def _warm(texts: Sequence[str | None], cfg: ModelConfig) -> None:
+    """Embed a batch's distinct texts in one MiniLM call (the per-record calls then hit the
+    memo instead of running the encoder one string at a time)."""
+    if _minilm(cfg):
+        from ebr.model.sentence import sentence_vectors
+
+        sentence_vectors(list({t for t in texts if isinstance(t, str) and t}))
 
 
 def request_spec(cfg: ModelConfig) -> TowerSpec:
-    """Request-tower inputs: query only, or query + profile + interest + context."""
+    """Request-tower inputs: query only, or query + profile + interest + context; the query's
+    MiniLM vector (384 nums) with text_encoder hashed+minilm."""
+    sentence = MINILM_NUMS if _minilm(cfg) else 0
     if cfg.request_inputs == "query":
-        return TowerSpec(texts=("query",), n_cats=0, n_nums=0)
+        return TowerSpec(texts=("query",), n_cats=0, n_nums=sentence)
     interest = 1 + cfg.interest_dim if cfg.interest_dim else 0  # has_interest flag + vector
     return TowerSpec(
         texts=("query", "headline", "skills"),
         n_cats=len(REQUEST_CATS),
-        n_nums=REQUEST_NUMS + CONTEXT_NUMS + interest,
+        n_nums=REQUEST_NUMS + CONTEXT_NUMS + interest + sentence,
     )
 
 
 def item_spec(cfg: ModelConfig) -> TowerSpec:
-    """Item-tower inputs: title, description, skills; company, industry, seniority, ...; geo."""
-    return TowerSpec(texts=("title", "body", "skills"), n_cats=len(ITEM_CATS), n_nums=ITEM_NUMS)
+    """Item-tower inputs: title, description, skills; company, industry, seniority, ...; geo;
+    the title's MiniLM vector with text_encoder hashed+minilm."""
+    nums = ITEM_NUMS + (MINILM_NUMS if _minilm(cfg) else 0)
+    return TowerSpec(texts=("title", "body", "skills"), n_cats=len(ITEM_CATS), n_nums=nums)
 
 
 @lru_cache(maxsize=200_000)
@@ -94,7 +121,11 @@ def job_tensors(job: Mapping[str, Any], cfg: ModelConfig) -> dict[str, np.ndarra
         "skills": text_ids(_skills_text(job["skills"]), SKILL_TOKENS, b),
         "cats": np.array([cat_id(f, job[f], cfg.cat_buckets) for f in ITEM_CATS], dtype=np.int64),
         "nums": np.concatenate(
-            [xyz, [float(bool(job["remote"])), float(bool(job.get("active", True)))]]
+            [
+                xyz,
+                [float(bool(job["remote"])), float(bool(job.get("active", True)))],
+                *_sentence(job["title"], cfg),
+            ]
         ).astype(np.float32),
     }
 
@@ -142,7 +173,7 @@ def request_tensors(
         return {
             "query": text_ids(query, SHORT_TOKENS, b),
             "cats": np.zeros(0, dtype=np.int64),
-            "nums": np.zeros(0, dtype=np.float32),
+            "nums": np.concatenate([np.zeros(0), *_sentence(query, cfg)]).astype(np.float32),
         }
     m = member or {}
     if member is not None:
@@ -157,6 +188,7 @@ def request_tensors(
     nums: list[Any] = [xyz, extra, context_nums(when)]
     if cfg.interest_dim:
         nums.append(_interest(m, cfg))
+    nums.extend(_sentence(query, cfg))
     return {
         "query": text_ids(query, SHORT_TOKENS, b),
         "headline": text_ids(m.get("headline"), SHORT_TOKENS, b),
@@ -176,6 +208,7 @@ def stack(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def job_batch(records: Sequence[Mapping[str, Any]], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    _warm([r["title"] for r in records], cfg)
     return stack([job_tensors(r, cfg) for r in records])
 
 
@@ -190,6 +223,7 @@ def request_batch(
     if whens is not None and len(whens) != len(queries):
         raise ValueError(f"{len(queries)} queries but {len(whens)} request times")
     times = whens if whens is not None else [None] * len(queries)
+    _warm(queries, cfg)
     return stack(
         [request_tensors(q, m, cfg, t) for q, m, t in zip(queries, members, times, strict=True)]
     )

@@ -31,9 +31,38 @@ def test_build_platform_writes_every_stage(platform_ws: Path) -> None:
     assert read_aliases(platform_ws / "slots")["jobs@v1"] == slot.name
     report = json.loads((platform_ws / "eval" / "v1" / "eval_report.json").read_text())
     methods = report["search"]["methods"]
-    assert {"ebr", "bm25", "popularity", "hybrid"} <= set(methods)
+    assert {"ebr", "ebr_ann", "bm25", "popularity", "hybrid"} <= set(methods)
     assert methods["ebr"]["recall@100"] > methods["popularity"]["recall@100"]
+    # The served ANN slot (recall@10 >= 0.95 vs exact by its gate) loses little end to end.
+    assert methods["ebr_ann"]["recall@100"] > methods["ebr"]["recall@100"] - 0.05
     assert (platform_ws / "eval" / "v1" / "eval_report.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(report["search"]["ebr_recall@100_by_task_head"]) == {"apply", "save", "click"}
+
+
+def test_composite_model_records_and_publishes_its_member_interest_lineage(
+    platform_ws: Path,
+) -> None:
+    from ebr.model.artifact import check_lineage
+    from feature_repo.store import member_interest, open_store
+
+    meta = json.loads((platform_ws / "models" / "v1" / "model.json").read_text())
+    assert meta["model_config"]["interest_dim"] > 0
+    assert meta["model_config"]["tasks"] == ["apply", "save", "click"]
+    interest_dir = platform_ws / "interest" / "models" / "v1"
+    assert check_lineage(meta, interest_dir) == "v1"
+    table = pd.read_parquet(platform_ws / "interest" / "embeddings" / "v1" / "members.parquet")
+    assert set(table["model_version"]) == {"v1"} and table["member_id"].is_unique
+    store = open_store(platform_ws / "feature_repo")
+    views = {
+        p.name for p in store.get_feature_service("request_features_v1").feature_view_projections
+    }
+    assert views == {"member_embedding_v1", "member_profile", "member_interest_v1"}
+    some = int(table["member_id"].iloc[0])
+    vec = member_interest(store, [some], "v1")[some]
+    assert vec is not None
+    assert vec.shape == (meta["model_config"]["interest_dim"],)
+    expected = table.set_index("member_id").loc[some, "embedding"]
+    assert abs(vec - expected).max() < 1e-6
 
 
 def test_nightly_reembed_promotes_a_new_slot_and_keeps_the_old(

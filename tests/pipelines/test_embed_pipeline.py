@@ -84,3 +84,72 @@ def test_bad_arguments_fail_clearly(ws: Workspace) -> None:
         run(["--workspace", str(ws.root), "--version", "latest"])
     with pytest.raises(FileNotFoundError, match="model.json"):
         run(["--workspace", str(ws.root), "--version", "v9"])
+
+
+@pytest.fixture(scope="module")
+def composite_ws(tmp_path_factory) -> Workspace:
+    """A member-interest model v2 and a composite model v1 co-trained with it."""
+    from ebr.model.interest import train_interest
+    from ebr.model.train import train_with_interest
+
+    ws = Workspace(tmp_path_factory.mktemp("composite"))
+    write_marketplace(DataConfig(n_jobs=300, seed=4), ws.data)
+    tables = [pd.read_parquet(ws.data / f"{n}.parquet") for n in ("jobs", "members", "impressions")]
+    tcfg = TrainConfig(epochs=1, batch_size=32)
+    interest, _ = train_interest(*tables, tcfg)
+    idir = save_model(interest, ws.interest_models, "v2", {})
+    model, _, lineage = train_with_interest(*tables, idir, CFG, tcfg)
+    save_model(model, ws.models, "v1", {"lineage": lineage})
+    return ws
+
+
+def test_interest_pipeline_matches_point_in_time_history_and_feeds_members(
+    composite_ws: Workspace,
+) -> None:
+    from ebr.model.artifact import load_two_tower
+    from ebr.model.infer import run_tower
+    from ebr.model.interest import engagements, history_as_of, member_batch
+    from pipelines.embed import run
+
+    ws = composite_ws
+    before = "2026-10-25T00:00:00+00:00"
+    out = run(
+        ["--workspace", str(ws.root), "--interest-version", "v2", "--history-before", before],
+        test_pipeline=_test_pipeline(),
+    )
+    assert out["members"] == 60
+    got = pd.read_parquet(ws.interest_embeddings / "v2" / "members.parquet")
+    got = got.sort_values("member_id")
+    assert (got["model_version"] == "v2").all()
+    # The same vectors as the core's history (engagements strictly before the cut) + tower.
+    members = pd.read_parquet(ws.data / "members.parquet").sort_values("member_id")
+    jobs = pd.read_parquet(ws.data / "jobs.parquet")
+    imp = pd.read_parquet(ws.data / "impressions.parquet")
+    hist = history_as_of(engagements(imp, jobs), pd.Timestamp(before))
+    assert hist and len(hist) < 60  # some members have history before the cut, not all
+    interest, icfg, _ = load_two_tower(ws.interest_models / "v2")
+    expected = run_tower(interest.request, member_batch(members.to_dict("records"), hist, icfg))
+    np.testing.assert_allclose(np.stack(got["embedding"].to_numpy()), expected, atol=1e-5)
+
+    # The composite model's member embeddings read those interest vectors (joined in Beam).
+    run(["--workspace", str(ws.root), "--version", "v1"], test_pipeline=_test_pipeline())
+    mem_out = pd.read_parquet(ws.embeddings / "v1" / "members.parquet").sort_values("member_id")
+    req, cfg, _ = load_request_tower(ws.models / "v1")
+    recs = [{**m, "interest": v} for m, v in zip(members.to_dict("records"), expected, strict=True)]
+    exp_m = encode_requests(req, [None] * len(recs), recs, cfg)
+    np.testing.assert_allclose(np.stack(mem_out["embedding"].to_numpy()), exp_m, atol=1e-5)
+
+
+def test_member_embedding_refuses_an_interest_model_that_is_not_its_lineage(
+    composite_ws: Workspace, tmp_path
+) -> None:
+    import shutil
+
+    from ebr.model.artifact import LineageError
+    from pipelines.embed import run
+
+    root = tmp_path / "ws"
+    shutil.copytree(composite_ws.root, root)
+    (root / "interest" / "models" / "v2" / "model.json").unlink()
+    with pytest.raises(LineageError, match="member-interest v2"):
+        run(["--workspace", str(root), "--version", "v1"], test_pipeline=_test_pipeline())

@@ -64,6 +64,7 @@ def test_healthz_reports_live_slot(api: httpx.Client, platform_ws: Path) -> None
     body = api.get("/healthz").json()
     assert body["ok"] is True
     assert body["model_version"] == body["encoder_model_version"] == "v1"
+    assert body["member_interest_version"] == "v1"  # the co-trained interest model it reads
     assert body["slot"] == resolve_alias(platform_ws / "slots", "jobs@live").name
     assert body["item_count"] > 0
 
