@@ -113,6 +113,8 @@ class TrainConfig:
     eval_days: int = 2  # last days of the impression log are held out
     member_dropout: float = 0.2  # share of search pairs trained without the member, so
     # anonymous searches (query only) are in the training distribution too
+    context_dropout: float = 0.2  # share of pairs trained without the request time, so the
+    # batch member embeddings (JYMBII; embedded with no request time) are in distribution
     task_weights: tuple[float, ...] = ()  # loss weight per ModelConfig.tasks entry; () = all 1
     logq: bool = True  # subtract log(sampling probability) from in-batch logits (popular jobs)
     hard_negatives: bool = True  # add one heuristic hard negative per pair to the softmax:
@@ -129,6 +131,7 @@ class TrainConfig:
         )
         _require(self.eval_days >= 1, "eval_days must be >= 1")
         _require(0 <= self.member_dropout < 1, "member_dropout must be in [0, 1)")
+        _require(0 <= self.context_dropout < 1, "context_dropout must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -217,8 +217,10 @@ def marketplace_pairs(
         hard_ids = hard_negatives(train_imp, pairs, jobs, rng)
         hard = np.where(hard_ids >= 0, job_row.reindex(hard_ids).fillna(-1).to_numpy(), -1)
     outcome = pairs["outcome"].astype(str)
+    no_time = rng.random(len(pairs)) < tcfg.context_dropout
+    whens = [None if d else t for d, t in zip(no_time, pairs["ts"], strict=True)]
     return PairData(
-        req=request_batch(queries, req_members, mcfg, pairs["ts"].tolist()),
+        req=request_batch(queries, req_members, mcfg, whens),
         item=job_batch(jobs.to_dict("records"), mcfg),
         pair_item=job_row.loc[pairs["job_id"].to_numpy()].to_numpy(),
         labels={t: outcome.isin(TASK_OUTCOMES[t]).to_numpy() for t in mcfg.tasks},
