@@ -103,9 +103,21 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
         ids = [h["job_id"] for h in r.json()["results"]]
         served.append(ids + [-1] * (k - len(ids)))
     version = client.get("/healthz").json()["model_version"]
-    tower, cfg, _ = load_request_tower(workspace / "models" / version)
+    tower, cfg, meta = load_request_tower(workspace / "models" / version)
     recs = member_records(members)
-    qv = encode_requests(tower, ev["query"].tolist(), [recs[int(m)] for m in ev["member_id"]], cfg)
+    lineage = meta.get("lineage", {}).get("member_interest")
+    if lineage is not None:  # the same looked-up interest vectors the encoder reads from Feast
+        iv = lineage["version"]
+        table = workspace / "interest" / "embeddings" / iv / "members.parquet"
+        mids, ivecs = load_embeddings(table, "member_id", iv)
+        for mid, vec in zip(mids, ivecs, strict=True):
+            recs[int(mid)] = {**recs[int(mid)], "interest": vec}
+    # Exact search on the inputs the served encoder sees (request time = now), so the gap
+    # between the two is the ANN index's alone.
+    now = [pd.Timestamp.now(tz="UTC")] * len(ev)
+    qv = encode_requests(
+        tower, ev["query"].tolist(), [recs[int(m)] for m in ev["member_id"]], cfg, whens=now
+    )
     ids, vecs = load_embeddings(
         workspace / "embeddings" / version / "jobs.parquet", "job_id", version
     )

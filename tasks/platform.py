@@ -171,6 +171,7 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
         interest=snaps,
         ann=lambda q, k: served.search(q, k)[1],
     )
+    report["training"] = {k: meta["metrics"][k] for k in ("loss_curve", "task_loss_curves")}
     json_path, png_path = write_report(report, ws.root / "eval" / version)
     Deck("Evaluation", report_html(report, png_path))
     return str(json_path)

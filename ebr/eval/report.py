@@ -158,7 +158,8 @@ def evaluate_marketplace(
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``eval_report.json`` and ``eval_report.png`` (recall@k per method, one panel per
-    task) atomically under ``out_dir``; returns both paths."""
+    task, plus the training curves when the report carries ``training``: {"loss_curve": [..],
+    "task_loss_curves": {task: [..]}}) atomically under ``out_dir``; returns both paths."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -168,11 +169,23 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / "eval_report.json", out_dir / "eval_report.png"
 
-    fig = Figure(figsize=(5 * len(tasks), 4), dpi=100)
+    training = report.get("training")
+    panels = len(tasks) + (1 if training else 0)
+    fig = Figure(figsize=(5 * panels, 4), dpi=100)
     FigureCanvasAgg(fig)  # Agg: no display, no pyplot global state
     ks = report["ks"]
+    if training:
+        ax = fig.add_subplot(1, panels, panels)
+        ax.plot(training["loss_curve"], marker="o", label="total")
+        for task, curve in training.get("task_loss_curves", {}).items():
+            ax.plot(curve, marker=".", ls="--", label=f"{task} head")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        ax.set_title("training curves")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
     for i, task in enumerate(tasks, start=1):
-        ax = fig.add_subplot(1, len(tasks), i)
+        ax = fig.add_subplot(1, panels, i)
         for method, m in report[task]["methods"].items():
             ax.plot(ks, [m[f"recall@{k}"] for k in ks], marker="o", label=method)
         ax.set_xscale("log")

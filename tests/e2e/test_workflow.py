@@ -37,6 +37,7 @@ def test_build_platform_writes_every_stage(platform_ws: Path) -> None:
     assert methods["ebr_ann"]["recall@100"] > methods["ebr"]["recall@100"] - 0.05
     assert (platform_ws / "eval" / "v1" / "eval_report.png").read_bytes()[:4] == b"\x89PNG"
     assert set(report["search"]["ebr_recall@100_by_task_head"]) == {"apply", "save", "click"}
+    assert report["training"]["loss_curve"] == meta["metrics"]["loss_curve"]
 
 
 def test_composite_model_records_and_publishes_its_member_interest_lineage(

@@ -106,7 +106,7 @@ def test_evaluate_marketplace_report(tmp_path: Path) -> None:
     mp = generate(DataConfig(n_jobs=1500))
     mcfg = ModelConfig(hash_buckets=4096, cat_buckets=512, token_dim=16, hidden=32, dim=16)
     tcfg = TrainConfig(epochs=3, batch_size=128)
-    model, _ = train(mp.jobs, mp.members, mp.impressions, mcfg, tcfg)
+    model, fit = train(mp.jobs, mp.members, mp.impressions, mcfg, tcfg)
     report = evaluate_marketplace(
         model, mcfg, mp.jobs, mp.members, mp.impressions, eval_days=tcfg.eval_days
     )
@@ -124,6 +124,9 @@ def test_evaluate_marketplace_report(tmp_path: Path) -> None:
     search = report["search"]["methods"]
     assert search["ebr"]["recall@100"] > search["popularity"]["recall@100"]
 
+    report["training"] = {k: fit[k] for k in ("loss_curve", "task_loss_curves")}
     json_path, png_path = write_report(report, tmp_path / "eval")
-    assert json.loads(json_path.read_text())["search"]["methods"]["ebr"] == search["ebr"]
+    written = json.loads(json_path.read_text())
+    assert written["search"]["methods"]["ebr"] == search["ebr"]
+    assert len(written["training"]["task_loss_curves"]["apply"]) == tcfg.epochs
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
