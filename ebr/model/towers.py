@@ -49,12 +49,16 @@ def tower_specs(cfg: ModelConfig) -> tuple[TowerSpec, TowerSpec]:
 
 
 class SharedEmbeddings(nn.Module):
-    """Hashed text n-gram table + hashed categorical table; id 0 is padding / missing."""
+    """Hashed text n-gram table + hashed categorical table; id 0 is padding / missing.
+
+    Sparse gradients: a batch touches a few thousand of the 131k rows, so training updates only
+    those (SparseAdam, see ebr.model.train.fit) instead of the whole table every step.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.text = nn.Embedding(cfg.hash_buckets, cfg.token_dim, padding_idx=0)
-        self.cat = nn.Embedding(cfg.cat_buckets, cfg.cat_dim, padding_idx=0)
+        self.text = nn.Embedding(cfg.hash_buckets, cfg.token_dim, padding_idx=0, sparse=True)
+        self.cat = nn.Embedding(cfg.cat_buckets, cfg.cat_dim, padding_idx=0, sparse=True)
         nn.init.normal_(self.text.weight, std=0.1)
         nn.init.normal_(self.cat.weight, std=0.1)
         with torch.no_grad():
