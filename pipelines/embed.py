@@ -34,8 +34,9 @@ from ebr.config import ModelConfig, Workspace
 from ebr.io import atomic_directory
 from ebr.model.artifact import check_lineage, check_version, read_meta
 from ebr.model.features import job_tensors, request_tensors
-from ebr.model.interest import history_text, member_tensors
+from ebr.model.interest import member_tensors
 from ebr.model.towers import ItemTower, RequestTower
+from pipelines.joins import AttachHistory, AttachInterest
 
 KINDS = ("jobs", "members", "interest")  # item tower, request tower, member-interest tower
 
@@ -120,88 +121,6 @@ class EmbedRecords(beam.PTransform):
             | "Featurize" >> beam.ParDo(_Featurize(self._kind, self._cfg))
             | "RunInference" >> RunInference(self._handler)
             | "ToRow" >> beam.Map(to_row)
-        )
-
-
-class AttachHistory(beam.PTransform):
-    """members -> members with ``history``: the titles of the jobs each engaged with before
-    ``before`` (the same ebr.model.interest.history_text the training snapshots use)."""
-
-    def __init__(self, ws: Workspace, before: datetime | None) -> None:
-        super().__init__()
-        self._ws, self._before = ws, before
-
-    def expand(self, members: beam.PCollection) -> beam.PCollection:
-        before = self._before
-        p = members.pipeline
-        titles = (
-            p
-            | "ReadTitles"
-            >> beam.io.ReadFromParquet(
-                str(self._ws.data / "jobs.parquet"), columns=["job_id", "title"]
-            )
-            | "TitleKV" >> beam.Map(lambda r: (int(r["job_id"]), str(r["title"])))
-        )
-
-        def engaged(r: Mapping[str, Any]) -> bool:
-            ts = pd.Timestamp(r["ts"])
-            return r["outcome"] != "none" and (before is None or ts < pd.Timestamp(before))
-
-        events = (
-            p
-            | "ReadImpressions"
-            >> beam.io.ReadFromParquet(
-                str(self._ws.data / "impressions.parquet"),
-                columns=["member_id", "job_id", "outcome", "ts"],
-            )
-            | "Engaged" >> beam.Filter(engaged)
-            | "EventKV"
-            >> beam.Map(
-                lambda r, t: (int(r["member_id"]), (r["ts"], t[int(r["job_id"])])),
-                t=beam.pvalue.AsDict(titles),
-            )
-        )
-        keyed = members | "MemberKV" >> beam.Map(lambda r: (int(r["member_id"]), r))
-
-        def attach(kv: tuple[int, dict[str, list[Any]]]) -> Iterable[dict[str, Any]]:
-            _, grouped = kv
-            for rec in grouped["member"]:  # exactly one profile per member id
-                yield {**rec, "history": history_text(grouped["events"])}
-
-        return (
-            {"member": keyed, "events": events}
-            | "JoinHistory" >> beam.CoGroupByKey()
-            | "Attach" >> beam.FlatMap(attach)
-        )
-
-
-class AttachInterest(beam.PTransform):
-    """members -> members with ``interest``: their batch member-interest embedding (None for a
-    member the interest run has not embedded yet; the tower sees has_interest = 0)."""
-
-    def __init__(self, table: Path) -> None:
-        super().__init__()
-        self._table = table
-
-    def expand(self, members: beam.PCollection) -> beam.PCollection:
-        vectors = (
-            members.pipeline
-            | "ReadInterest"
-            >> beam.io.ReadFromParquet(str(self._table), columns=["member_id", "embedding"])
-            | "InterestKV" >> beam.Map(lambda r: (int(r["member_id"]), r["embedding"]))
-        )
-        keyed = members | "MemberKV" >> beam.Map(lambda r: (int(r["member_id"]), r))
-
-        def attach(kv: tuple[int, dict[str, list[Any]]]) -> Iterable[dict[str, Any]]:
-            _, grouped = kv
-            vec = grouped["interest"][0] if grouped["interest"] else None
-            for rec in grouped["member"]:
-                yield {**rec, "interest": vec}
-
-        return (
-            {"member": keyed, "interest": vectors}
-            | "JoinInterest" >> beam.CoGroupByKey()
-            | "Attach" >> beam.FlatMap(attach)
         )
 
 

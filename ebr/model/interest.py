@@ -192,8 +192,8 @@ def train_interest(
     the interest encoder) and metrics.
     """
     from ebr.eval.metrics import exact_topk_ids, recall_at_k
+    from ebr.model.fit import PairData, fit
     from ebr.model.infer import encode_jobs, run_tower
-    from ebr.model.train import PairData, fit
 
     cfg = interest_config()
     tcfg = replace(tcfg, logq=True, hard_negatives=False, task_weights=())

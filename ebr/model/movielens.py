@@ -87,7 +87,7 @@ def train_movielens(
     tcfg: TrainConfig,
 ) -> tuple[TwoTower, dict[str, Any]]:
     """Fit on the train split: pair (user with the likes before it, liked movie)."""
-    from ebr.model.train import PairData, fit
+    from ebr.model.fit import PairData, fit
 
     cfg = movielens_config()
     recs = {int(u["user_id"]): u for u in users.to_dict("records")}
