@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ebr.data.marketplace import _Hidden, utility
+from ebr.data.engagement import Hidden, utility
 
 
-def oracle_topk(hidden: _Hidden, member_ids: Sequence[int], k: int) -> np.ndarray:
+def oracle_topk(hidden: Hidden, member_ids: Sequence[int], k: int) -> np.ndarray:
     """int64 [len(member_ids), k] job ids (1-based, like the tables) by descending utility."""
     n_jobs = len(hidden.j_occ)
     if not 1 <= k <= n_jobs:

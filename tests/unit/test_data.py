@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from ebr.config import DataConfig
+from ebr.data.engagement import OUTCOMES
 from ebr.data.esco import load_occupations, load_skills, occupation_skill_profiles
 from ebr.data.geo import haversine_km
-from ebr.data.marketplace import OUTCOMES, generate, write_marketplace
+from ebr.data.marketplace import generate, write_marketplace
 from ebr.data.pairs import eval_searches, positive_pairs, time_split
 
 
@@ -110,3 +111,20 @@ def test_write_is_atomic_and_complete(tmp_path) -> None:
 def test_bad_config_is_rejected_with_the_field_name() -> None:
     with pytest.raises(ValueError, match="n_jobs"):
         DataConfig(n_jobs=3)
+
+
+def test_oracle_ranks_active_jobs_by_hidden_utility() -> None:
+    from ebr.data.engagement import utility
+    from ebr.data.marketplace import generate_with_truth
+    from ebr.data.oracle import oracle_topk
+
+    market, hidden = generate_with_truth(DataConfig(n_jobs=400, seed=9))
+    # Same seed, same tables: the truth comes with exactly the data generate() writes.
+    pd.testing.assert_frame_equal(market.impressions, generate(DataConfig(400, seed=9)).impressions)
+    top = oracle_topk(hidden, [1, 2], 20)
+    assert top.shape == (2, 20) and len(set(top[0])) == 20
+    assert hidden.j_active[top - 1].all()  # inactive jobs are never engaged, never ranked
+    u = utility(hidden, np.zeros(20, dtype=np.int64), top[0] - 1)
+    assert (np.diff(u) <= 1e-12).all()  # descending utility for member 1
+    with pytest.raises(ValueError, match="k must be"):
+        oracle_topk(hidden, [1], 0)
