@@ -27,7 +27,9 @@ from ray.serve import Application
 from ebr.config import Workspace
 from ebr.index.aliases import resolve_alias
 from ebr.index.slot import MANIFEST_FILE
-from serving.deployments import Ingress, RequestEncoder, Retriever, request_tower_dir
+from serving.deployments import Ingress
+from serving.encoder import RequestEncoder, request_tower_dir
+from serving.retriever import Retriever
 from serving.schemas import AppArgs
 
 APP_NAME = "ebr"

@@ -147,7 +147,7 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
     from flytekit import Deck
 
     from ebr.eval.report import evaluate_marketplace, report_html, write_report
-    from ebr.index.slot import load_slot
+    from ebr.index.search import served_search
     from ebr.model.artifact import check_lineage, load_two_tower
     from ebr.model.interest import load_interest_snapshots
 
@@ -160,7 +160,6 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
         snaps = load_interest_snapshots(
             ws.interest_models / str(iv), t["jobs"], t["members"], t["impressions"], eval_days
         )
-    served = load_slot(ws.slots / slot)
     report = evaluate_marketplace(
         model,
         mcfg,
@@ -169,7 +168,7 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
         t["impressions"],
         eval_days,
         interest=snaps,
-        ann=lambda q, k: served.search(q, k)[1],
+        ann=served_search(ws.slots / slot),
     )
     report["training"] = {k: meta["metrics"][k] for k in ("loss_curve", "task_loss_curves")}
     json_path, png_path = write_report(report, ws.root / "eval" / version)

@@ -11,7 +11,9 @@ hold for the live view too: the delta is searched exhaustively.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ import pandas as pd
 
 from ebr.index.attributes import AttributeTable
 from ebr.index.filters import Filter
-from ebr.index.live import LiveSlot
+from ebr.index.live import LiveSlot, open_live
 from ebr.index.planner import PlannerParams, filtered_search
 from ebr.index.slot import check_queries
 
@@ -69,3 +71,14 @@ def search_live(
         job_ids = np.take_along_axis(job_ids, order, axis=1)
     info = {**asdict(plan), "deleted_rows": int(dead.sum()), "delta_items": int(len(d_ids))}
     return Hits(scores, job_ids, d_items.reset_index(drop=True), info)
+
+
+def served_search(slot_path: Path) -> Callable[[np.ndarray, int], np.ndarray]:
+    """(request vectors [q, d], k) -> job ids [q, k] through the path the serving Retriever
+    takes (the live slot opened read-only, planner, tombstones, delta): what an offline
+    evaluation of "the served index" must call. ``Slot.search`` alone probes a fixed number of
+    IVF cells and can return fewer than k jobs; the planner widens the probe until it has k.
+    """
+    live = open_live(slot_path, writable=False)
+    attrs = AttributeTable.from_items(live.snapshot.items)
+    return lambda q, k: search_live(live, attrs, q, k).job_ids

@@ -97,3 +97,21 @@ def test_tiny_eligible_set_mixing_snapshot_and_delta_returns_all_of_it(live) -> 
     lv.delete([N + 1])
     hits = search_live(lv, AttributeTable.from_items(lv.snapshot.items), _unit(rng, 3), 5, flt)
     assert (hits.job_ids[:, 0] == N + 2).all() and (hits.job_ids[:, 1:] == -1).all()
+
+
+def test_served_search_returns_k_jobs_where_a_fixed_probe_falls_short(tmp_path) -> None:
+    """Offline evaluation of the served index must see what serving returns: k jobs for
+    large k, where the slot's own fixed nprobe visits too few IVF cells to fill them."""
+    from ebr.index.search import served_search
+    from ebr.index.slot import load_slot
+
+    rng = np.random.default_rng(1)
+    items = _items(np.arange(1, N + 1), rng)
+    path = write_slot(tmp_path, "s2", _unit(rng, N), items, "v1", IndexConfig(kind="ivf", nprobe=2))
+    # The recall gate tunes nprobe for k=10 (here 32 of 76 cells, ~1,260 rows): fewer than k.
+    queries, k = _unit(rng, 20), 2500
+    fixed = load_slot(path).search(queries, k)[1]
+    assert ((fixed >= 0).sum(axis=1) < k).all()
+    got = served_search(path)(queries, k)
+    assert got.shape == (20, k) and (got >= 0).all()
+    assert all(len(set(row)) == k for row in got.tolist())
