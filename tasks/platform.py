@@ -146,31 +146,10 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
     held-out days; JSON + PNG, shown as a Flyte Deck."""
     from flytekit import Deck
 
-    from ebr.eval.report import evaluate_marketplace, report_html, write_report
-    from ebr.index.search import served_search
-    from ebr.model.artifact import check_lineage, load_two_tower
-    from ebr.model.interest import load_interest_snapshots
+    from ebr.eval.report import evaluate_release, report_html, write_report
 
-    ws, eval_days = Workspace(Path(workspace)), TrainConfig().eval_days
-    t = _tables(str(ws.data))
-    model, mcfg, meta = load_two_tower(Path(model_dir))
-    snaps = None
-    if mcfg.interest_dim:
-        iv = check_lineage(meta, ws.interest_models / meta["lineage"]["member_interest"]["version"])
-        snaps = load_interest_snapshots(
-            ws.interest_models / str(iv), t["jobs"], t["members"], t["impressions"], eval_days
-        )
-    report = evaluate_marketplace(
-        model,
-        mcfg,
-        t["jobs"],
-        t["members"],
-        t["impressions"],
-        eval_days,
-        interest=snaps,
-        ann=served_search(ws.slots / slot),
-    )
-    report["training"] = {k: meta["metrics"][k] for k in ("loss_curve", "task_loss_curves")}
+    ws = Workspace(Path(workspace))
+    report = evaluate_release(ws, Path(model_dir), ws.slots / slot, TrainConfig().eval_days)
     json_path, png_path = write_report(report, ws.root / "eval" / version)
     Deck("Evaluation", report_html(report, png_path))
     return str(json_path)

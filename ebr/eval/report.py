@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebr.config import TASK_OUTCOMES, ModelConfig
+from ebr.config import TASK_OUTCOMES, ModelConfig, Workspace
 from ebr.data.pairs import eval_searches, positive_pairs, time_split
 from ebr.eval.bm25 import BM25Baseline
 from ebr.eval.metrics import exact_topk_ids
@@ -153,6 +153,41 @@ def evaluate_marketplace(
             f"ebr_recall@{BY_OUTCOME_K}_by_outcome": by_outcome,
             f"ebr_recall@{BY_OUTCOME_K}_by_task_head": by_head,
         }
+    return report
+
+
+def evaluate_release(
+    ws: Workspace, model_dir: Path, slot_dir: Path, eval_days: int
+) -> dict[str, Any]:
+    """``evaluate_marketplace`` for a saved model and the slot serving it, as a release is
+    evaluated: member interest from the co-trained interest model (lineage checked), the
+    served index through the serving path, and the model's training curves."""
+    from ebr.index.search import served_search
+    from ebr.model.artifact import check_lineage, load_two_tower
+    from ebr.model.interest import load_interest_snapshots
+
+    jobs, members, impressions = (
+        pd.read_parquet(ws.data / f"{n}.parquet") for n in ("jobs", "members", "impressions")
+    )
+    model, mcfg, meta = load_two_tower(model_dir)
+    snaps = None
+    recorded = meta.get("lineage", {}).get("member_interest")
+    iv = check_lineage(meta, None if recorded is None else ws.interest_models / recorded["version"])
+    if iv is not None:
+        snaps = load_interest_snapshots(
+            ws.interest_models / iv, jobs, members, impressions, eval_days
+        )
+    report = evaluate_marketplace(
+        model,
+        mcfg,
+        jobs,
+        members,
+        impressions,
+        eval_days,
+        interest=snaps,
+        ann=served_search(slot_dir),
+    )
+    report["training"] = {k: meta["metrics"][k] for k in ("loss_curve", "task_loss_curves")}
     return report
 
 
