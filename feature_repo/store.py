@@ -239,7 +239,9 @@ def publish(
 
     Writes ``<workspace>/feature_repo/{definitions, data/*.parquet}`` atomically, applies the
     definitions (idempotent; earlier versions stay served) and materializes this version's
-    embedding views plus ``member_profile`` over a window covering every event timestamp.
+    embedding views plus ``member_profile`` over a window covering every event timestamp. A
+    model co-trained with a member-interest model (``lineage`` in its model.json) also
+    publishes that interest version's batch embeddings as ``member_interest_<iv>``.
     Returns row counts, the applied feature views and seconds per step.
     """
     _check_version(version)
