@@ -138,8 +138,13 @@ def evaluate_marketplace(
         # Each task head retrieving its own task's positives (the served head is serve_task).
         by_head = {}
         for head in model.request.tasks:
-            qh = encode_requests(
-                model.request, queries, reqs, mcfg, whens=ev["ts"].tolist(), task=head
+            # The served head's vectors are ``q`` already; encode only the other heads.
+            qh = (
+                q
+                if head == mcfg.serve_task
+                else encode_requests(
+                    model.request, queries, reqs, mcfg, whens=ev["ts"].tolist(), task=head
+                )
             )
             truth = [
                 set().union(*(labels[o].iloc[i] for o in TASK_OUTCOMES[head])) for i in range(n)

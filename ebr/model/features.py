@@ -29,7 +29,8 @@ SKILL_TOKENS = 48  # skill lists
 ITEM_CATS = ("company", "industry", "seniority", "employment_type", "city", "country")
 REQUEST_CATS = ("seniority", "city", "country", "preferred_employment_type")
 ITEM_NUMS = 5  # xyz(3), remote, active
-REQUEST_NUMS = 6  # xyz(3), open_to_remote, log commute, has_member
+PROFILE_NUMS = 5  # xyz(3), open_to_remote, log commute (profile_nums)
+REQUEST_NUMS = PROFILE_NUMS + 1  # + has_member
 CONTEXT_NUMS = 4  # request time: sin/cos of hour of day and of day of week
 MINILM_NUMS = 384  # all-MiniLM-L6-v2 sentence embedding (text_encoder hashed+minilm)
 
@@ -177,15 +178,10 @@ def request_tensors(
         }
     m = member or {}
     if member is not None:
-        xyz = unit_xyz(float(m["lat"]), float(m["lon"]))
-        extra = [
-            float(bool(m.get("open_to_remote"))),
-            float(np.log1p(float(m.get("max_commute_km") or 0.0)) / 5.0),
-            1.0,
-        ]
+        profile, has_member = profile_nums(member), [1.0]
     else:
-        xyz, extra = np.zeros(3, dtype=np.float32), [0.0, 0.0, 0.0]
-    nums: list[Any] = [xyz, extra, context_nums(when)]
+        profile, has_member = np.zeros(PROFILE_NUMS, dtype=np.float32), [0.0]
+    nums: list[Any] = [profile, has_member, context_nums(when)]
     if cfg.interest_dim:
         nums.append(_interest(m, cfg))
     nums.extend(_sentence(query, cfg))
@@ -193,11 +189,29 @@ def request_tensors(
         "query": text_ids(query, SHORT_TOKENS, b),
         "headline": text_ids(m.get("headline"), SHORT_TOKENS, b),
         "skills": text_ids(_skills_text(m.get("skills")), SKILL_TOKENS, b),
-        "cats": np.array(
-            [cat_id(f, m.get(f), cfg.cat_buckets) for f in REQUEST_CATS], dtype=np.int64
-        ),
+        "cats": profile_cats(m, cfg),
         "nums": np.concatenate(nums).astype(np.float32),
     }
+
+
+def profile_nums(member: Mapping[str, Any]) -> np.ndarray:
+    """float32 [5] numeric profile features: xyz of the home city, open_to_remote, log commute.
+
+    Shared by the request tower and the member-interest tower (the same member, the same
+    features)."""
+    xyz = unit_xyz(float(member["lat"]), float(member["lon"]))
+    extra = [
+        float(bool(member.get("open_to_remote"))),
+        float(np.log1p(float(member.get("max_commute_km") or 0.0)) / 5.0),
+    ]
+    return np.concatenate([xyz, extra]).astype(np.float32)
+
+
+def profile_cats(member: Mapping[str, Any], cfg: ModelConfig) -> np.ndarray:
+    """int64 [4] ids of the member's REQUEST_CATS values (0 where missing)."""
+    return np.array(
+        [cat_id(f, member.get(f), cfg.cat_buckets) for f in REQUEST_CATS], dtype=np.int64
+    )
 
 
 def stack(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -27,13 +27,15 @@ import pandas as pd
 from ebr.config import ModelConfig, TrainConfig
 from ebr.data.pairs import positive_pairs, split_cutoff, time_split
 from ebr.model.features import (
+    PROFILE_NUMS,
     REQUEST_CATS,
     SHORT_TOKENS,
     SKILL_TOKENS,
     _skills_text,
-    cat_id,
     item_spec,
     job_batch,
+    profile_cats,
+    profile_nums,
     stack,
     text_ids,
 )
@@ -42,7 +44,9 @@ from ebr.model.towers import TowerSpec, TwoTower
 HISTORY_JOBS = 8  # most recent engaged jobs whose titles form the history text
 HISTORY_TOKENS = 64  # hashed n-gram slots for the history text
 INTEREST_DIM = 32  # width of the interest embedding (an input of the request tower)
-MEMBER_SPEC = TowerSpec(texts=("headline", "skills", "history"), n_cats=len(REQUEST_CATS), n_nums=5)
+MEMBER_SPEC = TowerSpec(
+    texts=("headline", "skills", "history"), n_cats=len(REQUEST_CATS), n_nums=PROFILE_NUMS
+)
 
 
 def interest_config() -> ModelConfig:
@@ -56,22 +60,13 @@ def interest_specs(cfg: ModelConfig) -> tuple[TowerSpec, TowerSpec]:
 
 def member_tensors(member: Mapping[str, Any], history: str, cfg: ModelConfig) -> dict[str, Any]:
     """Member-tower inputs: headline [16], skills [48], history [64] int64; cats [4]; nums [5]."""
-    from ebr.data.geo import unit_xyz
-
     b = cfg.hash_buckets
-    xyz = unit_xyz(float(member["lat"]), float(member["lon"]))
-    extra = [
-        float(bool(member.get("open_to_remote"))),
-        float(np.log1p(float(member.get("max_commute_km") or 0.0)) / 5.0),
-    ]
     return {
         "headline": text_ids(member.get("headline"), SHORT_TOKENS, b),
         "skills": text_ids(_skills_text(member.get("skills")), SKILL_TOKENS, b),
         "history": text_ids(history, HISTORY_TOKENS, b),
-        "cats": np.array(
-            [cat_id(f, member.get(f), cfg.cat_buckets) for f in REQUEST_CATS], dtype=np.int64
-        ),
-        "nums": np.concatenate([xyz, extra]).astype(np.float32),
+        "cats": profile_cats(member, cfg),
+        "nums": profile_nums(member),
     }
 
 
@@ -194,6 +189,7 @@ def train_interest(
     from ebr.eval.metrics import exact_topk_ids, recall_at_k
     from ebr.model.fit import PairData, fit
     from ebr.model.infer import encode_jobs, run_tower
+    from ebr.model.train import member_records
 
     cfg = interest_config()
     tcfg = replace(tcfg, logq=True, hard_negatives=False, task_weights=())
@@ -201,7 +197,7 @@ def train_interest(
     engaged = engagements(train_imp, jobs)
     if len(engaged) < 2:
         raise ValueError(f"only {len(engaged)} engaged impressions in the train split")
-    recs = {int(r["member_id"]): r for r in members.to_dict("records")}
+    recs = member_records(members)
     day = snapshot_days(engaged["ts"])
     feats = []
     for d, idx in engaged.groupby(day).groups.items():

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ebr.config import ModelConfig, TrainConfig
 from ebr.eval.ranking import ndcg_at, recall_at
-from ebr.model.features import cat_id, text_ids
+from ebr.model.features import cat_id, stack, text_ids
 from ebr.model.towers import TowerSpec, TwoTower
 
 HISTORY = 50  # most recent liked movies a user is represented by
@@ -76,10 +76,6 @@ def user_tensors(user: dict[str, Any], history: Sequence[int], cfg: ModelConfig)
     }
 
 
-def _stack(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
 def train_movielens(
     train: pd.DataFrame,
     users: pd.DataFrame,
@@ -100,7 +96,7 @@ def train_movielens(
             rows.append(user_tensors(recs[int(uid)], liked[max(0, j - HISTORY) : j], cfg))
             pair_items.append(int(item))
     data = PairData(
-        req=_stack(rows),
+        req=stack(rows),
         item=item_batch(items, cfg),
         pair_item=item_row.loc[pair_items].to_numpy(),
     )
@@ -126,7 +122,7 @@ def evaluate_movielens(
     by_user = train.sort_values("ts", kind="stable").groupby("user_id")["item_id"].agg(list)
     truth = test.groupby("user_id")["item_id"].agg(lambda s: set(s.tolist()))
     q = run_tower(
-        model.request, _stack([user_tensors(recs[u], by_user[u], cfg) for u in truth.index])
+        model.request, stack([user_tensors(recs[u], by_user[u], cfg) for u in truth.index])
     )
     v = run_tower(model.item, item_batch(items, cfg))
     scores = q @ v.T  # [users, items]
