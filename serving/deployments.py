@@ -25,6 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serving.encoder import unknown_member
+from serving.guards import StrictJSONRoute
 from serving.schemas import (
     MAX_K,
     MAX_MEMBER_ID,
@@ -40,6 +41,8 @@ app = FastAPI(
     version="1",
     description="Embedding-based retrieval: search (query and/or member) and JYMBII.",
 )
+# Every route reads its body through the guards: duplicate keys, depth, size, body timeout.
+app.router.route_class = StrictJSONRoute
 
 
 @app.exception_handler(RequestValidationError)
@@ -70,6 +73,10 @@ async def _result(response: DeploymentResponse) -> Any:
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorResponse, "description": "body not received in time"},
+    413: {"model": ErrorResponse, "description": "body too large"},
+}
 
 
 @serve.deployment
@@ -91,27 +98,40 @@ class Ingress:
 
     async def _respond(
         self,
-        vectors: np.ndarray,
+        vectors: np.ndarray | None,
         k: int,
         start: float,
         filter_json: dict[str, Any] | None = None,
         explain: bool = False,
+        understood: dict[str, Any] | None = None,
     ) -> SearchResponse:
-        hits, plan = await _result(self._retriever.search.remote(vectors, k, filter_json))
+        hits, plan = [[]], None
+        if vectors is not None:
+            hits, plan = await _result(self._retriever.search.remote(vectors, k, filter_json))
+        info = understood or {}
+        notice = None
+        if info.get("query_understood") is False:
+            unknown = ", ".join(info.get("unknown_words", [])) or "no letters or digits"
+            what = "results for the member alone" if vectors is not None else "no results"
+            notice = f"no word of the query is known to the model ({unknown}): {what}"
         return SearchResponse(
             results=[JobHit(**h) for h in hits[0]],
             model_version=self._version,
             slot=self._slot,
             took_ms=round((time.perf_counter() - start) * 1e3, 3),
             plan=plan if explain else None,
+            query_understood=info.get("query_understood"),
+            unknown_words=info.get("unknown_words", []),
+            notice=notice,
         )
 
-    @app.post("/v1/search", response_model=SearchResponse, responses=_NOT_FOUND)
+    @app.post("/v1/search", response_model=SearchResponse, responses={**_NOT_FOUND, **_BODY_ERRORS})
     async def search(self, body: SearchRequest) -> SearchResponse:
         """Jobs for a free-text query, personalised by ``member_id`` when given."""
         start = time.perf_counter()
-        vectors = await _result(self._encoder.encode.remote(body.query, body.member_id))
-        return await self._respond(vectors, body.k, start, body.filter, body.explain)
+        call = self._encoder.encode_request.remote(body.query, body.member_id)
+        vectors, understood = await _result(call)
+        return await self._respond(vectors, body.k, start, body.filter, body.explain, understood)
 
     @app.get(
         "/v1/members/{member_id}/recommendations",

@@ -67,7 +67,7 @@ class RequestEncoder:
     def __init__(self, workspace: str, model_version: str) -> None:
         import torch
 
-        from ebr.model.artifact import check_lineage, load_request_tower
+        from ebr.model.artifact import check_lineage, load_request_tower, load_vocabulary
         from feature_repo.store import member_profiles, open_store
 
         # A replica gets a fraction of a core; intra-op threads would only contend.
@@ -80,6 +80,8 @@ class RequestEncoder:
                 f"expected {model_version!r}"
             )
         self._version = model_version
+        # Words the model trained on (None for a model saved without its vocabulary).
+        self._vocab = load_vocabulary(request_tower_dir(ws, model_version))
         # The member-interest version this model was co-trained with; refuse any other.
         recorded = meta.get("lineage", {}).get("member_interest")
         self._interest = check_lineage(
@@ -103,6 +105,36 @@ class RequestEncoder:
             vec = member_interest(self._store, [member_id], self._interest).get(member_id)
             profile["interest"] = vec
         return profile
+
+    def understand(self, query: str | None) -> dict[str, Any]:
+        """``query_understood`` (None without a query) and the ``unknown_words`` of ``query``.
+
+        A query none of whose normalised words the model saw in training (emoji, another
+        script, a word not in any job) would embed as untrained hash buckets: a fixed,
+        arbitrary point. Better to say so than to return neighbours of that point.
+        """
+        from ebr.model.text import words
+
+        if query is None:
+            return {"query_understood": None, "unknown_words": []}
+        if self._vocab is None:
+            return {"query_understood": bool(words(query)), "unknown_words": []}
+        known, unknown = self._vocab.split(query)
+        return {"query_understood": bool(known), "unknown_words": unknown[:20]}
+
+    def encode_request(
+        self, query: str | None, member_id: int | None
+    ) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """(float32 [1, dim] request embedding or None, ``understand(query)``).
+
+        A query the model does not understand is dropped: the member alone is embedded, or,
+        for an anonymous search, there is nothing to search with (None)."""
+        info = self.understand(query)
+        if info["query_understood"] is False:
+            query = None
+        if query is None and member_id is None:
+            return None, info
+        return self.encode(query, member_id), info
 
     def encode(self, query: str | None, member_id: int | None) -> np.ndarray:
         """float32 [1, dim] unit embedding of one request (now as its time context); raises

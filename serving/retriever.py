@@ -21,7 +21,6 @@ class Retriever:
     def __init__(self, slot_dir: str, verify: bool = True, refresh_s: float = 1.0) -> None:
         import faiss
 
-        from ebr.index.attributes import AttributeTable
         from ebr.index.live import open_live
 
         # One query per call on a fraction of a core: OpenMP threads only contend (measured
@@ -30,7 +29,7 @@ class Retriever:
         # Read-only: the writer (a pipeline) owns the log; a restart replays what it acked.
         self._live = open_live(Path(slot_dir), verify=verify, writable=False)
         self._slot = self._live.snapshot
-        self._attrs = AttributeTable.from_items(self._slot.items)
+        self._live.attributes()  # build the filter index now, not on the first filtered query
         self._refresh_s = refresh_s
         self._refreshed = time.monotonic()
 
@@ -55,11 +54,10 @@ class Retriever:
             q lists of up to k hits (display columns + ``score``), best first, and the plan.
         """
         from ebr.index.filters import parse_filter
-        from ebr.index.search import search_live
 
         self._refresh()
         flt = parse_filter(filter_json) if filter_json is not None else None
-        hits = search_live(self._live, self._attrs, vectors, k, flt)
+        hits = self._live.query(vectors, k, flt)
         import pandas as pd
 
         delta = hits.delta_items
@@ -70,6 +68,10 @@ class Retriever:
             table = pd.concat([self._slot.rows(ids[~newer]), delta[delta["job_id"].isin(ids)]])
             records = table.set_index("job_id", drop=False).loc[ids].to_dict("records")
             for record, score in zip(records, row_scores[row_ids >= 0], strict=True):
+                # One null policy: a null display field is None in the response, never NaN.
+                for key, value in record.items():
+                    if isinstance(value, float) and value != value:
+                        record[key] = None
                 record["score"] = float(score)
             out.append(records)
         return out, hits.plan

@@ -69,13 +69,16 @@ class SearchRequest(BaseModel):
 
 
 class JobHit(BaseModel):
-    """One retrieved job: its display columns plus the cosine score of the match."""
+    """One retrieved job: its display columns plus the cosine score of the match.
+
+    Null policy (``ebr.data.records``): ``job_id`` and ``title`` always exist; every other
+    display field may be null (unknown), and a client shows it as absent."""
 
     job_id: int
     title: str
-    company: str
-    city: str
-    country: str
+    company: str | None = None
+    city: str | None = None
+    country: str | None = None
     seniority: str | None = None
     remote: bool | None = None
     score: float = Field(description="cosine similarity of request and job embeddings")
@@ -91,6 +94,15 @@ class SearchResponse(BaseModel):
     plan: dict[str, Any] | None = Field(
         default=None, description="with explain: strategy, eligible count, probes, rounds"
     )
+    query_understood: bool | None = Field(
+        default=None,
+        description="false when no word of the query is known to the model: the results then "
+        "come from the member alone, or are empty for an anonymous search; null without a query",
+    )
+    unknown_words: list[str] = Field(
+        default_factory=list, description="normalised query words the model never saw"
+    )
+    notice: str | None = Field(default=None, description="why results are empty or partial")
 
 
 class HealthResponse(BaseModel):

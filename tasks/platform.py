@@ -62,6 +62,7 @@ def train_two_tower(
     model at ``interest_dir`` (lineage saved in model.json); returns models/<version>.
     ``text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title vectors)."""
     from ebr.model.artifact import save_model
+    from ebr.model.text import training_vocabulary
     from ebr.model.train import train_with_interest
 
     t, tcfg = _tables(data_dir), TrainConfig(epochs=epochs)
@@ -75,7 +76,8 @@ def train_two_tower(
     )
     print(metrics)
     meta = {"train": asdict(tcfg), "metrics": metrics, "lineage": lineage}
-    return str(save_model(model, Workspace(Path(workspace)).models, version, meta))
+    vocab = training_vocabulary(t["jobs"], t["members"], t["impressions"])
+    return str(save_model(model, Workspace(Path(workspace)).models, version, meta, vocab))
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)

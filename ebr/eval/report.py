@@ -167,7 +167,7 @@ def evaluate_release(
     """``evaluate_marketplace`` for a saved model and the slot serving it, as a release is
     evaluated: member interest from the co-trained interest model (lineage checked), the
     served index through the serving path, and the model's training curves."""
-    from ebr.index.search import served_search
+    from ebr.index.live import served_search
     from ebr.model.artifact import check_lineage, load_two_tower
     from ebr.model.interest import load_interest_snapshots
 

@@ -12,6 +12,8 @@ Built once per slot (``AttributeTable.from_items(slot.items)``; ~2 s at 1M rows)
   that lie inside the shape, and runs the exact test only on rows of cells on the shape's edge.
 
 Rows with a null attribute are in no posting list, sorted column or cell, so they never match.
+Longitude is kept in (-180, 180]: -180 is stored as 180, the same meridian (``filters`` says
+how a bound at -180 or 180 reads), so one meridian is never two places in a sorted column.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ class AttributeTable:
             bad = np.flatnonzero(np.abs(col) > lim)
             if len(bad):
                 raise ValueError(f"items row {bad[0]} has {name}={col[bad[0]]}, outside ±{lim:g}")
+        lon = np.where(lon == -180.0, 180.0, lon)
         posted, posted_ok = _epoch_seconds(items["posted_at"])
         sorted_values = {}
         numeric = {"posted_at": (posted, posted_ok), "lat": (lat, ~np.isnan(lat))}
@@ -219,7 +222,13 @@ class AttributeTable:
         hi_side: Literal["left", "right"] = "right" if hi_inc else "left"
         start = 0 if lo is None else int(np.searchsorted(values, lo, lo_side))
         end = len(values) if hi is None else int(np.searchsorted(values, hi, hi_side))
-        return rows[start : max(start, end)]
+        end = max(start, end)
+        seam_lo = lo is None or lo < -180 or (lo_inc and lo == -180)
+        if field == "lon" and seam_lo and (hi is None or hi > -180 or (hi_inc and hi == -180)):
+            # -180 is in range and its rows are stored as 180 (the sorted tail): add them too.
+            tail = int(np.searchsorted(values, 180.0, "left"))
+            return np.concatenate([rows[start:end], rows[tail:]]) if end < tail else rows[start:]
+        return rows[start:end]
 
     def radius_rows(self, lat: float, lon: float, km: float, via: str = "auto") -> np.ndarray:
         """Rows within ``km`` great-circle km of (lat, lon).
@@ -268,6 +277,10 @@ class AttributeTable:
         self, min_lat: float, min_lon: float, max_lat: float, max_lon: float
     ) -> np.ndarray:
         """Rows inside the box; ``min_lon > max_lon`` wraps across the antimeridian."""
+        if (min_lon, max_lon) != (-180.0, 180.0):  # the full-width box is already exact
+            # A -180 bound means the stored 180: [-180, x] becomes the wrapping [180, x], and
+            # [x, -180] (wrapping) the plain [x, 180]; the comparisons below are then exact.
+            min_lon, max_lon = (180.0 if b == -180.0 else b for b in (min_lon, max_lon))
         c, box = self.cells, self.cells.box
         wraps = min_lon > max_lon
 

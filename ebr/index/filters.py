@@ -16,6 +16,14 @@ Semantics: a row whose attribute is null never matches a ``term``, ``range`` or 
 is the plain complement (so ``not term`` matches nulls). ``posted_at`` is compared in whole
 seconds (the sub-second part of a job's timestamp is dropped). A bbox with ``min_lon > max_lon``
 crosses the antimeridian. ``AttributeTable.mask(parse_filter(tree))`` evaluates a tree.
+
+Longitudes -180 and 180 are one meridian: a job there matches a ``geo_bbox`` or a ``range`` on
+``lon`` when either -180 or 180 would, so a box ending at max_lon=180 holds a job at lon=-180,
+``{"lte": -170}`` holds a job at 180, and ``{"min_lon": -180, "max_lon": 180}`` is the whole
+Earth, not one meridian; ``{"gt": -180, "lt": 180}`` leaves it out (neither end is admitted).
+
+Errors: anything that is not a valid filter raises ``FilterError`` (a ValueError) whose message
+echoes at most ``MAX_SHOWN`` chars of any untrusted value or key, ``MAX_REASON`` chars in all.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +50,8 @@ MAX_DEPTH = 16  # deeper trees are machine-generated garbage and risk Python's r
 MAX_NODES = 256  # bounds parse + evaluation cost per request (each node is one mask over n rows)
 MAX_TERM_VALUES = 10_000  # a company allow-list is legitimately long; an unbounded one is not
 MAX_KM = 20_040.0  # half the Earth's circumference: a larger radius is a typo, not a query
+MAX_SHOWN = 60  # chars of one untrusted value or key an error echoes: a hint, not the request
+MAX_REASON = 300  # chars of any error's reason, a backstop over the bounded parts it is built of
 _LAT = (-90.0, 90.0)
 _LON = (-180.0, 180.0)
 
@@ -49,6 +60,7 @@ class FilterError(ValueError):
     """A bad filter expression; ``path`` locates it, e.g. ``filter.and[1].range.posted_at.gte``."""
 
     def __init__(self, path: str, reason: str) -> None:
+        reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
         super().__init__(f"{path}: {reason}")
         self.path = path
 
@@ -158,9 +170,39 @@ class GeoBBox(Filter):
         return {"geo_bbox": asdict(self)}
 
 
+def _show(value: Any, level: int = 2) -> str:
+    """``repr(value)`` in at most MAX_SHOWN chars, ``level`` containers deep, at a cost bounded
+    by that too: ``repr`` itself recurses through a value nested 100k deep, copies a megabyte
+    string or 100k keys before any cut, and raises on an int of over 4,300 digits."""
+    if isinstance(value, str):
+        text = repr(value[:MAX_SHOWN]) + ("..." if len(value) > MAX_SHOWN else "")
+    elif isinstance(value, bool) or value is None:
+        text = repr(value)
+    elif isinstance(value, int):
+        bits = value.bit_length()
+        text = int.__repr__(value) if bits <= 128 else f"<{'-' * (value < 0)}{bits}-bit int>"
+    elif isinstance(value, float):
+        text = float.__repr__(value)
+    elif isinstance(value, dict):
+        shown = islice(value.items(), 3 if level > 0 else 0)
+        parts = [f"{_show(k, 0)}: {_show(v, level - 1)}" for k, v in shown]
+        text = "{" + ", ".join(parts + ["..."] * (len(value) > len(parts))) + "}"
+    elif isinstance(value, list | tuple):
+        parts = [_show(v, level - 1) for v in islice(value, 3 if level > 0 else 0)]
+        text = "[" + ", ".join(parts + ["..."] * (len(value) > len(parts))) + "]"
+    else:  # not JSON: a Python caller's object, whose own repr may be anything
+        text = f"<{type(value).__name__[:MAX_SHOWN]}>"
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
 def _kind(value: Any) -> str:
-    text = repr(value)  # cut: an error message must not echo a megabyte of request back
-    return f"{text[:60] + '...' if len(text) > 60 else text} ({type(value).__name__})"
+    return f"{_show(value)} ({type(value).__name__[:MAX_SHOWN]})"
+
+
+def _key(key: Any) -> str:
+    """A request's key as a path component: as is when short and printable, else its _show."""
+    ok = isinstance(key, str) and len(key) <= MAX_SHOWN and key.isprintable()
+    return key if ok else _show(key)
 
 
 def _object(value: Any, path: str, expected: str) -> dict[str, Any]:
@@ -169,10 +211,13 @@ def _object(value: Any, path: str, expected: str) -> dict[str, Any]:
     return value
 
 
-def _single(obj: dict[str, Any], path: str, what: str) -> tuple[str, Any]:
+def _single(obj: dict[Any, Any], path: str, what: str) -> tuple[str, Any]:
     if len(obj) != 1:
-        raise FilterError(path, f"expected exactly one {what}, got {len(obj)}: {sorted(obj)}")
-    return next((str(key), value) for key, value in obj.items())
+        raise FilterError(path, f"expected exactly one {what}, got {len(obj)}: {_show(obj, 1)}")
+    ((key, value),) = obj.items()
+    if not isinstance(key, str):  # JSON keys are strings; a Python caller's may not be
+        raise FilterError(path, f"expected a string {what}, got {_kind(key)}")
+    return key, value
 
 
 def _number(value: Any, path: str, bounds: tuple[float, float] | None = None) -> float:
@@ -190,10 +235,10 @@ def _epoch_seconds(value: Any, path: str) -> float:
     if isinstance(value, str):
         try:
             ts = datetime.fromisoformat(value)
-        except ValueError:
+            return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError, OSError):  # bad text, or a date outside the calendar
             example = "an ISO-8601 timestamp like '2026-10-01T00:00:00Z' or epoch seconds"
-            raise FilterError(path, f"expected {example}, got {value!r}") from None
-        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+            raise FilterError(path, f"expected {example}, got {_show(value)}") from None
     return _number(value, path)
 
 
@@ -203,22 +248,22 @@ def _field(body: Any, path: str, op: str) -> tuple[str, Any, str]:
     field, raw = _single(_object(body, path, f"an object {{field: ...}} for {op}"), path, "field")
     if field not in fields:
         hint = f"; use {other} for it" if field in TERM_FIELDS + RANGE_FIELDS else ""
-        why = f"unknown {op} field {field!r}{hint}; expected one of {', '.join(fields)}"
-        raise FilterError(f"{path}.{field}", why)
+        why = f"unknown {op} field {_show(field)}{hint}; expected one of {', '.join(fields)}"
+        raise FilterError(f"{path}.{_key(field)}", why)
     return field, raw, f"{path}.{field}"
 
 
 def _term(body: Any, path: str) -> Term:
     field, raw, path = _field(body, path, "term")
     items = raw if isinstance(raw, list) else [raw]
-    item_paths = [f"{path}[{i}]" for i in range(len(items))] if isinstance(raw, list) else [path]
     if not items:
         raise FilterError(path, "expected a value or a non-empty list of values, got []")
     if len(items) > MAX_TERM_VALUES:
         raise FilterError(path, f"expected at most {MAX_TERM_VALUES} values, got {len(items)}")
     want, expected = (bool, "true or false") if field in BOOL_FIELDS else (str, "a string")
-    for item, item_path in zip(items, item_paths, strict=True):
+    for i, item in enumerate(items):
         if not isinstance(item, want):
+            item_path = f"{path}[{i}]" if isinstance(raw, list) else path
             raise FilterError(item_path, f"expected {expected}, got {_kind(item)}")
     return Term(field, tuple(dict.fromkeys(items)))  # dedupe, keep order
 
@@ -230,9 +275,10 @@ def _range(body: Any, path: str) -> Range:
         raise FilterError(path, f"expected at least one of {', '.join(RANGE_OPS)}, got {{}}")
     bounds: dict[str, float] = {}
     for op, value in ops.items():
-        op_path = f"{path}.{op}"
+        op_path = f"{path}.{_key(op)}"
         if op not in RANGE_OPS:
-            raise FilterError(op_path, f"unknown operator {op!r}; expected one of {RANGE_OPS}")
+            why = f"unknown operator {_show(op)}; expected one of {', '.join(RANGE_OPS)}"
+            raise FilterError(op_path, why)
         if field == "posted_at":
             bounds[op] = _epoch_seconds(value, op_path)
         else:
@@ -245,8 +291,10 @@ def _range(body: Any, path: str) -> Range:
 
 def _fields(body: Any, path: str, keys: tuple[str, ...]) -> dict[str, Any]:
     obj, expected = _object(body, path, f"an object with {', '.join(keys)}"), ", ".join(keys)
-    for key in [k for k in obj if k not in keys]:
-        raise FilterError(f"{path}.{key}", f"unknown key {key!r}; expected {expected}")
+    for key in obj:
+        if key not in keys:
+            why = f"unknown key {_show(key)}; expected {expected}"
+            raise FilterError(f"{path}.{_key(key)}", why)
     for key in [k for k in keys if k not in obj]:
         raise FilterError(f"{path}.{key}", f"missing; expected {expected}")
     return obj
@@ -278,6 +326,9 @@ def _parse(obj: Any, path: str, depth: int, count: list[int]) -> Filter:
         raise FilterError(path, f"expected nesting at most {MAX_DEPTH} deep, got deeper")
     ops = ", ".join(OPERATORS)
     op, body = _single(_object(obj, path, f"an object with one operator ({ops})"), path, "operator")
+    if op not in OPERATORS:
+        why = f"unknown operator {_show(op)}; expected one of {ops}"
+        raise FilterError(f"{path}.{_key(op)}", why)
     sub = f"{path}.{op}"
     if op in ("and", "or"):
         if not isinstance(body, list) or not body:
@@ -287,9 +338,7 @@ def _parse(obj: Any, path: str, depth: int, count: list[int]) -> Filter:
     if op == "not":
         return Not(_parse(body, sub, depth + 1, count))
     leaves = {"term": _term, "range": _range, "geo_radius": _geo_radius, "geo_bbox": _geo_bbox}
-    if op in leaves:
-        return leaves[op](body, sub)
-    raise FilterError(f"{path}.{op}", f"unknown operator {op!r}; expected one of {ops}")
+    return leaves[op](body, sub)
 
 
 def parse_filter(obj: Any, path: str = "filter") -> Filter:

@@ -13,6 +13,7 @@ print(s.stats())"
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,12 +25,18 @@ import pandas as pd
 import pyarrow as pa
 
 from ebr.config import IndexConfig
+from ebr.index.attributes import AttributeTable
 from ebr.index.build import check_vectors
-from ebr.index.overlay import merge_topk, records_to_table, search_delta, search_snapshot
-from ebr.index.slot import Slot, check_queries, load_slot, write_slot
+from ebr.index.filters import Filter
+from ebr.index.overlay import admit_record, records_to_table
+from ebr.index.planner import PlannerParams
+from ebr.index.search import Delta, Hits, search_view
+from ebr.index.slot import Slot, load_slot, write_slot
 from ebr.index.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
 
 TABLES_MERGE = 1024  # delta item tables kept apart before they are merged into one
+MAX_SKIPPED_SHOWN = 20  # rejected log rows kept (with reasons) for stats(); all are counted
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class LiveSlot:
         self._writer: LogWriter | None = None
         self._replayed: ReplayInfo | None = None
         self._sealed: str | None = None  # set by compact: the slot that now takes the writes
+        self._attrs: AttributeTable | None = None  # built by the first filtered query
+        self._skipped: list[str] = []  # first rejected log rows: "lsn 7 row 2 (...): lat: ..."
+        self._n_skipped = 0
 
     def __enter__(self) -> LiveSlot:
         return self
@@ -121,6 +131,8 @@ class LiveSlot:
             "torn_bytes_dropped": r.torn_bytes if r else 0,
             "log_bytes": sum(p.stat().st_size for p in self.log_dir.glob("*.wal")),
             "writable": self._writer is not None,
+            "skipped_log_rows": self._n_skipped,
+            "skipped_examples": list(self._skipped),
             "sealed_into": self._sealed,
         }
 
@@ -156,21 +168,38 @@ class LiveSlot:
         unique = np.unique(ids.astype(np.int64))
         return self._append(lambda lsn: Record(DELETE, lsn, unique))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k live jobs per query: snapshot ANN minus tombstones, merged with the delta.
+    def attributes(self) -> AttributeTable:
+        """The snapshot's filterable attributes, built on first use (~2 s at 1M rows)."""
+        if self._attrs is None:
+            self._attrs = AttributeTable.from_items(self.snapshot.items)
+        return self._attrs
+
+    def query(
+        self,
+        queries: np.ndarray,
+        k: int,
+        flt: Filter | None = None,
+        params: PlannerParams | None = None,
+    ) -> Hits:
+        """Top-k live jobs passing ``flt`` per query: the planner over the snapshot minus
+        tombstones, merged with an exact scan of the delta (``ebr.index.search``).
 
         Args:
-            queries: float [q, d] L2-normalised query embeddings of the snapshot's model.
-            k: results per query (>= 1).
-
-        Returns:
-            scores [q, k] float32 descending and job_ids [q, k] int64; -inf / -1 pad.
+            queries: float [q, d] finite, L2-normalised query embeddings of the slot's model.
+            k: results per query (>= 1); k come back whenever k live jobs pass the filter.
         """
-        view = self._view  # one consistent state for the whole search
-        q = check_queries(queries, k, self.snapshot.dim, self.snapshot.name)
-        snap = search_snapshot(self.snapshot, view.deleted, view.n_deleted, q, k)
-        # Superseded snapshot rows are deleted, so an upserted job appears once, in the delta.
-        return merge_topk([snap, search_delta(view.ids, view.vecs, view.alive, q, k)], k)
+        # The view first, then the tables: tables only grow past a published view's size.
+        view = self._view
+        delta = Delta(view.ids, view.vecs, view.alive, list(self._tables))
+        return search_view(
+            self.snapshot, view.deleted, delta, self.attributes, queries, k, flt, params
+        )
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``query`` without a filter: scores [q, k] float32 descending and job_ids [q, k]
+        int64; -inf / -1 pad only when fewer than k jobs are live."""
+        hits = self.query(queries, k)
+        return hits.scores, hits.job_ids
 
     def _append(self, make: Callable[[int], Record]) -> int:
         with self._lock:
@@ -195,8 +224,22 @@ class LiveSlot:
         with self._lock:
             replay(self.log_dir, applied.append, after_lsn=self._view.lsn)
             for rec in applied:
-                self._apply(rec, copy=True)
+                self._apply(self._admit(rec), copy=True)
         return len(applied)
+
+    def _admit(self, rec: Record) -> Record:
+        """``rec`` read back from the log minus rows that break what searches rely on.
+
+        ``upsert`` refuses such rows before they are logged, but a log written by an older
+        version (or by another writer) may hold some: one bad row must not stop the replay
+        of everything else, so it is dropped, counted and logged (see ``stats``)."""
+        rec, reasons = admit_record(rec, list(self.snapshot.items.columns))
+        for reason in reasons:
+            log.warning("slot %s log lsn %d: skipped %s", self.snapshot.name, rec.lsn, reason)
+            if len(self._skipped) < MAX_SKIPPED_SHOWN:
+                self._skipped.append(f"lsn {rec.lsn} {reason}")
+        self._n_skipped += len(reasons)
+        return rec
 
     def _apply(self, rec: Record, copy: bool) -> None:
         """Apply one record and publish the new view; ``copy`` arrays searches may hold."""
@@ -243,7 +286,7 @@ def open_live(slot_path: Path, verify: bool = True, writable: bool = True) -> Li
     live = LiveSlot(load_slot(slot_path, verify=verify), log_dir_for(slot_path))
     writer = LogWriter(live.log_dir) if writable else None  # lock before reading
     try:
-        live._replayed = replay(live.log_dir, lambda rec: live._apply(rec, copy=False))
+        live._replayed = replay(live.log_dir, lambda rec: live._apply(live._admit(rec), copy=False))
         if writer is not None:
             writer.resume(live._replayed)
     except BaseException:
@@ -252,6 +295,14 @@ def open_live(slot_path: Path, verify: bool = True, writable: bool = True) -> Li
         raise
     live._writer = writer
     return live
+
+
+def served_search(slot_path: Path) -> Callable[[np.ndarray, int], np.ndarray]:
+    """(request vectors [q, d], k) -> job ids [q, k] through the path the serving Retriever
+    takes (the live slot opened read-only, ``LiveSlot.query``): what an offline evaluation
+    of "the served index" must call."""
+    live = open_live(slot_path, writable=False)
+    return lambda q, k: live.query(q, k).job_ids
 
 
 def compact(live: LiveSlot, slots_dir: Path, new_name: str, cfg: IndexConfig) -> Path:

@@ -1,5 +1,5 @@
 """Pure array functions behind ``ebr.index.live``: checking upsert batches against a slot,
-searching a snapshot minus its tombstones, exact search of the delta, and merging the two.
+exact search of the delta, and merging it with the snapshot's results.
 
 They take arrays, not a ``LiveSlot``, so each is testable on its own and holds no lock: the
 caller passes one consistent state (``live._View``).
@@ -7,16 +7,17 @@ caller passes one consistent state (``live._View``).
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import faiss
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ebr.index.slot import Slot
+from ebr.data.records import check_jobs, require_valid
+from ebr.index.build import NORM_TOLERANCE
+from ebr.index.wal import UPSERT, Record
 
-OVERFETCH = 1.5  # extra snapshot candidates beyond k / live fraction, so one search usually does
 FEW_DEAD = 1024  # superseded delta positions up to which the delta search over-fetches
 SCORE_CELLS = 1 << 22  # cap on the [queries, delta] score matrix of one exact-search chunk (16 MiB)
 
@@ -39,6 +40,9 @@ def records_to_table(records: pd.DataFrame, items: pd.DataFrame, schema: pa.Sche
             f"records columns must be the slot's item columns {columns}: "
             f"unknown columns {unknown}, missing columns {missing}"
         )
+    # What every reader of the log relies on (ranges, nulls, types), checked before the
+    # record is made durable: a bad row accepted here would poison every later replay.
+    records = require_valid(check_jobs(records, required=columns), "upsert")
     ids = records["job_id"]
     if not pd.api.types.is_integer_dtype(ids.dtype) or (ids < 0).any():
         raise ValueError(f"job_id must be integers >= 0, got dtype {ids.dtype}")
@@ -46,7 +50,10 @@ def records_to_table(records: pd.DataFrame, items: pd.DataFrame, schema: pa.Sche
         raise ValueError(f"job_id repeats within the batch, e.g. {ids[ids.duplicated()].iloc[0]}")
     frame = records[columns].reset_index(drop=True)
     for col, dtype in items.dtypes.items():
-        if pd.api.types.is_bool_dtype(dtype) and not pd.api.types.is_bool_dtype(frame[col]):
+        col_ok = pd.api.types.is_bool_dtype(frame[col]) or all(
+            isinstance(v, bool | np.bool_) for v in frame[col].tolist()
+        )
+        if pd.api.types.is_bool_dtype(dtype) and not col_ok:
             # astype(bool) would turn any object into its truthiness, silently.
             raise ValueError(f"column {col!r} must be bool like the slot's, got {frame[col].dtype}")
         try:  # the slot's dtypes, so the delta concatenates with the snapshot at compaction
@@ -62,44 +69,26 @@ def records_to_table(records: pd.DataFrame, items: pd.DataFrame, schema: pa.Sche
     return table.replace_schema_metadata(None)
 
 
-def search_snapshot(
-    slot: Slot, deleted: np.ndarray, n_deleted: int, q: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """ANN top-k over the rows of ``slot`` not marked in ``deleted`` [n] bool.
-
-    Args:
-        q: float32 [q, d] checked queries. n_deleted: ``deleted.sum()``, kept by the caller.
-
-    Returns:
-        scores [q, k] float32 descending and job_ids [q, k] int64; -inf / -1 pad.
-    """
-    index, n = slot.index, slot.index.ntotal
-    scores = np.full((len(q), k), -np.inf, np.float32)
-    ids = np.full((len(q), k), -1, np.int64)
-    if n_deleted == 0:
-        return slot.search(q, k)  # nothing to filter: skip the bookkeeping below
-    if n - n_deleted <= 0:
-        return scores, ids
-    # Tombstoned rows still sit in the index: ask for enough extra that ~k survive, then ask
-    # again (4x) for the queries whose neighbourhood was deleted more than on average.
-    live_frac = (n - n_deleted) / n
-    ask = min(n, math.ceil(k / live_frac * OVERFETCH) + 8)
-    todo = np.arange(len(q))
-    while len(todo):
-        raw_s, raw_r = index.search(q[todo], ask)
-        ok = raw_r >= 0
-        ok[ok] = ~deleted[raw_r[ok]]
-        # A list with -1 padding means the probed cells are exhausted: more will not help.
-        short = (ok.sum(axis=1) < k) & (raw_r[:, -1] >= 0) & (ask < n)
-        first = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # survivors, in score order
-        keep = np.take_along_axis(ok, first, 1)[~short]
-        rows = np.take_along_axis(raw_r, first, 1)[~short]
-        top_s = np.take_along_axis(raw_s, first, 1)[~short]
-        done, width = todo[~short], first.shape[1]
-        scores[done, :width] = np.where(keep, top_s, -np.inf)
-        ids[done, :width] = np.where(keep, slot.job_ids[np.where(keep, rows, 0)], -1)
-        todo, ask = todo[short], min(n, ask * 4)
-    return scores, ids
+def admit_record(rec: Record, columns: list[str]) -> tuple[Record, list[str]]:
+    """(``rec`` without its bad rows, one reason per dropped row) for a record read back from
+    a log: the rows ``records_to_table`` would refuse, and vectors that are not finite unit
+    rows. Deletes pass through."""
+    if rec.kind != UPSERT or rec.items is None or rec.vectors is None:
+        return rec, []
+    _, rejected = check_jobs(rec.items.to_pandas(), required=columns)
+    bad = {r.row: str(r) for r in rejected}
+    norms = np.linalg.norm(rec.vectors, axis=1)
+    odd = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOLERANCE)
+    for row in np.flatnonzero(odd).tolist():
+        bad.setdefault(row, f"row {row}: vector is not a finite unit vector")
+    if not bad:
+        return rec, []
+    keep = np.ones(len(rec.job_ids), dtype=bool)
+    keep[list(bad)] = False
+    items = rec.items.filter(pa.array(keep))
+    return replace(rec, job_ids=rec.job_ids[keep], vectors=rec.vectors[keep], items=items), [
+        bad[row] for row in sorted(bad)
+    ]
 
 
 def search_delta(

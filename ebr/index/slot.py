@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.config import IndexConfig
+from ebr.data.records import check_jobs, require_valid
 from ebr.index.build import build_index, check_vectors, recall_at_k
 from ebr.index.tune import tune
 from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet, sha256_file
@@ -68,7 +69,9 @@ def _check_items(items: pd.DataFrame, n_rows: int) -> pd.DataFrame:
     if (ids < 0).any():
         # -1 is the padding id in search results; a real negative id would be ambiguous.
         raise ValueError(f"job_id must be >= 0, got {int(ids.min())}")
-    out = items.reset_index(drop=True)
+    # Readers (attribute index, filters, responses) rely on the record contract: a slot with
+    # one lat=200 would fail every filtered search it serves, so it is refused here.
+    out = require_valid(check_jobs(items), "slot items").reset_index(drop=True)
     out["job_id"] = out["job_id"].astype(np.int64)
     return out
 
@@ -171,7 +174,11 @@ def check_queries(queries: np.ndarray, k: int, dim: int, slot_name: str) -> np.n
         )
     if not np.issubdtype(queries.dtype, np.floating):
         raise ValueError(f"queries must be floating point, got {queries.dtype}")
-    return np.ascontiguousarray(queries, dtype=np.float32)
+    if not len(queries):
+        return np.ascontiguousarray(queries, dtype=np.float32)
+    # The catalogue's rules (finite, unit rows): a NaN query would otherwise come back as
+    # all -1 from FAISS, or trip an internal check deep in the planner.
+    return check_vectors(np.ascontiguousarray(queries, dtype=np.float32), "queries")
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,6 +4,8 @@
       request_tower.pt   state_dict (tensors only; loaded with weights_only=True)
       item_tower.pt      state_dict, loadable on its own (Beam's model handler reads it)
       model.json         version, ModelConfig, training settings + metrics, checksums
+      vocab.txt          the normalised words of the training texts (``ebr.model.text``), so
+                         serving can tell a query the model knows nothing of
 
 Each tower's state dict carries its own copy of the shared embedding tables, so serving and
 batch inference each load only the tower they run.
@@ -22,6 +24,7 @@ import torch
 
 from ebr.config import ModelConfig
 from ebr.io import atomic_directory, atomic_write_bytes, sha256_file
+from ebr.model.text import VOCAB_FILE, Vocabulary
 from ebr.model.towers import ItemTower, RequestTower, TwoTower
 
 VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
@@ -42,8 +45,15 @@ def split_towers(model: TwoTower) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-def save_model(model: TwoTower, models_dir: Path, version: str, meta: dict[str, Any]) -> Path:
-    """Write ``models_dir/version`` atomically; an existing version is never overwritten."""
+def save_model(
+    model: TwoTower,
+    models_dir: Path,
+    version: str,
+    meta: dict[str, Any],
+    vocabulary: Vocabulary | None = None,
+) -> Path:
+    """Write ``models_dir/version`` atomically; an existing version is never overwritten.
+    ``vocabulary``: the words of the training texts (``ebr.model.text.training_vocabulary``)."""
     check_version(version)
     target = models_dir / version
     with atomic_directory(target) as tmp:
@@ -51,6 +61,9 @@ def save_model(model: TwoTower, models_dir: Path, version: str, meta: dict[str, 
         for name, state in split_towers(model).items():
             torch.save(state, tmp / name)
             checksums[name] = sha256_file(tmp / name)
+        if vocabulary is not None:
+            vocabulary.save(tmp / VOCAB_FILE)
+            checksums[VOCAB_FILE] = sha256_file(tmp / VOCAB_FILE)
         doc = {
             "version": version,
             "model_config": asdict(model.cfg),
@@ -68,6 +81,17 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no model artifact at {path} (model.json missing)")
     meta: dict[str, Any] = json.loads(meta_path.read_text())
     return meta
+
+
+def load_vocabulary(path: Path) -> Vocabulary | None:
+    """The training vocabulary of the model at ``path`` (checksummed); None for a model saved
+    without one."""
+    checksum = read_meta(path)["checksums"].get(VOCAB_FILE)
+    if checksum is None:
+        return None
+    if sha256_file(path / VOCAB_FILE) != checksum:
+        raise ValueError(f"checksum mismatch for {path / VOCAB_FILE}")
+    return Vocabulary.load(path / VOCAB_FILE)
 
 
 def _load(path: Path, name: str, tower_cls: type[RequestTower] | type[ItemTower]) -> Any:

@@ -8,7 +8,7 @@ embedding. Hashing uses crc32, stable across processes (Python's hash() is salte
 
 from __future__ import annotations
 
-import re
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -19,17 +19,16 @@ import pandas as pd
 
 from ebr.config import ModelConfig
 from ebr.data.geo import unit_xyz
+from ebr.model.text import words
 from ebr.model.towers import TowerSpec
-
-_WORD = re.compile(r"[a-z0-9]+")
 
 # Fixed slot widths per text field (the body uses ModelConfig.max_tokens).
 SHORT_TOKENS = 16  # titles, headlines, queries
 SKILL_TOKENS = 48  # skill lists
 ITEM_CATS = ("company", "industry", "seniority", "employment_type", "city", "country")
 REQUEST_CATS = ("seniority", "city", "country", "preferred_employment_type")
-ITEM_NUMS = 5  # xyz(3), remote, active
-PROFILE_NUMS = 5  # xyz(3), open_to_remote, log commute (profile_nums)
+ITEM_NUMS = 6  # xyz(3), has_location, remote, active
+PROFILE_NUMS = 6  # xyz(3), has_location, open_to_remote, log commute (profile_nums)
 REQUEST_NUMS = PROFILE_NUMS + 1  # + has_member
 CONTEXT_NUMS = 4  # request time: sin/cos of hour of day and of day of week
 MINILM_NUMS = 384  # all-MiniLM-L6-v2 sentence embedding (text_encoder hashed+minilm)
@@ -80,50 +79,65 @@ def item_spec(cfg: ModelConfig) -> TowerSpec:
 
 @lru_cache(maxsize=200_000)
 def _hash_text(text: str, buckets: int) -> tuple[int, ...]:
-    """Hashed unigram + bigram ids in [1, buckets); cached because descriptions repeat."""
-    words = _WORD.findall(text.lower())
-    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    """Hashed unigram + bigram ids in [1, buckets) of the normalised words (``ebr.model.text``);
+    cached because descriptions repeat."""
+    ws = words(text)
+    grams = ws + [f"{a} {b}" for a, b in zip(ws, ws[1:], strict=False)]
     return tuple(1 + zlib.crc32(g.encode()) % (buckets - 1) for g in grams)
 
 
 def text_ids(text: str | None, width: int, buckets: int) -> np.ndarray:
     """int64 [width]: hashed n-gram ids of ``text``, truncated / zero-padded."""
     out = np.zeros(width, dtype=np.int64)
-    if text:
+    if isinstance(text, str) and text:  # None or NaN (a null in a pandas column): no words
         ids = _hash_text(text, buckets)[:width]
         out[: len(ids)] = ids
     return out
 
 
 def cat_id(field: str, value: Any, buckets: int) -> int:
-    """Stable id of a categorical value in the shared table; id 0 means 'missing'."""
-    if value is None or value == "":
+    """Stable id of a categorical value in the shared table; id 0 means 'missing' (None, "",
+    or NaN, which is how a pandas column holds a null)."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return 0
     return 1 + zlib.crc32(f"{field}:{value}".encode()) % (buckets - 1)
 
 
 def _skills_text(skills: Any) -> str:
-    if skills is None:
-        return ""
+    if skills is None or isinstance(skills, float | str):  # null (NaN) or not a list
+        return "" if not isinstance(skills, str) else skills
     return " ".join(str(s) for s in skills)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def location_nums(lat: Any, lon: Any) -> np.ndarray:
+    """float32 [4]: xyz on the unit sphere + has_location 1, or zeros when the location is
+    null (records.py: both or neither), so the towers learn "unknown" instead of a place."""
+    if not (_present(lat) and _present(lon)):
+        return np.zeros(4, dtype=np.float32)
+    return np.append(unit_xyz(float(lat), float(lon)), 1.0).astype(np.float32)
 
 
 def job_tensors(job: Mapping[str, Any], cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Item-tower inputs of one job record (a row of jobs.parquet).
 
     Returns title int64 [16], body int64 [max_tokens], skills int64 [48], cats int64 [6],
-    nums float32 [5].
+    nums float32 [6]. Nullable fields (records.py) featurize as "missing", never raise.
     """
     b = cfg.hash_buckets
-    xyz = unit_xyz(float(job["lat"]), float(job["lon"]))
     return {
         "title": text_ids(job["title"], SHORT_TOKENS, b),
-        "body": text_ids(job["description"], cfg.max_tokens, b),
-        "skills": text_ids(_skills_text(job["skills"]), SKILL_TOKENS, b),
-        "cats": np.array([cat_id(f, job[f], cfg.cat_buckets) for f in ITEM_CATS], dtype=np.int64),
+        "body": text_ids(job.get("description"), cfg.max_tokens, b),
+        "skills": text_ids(_skills_text(job.get("skills")), SKILL_TOKENS, b),
+        "cats": np.array(
+            [cat_id(f, job.get(f), cfg.cat_buckets) for f in ITEM_CATS], dtype=np.int64
+        ),
         "nums": np.concatenate(
             [
-                xyz,
+                location_nums(job.get("lat"), job.get("lon")),
                 [float(bool(job["remote"])), float(bool(job.get("active", True)))],
                 *_sentence(job["title"], cfg),
             ]
@@ -195,16 +209,21 @@ def request_tensors(
 
 
 def profile_nums(member: Mapping[str, Any]) -> np.ndarray:
-    """float32 [5] numeric profile features: xyz of the home city, open_to_remote, log commute.
+    """float32 [6] numeric profile features: xyz of the home city + has_location,
+    open_to_remote, log commute. Every field is nullable (an online profile may lack any):
+    a null location is zeros with has_location 0, a null flag false, a null commute 0.
 
     Shared by the request tower and the member-interest tower (the same member, the same
     features)."""
-    xyz = unit_xyz(float(member["lat"]), float(member["lon"]))
+    commute: Any = member.get("max_commute_km")
+    remote: Any = member.get("open_to_remote")
     extra = [
-        float(bool(member.get("open_to_remote"))),
-        float(np.log1p(float(member.get("max_commute_km") or 0.0)) / 5.0),
+        float(_present(remote) and bool(remote)),
+        float(np.log1p(float(commute) if _present(commute) else 0.0) / 5.0),
     ]
-    return np.concatenate([xyz, extra]).astype(np.float32)
+    return np.concatenate([location_nums(member.get("lat"), member.get("lon")), extra]).astype(
+        np.float32
+    )
 
 
 def profile_cats(member: Mapping[str, Any], cfg: ModelConfig) -> np.ndarray:

@@ -178,11 +178,13 @@ def main(
 ) -> None:
     """CLI: train (without a member-interest input) and save the versioned artifact."""
     from ebr.model.artifact import save_model
+    from ebr.model.text import training_vocabulary
 
     mcfg, tcfg = ModelConfig(), TrainConfig(epochs=epochs)
     tables = {n: pd.read_parquet(data / f"{n}.parquet") for n in ("jobs", "members", "impressions")}
     model, metrics = train(tables["jobs"], tables["members"], tables["impressions"], mcfg, tcfg)
-    path = save_model(model, out, version, {"train": asdict(tcfg), "metrics": metrics})
+    vocab = training_vocabulary(tables["jobs"], tables["members"], tables["impressions"])
+    path = save_model(model, out, version, {"train": asdict(tcfg), "metrics": metrics}, vocab)
     print(path, metrics)
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from ebr.data.geo import haversine_km
 from ebr.index.attributes import AttributeTable
-from ebr.index.filters import MAX_DEPTH, MAX_NODES, FilterError, parse_filter
+from ebr.index.filters import parse_filter
 
 N = 3_000
 VOCAB = {
@@ -32,10 +32,11 @@ VOCAB = {
     "city": ["Suva", "Oslo", "Auckland", "Austin", "Leeds", "Longyearbyen"],
 }
 T0, T1 = 1_780_000_000, 1_790_000_000  # posted_at range, epoch seconds
+SEAM_LONS = [-180.0, 180.0, -179.9999, 179.9999]  # on and just beside the antimeridian
 
 
 def make_items(n: int, seed: int) -> pd.DataFrame:
-    """Random jobs with nulls, near-pole and near-antimeridian points and repeated cities."""
+    """Random jobs with nulls, near-pole, near- and on-antimeridian points and repeated cities."""
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({f: rng.choice(np.array(v, dtype=object), n) for f, v in VOCAB.items()})
     for f in ("industry", "city"):
@@ -50,6 +51,7 @@ def make_items(n: int, seed: int) -> pd.DataFrame:
     pick = cities[rng.integers(0, len(cities), len(part[2]))]
     lat[part[2]], lon[part[2]] = pick[:, 0], pick[:, 1]
     lat[part[3][:60]], lon[part[3][60:120]] = np.nan, np.nan  # unknown places
+    lon[part[4]] = rng.choice(SEAM_LONS, len(part[4]))
     df["lat"], df["lon"] = lat, lon
     df["remote"], df["active"] = rng.random(n) < 0.2, rng.random(n) < 0.9
     df["posted_at"] = pd.to_datetime(rng.integers(T0, T1, n), unit="s", utc=True)
@@ -98,24 +100,34 @@ def brute(node: dict[str, Any], df: pd.DataFrame) -> np.ndarray:
         else:
             x = df[field].to_numpy(np.float64)
             ok, bounds = ~np.isnan(x), {o: float(v) for o, v in ops.items()}
-        out = ok.copy()
-        for o, b in bounds.items():
-            out &= {"gte": x >= b, "gt": x > b, "lte": x <= b, "lt": x < b}[o]
-        return out
+
+        def within(v: np.ndarray) -> np.ndarray:
+            out = np.ones(len(v), dtype=bool)
+            for o, b in bounds.items():
+                out &= {"gte": v >= b, "gt": v > b, "lte": v <= b, "lt": v < b}[o]
+            return out
+
+        if field != "lon":
+            return ok & within(x)
+        return ok & (within(x) | ((np.abs(x) == 180) & within(-x)))  # ±180: either end counts
     lat, lon = df["lat"].to_numpy(), df["lon"].to_numpy()
     if op == "geo_radius":  # NaN distances (unknown places) compare False
         d = haversine_km(np.asarray(body["lat"]), np.asarray(body["lon"]), lat, lon)
         return d <= body["km"]
     if op == "geo_bbox":
         lo, hi = body["min_lon"], body["max_lon"]
-        lon_ok = (lon >= lo) | (lon <= hi) if lo > hi else (lon >= lo) & (lon <= hi)
+
+        def in_lon(v: np.ndarray) -> np.ndarray:
+            return (v >= lo) | (v <= hi) if lo > hi else (v >= lo) & (v <= hi)
+
+        lon_ok = in_lon(lon) | ((np.abs(lon) == 180) & in_lon(-lon))  # ±180: either end counts
         return (lat >= body["min_lat"]) & (lat <= body["max_lat"]) & lon_ok
     raise AssertionError(op)
 
 
 # ---- hypothesis strategies for valid filter trees
 lats = st.floats(-90, 90, allow_nan=False)
-lons = st.floats(-180, 180, allow_nan=False)
+lons = st.one_of(st.sampled_from(SEAM_LONS), st.floats(-180, 180, allow_nan=False))
 
 
 def _term() -> st.SearchStrategy[dict[str, Any]]:
@@ -242,58 +254,69 @@ def test_from_items_rejects_bad_coordinates(items: pd.DataFrame) -> None:
         AttributeTable.from_items(items.drop(columns=["city"]))
 
 
-def _nest(depth: int) -> dict[str, Any]:
-    node: dict[str, Any] = {"term": {"remote": True}}
-    for _ in range(depth - 1):
-        node = {"not": node}
-    return node
+# ---- longitude -180 and 180 are one meridian
+# Rows: 0 and 1 on the meridian (stored either way), 2 and 3 a hair either side of it.
+SEAM = [(0.0, -180.0), (0.0, 180.0), (0.0, 179.9999), (0.0, -179.9999)]
+SEAM += [(0.0, 0.0), (0.0, 170.0), (0.0, -170.0), (0.5, 180.0)]
+EVERY = list(range(len(SEAM)))
 
 
-BAD = [
-    ([1], "filter", "expected an object with one operator"),
-    ({"term": {"remote": True}, "not": {}}, "filter", "exactly one operator"),
-    ({"and": [{"term": {"remote": True}}, {"rang": {}}]}, "filter.and[1].rang",
-     "unknown operator 'rang'"),
-    ({"and": []}, "filter.and", "non-empty list"),
-    ({"or": {"term": {}}}, "filter.or", "non-empty list"),
-    ({"term": {"colour": "red"}}, "filter.term.colour", "unknown term field 'colour'"),
-    ({"term": {"posted_at": 1}}, "filter.term.posted_at", "use range for it"),
-    ({"term": {"remote": "yes"}}, "filter.term.remote", "expected true or false"),
-    ({"term": {"city": ["Oslo", 3]}}, "filter.term.city[1]", "expected a string, got 3 (int)"),
-    ({"term": {"city": []}}, "filter.term.city", "non-empty list"),
-    ({"range": {"seniority": {"gte": 1}}}, "filter.range.seniority", "use term for it"),
-    ({"and": [{"term": {"active": True}}, {"range": {"posted_at": {"gte": "last week"}}}]},
-     "filter.and[1].range.posted_at.gte", "ISO-8601"),
-    ({"range": {"posted_at": {"after": 5}}}, "filter.range.posted_at.after", "unknown operator"),
-    ({"range": {"posted_at": {}}}, "filter.range.posted_at", "at least one of"),
-    ({"range": {"lat": {"gt": 1, "gte": 2}}}, "filter.range.lat", "at most one of gte / gt"),
-    ({"range": {"lat": {"lt": 95}}}, "filter.range.lat.lt", "[-90, 90]"),
-    ({"range": {"lon": {"lt": True}}}, "filter.range.lon.lt", "expected a finite number"),
-    ({"geo_radius": {"lat": 91, "lon": 0, "km": 5}}, "filter.geo_radius.lat", "[-90, 90]"),
-    ({"geo_radius": {"lat": 0, "lon": 0, "km": 0}}, "filter.geo_radius.km", "(0, 20040]"),
-    ({"geo_radius": {"lat": 0, "lon": 0, "km": 30000}}, "filter.geo_radius.km", "(0, 20040]"),
-    ({"geo_radius": {"lat": 0, "lon": 0}}, "filter.geo_radius.km", "missing"),
-    ({"geo_radius": {"lat": 0, "lon": 0, "km": 1, "r": 2}}, "filter.geo_radius.r", "unknown key"),
-    ({"geo_radius": {"lat": "0", "lon": 0, "km": 1}}, "filter.geo_radius.lat", "finite number"),
-    ({"geo_bbox": {"min_lat": 10, "max_lat": 0, "min_lon": 0, "max_lon": 1}},
-     "filter.geo_bbox.min_lat", "min_lat <= max_lat"),
-    ({"geo_bbox": {"min_lat": 0, "max_lat": 1, "min_lon": -181, "max_lon": 1}},
-     "filter.geo_bbox.min_lon", "[-180, 180]"),
-    (_nest(MAX_DEPTH + 1), "filter" + ".not" * MAX_DEPTH, f"at most {MAX_DEPTH} deep"),
-    ({"or": [{"term": {"remote": True}}] * MAX_NODES}, f"filter.or[{MAX_NODES - 1}]",
-     f"at most {MAX_NODES} nodes"),
-]  # fmt: skip
+@pytest.mark.parametrize(
+    ("min_lon", "max_lon", "want"),
+    [
+        (170, 180, [0, 1, 2, 5, 7]),  # ends at 180: holds the job at -180
+        (-180, -170, [0, 1, 3, 6, 7]),  # starts at -180: holds the jobs at 180
+        (-180, 180, EVERY),  # full width, not one meridian
+        (-180, 0, [0, 1, 3, 4, 6, 7]),
+        (0, 180, [0, 1, 2, 4, 5, 7]),
+        (170, -180, [0, 1, 2, 5, 7]),  # wraps, ends at -180
+        (180, -170, [0, 1, 3, 6, 7]),  # wraps, starts at 180
+        (179, -179, [0, 1, 2, 3, 7]),
+        (-179.9999, 179.9999, [2, 3, 4, 5, 6]),  # everything but the meridian
+        (180, 180, [0, 1, 7]),
+        (-180, -180, [0, 1, 7]),
+        (180, -180, [0, 1, 7]),  # wraps by nothing: the meridian alone
+    ],
+)
+def test_bbox_at_the_meridian(min_lon: float, max_lon: float, want: list[int]) -> None:
+    df, table = _points(SEAM)
+    box = {"geo_bbox": {"min_lat": -1, "max_lat": 1, "min_lon": min_lon, "max_lon": max_lon}}
+    flt = parse_filter(box)
+    np.testing.assert_array_equal(np.flatnonzero(table.mask(flt)), want)
+    np.testing.assert_array_equal(table.mask(flt), brute(box, df))
+    assert parse_filter(json.loads(json.dumps(flt.to_json()))) == flt
 
 
-@pytest.mark.parametrize(("expr", "path", "message"), BAD)
-def test_parse_errors_name_the_path(expr: Any, path: str, message: str) -> None:
-    with pytest.raises(FilterError) as err:
-        parse_filter(expr)
-    assert err.value.path == path
-    assert message in str(err.value)
-    assert isinstance(err.value, ValueError)
+@pytest.mark.parametrize(
+    ("ops", "want"),
+    [
+        ({"gte": -180}, EVERY),
+        ({"lte": -170}, [0, 1, 3, 6, 7]),  # the meridian is -180 too
+        ({"lte": -180}, [0, 1, 7]),
+        ({"gte": 180}, [0, 1, 7]),
+        ({"lt": -180}, []),
+        ({"gt": 180}, []),
+        ({"gt": -180}, EVERY),  # 180 > -180
+        ({"gt": -180, "lt": 180}, [2, 3, 4, 5, 6]),  # neither end admitted
+        ({"gte": 170, "lte": 180}, [0, 1, 2, 5, 7]),
+        ({"gte": -180, "lt": -170}, [0, 1, 3, 7]),
+    ],
+)
+def test_lon_range_at_the_meridian(ops: dict[str, float], want: list[int]) -> None:
+    df, table = _points(SEAM)
+    flt = parse_filter({"range": {"lon": ops}})
+    np.testing.assert_array_equal(np.sort(np.flatnonzero(table.mask(flt))), want)
+    np.testing.assert_array_equal(table.mask(flt), brute({"range": {"lon": ops}}, df))
 
 
-def test_limits_are_inclusive() -> None:
-    parse_filter(_nest(MAX_DEPTH))
-    parse_filter({"or": [{"term": {"remote": True}}] * (MAX_NODES - 1)})
+@pytest.mark.parametrize("lon", [180.0, -180.0])
+def test_radius_around_the_meridian(lon: float) -> None:
+    df, table = _points(SEAM)
+    for via in ("disk", "scan"):  # 1e-4 degrees is ~11 m; 0.5 degrees of latitude ~56 km
+        np.testing.assert_array_equal(
+            np.sort(table.radius_rows(0.0, lon, 1.0, via=via)), [0, 1, 2, 3]
+        )
+        np.testing.assert_array_equal(
+            np.sort(table.radius_rows(0.0, lon, 60.0, via=via)), [0, 1, 2, 3, 7]
+        )
+    np.testing.assert_array_equal(df["lon"].to_numpy(), [p[1] for p in SEAM])  # caller's untouched

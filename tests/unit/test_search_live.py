@@ -1,4 +1,4 @@
-"""search_live: filters, tombstones and upserts combine without ever leaking an ineligible or
+"""LiveSlot.query: filters, tombstones and upserts combine without ever leaking an ineligible or
 deleted job, and k results come back whenever k live jobs pass the filter."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from ebr.config import IndexConfig
 from ebr.index.attributes import AttributeTable
 from ebr.index.filters import parse_filter
 from ebr.index.live import open_live
-from ebr.index.search import search_live
 from ebr.index.slot import write_slot
 
 N, D = 3000, 16
@@ -74,7 +73,7 @@ def test_filtered_live_search_respects_filter_deletes_and_upserts(live) -> None:
     new_items = _items(new_ids, rng)
     lv.upsert(new_items, _unit(rng, len(new_ids)))
     q = _unit(rng, 20)
-    hits = search_live(lv, AttributeTable.from_items(lv.snapshot.items), q, 10, flt)
+    hits = lv.query(q, 10, flt)
     ids, vecs = _truth(lv, flt)
     assert not np.isin(hits.job_ids, deleted).any()
     assert np.isin(hits.job_ids, ids).all()  # every result is live and passes the filter
@@ -91,18 +90,18 @@ def test_tiny_eligible_set_mixing_snapshot_and_delta_returns_all_of_it(live) -> 
     lv.upsert(new_items, _unit(rng, 2))
     # No snapshot job has company 'only': the eligible set is these two delta records.
     flt = parse_filter({"term": {"company": "only"}})
-    hits = search_live(lv, AttributeTable.from_items(lv.snapshot.items), _unit(rng, 3), 5, flt)
+    hits = lv.query(_unit(rng, 3), 5, flt)
     assert sorted(hits.job_ids[0][:2].tolist()) == [N + 1, N + 2]
     assert (hits.job_ids[:, 2:] == -1).all()
     lv.delete([N + 1])
-    hits = search_live(lv, AttributeTable.from_items(lv.snapshot.items), _unit(rng, 3), 5, flt)
+    hits = lv.query(_unit(rng, 3), 5, flt)
     assert (hits.job_ids[:, 0] == N + 2).all() and (hits.job_ids[:, 1:] == -1).all()
 
 
 def test_served_search_returns_k_jobs_where_a_fixed_probe_falls_short(tmp_path) -> None:
     """Offline evaluation of the served index must see what serving returns: k jobs for
     large k, where the slot's own fixed nprobe visits too few IVF cells to fill them."""
-    from ebr.index.search import served_search
+    from ebr.index.live import served_search
     from ebr.index.slot import load_slot
 
     rng = np.random.default_rng(1)
@@ -115,3 +114,110 @@ def test_served_search_returns_k_jobs_where_a_fixed_probe_falls_short(tmp_path) 
     got = served_search(path)(queries, k)
     assert got.shape == (20, k) and (got >= 0).all()
     assert all(len(set(row)) == k for row in got.tolist())
+
+
+def test_a_heavily_deleted_ivf_slot_still_fills_k(tmp_path) -> None:
+    """3,000 jobs, 2,850 deleted, k=100: every caller gets the 100 best of the 150 live jobs
+    (the IVF probes of the snapshot alone would hold far fewer of them)."""
+    rng = np.random.default_rng(2)
+    items = _items(np.arange(1, N + 1), rng)
+    path = write_slot(tmp_path, "s3", _unit(rng, N), items, "v1", IndexConfig(kind="ivf", nprobe=4))
+    with open_live(path) as lv:
+        lv.delete(lv.snapshot.job_ids[:2850])
+        queries = _unit(rng, 8)
+        _, found = lv.search(queries, 100)
+        assert (found >= 0).all() and all(len(set(r)) == 100 for r in found.tolist())
+        live_ids = lv.snapshot.job_ids[2850:]
+        vecs = np.asarray(lv.snapshot.vectors)[2850:]
+        exact = live_ids[np.argsort(-(queries @ vecs.T), axis=1)[:, :100]]
+        assert all(set(a) == set(b) for a, b in zip(found.tolist(), exact.tolist(), strict=True))
+        assert (lv.query(queries, 100).job_ids == found).all()  # one path for every caller
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda q: np.where(np.arange(D) == 3, np.nan, q),
+        lambda q: np.where(np.arange(D) == 0, np.inf, q),
+        lambda q: np.where(np.arange(D) == 0, -np.inf, q),
+        lambda q: q * 0,
+        lambda q: q * 3,
+    ],
+    ids=["nan", "inf", "-inf", "zero", "not-unit"],
+)
+def test_non_finite_or_unnormalised_queries_are_refused(live, bad) -> None:
+    lv, rng = live
+    q = _unit(rng, 3)
+    q[1] = bad(q[1]).astype(np.float32)
+    flt = parse_filter({"term": {"active": True}})
+    for call in (lambda: lv.search(q, 5), lambda: lv.query(q, 5, flt)):
+        with pytest.raises(ValueError, match="queries.* row 1"):
+            call()
+
+
+def test_bad_rows_in_the_log_are_skipped_and_counted_on_replay(tmp_path) -> None:
+    """A log written before upserts were validated (or by another writer) holds lat=200:
+    replay drops that row, keeps the rest of the batch and every later record, and filtered
+    searches keep working."""
+    import pyarrow as pa
+
+    from ebr.index import wal
+
+    rng = np.random.default_rng(3)
+    items = _items(np.arange(1, N + 1), rng)
+    path = write_slot(tmp_path, "s4", _unit(rng, N), items, "v1", IndexConfig(kind="flat"))
+    with open_live(path) as lv:
+        schema = lv._schema
+    bad = _items(np.array([N + 1, N + 2, N + 3]), rng)
+    bad["lat"] = [10.0, 200.0, 20.0]
+    bad.loc[2, "title"] = None
+    vecs = _unit(rng, 3)
+    vecs[0] = np.nan  # a non-finite vector is as bad as a bad attribute
+    table = pa.Table.from_pandas(bad, schema=schema, preserve_index=False)
+    writer = wal.LogWriter(wal.log_dir_for(path))
+    writer.resume(wal.replay(wal.log_dir_for(path), lambda rec: None))
+    writer.append(wal.Record(wal.UPSERT, 1, bad["job_id"].to_numpy(), vecs, table))
+    writer.close()
+    with open_live(path) as lv:
+        good = _items(np.array([N + 4]), rng)
+        lv.upsert(good, _unit(rng, 1))  # the log goes on after the skipped rows
+        stats = lv.stats()
+        assert stats["skipped_log_rows"] == 3 and stats["delta_items"] == 1
+        assert any("lat" in s for s in stats["skipped_examples"])
+        hits = lv.query(
+            _unit(rng, 2), 5, parse_filter({"geo_radius": {"lat": 0, "lon": 0, "km": 20_000}})
+        )
+        assert (hits.job_ids >= 0).all()
+    with open_live(path, writable=False) as replica:  # a replica replays the same way
+        assert replica.stats()["skipped_log_rows"] == 3
+        assert N + 4 in replica.delta()[0]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "field"),
+    [("lat", 200.0, "lat"), ("lon", float("inf"), "lon"), ("title", None, "title"),
+     ("city", 5, "city"), ("remote", None, "remote")],
+)  # fmt: skip
+def test_upsert_refuses_what_readers_cannot_read(live, column, value, field) -> None:
+    lv, rng = live
+    rec = _items(np.array([N + 1, N + 2]), rng).astype({column: object})
+    rec.at[1, column] = value
+    before = lv.stats()["lsn"]
+    with pytest.raises(ValueError, match=rf"row 1 \(job_id={N + 2}\): {field}"):
+        lv.upsert(rec, _unit(rng, 2))
+    assert lv.stats()["lsn"] == before  # nothing was logged
+
+
+def test_nullable_fields_upsert_and_filter(live) -> None:
+    lv, rng = live
+    rec = _items(np.array([N + 1]), rng).astype(object)
+    for col in ("city", "company", "country", "lat", "lon", "posted_at"):
+        rec.at[0, col] = None
+    lv.upsert(rec, _unit(rng, 1))
+    hits = lv.query(_unit(rng, 1), 5, parse_filter({"not": {"term": {"city": "c"}}}))
+    assert hits.job_ids[0, 0] == N + 1 and (hits.job_ids[0, 1:] == -1).all()
+    assert hits.delta_items["city"].isna().all()
+    near = lv.query(
+        _unit(rng, 1), 5, parse_filter({"geo_radius": {"lat": 0, "lon": 0, "km": 20_000}})
+    )
+    assert N + 1 not in near.job_ids  # an unknown location never matches a geo filter
