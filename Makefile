@@ -36,8 +36,9 @@ demo: setup
 serve: setup
 	$(PY) -m serving.app --workspace $(DEMO_WS) --port $(PORT)
 
+# Stops only the server the demo started (its PID file), never processes found by name.
 stop:
-	-@pkill -TERM -f "serving.app --workspace" ; $(VENV)/bin/ray stop --force >/dev/null 2>&1 || true
+	@bash scripts/stop.sh var/serve.pid
 
 # redis-server backs the Redis online-store test (the test starts and stops its own server).
 sysdeps:

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ebr.config import IndexConfig, Workspace
-from ebr.index.aliases import set_alias
+from ebr.data.records import check_jobs
+from ebr.index.aliases import promote, refresh, set_alias
 from ebr.index.slot import load_slot, slot_name_for, write_slot
 from ebr.model.artifact import check_version
 
@@ -52,24 +53,51 @@ def load_embeddings(path: Path, id_col: str, version: str) -> tuple[np.ndarray, 
     return df[id_col].to_numpy(np.int64), vecs
 
 
+LIVE_MODES = ("refresh", "promote", "keep")
+
+
 def build_job_slot(
-    ws: Workspace, version: str, cfg: IndexConfig, aliases: tuple[str, ...] = ("live",)
+    ws: Workspace, version: str, cfg: IndexConfig, live: str = "refresh"
 ) -> dict[str, Any]:
-    """Build a new immutable slot for ``version`` and point ``jobs@<version>`` (+ aliases) at it."""
+    """Build a new immutable slot for ``version``; point ``jobs@<version>`` at it, and
+    ``jobs@live`` as ``live`` says:
+
+    - ``refresh`` (scheduled runs): only if live is unset or serves ``version`` already, so a
+      nightly run refreshes the live version and never moves live to another one;
+    - ``promote``: always (an operator's explicit release of ``version``);
+    - ``keep``: never.
+
+    Jobs whose record breaks the record contract (``ebr.data.records``) are left out and
+    counted (``rejected_jobs``); the rest of the catalogue is served.
+    """
     check_version(version)
+    if live not in LIVE_MODES:
+        raise ValueError(f"live must be one of {LIVE_MODES}, got {live!r}")
     ids, vecs = load_embeddings(ws.embeddings / version / "jobs.parquet", "job_id", version)
     jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=list(SLOT_COLUMNS))
+    jobs, rejected = check_jobs(jobs, required=SLOT_COLUMNS)
     items = pd.DataFrame({"job_id": ids}).merge(jobs, on="job_id", how="left", validate="1:1")
-    if items["title"].isna().any():
-        missing = items.loc[items["title"].isna(), "job_id"].head(5).tolist()
-        raise ValueError(f"embedded jobs missing from data/jobs.parquet, e.g. {missing}")
+    embedded_only = items["title"].isna().to_numpy()
+    if embedded_only.any():
+        bad = {r.id for r in rejected}
+        unknown = [int(j) for j in items.loc[embedded_only, "job_id"] if j not in bad]
+        if unknown:
+            raise ValueError(f"embedded jobs missing from data/jobs.parquet, e.g. {unknown[:5]}")
+        items, vecs = items[~embedded_only].reset_index(drop=True), vecs[~embedded_only]
     name = slot_name_for(version)
     path = write_slot(ws.slots, name, vecs, items, version, cfg)
-    for alias in (version, *aliases):
-        set_alias(ws.slots, f"jobs@{alias}", name)
+    set_alias(ws.slots, f"jobs@{version}", name)
+    live_moved = live == "promote"
+    if live_moved:
+        promote(ws.slots, "jobs@live", name)
+    elif live == "refresh":
+        live_moved = refresh(ws.slots, "jobs@live", name)
     manifest = load_slot(path, verify=False).manifest
     return {
         "slot": name,
         "path": str(path),
+        "live_moved": live_moved,
+        "rejected_jobs": len(rejected),
+        "rejected_examples": [str(r) for r in rejected[:5]],
         **{k: manifest[k] for k in ("recall_at_10", "build_seconds", "item_count")},
     }

@@ -33,6 +33,10 @@ from serving.retriever import Retriever
 from serving.schemas import AppArgs
 
 APP_NAME = "ebr"
+# End-to-end limit the proxy puts on one HTTP request (a search takes milliseconds; a stuck
+# client or replica must not hold a connection for minutes). The ingress also bounds how long
+# it waits for a request body (serving.guards.BODY_TIMEOUT_S).
+REQUEST_TIMEOUT_S = 30.0
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
@@ -80,7 +84,9 @@ def main(
     args = AppArgs(workspace=workspace, alias=alias)
     ray.init(num_cpus=num_cpus, include_dashboard=False)
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(
+            http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}
+        )
         serve.run(build_app(args), name=APP_NAME, route_prefix=args.route_prefix, blocking=False)
         typer.echo(f"serving {alias} from {workspace} on http://{host}:{port}", err=True)
         stop = threading.Event()

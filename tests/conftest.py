@@ -55,7 +55,7 @@ def api(platform_ws: Path) -> Iterator[httpx.Client]:
     import ray
     from ray import serve
 
-    from serving.app import APP_NAME, build_app
+    from serving.app import APP_NAME, REQUEST_TIMEOUT_S, build_app
 
     # Replicas import `serving` and `feature_repo`: make the repo importable whatever the cwd.
     paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -66,7 +66,8 @@ def api(platform_ws: Path) -> Iterator[httpx.Client]:
     )
     port = _free_port()
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        options = {"host": "127.0.0.1", "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}
+        serve.start(http_options=options)
         serve.run(build_app({"workspace": str(platform_ws)}), name=APP_NAME, blocking=False)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -117,6 +117,34 @@ def promote(slots_dir: Path, alias: str, slot_name: str) -> str | None:
     return previous
 
 
+def refresh(slots_dir: Path, alias: str, slot_name: str) -> bool:
+    """Point ``alias`` at ``slot_name`` only if it is unset or already serves that slot's model
+    version (a compare-and-swap under the aliases lock); True when it moved.
+
+    A scheduled re-embedding refreshes the live version's slot with this, so it can never
+    move ``live`` to another version, not even back to one a promotion just replaced."""
+    slots_dir = Path(slots_dir)
+    check_name(alias, "alias", ALIAS_NAME)
+    _check_slot(slots_dir, slot_name)
+    with _aliases_lock(slots_dir):
+        aliases, history = _read_state(slots_dir)
+        current = aliases.get(alias)
+        if current is not None and _version(slots_dir, current) != _version(slots_dir, slot_name):
+            return False
+        if current == slot_name:
+            return True
+        if current is not None:
+            history.setdefault(alias, []).append(current)
+        aliases[alias] = slot_name
+        _write_state(slots_dir, aliases, history)
+    return True
+
+
+def _version(slots_dir: Path, slot_name: str) -> str | None:
+    manifest = slots_dir / slot_name / MANIFEST_FILE
+    return json.loads(manifest.read_text()).get("model_version") if manifest.is_file() else None
+
+
 def set_alias(slots_dir: Path, alias: str, slot_name: str) -> None:
     """Point ``alias`` at the existing slot ``slot_name`` (``promote`` without the return)."""
     promote(slots_dir, alias, slot_name)

@@ -157,3 +157,24 @@ def test_sigkill_during_write_slot_leaves_old_slot_and_alias_serving(tmp_path: P
         promote(tmp_path, "jobs@live", temp_dirs[0].name)
     slot = load_slot(resolve_alias(tmp_path, "jobs@live"), verify=True)
     assert slot.path == old and slot.search(unit_rows(1, D, 1), 3)[1].min() >= 0
+
+
+def test_refresh_moves_live_only_within_the_live_version(tmp_path: Path) -> None:
+    """A scheduled re-embedding refreshes jobs@live for the version it serves; it never moves
+    live to another version (not back to v1 after v2 went live)."""
+    from ebr.index.aliases import refresh
+
+    def slot(name: str, version: str, first_id: int) -> None:
+        vectors = unit_rows(50, D, seed=first_id)
+        write_slot(tmp_path, name, vectors, items(50, first_id), version, IndexConfig(kind="flat"))
+
+    for name, version, first in (("v1a", "v1", 0), ("v1b", "v1", 100), ("v2a", "v2", 200),
+                                 ("v2b", "v2", 300), ("v1c", "v1", 400)):  # fmt: skip
+        slot(name, version, first)
+    assert refresh(tmp_path, "jobs@live", "v1a")  # unset: the first build goes live
+    assert refresh(tmp_path, "jobs@live", "v1b")  # same version: refreshed
+    promote(tmp_path, "jobs@live", "v2a")  # an operator releases v2
+    assert not refresh(tmp_path, "jobs@live", "v1c")  # the nightly run of v1 must not undo it
+    assert resolve_alias(tmp_path, "jobs@live") == tmp_path / "v2a"
+    assert refresh(tmp_path, "jobs@live", "v2b")
+    assert alias_history(tmp_path, "jobs@live") == ["v1a", "v1b", "v2a"]
