@@ -128,15 +128,29 @@ def publish_features(workspace: str, embeddings_dir: str, version: str) -> str:
     return str(Workspace(Path(workspace)).feature_repo)
 
 
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def serving_version(workspace: str, version: str) -> str:
+    """``version``, or when it is "" the model version jobs@live serves at run time (what a
+    scheduled re-embedding must refresh, whichever release went live since it was set up)."""
+    from ebr.index.aliases import resolve_alias
+    from ebr.index.slot import load_slot
+
+    if version:
+        return version
+    live = load_slot(resolve_alias(Workspace(Path(workspace)).slots, "jobs@live"), verify=False)
+    return live.model_version
+
+
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def build_index_slot(
-    workspace: str, embeddings_dir: str, version: str, index_kind: str, nprobe: int
+    workspace: str, embeddings_dir: str, version: str, index_kind: str, nprobe: int, live: str
 ) -> str:
-    """Build an immutable FAISS slot from the job embeddings; moves jobs@<version> and jobs@live."""
+    """Build an immutable FAISS slot from the job embeddings; moves jobs@<version>, and
+    jobs@live as ``live`` says (ebr.releases.build_job_slot: refresh | promote | keep)."""
     from ebr.releases import build_job_slot
 
     info = build_job_slot(
-        Workspace(Path(workspace)), version, IndexConfig(kind=index_kind, nprobe=nprobe)
+        Workspace(Path(workspace)), version, IndexConfig(kind=index_kind, nprobe=nprobe), live
     )
     print(info)
     return str(info["slot"])

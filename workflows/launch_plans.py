@@ -9,13 +9,20 @@ from flytekit import CronSchedule, LaunchPlan
 
 from workflows.platform import build_platform, reembed
 
-# 02:00 UTC nightly: re-embed the catalog with the live model version so new jobs are searchable.
+# 02:00 UTC nightly: re-embed the catalog with the model version jobs@live serves when the run
+# starts (version ""), so new jobs are searchable; "refresh" moves live to the new slot only
+# while live still serves that version, so the schedule never moves live by itself.
 nightly_reembed = LaunchPlan.get_or_create(
     workflow=reembed,
     name="ebr.nightly_reembed",
     schedule=CronSchedule(schedule="0 2 * * *"),
     # Production logs end now: the member-interest history uses every engagement.
-    default_inputs={"workspace": "/data/ebr", "version": "v1", "history_holdout_days": 0},
+    default_inputs={
+        "workspace": "/data/ebr",
+        "version": "",
+        "history_holdout_days": 0,
+        "live": "refresh",
+    },
 )
 
 # On-demand full rebuild (new model version), launched from the console or pyflyte.

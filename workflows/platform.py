@@ -1,7 +1,7 @@
 """Flyte workflows for the whole EBR data path.
 
     pyflyte run workflows/platform.py build_platform --workspace var/demo --size 5000
-    pyflyte run workflows/platform.py reembed --workspace var/demo --version v1
+    pyflyte run workflows/platform.py reembed --workspace var/demo      # the live version
 
 ``build_platform``: marketplace data -> member-interest model -> composite multi-task
 two-tower (co-trained with that interest version, lineage in its model.json) -> ``reembed``,
@@ -22,6 +22,7 @@ from tasks.platform import (
     evaluate_model,
     generate_marketplace,
     publish_features,
+    serving_version,
     train_member_interest,
     train_two_tower,
 )
@@ -30,18 +31,24 @@ from tasks.platform import (
 @workflow
 def reembed(
     workspace: str = "var/demo",
-    version: str = "v1",
+    version: str = "",
     model_dir: str = "",
     batch_size: int = 256,
     index_kind: str = "ivfpq",
     nprobe: int = 16,
     history_holdout_days: int = 2,
+    live: str = "refresh",
 ) -> str:
-    """Embed the catalog with models/<version>, publish to Feast, build and promote a slot.
+    """Embed the catalog with models/<version>, publish to Feast, build a slot.
 
-    ``history_holdout_days``: the member-interest history stops this many days before the
-    log's end (the demo's evaluation days; 0 in production, where the log ends now).
+    ``version`` "" re-embeds whatever version jobs@live serves when the run starts.
+    ``live``: "refresh" moves jobs@live to the new slot only while live still serves this
+    version (a scheduled run never moves live to another version); "promote" always (an
+    explicit release); "keep" never. ``history_holdout_days``: the member-interest history
+    stops this many days before the log's end (the demo's evaluation days; 0 in production,
+    where the log ends now).
     """
+    version = serving_version(workspace=workspace, version=version)
     interest = embed_member_interest(
         workspace=workspace,
         model_dir=model_dir,
@@ -63,6 +70,7 @@ def reembed(
         version=version,
         index_kind=index_kind,
         nprobe=nprobe,
+        live=live,
     )
     repo >> slot  # the slot goes live only after the tables it serves beside are published
     return slot
@@ -101,6 +109,7 @@ def build_platform(
         batch_size=batch_size,
         index_kind=index_kind,
         nprobe=nprobe,
+        live="promote",  # building a version on demand is the operator's release of it
     )
     evaluate_model(workspace=workspace, model_dir=model, version=version, slot=slot)
     return slot

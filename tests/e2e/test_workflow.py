@@ -82,6 +82,10 @@ def test_nightly_reembed_promotes_a_new_slot_and_keeps_the_old(
     assert after != before and read_aliases(ws / "slots")["jobs@live"] == after
     assert load_slot(ws / "slots" / before).name == before  # old slot intact for rollback
     assert load_slot(ws / "slots" / after).manifest["index"]["kind"] == "flat"
+    # The nightly launch plan passes no version: it re-embeds whatever live serves now.
+    again = reembed(workspace=str(ws), index_kind="flat", history_holdout_days=2)
+    assert again not in (before, after) and read_aliases(ws / "slots")["jobs@live"] == again
+    assert load_slot(ws / "slots" / again).model_version == "v1"
 
 
 def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -> None:
