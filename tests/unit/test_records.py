@@ -112,7 +112,8 @@ def test_bad_member_values(column, value) -> None:
     df["open_to_remote"] = [True, None]
     df.at[0, column] = value
     good, rejected = check_members(df)
-    assert [(r.row, r.field) for r in rejected] == [(0, column)] and good["member_id"].tolist() == [2]
+    assert [(r.row, r.field) for r in rejected] == [(0, column)]
+    assert good["member_id"].tolist() == [2]
 
 
 def test_check_record_for_one_element() -> None:
