@@ -21,7 +21,7 @@ import contextlib
 import fcntl
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,28 @@ def alias_history(slots_dir: Path, alias: str) -> list[str]:
     return _read_state(Path(slots_dir))[1].get(alias, [])
 
 
+def _move(
+    slots_dir: Path, alias: str, slot_name: str, allow: Callable[[str | None], bool]
+) -> tuple[bool, str | None]:
+    """Under the lock: point ``alias`` at ``slot_name`` if ``allow(current target)``, pushing
+    the old target onto its history; -> (moved or already there, previous target)."""
+    slots_dir = Path(slots_dir)
+    check_name(alias, "alias", ALIAS_NAME)
+    _check_slot(slots_dir, slot_name)
+    with _aliases_lock(slots_dir):
+        aliases, history = _read_state(slots_dir)
+        previous = aliases.get(alias)
+        if previous == slot_name:
+            return True, previous
+        if not allow(previous):
+            return False, previous
+        if previous is not None:
+            history.setdefault(alias, []).append(previous)
+        aliases[alias] = slot_name
+        _write_state(slots_dir, aliases, history)
+    return True, previous
+
+
 def promote(slots_dir: Path, alias: str, slot_name: str) -> str | None:
     """Point ``alias`` at the complete slot ``slot_name``; return its previous target (or None).
 
@@ -102,42 +124,22 @@ def promote(slots_dir: Path, alias: str, slot_name: str) -> str | None:
     Raises:
         ValueError: a malformed alias, or ``slot_name`` is not a complete slot in ``slots_dir``.
     """
-    slots_dir = Path(slots_dir)
-    check_name(alias, "alias", ALIAS_NAME)
-    _check_slot(slots_dir, slot_name)
-    with _aliases_lock(slots_dir):
-        aliases, history = _read_state(slots_dir)
-        previous = aliases.get(alias)
-        if previous == slot_name:
-            return previous
-        if previous is not None:
-            history.setdefault(alias, []).append(previous)
-        aliases[alias] = slot_name
-        _write_state(slots_dir, aliases, history)
-    return previous
+    return _move(slots_dir, alias, slot_name, lambda _: True)[1]
 
 
 def refresh(slots_dir: Path, alias: str, slot_name: str) -> bool:
     """Point ``alias`` at ``slot_name`` only if it is unset or already serves that slot's model
-    version (a compare-and-swap under the aliases lock); True when it moved.
+    version (a compare-and-swap under the aliases lock); True when it points there now.
 
     A scheduled re-embedding refreshes the live version's slot with this, so it can never
     move ``live`` to another version, not even back to one a promotion just replaced."""
-    slots_dir = Path(slots_dir)
-    check_name(alias, "alias", ALIAS_NAME)
-    _check_slot(slots_dir, slot_name)
-    with _aliases_lock(slots_dir):
-        aliases, history = _read_state(slots_dir)
-        current = aliases.get(alias)
-        if current is not None and _version(slots_dir, current) != _version(slots_dir, slot_name):
-            return False
-        if current == slot_name:
-            return True
-        if current is not None:
-            history.setdefault(alias, []).append(current)
-        aliases[alias] = slot_name
-        _write_state(slots_dir, aliases, history)
-    return True
+    version = _version(Path(slots_dir), slot_name)
+    return _move(
+        slots_dir,
+        alias,
+        slot_name,
+        lambda current: current is None or _version(Path(slots_dir), current) == version,
+    )[0]
 
 
 def _version(slots_dir: Path, slot_name: str) -> str | None:
