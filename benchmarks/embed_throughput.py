@@ -71,7 +71,7 @@ def beam_jobs(records: list[dict[str, Any]], model_dir: Path | None, batch_size:
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
     rows = pipeline | "Create" >> beam.Create(records)
     if model_dir is not None:
-        rows = rows | "Embed" >> EmbedRecords("jobs", model_dir, batch_size)
+        rows = (rows | "Embed" >> EmbedRecords("jobs", model_dir, batch_size)).records
     _ = rows | "Count" >> beam.ParDo(_CountRows())
     result = pipeline.run()
     result.wait_until_finish()

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ebr.config import Workspace
+from ebr.data.records import Rejected, check_members
 from ebr.io import atomic_write_bytes, atomic_write_parquet
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ PROFILE_FIELDS = (
     "max_commute_km",
     "preferred_employment_type",
 )
+REFUSED_EXAMPLES = 5  # refused rows shown in publish's summary (the file lists them all)
 _VERSION_RE = re.compile(r"^v[0-9]+$")
 _VERSIONS_LINE_RE = re.compile(r"^EMBEDDING_VERSIONS\b[^=\n]*=.*$", re.MULTILINE)
 _INTEREST_LINE_RE = re.compile(r"^INTEREST_OF\b[^=\n]*=.*$", re.MULTILINE)
@@ -76,8 +78,11 @@ def _check_config_name(config_name: str) -> None:
         raise ValueError(f"config_name must be one of {CONFIG_NAMES}, got {config_name!r}")
 
 
-def _read_embeddings(path: Path, key: str, version: str) -> pd.DataFrame:
-    """Validated ``key, embedding (list<float32>, one dim), model_version, event_timestamp``."""
+def _read_embeddings(path: Path, key: str, version: str) -> tuple[pd.DataFrame, list[Rejected]]:
+    """``key, embedding (float32, one dim), model_version, event_timestamp`` rows, and the rows
+    refused: a null id or embedding, a width other than the table's (its most common one),
+    non-finite values, an id repeated (every copy: which is right is unknown). A table that is
+    wrong as a whole (columns, model_version, no usable row) raises."""
     if not path.is_file():
         raise FileNotFoundError(f"embedding table not found: {path}")
     columns = [key, "embedding", "model_version", "event_timestamp"]
@@ -87,36 +92,67 @@ def _read_embeddings(path: Path, key: str, version: str) -> pd.DataFrame:
     table = pq.read_table(path, columns=columns)
     if table.num_rows == 0:
         raise ValueError(f"{path} has no rows")
-    if table.column(key).null_count or table.column("embedding").null_count:
-        raise ValueError(f"{path} has null {key} or embedding values")
-    dims = pc.unique(pc.list_value_length(table.column("embedding"))).to_pylist()
-    if len(dims) != 1:
-        raise ValueError(f"{path} mixes embedding dimensions {sorted(dims)}; expected one")
     versions = pc.unique(table.column("model_version")).to_pylist()
     if versions != [version]:
         raise ValueError(f"{path} has model_version {versions}; expected only {version!r}")
     df = table.to_pandas()
-    if df[key].duplicated().any():
-        raise ValueError(f"{path} repeats {key} values; expected one row per id")
+    ids = df[key]
+    problems: dict[int, tuple[str, str]] = {}  # row -> (field, reason); the first one counts
+    for i in np.flatnonzero(ids.isna()):
+        problems[int(i)] = (key, "required, got null")
+    for i in np.flatnonzero(ids.duplicated(keep=False) & ids.notna()):
+        problems[int(i)] = (key, "repeated: every copy refused (which is right is unknown)")
+    width = np.array([-1 if e is None else len(e) for e in df["embedding"]])
+    dim = int(np.bincount(width[width >= 0]).argmax()) if (width >= 0).any() else -1
+    for i in np.flatnonzero(width != dim):
+        why = "required, got null" if width[i] < 0 else f"must have {dim} values like the table"
+        problems.setdefault(int(i), ("embedding", why))
+    sized = np.flatnonzero(width == dim)
+    if len(sized):
+        finite = np.isfinite(np.stack(df["embedding"].iloc[sized].to_numpy())).all(axis=1)
+        for i in sized[~finite]:
+            problems.setdefault(int(i), ("embedding", "must be finite, got NaN or inf values"))
+    refused = [
+        Rejected(i, key, _id(ids.iloc[i]), field, why)
+        for i, (field, why) in sorted(problems.items())
+    ]
+    df = df.drop(index=df.index[sorted({r.row for r in refused})]).reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"{path} has no valid rows; first refused: {refused[0]}")
+    df[key] = df[key].astype(np.int64)
     # Naive timestamps are read as UTC, which is what Feast assumes for them as well.
     df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
     df["embedding"] = [np.asarray(e, dtype=np.float32) for e in df["embedding"]]
-    return df
+    return df, refused
 
 
-def _read_profiles(path: Path, published_at: datetime) -> pd.DataFrame:
-    """Member profiles with ``event_timestamp`` = publish time (profiles carry none)."""
+def _id(value: Any) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
+def _read_profiles(path: Path, published_at: datetime) -> tuple[pd.DataFrame, list[Rejected]]:
+    """Member profiles that hold the record contract, with ``event_timestamp`` = publish time
+    (profiles carry none), and the ones refused."""
     if not path.is_file():
         raise FileNotFoundError(f"member profiles not found: {path}")
     columns = ["member_id", *PROFILE_FIELDS]
     missing = sorted(set(columns) - set(pq.read_schema(path).names))
     if missing:
         raise ValueError(f"{path} lacks columns {missing}; expected {columns}")
-    df = pd.read_parquet(path, columns=columns)
-    if df["member_id"].duplicated().any():
-        raise ValueError(f"{path} repeats member_id values; expected one row per member")
-    df["event_timestamp"] = pd.Timestamp(published_at)
-    return df
+    return check_profiles(pd.read_parquet(path, columns=columns), published_at)
+
+
+def check_profiles(df: pd.DataFrame, published_at: datetime) -> tuple[pd.DataFrame, list[Rejected]]:
+    """(profiles to publish, one ``Rejected`` per profile refused) by ebr.data.records's
+    member contract (a repeated member_id keeps the last row)."""
+    good, rejected = check_members(df)
+    good = good.reset_index(drop=True)
+    good["event_timestamp"] = pd.Timestamp(published_at)
+    return good, rejected
+
+
+def _dead_letters(refused: dict[str, list[Rejected]]) -> list[dict[str, Any]]:
+    return [{"table": table, **r.to_json()} for table, rows in refused.items() for r in rows]
 
 
 def _published_versions(data_dir: Path) -> set[str]:
@@ -242,6 +278,11 @@ def publish(
     embedding views plus ``member_profile`` over a window covering every event timestamp. A
     model co-trained with a member-interest model (``lineage`` in its model.json) also
     publishes that interest version's batch embeddings as ``member_interest_<iv>``.
+    Rows that break the record contract (profiles: ebr.data.records) or hold no usable
+    vector (embeddings: null, another width, non-finite, a repeated id) are not published:
+    ``refused`` counts them per table, ``refused_examples`` shows the first few and
+    ``feature_repo/data/deadletter_<version>.jsonl`` lists them all (one JSON object a line:
+    table, row, id, field, reason).
     Returns row counts, the applied feature views and seconds per step.
     """
     _check_version(version)
@@ -251,14 +292,23 @@ def publish(
     repo, template = ws.feature_repo, Path(template_dir or TEMPLATE_DIR)
     published_at = datetime.now(UTC).replace(microsecond=0)
 
-    jobs = _read_embeddings(ws.embeddings / version / "jobs.parquet", "job_id", version)
-    members = _read_embeddings(ws.embeddings / version / "members.parquet", "member_id", version)
-    profiles = _read_profiles(ws.data / "members.parquet", published_at)
+    refused: dict[str, list[Rejected]] = {}
+    jobs, refused["jobs"] = _read_embeddings(
+        ws.embeddings / version / "jobs.parquet", "job_id", version
+    )
+    members, refused["members"] = _read_embeddings(
+        ws.embeddings / version / "members.parquet", "member_id", version
+    )
+    profiles, refused["profiles"] = _read_profiles(ws.data / "members.parquet", published_at)
     iv = _interest_of(ws, version)
     interest = None
     if iv is not None:
         path = ws.interest_embeddings / iv / "members.parquet"
-        interest = _read_embeddings(path, "member_id", iv)
+        interest, refused["interest"] = _read_embeddings(path, "member_id", iv)
+    # Refused rows are not published; they are listed beside the published data.
+    dead = _dead_letters(refused)
+    dead_path = repo / "data" / f"deadletter_{version}.jsonl"
+    atomic_write_bytes(dead_path, "".join(json.dumps(d) + "\n" for d in dead).encode())
     # Data first: apply validates that every FileSource path exists.
     atomic_write_parquet(repo / "data" / f"job_embeddings_{version}.parquet", jobs)
     atomic_write_parquet(repo / "data" / f"member_embeddings_{version}.parquet", members)
@@ -298,6 +348,9 @@ def publish(
         "jobs": len(jobs),
         "members": len(members),
         "profiles": len(profiles),
+        "refused": {table: len(rows) for table, rows in refused.items()},
+        "refused_examples": dead[:REFUSED_EXAMPLES],
+        "dead_letter_path": str(dead_path),
         "dim": int(len(jobs["embedding"].iloc[0])),
         "write_s": round(t_write - t0, 3),
         "apply_s": round(t_apply - t_write, 3),

@@ -8,15 +8,19 @@ engaged with (before ``--history-before``) and writes the member-interest model'
 to ``interest/embeddings/<iv>/members.parquet``. With ``--version``: embeds every job (item
 tower) and every member (request tower, no query; the member's interest embedding of the
 co-trained interest version joined in) to ``embeddings/<version>/{jobs,members}.parquet``.
-Rows are (id, embedding, model_version, event_timestamp). Output folders are staged and renamed
-into place only after the whole pipeline succeeded: readers never see a half-written set.
+Rows are (id, embedding, model_version, event_timestamp). A record refused on the way (an id
+repeated in the input, the record contract of ebr.data.records, a join, the featurizer, the
+model, an embedding that is not a finite unit vector) is not embedded and goes to
+``deadletter.jsonl`` beside the tables (pipelines.deadletter); the others go on, and the
+summary counts the refusals per stage. Output folders are staged and swapped into place only
+after the whole pipeline succeeded: readers see the old set or the new one (ebr.io).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,9 +40,23 @@ from ebr.model.artifact import check_lineage, check_version, read_meta
 from ebr.model.features import job_tensors, request_tensors
 from ebr.model.interest import member_tensors
 from ebr.model.towers import ItemTower, RequestTower
+from pipelines.deadletter import (
+    DEAD,
+    KEYS,
+    UNIT_TOLERANCE,
+    Checked,
+    DropRepeated,
+    ValidateRecords,
+    WriteDeadLetters,
+    dead_letter,
+    exception_reason,
+    readable_id,
+    summarize,
+)
 from pipelines.joins import AttachHistory, AttachInterest
 
 KINDS = ("jobs", "members", "interest")  # item tower, request tower, member-interest tower
+DEAD_LETTER_NAME = "deadletter"  # <output folder>/deadletter.jsonl: the run's refused elements
 
 # Local default: the FnApiRunner runs in-process (the DirectRunner would first try to download
 # the Prism binary, which an offline machine cannot). Flink/Dataflow are chosen with --runner.
@@ -57,37 +75,88 @@ def _schema(id_col: str, dim: int) -> pa.Schema:
 
 
 class _Featurize(beam.DoFn):
-    """record -> (id, {name: tensor}) with the same featurizer training used."""
+    """record -> (id, {name: tensor}) with the same featurizer training used; a record the
+    featurizer raises on -> a dead letter (exception type and message)."""
 
     def __init__(self, kind: str, cfg: ModelConfig) -> None:
         self._kind, self._cfg = kind, cfg
 
-    def process(self, rec: Mapping[str, Any]) -> Iterable[tuple[int, dict[str, torch.Tensor]]]:
-        if self._kind == "jobs":
-            feats = job_tensors(rec, self._cfg)
-            key = int(rec["job_id"])
-        elif self._kind == "interest":
-            feats = member_tensors(rec, rec.get("history") or "", self._cfg)
-            key = int(rec["member_id"])
-        else:
-            feats = request_tensors(None, rec, self._cfg)
-            key = int(rec["member_id"])
+    def process(self, rec: Mapping[str, Any]) -> Iterable[Any]:
+        key = readable_id(rec, KEYS[self._kind])
+        try:
+            if key is None:
+                raise ValueError(f"{KEYS[self._kind]} is not an integer")
+            if self._kind == "jobs":
+                feats = job_tensors(rec, self._cfg)
+            elif self._kind == "interest":
+                feats = member_tensors(rec, rec.get("history") or "", self._cfg)
+            else:
+                feats = request_tensors(None, rec, self._cfg)
+        except Exception as e:  # routed, not swallowed: the dead letter names it
+            yield dead_letter("featurize", _table(self._kind), key, None, exception_reason(e), rec)
+            return
         yield key, {k: torch.from_numpy(v) for k, v in feats.items()}
 
 
-class EmbedRecords(beam.PTransform):
-    """records -> output rows {id, embedding, model_version, event_timestamp}.
+class _ToRow(beam.DoFn):
+    """(id, prediction) -> output row; an embedding that is not a finite unit vector (the
+    towers end in F.normalize) -> a dead letter instead of a row a slot build would refuse."""
 
-    Shared by batch and (later) streaming pipelines: only sources and sinks differ.
+    def __init__(self, kind: str, version: str) -> None:
+        self._kind, self._version = kind, version
+
+    def process(self, kv: tuple[int, PredictionResult]) -> Iterable[Any]:
+        key, pred = kv
+        vec = np.asarray(pred.inference, dtype=np.float32).ravel()  # CPU tensor [dim]
+        norm = float(np.linalg.norm(vec))
+        if not np.isfinite(vec).all():
+            why = f"embedding has {int((~np.isfinite(vec)).sum())} non-finite values"
+        elif abs(norm - 1.0) > UNIT_TOLERANCE:
+            why = f"embedding norm is {norm:.4g}, expected a unit vector"
+        else:
+            yield {
+                KEYS[self._kind]: key,
+                "embedding": vec.tolist(),
+                "model_version": self._version,
+                "event_timestamp": datetime.now(UTC),
+            }
+            return
+        yield dead_letter("output", _table(self._kind), key, "embedding", why, {"id": key})
+
+
+def _failed_batch(kind: str) -> Any:
+    """(batch of (id, tensors), exception) from RunInference -> one dead letter per element."""
+
+    def rows(failed: tuple[Sequence[tuple[int, Any]], BaseException]) -> Iterable[Any]:
+        batch, exc = failed
+        for key, _ in batch:
+            row = dead_letter("inference", _table(kind), key, None, exception_reason(exc))
+            yield row.value
+
+    return rows
+
+
+def _table(kind: str) -> str:
+    return "jobs" if kind == "jobs" else "members"  # interest runs embed member records
+
+
+class EmbedRecords(beam.PTransform):
+    """records -> ``Checked(rows, dead_letter)``: rows {id, embedding, model_version,
+    event_timestamp}; every record refused on the way (validation, featurizer, inference,
+    output check) as a dead letter (pipelines.deadletter).
+
+    Shared by batch and (later) streaming pipelines: only sources and sinks differ. With
+    ``validate=False`` the caller has validated the records already (batch runs do, before
+    their joins).
     """
 
-    def __init__(self, kind: str, model_dir: Path, batch_size: int) -> None:
+    def __init__(self, kind: str, model_dir: Path, batch_size: int, validate: bool = True) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         meta = read_meta(model_dir)
         self._kind, self._cfg = kind, ModelConfig(**meta["model_config"])
-        self._version = meta["version"]
+        self._version, self._validate = meta["version"], validate
         tower, file = (
             (ItemTower, "item_tower.pt") if kind == "jobs" else (RequestTower, "request_tower.pt")
         )
@@ -103,25 +172,25 @@ class EmbedRecords(beam.PTransform):
             )
         )
 
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        id_col = "job_id" if self._kind == "jobs" else "member_id"  # interest: members too
-        version = self._version
-
-        def to_row(kv: tuple[int, PredictionResult]) -> dict[str, Any]:
-            key, pred = kv
-            return {
-                id_col: key,
-                "embedding": pred.inference.numpy().astype(np.float32).tolist(),
-                "model_version": version,
-                "event_timestamp": datetime.now(UTC),
-            }
-
-        return (
-            records
-            | "Featurize" >> beam.ParDo(_Featurize(self._kind, self._cfg))
-            | "RunInference" >> RunInference(self._handler)
-            | "ToRow" >> beam.Map(to_row)
+    def expand(self, records: beam.PCollection) -> Checked:
+        dead = []
+        if self._validate:
+            checked = records | "Validate" >> ValidateRecords(_table(self._kind))
+            records, dead = checked.records, [checked.dead_letter]
+        feats = records | "Featurize" >> beam.ParDo(_Featurize(self._kind, self._cfg)).with_outputs(
+            DEAD, main="ok"
         )
+        preds, failed = (
+            feats.ok | "RunInference" >> RunInference(self._handler).with_exception_handling()
+        )
+        rows = preds | "ToRow" >> beam.ParDo(_ToRow(self._kind, self._version)).with_outputs(
+            DEAD, main="rows"
+        )
+        failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(
+            _failed_batch(self._kind)
+        )
+        dead += [feats[DEAD], failed_rows, rows[DEAD]]
+        return Checked(rows.rows, tuple(dead) | "DeadLetters" >> beam.Flatten())
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -164,7 +233,8 @@ def _source(path: Path) -> beam.PTransform:
 def run(
     argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None
 ) -> dict[str, Any]:
-    """Run one embedding job; returns counts, seconds and the output folder."""
+    """Run one embedding job; returns rows written per output, dead letters per stage (and
+    kind, total, file: ``pipelines.deadletter.summarize``), seconds and the output folder."""
     args, beam_args = parse_args(argv)
     ws = Workspace(args.workspace)
     interest_run = args.interest_version is not None
@@ -183,36 +253,50 @@ def run(
         pipeline = test_pipeline or beam.Pipeline(
             options=PipelineOptions([f"--runner={args.runner}", *beam_args])
         )
-        members = pipeline | "ReadMembers" >> _source(ws.data / "members.parquet")
-        if interest_run:
-            (
-                members
-                | "History" >> AttachHistory(ws, args.history_before)
-                | "EmbedInterest" >> EmbedRecords("interest", model_dir, args.batch_size)
-                | "WriteInterest" >> _sink("member_id", staging / "members", cfg.dim)
+        dead: list[beam.PCollection] = []
+
+        def checked(name: str, kind: str) -> beam.PCollection:
+            """The input table's records that are unique and hold the record contract."""
+            label = name.capitalize()
+            raw = pipeline | f"Read{label}" >> _source(ws.data / f"{name}.parquet")
+            once = raw | f"Unique{label}" >> DropRepeated(kind)
+            valid = once.records | f"Validate{label}" >> ValidateRecords(kind)
+            dead.extend([once.dead_letter, valid.dead_letter])
+            return valid.records
+
+        def embed(label: str, kind: str, records: beam.PCollection, name: str) -> None:
+            embedded = records | f"Embed{label}" >> EmbedRecords(
+                kind, model_dir, args.batch_size, validate=False
             )
+            embedded.records | f"Write{label}" >> _sink(KEYS[kind], staging / name, cfg.dim)
+            dead.append(embedded.dead_letter)
+
+        members = checked("members", "members")
+        if interest_run:
+            joined = members | "History" >> AttachHistory(ws, args.history_before)
+            dead.append(joined.dead_letter)
+            embed("Interest", "interest", joined.records, "members")
         else:
             iv = check_lineage(meta, _interest_dir(ws, meta))
             if iv is not None:
                 table = ws.interest_embeddings / iv / "members.parquet"
-                members = members | "Interest" >> AttachInterest(table)
-            (
-                pipeline
-                | "ReadJobs" >> _source(ws.data / "jobs.parquet")
-                | "EmbedJobs" >> EmbedRecords("jobs", model_dir, args.batch_size)
-                | "WriteJobs" >> _sink("job_id", staging / "jobs", cfg.dim)
-            )
-            (
-                members
-                | "EmbedMembers" >> EmbedRecords("members", model_dir, args.batch_size)
-                | "WriteMembers" >> _sink("member_id", staging / "members", cfg.dim)
-            )
+                joined = members | "Interest" >> AttachInterest(table, cfg.interest_dim)
+                members = joined.records
+                dead.append(joined.dead_letter)
+            embed("Jobs", "jobs", checked("jobs", "jobs"), "jobs")
+            embed("Members", "members", members, "members")
+        tuple(dead) | "DeadLetters" >> WriteDeadLetters(staging / DEAD_LETTER_NAME)
         result = pipeline.run()
         result.wait_until_finish()
     counts = {
         k: len(pd.read_parquet(out / f"{k}.parquet", columns=[c])) for k, c in outputs.items()
     }
-    return {**counts, "seconds": round(time.perf_counter() - t0, 2), "path": str(out)}
+    return {
+        **counts,
+        **summarize(out / f"{DEAD_LETTER_NAME}.jsonl"),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "path": str(out),
+    }
 
 
 def _interest_dir(ws: Workspace, meta: dict[str, Any]) -> Path | None:

@@ -294,7 +294,11 @@ def _check(
         b.flag(np.ones(len(df), bool), missing[0], "required column is missing")
     if key in df.columns:
         _check_id(b, key)
-        dup = df[key].duplicated(keep="last").to_numpy()
+        # Only among readable ids: True == 1 == 1.0 in Python, so an unreadable id must not
+        # make the real job 1 look repeated.
+        ok = np.array([pos not in b.bad for pos in range(len(df))], dtype=bool)
+        dup = np.zeros(len(df), dtype=bool)
+        dup[ok] = df[key][ok].astype(np.int64).duplicated(keep="last").to_numpy()
         b.flag(dup, key, "repeats in the batch (the last one is kept)")
     if "lat" in df.columns and "lon" in df.columns:
         _check_location(b)

@@ -210,6 +210,74 @@ def test_publish_rejects_wrong_model_version(tmp_path: Path) -> None:
         feast_store.publish(tmp_path, "v1")
 
 
+def test_publish_refuses_bad_rows_and_publishes_the_rest(tmp_path: Path) -> None:
+    """Bad profiles and embedding rows are not published and are reported; a bad row never
+    fails the publish of the others."""
+    import json
+
+    tables = _make_workspace(tmp_path)
+    profiles = tables["profiles"].copy()
+    profiles.loc[profiles["member_id"] == 2, "lat"] = 200.0
+    profiles.loc[profiles["member_id"] == 3, "max_commute_km"] = -1.0
+    profiles.loc[profiles["member_id"] == 4, "lon"] = np.nan  # lat without lon
+    profiles.loc[profiles["member_id"] == 5, ["lat", "lon"]] = np.nan  # unknown: valid
+    profiles.to_parquet(tmp_path / "data" / "members.parquet")
+    jobs = tables["jobs"].copy()
+    jobs.at[4, "embedding"] = np.full(DIM, np.nan, dtype=np.float32)  # job 5
+    jobs.at[5, "embedding"] = np.array([np.inf, *[0.0] * (DIM - 1)], dtype=np.float32)  # job 6
+    jobs.at[6, "embedding"] = np.ones(DIM + 1, dtype=np.float32)  # job 7: another width
+    jobs.to_parquet(tmp_path / "embeddings" / "v1" / "jobs.parquet")
+    members = tables["members"].copy()
+    members.at[7, "embedding"] = None  # member 8
+    members.to_parquet(tmp_path / "embeddings" / "v1" / "members.parquet")
+
+    report = feast_store.publish(tmp_path, "v1")
+    assert report["refused"] == {"jobs": 3, "members": 1, "profiles": 3}
+    assert (report["jobs"], report["members"], report["profiles"]) == (
+        N_JOBS - 3,
+        N_MEMBERS - 1,
+        N_MEMBERS - 3,
+    )
+    dead = [json.loads(line) for line in Path(report["dead_letter_path"]).read_text().splitlines()]
+    assert report["refused_examples"] == dead[: feast_store.REFUSED_EXAMPLES]
+    got = {(d["table"], d.get("job_id", d.get("member_id")), d["field"]) for d in dead}
+    assert got == {
+        ("jobs", 5, "embedding"),
+        ("jobs", 6, "embedding"),
+        ("jobs", 7, "embedding"),
+        ("members", 8, "embedding"),
+        ("profiles", 2, "lat"),
+        ("profiles", 3, "max_commute_km"),
+        ("profiles", 4, "lon"),
+    }
+
+    store = feast_store.open_store(tmp_path / "feature_repo")
+    read = feast_store.member_profiles(store, list(range(1, N_MEMBERS + 1)))
+    assert [m for m, p in read.items() if p is None] == [2, 3, 4]
+    assert read[5] is not None and read[5]["lat"] is None  # unknown location, published
+    vecs = feast_store.job_embeddings(store, list(range(1, N_JOBS + 1)), "v1")
+    assert [j for j, v in vecs.items() if v is None] == [5, 6, 7]
+    assert all(np.isfinite(v).all() and v.shape == (DIM,) for v in vecs.values() if v is not None)
+    assert feast_store.member_embeddings(store, [8, 9], "v1")[8] is None
+
+
+def test_profile_check_refuses_values_no_parquet_column_of_the_right_type_holds() -> None:
+    """A headline that is a number (a mixed column of an upstream export) and its kind."""
+    from datetime import UTC, datetime
+
+    profiles = _profiles(4).astype({"headline": object, "max_commute_km": object})
+    profiles.at[0, "headline"] = 42
+    profiles.at[1, "max_commute_km"] = "30 km"
+    profiles.at[2, "skills"] = "python, sql"
+    good, refused = feast_store.check_profiles(profiles, datetime.now(UTC))
+    assert [(r.id, r.field) for r in refused] == [
+        (1, "headline"),
+        (2, "max_commute_km"),
+        (3, "skills"),
+    ]
+    assert list(good["member_id"]) == [4] and good["event_timestamp"].notna().all()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -121,3 +121,12 @@ def test_check_record_for_one_element() -> None:
     assert rec is None and why is not None and why.field == "lat" and why.id == 5
     rec, why = check_record({"member_id": 5, "lat": None, "lon": None}, "members")
     assert why is None and rec is not None and rec["member_id"] == 5
+
+
+def test_an_unreadable_id_equal_to_a_real_one_does_not_refuse_it() -> None:
+    """True == 1 == 1.0 in Python: only readable ids can repeat each other."""
+    df = pd.concat([_jobs(1)] * 3, ignore_index=True).astype({"job_id": object})
+    df.at[1, "job_id"], df.at[2, "job_id"] = True, 1.0
+    good, rejected = check_jobs(df)
+    assert good.index.tolist() == [0] and [r.row for r in rejected] == [1, 2]
+    assert {r.field for r in rejected} == {"job_id"}
