@@ -23,8 +23,10 @@ from ebr.data.pairs import eval_searches, positive_pairs, time_split
 from ebr.eval.bm25 import BM25Baseline
 from ebr.eval.metrics import exact_topk_ids
 from ebr.eval.ranking import hybrid_ranking, mrr, ndcg_at, pad_to, popularity_ranking, recall_at
+from ebr.eval.typed import evaluate_typed, typed_queries, typed_rows
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.model.infer import encode_jobs, encode_requests
+from ebr.model.text import Vocabulary, training_vocabulary
 from ebr.model.towers import TwoTower
 from ebr.model.train import request_members
 
@@ -72,6 +74,8 @@ def evaluate_marketplace(
     ks: Sequence[int] = (10, 50, 100, 500),
     interest: Mapping[pd.Timestamp, np.ndarray] | None = None,
     ann: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    typed: pd.DataFrame | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> dict[str, Any]:
     """Every method's metrics on held-out search and JYMBII sessions, in one dict.
 
@@ -82,7 +86,10 @@ def evaluate_marketplace(
     query-only tower). ``interest``: daily member-interest snapshots for a model that reads them
     (ebr.model.interest.load_interest_snapshots). ``ann``: (request vectors [q, d], k) ->
     job ids [q, k] (-1 padded) from the served ANN index (e.g. ``Slot.search``); adds the
-    method ``ebr_ann`` beside the exact ``ebr``.
+    method ``ebr_ann`` beside the exact ``ebr``. ``typed``: typed queries
+    (ebr.eval.typed.typed_queries) -> a "typed" section (``evaluate_typed``: EBR, BM25 and
+    hybrid on queries the model never trained on), judged against ``vocabulary`` (default:
+    the words of the three tables).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -158,6 +165,11 @@ def evaluate_marketplace(
             f"ebr_recall@{BY_OUTCOME_K}_by_outcome": by_outcome,
             f"ebr_recall@{BY_OUTCOME_K}_by_task_head": by_head,
         }
+    if typed is not None:
+        vocab = vocabulary or training_vocabulary(jobs, members, impressions)
+        report["typed"] = evaluate_typed(
+            model, mcfg, jobs, typed, vocab, bm25=bm25, item_vecs=item_vecs
+        )
     return report
 
 
@@ -166,9 +178,11 @@ def evaluate_release(
 ) -> dict[str, Any]:
     """``evaluate_marketplace`` for a saved model and the slot serving it, as a release is
     evaluated: member interest from the co-trained interest model (lineage checked), the
-    served index through the serving path, and the model's training curves."""
+    served index through the serving path, the typed queries (against the model's training
+    vocabulary) and the model's training curves."""
+    from ebr.data.esco import load_occupations
     from ebr.index.live import served_search
-    from ebr.model.artifact import check_lineage, load_two_tower
+    from ebr.model.artifact import check_lineage, load_two_tower, load_vocabulary
     from ebr.model.interest import load_interest_snapshots
 
     jobs, members, impressions = (
@@ -182,6 +196,7 @@ def evaluate_release(
         snaps = load_interest_snapshots(
             ws.interest_models / iv, jobs, members, impressions, eval_days
         )
+    vocab = load_vocabulary(model_dir) or training_vocabulary(jobs, members, impressions)
     report = evaluate_marketplace(
         model,
         mcfg,
@@ -191,6 +206,8 @@ def evaluate_release(
         eval_days,
         interest=snaps,
         ann=served_search(slot_dir),
+        typed=typed_queries(jobs, impressions, load_occupations(), seed=0, vocabulary=vocab),
+        vocabulary=vocab,
     )
     report["training"] = {k: meta["metrics"][k] for k in ("loss_curve", "task_loss_curves")}
     return report
@@ -210,7 +227,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path, png_path = out_dir / "eval_report.json", out_dir / "eval_report.png"
 
     training = report.get("training")
-    panels = len(tasks) + (1 if training else 0)
+    typed = report.get("typed")
+    panels = len(tasks) + (1 if training else 0) + (1 if typed else 0)
     fig = Figure(figsize=(5 * panels, 4), dpi=100)
     FigureCanvasAgg(fig)  # Agg: no display, no pyplot global state
     ks = report["ks"]
@@ -224,6 +242,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         ax.set_title("training curves")
         ax.grid(True, alpha=0.3)
         ax.legend()
+    if typed:
+        typed_bars(fig.add_subplot(1, panels, len(tasks) + 1), typed)
     for i, task in enumerate(tasks, start=1):
         ax = fig.add_subplot(1, panels, i)
         for method, m in report[task]["methods"].items():
@@ -242,6 +262,20 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     atomic_write_json(json_path, report)
     atomic_write_bytes(png_path, buf.getvalue())
     return json_path, png_path
+
+
+def typed_bars(ax: Any, typed: dict[str, Any]) -> None:
+    """Typed-query precision@10 bars: overall and per bucket (by jobs, by searches) x method,
+    the catalogue's ideal as a black tick."""
+    rows = [(g, v) for g, v in typed_rows(typed) if not g.startswith("kind:")]
+    x = np.arange(len(rows))
+    for j, m in enumerate(("ebr", "bm25", "hybrid")):
+        ax.bar(x + (j - 1) * 0.27, [v[m]["p@10"] for _, v in rows], 0.27, label=m)
+    ax.scatter(x, [v["ideal"]["p@10"] for _, v in rows], marker="_", s=300, c="k", label="ideal")
+    ax.set_xticks(x, [g for g, _ in rows], rotation=30, fontsize=7)
+    n = sum(typed["n_queries"].values())
+    ax.set(ylim=(0, 1.05), ylabel="precision@10", title=f"typed queries ({n}, never trained on)")
+    ax.legend(fontsize=7)
 
 
 def report_html(report: dict[str, Any], png_path: Path) -> str:
@@ -265,6 +299,18 @@ def report_html(report: dict[str, Any], png_path: Path) -> str:
         parts.append(
             f"<h3>{task}: {report[task]['sessions']} sessions</h3>"
             f"<table border='1'><tr><th>method</th>{head}</tr>{rows}</table>"
+        )
+    if "typed" in report:
+        rows = "".join(
+            f"<tr><td>{html.escape(group)}</td><td>{m}</td>"
+            + "".join(f"<td>{vals[m][k]:.3f}</td>" for k in ("p@10", "recall@100", "mrr"))
+            + "</tr>"
+            for group, vals in typed_rows(report["typed"])
+            for m in ("ebr", "bm25", "hybrid")
+        )
+        parts.append(
+            "<h3>typed queries (never in training)</h3><table border='1'><tr><th>queries</th>"
+            f"<th>method</th><th>p@10</th><th>recall@100</th><th>mrr</th></tr>{rows}</table>"
         )
     img = base64.b64encode(Path(png_path).read_bytes()).decode()
     parts.append(f"<img src='data:image/png;base64,{img}' alt='recall@k curves'/>")
