@@ -1,6 +1,10 @@
 """Strict filters during ANN on 1M jobs: recall, leaks and QPS per filter, against baselines.
 
-    python -m benchmarks.filtered_search            # ~3.5 min once the vectors are cached
+    python -m benchmarks.filtered_search            # ~8 min once the vectors are cached
+    python -m benchmarks.filtered_search --n-jobs 200000 --kinds ivfpq   # a smaller run
+
+The first run also generates and encodes the jobs (~5 min at 1M on 2 cores, cached in
+var/bench-cache per --n-jobs): ~13 min from a clean clone.
 
 Data: the 1M-job marketplace (seed 7), its jobs through a 1-epoch item tower and 1,000 held-out
 search requests through the request tower (``benchmarks.ann_curves.cached_vectors``; the job
@@ -14,6 +18,13 @@ batch of all queries through the planner, pre-filter + exact scan and the other 
 recall@10 vs the exact filtered top-10, ineligible results, short pages, QPS (median of
 --repeats), and the best unfiltered QPS at equal recall (nprobe x refine sweep). A crossover
 sweep over random masks times exact vs ann_filtered (batch and one query per call).
+
+Filters correlated with the vectors (``benchmarks.filtered_correlated``), per index kind
+(--kinds: the ivfpq above and HNSW32 at the cheapest efSearch with unfiltered recall@10 >=
+0.95): members of one region with jobs filtered to another, queries of one industry with jobs
+filtered to other industries, and a random 40% mask for reference; recall@10 vs the exact
+filtered top-10, the planner's exact fallbacks (switched / suspect) and widened queries, QPS,
+and the same ANN without the safeguards. A missed target is a recorded result, not a crash.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from benchmarks import filtered_correlated as corr
 from benchmarks.ann_curves import cached_vectors
 from benchmarks.common import REPO_ROOT, pyplot, save_figure, timed, write_result
 from ebr.config import DataConfig, IndexConfig
@@ -43,14 +55,11 @@ N_JOBS, TRAIN_JOBS, SEED = 1_000_000, 20_000, 7
 TARGETS = (0.001, 0.01, 0.1, 0.5)
 NPROBES, REFINES = (8, 16, 32, 64, 128), (4, 8, 16, 32, 64)
 CROSSOVER, PER_CALL = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1), 100  # masks; queries timed 1/call
-EXACT = PlannerParams(exact_max_eligible=N_JOBS)  # force pre-filter + exact scan
+EXACT = corr.EXACT  # force pre-filter + exact scan
+EF_SEARCH = (32, 64, 128, 256, 512)  # HNSW: the cheapest with unfiltered recall@10 >= 0.95
 ANN = PlannerParams(exact_max_eligible=0, exact_max_fraction=0.0)  # force ann_filtered
 CACHE_DIR = REPO_ROOT / "var" / "bench-cache"
-BOXES = {  # lat/lon boxes of the market regions; Oceania's crosses the antimeridian
-    "Europe": (35, -11, 72, 32),
-    "North America": (24, -130, 60, -52),
-    "Oceania": (-50, 110, 0, -170),
-}
+BOXES = corr.BOXES
 NA = {"qps": float("nan")}  # no unfiltered setting was as accurate as the filtered run
 Filter = dict[str, Any]
 
@@ -79,16 +88,18 @@ class Bench:
         return len(qs) / statistics.median(runs)
 
 
-def load(cache_dir: Path, queries: int) -> tuple[np.ndarray, np.ndarray, Any, dict[str, Any]]:
-    """(job vectors [n, d], request vectors [q, d], slot-like items, provenance)."""
+def load(cache_dir: Path, queries: int, n_jobs: int) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """(job vectors [n, d], request vectors [q, d], slot-like items, provenance, query context:
+    member region and engaged industry per request)."""
     from ebr.data.marketplace import generate
 
-    x, q, meta = cached_vectors(cache_dir, N_JOBS, TRAIN_JOBS, queries, SEED)
+    x, q, meta = cached_vectors(cache_dir, n_jobs, TRAIN_JOBS, queries, SEED)
     link = cache_dir / "jobs_1m_vectors.npy"
-    if not link.exists():
+    if n_jobs == N_JOBS and not link.exists():
         os.link(Path(meta["cache"]) / "jobs.npy", link)  # a second name, not a second copy
-    gen_s, mp = timed(lambda: generate(DataConfig(n_jobs=N_JOBS, seed=SEED)))
-    return x, q, mp.jobs[list(SLOT_COLUMNS)].copy(), {**meta, "generate_seconds": round(gen_s, 1)}
+    gen_s, mp = timed(lambda: generate(DataConfig(n_jobs=n_jobs, seed=SEED)))
+    items, ctx = mp.jobs[list(SLOT_COLUMNS)].copy(), corr.query_context(mp, len(q), SEED)
+    return x, q, items, ({**meta, "generate_seconds": round(gen_s, 1)}, ctx)
 
 
 def unfiltered_sweep(b: Bench) -> list[dict[str, Any]]:
@@ -224,8 +235,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot(rows: list[dict[str, Any]], cross: list[dict[str, Any]], title: str) -> Any:
-    fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(14, 5.5))
+def plot(
+    rows: list[dict[str, Any]], cross: list[dict[str, Any]], title: str, correlated: Any
+) -> Any:
+    fig, (ax1, ax2, ax3) = pyplot().subplots(1, 3, figsize=(21, 5.5))
+    corr.plot_panel(ax3, correlated)
     series = (
         ("planner", "o-", lambda r: r["planner"]["qps"]),
         ("pre-filter + exact", "x--", lambda r: r["exact_qps"]),
@@ -263,12 +277,19 @@ def main(
     threads: Annotated[int, typer.Option(help="FAISS threads")] = 2,
     pq_m: Annotated[int, typer.Option(help="4-bit PQ sub-quantizers")] = 64,
     cache_dir: Annotated[Path, typer.Option(help="vector cache")] = CACHE_DIR,
+    n_jobs: Annotated[int, typer.Option(help="catalogue size (vectors cached per size)")] = N_JOBS,
+    kinds: Annotated[str, typer.Option(help="index kinds for correlated filters")] = "ivfpq,hnsw",
 ) -> None:
     """Measure every filter and write results/filtered_search.{json,png}."""
     if min(queries, repeats, threads) < 1:
         raise typer.BadParameter("queries, repeats and threads must be >= 1")
+    if n_jobs < 50_000:  # IVF1024 trains on >= 39 rows a cell
+        raise typer.BadParameter(f"--n-jobs must be >= 50000, got {n_jobs}")
+    wanted = [k for k in kinds.split(",") if k]
+    if not set(wanted) <= {"ivfpq", "hnsw"}:
+        raise typer.BadParameter(f"--kinds takes ivfpq and/or hnsw, got {kinds!r}")
     set_faiss_threads(threads)
-    x, q, items, meta = load(cache_dir, queries)
+    x, q, items, (meta, ctx) = load(cache_dir, queries, n_jobs)
     table_s, table = timed(lambda: AttributeTable.from_items(items))
     cfg = IndexConfig(kind="ivfpq", nlist=1024, pq_m=pq_m, pq_nbits=4)
     build_s, (index, info) = timed(lambda: build_index(x, cfg))
@@ -285,13 +306,27 @@ def main(
         got = {k: rows[-1][k] for k in ("family", "name", "selectivity", "exact_qps")}
         print(got, {k: rows[-1]["planner"][k] for k in ("strategy", "recall", "qps")}, flush=True)
     cross = crossover(b)
-    params = {"n_jobs": N_JOBS, "queries": len(q), "k": K, "repeats": repeats, "index": info}
-    params |= {"planner": asdict(PlannerParams()), "data": meta}
+    specs, correlated = corr.scenarios(items, ctx, len(x)), {}
+    if "ivfpq" in wanted:
+        block = corr.run_all(index, "ivfpq", x, q, table, specs, repeats)
+        correlated["ivfpq"] = {"index": info["factory"], "setting": base, "rows": block}
+    if "hnsw" in wanted:
+        h = corr.build_hnsw(x, q, EF_SEARCH)
+        print(f"index {h['info']['factory']} {h['build_seconds']:.0f} s, {h['sweep']}", flush=True)
+        block = corr.run_all(h["index"], "hnsw", x, q, table, specs, repeats)
+        setting = {"build_seconds": h["build_seconds"], "unfiltered_sweep": h["sweep"]}
+        correlated["hnsw"] = {"index": h["info"]["factory"], "setting": setting, "rows": block}
+    regions = corr.region_of(items["lat"].to_numpy(), items["lon"].to_numpy())
+    params = {"n_jobs": len(x), "queries": len(q), "k": K, "repeats": repeats, "index": info}
+    params |= {"planner": asdict(PlannerParams()), "data": meta, "kinds": wanted}
     results = {"table_build_seconds": table_s, "index_build_seconds": build_s, "base": base}
-    results |= {"targets": summary(rows), "filters": rows, "unfiltered": sweep, "crossover": cross}
+    results |= {"targets": summary(rows) | corr.summary(correlated), "filters": rows}
+    results |= {"unfiltered": sweep, "crossover": cross, "correlated": correlated}
+    results["own_region_share_of_top10"] = corr.own_region_share(x, q, regions, ctx)
     print(write_result(NAME, threads, params, results), results["targets"])
-    title = f"1M jobs, {info['factory']} at {base['nprobe']}x{base['refine']}, {threads} threads"
-    save_figure(plot(rows, cross, title), NAME)
+    size = f"{len(x) / 1e6:g}M" if len(x) >= 1e6 else f"{len(x) // 1000}k"
+    title = f"{size} jobs, {info['factory']} at {base['nprobe']}x{base['refine']}, {threads} thr."
+    save_figure(plot(rows, cross, title, correlated), NAME)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,8 @@ def write_slot(
                 "tuned_recall_at_10": tuned["recall_at_10"],
                 "chosen": tuned["chosen"],
                 "settings_tried": len(tuned["sweep"]),
+                # The planner's recall under filters made from the vectors (tune.gate_filters).
+                "filtered_recall_at_10": tuned["filtered_recall_at_10"],
             },
             "build_seconds": round(build_seconds, 3),
             "created_at": datetime.now(UTC).isoformat(),

@@ -15,6 +15,12 @@ Recall is measured against exact search on jittered catalogue rows, the same que
 manifest's agree; or on real request embeddings passed as ``queries`` (closer to what serving
 sees, see ``tune``). Cost is the wall time of one batch search of those queries (median of 3, at
 ``threads`` FAISS threads): the quantity a batch-serving replica pays per query.
+
+The gate also covers filtered search: at the chosen setting, the planner's ANN path
+(``filtered_search``) must reach the target on the same queries under three filters made from
+the vectors (``ebr.index.filtered_gate``): 40% of rows at random, and two that correlate with
+the vectors the way a region or an industry does, queries on the other side. That is where
+filtered ANN loses recall while unfiltered recall looks fine.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from ebr.index.build import (
     recall_queries,
     set_faiss_threads,
 )
+from ebr.index.filtered_gate import filtered_recalls
 from ebr.index.params import index_kind, search_params, set_search_params
+from ebr.index.planner import PlannerParams
 
 REFINE_FACTORS = (16, 8, 4, 2, 1)  # high first: it finds a passing setting sooner (a cost bound)
 EF_SEARCH = (16, 32, 64, 128, 256, 512)
@@ -103,6 +111,7 @@ def tune(
     threads: int = 2,
     full_sweep: bool = False,
     queries: np.ndarray | None = None,
+    planner: PlannerParams | None = None,
 ) -> dict[str, Any]:
     """Sweep ``index``'s search knobs, apply the cheapest setting with recall >= the target.
 
@@ -122,15 +131,20 @@ def tune(
             job embeddings), where the top-10 is harder to separate, so recall on jittered rows
             can overstate it (benchmarks/ann_curves.py: 0.953 on rows was 0.919 on requests
             over 50k jobs; 0.962 vs 0.958 over 1M).
+        planner: the ``filtered_search`` knobs serving uses (default ``PlannerParams()``); the
+            filtered gate measures them.
 
     Returns:
         ``{"kind", "chosen": params, "recall_at_10", "seconds", "target_recall", "n_queries",
-        "k", "sweep": [{"params", "recall", "seconds"}, ...]}``: ``seconds`` is the batch-search
-        wall time for the ``n_queries`` queries; ``sweep`` lists every setting measured.
+        "k", "sweep": [{"params", "recall", "seconds"}, ...], "filtered_recall_at_10": {filter:
+        recall}}``: ``seconds`` is the batch-search wall time for the ``n_queries`` queries;
+        ``sweep`` lists every setting measured; ``filtered_recall_at_10`` is the planner's at
+        the chosen setting under each ``gate_filters`` filter.
 
     Raises:
-        RecallGateError: no setting reaches ``cfg.target_recall`` (the index keeps the search
-            params it came with; the error's message names the best recall and its setting).
+        RecallGateError: no setting reaches ``cfg.target_recall`` unfiltered, or the chosen one
+            misses it under a gate filter (the index keeps the search params it came with; the
+            message names the best recall and its setting, or the filter and its recall).
         ValueError: bad vectors, or ``index`` does not hold them.
     """
     vectors = check_vectors(vectors)
@@ -181,6 +195,18 @@ def tune(
             sweep,
         )
     set_search_params(index, best["params"])
+    filtered = filtered_recalls(index, vectors, queries, k, cfg.seed, planner)
+    missed = {name: r for name, r in filtered.items() if r < target}
+    if missed:
+        set_search_params(index, original)
+        shown = ", ".join(f"{name!r} filter {r:.4f}" for name, r in missed.items())
+        raise RecallGateError(
+            f"{kind} index with {best['params']} reaches recall@{k} {best['recall']:.4f} "
+            f"unfiltered but filtered recall@{k} is below target_recall={target}: {shown} "
+            f"(ebr.index.filtered_gate); the planner (ebr.index.planner) loses rows the "
+            f"exact filtered search finds",
+            sweep,
+        )
     return {
         "kind": kind,
         "chosen": dict(best["params"]),
@@ -190,6 +216,7 @@ def tune(
         "n_queries": len(queries),
         "k": k,
         "sweep": sweep,
+        "filtered_recall_at_10": filtered,
     }
 
 

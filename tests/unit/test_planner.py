@@ -19,8 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebr.config import IndexConfig
-from ebr.index.build import build_index
+from ebr.index.build import build_index, recall_of
 from ebr.index.planner import Plan, PlannerParams, _check_results, filtered_search
+from ebr.index.probing import suspects
+from ebr.index.tune import tune
 
 N, D, K, Q = 4_000, 32, 10, 40
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
@@ -276,3 +278,82 @@ def test_bad_inputs_are_rejected(
 def test_plan_is_json() -> None:
     plan = Plan("ann", 10, 10, 1.0, 3, 4, 4, None, None, 1, 0, 0, False)
     assert json.loads(json.dumps(asdict(plan)))["strategy"] == "ann"
+
+
+# ---- filters correlated with the vectors (eligibility by cluster): recall must hold ----
+
+CN, CD, CLUSTERS = 50_000, 32, 200  # eligible ~42%: above exact_max_eligible, so ANN runs
+
+
+@pytest.fixture(scope="module")
+def far() -> dict[str, Any]:
+    """50k rows around 200 centres; eligibility decided by cluster: the clusters farthest along
+    a random direction (~42% of rows), queries near the clusters at the other end."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((CLUSTERS, CD)).astype(np.float32)
+    label = rng.integers(0, CLUSTERS, CN)
+    x = centres[label] + 0.35 * rng.standard_normal((CN, CD)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    along = centres @ rng.standard_normal(CD).astype(np.float32)
+    eligible = (along > np.quantile(along, 0.58))[label]
+    near = rng.choice(np.flatnonzero(along < np.quantile(along, 0.3)), 100)
+    q = centres[near] + 0.35 * rng.standard_normal((100, CD)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    masks = {"far": eligible, "near": ~eligible, "random": rng.random(CN) < 0.42}
+    indexes = {}
+    for kind in ("ivf", "ivfpq", "hnsw"):
+        cfg = IndexConfig(kind=kind, hnsw_m=16)
+        indexes[kind] = build_index(x, cfg)[0]
+        tune(indexes[kind], x, cfg, n_queries=200)  # target recall 0.95, filtered gate included
+    return {"x": x, "q": q, "masks": masks, "indexes": indexes}
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_far_region_filter_keeps_recall_and_says_what_it_did(kind: str, far: dict[str, Any]):
+    index, x, q, mask = far["indexes"][kind], far["x"], far["q"], far["masks"]["far"]
+    gt = truth(x, q, mask, K)
+    scores, rows, plan = filtered_search(index, x, q, K, mask)
+    assert plan.strategy == "ann_filtered"
+    check_invariants(rows, scores, mask, K)
+    assert recall_of(rows, gt) >= 0.95, asdict(plan)
+    # The same search without the safeguards is what the issue measured: full pages, wrong rows.
+    if kind == "hnsw":
+        sp = faiss.SearchParametersHNSW(sel=faiss.IDSelectorBatch(np.flatnonzero(mask)))
+        sp.efSearch = plan.ef_search or index.hnsw.efSearch
+        naive = index.search(q, K, params=sp)[1]
+        assert plan.switched_queries + plan.suspect_queries > 0 and plan.fallback
+    else:
+        bare = PlannerParams(margin_quantile=None, check_rows=0)
+        naive = filtered_search(index, x, q, K, mask, bare)[1]
+        assert plan.widened_queries > 0 and plan.nprobe_final > plan.nprobe_max  # type: ignore[operator]
+    assert recall_of(naive, gt) < 0.95, recall_of(naive, gt)
+    assert plan.fallback == (plan.fallback_queries > 0)
+    assert plan.fallback_queries >= plan.switched_queries + plan.suspect_queries
+    json.dumps(asdict(plan))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("which", ["near", "random"])
+def test_near_region_and_random_filters_keep_recall(
+    kind: str, which: str, far: dict[str, Any]
+) -> None:
+    # The other way round (eligible rows around the queries) and independent of the vectors.
+    x, q, mask = far["x"], far["q"], far["masks"][which]
+    scores, rows, plan = filtered_search(far["indexes"][kind], x, q, K, mask)
+    check_invariants(rows, scores, mask, K)
+    assert recall_of(rows, truth(x, q, mask, K)) >= 0.95, asdict(plan)
+    assert plan.fallback_queries <= len(q) // 10, asdict(plan)  # ANN answers nearly all
+
+
+def test_check_catches_a_page_that_missed_the_eligible_region(
+    indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    # A page of the worst eligible rows: every sampled eligible row beats it.
+    mask = random_mask(N, 2_000, seed=3)
+    worst = np.argsort(queries @ vectors[mask].T, axis=1)[:, :K]
+    rows = np.flatnonzero(mask)[worst]
+    page = np.take_along_axis(queries @ vectors.T, rows, 1).astype(np.float32), rows
+    assert suspects(vectors, mask, queries, page, K, 256).all()
+    best = truth(vectors, queries, mask, K)
+    good = np.take_along_axis(queries @ vectors.T, best, 1).astype(np.float32), best
+    assert not suspects(vectors, mask, queries, good, K, 256).any()

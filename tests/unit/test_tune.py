@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.build import build_index, exact_topk, recall_at_k, recall_of
+from ebr.index.build import build_index, exact_topk, recall_at_k, recall_of, recall_queries
+from ebr.index.filtered_gate import gate_filters
 from ebr.index.params import index_kind, search_params, set_search_params
+from ebr.index.planner import PlannerParams
 from ebr.index.slot import write_slot
 from ebr.index.tune import RecallGateError, main, recall_gate, tune
 
@@ -159,6 +161,10 @@ def test_tune_picks_cheapest_setting_meeting_target(clustered: np.ndarray, cfg: 
     # The gate's figure is what recall_at_k (the slot manifest's measurement) sees afterwards.
     assert recall_at_k(index, clustered, 300, seed=cfg.seed) == full["recall_at_10"]
 
+    # The gate covers filtered search too: the planner at the chosen setting, three filters.
+    assert set(full["filtered_recall_at_10"]) == {"random", "half_space", "clusters"}
+    assert min(full["filtered_recall_at_10"].values()) >= 0.95
+
     pruned = tune(index, clustered, cfg, n_queries=300)  # skips settings that can't be cheapest
     _assert_cheapest_passing(pruned, 0.95)
     assert len(pruned["sweep"]) <= len(full["sweep"])
@@ -202,6 +208,40 @@ def test_unreachable_target_raises_and_keeps_params(clustered: np.ndarray):
     assert search_params(index) == {"nprobe": 2, "refine": 2}  # left as built
 
 
+def test_gate_filters_follow_the_vectors(clustered: np.ndarray):
+    queries = recall_queries(clustered, 300, seed=3, noise=0.1)
+    filters = gate_filters(clustered, queries, seed=3)
+    best = {}
+    for name, (mask, qs) in filters.items():
+        assert mask.shape == (len(clustered),) and 0.25 <= mask.mean() <= 0.45, name
+        best[name] = (queries[qs] @ clustered[mask].T).max(axis=1).mean()
+    # Correlated filters leave each of their queries only rows far from it; a random one doesn't.
+    assert best["half_space"] < best["random"] - 0.05 and best["clusters"] < best["random"] - 0.05
+    tiny = mixture(3, D, 2, 0.25, seed=0)  # a catalogue of 3 rows still yields filters
+    assert all(len(qs) for _, qs in gate_filters(tiny, tiny, seed=3).values())
+
+
+def test_filtered_gate_refuses_a_planner_that_loses_correlated_rows(clustered: np.ndarray):
+    cfg = IndexConfig(kind="ivf")
+    index, _ = build_index(clustered, cfg)
+    before = search_params(index)
+    # The planner without its score margin and page check (the issue's): unfiltered recall
+    # passes, the filters correlated with the vectors do not (measured 0.87 / 0.90).
+    bare = PlannerParams(margin_quantile=None, check_rows=0)
+    with pytest.raises(RecallGateError, match=r"target_recall=0\.95: 'half_space' filter 0\.\d+"):
+        tune(index, clustered, cfg, n_queries=300, planner=bare)
+    assert search_params(index) == before  # refused: left as it came
+    tuned = tune(index, clustered, cfg, n_queries=300)
+    assert min(tuned["filtered_recall_at_10"].values()) >= 0.95
+
+
+def test_tiny_catalogue_passes_the_filtered_gate():
+    tiny = mixture(12, D, 3, 0.25, seed=4)
+    index, _ = build_index(tiny, IndexConfig(kind="hnsw"))  # degrades to flat: exact scans
+    tuned = tune(index, tiny, IndexConfig(kind="hnsw"), n_queries=20)
+    assert tuned["filtered_recall_at_10"] == {"random": 1.0, "half_space": 1.0, "clusters": 1.0}
+
+
 def test_recall_gate():
     recall_gate(0.95, 0.95)
     with pytest.raises(RecallGateError, match=r"0\.9000 with \{'nprobe': 4\}.*target_recall=0\.95"):
@@ -235,3 +275,5 @@ def test_write_slot_refuses_a_slot_below_its_target_recall(clustered: np.ndarray
     manifest = json.loads((ok / "manifest.json").read_text())
     assert manifest["tuning"]["tuned_recall_at_10"] >= 0.9
     assert manifest["tuning"]["chosen"] == {k: manifest["index"][k] for k in ("nprobe", "refine")}
+    filtered = manifest["tuning"]["filtered_recall_at_10"]
+    assert set(filtered) == {"random", "half_space", "clusters"} and min(filtered.values()) >= 0.9
