@@ -30,7 +30,7 @@ def esco_data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def _split_labels(text: str) -> tuple[str, str]:
+def split_labels(text: str) -> tuple[str, str]:
     """Split 'labels... Definition sentence.' at the first capitalised word (labels are lowercase;
     acronyms such as 'ICT' or 'EU' inside labels are not a sentence start)."""
     m = re.search(r"\b[A-Z][a-z]", text)
@@ -39,7 +39,7 @@ def _split_labels(text: str) -> tuple[str, str]:
     return text[: m.start()].strip(), text[m.start() :].strip()
 
 
-def _occupation_label(labels: str, definition: str) -> str:
+def occupation_label(labels: str, definition: str) -> str:
     """The preferred label: the leading label words the definition's subject repeats.
 
     'medical laboratory assistant medical lab ...' + 'Medical laboratory assistants work ...'
@@ -61,13 +61,11 @@ def _occupation_label(labels: str, definition: str) -> str:
 def load_occupations() -> pd.DataFrame:
     """3,658 ESCO occupations: occ_idx, uri, label, definition."""
     raw = pd.read_csv(esco_data_dir() / "occupations.csv")
-    labels, definitions = zip(*(_split_labels(t) for t in raw["description"]), strict=True)
+    labels, definitions = zip(*(split_labels(t) for t in raw["description"]), strict=True)
     out = pd.DataFrame(
         {
             "uri": raw["id"],
-            "label": [
-                _occupation_label(lab, d) for lab, d in zip(labels, definitions, strict=True)
-            ],
+            "label": [occupation_label(lab, d) for lab, d in zip(labels, definitions, strict=True)],
             "definition": definitions,
         }
     )
@@ -92,7 +90,7 @@ def _trim(words: list[str]) -> str:
 def load_skills() -> pd.DataFrame:
     """13,939 ESCO skills: skill_idx, uri, label (the first label words, trimmed), text."""
     raw = pd.read_csv(esco_data_dir() / "skills.csv")
-    labels = [_split_labels(t)[0] for t in raw["description"]]
+    labels = [split_labels(t)[0] for t in raw["description"]]
     out = pd.DataFrame(
         {
             "uri": raw["id"],

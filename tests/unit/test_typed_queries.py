@@ -13,12 +13,11 @@ import pytest
 
 from ebr.config import DataConfig, ModelConfig, TrainConfig
 from ebr.data.esco import load_occupations
+from ebr.data.esco_labels import alternative_labels, eval_reserved
 from ebr.data.marketplace import Marketplace, generate
 from ebr.eval.report import evaluate_marketplace, report_html, write_report
 from ebr.eval.typed import (
     KINDS,
-    alternative_labels,
-    eval_reserved,
     relevant_jobs,
     typed_metrics,
     typed_queries,
