@@ -61,6 +61,7 @@ package: setup
 bench: setup
 	for b in generate embed_throughput index_build ann_curves filtered_search live_slot; do \
 	  $(PY) -m benchmarks.$$b || exit 1; done
+	$(PY) -m benchmarks.typed_queries
 	$(PY) -m benchmarks.serve --workspace $(DEMO_WS)
 
 clean:

@@ -58,7 +58,7 @@ def _data(size: int, seed: int) -> Path:
     return path
 
 
-def _models(data: Path, root: Path, epochs: int) -> dict[str, Any]:
+def _models(data: Path, root: Path, epochs: int, catalogue: float = 0.0) -> dict[str, Any]:
     """Interest model interest/models/v1 and composite models/v1 under ``root``, trained as
     the platform's tasks train them (skipped when already there); returns their timings."""
     import pandas as pd
@@ -72,7 +72,8 @@ def _models(data: Path, root: Path, epochs: int) -> dict[str, Any]:
     ws = Workspace(root)
     if not (ws.models / "v1" / "model.json").is_file():
         t = {n: pd.read_parquet(data / f"{n}.parquet") for n in TABLES}
-        tables, tcfg = (t["jobs"], t["members"], t["impressions"]), TrainConfig(epochs=epochs)
+        tables = (t["jobs"], t["members"], t["impressions"])
+        tcfg = TrainConfig(epochs=epochs, catalogue_pairs=catalogue)
         t0 = time.perf_counter()
         interest, imetrics = train_interest(*tables, tcfg)
         idir = save_model(interest, ws.interest_models, "v1", {"metrics": imetrics})
@@ -119,6 +120,9 @@ def main(
     seed: Annotated[int, typer.Option(help="marketplace seed")] = 7,
     query_seed: Annotated[int, typer.Option(help="seed of the typed-query draw")] = 0,
     per_occupation: Annotated[int, typer.Option(help="alternative labels per occupation")] = 2,
+    catalogue_pairs: Annotated[
+        float | None, typer.Option(help="TrainConfig.catalogue_pairs (default: its default)")
+    ] = None,
 ) -> None:
     import pandas as pd
 
@@ -130,12 +134,13 @@ def main(
     from ebr.model.interest import load_interest_snapshots
 
     data = _data(size, seed)
-    root = CACHE / f"typed-{size}-seed{seed}-e{epochs}-{code_hash()}"
-    for stale in CACHE.glob(f"typed-{size}-seed{seed}-e{epochs}-*"):
+    cat = TrainConfig().catalogue_pairs if catalogue_pairs is None else catalogue_pairs
+    root = CACHE / f"typed-{size}-seed{seed}-e{epochs}-c{cat:g}-{code_hash()}"
+    for stale in CACHE.glob(f"typed-{size}-seed{seed}-e{epochs}-c{cat:g}-*"):
         if stale != root:  # models of older training code: never read again
             shutil.rmtree(stale)
     t0 = time.perf_counter()
-    trained = _models(data, root, epochs)
+    trained = _models(data, root, epochs, cat)
     t1 = time.perf_counter()
     t = {n: pd.read_parquet(data / f"{n}.parquet") for n in TABLES}
     tables, eval_days = (t["jobs"], t["members"], t["impressions"]), TrainConfig().eval_days
@@ -150,6 +155,7 @@ def main(
     )
     typed = report["typed"]
     summary = {
+        "catalogue_pairs": cat,
         "p@10": {m: v["overall"]["p@10"] for m, v in typed["methods"].items()},
         "targets": typed["targets"],
         "table": {g: {m: v[m] for m in METHODS} for g, v in typed_rows(typed)},

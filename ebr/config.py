@@ -119,6 +119,8 @@ class TrainConfig:
     logq: bool = True  # subtract log(sampling probability) from in-batch logits (popular jobs)
     hard_negatives: bool = True  # add one heuristic hard negative per pair to the softmax:
     # a job impressed in the same session but not engaged, or the same title in another city
+    catalogue_pairs: float = 0.0  # catalogue-derived (typed text -> job) pairs per log pair,
+    # anonymous and for every task: they teach every occupation's words, not only the log's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
@@ -132,6 +134,7 @@ class TrainConfig:
         _require(self.eval_days >= 1, "eval_days must be >= 1")
         _require(0 <= self.member_dropout < 1, "member_dropout must be in [0, 1)")
         _require(0 <= self.context_dropout < 1, "context_dropout must be in [0, 1)")
+        _require(0 <= self.catalogue_pairs <= 10, "catalogue_pairs must be in [0, 10]")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.config import TASK_OUTCOMES, ModelConfig, TrainConfig
+from ebr.data.catalogue import catalogue_pairs
 from ebr.data.pairs import eval_searches, hard_negatives, positive_pairs, time_split
 from ebr.eval.metrics import exact_topk_ids, recall_at_k
 from ebr.model.features import job_batch, request_batch
@@ -112,11 +113,22 @@ def marketplace_pairs(
     outcome = pairs["outcome"].astype(str)
     no_time = rng.random(len(pairs)) < tcfg.context_dropout
     whens = [None if d else t for d, t in zip(no_time, pairs["ts"], strict=True)]
+    req = request_batch(queries, req_members, mcfg, whens)
+    pair_item = job_row.loc[pairs["job_id"].to_numpy()].to_numpy()
+    labels = {t: outcome.isin(TASK_OUTCOMES[t]).to_numpy() for t in mcfg.tasks}
+    cat = catalogue_pairs(jobs, round(tcfg.catalogue_pairs * len(pairs)), rng)
+    if len(cat):  # anonymous typed text -> job, a positive of every task
+        extra = request_batch(cat["query"].tolist(), [None] * len(cat), mcfg)
+        req = {k: np.concatenate([v, extra[k]]) for k, v in req.items()}
+        pair_item = np.concatenate([pair_item, job_row.loc[cat["job_id"].to_numpy()].to_numpy()])
+        labels = {t: np.concatenate([v, np.ones(len(cat), bool)]) for t, v in labels.items()}
+        if hard is not None:
+            hard = np.concatenate([hard, np.full(len(cat), -1)])
     return PairData(
-        req=request_batch(queries, req_members, mcfg, whens),
+        req=req,
         item=job_batch(jobs.to_dict("records"), mcfg),
-        pair_item=job_row.loc[pairs["job_id"].to_numpy()].to_numpy(),
-        labels={t: outcome.isin(TASK_OUTCOMES[t]).to_numpy() for t in mcfg.tasks},
+        pair_item=pair_item,
+        labels=labels,
         hard_item=None if hard is None else hard.astype(np.int64),
     )
 

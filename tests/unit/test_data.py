@@ -128,3 +128,23 @@ def test_oracle_ranks_active_jobs_by_hidden_utility() -> None:
     assert (np.diff(u) <= 1e-12).all()  # descending utility for member 1
     with pytest.raises(ValueError, match="k must be"):
         oracle_topk(hidden, [1], 0)
+
+
+def test_catalogue_pairs_use_each_jobs_own_words_and_no_alternative_label(mp) -> None:
+    from ebr.data.catalogue import KINDS, catalogue_pairs
+    from ebr.data.esco_labels import alternative_labels, eval_reserved, label_key
+
+    jobs = mp.jobs
+    pairs = catalogue_pairs(jobs, 2000, np.random.default_rng(0))
+    assert len(pairs) == 2000 and set(pairs["kind"]) == set(KINDS)
+    by_id = jobs.set_index("job_id")
+    for q, job_id, kind in pairs.itertuples(index=False):
+        job = by_id.loc[job_id]
+        if kind == "skill":
+            assert q in set(job["skills"])
+        else:
+            assert set(label_key(q).split()) <= set(label_key(job["title"]).split()), (q, kind)
+    titles = {label_key(t) for t in jobs["title"]}
+    alts = {label_key(a) for a in alternative_labels()["alt_label"] if eval_reserved(a)} - titles
+    assert not {label_key(q) for q in pairs["query"]} & alts
+    assert len(pairs["job_id"].unique()) > 0.6 * len(jobs)  # the whole catalogue, not a head
