@@ -118,8 +118,10 @@ async def check_body(request: Request) -> None:
         raise _invalid([], f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "json_too_deep")
     try:
         path = _duplicate(text)
-    except ValueError:
+    except json.JSONDecodeError:
         return  # malformed JSON: FastAPI's own parser reports where (json_invalid)
+    except ValueError as exc:  # well-formed but unreadable, e.g. an int of 5,000 digits
+        raise _invalid([], f"unreadable JSON: {str(exc)[:120]}", "json_invalid") from None
     if path is not None:
         raise _invalid(path, f"duplicate key {path[-1]!r}", "json_duplicate_key")
 

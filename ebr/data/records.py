@@ -40,6 +40,7 @@ MAX_TEXT = 100_000  # longer than any real job description; bounds featurizer an
 MAX_KM = 20_040.0  # half the Earth's circumference
 JOB_TEXT = ("description", "company", "industry", "seniority", "employment_type", "city", "country")
 MEMBER_TEXT = ("headline", "seniority", "city", "country", "preferred_employment_type")
+MAX_ID = 2**63 - 1  # ids are int64 keys (Feast entities, slot id maps)
 ECHO_CHARS = 60  # a rejection echoes at most this much of the bad value
 
 
@@ -74,6 +75,8 @@ def echo(value: Any) -> str:
     """A bounded description of an untrusted value for a message (never the whole value)."""
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"<{value.bit_length()}-bit int>"  # repr of a huge int is slow, then refused
     if isinstance(value, str | int | float | bool) or value is None:
         text = repr(value)
     else:
@@ -99,11 +102,11 @@ class _Batch:
     def rejected(self, ids: pd.Series | None) -> list[Rejected]:
         out = []
         for pos, (field, reason) in sorted(self.bad.items()):
-            raw = None if ids is None else ids.iloc[pos]
-            ok = isinstance(raw, int | np.integer) and not isinstance(raw, bool | np.bool_)
-            out.append(
-                Rejected(pos, self.key, int(raw) if ok and raw is not None else None, field, reason)
-            )
+            raw: Any = None if ids is None else ids.iloc[pos]
+            readable = isinstance(raw, int | np.integer) and not isinstance(raw, bool | np.bool_)
+            # An id beyond int64 is reported as unreadable (printing it would be refused).
+            key_id = int(raw) if readable and abs(raw) <= MAX_ID else None
+            out.append(Rejected(pos, self.key, key_id, field, reason))
         return out
 
 
@@ -117,14 +120,18 @@ def _check_id(b: _Batch, field: str) -> None:
         b.flag((col < 0).to_numpy(), field, lambda v: f"must be >= 0, got {v}")
         return
     ok = col.map(
-        lambda v: isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) and v >= 0
+        lambda v: (
+            isinstance(v, int | np.integer)
+            and not isinstance(v, bool | np.bool_)
+            and 0 <= v <= MAX_ID
+        )
     ).to_numpy(bool)
-    b.flag(~ok, field, lambda v: f"must be an integer >= 0, got {echo(v)}")
+    b.flag(~ok, field, lambda v: f"must be an integer in [0, 2**63), got {echo(v)}")
 
 
 def _check_text(b: _Batch, field: str, required: bool) -> None:
     col = b.df[field]
-    null = _nulls(col) if col.dtype == object or not required else np.zeros(len(col), bool)
+    null = _nulls(col)
     kind = col.map(lambda v: isinstance(v, str)).to_numpy(bool)
     if required:
         b.flag(null, field, "required, got null")
@@ -163,7 +170,10 @@ def _numbers(b: _Batch, field: str) -> np.ndarray:
         if isinstance(v, int | float | np.integer | np.floating) and not isinstance(
             v, bool | np.bool_
         ):
-            return float(v)
+            try:
+                return float(v)
+            except OverflowError:  # an int beyond float range: flagged as not finite
+                return np.inf
         return np.inf  # flagged below as not a number
 
     values = np.array([num(v) for v in col.tolist()], np.float64)

@@ -63,8 +63,11 @@ def test_duplicate_keys_anywhere_are_422_naming_the_key(api, raw: str, named: st
         + "}" * 21,
         '{"query": "nurse", "filter": {"term": {"' + "k" * 200_000 + '": "x"}}}',
         '{"query": "nurse", "filter": {"term": {"city": ["' + "x" * 200_000 + '", 1]}}}',
+        '{"query": "nurse", "k": ' + "9" * 5000 + "}",
+        '{"query": "nurse", "filter": {"range": {"lat": {"gte": ' + "9" * 5000 + "}}}}",
     ],
-    ids=["960-deep", "100k-deep", "5000-nots", "40-deep", "20-nots", "huge-key", "huge-value"],
+    ids=["960-deep", "100k-deep", "5000-nots", "40-deep", "20-nots", "huge-key", "huge-value",
+         "5000-digit-k", "5000-digit-bound"],
 )  # fmt: skip
 def test_hostile_filters_are_bounded_422s(api, raw: str) -> None:
     resp = _post(api, raw)

@@ -130,3 +130,18 @@ def test_an_unreadable_id_equal_to_a_real_one_does_not_refuse_it() -> None:
     good, rejected = check_jobs(df)
     assert good.index.tolist() == [0] and [r.row for r in rejected] == [1, 2]
     assert {r.field for r in rejected} == {"job_id"}
+
+
+@pytest.mark.parametrize("column", ["job_id", "lat", "max_commute_km"])
+def test_a_5000_digit_int_is_rejected_with_a_short_message(column) -> None:
+    huge = 10**5000  # repr() of it raises in Python 3.11: the message must not call it
+    if column == "max_commute_km":
+        df = pd.DataFrame({"member_id": [1, 2], "max_commute_km": [30.0, 30.0]}).astype(object)
+        df.at[0, column] = huge
+        _, rejected = check_members(df)
+    else:
+        df = _jobs(2).astype({column: object})
+        df.at[0, column] = huge
+        _, rejected = check_jobs(df)
+    assert [(r.row, r.field) for r in rejected] == [(0, column)]
+    assert len(str(rejected[0])) < 200
