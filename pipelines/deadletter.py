@@ -40,7 +40,6 @@ STAGES = (
 )
 REASON_CHARS = 200  # an exception message is cut here: bounded rows, whatever was raised
 ECHO_FIELDS = 24  # a record echo lists at most this many fields
-UNIT_TOLERANCE = 1e-3  # |norm - 1| above this is a broken embedding, not float rounding
 KEYS = {"jobs": "job_id", "members": "member_id", "interest": "member_id"}
 # Columns a record must carry for the featurizers to read it (their values follow records.py).
 REQUIRED = {"jobs": ("job_id", "title", "remote"), "members": ("member_id",)}

@@ -35,6 +35,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedT
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ebr.config import ModelConfig, Workspace
+from ebr.data.records import vector_problem
 from ebr.io import atomic_directory
 from ebr.model.artifact import check_lineage, check_version, read_meta
 from ebr.model.features import job_tensors, request_tensors
@@ -43,7 +44,6 @@ from ebr.model.towers import ItemTower, RequestTower
 from pipelines.deadletter import (
     DEAD,
     KEYS,
-    UNIT_TOLERANCE,
     Checked,
     DropRepeated,
     ValidateRecords,
@@ -108,12 +108,8 @@ class _ToRow(beam.DoFn):
     def process(self, kv: tuple[int, PredictionResult]) -> Iterable[Any]:
         key, pred = kv
         vec = np.asarray(pred.inference, dtype=np.float32).ravel()  # CPU tensor [dim]
-        norm = float(np.linalg.norm(vec))
-        if not np.isfinite(vec).all():
-            why = f"embedding has {int((~np.isfinite(vec)).sum())} non-finite values"
-        elif abs(norm - 1.0) > UNIT_TOLERANCE:
-            why = f"embedding norm is {norm:.4g}, expected a unit vector"
-        else:
+        why = vector_problem(vec)
+        if why is None:
             yield {
                 KEYS[self._kind]: key,
                 "embedding": vec.tolist(),
@@ -121,6 +117,7 @@ class _ToRow(beam.DoFn):
                 "event_timestamp": datetime.now(UTC),
             }
             return
+        why = f"embedding {why}"
         yield dead_letter("output", _table(self._kind), key, "embedding", why, {"id": key})
 
 

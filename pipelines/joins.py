@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from ebr.config import Workspace
+from ebr.data.records import vector_problem
 from ebr.model.interest import history_text
 from pipelines.deadletter import (
     DEAD,
-    UNIT_TOLERANCE,
     Checked,
     ValidateRecords,
     dead_letter,
@@ -154,12 +154,9 @@ class _InterestVector(beam.DoFn):
                 vec = np.asarray(emb, dtype=np.float64)
             except (ValueError, TypeError):
                 vec = np.zeros(0)
-            if vec.shape != (self._dim,):
-                why = ("embedding", f"has shape {vec.shape}, expected ({self._dim},)")
-            elif not np.isfinite(vec).all():
-                why = ("embedding", f"has {int((~np.isfinite(vec)).sum())} non-finite values")
-            elif abs(float(np.linalg.norm(vec)) - 1.0) > UNIT_TOLERANCE:
-                why = ("embedding", f"norm {np.linalg.norm(vec):.4g}, expected a unit vector")
+            problem = vector_problem(vec, self._dim)
+            if problem is not None:
+                why = ("embedding", problem)
         if why is not None:
             field, reason = why
             yield dead_letter(

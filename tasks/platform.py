@@ -132,13 +132,15 @@ def publish_features(workspace: str, embeddings_dir: str, version: str) -> str:
 def serving_version(workspace: str, version: str) -> str:
     """``version``, or when it is "" the model version jobs@live serves at run time (what a
     scheduled re-embedding must refresh, whichever release went live since it was set up)."""
-    from ebr.index.aliases import resolve_alias
-    from ebr.index.slot import load_slot
+    from ebr.index.aliases import resolve_alias, slot_model_version
 
     if version:
         return version
-    live = load_slot(resolve_alias(Workspace(Path(workspace)).slots, "jobs@live"), verify=False)
-    return live.model_version
+    slots = Workspace(Path(workspace)).slots
+    live = slot_model_version(slots, resolve_alias(slots, "jobs@live").name)
+    if live is None:
+        raise FileNotFoundError(f"jobs@live in {slots} points at a slot without a manifest")
+    return live
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))

@@ -23,13 +23,12 @@ open_to_remote      boolean or null (members)                  false
 max_commute_km      null or finite in [0, 20040] (members)     0 (commute unknown)
 ==================  =========================================  ===================================
 
-Checks are vectorised over a DataFrame (a slot build checks 1M rows in about a second); a
-single record is checked as a one-row frame.
+Checks are vectorised over a DataFrame; a single record is checked as a one-row frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +40,7 @@ MAX_KM = 20_040.0  # half the Earth's circumference
 JOB_TEXT = ("description", "company", "industry", "seniority", "employment_type", "city", "country")
 MEMBER_TEXT = ("headline", "seniority", "city", "country", "preferred_employment_type")
 MAX_ID = 2**63 - 1  # ids are int64 keys (Feast entities, slot id maps)
+UNIT_TOLERANCE = 1e-3  # |norm - 1| above this is a broken embedding, not float32 rounding
 ECHO_CHARS = 60  # a rejection echoes at most this much of the bad value
 
 
@@ -316,6 +316,18 @@ def _check(
     return _finish(df, b, key)
 
 
+def vector_problem(vec: np.ndarray, dim: int | None = None) -> str | None:
+    """Why ``vec`` (float [dim]) is not a finite unit vector of ``dim`` values, or None."""
+    if dim is not None and vec.shape != (dim,):
+        return f"has shape {vec.shape}, expected ({dim},)"
+    if not np.isfinite(vec).all():
+        return f"has {int((~np.isfinite(vec)).sum())} non-finite values"
+    norm = float(np.linalg.norm(vec))
+    if abs(norm - 1.0) > UNIT_TOLERANCE:
+        return f"norm {norm:.4g}, expected a unit vector"
+    return None
+
+
 def require_valid(
     good_and_rejected: tuple[pd.DataFrame, list[Rejected]], what: str
 ) -> pd.DataFrame:
@@ -324,14 +336,3 @@ def require_valid(
     if rejected:
         raise RecordError(what, rejected)
     return good
-
-
-def check_record(
-    record: Mapping[str, Any], kind: str
-) -> tuple[dict[str, Any] | None, Rejected | None]:
-    """One record (a Beam element): (normalised record, None) or (None, why it was refused)."""
-    frame = pd.DataFrame([dict(record)])
-    good, rejected = (check_jobs if kind == "jobs" else check_members)(frame)
-    if rejected:
-        return None, rejected[0]
-    return dict(good.iloc[0].to_dict()), None

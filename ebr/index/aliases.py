@@ -133,16 +133,17 @@ def refresh(slots_dir: Path, alias: str, slot_name: str) -> bool:
 
     A scheduled re-embedding refreshes the live version's slot with this, so it can never
     move ``live`` to another version, not even back to one a promotion just replaced."""
-    version = _version(Path(slots_dir), slot_name)
+    version = slot_model_version(Path(slots_dir), slot_name)
     return _move(
         slots_dir,
         alias,
         slot_name,
-        lambda current: current is None or _version(Path(slots_dir), current) == version,
+        lambda current: current is None or slot_model_version(Path(slots_dir), current) == version,
     )[0]
 
 
-def _version(slots_dir: Path, slot_name: str) -> str | None:
+def slot_model_version(slots_dir: Path, slot_name: str) -> str | None:
+    """The model version in ``slot_name``'s manifest (None when the slot is gone)."""
     manifest = slots_dir / slot_name / MANIFEST_FILE
     return json.loads(manifest.read_text()).get("model_version") if manifest.is_file() else None
 

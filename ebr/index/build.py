@@ -32,12 +32,14 @@ import faiss
 import numpy as np
 
 from ebr.config import IndexConfig
+from ebr.data.records import UNIT_TOLERANCE
 from ebr.index.params import search_params, set_search_params  # re-exported for callers
 
 MIN_IVF_POINTS = 1_000  # below this an IVF/PQ index saves nothing and trains badly: use flat
 MIN_POINTS_PER_CELL = 39  # faiss k-means warns below 39 training points per centroid
 MAX_TRAIN_POINTS = 100_000  # k-means quality saturates well before this; training time does not
-NORM_TOLERANCE = 1e-3  # float32 normalisation error is ~1e-7; larger means "not normalised"
+# float32 normalisation error is ~1e-7; larger means "not normalised" (the record contract's)
+NORM_TOLERANCE = UNIT_TOLERANCE
 EXACT_BLAS_THRESHOLD = 20  # query batches at least this big take faiss's BLAS (GEMM) path
 
 

@@ -98,14 +98,16 @@ def text_ids(text: str | None, width: int, buckets: int) -> np.ndarray:
 def cat_id(field: str, value: Any, buckets: int) -> int:
     """Stable id of a categorical value in the shared table; id 0 means 'missing' (None, "",
     or NaN, which is how a pandas column holds a null)."""
-    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+    if not _present(value) or value == "":
         return 0
     return 1 + zlib.crc32(f"{field}:{value}".encode()) % (buckets - 1)
 
 
 def _skills_text(skills: Any) -> str:
-    if skills is None or isinstance(skills, float | str):  # null (NaN) or not a list
-        return "" if not isinstance(skills, str) else skills
+    if isinstance(skills, str):
+        return skills
+    if not _present(skills):  # null: None, or NaN in a pandas column
+        return ""
     return " ".join(str(s) for s in skills)
 
 

@@ -4,7 +4,7 @@ Query text and catalogue text go through the same ``words``: Unicode NFKC (fullw
 ``ｓｏｆｔｗａｒｅ`` -> ``software``, ligatures, compatibility forms), removal of format characters
 (zero-width spaces and joiners, soft hyphens, bidi marks), case folding and accent folding
 (``Café`` -> ``cafe``), then runs of letters and digits in any script. A word the model never
-saw in training has an untrained hashed embedding, so ``Vocabulary.known`` tells serving whether
+saw in training has an untrained hashed embedding, so ``Vocabulary.split`` tells serving whether
 a query carries any signal at all (``vocab.txt`` beside the towers).
 """
 

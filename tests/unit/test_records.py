@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.data.records import RecordError, check_jobs, check_members, check_record, require_valid
+from ebr.data.records import RecordError, check_jobs, check_members, require_valid
 
 
 def _jobs(n: int = 3) -> pd.DataFrame:
@@ -116,11 +116,11 @@ def test_bad_member_values(column, value) -> None:
     assert good["member_id"].tolist() == [2]
 
 
-def test_check_record_for_one_element() -> None:
-    rec, why = check_record({"job_id": 5, "title": "t", "lat": 95.0, "lon": 0.0}, "jobs")
-    assert rec is None and why is not None and why.field == "lat" and why.id == 5
-    rec, why = check_record({"member_id": 5, "lat": None, "lon": None}, "members")
-    assert why is None and rec is not None and rec["member_id"] == 5
+def test_one_record_as_a_one_row_frame() -> None:
+    good, why = check_jobs(pd.DataFrame([{"job_id": 5, "title": "t", "lat": 95.0, "lon": 0.0}]))
+    assert good.empty and len(why) == 1 and why[0].field == "lat" and why[0].id == 5
+    good, why = check_members(pd.DataFrame([{"member_id": 5, "lat": None, "lon": None}]))
+    assert not why and good.iloc[0]["member_id"] == 5
 
 
 def test_an_unreadable_id_equal_to_a_real_one_does_not_refuse_it() -> None:
