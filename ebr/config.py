@@ -74,6 +74,10 @@ class ModelConfig:
     serve_task: str = "apply"  # the head batch inference and serving embed requests with
     text_encoder: str = "hashed"  # hashed | hashed+minilm: adds frozen all-MiniLM-L6-v2
     # sentence embeddings of the query and the job title (ebr.model.sentence)
+    subwords: bool = True  # titles, queries and headlines also hash their character trigrams
+    # (misspellings and word forms share most of them)
+    lexical: bool = True  # both towers add one shared projection of their pooled query / title
+    # text to the output (a tied term-matching path: see ebr.model.towers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))  # JSON round trips give lists

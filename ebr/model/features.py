@@ -23,7 +23,8 @@ from ebr.model.text import words
 from ebr.model.towers import TowerSpec
 
 # Fixed slot widths per text field (the body uses ModelConfig.max_tokens).
-SHORT_TOKENS = 16  # titles, headlines, queries
+SHORT_TOKENS = 16  # titles, headlines, queries (words + bigrams)
+PHRASE_TOKENS = 64  # the same with character trigrams (ModelConfig.subwords)
 SKILL_TOKENS = 48  # skill lists
 ITEM_CATS = ("company", "industry", "seniority", "employment_type", "city", "country")
 REQUEST_CATS = ("seniority", "city", "country", "preferred_employment_type")
@@ -61,12 +62,13 @@ def request_spec(cfg: ModelConfig) -> TowerSpec:
     MiniLM vector (384 nums) with text_encoder hashed+minilm."""
     sentence = MINILM_NUMS if _minilm(cfg) else 0
     if cfg.request_inputs == "query":
-        return TowerSpec(texts=("query",), n_cats=0, n_nums=sentence)
+        return TowerSpec(texts=("query",), n_cats=0, n_nums=sentence, skip="query")
     interest = 1 + cfg.interest_dim if cfg.interest_dim else 0  # has_interest flag + vector
     return TowerSpec(
         texts=("query", "headline", "skills"),
         n_cats=len(REQUEST_CATS),
         n_nums=REQUEST_NUMS + CONTEXT_NUMS + interest + sentence,
+        skip="query",
     )
 
 
@@ -74,25 +76,43 @@ def item_spec(cfg: ModelConfig) -> TowerSpec:
     """Item-tower inputs: title, description, skills; company, industry, seniority, ...; geo;
     the title's MiniLM vector with text_encoder hashed+minilm."""
     nums = ITEM_NUMS + (MINILM_NUMS if _minilm(cfg) else 0)
-    return TowerSpec(texts=("title", "body", "skills"), n_cats=len(ITEM_CATS), n_nums=nums)
+    return TowerSpec(
+        texts=("title", "body", "skills"), n_cats=len(ITEM_CATS), n_nums=nums, skip="title"
+    )
+
+
+def trigrams(word: str) -> list[str]:
+    """Character trigrams of ``<word>`` marked ``#`` so none collides with a word: 'nurse' ->
+    #<nu #nur #urs #rse #se>. A misspelling keeps most of them ('nusre' shares #<nu, #se>)."""
+    w = f"<{word}>"
+    return [f"#{w[i : i + 3]}" for i in range(len(w) - 2)]
 
 
 @lru_cache(maxsize=200_000)
-def _hash_text(text: str, buckets: int) -> tuple[int, ...]:
-    """Hashed unigram + bigram ids in [1, buckets) of the normalised words (``ebr.model.text``);
-    cached because descriptions repeat."""
+def _hash_text(text: str, buckets: int, subwords: bool = False) -> tuple[int, ...]:
+    """Hashed ids in [1, buckets) of the normalised words (``ebr.model.text``): unigrams,
+    bigrams, then (``subwords``) each word's character trigrams; cached because texts repeat."""
     ws = words(text)
     grams = ws + [f"{a} {b}" for a, b in zip(ws, ws[1:], strict=False)]
+    if subwords:
+        grams += [g for w in ws for g in trigrams(w)]
     return tuple(1 + zlib.crc32(g.encode()) % (buckets - 1) for g in grams)
 
 
-def text_ids(text: str | None, width: int, buckets: int) -> np.ndarray:
-    """int64 [width]: hashed n-gram ids of ``text``, truncated / zero-padded."""
+def text_ids(text: str | None, width: int, buckets: int, subwords: bool = False) -> np.ndarray:
+    """int64 [width]: hashed n-gram ids of ``text``, truncated / zero-padded (words first, so
+    truncation drops trigrams before words)."""
     out = np.zeros(width, dtype=np.int64)
     if isinstance(text, str) and text:  # None or NaN (a null in a pandas column): no words
-        ids = _hash_text(text, buckets)[:width]
+        ids = _hash_text(text, buckets, subwords)[:width]
         out[: len(ids)] = ids
     return out
+
+
+def phrase_ids(text: str | None, cfg: ModelConfig) -> np.ndarray:
+    """int64 [16 | 64]: a title, query or headline; with ``cfg.subwords`` its trigrams too."""
+    width = PHRASE_TOKENS if cfg.subwords else SHORT_TOKENS
+    return text_ids(text, width, cfg.hash_buckets, cfg.subwords)
 
 
 def cat_id(field: str, value: Any, buckets: int) -> int:
@@ -126,12 +146,12 @@ def location_nums(lat: Any, lon: Any) -> np.ndarray:
 def job_tensors(job: Mapping[str, Any], cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Item-tower inputs of one job record (a row of jobs.parquet).
 
-    Returns title int64 [16], body int64 [max_tokens], skills int64 [48], cats int64 [6],
+    Returns title (``phrase_ids``), body int64 [max_tokens], skills int64 [48], cats int64 [6],
     nums float32 [6]. Nullable fields (records.py) featurize as "missing", never raise.
     """
     b = cfg.hash_buckets
     return {
-        "title": text_ids(job["title"], SHORT_TOKENS, b),
+        "title": phrase_ids(job["title"], cfg),
         "body": text_ids(job.get("description"), cfg.max_tokens, b),
         "skills": text_ids(_skills_text(job.get("skills")), SKILL_TOKENS, b),
         "cats": np.array(
@@ -181,14 +201,14 @@ def request_tensors(
 
     ``member`` is a profile record, optionally with ``interest`` (float [interest_dim], the
     member-interest model's batch embedding, looked up, never recomputed here). Returns query
-    int64 [16], and for the composite tower headline int64 [16], skills int64 [48], cats int64
-    [4], nums float32 [10 (+ 1 + interest_dim)]. A missing member yields zeros (the anonymous
-    search case).
+    (``phrase_ids``), and for the composite tower headline (``phrase_ids``), skills int64 [48],
+    cats int64 [4], nums float32 [11 (+ 1 + interest_dim)]. A missing member yields zeros (the
+    anonymous search case).
     """
     b = cfg.hash_buckets
     if cfg.request_inputs == "query":
         return {
-            "query": text_ids(query, SHORT_TOKENS, b),
+            "query": phrase_ids(query, cfg),
             "cats": np.zeros(0, dtype=np.int64),
             "nums": np.concatenate([np.zeros(0), *_sentence(query, cfg)]).astype(np.float32),
         }
@@ -202,8 +222,8 @@ def request_tensors(
         nums.append(_interest(m, cfg))
     nums.extend(_sentence(query, cfg))
     return {
-        "query": text_ids(query, SHORT_TOKENS, b),
-        "headline": text_ids(m.get("headline"), SHORT_TOKENS, b),
+        "query": phrase_ids(query, cfg),
+        "headline": phrase_ids(m.get("headline"), cfg),
         "skills": text_ids(_skills_text(m.get("skills")), SKILL_TOKENS, b),
         "cats": profile_cats(m, cfg),
         "nums": np.concatenate(nums).astype(np.float32),

@@ -111,13 +111,14 @@ def fit(model: TwoTower, data: PairData, tcfg: TrainConfig) -> dict[str, Any]:
                 hard_rows = data.hard_item[b]
                 kw["hard"] = model.item(**_take(data.item, np.maximum(hard_rows, 0)))
                 kw["hard_ids"] = torch.from_numpy(hard_rows)
-            body = model.request.body(_take(data.req, b))
+            req_in = _take(data.req, b)
+            body, lexical = model.request.body(req_in), model.request.lexical(req_in)
             if tasks:
                 parts = []
                 for t, w in zip(tasks, weights, strict=True):
                     mask = torch.from_numpy(data.labels[t][b])
                     lt = in_batch_softmax_loss(
-                        model.request.head(body, t),
+                        model.request.head(body, t, lexical),
                         item,
                         temperature=tcfg.temperature,
                         rows=mask,
@@ -127,7 +128,7 @@ def fit(model: TwoTower, data: PairData, tcfg: TrainConfig) -> dict[str, Any]:
                     parts.append(w * lt)
                 loss = torch.stack(parts).sum()
             else:
-                req = model.request.head(body, None)
+                req = model.request.head(body, None, lexical)
                 loss = in_batch_softmax_loss(req, item, temperature=tcfg.temperature, **kw)
             for opt in opts:
                 opt.zero_grad()

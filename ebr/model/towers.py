@@ -31,6 +31,7 @@ class TowerSpec:
     texts: tuple[str, ...]
     n_cats: int  # int64 [b, n_cats] ids in the shared categorical table
     n_nums: int  # float32 [b, n_nums] numeric features (incl. looked-up embeddings)
+    skip: str | None = None  # text field on the lexical path (ModelConfig.lexical)
 
 
 def tower_specs(cfg: ModelConfig) -> tuple[TowerSpec, TowerSpec]:
@@ -61,6 +62,9 @@ class SharedEmbeddings(nn.Module):
         self.cat = nn.Embedding(cfg.cat_buckets, cfg.cat_dim, padding_idx=0, sparse=True)
         nn.init.normal_(self.text.weight, std=0.1)
         nn.init.normal_(self.cat.weight, std=0.1)
+        # The lexical path: one projection shared by both towers, so a query and a title that
+        # share words (or trigrams) share this part of their embeddings from the first step.
+        self.lexical = nn.Linear(cfg.token_dim, cfg.dim, bias=False) if cfg.lexical else None
         with torch.no_grad():
             self.text.weight[0].zero_()
             self.cat.weight[0].zero_()
@@ -76,6 +80,11 @@ class Tower(nn.Module):
 
     With ``tasks`` the MLP output feeds one bias-free linear head per task (initialised to the
     identity, so every head starts as the shared embedding); without, the MLP output is used.
+    With ``ModelConfig.lexical`` and a ``spec.skip`` field (the query, the job title), the
+    shared ``SharedEmbeddings.lexical`` projection of that field's pooled text is added before
+    normalising: the MLP mixes text with everything else and learned only what the log
+    taught it, while this path keeps the words themselves, so an occupation no one searched
+    for still matches its own title (issue 9's typed queries).
     """
 
     def __init__(
@@ -107,18 +116,30 @@ class Tower(nn.Module):
         c = self.emb.cat(inputs["cats"]).flatten(1)  # [b, n_cats * cat_dim]
         return self.mlp(torch.cat([*pooled, c, inputs["nums"]], dim=1))
 
-    def head(self, h: torch.Tensor, task: str | None) -> torch.Tensor:
-        """Task head on a body output -> float [b, dim] unit rows."""
+    def head(
+        self, h: torch.Tensor, task: str | None, lexical: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Task head on a body output (+ the lexical path's output) -> float [b, dim] unit
+        rows."""
         if self.tasks:
             name = task or self.cfg.serve_task
             if name not in self.tasks:
                 raise KeyError(f"unknown task {name!r}; this tower has {list(self.tasks)}")
             h = self.heads[self.tasks.index(name)](h)
+        if lexical is not None:
+            h = h + lexical
         return F.normalize(h, dim=-1)
+
+    def lexical(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The shared projection of the ``spec.skip`` field's pooled text: float [b, dim]
+        (None without a lexical path)."""
+        if self.emb.lexical is None or self.spec.skip is None:
+            return None
+        return self.emb.lexical(self.emb.pool(inputs[self.spec.skip]))
 
     def forward(self, task: str | None = None, **inputs: torch.Tensor) -> torch.Tensor:
         """Named inputs of the spec (each [b, ...]) -> float [b, dim] unit rows."""
-        return self.head(self.body(inputs), task)
+        return self.head(self.body(inputs), task, self.lexical(inputs))
 
 
 class RequestTower(Tower):
