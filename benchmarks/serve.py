@@ -4,10 +4,12 @@
 
 Starts the real Ray Serve app on loopback over the workspace, then:
 - latency: ``--requests`` (200) sequential POST /v1/search calls (query + member, k=10), p50/p95
-  client-side, plus the server's own took_ms; the same for JYMBII recommendations;
+  client-side, plus the server's own took_ms, for each retrieval (ebr, term, hybrid); the same
+  for JYMBII recommendations;
 - quality: every held-out search session (query + member, later days of the log) through
-  POST /v1/search with k=100, recall@100 next to BM25 (bm25s) on the same jobs and queries,
-  and exact search with the same model (what the ANN slot costs in recall).
+  POST /v1/search with k=100 in each retrieval, recall@100 next to BM25 (the slot's term
+  index) on the same jobs and queries, and exact search with the same model (what the ANN
+  slot costs in recall).
 Writes benchmarks/results/serve.json and serve.png.
 """
 
@@ -24,6 +26,9 @@ import pandas as pd
 import typer
 
 from benchmarks.common import REPO_ROOT, pyplot, save_figure, write_result
+
+RETRIEVALS = ("ebr", "term", "hybrid")  # ebr.index.search.RETRIEVALS
+DEFAULT = "hybrid"  # serving.schemas.AppArgs.retrieval
 
 
 def _free_port() -> int:
@@ -96,12 +101,14 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
     )
     ev = eval_searches(held, with_query=True)
     positives = ev["positives"].tolist()
-    served = []
+    served: dict[str, list[list[int]]] = {mode: [] for mode in RETRIEVALS}
     for q, m in zip(ev["query"], ev["member_id"], strict=True):
-        r = client.post("/v1/search", json={"query": q, "member_id": int(m), "k": k})
-        r.raise_for_status()
-        ids = [h["job_id"] for h in r.json()["results"]]
-        served.append(ids + [-1] * (k - len(ids)))
+        for mode in RETRIEVALS:
+            body = {"query": q, "member_id": int(m), "k": k, "retrieval": mode}
+            r = client.post("/v1/search", json=body)
+            r.raise_for_status()
+            ids = [h["job_id"] for h in r.json()["results"]]
+            served[mode].append(ids + [-1] * (k - len(ids)))
     version = client.get("/healthz").json()["model_version"]
     tower, cfg, meta = load_request_tower(workspace / "models" / version)
     recs = member_records(members)
@@ -124,7 +131,10 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
     bm25 = BM25Baseline(jobs).search(ev["query"].tolist(), k)
     return {
         "held_out_searches": len(ev),
-        f"served_ebr_recall@{k}": round(recall_at_k(np.array(served), positives, k), 4),
+        **{
+            f"served_{mode}_recall@{k}": round(recall_at_k(np.array(ids), positives, k), 4)
+            for mode, ids in served.items()
+        },
         f"exact_ebr_recall@{k}": round(
             recall_at_k(exact_topk_ids(qv, vecs, ids, k), positives, k), 4
         ),
@@ -143,14 +153,23 @@ def main(workspace: Path = Path("var/demo"), requests: int = 200, k: int = 100) 
         rng = np.random.default_rng(0)
         titles = jobs["title"].sample(requests, replace=True, random_state=0).str.lower().tolist()
         mids = rng.choice(members["member_id"].to_numpy(), requests)
-        search = [
-            ("POST", "/v1/search", {"query": t, "member_id": int(m), "k": 10})
-            for t, m in zip(titles, mids, strict=True)
-        ]
+
+        def search(mode: str) -> list[tuple[str, str, dict | None]]:
+            return [
+                (
+                    "POST",
+                    "/v1/search",
+                    {"query": t, "member_id": int(m), "k": 10, "retrieval": mode},
+                )
+                for t, m in zip(titles, mids, strict=True)
+            ]
+
         jymbii = [("GET", f"/v1/members/{int(m)}/recommendations?k=10", None) for m in mids]
-        _latencies(client, search[:20])  # warm-up: first calls pay lazy imports and caches
+        for mode in RETRIEVALS:  # warm-up: first calls pay lazy imports and caches
+            _latencies(client, search(mode)[:20])
         results = {
-            "search": _latencies(client, search),
+            "search": _latencies(client, search(DEFAULT)),
+            "search_by_retrieval": {m: _latencies(client, search(m)) for m in RETRIEVALS},
             "recommendations": _latencies(client, jymbii),
             "quality": _quality(client, workspace, k),
         }
@@ -167,13 +186,9 @@ def main(workspace: Path = Path("var/demo"), requests: int = 200, k: int = 100) 
     )
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ("search", "recommendations"):
-        a.hist(
-            results[name]["samples_ms"],
-            bins=40,
-            alpha=0.6,
-            label=f"{name} (p50 {results[name]['p50_ms']} ms)",
-        )
+    shown = {f"search {m}": results["search_by_retrieval"][m] for m in RETRIEVALS}
+    for name, r in {**shown, "recommendations": results["recommendations"]}.items():
+        a.hist(r["samples_ms"], bins=40, alpha=0.5, label=f"{name} (p50 {r['p50_ms']} ms)")
     a.set(
         xlabel="latency per sequential request (ms)",
         ylabel="requests",
@@ -185,9 +200,10 @@ def main(workspace: Path = Path("var/demo"), requests: int = 200, k: int = 100) 
     b.bar([n.replace(f"_recall@{k}", "") for n in names], [q[n] for n in names])
     b.set(ylabel=f"recall@{k}", ylim=(0, 1), title=f"{q['held_out_searches']} held-out searches")
     save_figure(fig, "serve")
-    print(
-        path, {n: {k2: v for k2, v in r.items() if k2 != "samples_ms"} for n, r in results.items()}
-    )
+    latency = {f"search {m}": r for m, r in results["search_by_retrieval"].items()}
+    latency["recommendations"] = results["recommendations"]
+    print(path, {n: {f: v for f, v in r.items() if f != "samples_ms"} for n, r in latency.items()})
+    print(results["quality"])
 
 
 if __name__ == "__main__":

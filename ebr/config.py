@@ -123,11 +123,11 @@ class TrainConfig:
     logq: bool = True  # subtract log(sampling probability) from in-batch logits (popular jobs)
     hard_negatives: bool = True  # add one heuristic hard negative per pair to the softmax:
     # a job impressed in the same session but not engaged, or the same title in another city
-    catalogue_pairs: float = 0.2  # catalogue-derived (typed text -> job) pairs per log pair,
+    catalogue_pairs: float = 0.5  # catalogue-derived (typed text -> job) pairs per log pair,
     # anonymous and for every task: they teach every occupation's words, not only the log's.
-    # 20k jobs, seed 13 (benchmarks.typed_queries): typed p@10 0.22 -> 0.40 at 0.2 with log
-    # search / JYMBII recall@100 0.706 / 0.690 -> 0.713 / 0.691; 0.3 and 0.5 lift typed p@10
-    # further (0.42, 0.51) but cost JYMBII (0.669, 0.674)
+    # 20k jobs (benchmarks.typed_queries), with the lexical path and trigrams: typed EBR
+    # p@10 / log search / JYMBII recall@100 at 0.2: 0.742 / 0.727 / 0.709; 0.5: 0.780 /
+    # 0.722 / 0.708; 0.7: 0.783 / 0.725 / 0.692; 1.0: 0.794 / 0.715 / 0.674 (JYMBII < 0.677)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))

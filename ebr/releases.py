@@ -20,7 +20,8 @@ from ebr.index.aliases import promote, refresh, set_alias
 from ebr.index.slot import load_slot, slot_name_for, write_slot
 from ebr.model.artifact import check_version
 
-# What a search response shows and filters can test, kept in the slot next to the id map.
+# What a search response shows, filters test and term retrieval reads (skills, description:
+# ``ebr.index.terms``), kept in the slot next to the id map.
 SLOT_COLUMNS = (
     "job_id",
     "title",
@@ -35,6 +36,8 @@ SLOT_COLUMNS = (
     "remote",
     "active",
     "posted_at",
+    "skills",
+    "description",
 )
 
 

@@ -66,7 +66,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         ray_actor_options={"num_cpus": cfg.retriever_num_cpus},
     ).bind(str(slot_dir), cfg.verify_slot, cfg.log_refresh_s)
     return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(
-        encoder, retriever, str(manifest["name"]), version
+        encoder, retriever, str(manifest["name"]), version, cfg.retrieval
     )
 
 

@@ -90,11 +90,13 @@ class Ingress:
         retriever: DeploymentHandle,
         slot: str,
         model_version: str,
+        retrieval: str = "hybrid",
     ) -> None:
         self._encoder = encoder
         self._retriever = retriever
         self._slot = slot
         self._version = model_version
+        self._retrieval = retrieval  # /v1/search's default (AppArgs.retrieval)
 
     async def _respond(
         self,
@@ -104,15 +106,20 @@ class Ingress:
         filter_json: dict[str, Any] | None = None,
         explain: bool = False,
         understood: dict[str, Any] | None = None,
+        text: str | None = None,
+        retrieval: str = "ebr",
     ) -> SearchResponse:
-        hits, plan = [[]], None
-        if vectors is not None:
-            hits, plan = await _result(self._retriever.search.remote(vectors, k, filter_json))
+        call = self._retriever.search.remote(vectors, k, filter_json, text, retrieval)
+        hits, plan = await _result(call)
+        used = plan.pop("retrieval")
         info = understood or {}
         notice = None
         if info.get("query_understood") is False:
             unknown = ", ".join(info.get("unknown_words", [])) or "no letters or digits"
-            what = "results for the member alone" if vectors is not None else "no results"
+            if used == "term":
+                what = "term matches alone" if hits[0] else "no term matches either"
+            else:
+                what = "results for the member alone" if vectors is not None else "no results"
             notice = f"no word of the query is known to the model ({unknown}): {what}"
         return SearchResponse(
             results=[JobHit(**h) for h in hits[0]],
@@ -123,15 +130,20 @@ class Ingress:
             query_understood=info.get("query_understood"),
             unknown_words=info.get("unknown_words", []),
             notice=notice,
+            retrieval=used,
         )
 
     @app.post("/v1/search", response_model=SearchResponse, responses={**_NOT_FOUND, **_BODY_ERRORS})
     async def search(self, body: SearchRequest) -> SearchResponse:
-        """Jobs for a free-text query, personalised by ``member_id`` when given."""
+        """Jobs for a free-text query, personalised by ``member_id`` when given; by
+        embeddings, terms or both (``retrieval``)."""
         start = time.perf_counter()
         call = self._encoder.encode_request.remote(body.query, body.member_id)
         vectors, understood = await _result(call)
-        return await self._respond(vectors, body.k, start, body.filter, body.explain, understood)
+        retrieval = body.retrieval or self._retrieval
+        return await self._respond(
+            vectors, body.k, start, body.filter, body.explain, understood, body.query, retrieval
+        )
 
     @app.get(
         "/v1/members/{member_id}/recommendations",

@@ -41,23 +41,41 @@ class Retriever:
             self._refreshed = time.monotonic()
 
     def search(
-        self, vectors: np.ndarray, k: int, filter_json: dict[str, Any] | None = None
+        self,
+        vectors: np.ndarray | None,
+        k: int,
+        filter_json: dict[str, Any] | None = None,
+        text: str | None = None,
+        retrieval: str = "ebr",
     ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-        """Top-k live jobs per request vector that pass the filter.
+        """Top-k live jobs for one request that pass the filter.
 
         Args:
-            vectors: float32 [q, d] unit request embeddings of the slot's model version.
+            vectors: float32 [1, d] unit request embedding of the slot's model version, or
+                None when the request has nothing the model understands.
             k: results per request (1..100, validated by the ingress).
             filter_json: a filter expression (validated by the ingress; see ebr.index.filters).
+            text: the query text (term and hybrid retrieval), None without a query.
+            retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.search``). What a request
+                can use: no text (or a slot without a term index) -> ebr; no vector -> term;
+                neither -> no results.
 
         Returns:
-            q lists of up to k hits (display columns + ``score``), best first, and the plan.
+            One list of up to k hits (display columns + ``score``), best first, and the plan
+            (with ``retrieval``, the one used).
         """
         from ebr.index.filters import parse_filter
 
         self._refresh()
         flt = parse_filter(filter_json) if filter_json is not None else None
-        hits = self._live.query(vectors, k, flt)
+        if text is None or not text.strip() or self._slot.terms is None:
+            retrieval = "ebr"  # no query text, or a slot built before term indexes
+        elif vectors is None:
+            retrieval = "term"
+        if vectors is None and retrieval == "ebr":
+            return [[]], {"retrieval": None}
+        texts = [text] if text is not None else None
+        hits = self._live.query(vectors, k, flt, texts=texts, retrieval=retrieval)
         import pandas as pd
 
         delta = hits.delta_items
@@ -74,7 +92,7 @@ class Retriever:
                         record[key] = None
                 record["score"] = float(score)
             out.append(records)
-        return out, hits.plan
+        return out, {"retrieval": retrieval, **hits.plan}
 
     def info(self) -> dict[str, Any]:
         """Slot name, model version, size and measured recall@10 (for /healthz)."""

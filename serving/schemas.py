@@ -7,7 +7,7 @@ field, never a 500 from deep inside a replica. ``AppArgs`` is the single input o
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,7 @@ Query = Annotated[
 # Strict ints: a JSON "10" or 10.5 or true is a client bug worth a 422, not something to coerce.
 MemberId = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMBER_ID)]
 TopK = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
+Retrieval = Literal["ebr", "term", "hybrid"]  # ebr.index.search.RETRIEVALS
 
 
 class SearchRequest(BaseModel):
@@ -47,6 +48,11 @@ class SearchRequest(BaseModel):
         '{"geo_radius": {"lat": 52.5, "lon": 13.4, "km": 50}}]}',
     )
     explain: bool = Field(default=False, description="include how the planner searched")
+    retrieval: Retrieval | None = Field(
+        default=None,
+        description="ebr (embeddings), term (BM25 over the job text) or hybrid (both, fused "
+        "by reciprocal rank); default: the deployment's (AppArgs.retrieval)",
+    )
 
     @field_validator("filter")
     @classmethod
@@ -81,7 +87,10 @@ class JobHit(BaseModel):
     country: str | None = None
     seniority: str | None = None
     remote: bool | None = None
-    score: float = Field(description="cosine similarity of request and job embeddings")
+    score: float = Field(
+        description="ebr: cosine similarity of request and job embeddings; term: BM25; "
+        "hybrid: the fused reciprocal-rank score"
+    )
 
 
 class SearchResponse(BaseModel):
@@ -103,6 +112,9 @@ class SearchResponse(BaseModel):
         default_factory=list, description="normalised query words the model never saw"
     )
     notice: str | None = Field(default=None, description="why results are empty or partial")
+    retrieval: str | None = Field(
+        default=None, description="the retrieval that answered (null: nothing to search with)"
+    )
 
 
 class HealthResponse(BaseModel):
@@ -141,6 +153,9 @@ class AppArgs(BaseModel):
     verify_slot: bool = True
     # How often a retriever tails the slot's live log (upserts/deletes from a writer process).
     log_refresh_s: float = Field(default=1.0, ge=0, le=3600)
+    # What /v1/search uses when a request names none: hybrid had the best precision on typed
+    # queries (benchmarks.typed_queries); a request may pick ebr or term itself.
+    retrieval: Retrieval = "hybrid"
     # Used by ``serving.app.main`` and tests; with a config YAML the application's own
     # ``route_prefix`` key decides (Serve sets the prefix at deploy, not inside the graph).
     route_prefix: str = Field(default="/", pattern=r"^/")

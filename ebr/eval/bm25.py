@@ -1,4 +1,9 @@
-"""BM25 term-retrieval baseline over job text (bm25s), the bar EBR must clear."""
+"""BM25 term-retrieval baseline over job text: the bar EBR must clear.
+
+The same term index a slot serves (``ebr.index.terms``: bm25s over title twice, skills and
+description, the towers' word normalisation), so the evaluation measures the term retrieval
+``/v1/search`` answers with.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +12,26 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-
-def job_text(jobs: pd.DataFrame) -> list[str]:
-    """The text a term engine indexes: title (twice, as fields are usually boosted), skills,
-    description."""
-    skills = jobs["skills"].map(lambda s: " ".join(s) if s is not None else "")
-    return (jobs["title"] + " " + jobs["title"] + " " + skills + " " + jobs["description"]).tolist()
+from ebr.index.terms import TermIndex, term_text, top_rows
 
 
 class BM25Baseline:
     """Lexical retrieval: query text -> top-k job ids."""
 
     def __init__(self, jobs: pd.DataFrame) -> None:
-        import bm25s
-
-        self._ids = jobs["job_id"].to_numpy()
-        self._retriever = bm25s.BM25()
-        self._retriever.index(bm25s.tokenize(job_text(jobs), stopwords="en", show_progress=False),
-                              show_progress=False)  # fmt: skip
+        self._ids = jobs["job_id"].to_numpy(np.int64)
+        self._index = TermIndex.build(term_text(jobs))
 
     def search(self, queries: Sequence[str], k: int) -> np.ndarray:
         """int64 [q, k] job ids best first; -1 where fewer than k jobs share a term."""
-        import bm25s
+        return self.search_scored(queries, k)[0]
 
+    def search_scored(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` and the BM25 scores float32 [q, k] (-inf pads)."""
         k = min(k, len(self._ids))
-        tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
-        docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        ids = self._ids[docs]
-        return np.where(scores > 0, ids, -1).astype(np.int64)
+        out = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for i, text in enumerate(queries):
+            scores[i], rows = top_rows(self._index.scores(text), k)
+            out[i] = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
+        return out, scores

@@ -24,13 +24,24 @@ def recall_at_k(ranked: np.ndarray, positives: Sequence[set[int]], k: int) -> fl
     return float(np.mean(scores)) if scores else 0.0
 
 
-def exact_topk_ids(queries: np.ndarray, items: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Exact inner-product top-k: queries [q, d], items [n, d], ids [n] -> ids [q, k]."""
+def exact_topk(
+    queries: np.ndarray, items: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k: queries [q, d], items [n, d], ids [n] -> ids int64 [q, k]
+    and their scores float32 [q, k], best first."""
     k = min(k, len(items))
     out = np.empty((len(queries), k), dtype=np.int64)
+    scores = np.empty((len(queries), k), dtype=np.float32)
     for a in range(0, len(queries), 256):  # bounded [256, n] score block
         s = queries[a : a + 256] @ items.T
         top = np.argpartition(-s, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(-s, top, axis=1).argsort(axis=1)
-        out[a : a + 256] = ids[np.take_along_axis(top, order, axis=1)]
-    return out
+        best = np.take_along_axis(top, order, axis=1)
+        out[a : a + 256] = ids[best]
+        scores[a : a + 256] = np.take_along_axis(s, best, axis=1)
+    return out, scores
+
+
+def exact_topk_ids(queries: np.ndarray, items: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Exact inner-product top-k: queries [q, d], items [n, d], ids [n] -> ids [q, k]."""
+    return exact_topk(queries, items, ids, k)[0]

@@ -7,14 +7,15 @@ carry no signal); a metric over zero scored queries is 0.0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ebr.data.pairs import POSITIVE
+from ebr.index.fusion import FUSIONS, HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 
-RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009): damps the top ranks' weight
+FUSION_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # EBR weights the evaluations sweep
 
 
 def _check(ranked: np.ndarray, positives: Sequence[set[int]], k: int | None = None) -> None:
@@ -120,31 +121,21 @@ def popularity_ranking(
     return np.tile(top, (n_queries, 1))
 
 
-def _ranks(ids: np.ndarray, scores: np.ndarray) -> dict[int, int]:
-    """1-based rank of each id (-1 skipped) by descending score, list order breaking ties."""
-    keep = ids >= 0
-    ids, scores = ids[keep], scores[keep]
-    order = np.argsort(-scores, kind="stable")
-    out: dict[int, int] = {}
-    for r, i in enumerate(ids[order].tolist(), start=1):
-        out.setdefault(i, r)
-    return out
-
-
 def hybrid_ranking(
     ebr_ids: np.ndarray,
     ebr_scores: np.ndarray,
     bm25_ids: np.ndarray,
     bm25_scores: np.ndarray,
     k: int,
-    alpha: float = 0.5,
+    alpha: float = HYBRID_EBR_WEIGHT,
+    fusion: str = HYBRID_FUSION,
 ) -> np.ndarray:
-    """Weighted reciprocal-rank fusion of two ranked lists -> int64 [q, k] (-1 padded).
+    """Two scored lists fused as serving fuses them -> int64 [q, k] (-1 padded).
 
-    fused(d) = alpha / (60 + rank_ebr(d)) + (1 - alpha) / (60 + rank_bm25(d)), ranks 1-based
-    by descending score within each list; a list missing d contributes 0. RRF over ranks,
-    not scores, because cosine and BM25 scores live on unrelated scales. Ties: better best
-    rank, then lower id.
+    ``fusion`` "rrf": fused(d) = alpha / (RRF_K + rank_ebr(d)) + (1 - alpha) / (RRF_K +
+    rank_bm25(d)), ranks 1-based by descending score within each list; "score": the same
+    weights over min-max normalised scores (``ebr.index.fusion``). A list missing d
+    contributes 0. Ties: better best rank, then lower id.
     """
     for name, ids, sc in (("ebr", ebr_ids, ebr_scores), ("bm25", bm25_ids, bm25_scores)):
         if ids.ndim != 2 or ids.shape != sc.shape:
@@ -155,15 +146,36 @@ def hybrid_ranking(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    out = np.full((len(ebr_ids), k), -1, dtype=np.int64)
-    for q in range(len(ebr_ids)):
-        ra, rb = _ranks(ebr_ids[q], ebr_scores[q]), _ranks(bm25_ids[q], bm25_scores[q])
-        fused = {
-            d: (alpha / (RRF_K + ra[d]) if d in ra else 0.0)
-            + ((1 - alpha) / (RRF_K + rb[d]) if d in rb else 0.0)
-            for d in ra.keys() | rb.keys()
+
+    pairs = [(ebr_ids, ebr_scores), (bm25_ids, bm25_scores)]
+    orders = [np.argsort(-sc, axis=1, kind="stable") for _, sc in pairs]  # list order: ties
+    lists = [np.take_along_axis(ids, o, 1) for (ids, _), o in zip(pairs, orders, strict=True)]
+    scores = [np.take_along_axis(sc, o, 1) for (_, sc), o in zip(pairs, orders, strict=True)]
+    return fuse_lists(lists, scores, [alpha, 1 - alpha], k, fusion)[1]
+
+
+def pad_scores(scores: np.ndarray, k: int) -> np.ndarray:
+    """``pad_to`` for a score list: [q, K'] -> [q, max(K', k)] float, new slots -inf."""
+    if scores.shape[1] >= k:
+        return scores
+    pad = np.full((len(scores), k - scores.shape[1]), -np.inf, dtype=scores.dtype)
+    return np.concatenate([scores, pad], axis=1)
+
+
+def fusion_sweep(
+    ebr: tuple[np.ndarray, np.ndarray],
+    bm25: tuple[np.ndarray, np.ndarray],
+    k: int,
+    score: Callable[[np.ndarray], float],
+) -> dict[str, dict[str, float]]:
+    """{fusion: {EBR weight: ``score`` of the fused ranking}} for reciprocal-rank fusion and
+    min-max score fusion over ``FUSION_WEIGHTS``; ``ebr`` and ``bm25`` are (ids, scores)
+    [q, K] best first. What chooses ``ebr.index.fusion``'s served fusion and weight."""
+    lists, scores = [ebr[0], bm25[0]], [ebr[1], bm25[1]]
+    return {
+        fusion: {
+            f"{w:g}": score(fuse_lists(lists, scores, [w, 1 - w], k, fusion)[1])
+            for w in FUSION_WEIGHTS
         }
-        best = {d: min(ra.get(d, 1 << 30), rb.get(d, 1 << 30)) for d in fused}
-        top = sorted(fused, key=lambda d: (-fused[d], best[d], d))[:k]
-        out[q, : len(top)] = top
-    return out
+        for fusion in FUSIONS
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,17 @@ import pandas as pd
 from ebr.config import TASK_OUTCOMES, ModelConfig, Workspace
 from ebr.data.pairs import eval_searches, positive_pairs, time_split
 from ebr.eval.bm25 import BM25Baseline
-from ebr.eval.metrics import exact_topk_ids
-from ebr.eval.ranking import hybrid_ranking, mrr, ndcg_at, pad_to, popularity_ranking, recall_at
+from ebr.eval.metrics import exact_topk, exact_topk_ids
+from ebr.eval.ranking import (
+    fusion_sweep,
+    hybrid_ranking,
+    mrr,
+    ndcg_at,
+    pad_scores,
+    pad_to,
+    popularity_ranking,
+    recall_at,
+)
 from ebr.eval.typed import evaluate_typed, typed_queries, typed_rows
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.model.infer import encode_jobs, encode_requests
@@ -98,7 +108,6 @@ def evaluate_marketplace(
     train_imp, held = time_split(impressions, eval_days)
     model.eval()
     ids = jobs["job_id"].to_numpy(np.int64)
-    row_of = pd.Series(np.arange(len(ids)), index=ids)
     item_vecs = encode_jobs(model.item, jobs.to_dict("records"), mcfg)  # [n, dim]
     bm25: BM25Baseline | None = None
     report: dict[str, Any] = {"ks": ks, "eval_days": eval_days, "n_jobs": len(jobs)}
@@ -115,12 +124,11 @@ def evaluate_marketplace(
 
         reqs = request_members(ev, members, interest)
         q = encode_requests(model.request, queries, reqs, mcfg, whens=ev["ts"].tolist())
-        ebr = pad_to(exact_topk_ids(q, item_vecs, ids, k_max), k_max)  # [q, k_max]
-        # Cosine of each retrieved job (rows are unit vectors); padded slots score -inf.
-        rows = row_of.reindex(ebr.ravel()).fillna(0).to_numpy(np.int64).reshape(ebr.shape)
-        ebr_scores = np.where(ebr >= 0, np.einsum("qd,qkd->qk", q, item_vecs[rows]), -np.inf)
+        found, cosines = exact_topk(q, item_vecs, ids, k_max)
+        ebr, ebr_scores = pad_to(found, k_max), pad_scores(cosines, k_max)  # [q, k_max]
 
         n = len(ev)
+        sweeps: dict[str, dict[str, dict[str, float]]] = {}
         methods = {
             "ebr": _metrics(ebr, positives, gains, ks),
             "popularity": _metrics(
@@ -131,13 +139,17 @@ def evaluate_marketplace(
             methods["ebr_ann"] = _metrics(pad_to(ann(q, k_max), k_max), positives, gains, ks)
         if with_query:
             bm25 = bm25 or BM25Baseline(jobs)
-            bm = pad_to(bm25.search([q_ or "" for q_ in queries], k_max), k_max)
-            # BM25Baseline returns ids best first; RRF needs only that order, so the rank
-            # stands in for the score.
-            bm_scores = np.broadcast_to(-np.arange(k_max, dtype=np.float64), bm.shape)
+            bm_ids, bm_s = bm25.search_scored([q_ or "" for q_ in queries], k_max)
+            bm, bm_scores = pad_to(bm_ids, k_max), pad_scores(bm_s, k_max)
             methods["bm25"] = _metrics(bm, positives, gains, ks)
             hyb = hybrid_ranking(ebr, ebr_scores, bm, bm_scores, k_max)
             methods["hybrid"] = _metrics(hyb, positives, gains, ks)
+            sweeps["hybrid_recall@100_by_ebr_weight"] = fusion_sweep(
+                (ebr, ebr_scores),
+                (bm, bm_scores),
+                k_max,
+                partial(_recall_at_100, positives=positives),
+            )
         by_outcome = {
             name: recall_at(ebr, labels[name].tolist(), [BY_OUTCOME_K])[BY_OUTCOME_K]
             for name in GRADES
@@ -164,6 +176,7 @@ def evaluate_marketplace(
             "methods": methods,
             f"ebr_recall@{BY_OUTCOME_K}_by_outcome": by_outcome,
             f"ebr_recall@{BY_OUTCOME_K}_by_task_head": by_head,
+            **sweeps,
         }
     if typed is not None:
         vocab = vocabulary or training_vocabulary(jobs, members, impressions)
@@ -171,6 +184,10 @@ def evaluate_marketplace(
             model, mcfg, jobs, typed, vocab, bm25=bm25, item_vecs=item_vecs
         )
     return report
+
+
+def _recall_at_100(ranked: np.ndarray, positives: list[set[int]]) -> float:
+    return recall_at(ranked, positives, [100])[100]
 
 
 def evaluate_release(

@@ -41,8 +41,8 @@ from ebr.config import ModelConfig
 from ebr.data.esco_labels import alternative_labels, eval_reserved, label_key
 from ebr.data.pairs import POSITIVE
 from ebr.eval.bm25 import BM25Baseline
-from ebr.eval.metrics import exact_topk_ids
-from ebr.eval.ranking import hybrid_ranking, pad_to
+from ebr.eval.metrics import exact_topk
+from ebr.eval.ranking import fusion_sweep, hybrid_ranking, pad_scores, pad_to
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.text import Vocabulary, words
 from ebr.model.towers import TwoTower
@@ -331,13 +331,14 @@ def evaluate_typed(
     bm25: BM25Baseline | None = None,
     item_vecs: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """EBR (exact search, request tower without a member), BM25 and their RRF hybrid
+    """EBR (exact search, request tower without a member), BM25 and their served hybrid
     (``hybrid_ranking``) on the typed queries; plus "ideal" (every relevant job first).
 
     ``item_vecs`` float32 [n_jobs, dim] in ``jobs`` order and ``bm25`` may be passed to reuse
     them. "Not understood": EBR when the vocabulary knows no word of the query, BM25 when it
     returns nothing, the hybrid when both. Returns {"n_queries": {kind: n},
-    "dropped_in_training": {kind: n}, "methods": summarize(...), "targets": {name: bool}}.
+    "dropped_in_training": {kind: n}, "methods": summarize(...), "targets": {name: bool},
+    "hybrid_p@10_by_ebr_weight": {fusion: {weight: overall p@10}}}.
     """
     model.eval()
     ids = jobs["job_id"].to_numpy(np.int64)
@@ -345,11 +346,10 @@ def evaluate_typed(
         item_vecs = encode_jobs(model.item, jobs.to_dict("records"), mcfg)
     texts = queries["query"].tolist()
     q = encode_requests(model.request, texts, [None] * len(texts), mcfg)  # [q, dim]
-    ebr = pad_to(exact_topk_ids(q, item_vecs, ids, K), K)
-    bm = pad_to((bm25 or BM25Baseline(jobs)).search(texts, K), K)
-    # Both lists come best first: the negated rank stands in for the score in the fusion.
-    rank = np.broadcast_to(-np.arange(K, dtype=np.float64), (len(texts), K))
-    hyb = pad_to(hybrid_ranking(ebr, rank, bm, rank, K), K)
+    ebr_ids, ebr_s = exact_topk(q, item_vecs, ids, K)
+    bm_ids, bm_s = (bm25 or BM25Baseline(jobs)).search_scored(texts, K)
+    ebr, bm = pad_to(ebr_ids, K), pad_to(bm_ids, K)
+    hyb = pad_to(hybrid_ranking(ebr, pad_scores(ebr_s, K), bm, pad_scores(bm_s, K), K), K)
     rel = relevant_jobs(jobs, queries)
     ideal = np.array(
         [pad_to(np.array([sorted(r)[:K]], dtype=np.int64).reshape(1, -1), K)[0] for r in rel]
@@ -379,11 +379,18 @@ def evaluate_typed(
         "hybrid_p@10_ge_best_plus_0.05": p10["hybrid"] >= max(p10["ebr"], p10["bm25"]) + 0.05,
         "unknown_not_understood_ebr": unknown.get("not_understood", 0.0) == 1.0,
     }
+    sweep = fusion_sweep(
+        (ebr, pad_scores(ebr_s, K)),
+        (bm, pad_scores(bm_s, K)),
+        K,
+        lambda r: float(typed_metrics(r, rel)["p@10"].mean()),
+    )
     return {
         "n_queries": queries["kind"].value_counts().to_dict(),
         "dropped_in_training": dict(queries.attrs.get("dropped_in_training", {})),
         "methods": methods,
         "targets": targets,
+        "hybrid_p@10_by_ebr_weight": sweep,
     }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,16 @@ from ebr.index.build import check_vectors
 from ebr.index.filters import Filter
 from ebr.index.overlay import admit_record, records_to_table
 from ebr.index.planner import PlannerParams
-from ebr.index.search import Delta, Hits, search_view
+from ebr.index.search import (
+    HYBRID_DEPTH,
+    RETRIEVALS,
+    Delta,
+    Hits,
+    check_texts,
+    fuse,
+    search_view,
+    term_view,
+)
 from ebr.index.slot import Slot, load_slot, write_slot
 from ebr.index.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
 
@@ -176,24 +185,40 @@ class LiveSlot:
 
     def query(
         self,
-        queries: np.ndarray,
+        queries: np.ndarray | None,
         k: int,
         flt: Filter | None = None,
         params: PlannerParams | None = None,
+        texts: Sequence[str] | None = None,
+        retrieval: str = "ebr",
     ) -> Hits:
-        """Top-k live jobs passing ``flt`` per query: the planner over the snapshot minus
-        tombstones, merged with an exact scan of the delta (``ebr.index.search``).
+        """Top-k live jobs passing ``flt`` per query (``ebr.index.search``): the snapshot minus
+        tombstones, merged with an exact scan of the delta.
 
         Args:
-            queries: float [q, d] finite, L2-normalised query embeddings of the slot's model.
-            k: results per query (>= 1); k come back whenever k live jobs pass the filter.
+            queries: float [q, d] finite, L2-normalised query embeddings of the slot's model
+                (not needed by ``retrieval="term"``).
+            k: results per query (>= 1); k come back whenever k live jobs pass the filter
+                (term retrieval: whenever k of them share a query term).
+            texts: the q query texts (term and hybrid retrieval).
+            retrieval: ``ebr`` (embeddings), ``term`` (BM25) or ``hybrid`` (both, fused).
         """
+        if retrieval not in RETRIEVALS:
+            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
         # The view first, then the tables: tables only grow past a published view's size.
         view = self._view
         delta = Delta(view.ids, view.vecs, view.alive, list(self._tables))
-        return search_view(
-            self.snapshot, view.deleted, delta, self.attributes, queries, k, flt, params
-        )
+        snap, attrs = self.snapshot, self.attributes
+        if retrieval == "term":
+            return term_view(snap, view.deleted, delta, attrs, check_texts(texts), k, flt)
+        if queries is None:
+            raise ValueError(f"{retrieval} retrieval needs the query vectors")
+        if retrieval == "ebr":
+            return search_view(snap, view.deleted, delta, attrs, queries, k, flt, params)
+        texts = check_texts(texts, len(queries))
+        depth = max(k, HYBRID_DEPTH)
+        ebr = search_view(snap, view.deleted, delta, attrs, queries, depth, flt, params)
+        return fuse(ebr, term_view(snap, view.deleted, delta, attrs, texts, depth, flt), k)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``query`` without a filter: scores [q, k] float32 descending and job_ids [q, k]

@@ -9,11 +9,20 @@ So the guarantees of the planner (no ineligible result; k results whenever k are
 hold for the live view too: the delta is searched exhaustively. ``LiveSlot.query`` (and
 ``LiveSlot.search``, its scores and ids) is the only caller: serving, evaluation, benchmarks
 and tests all search through it.
+
+Three retrievals (``RETRIEVALS``) share that view and those guarantees:
+
+- ``ebr``: the request embedding against the job vectors (``search_view``);
+- ``term``: BM25 over the slot's job text (``term_view``, ``ebr.index.terms``): every eligible
+  live job sharing a query term is scored, so k come back whenever k eligible jobs share one;
+- ``hybrid``: both lists, ``HYBRID_DEPTH`` deep, fused
+  (``ebr.index.fusion``: reciprocal rank or normalised scores, weighted); k results
+  whenever k jobs are eligible (the EBR list fills them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,9 +32,14 @@ import pyarrow as pa
 
 from ebr.index.attributes import AttributeTable
 from ebr.index.filters import Filter
+from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 from ebr.index.overlay import merge_topk, search_delta
 from ebr.index.planner import PlannerParams, filtered_search
 from ebr.index.slot import Slot, check_queries
+from ebr.index.terms import term_text, top_rows
+
+RETRIEVALS = ("ebr", "term", "hybrid")
+HYBRID_DEPTH = 100  # each list hybrid retrieval fuses is this deep (k when k is larger)
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,42 @@ class Delta:
         return table.to_pandas().astype(like.dtypes.to_dict())
 
 
+def _eligible(
+    flt: Filter | None, attributes: Callable[[], AttributeTable], deleted: np.ndarray
+) -> np.ndarray | None:
+    """[n] bool snapshot rows passing ``flt`` and not deleted (None: every row)."""
+    eligible = flt.mask(attributes()) if flt is not None else None
+    if deleted.any():
+        eligible = ~deleted if eligible is None else eligible & ~deleted
+    return eligible
+
+
+def _delta_alive(delta: Delta, snap: Slot, flt: Filter | None) -> np.ndarray:
+    """[size] bool delta positions holding a live record that passes ``flt``."""
+    alive = delta.alive
+    if flt is not None and alive.any():
+        pos = np.flatnonzero(alive)
+        items = delta.items(pos, snap.items).reset_index(drop=True)
+        alive = np.zeros_like(alive)
+        alive[pos[flt.mask(AttributeTable.from_items(items))]] = True
+    return alive
+
+
+def _hits(
+    snap: Slot,
+    delta: Delta,
+    alive: np.ndarray,
+    scores: np.ndarray,
+    job_ids: np.ndarray,
+    plan: dict[str, Any],
+) -> Hits:
+    """Hits with the display rows of the delta jobs among ``job_ids`` (read from the same
+    view the search used)."""
+    size = len(alive)
+    hit_pos = np.flatnonzero(alive & np.isin(delta.ids[:size], job_ids[job_ids >= 0]))
+    return Hits(scores, job_ids, delta.items(hit_pos, snap.items).reset_index(drop=True), plan)
+
+
 def search_view(
     snap: Slot,
     deleted: np.ndarray,
@@ -71,25 +121,88 @@ def search_view(
     model version), over ``snap`` minus ``deleted`` [n] bool rows plus ``delta``.
     ``attributes()`` gives the snapshot's AttributeTable (only called with a filter)."""
     q = check_queries(queries, k, snap.dim, snap.name)
-    eligible = flt.mask(attributes()) if flt is not None else None
-    n_dead = int(deleted.sum())
-    if n_dead:
-        eligible = ~deleted if eligible is None else eligible & ~deleted
+    eligible = _eligible(flt, attributes, deleted)
     scores, rows, plan = filtered_search(snap.index, snap.vectors, q, k, eligible, params)
     job_ids = np.where(rows >= 0, snap.job_ids[np.maximum(rows, 0)], -1)
-
-    alive = delta.alive
-    if flt is not None and alive.any():
-        pos = np.flatnonzero(alive)
-        items = delta.items(pos, snap.items).reset_index(drop=True)
-        alive = np.zeros_like(alive)
-        alive[pos[flt.mask(AttributeTable.from_items(items))]] = True
+    alive = _delta_alive(delta, snap, flt)
     n_delta = int(alive.sum())
     if n_delta:
         part = search_delta(delta.ids, delta.vecs, alive, q, k)
         scores, job_ids = merge_topk([(scores, job_ids), part], k)
-    # Display rows of the delta hits, read from the same view the search used.
-    size = len(alive)
-    hit_pos = np.flatnonzero(alive & np.isin(delta.ids[:size], job_ids[job_ids >= 0]))
-    info = {**asdict(plan), "deleted_rows": n_dead, "delta_items": n_delta}
-    return Hits(scores, job_ids, delta.items(hit_pos, snap.items).reset_index(drop=True), info)
+    info = {**asdict(plan), "deleted_rows": int(deleted.sum()), "delta_items": n_delta}
+    return _hits(snap, delta, alive, scores, job_ids, info)
+
+
+def check_texts(texts: Sequence[str] | None, n: int | None = None) -> list[str]:
+    """Query texts of a term search: a list of strings (one per query vector when ``n``)."""
+    if texts is None or isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("term and hybrid retrieval need the query texts: a list of strings")
+    if n is not None and len(texts) != n:
+        raise ValueError(f"{len(texts)} query texts for {n} query vectors")
+    return list(texts)
+
+
+def term_view(
+    snap: Slot,
+    deleted: np.ndarray,
+    delta: Delta,
+    attributes: Callable[[], AttributeTable],
+    texts: Sequence[str],
+    k: int,
+    flt: Filter | None = None,
+) -> Hits:
+    """BM25 top-k live jobs passing ``flt`` per query text: the snapshot's term index over the
+    eligible rows, merged with the live delta scored on the snapshot's statistics. Only jobs
+    sharing a query term are returned (score > 0)."""
+    texts = check_texts(texts)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if snap.terms is None:
+        raise ValueError(
+            f"slot {snap.name} has no term index (built before term retrieval existed); "
+            "rebuild or compact it to search by terms"
+        )
+    eligible = _eligible(flt, attributes, deleted)
+    alive = _delta_alive(delta, snap, flt)
+    pos = np.flatnonzero(alive)
+    docs = term_text(delta.items(pos, snap.items)) if len(pos) else []
+    scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
+    job_ids = np.full((len(texts), k), -1, dtype=np.int64)
+    for i, text in enumerate(texts):
+        s, rows = top_rows(snap.terms.scores(text), k, eligible)
+        ids = np.where(rows >= 0, snap.job_ids[np.maximum(rows, 0)], -1)
+        if len(pos):
+            ds, drows = top_rows(snap.terms.score_texts(text, docs), min(k, len(pos)))
+            dids = np.where(drows >= 0, delta.ids[pos[np.maximum(drows, 0)]], -1)
+            (s,), (ids,) = merge_topk([(s[None], ids[None]), (ds[None], dids[None])], k)
+        scores[i], job_ids[i] = s, ids
+    plan = {
+        "strategy": "bm25",
+        "eligible": int(eligible.sum()) if eligible is not None else len(snap.job_ids),
+        "deleted_rows": int(deleted.sum()),
+        "delta_items": len(pos),
+    }
+    return _hits(snap, delta, alive, scores, job_ids, plan)
+
+
+def fuse(
+    ebr: Hits,
+    term: Hits,
+    k: int,
+    ebr_weight: float = HYBRID_EBR_WEIGHT,
+    fusion: str = HYBRID_FUSION,
+) -> Hits:
+    """Hybrid hits: the two lists fused (``ebr.index.fusion``; scores are the fused ones);
+    the delta rows of both, the plans of both."""
+    lists, values = [ebr.job_ids, term.job_ids], [ebr.scores, term.scores]
+    scores, job_ids = fuse_lists(lists, values, [ebr_weight, 1 - ebr_weight], k, fusion)
+    rows = pd.concat([ebr.delta_items, term.delta_items]).drop_duplicates("job_id")
+    kept = rows[rows["job_id"].isin(job_ids[job_ids >= 0])].reset_index(drop=True)
+    plan = {
+        "strategy": "hybrid",
+        "fusion": fusion,
+        "ebr_weight": ebr_weight,
+        "ebr": ebr.plan,
+        "term": term.plan,
+    }
+    return Hits(scores, job_ids, kept, plan)

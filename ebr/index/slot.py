@@ -5,6 +5,7 @@ Layout of ``slots_dir``::
     <slot-name>/index.faiss      FAISS index; id i is row i of items.parquet
     <slot-name>/items.parquet    job_id (int64) + display columns (title, company, city, ...)
     <slot-name>/vectors.npy      float32 [n, d]: the exact vectors, row i = FAISS id i
+    <slot-name>/terms/           BM25 index over the items' text (``ebr.index.terms``)
     <slot-name>/manifest.json    model version, effective index params, recall@10, checksums
     <slot-name>.log/             live upserts/deletes on top of the slot (``ebr.index.live``)
     aliases.json                 alias -> slot name + history (``ebr.index.aliases``)
@@ -33,6 +34,7 @@ import pandas as pd
 from ebr.config import IndexConfig
 from ebr.data.records import check_jobs, require_valid
 from ebr.index.build import build_index, check_vectors, recall_at_k
+from ebr.index.terms import TERMS_DIR, TermIndex, term_text
 from ebr.index.tune import tune
 from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet, sha256_file
 
@@ -131,10 +133,16 @@ def write_slot(
     # Reported recall uses fresh queries (another seed), not the ones the tuner picked with.
     recall = recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed + 1)
 
+    start = time.perf_counter()
+    terms = TermIndex.build(term_text(items))  # what term and hybrid retrieval search
+    terms_seconds = time.perf_counter() - start
+
     with atomic_directory(target) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         atomic_write_parquet(tmp / ITEMS_FILE, items)
         np.save(tmp / VECTORS_FILE, vectors)
+        terms.save(tmp / TERMS_DIR)
+        files = [*DATA_FILES, *(p.relative_to(tmp).as_posix() for p in (tmp / TERMS_DIR).iterdir())]
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -154,9 +162,14 @@ def write_slot(
                 "filtered_recall_at_10": tuned["filtered_recall_at_10"],
             },
             "build_seconds": round(build_seconds, 3),
+            "terms": {
+                "documents": terms.n_docs,
+                "avg_terms": round(terms.avgdl, 2),
+                "build_seconds": round(terms_seconds, 3),
+            },
             "created_at": datetime.now(UTC).isoformat(),
             "faiss_version": faiss.__version__,
-            "checksums": {f: sha256_file(tmp / f) for f in DATA_FILES},
+            "checksums": {f: sha256_file(tmp / f) for f in sorted(files)},
             "lineage": lineage or {},
         }
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
@@ -192,6 +205,7 @@ class Slot:
     items: pd.DataFrame  # row i = FAISS id i
     index: faiss.Index
     vectors: np.ndarray  # [n, d] float32, memory-mapped; row i = FAISS id i
+    terms: TermIndex | None = None  # BM25 over the items' text; None in slots built before it
     _job_ids: np.ndarray = field(init=False, repr=False)  # [n] int64, FAISS id -> job_id
     _by_job: pd.DataFrame = field(init=False, repr=False)  # items indexed by job_id
 
@@ -271,7 +285,8 @@ def load_slot(path: Path, verify: bool = True) -> Slot:
         for file in DATA_FILES:
             if file not in checksums:
                 raise ValueError(f"manifest of {path} has no checksum for {file}")
-            if sha256_file(path / file) != checksums[file]:
+        for file, digest in checksums.items():  # the data files and the term index's
+            if sha256_file(path / file) != digest:
                 raise ValueError(f"checksum mismatch for {file} in slot {path}")
     index = faiss.read_index(str(path / INDEX_FILE))
     items = pd.read_parquet(path / ITEMS_FILE)
@@ -287,4 +302,7 @@ def load_slot(path: Path, verify: bool = True) -> Slot:
         raise ValueError(f"slot {path} item counts disagree: {counts}")
     if index.d != manifest["dim"]:
         raise ValueError(f"slot {path} index dim {index.d} != manifest dim {manifest['dim']}")
-    return Slot(path=path, manifest=manifest, items=items, index=index, vectors=vectors)
+    terms = TermIndex.load(path / TERMS_DIR) if "terms" in manifest else None
+    if terms is not None and terms.n_docs != len(items):
+        raise ValueError(f"slot {path} term index has {terms.n_docs} documents, not {len(items)}")
+    return Slot(path, manifest, items, index, vectors, terms)

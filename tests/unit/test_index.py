@@ -16,7 +16,7 @@ import pytest
 from ebr.config import IndexConfig
 from ebr.index.aliases import resolve_alias, set_alias
 from ebr.index.build import build_index, exact_topk, recall_at_k
-from ebr.index.slot import Slot, load_slot, slot_name_for, write_slot
+from ebr.index.slot import DATA_FILES, Slot, load_slot, slot_name_for, write_slot
 
 N, D = 5_000, 32
 
@@ -144,7 +144,9 @@ def test_manifest_records_build(slot_dir: Path):
     assert manifest["metric"] == "cosine" and manifest["item_count"] == N
     assert manifest["index"]["factory"].startswith("IVF") and manifest["recall_queries"] == 200
     assert 0.85 <= manifest["recall_at_10"] <= 1.0
-    assert set(manifest["checksums"]) == {"index.faiss", "items.parquet", "vectors.npy"}
+    files = set(manifest["checksums"])
+    assert {"index.faiss", "items.parquet", "vectors.npy", "terms/stats.json"} <= files
+    assert all(f in DATA_FILES or f.startswith("terms/") for f in files)
 
 
 def test_tampered_file_fails_checksum(tmp_path: Path):

@@ -76,8 +76,12 @@ def test_hybrid_rrf_order() -> None:
     ebr_ids, ebr_sc = np.array([[1, 2, 3]]), np.array([[0.9, 0.8, 0.7]])
     bm_ids, bm_sc = np.array([[3, 4, -1]]), np.array([[5.0, 2.0, 0.0]])
     # 3: 1/63 + 1/61 (in both); 1: 1/61; 2 and 4: 1/62 each, tie broken by best rank then id.
-    got = hybrid_ranking(ebr_ids, ebr_sc, bm_ids, bm_sc, k=5)
+    got = hybrid_ranking(ebr_ids, ebr_sc, bm_ids, bm_sc, k=5, fusion="rrf")
     np.testing.assert_array_equal(got, [[3, 1, 2, 4, -1]])
+    # Score fusion: ebr normalised 1, 0.5, 0 and bm25 1, 0 -> 1 and 3 tie at 0.5 (first
+    # positions both, lower id first), then 2 (0.25), then 4 (0).
+    got = hybrid_ranking(ebr_ids, ebr_sc, bm_ids, bm_sc, k=5, fusion="score")
+    np.testing.assert_array_equal(got, [[1, 3, 2, 4, -1]])
     # alpha=1 is EBR alone, ordered by its scores even when the list is not.
     got = hybrid_ranking(np.array([[1, 2]]), np.array([[0.1, 0.9]]), bm_ids, bm_sc, 2, alpha=1.0)
     np.testing.assert_array_equal(got, [[2, 1]])
@@ -130,3 +134,25 @@ def test_evaluate_marketplace_report(tmp_path: Path) -> None:
     assert written["search"]["methods"]["ebr"] == search["ebr"]
     assert len(written["training"]["task_loss_curves"]["apply"]) == tcfg.epochs
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_score_fusion_sums_min_max_normalised_scores() -> None:
+    from ebr.index.fusion import fuse_lists, score_fusion
+
+    a_ids, a_sc = np.array([[1, 2, 3, -1]]), np.array([[0.9, 0.5, 0.1, -np.inf]])
+    b_ids, b_sc = np.array([[3, 4, -1, -1]]), np.array([[12.0, 2.0, -np.inf, -np.inf]])
+    scores, ids = score_fusion([a_ids, b_ids], [a_sc, b_sc], [0.5, 0.5], 4)
+    # 1: 0.5*1; 3: 0.5*0 + 0.5*1; 2: 0.5*0.5; 4: 0 -> 1 and 3 tie, 1 has the better position
+    assert ids.tolist() == [[1, 3, 2, 4]]
+    np.testing.assert_allclose(scores[0], [0.5, 0.5, 0.25, 0.0])
+    _, ids = score_fusion([a_ids, b_ids], [a_sc, b_sc], [1.0, 0.0], 3)
+    assert ids.tolist() == [[1, 2, 3]]
+    flat = np.array([[2.0, 2.0, -np.inf, -np.inf]])  # one score for all: every hit counts 1
+    scores, ids = score_fusion([a_ids, b_ids], [a_sc, flat], [0.5, 0.5], 4)
+    assert ids.tolist() == [[1, 3, 4, 2]]  # 1, 3, 4 tie at 0.5: best position, then id
+    np.testing.assert_allclose(scores[0], [0.5, 0.5, 0.5, 0.25])
+    empty = np.full((1, 4), -1)
+    _, ids = score_fusion([empty, empty], [a_sc, b_sc], [0.5, 0.5], 2)
+    assert ids.tolist() == [[-1, -1]]
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        fuse_lists([a_ids], [a_sc], [1.0], 2, fusion="max")

@@ -256,11 +256,11 @@ def test_cli_retunes_a_slot_without_changing_it(
     cfg = IndexConfig(kind="ivf", nlist=32, nprobe=1, recall_queries=100)
     items = pd.DataFrame({"job_id": np.arange(len(small), dtype=np.int64)})
     slot = write_slot(tmp_path, "s", small, items, "v1", cfg)
-    before = {p.name: p.read_bytes() for p in slot.iterdir()}
+    before = {p.relative_to(slot): p.read_bytes() for p in slot.rglob("*") if p.is_file()}
     main(slot=slot, target_recall=0.9, queries=100, full=True)
     out = capsys.readouterr().out
     assert "ivf, now {'nprobe': 1}" in out and "<- chosen" in out and "nprobe=32" in out
-    assert {p.name: p.read_bytes() for p in slot.iterdir()} == before
+    assert {p.relative_to(slot): p.read_bytes() for p in slot.rglob("*") if p.is_file()} == before
 
 
 def test_write_slot_refuses_a_slot_below_its_target_recall(clustered: np.ndarray, tmp_path: Path):

@@ -23,6 +23,7 @@ from ebr.eval.typed import (
     typed_queries,
     typed_rows,
 )
+from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION
 from ebr.model.text import training_vocabulary, words
 from ebr.model.train import train
 
@@ -172,6 +173,12 @@ def test_report_has_a_typed_section(
     assert all(u["not_understood"] == 1.0 for u in unknown.values())  # every one says so
     assert typed["methods"]["bm25"]["overall"]["p@10"] > 0.3  # words of the title find it
     assert relevant_jobs(market.jobs, queries.head(1))[0]
+    # The fusion sweep: the served fusion and weight reproduce the hybrid row.
+    sweep = typed["hybrid_p@10_by_ebr_weight"]
+    assert set(sweep) == {"rrf", "score"} and all(len(v) == 7 for v in sweep.values())
+    served = sweep[HYBRID_FUSION][f"{HYBRID_EBR_WEIGHT:g}"]
+    assert served == pytest.approx(typed["methods"]["hybrid"]["overall"]["p@10"])
+    assert set(report["search"]["hybrid_recall@100_by_ebr_weight"]) == {"rrf", "score"}
     json_path, png_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["typed"]["n_queries"] == typed["n_queries"]
     assert "typed queries" in report_html(report, png_path)

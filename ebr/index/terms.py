@@ -1,0 +1,181 @@
+"""Term retrieval: a BM25 index (bm25s) over a slot's job text, stored in the slot.
+
+What a job's text is (``term_text``): the title twice (a boosted field), the skills and the
+description, each where the items have that column. Words are the towers' normalised words
+(``ebr.model.text.words``: NFKC, case and accent folding) minus English stopwords and
+one-letter words, so 'Café' and 'cafe' are one term for both retrievers.
+
+The snapshot's documents are scored by bm25s from its precomputed sparse matrix (exact: every
+document sharing a query term gets its score, so a filter is applied to the scores, never
+after a truncated top-k). Documents upserted since the snapshot (the live delta) are scored
+here with the same formula (Lucene BM25, bm25s' default) and the snapshot's collection
+statistics (document count, average length, document frequencies): their scores compare with
+the snapshot's, as a search engine scores a new segment with the index's global statistics.
+Compaction rebuilds the index over everything.
+
+    <slot>/terms/           bm25s files (params, vocab, csc matrix)
+    <slot>/terms/stats.json document count, average length, k1, b
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ebr.io import atomic_write_json
+from ebr.model.text import words
+
+TERMS_DIR = "terms"
+STATS_FILE = "stats.json"
+
+
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+_STOP = _stopwords()
+
+
+def tokens(text: str | None) -> list[str]:
+    """Index terms of ``text``: normalised words, no stopwords, no one-letter words."""
+    return list(_tokens(text)) if text else []
+
+
+@lru_cache(maxsize=65_536)  # live-delta documents are scored again by every term search
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(w for w in words(text) if len(w) > 1 and w not in _STOP)
+
+
+def _skills(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, float):  # null (NaN in a pandas column)
+        return ""
+    return " ".join(str(s) for s in value)
+
+
+def term_text(items: pd.DataFrame) -> list[str]:
+    """Per row: title twice, skills, description (those of the columns ``items`` has)."""
+    n = len(items)
+    title = items["title"].astype(str) if "title" in items.columns else pd.Series([""] * n)
+    skills = items["skills"].map(_skills) if "skills" in items.columns else pd.Series([""] * n)
+    if "description" in items.columns:
+        description = items["description"].map(lambda v: v if isinstance(v, str) else "")
+    else:
+        description = pd.Series([""] * n)
+    parts = zip(title.tolist(), skills.tolist(), description.tolist(), strict=True)
+    return [" ".join((t, t, s, d)).strip() for t, s, d in parts]
+
+
+class TermIndex:
+    """BM25 over one document collection (row i = document i = slot row i)."""
+
+    def __init__(self, retriever: Any | None, stats: dict[str, float]) -> None:
+        self._bm25 = retriever  # None when no document has a term (bm25s needs one)
+        self.n_docs = int(stats["n_docs"])
+        self.avgdl = float(stats["avgdl"])
+        self.k1, self.b = float(stats["k1"]), float(stats["b"])
+        self._df = np.zeros(0, dtype=np.int64)  # documents per vocabulary id
+        self._vocab: dict[str, int] = {}
+        if retriever is not None:
+            self._df = np.diff(np.asarray(retriever.scores["indptr"]))
+            self._vocab = retriever.vocab_dict
+
+    @classmethod
+    def build(cls, texts: Sequence[str]) -> TermIndex:
+        """Index ``texts`` (one document each, row order kept)."""
+        import bm25s
+
+        docs = [tokens(t) for t in texts]
+        retriever = bm25s.BM25()  # Lucene BM25, k1 1.5, b 0.75
+        avgdl = float(np.mean([len(d) for d in docs])) if docs else 0.0
+        stats = {"n_docs": len(docs), "avgdl": avgdl, "k1": retriever.k1, "b": retriever.b}
+        if not any(docs):  # nothing to index (no rows, or no row with a term)
+            return cls(None, stats)
+        retriever.index(docs, show_progress=False)
+        return cls(retriever, stats)
+
+    def save(self, path: Path) -> None:
+        """Write into ``path`` (a folder inside an atomic slot directory)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self._bm25 is not None:
+            self._bm25.save(str(path), show_progress=False)
+        stats = {"n_docs": self.n_docs, "avgdl": self.avgdl, "k1": self.k1, "b": self.b}
+        atomic_write_json(path / STATS_FILE, stats)
+
+    @classmethod
+    def load(cls, path: Path) -> TermIndex:
+        import bm25s
+
+        path = Path(path)
+        stats = json.loads((path / STATS_FILE).read_text())
+        if not (path / "params.index.json").is_file():  # an index of no terms
+            return cls(None, stats)
+        retriever = bm25s.BM25.load(str(path), mmap=True, show_progress=False)
+        return cls(retriever, stats)
+
+    def _idf(self, term: str) -> float:
+        """Lucene idf with the snapshot's statistics (df 0 for a term it never saw)."""
+        vid = self._vocab.get(term)
+        df = int(self._df[vid]) if vid is not None else 0
+        return math.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
+
+    def scores(self, query: str) -> np.ndarray:
+        """float32 [n_docs]: BM25 of every snapshot document for ``query`` (0: no term)."""
+        terms = list(dict.fromkeys(tokens(query)))
+        ids = [self._vocab[t] for t in terms if t in self._vocab]
+        if not ids or self._bm25 is None:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(ids), dtype=np.float32)
+
+    def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts)]: BM25 of documents outside the index (the live delta), with the
+        index's statistics, so the scores compare with ``scores``."""
+        terms = list(dict.fromkeys(tokens(query)))
+        out = np.zeros(len(texts), dtype=np.float32)
+        if not terms or not len(texts):
+            return out
+        idf = {t: self._idf(t) for t in terms}
+        norm = self.k1 * (1 - self.b)
+        for i, text in enumerate(texts):
+            doc = _tokens(text)
+            tf, length = Counter(doc), len(doc)
+            den = norm + self.k1 * self.b * length / max(self.avgdl, 1e-9)
+            out[i] = sum(idf[t] * tf[t] / (tf[t] + den) for t in terms if tf[t])
+        return out
+
+
+def top_rows(
+    scores: np.ndarray, k: int, eligible: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of one score vector with a positive score (a shared term) and, with
+    ``eligible`` [n] bool, passing it -> scores float32 [k] (-inf pads), rows int64 [k] (-1
+    pads); ties go to the lower row."""
+    ok = scores > 0
+    if eligible is not None:
+        ok &= eligible
+    rows = np.flatnonzero(ok)
+    out_s = np.full(k, -np.inf, dtype=np.float32)
+    out_r = np.full(k, -1, dtype=np.int64)
+    if not len(rows):
+        return out_s, out_r
+    s = scores[rows]
+    if len(rows) > k:  # the k best; of equal scores at the cut, the lowest rows (any k agrees)
+        kth = -np.partition(-s, k - 1)[k - 1]
+        above = np.flatnonzero(s > kth)
+        keep = np.concatenate([above, np.flatnonzero(s == kth)[: k - len(above)]])
+        rows, s = rows[keep], s[keep]
+    order = np.lexsort((rows, -s))
+    out_s[: len(order)], out_r[: len(order)] = s[order], rows[order]
+    return out_s, out_r

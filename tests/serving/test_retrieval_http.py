@@ -1,0 +1,128 @@
+"""``/v1/search`` retrieval modes over HTTP: ebr, term (BM25 over the slot's job text) and
+hybrid (the default), each with the filter guarantees, and term search kept current by the
+live log."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from ebr.index.aliases import resolve_alias
+from ebr.index.live import open_live
+from ebr.index.slot import load_slot
+from ebr.index.terms import tokens
+from serving.schemas import AppArgs
+
+pytestmark = pytest.mark.slow
+MODES = ("ebr", "term", "hybrid")
+
+
+@pytest.fixture(scope="module")
+def items(platform_ws: Path) -> pd.DataFrame:
+    return load_slot(resolve_alias(platform_ws / "slots", "jobs@live"), verify=False).items
+
+
+def _search(api: httpx.Client, **body: Any) -> dict[str, Any]:
+    r = api.post("/v1/search", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _text_of(row: pd.Series) -> set[str]:
+    skills = " ".join(row["skills"]) if row["skills"] is not None else ""
+    return set(tokens(f"{row['title']} {skills} {row['description'] or ''}"))
+
+
+def test_default_is_hybrid_and_every_mode_answers(api: httpx.Client) -> None:
+    assert AppArgs(workspace=".").retrieval == "hybrid"
+    assert _search(api, query="nurse", k=5)["retrieval"] == "hybrid"
+    for mode in MODES:
+        body = _search(api, query="software engineer", k=7, retrieval=mode, explain=True)
+        assert body["retrieval"] == mode and len(body["results"]) == 7
+        scores = [h["score"] for h in body["results"]]
+        assert scores == sorted(scores, reverse=True)
+        assert body["plan"]["strategy"] == {"term": "bm25", "hybrid": "hybrid"}.get(
+            mode, body["plan"]["strategy"]
+        )
+
+
+def test_term_results_share_a_query_term(api: httpx.Client, items: pd.DataFrame) -> None:
+    by_id = items.set_index("job_id")
+    common = items["title"].value_counts().index[:3].tolist()
+    for query in [*common, common[0].split()[-1], f"{common[1]} zzqx"]:
+        body = _search(api, query=query, k=10, retrieval="term")
+        assert body["results"], query
+        for hit in body["results"]:
+            assert set(tokens(query)) & _text_of(by_id.loc[hit["job_id"]]), (query, hit)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"term": {"remote": True}},
+        {"and": [{"term": {"seniority": ["senior", "lead"]}}, {"term": {"active": True}}]},
+    ],
+)
+def test_filters_hold_in_every_mode(
+    api: httpx.Client, items: pd.DataFrame, mode: str, flt: dict[str, Any]
+) -> None:
+    from ebr.index.attributes import AttributeTable
+    from ebr.index.filters import parse_filter
+
+    eligible = set(items["job_id"][parse_filter(flt).mask(AttributeTable.from_items(items))])
+    body = _search(api, query="manager", k=20, filter=flt, retrieval=mode)
+    got = [h["job_id"] for h in body["results"]]
+    assert set(got) <= eligible
+    if mode != "term":  # term: only jobs sharing a term; ebr and hybrid fill k
+        assert len(got) == min(20, len(eligible))
+
+
+def test_member_only_search_falls_back_to_ebr(api: httpx.Client, platform_ws: Path) -> None:
+    member = int(pd.read_parquet(platform_ws / "data" / "members.parquet")["member_id"].iloc[0])
+    body = _search(api, member_id=member, k=5, retrieval="term")
+    assert body["retrieval"] == "ebr" and len(body["results"]) == 5
+
+
+def test_bad_retrieval_is_422_naming_it(api: httpx.Client) -> None:
+    for value in ("bm25", "", 3, None):
+        r = api.post("/v1/search", json={"query": "nurse", "retrieval": value})
+        if value is None:
+            assert r.status_code == 200
+            continue
+        assert r.status_code == 422, r.text
+        assert "retrieval" in r.json()["message"]
+
+
+def test_a_new_word_upserted_live_is_found_by_term_and_hybrid(
+    api: httpx.Client, platform_ws: Path
+) -> None:
+    """A word the model never saw (not understood) still finds a job upserted with it."""
+    slot_path = resolve_alias(platform_ws / "slots", "jobs@live")
+    with open_live(slot_path) as writer:
+        snap = writer.snapshot
+        row = snap.items.iloc[[1]].copy()
+        new_id = int(snap.job_ids.max()) + 1000
+        row["job_id"], row["title"] = new_id, "Quizzaciously zymurgist"
+        writer.upsert(row.reset_index(drop=True), np.asarray(snap.vectors[[1]]))
+        try:
+            deadline = time.monotonic() + 15
+            body: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                body = _search(api, query="zymurgist", k=3)
+                if body["results"] and body["results"][0]["job_id"] == new_id:
+                    break
+                time.sleep(0.3)
+            assert body["results"][0]["job_id"] == new_id, body
+            assert body["query_understood"] is False and body["retrieval"] == "term"
+            assert "term matches alone" in body["notice"]
+            term = _search(api, query="zymurgist brewer", k=3, retrieval="term")
+            assert term["results"][0]["title"] == "Quizzaciously zymurgist"
+        finally:
+            writer.delete([new_id])

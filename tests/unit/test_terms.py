@@ -1,0 +1,86 @@
+"""Term retrieval (ebr.index.terms): BM25 over a slot's job text, and its live-delta scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ebr.index.terms import TermIndex, term_text, tokens, top_rows
+
+ITEMS = pd.DataFrame(
+    {
+        "title": ["Registered nurse", "Accountant", "Café manager", "Nurse assistant", "Driver"],
+        "skills": [["patient care"], ["bookkeeping", "tax"], None, ["care"], ["driving"]],
+        "description": ["Care for patients", "Keep the books", "Run the cafe", None, "Drive"],
+    }
+)
+QUERIES = ["nurse", "CAFE manager", "nurse care", "the", "", "zzz unknown", "tax accountant"]
+
+
+def test_tokens_share_the_towers_normalisation_without_stopwords() -> None:
+    assert tokens("The Café MANAGER of a bar") == ["cafe", "manager", "bar"]
+    assert tokens("ＮＵＲＳＥ") == ["nurse"]
+    assert tokens(None) == [] and tokens("a an the") == []
+
+
+def test_term_text_boosts_the_title_and_reads_the_columns_there_are() -> None:
+    text = term_text(ITEMS)
+    assert text[0].startswith("Registered nurse Registered nurse patient care")
+    assert term_text(ITEMS[["title"]]) == [f"{t} {t}" for t in ITEMS["title"]]
+    assert term_text(ITEMS[["description"]])[0] == "Care for patients"
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_delta_scores_use_the_snapshot_statistics(query: str) -> None:
+    """A document scored outside the index (a live upsert) gets exactly the score bm25s
+    gives it inside: the delta's results merge with the snapshot's on one scale."""
+    texts = term_text(ITEMS)
+    index = TermIndex.build(texts)
+    np.testing.assert_allclose(index.score_texts(query, texts), index.scores(query), rtol=1e-5)
+
+
+def test_only_documents_sharing_a_term_score() -> None:
+    index = TermIndex.build(term_text(ITEMS))
+    s = index.scores("nurse")
+    assert set(np.flatnonzero(s > 0)) == {0, 3}
+    assert not index.scores("zzz").any() and not index.scores("").any()
+
+
+def test_top_rows_respects_eligibility_and_pads() -> None:
+    scores = np.array([0.5, 0.0, 2.0, 1.0, 1.0], dtype=np.float32)
+    s, r = top_rows(scores, 3)
+    assert r.tolist() == [2, 3, 4] and s[0] == 2.0
+    s, r = top_rows(scores, 4, eligible=np.array([True, True, False, True, True]))
+    assert r.tolist() == [3, 4, 0, -1] and s[-1] == -np.inf  # row 1 shares no term
+    s, r = top_rows(scores, 2, eligible=np.zeros(5, bool))
+    assert r.tolist() == [-1, -1]
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    index = TermIndex.build(term_text(ITEMS))
+    index.save(tmp_path / "terms")
+    again = TermIndex.load(tmp_path / "terms")
+    for q in QUERIES:
+        np.testing.assert_array_equal(again.scores(q), index.scores(q))
+    assert again.n_docs == 5
+
+
+def test_top_rows_breaks_ties_at_the_cut_by_row_whatever_k() -> None:
+    scores = np.array([1.0, 2.0, 1.0, 1.0, 2.0, 1.0], dtype=np.float32)
+    for k in range(1, 7):
+        _, r = top_rows(scores, k)
+        assert r.tolist() == [1, 4, 0, 2, 3, 5][:k]
+
+
+@pytest.mark.parametrize("titles", [[], ["a"], ["a", "the", "!!"]])
+def test_a_collection_without_terms_indexes_and_scores_zero(tmp_path: Path, titles) -> None:
+    index = TermIndex.build(term_text(pd.DataFrame({"title": titles})))
+    index.save(tmp_path / "terms")
+    for ix in (index, TermIndex.load(tmp_path / "terms")):
+        assert ix.n_docs == len(titles) and not ix.scores("nurse").any()
+        # A live upsert into such a slot is still found by its words.
+        scored = ix.score_texts("nurse", ["nurse", "driver"])
+        assert scored[0] > 0 and scored[1] == 0
