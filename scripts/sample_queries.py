@@ -22,8 +22,9 @@ def main(
     # Queries drawn from the catalog's own occupations, so every demo size has answers.
     titles = jobs["title"].str.replace(r"^(Junior|Senior|Lead|Head) ", "", regex=True).str.lower()
     queries = titles.value_counts().index[:3].tolist()
+    typed = ["accountant", "registered nurse", "electrican"]  # as people type (a misspelling)
     m = members.iloc[0]
-    calls = [("POST", "/v1/search", {"query": q, "k": k}) for q in queries]
+    calls = [("POST", "/v1/search", {"query": q, "k": k}) for q in queries + typed]
     calls.append(
         ("POST", "/v1/search", {"query": queries[0], "member_id": int(m.member_id), "k": k})
     )
@@ -35,10 +36,11 @@ def main(
             doc = r.json()
             personal = "members/" in path or (body or {}).get("member_id")
             who = f" (member {m.member_id}: {m.headline}, {m.city})" if personal else ""
-            took = f"model {doc['model_version']}, {doc['took_ms']:.1f} ms"
+            took = f"{doc['retrieval']}, model {doc['model_version']}, {doc['took_ms']:.1f} ms"
             print(f"\n{method} {path} {body or ''}{who}  -> {took}")
             for h in doc["results"]:
-                print(f"  {h['score']:.3f}  {h['title']:<45.45} {h['company']:<22.22} {h['city']}")
+                company, city = h["company"] or "", h["city"] or ""
+                print(f"  {h['score']:.3f}  {h['title']:<45.45} {company:<22.22} {city}")
 
 
 if __name__ == "__main__":

@@ -108,8 +108,9 @@ class Ingress:
         understood: dict[str, Any] | None = None,
         text: str | None = None,
         retrieval: str = "ebr",
+        personalised: bool = False,
     ) -> SearchResponse:
-        call = self._retriever.search.remote(vectors, k, filter_json, text, retrieval)
+        call = self._retriever.search.remote(vectors, k, filter_json, text, retrieval, personalised)
         hits, plan = await _result(call)
         used = plan.pop("retrieval")
         info = understood or {}
@@ -142,7 +143,15 @@ class Ingress:
         vectors, understood = await _result(call)
         retrieval = body.retrieval or self._retrieval
         return await self._respond(
-            vectors, body.k, start, body.filter, body.explain, understood, body.query, retrieval
+            vectors,
+            body.k,
+            start,
+            body.filter,
+            body.explain,
+            understood,
+            body.query,
+            retrieval,
+            personalised=body.member_id is not None,
         )
 
     @app.get(

@@ -47,6 +47,7 @@ class Retriever:
         filter_json: dict[str, Any] | None = None,
         text: str | None = None,
         retrieval: str = "ebr",
+        personalised: bool = False,
     ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
         """Top-k live jobs for one request that pass the filter.
 
@@ -59,12 +60,16 @@ class Retriever:
             retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.search``). What a request
                 can use: no text (or a slot without a term index) -> ebr; no vector -> term;
                 neither -> no results.
+            personalised: the request names a member: hybrid weights the EBR list (which
+                carries the member) ``HYBRID_EBR_WEIGHT_MEMBER`` instead of
+                ``HYBRID_EBR_WEIGHT``.
 
         Returns:
             One list of up to k hits (display columns + ``score``), best first, and the plan
             (with ``retrieval``, the one used).
         """
         from ebr.index.filters import parse_filter
+        from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
 
         self._refresh()
         flt = parse_filter(filter_json) if filter_json is not None else None
@@ -75,7 +80,10 @@ class Retriever:
         if vectors is None and retrieval == "ebr":
             return [[]], {"retrieval": None}
         texts = [text] if text is not None else None
-        hits = self._live.query(vectors, k, flt, texts=texts, retrieval=retrieval)
+        weight = HYBRID_EBR_WEIGHT_MEMBER if personalised else HYBRID_EBR_WEIGHT
+        hits = self._live.query(
+            vectors, k, flt, texts=texts, retrieval=retrieval, ebr_weight=weight
+        )
         import pandas as pd
 
         delta = hits.delta_items

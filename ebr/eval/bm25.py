@@ -35,3 +35,7 @@ class BM25Baseline:
             scores[i], rows = top_rows(self._index.scores(text), k)
             out[i] = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
         return out, scores
+
+    def coverage(self, queries: Sequence[str]) -> np.ndarray:
+        """float [q]: share of each query's terms the index holds (hybrid's BM25 weight)."""
+        return np.array([self._index.coverage(t) for t in queries], dtype=np.float64)

@@ -129,13 +129,15 @@ def hybrid_ranking(
     k: int,
     alpha: float = HYBRID_EBR_WEIGHT,
     fusion: str = HYBRID_FUSION,
+    bm25_coverage: np.ndarray | None = None,
 ) -> np.ndarray:
     """Two scored lists fused as serving fuses them -> int64 [q, k] (-1 padded).
 
     ``fusion`` "rrf": fused(d) = alpha / (RRF_K + rank_ebr(d)) + (1 - alpha) / (RRF_K +
     rank_bm25(d)), ranks 1-based by descending score within each list; "score": the same
     weights over min-max normalised scores (``ebr.index.fusion``). A list missing d
-    contributes 0. Ties: better best rank, then lower id.
+    contributes 0. Ties: better best rank, then lower id. ``bm25_coverage`` float [q] scales
+    BM25's weight per query, as serving does (``ebr.index.search.fuse``).
     """
     for name, ids, sc in (("ebr", ebr_ids, ebr_scores), ("bm25", bm25_ids, bm25_scores)):
         if ids.ndim != 2 or ids.shape != sc.shape:
@@ -151,7 +153,7 @@ def hybrid_ranking(
     orders = [np.argsort(-sc, axis=1, kind="stable") for _, sc in pairs]  # list order: ties
     lists = [np.take_along_axis(ids, o, 1) for (ids, _), o in zip(pairs, orders, strict=True)]
     scores = [np.take_along_axis(sc, o, 1) for (_, sc), o in zip(pairs, orders, strict=True)]
-    return fuse_lists(lists, scores, [alpha, 1 - alpha], k, fusion)[1]
+    return fuse_lists(lists, scores, [alpha, 1 - alpha], k, fusion, [None, bm25_coverage])[1]
 
 
 def pad_scores(scores: np.ndarray, k: int) -> np.ndarray:
@@ -167,14 +169,16 @@ def fusion_sweep(
     bm25: tuple[np.ndarray, np.ndarray],
     k: int,
     score: Callable[[np.ndarray], float],
+    bm25_coverage: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """{fusion: {EBR weight: ``score`` of the fused ranking}} for reciprocal-rank fusion and
     min-max score fusion over ``FUSION_WEIGHTS``; ``ebr`` and ``bm25`` are (ids, scores)
-    [q, K] best first. What chooses ``ebr.index.fusion``'s served fusion and weight."""
-    lists, scores = [ebr[0], bm25[0]], [ebr[1], bm25[1]]
+    [q, K] best first; ``bm25_coverage`` as in ``hybrid_ranking``. What chooses
+    ``ebr.index.fusion``'s served fusion and weight."""
+    lists, scores, rows = [ebr[0], bm25[0]], [ebr[1], bm25[1]], [None, bm25_coverage]
     return {
         fusion: {
-            f"{w:g}": score(fuse_lists(lists, scores, [w, 1 - w], k, fusion)[1])
+            f"{w:g}": score(fuse_lists(lists, scores, [w, 1 - w], k, fusion, rows)[1])
             for w in FUSION_WEIGHTS
         }
         for fusion in FUSIONS

@@ -34,6 +34,7 @@ from ebr.eval.ranking import (
     recall_at,
 )
 from ebr.eval.typed import evaluate_typed, typed_queries, typed_rows
+from ebr.index.fusion import HYBRID_EBR_WEIGHT_MEMBER
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.text import Vocabulary, training_vocabulary
@@ -139,16 +140,28 @@ def evaluate_marketplace(
             methods["ebr_ann"] = _metrics(pad_to(ann(q, k_max), k_max), positives, gains, ks)
         if with_query:
             bm25 = bm25 or BM25Baseline(jobs)
-            bm_ids, bm_s = bm25.search_scored([q_ or "" for q_ in queries], k_max)
+            texts = [q_ or "" for q_ in queries]
+            bm_ids, bm_s = bm25.search_scored(texts, k_max)
             bm, bm_scores = pad_to(bm_ids, k_max), pad_scores(bm_s, k_max)
+            coverage = bm25.coverage(texts)
             methods["bm25"] = _metrics(bm, positives, gains, ks)
-            hyb = hybrid_ranking(ebr, ebr_scores, bm, bm_scores, k_max)
+            # Logged searches name their member: the served hybrid's personalised weight.
+            hyb = hybrid_ranking(
+                ebr,
+                ebr_scores,
+                bm,
+                bm_scores,
+                k_max,
+                HYBRID_EBR_WEIGHT_MEMBER,
+                bm25_coverage=coverage,
+            )
             methods["hybrid"] = _metrics(hyb, positives, gains, ks)
             sweeps["hybrid_recall@100_by_ebr_weight"] = fusion_sweep(
                 (ebr, ebr_scores),
                 (bm, bm_scores),
                 k_max,
                 partial(_recall_at_100, positives=positives),
+                coverage,
             )
         by_outcome = {
             name: recall_at(ebr, labels[name].tolist(), [BY_OUTCOME_K])[BY_OUTCOME_K]

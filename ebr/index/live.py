@@ -28,6 +28,7 @@ from ebr.config import IndexConfig
 from ebr.index.attributes import AttributeTable
 from ebr.index.build import check_vectors
 from ebr.index.filters import Filter
+from ebr.index.fusion import HYBRID_EBR_WEIGHT
 from ebr.index.overlay import admit_record, records_to_table
 from ebr.index.planner import PlannerParams
 from ebr.index.search import (
@@ -191,6 +192,7 @@ class LiveSlot:
         params: PlannerParams | None = None,
         texts: Sequence[str] | None = None,
         retrieval: str = "ebr",
+        ebr_weight: float = HYBRID_EBR_WEIGHT,
     ) -> Hits:
         """Top-k live jobs passing ``flt`` per query (``ebr.index.search``): the snapshot minus
         tombstones, merged with an exact scan of the delta.
@@ -202,6 +204,7 @@ class LiveSlot:
                 (term retrieval: whenever k of them share a query term).
             texts: the q query texts (term and hybrid retrieval).
             retrieval: ``ebr`` (embeddings), ``term`` (BM25) or ``hybrid`` (both, fused).
+            ebr_weight: hybrid's weight of the EBR list in [0, 1] (BM25 gets the rest).
         """
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
@@ -218,7 +221,8 @@ class LiveSlot:
         texts = check_texts(texts, len(queries))
         depth = max(k, HYBRID_DEPTH)
         ebr = search_view(snap, view.deleted, delta, attrs, queries, depth, flt, params)
-        return fuse(ebr, term_view(snap, view.deleted, delta, attrs, texts, depth, flt), k)
+        term = term_view(snap, view.deleted, delta, attrs, texts, depth, flt)
+        return fuse(ebr, term, k, ebr_weight)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``query`` without a filter: scores [q, k] float32 descending and job_ids [q, k]

@@ -36,7 +36,7 @@ from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 from ebr.index.overlay import merge_topk, search_delta
 from ebr.index.planner import PlannerParams, filtered_search
 from ebr.index.slot import Slot, check_queries
-from ebr.index.terms import term_text, top_rows
+from ebr.index.terms import term_text, top_rows, vocabulary
 
 RETRIEVALS = ("ebr", "term", "hybrid")
 HYBRID_DEPTH = 100  # each list hybrid retrieval fuses is this deep (k when k is larger)
@@ -166,6 +166,7 @@ def term_view(
     alive = _delta_alive(delta, snap, flt)
     pos = np.flatnonzero(alive)
     docs = term_text(delta.items(pos, snap.items)) if len(pos) else []
+    live_terms = vocabulary(docs)
     scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
     job_ids = np.full((len(texts), k), -1, dtype=np.int64)
     for i, text in enumerate(texts):
@@ -181,6 +182,8 @@ def term_view(
         "eligible": int(eligible.sum()) if eligible is not None else len(snap.job_ids),
         "deleted_rows": int(deleted.sum()),
         "delta_items": len(pos),
+        # Per query: the share of its terms some live job has (what hybrid weights BM25 by).
+        "coverage": [snap.terms.coverage(t, live_terms) for t in texts],
     }
     return _hits(snap, delta, alive, scores, job_ids, plan)
 
@@ -193,9 +196,16 @@ def fuse(
     fusion: str = HYBRID_FUSION,
 ) -> Hits:
     """Hybrid hits: the two lists fused (``ebr.index.fusion``; scores are the fused ones);
-    the delta rows of both, the plans of both."""
+    the delta rows of both, the plans of both. BM25's weight is scaled per query by its
+    term coverage (``TermIndex.coverage``): a query word no job has (a misspelling, a
+    synonym the catalogue never uses) leaves the term list matching only the rest of the
+    query, so the embedding list, which still reads it, counts for more."""
+    if not 0.0 <= ebr_weight <= 1.0:
+        raise ValueError(f"ebr_weight must be in [0, 1], got {ebr_weight}")
     lists, values = [ebr.job_ids, term.job_ids], [ebr.scores, term.scores]
-    scores, job_ids = fuse_lists(lists, values, [ebr_weight, 1 - ebr_weight], k, fusion)
+    coverage = np.asarray(term.plan["coverage"], dtype=np.float64)
+    weights = [ebr_weight, 1 - ebr_weight]
+    scores, job_ids = fuse_lists(lists, values, weights, k, fusion, [None, coverage])
     rows = pd.concat([ebr.delta_items, term.delta_items]).drop_duplicates("job_id")
     kept = rows[rows["job_id"].isin(job_ids[job_ids >= 0])].reset_index(drop=True)
     plan = {

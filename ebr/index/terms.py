@@ -51,6 +51,11 @@ def tokens(text: str | None) -> list[str]:
     return list(_tokens(text)) if text else []
 
 
+def vocabulary(texts: Sequence[str]) -> frozenset[str]:
+    """Every term of ``texts`` (the live delta's, beside the index's own vocabulary)."""
+    return frozenset(t for text in texts for t in _tokens(text)) if texts else frozenset()
+
+
 @lru_cache(maxsize=65_536)  # live-delta documents are scored again by every term search
 def _tokens(text: str) -> tuple[str, ...]:
     return tuple(w for w in words(text) if len(w) > 1 and w not in _STOP)
@@ -130,6 +135,15 @@ class TermIndex:
         vid = self._vocab.get(term)
         df = int(self._df[vid]) if vid is not None else 0
         return math.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
+
+    def coverage(self, query: str, also: frozenset[str] = frozenset()) -> float:
+        """Share of ``query``'s distinct terms this index (or ``also``: the live delta's
+        terms) holds; 0 for a query without terms. A term no document has (a misspelling, a
+        word the catalogue never uses) cannot be matched by term retrieval at all."""
+        terms = list(dict.fromkeys(tokens(query)))
+        if not terms:
+            return 0.0
+        return sum(t in self._vocab or t in also for t in terms) / len(terms)
 
     def scores(self, query: str) -> np.ndarray:
         """float32 [n_docs]: BM25 of every snapshot document for ``query`` (0: no term)."""

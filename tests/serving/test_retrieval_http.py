@@ -84,6 +84,18 @@ def test_filters_hold_in_every_mode(
         assert len(got) == min(20, len(eligible))
 
 
+def test_hybrid_leans_on_ebr_when_a_member_personalises(
+    api: httpx.Client, platform_ws: Path
+) -> None:
+    from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
+
+    member = int(pd.read_parquet(platform_ws / "data" / "members.parquet")["member_id"].iloc[0])
+    anonymous = _search(api, query="manager", k=5, explain=True)["plan"]
+    personal = _search(api, query="manager", member_id=member, k=5, explain=True)["plan"]
+    assert anonymous["ebr_weight"] == HYBRID_EBR_WEIGHT
+    assert personal["ebr_weight"] == HYBRID_EBR_WEIGHT_MEMBER > HYBRID_EBR_WEIGHT
+
+
 def test_member_only_search_falls_back_to_ebr(api: httpx.Client, platform_ws: Path) -> None:
     member = int(pd.read_parquet(platform_ws / "data" / "members.parquet")["member_id"].iloc[0])
     body = _search(api, member_id=member, k=5, retrieval="term")

@@ -156,3 +156,17 @@ def test_score_fusion_sums_min_max_normalised_scores() -> None:
     assert ids.tolist() == [[-1, -1]]
     with pytest.raises(ValueError, match="fusion must be one of"):
         fuse_lists([a_ids], [a_sc], [1.0], 2, fusion="max")
+
+
+def test_row_weights_scale_a_list_query_by_query() -> None:
+    from ebr.index.fusion import fuse_lists
+
+    a_ids, a_sc = np.array([[1, 2], [1, 2]]), np.array([[0.9, 0.1], [0.9, 0.1]])
+    b_ids, b_sc = np.array([[3, 4], [3, 4]]), np.array([[9.0, 1.0], [9.0, 1.0]])
+    for fusion in ("rrf", "score"):
+        _, ids = fuse_lists(
+            [a_ids, b_ids], [a_sc, b_sc], [0.4, 0.6], 2, fusion, [None, np.array([1.0, 0.0])]
+        )
+        assert ids[0, 0] == 3 and ids[1].tolist() == [1, 2]  # row 2: the second list off
+    with pytest.raises(ValueError, match="row weights"):
+        fuse_lists([a_ids, b_ids], [a_sc, b_sc], [0.5, 0.5], 2, "rrf", [None, np.array([-1.0, 1])])

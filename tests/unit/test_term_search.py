@@ -121,6 +121,7 @@ def test_upserts_and_deletes_change_term_results_at_once(live) -> None:
     hits = lv.query(None, 5, texts=["zoo keeper"], retrieval="term")
     assert hits.job_ids[0].tolist()[0] == N + 500
     assert hits.delta_items["job_id"].tolist() == [N + 500]  # display rows come along
+    assert hits.plan["coverage"] == [1.0]  # 'zoo', 'keeper': known from the live delta
     lv.delete([N + 500])
     assert (lv.query(None, 5, texts=["zoo keeper"], retrieval="term").job_ids == -1).all()
     # Re-titled: the old words no longer find the job, the new ones do.
@@ -197,3 +198,17 @@ def test_term_index_is_checksummed_and_older_slots_say_they_have_none(live) -> N
     victim.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     with pytest.raises(ValueError, match="checksum mismatch"):
         load_slot(path)
+
+
+def test_hybrid_weight_runs_from_term_alone_to_ebr_alone(live) -> None:
+    lv, rng = live
+    q = _unit(rng, 1)
+    ebr = lv.query(q, K).job_ids
+    term = lv.query(None, K, texts=["senior nurse"], retrieval="term").job_ids
+    only_ebr = lv.query(q, K, texts=["senior nurse"], retrieval="hybrid", ebr_weight=1.0)
+    only_term = lv.query(q, K, texts=["senior nurse"], retrieval="hybrid", ebr_weight=0.0)
+    assert only_ebr.job_ids.tolist() == ebr.tolist() and only_ebr.plan["ebr_weight"] == 1.0
+    assert only_term.job_ids.tolist() == term.tolist()
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="ebr_weight must be in"):
+            lv.query(q, K, texts=["nurse"], retrieval="hybrid", ebr_weight=bad)

@@ -84,3 +84,11 @@ def test_a_collection_without_terms_indexes_and_scores_zero(tmp_path: Path, titl
         # A live upsert into such a slot is still found by its words.
         scored = ix.score_texts("nurse", ["nurse", "driver"])
         assert scored[0] > 0 and scored[1] == 0
+
+
+def test_coverage_is_the_share_of_query_terms_some_document_has() -> None:
+    index = TermIndex.build(term_text(ITEMS))
+    assert index.coverage("nurse") == 1.0
+    assert index.coverage("nusre care") == 0.5  # a misspelling no document has
+    assert index.coverage("the a") == 0.0 and index.coverage("") == 0.0
+    assert index.coverage("zookeeper nurse", also=frozenset({"zookeeper"})) == 1.0
