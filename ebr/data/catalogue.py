@@ -3,9 +3,10 @@
 The impression log only teaches the words of the occupations people searched for (its head);
 these pairs cover every job in the catalogue with its own words: the full title, the title
 without its seniority prefix (the occupation's preferred label), a one- or two-word span of the
-title, or one of its skill phrases. ESCO's alternative labels are never used (they are the
-held-out typed queries of the evaluation, ``ebr.eval.typed``), and a span or skill phrase that
-happens to equal a reserved alternative label of any occupation is replaced by the job's title.
+title, one of its skill phrases, or one of its occupation's ESCO alternative labels from the
+half training may read (``eval_reserved`` keeps the other half for the typed-query
+evaluation, ``ebr.eval.typed``); a span or skill phrase that happens to equal a reserved
+alternative label of any occupation is replaced by the job's title.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from ebr.data.esco_labels import alternative_labels, eval_reserved, label_key
 from ebr.data.marketplace import TITLE_PREFIX
 
-KINDS = ("title", "label", "span", "skill")
+KINDS = ("title", "label", "span", "skill", "synonym")
 _PREFIXES = tuple(p for p in TITLE_PREFIX if p)
 
 
@@ -42,6 +43,17 @@ def _reserved() -> frozenset[str]:
     return frozenset(label_key(a) for a in alt if eval_reserved(a))
 
 
+def _synonyms() -> dict[str, list[str]]:
+    """occupation uri -> its ESCO alternative labels training may read (the half
+    ``eval_reserved`` leaves to training)."""
+    alt = alternative_labels()
+    out: dict[str, list[str]] = {}
+    for uri, label in zip(alt["uri"], alt["alt_label"], strict=True):
+        if not eval_reserved(label):
+            out.setdefault(uri, []).append(label)
+    return out
+
+
 def catalogue_pairs(jobs: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
     """``n`` (query, job_id, kind) rows over jobs sampled uniformly (every occupation, not the
     log's head), each query one of ``KINDS`` picked at random."""
@@ -51,10 +63,16 @@ def catalogue_pairs(jobs: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.
     kinds = rng.integers(len(KINDS), size=n)
     titles = jobs["title"].to_numpy()[rows]
     skills = jobs["skills"].to_numpy()[rows] if "skills" in jobs.columns else [None] * n
+    uris = (
+        jobs["occupation_uri"].to_numpy()[rows] if "occupation_uri" in jobs.columns else [None] * n
+    )
+    synonyms = _synonyms() if "occupation_uri" in jobs.columns else {}
     queries = []
-    for title, kind, skill in zip(titles, kinds, skills, strict=True):
+    for title, kind, skill, uri in zip(titles, kinds, skills, uris, strict=True):
         name = KINDS[kind]
-        if name == "skill" and skill is not None and len(skill):
+        if name == "synonym" and synonyms.get(uri):
+            queries.append(synonyms[uri][int(rng.integers(len(synonyms[uri])))])
+        elif name == "skill" and skill is not None and len(skill):
             queries.append(str(skill[int(rng.integers(len(skill)))]))
         elif name == "label":
             queries.append(_label(title))

@@ -130,7 +130,7 @@ def test_oracle_ranks_active_jobs_by_hidden_utility() -> None:
         oracle_topk(hidden, [1], 0)
 
 
-def test_catalogue_pairs_use_each_jobs_own_words_and_no_alternative_label(mp) -> None:
+def test_catalogue_pairs_use_each_jobs_own_words_and_no_reserved_label(mp) -> None:
     from ebr.data.catalogue import KINDS, catalogue_pairs
     from ebr.data.esco_labels import alternative_labels, eval_reserved, label_key
 
@@ -138,13 +138,23 @@ def test_catalogue_pairs_use_each_jobs_own_words_and_no_alternative_label(mp) ->
     pairs = catalogue_pairs(jobs, 2000, np.random.default_rng(0))
     assert len(pairs) == 2000 and set(pairs["kind"]) == set(KINDS)
     by_id = jobs.set_index("job_id")
+    alt = alternative_labels()
+    readable = {
+        (uri, label_key(a))
+        for uri, a in zip(alt["uri"], alt["alt_label"], strict=True)
+        if not eval_reserved(a)
+    }
+    synonyms = 0
     for q, job_id, kind in pairs.itertuples(index=False):
         job = by_id.loc[job_id]
         if kind == "skill":
             assert q in set(job["skills"])
+        elif kind == "synonym" and (job["occupation_uri"], label_key(q)) in readable:
+            synonyms += 1  # a training-half alternative label of the job's own occupation
         else:
             assert set(label_key(q).split()) <= set(label_key(job["title"]).split()), (q, kind)
     titles = {label_key(t) for t in jobs["title"]}
     alts = {label_key(a) for a in alternative_labels()["alt_label"] if eval_reserved(a)} - titles
     assert not {label_key(q) for q in pairs["query"]} & alts
     assert len(pairs["job_id"].unique()) > 0.6 * len(jobs)  # the whole catalogue, not a head
+    assert synonyms > 0.1 * len(pairs) / len(KINDS)
