@@ -39,3 +39,7 @@ class BM25Baseline:
     def coverage(self, queries: Sequence[str]) -> np.ndarray:
         """float [q]: share of each query's terms the index holds (hybrid's BM25 weight)."""
         return np.array([self._index.coverage(t) for t in queries], dtype=np.float64)
+
+    def attainable(self, queries: Sequence[str]) -> np.ndarray:
+        """float [q]: the best BM25 score each query could reach (hybrid's BM25 scale)."""
+        return np.array([self._index.attainable(t) for t in queries], dtype=np.float64)

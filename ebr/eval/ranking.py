@@ -15,7 +15,7 @@ import pandas as pd
 from ebr.data.pairs import POSITIVE
 from ebr.index.fusion import FUSIONS, HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 
-FUSION_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # EBR weights the evaluations sweep
+FUSION_WEIGHTS = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # EBR weights the evaluations sweep
 
 
 def _check(ranked: np.ndarray, positives: Sequence[set[int]], k: int | None = None) -> None:
@@ -130,6 +130,7 @@ def hybrid_ranking(
     alpha: float = HYBRID_EBR_WEIGHT,
     fusion: str = HYBRID_FUSION,
     bm25_coverage: np.ndarray | None = None,
+    bm25_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """Two scored lists fused as serving fuses them -> int64 [q, k] (-1 padded).
 
@@ -137,7 +138,8 @@ def hybrid_ranking(
     rank_bm25(d)), ranks 1-based by descending score within each list; "score": the same
     weights over min-max normalised scores (``ebr.index.fusion``). A list missing d
     contributes 0. Ties: better best rank, then lower id. ``bm25_coverage`` float [q] scales
-    BM25's weight per query, as serving does (``ebr.index.search.fuse``).
+    BM25's weight per query and ``bm25_scale`` float [q] divides its scores (instead of
+    min-max), as serving does (``ebr.index.search.fuse``).
     """
     for name, ids, sc in (("ebr", ebr_ids, ebr_scores), ("bm25", bm25_ids, bm25_scores)):
         if ids.ndim != 2 or ids.shape != sc.shape:
@@ -153,7 +155,8 @@ def hybrid_ranking(
     orders = [np.argsort(-sc, axis=1, kind="stable") for _, sc in pairs]  # list order: ties
     lists = [np.take_along_axis(ids, o, 1) for (ids, _), o in zip(pairs, orders, strict=True)]
     scores = [np.take_along_axis(sc, o, 1) for (_, sc), o in zip(pairs, orders, strict=True)]
-    return fuse_lists(lists, scores, [alpha, 1 - alpha], k, fusion, [None, bm25_coverage])[1]
+    weights, rows, scales = [alpha, 1 - alpha], [None, bm25_coverage], [None, bm25_scale]
+    return fuse_lists(lists, scores, weights, k, fusion, rows, scales)[1]
 
 
 def pad_scores(scores: np.ndarray, k: int) -> np.ndarray:
@@ -170,16 +173,21 @@ def fusion_sweep(
     k: int,
     score: Callable[[np.ndarray], float],
     bm25_coverage: np.ndarray | None = None,
+    bm25_scale: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """{fusion: {EBR weight: ``score`` of the fused ranking}} for reciprocal-rank fusion and
     min-max score fusion over ``FUSION_WEIGHTS``; ``ebr`` and ``bm25`` are (ids, scores)
-    [q, K] best first; ``bm25_coverage`` as in ``hybrid_ranking``. What chooses
-    ``ebr.index.fusion``'s served fusion and weight."""
+    [q, K] best first; ``bm25_coverage`` and ``bm25_scale`` as in ``hybrid_ranking``
+    ("score_minmax" leaves the scale out). What chooses ``ebr.index.fusion``'s served fusion
+    and weights."""
     lists, scores, rows = [ebr[0], bm25[0]], [ebr[1], bm25[1]], [None, bm25_coverage]
+    variants = [(f, f, [None, bm25_scale]) for f in FUSIONS]
+    if bm25_scale is not None:
+        variants.append(("score_minmax", "score", [None, None]))
     return {
-        fusion: {
-            f"{w:g}": score(fuse_lists(lists, scores, [w, 1 - w], k, fusion, rows)[1])
+        name: {
+            f"{w:g}": score(fuse_lists(lists, scores, [w, 1 - w], k, fusion, rows, scales)[1])
             for w in FUSION_WEIGHTS
         }
-        for fusion in FUSIONS
+        for name, fusion, scales in variants
     }

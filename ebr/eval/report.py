@@ -143,7 +143,7 @@ def evaluate_marketplace(
             texts = [q_ or "" for q_ in queries]
             bm_ids, bm_s = bm25.search_scored(texts, k_max)
             bm, bm_scores = pad_to(bm_ids, k_max), pad_scores(bm_s, k_max)
-            coverage = bm25.coverage(texts)
+            coverage, scale = bm25.coverage(texts), bm25.attainable(texts)
             methods["bm25"] = _metrics(bm, positives, gains, ks)
             # Logged searches name their member: the served hybrid's personalised weight.
             hyb = hybrid_ranking(
@@ -154,6 +154,7 @@ def evaluate_marketplace(
                 k_max,
                 HYBRID_EBR_WEIGHT_MEMBER,
                 bm25_coverage=coverage,
+                bm25_scale=scale,
             )
             methods["hybrid"] = _metrics(hyb, positives, gains, ks)
             sweeps["hybrid_recall@100_by_ebr_weight"] = fusion_sweep(
@@ -162,6 +163,7 @@ def evaluate_marketplace(
                 k_max,
                 partial(_recall_at_100, positives=positives),
                 coverage,
+                scale,
             )
         by_outcome = {
             name: recall_at(ebr, labels[name].tolist(), [BY_OUTCOME_K])[BY_OUTCOME_K]

@@ -349,10 +349,11 @@ def evaluate_typed(
     ebr_ids, ebr_s = exact_topk(q, item_vecs, ids, K)
     bm25 = bm25 or BM25Baseline(jobs)
     bm_ids, bm_s = bm25.search_scored(texts, K)
-    coverage = bm25.coverage(texts)
+    coverage, scale = bm25.coverage(texts), bm25.attainable(texts)
     ebr, bm = pad_to(ebr_ids, K), pad_to(bm_ids, K)
     ebr_s, bm_s = pad_scores(ebr_s, K), pad_scores(bm_s, K)
-    hyb = pad_to(hybrid_ranking(ebr, ebr_s, bm, bm_s, K, bm25_coverage=coverage), K)
+    hyb = hybrid_ranking(ebr, ebr_s, bm, bm_s, K, bm25_coverage=coverage, bm25_scale=scale)
+    hyb = pad_to(hyb, K)
     rel = relevant_jobs(jobs, queries)
     ideal = np.array(
         [pad_to(np.array([sorted(r)[:K]], dtype=np.int64).reshape(1, -1), K)[0] for r in rel]
@@ -383,7 +384,12 @@ def evaluate_typed(
         "unknown_not_understood_ebr": unknown.get("not_understood", 0.0) == 1.0,
     }
     sweep = fusion_sweep(
-        (ebr, ebr_s), (bm, bm_s), K, lambda r: float(typed_metrics(r, rel)["p@10"].mean()), coverage
+        (ebr, ebr_s),
+        (bm, bm_s),
+        K,
+        lambda r: float(typed_metrics(r, rel)["p@10"].mean()),
+        coverage,
+        scale,
     )
     return {
         "n_queries": queries["kind"].value_counts().to_dict(),

@@ -1,10 +1,12 @@
 """Fusion of ranked lists (hybrid retrieval: EBR + BM25): weighted reciprocal rank (``rrf``)
 or weighted min-max normalised scores (``score_fusion``).
 
-fused(d) = sum_i w_i / (RRF_K + rank_i(d)), ranks 1-based within list i, a list missing d
-adds 0. Fusion over ranks, not scores, because cosine and BM25 scores live on unrelated
-scales. Ties: the better best rank, then the lower id. Used by serving (``ebr.index.search``)
-and by the evaluation (``ebr.eval.ranking.hybrid_ranking``), so both measure one fusion.
+rrf: fused(d) = sum_i w_i / (RRF_K + rank_i(d)), ranks 1-based within list i; score: fused(d)
+= sum_i w_i * minmax_i(score_i(d)), each list's scores mapped to [0, 1] within the query (the
+two scales, cosine and BM25, are unrelated). A list missing d adds 0; ``row_weights`` scale a
+list's weight query by query (serving scales BM25's by its term coverage). Ties: the better
+best position, then the lower id. Used by serving (``ebr.index.search``) and by the
+evaluation (``ebr.eval.ranking.hybrid_ranking``), so both measure one fusion.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import numpy as np
 
 RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009): damps the top ranks' weight
 # What hybrid retrieval serves, chosen on the typed queries (benchmarks.typed_queries, 20k
-# jobs): typed p@10 score fusion 0.816 at EBR weight 0.5 (0.804-0.813 at 0.3-0.6), RRF 0.809
-# (best 0.809 at 0.4-0.5); on two models trained with other settings score fusion at 0.5-0.6
-# was best as well.
+# jobs; fusion_sweep in its JSON): score fusion with BM25 divided by its attainable score and
+# weighted by term coverage, EBR weight 0.25 (p@10 0.851; 0.851 / 0.850 at 0.2 / 0.3, and
+# 0.854 at 0.25 on a second query draw), beat min-max score fusion (best 0.843 at 0.5) and
+# RRF (best 0.837 at 0.4); max-normalised BM25 or coverage squared moved it by < 0.003.
 HYBRID_FUSION = "score"  # rrf | score
-HYBRID_EBR_WEIGHT = 0.5  # w of the EBR list (BM25 gets 1 - w)
+HYBRID_EBR_WEIGHT = 0.25  # w of the EBR list (BM25 gets 1 - w)
 # With a member the EBR list also carries the personalisation BM25 lacks: on the logged
 # searches (query + member) score fusion's recall@100 rises with w, 0.705 at 0.5 to 0.725 at
 # 0.9 (EBR alone 0.7225), while typed queries (anonymous) peak at 0.5.
@@ -108,21 +111,33 @@ def score_fusion(
     weights: Sequence[float],
     k: int,
     row_weights: RowWeights = None,
+    scales: RowWeights = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse scored lists by a weighted sum of min-max normalised scores -> scores float32
-    [q, k] (-inf pads), ids int64 [q, k] (-1 pads).
+    """Fuse scored lists by a weighted sum of normalised scores -> scores float32 [q, k]
+    (-inf pads), ids int64 [q, k] (-1 pads).
 
-    Each list's scores are mapped to [0, 1] within that query's list (its best 1, its last
-    0; a list of equal scores all 1); a list missing d adds 0. Unlike ``rrf`` it keeps the
-    gaps: a BM25 list whose first hit matches every word far better than the rest says so.
+    A list with a ``scales`` entry (float [q] > 0) is divided by it: an absolute scale, e.g.
+    the best BM25 score the query could reach (``TermIndex.attainable``), so a job matching
+    only some query words counts for that share however the rest of the list scores. Other
+    lists are mapped to [0, 1] within the query's list (its best 1, its last 0; a list of
+    equal scores all 1). A list missing d adds 0. Unlike ``rrf`` it keeps the gaps.
     """
     if len(scores) != len(lists):
         raise ValueError(f"{len(lists)} id lists but {len(scores)} score lists")
     for ids, sc in zip(lists, scores, strict=True):
         if ids.shape != sc.shape:
             raise ValueError(f"ids {ids.shape} and scores {sc.shape} must match")
+    divisors = list(scales) if scales is not None else [None] * len(lists)
+    if len(divisors) != len(lists):
+        raise ValueError(f"{len(divisors)} scales for {len(lists)} lists")
     normed = []
-    for ids, sc in zip(lists, scores, strict=True):
+    for ids, sc, div in zip(lists, scores, divisors, strict=True):
+        if div is not None:
+            d = np.asarray(div, dtype=np.float64)
+            if d.shape != (len(ids),) or not (d > 0).all():
+                raise ValueError(f"scales must be [{len(ids)}] values > 0")
+            normed.append(np.where(ids >= 0, sc, 0.0) / d[:, None])
+            continue
         valid = ids >= 0  # padding is skipped by _fuse whatever its value
         s = np.where(valid, sc, 0.0).astype(np.float64)
         lo = np.where(valid, s, np.inf).min(1, keepdims=True)
@@ -139,10 +154,11 @@ def fuse_lists(
     k: int,
     fusion: str = HYBRID_FUSION,
     row_weights: RowWeights = None,
+    scales: RowWeights = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``rrf`` or ``score_fusion`` by name (``FUSIONS``)."""
+    """``rrf`` or ``score_fusion`` by name (``FUSIONS``); ``scales`` only for "score"."""
     if fusion == "rrf":
         return rrf(lists, weights, k, row_weights)
     if fusion == "score":
-        return score_fusion(lists, scores, weights, k, row_weights)
+        return score_fusion(lists, scores, weights, k, row_weights, scales)
     raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")

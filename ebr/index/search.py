@@ -182,8 +182,10 @@ def term_view(
         "eligible": int(eligible.sum()) if eligible is not None else len(snap.job_ids),
         "deleted_rows": int(deleted.sum()),
         "delta_items": len(pos),
-        # Per query: the share of its terms some live job has (what hybrid weights BM25 by).
+        # Per query: the share of its terms some live job has (what hybrid weights BM25 by),
+        # and the best score it could reach (what hybrid divides BM25 scores by).
         "coverage": [snap.terms.coverage(t, live_terms) for t in texts],
+        "attainable": [snap.terms.attainable(t) for t in texts],
     }
     return _hits(snap, delta, alive, scores, job_ids, plan)
 
@@ -196,16 +198,21 @@ def fuse(
     fusion: str = HYBRID_FUSION,
 ) -> Hits:
     """Hybrid hits: the two lists fused (``ebr.index.fusion``; scores are the fused ones);
-    the delta rows of both, the plans of both. BM25's weight is scaled per query by its
-    term coverage (``TermIndex.coverage``): a query word no job has (a misspelling, a
-    synonym the catalogue never uses) leaves the term list matching only the rest of the
-    query, so the embedding list, which still reads it, counts for more."""
+    the delta rows of both, the plans of both. BM25 scores are divided by the best score the
+    query could reach (``TermIndex.attainable``), so a job matching half the query's weight
+    of words counts half, and BM25's weight is scaled per query by its term coverage
+    (``TermIndex.coverage``): a query word no job has (a misspelling, a synonym the
+    catalogue never uses) leaves the term list matching only the rest of the query, so the
+    embedding list, which still reads it, counts for more."""
     if not 0.0 <= ebr_weight <= 1.0:
         raise ValueError(f"ebr_weight must be in [0, 1], got {ebr_weight}")
     lists, values = [ebr.job_ids, term.job_ids], [ebr.scores, term.scores]
     coverage = np.asarray(term.plan["coverage"], dtype=np.float64)
+    attainable = np.asarray(term.plan["attainable"], dtype=np.float64)
     weights = [ebr_weight, 1 - ebr_weight]
-    scores, job_ids = fuse_lists(lists, values, weights, k, fusion, [None, coverage])
+    scores, job_ids = fuse_lists(
+        lists, values, weights, k, fusion, [None, coverage], [None, attainable]
+    )
     rows = pd.concat([ebr.delta_items, term.delta_items]).drop_duplicates("job_id")
     kept = rows[rows["job_id"].isin(job_ids[job_ids >= 0])].reset_index(drop=True)
     plan = {

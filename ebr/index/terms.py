@@ -145,6 +145,12 @@ class TermIndex:
             return 0.0
         return sum(t in self._vocab or t in also for t in terms) / len(terms)
 
+    def attainable(self, query: str) -> float:
+        """The score no document can exceed for ``query``: the sum of its distinct terms'
+        idf (each term's Lucene tf factor stays below 1). 1.0 for a query without terms."""
+        terms = list(dict.fromkeys(tokens(query)))
+        return sum(self._idf(t) for t in terms) if terms else 1.0
+
     def scores(self, query: str) -> np.ndarray:
         """float32 [n_docs]: BM25 of every snapshot document for ``query`` (0: no term)."""
         terms = list(dict.fromkeys(tokens(query)))

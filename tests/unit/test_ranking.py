@@ -76,11 +76,11 @@ def test_hybrid_rrf_order() -> None:
     ebr_ids, ebr_sc = np.array([[1, 2, 3]]), np.array([[0.9, 0.8, 0.7]])
     bm_ids, bm_sc = np.array([[3, 4, -1]]), np.array([[5.0, 2.0, 0.0]])
     # 3: 1/63 + 1/61 (in both); 1: 1/61; 2 and 4: 1/62 each, tie broken by best rank then id.
-    got = hybrid_ranking(ebr_ids, ebr_sc, bm_ids, bm_sc, k=5, fusion="rrf")
+    got = hybrid_ranking(ebr_ids, ebr_sc, bm_ids, bm_sc, k=5, alpha=0.5, fusion="rrf")
     np.testing.assert_array_equal(got, [[3, 1, 2, 4, -1]])
     # Score fusion: ebr normalised 1, 0.5, 0 and bm25 1, 0 -> 1 and 3 tie at 0.5 (first
     # positions both, lower id first), then 2 (0.25), then 4 (0).
-    got = hybrid_ranking(ebr_ids, ebr_sc, bm_ids, bm_sc, k=5, fusion="score")
+    got = hybrid_ranking(ebr_ids, ebr_sc, bm_ids, bm_sc, k=5, alpha=0.5, fusion="score")
     np.testing.assert_array_equal(got, [[1, 3, 2, 4, -1]])
     # alpha=1 is EBR alone, ordered by its scores even when the list is not.
     got = hybrid_ranking(np.array([[1, 2]]), np.array([[0.1, 0.9]]), bm_ids, bm_sc, 2, alpha=1.0)
@@ -170,3 +170,20 @@ def test_row_weights_scale_a_list_query_by_query() -> None:
         assert ids[0, 0] == 3 and ids[1].tolist() == [1, 2]  # row 2: the second list off
     with pytest.raises(ValueError, match="row weights"):
         fuse_lists([a_ids, b_ids], [a_sc, b_sc], [0.5, 0.5], 2, "rrf", [None, np.array([-1.0, 1])])
+
+
+def test_scaled_lists_keep_their_absolute_share() -> None:
+    from ebr.index.fusion import score_fusion
+
+    a_ids, a_sc = np.array([[1, 2]]), np.array([[0.9, 0.1]])
+    b_ids, b_sc = np.array([[3, 4]]), np.array([[1.0, 0.5]])
+    # min-max: 3 counts 1.0 like 1; divided by an attainable 10, it counts 0.1.
+    _, ids = score_fusion([a_ids, b_ids], [a_sc, b_sc], [0.5, 0.5], 4)
+    assert ids[0, :2].tolist() == [1, 3]
+    scores, ids = score_fusion(
+        [a_ids, b_ids], [a_sc, b_sc], [0.5, 0.5], 4, scales=[None, np.array([10.0])]
+    )
+    assert ids.tolist() == [[1, 3, 4, 2]]
+    np.testing.assert_allclose(scores[0], [0.5, 0.05, 0.025, 0.0])
+    with pytest.raises(ValueError, match="scales must be"):
+        score_fusion([a_ids, b_ids], [a_sc, b_sc], [0.5, 0.5], 2, scales=[None, np.array([0.0])])

@@ -151,7 +151,10 @@ def test_hybrid_fills_k_with_eligible_jobs_even_without_a_shared_term(live, text
     term = lv.query(None, HYBRID_DEPTH, f, texts=[text], retrieval="term")
     lists, scores = [ebr.job_ids, term.job_ids], [ebr.scores, term.scores]
     weights = [HYBRID_EBR_WEIGHT, 1 - HYBRID_EBR_WEIGHT]
-    assert got.tolist() == fuse_lists(lists, scores, weights, K)[1][0].tolist()
+    rows = [None, np.array(term.plan["coverage"])]
+    scales = [None, np.array(term.plan["attainable"])]
+    fused = fuse_lists(lists, scores, weights, K, row_weights=rows, scales=scales)[1]
+    assert got.tolist() == fused[0].tolist()
     if term.job_ids[0, 0] < 0:  # no shared term: the fusion is the EBR list itself
         assert got.tolist() == ebr.job_ids[0, :K].tolist()
     assert hits.plan["strategy"] == "hybrid" and np.all(np.diff(hits.scores[0]) <= 0)

@@ -92,3 +92,13 @@ def test_coverage_is_the_share_of_query_terms_some_document_has() -> None:
     assert index.coverage("nusre care") == 0.5  # a misspelling no document has
     assert index.coverage("the a") == 0.0 and index.coverage("") == 0.0
     assert index.coverage("zookeeper nurse", also=frozenset({"zookeeper"})) == 1.0
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_no_document_scores_above_the_attainable_score(query: str) -> None:
+    index = TermIndex.build(term_text(ITEMS))
+    best = index.attainable(query)
+    assert best > 0 and (index.scores(query) < best).all()
+    # A document repeating every query term many times comes close, never over.
+    flood = " ".join([query] * 200)
+    assert index.score_texts(query, [flood])[0] < best

@@ -15,6 +15,7 @@ from ebr.config import DataConfig, ModelConfig, TrainConfig
 from ebr.data.esco import load_occupations
 from ebr.data.esco_labels import alternative_labels, eval_reserved
 from ebr.data.marketplace import Marketplace, generate
+from ebr.eval.ranking import FUSION_WEIGHTS
 from ebr.eval.report import evaluate_marketplace, report_html, write_report
 from ebr.eval.typed import (
     KINDS,
@@ -175,10 +176,11 @@ def test_report_has_a_typed_section(
     assert relevant_jobs(market.jobs, queries.head(1))[0]
     # The fusion sweep: the served fusion and weight reproduce the hybrid row.
     sweep = typed["hybrid_p@10_by_ebr_weight"]
-    assert set(sweep) == {"rrf", "score"} and all(len(v) == 7 for v in sweep.values())
+    assert set(sweep) == {"rrf", "score", "score_minmax"}
+    assert all(len(v) == len(FUSION_WEIGHTS) for v in sweep.values())
     served = sweep[HYBRID_FUSION][f"{HYBRID_EBR_WEIGHT:g}"]
     assert served == pytest.approx(typed["methods"]["hybrid"]["overall"]["p@10"])
-    assert set(report["search"]["hybrid_recall@100_by_ebr_weight"]) == {"rrf", "score"}
+    assert set(report["search"]["hybrid_recall@100_by_ebr_weight"]) == set(sweep)
     json_path, png_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["typed"]["n_queries"] == typed["n_queries"]
     assert "typed queries" in report_html(report, png_path)
