@@ -50,16 +50,14 @@ from benchmarks.common import (
 from benchmarks.index_build import boundary_ties
 from ebr.config import IndexConfig
 from ebr.index.build import (
-    EXACT_BLAS_THRESHOLD,
     build_index,
     check_vectors,
-    exact_topk,
-    recall_of,
     set_faiss_threads,
 )
 from ebr.index.params import set_search_params
 from ebr.index.tune import RecallGateError, tune
 from ebr.io import atomic_write_bytes, atomic_write_json
+from ebr.metrics import EXACT_BLAS_THRESHOLD, exact_topk, recall_of
 
 NAME = "ann_curves"
 K = 10

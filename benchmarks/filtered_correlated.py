@@ -29,9 +29,9 @@ import numpy as np
 from benchmarks.common import timed
 from ebr.config import TrainConfig
 from ebr.index.attributes import AttributeTable
-from ebr.index.build import recall_of
 from ebr.index.filters import parse_filter
 from ebr.index.planner import PlannerParams, filtered_search
+from ebr.metrics import recall_of
 
 BOXES = {  # lat/lon boxes of the market regions; Oceania's crosses the antimeridian
     "Europe": (35, -11, 72, 32),
@@ -187,7 +187,7 @@ def run_all(
 
 def own_region_share(x: np.ndarray, q: np.ndarray, jobs_region: np.ndarray, ctx: Any) -> float:
     """Share of each request's exact top-10 jobs in its member's region (pairing check)."""
-    from ebr.index.build import exact_topk
+    from ebr.metrics import exact_topk
 
     _, top = exact_topk(x, q, K)
     return float((jobs_region[top] == ctx["region"][:, None]).mean())
@@ -212,8 +212,9 @@ def build_hnsw(x: np.ndarray, q: np.ndarray, ef_grid: tuple[int, ...]) -> dict[s
     """HNSW (IndexConfig defaults) at the cheapest efSearch of ``ef_grid`` whose unfiltered
     recall@10 on the requests is >= 0.95 (else the best): index, info, sweep, build_seconds."""
     from ebr.config import IndexConfig
-    from ebr.index.build import build_index, exact_topk
+    from ebr.index.build import build_index
     from ebr.index.params import set_search_params
+    from ebr.metrics import exact_topk
 
     build_s, (index, info) = timed(lambda: build_index(x, IndexConfig(kind="hnsw")))
     _, truth = exact_topk(x, q, K)

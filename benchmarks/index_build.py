@@ -39,14 +39,13 @@ from benchmarks.common import (
 )
 from ebr.config import IndexConfig, Workspace
 from ebr.index.build import (
-    EXACT_BLAS_THRESHOLD,
     build_index,
-    exact_topk,
     recall_at_k,
     recall_queries,
     set_faiss_threads,
 )
 from ebr.index.params import search_params, set_search_params
+from ebr.metrics import EXACT_BLAS_THRESHOLD, exact_topk
 
 NAME = "index_build"
 K = 10

@@ -116,7 +116,7 @@ def _oracle_recall(size: int, seed: int, eval_days: int, k: int = 100) -> float:
     from ebr.data.marketplace import generate_with_truth
     from ebr.data.oracle import oracle_topk
     from ebr.data.pairs import eval_searches, time_split
-    from ebr.eval.ranking import recall_at
+    from ebr.metrics import recall_at
 
     market, hidden = generate_with_truth(DataConfig(n_jobs=size, seed=seed))
     ev = eval_searches(time_split(market.impressions, eval_days)[1], with_query=True)

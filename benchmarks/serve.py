@@ -88,7 +88,7 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
     from ebr.config import TrainConfig
     from ebr.data.pairs import eval_searches, time_split
     from ebr.eval.bm25 import BM25Baseline
-    from ebr.eval.metrics import exact_topk_ids, recall_at_k
+    from ebr.metrics import exact_topk, recall_at_k
     from ebr.model.artifact import load_request_tower
     from ebr.model.infer import encode_requests
     from ebr.model.train import member_records
@@ -136,7 +136,7 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
             for mode, ids in served.items()
         },
         f"exact_ebr_recall@{k}": round(
-            recall_at_k(exact_topk_ids(qv, vecs, ids, k), positives, k), 4
+            recall_at_k(exact_topk(vecs, qv, k, ids)[1], positives, k), 4
         ),
         f"bm25_recall@{k}": round(recall_at_k(bm25, positives, k), 4),
     }

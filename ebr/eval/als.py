@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ebr.eval.ranking import ndcg_at, recall_at
+from ebr.metrics import ndcg_at, recall_at
 
 
 def _user_items(train: pd.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix:

@@ -1,13 +1,10 @@
-"""Ranking metrics (recall@k, NDCG@k, MRR) and the non-learned baselines EBR is compared with.
-
-Every function takes ranked id lists ``ranked`` int64 [q, K], best first, with -1 for empty
-slots, and ``positives``: q sets of relevant ids. Queries with no positives are skipped (they
-carry no signal); a metric over zero scored queries is 0.0.
+"""The non-learned baselines EBR is compared with (popularity, the hybrid fusion) and list
+padding; the metrics themselves are ``ebr.metrics``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -16,80 +13,6 @@ from ebr.data.pairs import POSITIVE
 from ebr.index.fusion import FUSIONS, HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 
 FUSION_WEIGHTS = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # EBR weights the evaluations sweep
-
-
-def _check(ranked: np.ndarray, positives: Sequence[set[int]], k: int | None = None) -> None:
-    """Raise ValueError unless ranked is [q, >=k] and there is one positive set per row."""
-    if not isinstance(ranked, np.ndarray) or ranked.ndim != 2:
-        raise ValueError(
-            f"ranked must be a 2-d array [q, K], got {getattr(ranked, 'shape', ranked)}"
-        )
-    if not np.issubdtype(ranked.dtype, np.integer):
-        raise ValueError(f"ranked must hold integer ids, got dtype {ranked.dtype}")
-    if len(ranked) != len(positives):
-        raise ValueError(f"{len(ranked)} ranked lists but {len(positives)} positive sets")
-    if k is not None and (k < 1 or ranked.shape[1] < k):
-        raise ValueError(f"k must be in [1, {ranked.shape[1]}] for ranked {ranked.shape}, got {k}")
-
-
-def recall_at(
-    ranked: np.ndarray, positives: Sequence[set[int]], ks: Sequence[int]
-) -> dict[int, float]:
-    """{k: mean over queries of |top-k ∩ positives| / |positives|} for every k in ``ks``."""
-    if not ks:
-        raise ValueError("ks must name at least one cutoff")
-    for k in ks:
-        _check(ranked, positives, k)
-    out: dict[int, list[float]] = {int(k): [] for k in ks}
-    for row, pos in zip(ranked, positives, strict=True):
-        if not pos:
-            continue
-        for k in out:
-            out[k].append(len(pos.intersection(row[:k].tolist())) / len(pos))
-    return {k: float(np.mean(v)) if v else 0.0 for k, v in out.items()}
-
-
-def ndcg_at(
-    ranked: np.ndarray,
-    positives: Sequence[set[int]],
-    k: int,
-    gains: Sequence[Mapping[int, float]] | None = None,
-) -> float:
-    """Mean NDCG@k with DCG = sum_i rel(id_i) / log2(i + 2) over the top k (i from 0).
-
-    Binary relevance (1 for a positive) by default. ``gains`` (one dict per query) grades it:
-    a positive's relevance is ``gains[q].get(id, 1.0)``; ids outside ``positives`` stay 0.
-    The ideal DCG orders the query's positive gains best first.
-    """
-    _check(ranked, positives, k)
-    if gains is not None and len(gains) != len(positives):
-        raise ValueError(f"{len(gains)} gain maps but {len(positives)} positive sets")
-    discount = 1.0 / np.log2(np.arange(k) + 2.0)
-    scores = []
-    for q, (row, pos) in enumerate(zip(ranked, positives, strict=True)):
-        if not pos:
-            continue
-        g = gains[q] if gains is not None else {}
-        if any(v < 0 for v in g.values()):
-            raise ValueError(f"gains must be >= 0, query {q} has {dict(g)}")
-        rel = np.array([g.get(int(i), 1.0) if i in pos else 0.0 for i in row[:k]])
-        ideal = np.sort(np.array([g.get(i, 1.0) for i in pos]))[::-1][:k]
-        idcg = float(ideal @ discount[: len(ideal)])
-        if idcg > 0:
-            scores.append(float(rel @ discount[: len(rel)]) / idcg)
-    return float(np.mean(scores)) if scores else 0.0
-
-
-def mrr(ranked: np.ndarray, positives: Sequence[set[int]]) -> float:
-    """Mean reciprocal rank of the first positive in the list (0 when none is retrieved)."""
-    _check(ranked, positives)
-    scores = []
-    for row, pos in zip(ranked, positives, strict=True):
-        if not pos:
-            continue
-        hits = np.flatnonzero([i in pos for i in row.tolist()])
-        scores.append(1.0 / (hits[0] + 1) if len(hits) else 0.0)
-    return float(np.mean(scores)) if scores else 0.0
 
 
 def pad_to(ranked: np.ndarray, k: int) -> np.ndarray:

@@ -22,20 +22,17 @@ import pandas as pd
 from ebr.config import TASK_OUTCOMES, ModelConfig, Workspace
 from ebr.data.pairs import eval_searches, positive_pairs, time_split
 from ebr.eval.bm25 import BM25Baseline
-from ebr.eval.metrics import exact_topk, exact_topk_ids
 from ebr.eval.ranking import (
     fusion_sweep,
     hybrid_ranking,
-    mrr,
-    ndcg_at,
     pad_scores,
     pad_to,
     popularity_ranking,
-    recall_at,
 )
 from ebr.eval.typed import evaluate_typed, typed_queries, typed_rows
 from ebr.index.fusion import HYBRID_EBR_WEIGHT_MEMBER
 from ebr.io import atomic_write_bytes, atomic_write_json
+from ebr.metrics import exact_topk, mrr, ndcg_at, recall_at
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.text import Vocabulary, training_vocabulary
 from ebr.model.towers import TwoTower
@@ -125,7 +122,7 @@ def evaluate_marketplace(
 
         reqs = request_members(ev, members, interest)
         q = encode_requests(model.request, queries, reqs, mcfg, whens=ev["ts"].tolist())
-        found, cosines = exact_topk(q, item_vecs, ids, k_max)
+        cosines, found = exact_topk(item_vecs, q, k_max, ids)
         ebr, ebr_scores = pad_to(found, k_max), pad_scores(cosines, k_max)  # [q, k_max]
 
         n = len(ev)
@@ -183,7 +180,7 @@ def evaluate_marketplace(
             truth = [
                 set().union(*(labels[o].iloc[i] for o in TASK_OUTCOMES[head])) for i in range(n)
             ]
-            ranked = exact_topk_ids(qh, item_vecs, ids, BY_OUTCOME_K)
+            ranked = exact_topk(item_vecs, qh, BY_OUTCOME_K, ids)[1]
             by_head[head] = recall_at(ranked, truth, [BY_OUTCOME_K])[BY_OUTCOME_K]
         report[task] = {
             "sessions": n,

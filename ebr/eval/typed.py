@@ -41,8 +41,8 @@ from ebr.config import ModelConfig
 from ebr.data.esco_labels import alternative_labels, eval_reserved, label_key
 from ebr.data.pairs import POSITIVE
 from ebr.eval.bm25 import BM25Baseline
-from ebr.eval.metrics import exact_topk
 from ebr.eval.ranking import fusion_sweep, hybrid_ranking, pad_scores, pad_to
+from ebr.metrics import exact_topk
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.text import Vocabulary, words
 from ebr.model.towers import TwoTower
@@ -346,7 +346,7 @@ def evaluate_typed(
         item_vecs = encode_jobs(model.item, jobs.to_dict("records"), mcfg)
     texts = queries["query"].tolist()
     q = encode_requests(model.request, texts, [None] * len(texts), mcfg)  # [q, dim]
-    ebr_ids, ebr_s = exact_topk(q, item_vecs, ids, K)
+    ebr_s, ebr_ids = exact_topk(item_vecs, q, K, ids)
     bm25 = bm25 or BM25Baseline(jobs)
     bm_ids, bm_s = bm25.search_scored(texts, K)
     coverage, scale = bm25.coverage(texts), bm25.attainable(texts)

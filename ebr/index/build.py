@@ -34,13 +34,13 @@ import numpy as np
 from ebr.config import IndexConfig
 from ebr.data.records import UNIT_TOLERANCE
 from ebr.index.params import search_params, set_search_params  # re-exported for callers
+from ebr.metrics import exact_topk, recall_of
 
 MIN_IVF_POINTS = 1_000  # below this an IVF/PQ index saves nothing and trains badly: use flat
 MIN_POINTS_PER_CELL = 39  # faiss k-means warns below 39 training points per centroid
 MAX_TRAIN_POINTS = 100_000  # k-means quality saturates well before this; training time does not
 # float32 normalisation error is ~1e-7; larger means "not normalised" (the record contract's)
 NORM_TOLERANCE = UNIT_TOLERANCE
-EXACT_BLAS_THRESHOLD = 20  # query batches at least this big take faiss's BLAS (GEMM) path
 
 
 def set_faiss_threads(n: int) -> None:
@@ -195,35 +195,6 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dic
     return index_any, info
 
 
-def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k of ``queries`` [q, d] over ``vectors`` [n, d] (both float32).
-
-    Returns:
-        scores [q, k] float32 (descending) and row indices [q, k] int64; when ``k > n`` the
-        tail holds index -1 and score ``-3.4e38`` (FAISS's empty-slot value).
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if queries.ndim != 2 or vectors.ndim != 2 or queries.shape[1] != vectors.shape[1]:
-        raise ValueError(
-            f"queries [q, d] and vectors [n, d] must share d, got {queries.shape} and "
-            f"{vectors.shape}"
-        )
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    # faiss 1.15 defaults this threshold to 128k queries, so normal batches take the scalar
-    # path; GEMM was ~5x faster for 1k queries (STACK.md). It is a process global: restore it.
-    previous = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = EXACT_BLAS_THRESHOLD
-    try:
-        scores, idx = index.search(queries, k)
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = previous
-    return scores, idx.astype(np.int64, copy=False)
-
-
 def recall_queries(vectors: np.ndarray, n_queries: int, seed: int, noise: float) -> np.ndarray:
     """Sample ``n_queries`` rows of ``vectors`` [n, d], jitter and re-normalise them -> [q, d].
 
@@ -268,14 +239,3 @@ def recall_at_k(
     _, truth = exact_topk(vectors, queries, k)
     _, found = index.search(queries, k)
     return recall_of(found, truth)
-
-
-def recall_of(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean |found ∩ truth| / k over rows of ids ``found`` and ``truth`` [q, k] (-1 = empty)."""
-    if found.shape != truth.shape or found.ndim != 2:
-        raise ValueError(f"found and truth must both be [q, k], got {found.shape}, {truth.shape}")
-    hits = [
-        len(np.intersect1d(t[t >= 0], f[f >= 0], assume_unique=True))
-        for t, f in zip(truth, found, strict=True)
-    ]
-    return float(np.mean(hits) / truth.shape[1])

@@ -13,8 +13,8 @@ from dataclasses import replace
 import faiss
 import numpy as np
 
-from ebr.index.build import exact_topk, recall_of
 from ebr.index.planner import PlannerParams, filtered_search
+from ebr.metrics import exact_topk, recall_of
 
 FILTER_SHARE = 0.4  # eligible share of each gate filter (moderate: the planner's ANN range)
 FILTER_GROUPS = 16  # groups of the "clusters" filter: rows by nearest of 16 random rows

@@ -37,14 +37,13 @@ import numpy as np
 from ebr.config import IndexConfig
 from ebr.index.build import (
     check_vectors,
-    exact_topk,
-    recall_of,
     recall_queries,
     set_faiss_threads,
 )
 from ebr.index.filtered_gate import filtered_recalls
 from ebr.index.params import index_kind, search_params, set_search_params
 from ebr.index.planner import PlannerParams
+from ebr.metrics import exact_topk, recall_of
 
 REFINE_FACTORS = (16, 8, 4, 2, 1)  # high first: it finds a passing setting sooner (a cost bound)
 EF_SEARCH = (16, 32, 64, 128, 256, 512)

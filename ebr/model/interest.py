@@ -186,7 +186,7 @@ def train_interest(
     Pairs: (member as of the pair's day, engaged job). Returns the model (its request tower is
     the interest encoder) and metrics.
     """
-    from ebr.eval.metrics import exact_topk_ids, recall_at_k
+    from ebr.metrics import exact_topk, recall_at_k
     from ebr.model.fit import PairData, fit
     from ebr.model.infer import encode_jobs, run_tower
     from ebr.model.train import member_records
@@ -220,7 +220,7 @@ def train_interest(
     hist = history_as_of(engaged, split_cutoff(impressions, tcfg.eval_days))
     q = run_tower(model.request, member_batch([recs[int(m)] for m in future.index], hist, cfg))
     item_vecs = encode_jobs(model.item, jobs.to_dict("records"), cfg)
-    ranked = exact_topk_ids(q, item_vecs, jobs["job_id"].to_numpy(), 100)
+    ranked = exact_topk(item_vecs, q, 100, jobs["job_id"].to_numpy())[1]
     metrics["heldout_member_recall@100"] = recall_at_k(ranked, future.tolist(), 100)
     metrics["heldout_members"] = len(future)
     return model, metrics

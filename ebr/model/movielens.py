@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.config import ModelConfig, TrainConfig
-from ebr.eval.ranking import ndcg_at, recall_at
+from ebr.metrics import ndcg_at, recall_at
 from ebr.model.features import cat_id, stack, text_ids
 from ebr.model.towers import TowerSpec, TwoTower
 

@@ -21,7 +21,7 @@ import pandas as pd
 from ebr.config import TASK_OUTCOMES, ModelConfig, TrainConfig
 from ebr.data.catalogue import catalogue_pairs
 from ebr.data.pairs import eval_searches, hard_negatives, positive_pairs, time_split
-from ebr.eval.metrics import exact_topk_ids, recall_at_k
+from ebr.metrics import exact_topk, recall_at_k
 from ebr.model.features import job_batch, request_batch
 from ebr.model.fit import PairData, fit
 from ebr.model.infer import encode_jobs, encode_requests
@@ -75,7 +75,7 @@ def evaluate(
             cfg,
             whens=ev["ts"].tolist(),
         )
-        ranked = exact_topk_ids(q, item_vecs, ids, k)
+        ranked = exact_topk(item_vecs, q, k, ids)[1]
         out[f"{name}_recall@{k}"] = recall_at_k(ranked, ev["positives"].tolist(), k)
         out[f"{name}_sessions"] = float(len(ev))
     return out

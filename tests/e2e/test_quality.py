@@ -13,7 +13,7 @@ import pandas as pd
 from ebr.config import TrainConfig
 from ebr.data.pairs import eval_searches, time_split
 from ebr.eval.bm25 import BM25Baseline
-from ebr.eval.metrics import recall_at_k
+from ebr.metrics import recall_at_k
 
 K = 100
 

@@ -15,8 +15,9 @@ import pytest
 
 from ebr.config import IndexConfig
 from ebr.index.aliases import resolve_alias, set_alias
-from ebr.index.build import build_index, exact_topk, recall_at_k
+from ebr.index.build import build_index, recall_at_k
 from ebr.index.slot import DATA_FILES, Slot, load_slot, slot_name_for, write_slot
+from ebr.metrics import exact_topk
 
 N, D = 5_000, 32
 

@@ -20,9 +20,10 @@ import pytest
 from ebr.config import IndexConfig
 from ebr.index import live as live_module
 from ebr.index import overlay, wal
-from ebr.index.build import exact_topk, recall_queries
+from ebr.index.build import recall_queries
 from ebr.index.live import LiveSlot, compact, open_live
 from ebr.index.slot import load_slot, write_slot
+from ebr.metrics import exact_topk
 
 N, D, K = 20_000, 32, 10
 # Recall ~0.93 on this data: two builds over reordered rows differ by < 0.005, well inside 0.01.

@@ -87,11 +87,11 @@ def test_versions_are_validated() -> None:
 
 
 def test_recall_metric() -> None:
-    from ebr.eval.metrics import exact_topk_ids, recall_at_k
+    from ebr.metrics import exact_topk, recall_at_k
 
     ranked = np.array([[1, 2, 3], [4, 5, 6]])
     assert recall_at_k(ranked, [{1, 9}, {6}], 3) == pytest.approx(0.75)
     items = np.eye(4, dtype=np.float32)
     ids = np.array([10, 11, 12, 13])
-    assert exact_topk_ids(items[[2]], items, ids, 1).tolist() == [[12]]
+    assert exact_topk(items, items[[2]], 1, ids)[1].tolist() == [[12]]
     assert pd.isna(pd.NA)

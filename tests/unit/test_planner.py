@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebr.config import IndexConfig
-from ebr.index.build import build_index, recall_of
+from ebr.index.build import build_index
 from ebr.index.planner import Plan, PlannerParams, _check_results, filtered_search
 from ebr.index.probing import suspects
 from ebr.index.tune import tune
+from ebr.metrics import recall_of
 
 N, D, K, Q = 4_000, 32, 10, 40
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")

@@ -12,8 +12,9 @@ import pytest
 from ebr.config import DataConfig, ModelConfig, TrainConfig
 from ebr.data.marketplace import generate
 from ebr.data.pairs import time_split
-from ebr.eval.ranking import hybrid_ranking, mrr, ndcg_at, popularity_ranking, recall_at
+from ebr.eval.ranking import hybrid_ranking, popularity_ranking
 from ebr.eval.report import evaluate_marketplace, write_report
+from ebr.metrics import mrr, ndcg_at, recall_at
 from ebr.model.train import train
 
 # q0: positives 2 and 3 at ranks 2 and 3, 10 never retrieved; q1: no positives (skipped);
