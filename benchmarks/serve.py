@@ -93,6 +93,7 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
     from ebr.model.infer import encode_requests
     from ebr.model.train import member_records
     from ebr.releases import load_embeddings
+    from ebr.versions import interest_version
 
     jobs = pd.read_parquet(workspace / "data" / "jobs.parquet")
     members = pd.read_parquet(workspace / "data" / "members.parquet")
@@ -112,9 +113,8 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
     version = client.get("/healthz").json()["model_version"]
     tower, cfg, meta = load_request_tower(workspace / "models" / version)
     recs = member_records(members)
-    lineage = meta.get("lineage", {}).get("member_interest")
-    if lineage is not None:  # the same looked-up interest vectors the encoder reads from Feast
-        iv = lineage["version"]
+    iv = interest_version(meta)
+    if iv is not None:  # the same looked-up interest vectors the encoder reads from Feast
         table = workspace / "interest" / "embeddings" / iv / "members.parquet"
         mids, ivecs = load_embeddings(table, "member_id", iv)
         for mid, vec in zip(mids, ivecs, strict=True):

@@ -18,7 +18,7 @@ from ebr.config import IndexConfig, Workspace
 from ebr.data.records import check_jobs
 from ebr.index.aliases import promote, refresh, set_alias
 from ebr.index.slot import load_slot, slot_name_for, write_slot
-from ebr.model.artifact import check_version
+from ebr.versions import check_version
 
 # What a search response shows, filters test and term retrieval reads (skills, description:
 # ``ebr.index.terms``), kept in the slot next to the id map.

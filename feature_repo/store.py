@@ -33,6 +33,7 @@ import yaml
 from ebr.config import Workspace
 from ebr.data.records import Rejected, check_members
 from ebr.io import atomic_write_bytes, atomic_write_parquet
+from ebr.versions import META_FILE, check_version, interest_version, read_meta
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -61,7 +62,6 @@ PROFILE_FIELDS = (
     "preferred_employment_type",
 )
 REFUSED_EXAMPLES = 5  # refused rows shown in publish's summary (the file lists them all)
-_VERSION_RE = re.compile(r"^v[0-9]+$")
 _VERSIONS_LINE_RE = re.compile(r"^EMBEDDING_VERSIONS\b[^=\n]*=.*$", re.MULTILINE)
 _INTEREST_LINE_RE = re.compile(r"^INTEREST_OF\b[^=\n]*=.*$", re.MULTILINE)
 _PUBLISHED_RE = re.compile(r"^job_embeddings_(v[0-9]+)\.parquet$")
@@ -69,8 +69,7 @@ _CHANGE_RE = re.compile(r"^(Created|Updated|Deleted|Removed) ")
 
 
 def _check_version(version: str) -> None:
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
-        raise ValueError(f"version must match ^v[0-9]+$ (e.g. 'v1'), got {version!r}")
+    check_version(version)
 
 
 def _check_config_name(config_name: str) -> None:
@@ -164,14 +163,9 @@ def _published_versions(data_dir: Path) -> set[str]:
 def _interest_of(ws: Workspace, version: str) -> str | None:
     """The member-interest version model ``version`` was co-trained with (its model.json
     lineage); None for a model without one or whose folder is not in this workspace."""
-    meta_path = ws.models / version / "model.json"
-    if not meta_path.is_file():
+    if not (ws.models / version / META_FILE).is_file():
         return None
-    recorded = json.loads(meta_path.read_text()).get("lineage", {}).get("member_interest")
-    if recorded is None:
-        return None
-    _check_version(recorded["version"])
-    return str(recorded["version"])
+    return interest_version(read_meta(ws.models / version))
 
 
 def _write_definitions(

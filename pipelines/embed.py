@@ -37,10 +37,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ebr.config import ModelConfig, Workspace
 from ebr.data.records import vector_problem
 from ebr.io import atomic_directory
-from ebr.model.artifact import check_lineage, check_version, read_meta
+from ebr.model.artifact import check_lineage
 from ebr.model.features import job_tensors, request_tensors
 from ebr.model.interest import member_tensors
 from ebr.model.towers import ItemTower, RequestTower
+from ebr.versions import check_version, interest_version, model_config, read_meta
 from pipelines.deadletter import (
     DEAD,
     KEYS,
@@ -152,7 +153,7 @@ class EmbedRecords(beam.PTransform):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         meta = read_meta(model_dir)
-        self._kind, self._cfg = kind, ModelConfig(**meta["model_config"])
+        self._kind, self._cfg = kind, model_config(meta)
         self._version, self._validate = meta["version"], validate
         tower, file = (
             (ItemTower, "item_tower.pt") if kind == "jobs" else (RequestTower, "request_tower.pt")
@@ -244,7 +245,7 @@ def run(
         out = ws.embeddings / args.version
         outputs = {"jobs": "job_id", "members": "member_id"}
     meta = read_meta(model_dir)
-    cfg = ModelConfig(**meta["model_config"])
+    cfg = model_config(meta)
     t0 = time.perf_counter()
     with atomic_directory(out, overwrite=True) as staging:
         pipeline = test_pipeline or beam.Pipeline(
@@ -297,8 +298,8 @@ def run(
 
 
 def _interest_dir(ws: Workspace, meta: dict[str, Any]) -> Path | None:
-    recorded = meta.get("lineage", {}).get("member_interest")
-    return None if recorded is None else ws.interest_models / recorded["version"]
+    iv = interest_version(meta)
+    return None if iv is None else ws.interest_models / iv
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class RequestEncoder:
     def __init__(self, workspace: str, model_version: str) -> None:
         import torch
 
-        from ebr.model.artifact import check_lineage, load_request_tower, load_vocabulary
+        from ebr.model.artifact import load_request_tower, load_vocabulary, verified_interest
         from feature_repo.store import member_profiles, open_store
 
         # A replica gets a fraction of a core; intra-op threads would only contend.
@@ -83,10 +83,7 @@ class RequestEncoder:
         # Words the model trained on (None for a model saved without its vocabulary).
         self._vocab = load_vocabulary(request_tower_dir(ws, model_version))
         # The member-interest version this model was co-trained with; refuse any other.
-        recorded = meta.get("lineage", {}).get("member_interest")
-        self._interest = check_lineage(
-            meta, None if recorded is None else ws.interest_models / recorded["version"]
-        )
+        self._interest = verified_interest(ws.interest_models, meta)
         self._store = open_store(ws.feature_repo)
         # Warm up: the first forward pass and the first online read are ~0.5 s (lazy init);
         # pay it here, before the replica reports ready, not on the first user's request.

@@ -88,14 +88,14 @@ def embed_member_interest(
     ``version`` was co-trained with (history up to ``history_holdout_days`` before the log's
     end); returns their folder, or "" for a model without a member-interest input."""
     from ebr.data.pairs import split_cutoff
-    from ebr.model.artifact import read_meta
+    from ebr.versions import interest_version, read_meta
     from pipelines.embed import run
 
     ws = Workspace(Path(workspace))
-    recorded = read_meta(ws.models / version).get("lineage", {}).get("member_interest")
-    if recorded is None:
+    iv = interest_version(read_meta(ws.models / version))
+    if iv is None:
         return ""
-    argv = ["--workspace", workspace, "--interest-version", recorded["version"]]
+    argv = ["--workspace", workspace, "--interest-version", iv]
     if history_holdout_days > 0:
         import pandas as pd
 

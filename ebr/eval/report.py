@@ -211,7 +211,7 @@ def evaluate_release(
     vocabulary) and the model's training curves."""
     from ebr.data.esco import load_occupations
     from ebr.index.live import served_search
-    from ebr.model.artifact import check_lineage, load_two_tower, load_vocabulary
+    from ebr.model.artifact import load_two_tower, load_vocabulary, verified_interest
     from ebr.model.interest import load_interest_snapshots
 
     jobs, members, impressions = (
@@ -219,8 +219,7 @@ def evaluate_release(
     )
     model, mcfg, meta = load_two_tower(model_dir)
     snaps = None
-    recorded = meta.get("lineage", {}).get("member_interest")
-    iv = check_lineage(meta, None if recorded is None else ws.interest_models / recorded["version"])
+    iv = verified_interest(ws.interest_models, meta)
     if iv is not None:
         snaps = load_interest_snapshots(
             ws.interest_models / iv, jobs, members, impressions, eval_days

@@ -14,7 +14,6 @@ batch inference each load only the tower they run.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,15 +25,7 @@ from ebr.config import ModelConfig
 from ebr.io import atomic_directory, atomic_write_bytes, sha256_file
 from ebr.model.text import VOCAB_FILE, Vocabulary
 from ebr.model.towers import ItemTower, RequestTower, TwoTower
-
-VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
-
-
-def check_version(version: str) -> str:
-    """Embedding versions name Feast tables and slots: 'v1', 'v2', ..."""
-    if not VERSION_RE.match(version):
-        raise ValueError(f"model version must look like 'v1', 'v2', ...; got {version!r}")
-    return version
+from ebr.versions import check_version, interest_version, model_config, read_meta
 
 
 def split_towers(model: TwoTower) -> dict[str, dict[str, torch.Tensor]]:
@@ -75,14 +66,6 @@ def save_model(
     return target
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    meta_path = path / "model.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"no model artifact at {path} (model.json missing)")
-    meta: dict[str, Any] = json.loads(meta_path.read_text())
-    return meta
-
-
 def load_vocabulary(path: Path) -> Vocabulary | None:
     """The training vocabulary of the model at ``path`` (checksummed); None for a model saved
     without one."""
@@ -98,7 +81,7 @@ def _load(path: Path, name: str, tower_cls: type[RequestTower] | type[ItemTower]
     meta = read_meta(path)
     if sha256_file(path / name) != meta["checksums"][name]:
         raise ValueError(f"checksum mismatch for {path / name}")
-    cfg = ModelConfig(**meta["model_config"])
+    cfg = model_config(meta)
     tower = tower_cls(cfg)
     tower.load_state_dict(torch.load(path / name, map_location="cpu", weights_only=True))
     tower.eval()
@@ -136,7 +119,7 @@ def interest_lineage(interest_dir: Path) -> dict[str, Any]:
     model produced the interest embeddings the request tower was trained on.
     """
     meta = read_meta(interest_dir)
-    cfg = ModelConfig(**meta["model_config"])
+    cfg = model_config(meta)
     if cfg.schema != "interest":
         raise LineageError(
             f"{interest_dir} holds a {cfg.schema!r} model, not a member-interest one"
@@ -158,11 +141,11 @@ def check_lineage(meta: dict[str, Any], interest_dir: Path | None) -> str | None
     Raises LineageError when the model needs an interest model and ``interest_dir`` is missing,
     another version, or a re-trained artifact under the same version (checksums differ).
     """
-    cfg = ModelConfig(**meta["model_config"])
+    cfg = model_config(meta)
     recorded = meta.get("lineage", {}).get("member_interest")
     if not cfg.interest_dim:
         return None
-    if recorded is None:
+    if recorded is None or interest_version(meta) is None:
         raise LineageError(f"model {meta.get('version')} reads member interest but records none")
     if interest_dir is None or not (interest_dir / "model.json").is_file():
         raise LineageError(
@@ -178,3 +161,11 @@ def check_lineage(meta: dict[str, Any], interest_dir: Path | None) -> str | None
                 f"{key}={actual[key]}"
             )
     return str(recorded["version"])
+
+
+def verified_interest(interest_models: Path, meta: dict[str, Any]) -> str | None:
+    """The member-interest version ``meta`` (a model.json) was co-trained with, checked
+    against that model's files under ``interest_models`` (``check_lineage``); None for a
+    model without a member-interest input."""
+    iv = interest_version(meta)
+    return check_lineage(meta, None if iv is None else Path(interest_models) / iv)

@@ -1,0 +1,40 @@
+"""ebr.versions: the one reader of a model version's facts (config, co-trained interest)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from ebr.config import ModelConfig
+from ebr.versions import check_version, interest_version, model_config, read_meta
+
+
+@pytest.mark.parametrize("good", ["v1", "v2", "v123456"])
+def test_versions_look_like_v_and_a_number(good: str) -> None:
+    assert check_version(good) == good
+
+
+@pytest.mark.parametrize("bad", ["1", "latest", "v", "v1.0", "V1", "v1234567", "", None, 1])
+def test_other_versions_are_refused_by_name(bad: object) -> None:
+    with pytest.raises(ValueError, match="version must match"):
+        check_version(bad)  # type: ignore[arg-type]
+
+
+def test_model_json_facts(tmp_path: Path) -> None:
+    cfg = ModelConfig(interest_dim=32)
+    meta = {
+        "version": "v3",
+        "model_config": asdict(cfg),
+        "lineage": {"member_interest": {"version": "v2", "dim": 32}},
+    }
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    read = read_meta(tmp_path)
+    assert model_config(read) == cfg and interest_version(read) == "v2"
+    assert interest_version({"model_config": asdict(ModelConfig())}) is None
+    with pytest.raises(ValueError, match="version must match"):
+        interest_version({"lineage": {"member_interest": {"version": "../v1"}}})
+    with pytest.raises(FileNotFoundError, match="model.json missing"):
+        read_meta(tmp_path / "nowhere")
