@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
 
 from ebr.config import TrainConfig
 from ebr.data.pairs import eval_searches, time_split
@@ -16,6 +17,8 @@ from ebr.eval.bm25 import BM25Baseline
 from ebr.metrics import recall_at_k
 
 K = 100
+
+pytestmark = pytest.mark.slow  # the whole platform, built and served
 
 
 def test_served_ebr_beats_bm25_on_held_out_searches(platform_ws: Path, api: httpx.Client) -> None:

@@ -11,10 +11,13 @@ import tarfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from ebr.index.aliases import read_aliases, resolve_alias
 from ebr.index.slot import load_slot
 from tests.conftest import REPO, TINY_SIZE
+
+pytestmark = pytest.mark.slow  # the whole platform, built and served
 
 
 def test_build_platform_writes_every_stage(platform_ws: Path) -> None:

@@ -17,6 +17,8 @@ from ebr.model.artifact import load_item_tower, load_request_tower, save_model
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.train import train
 
+pytestmark = pytest.mark.slow  # the real stack (Flyte, Beam, Feast) end to end
+
 CFG = ModelConfig(hash_buckets=4096, cat_buckets=512, token_dim=16, hidden=32, dim=16)
 
 

@@ -22,6 +22,8 @@ import pytest
 
 from feature_repo import store as feast_store
 
+pytestmark = pytest.mark.slow  # the real stack (Flyte, Beam, Feast) end to end
+
 N_JOBS, N_MEMBERS, DIM = 30, 10, 8
 UNKNOWN_ID = 10_000
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import pytest
 
@@ -74,10 +72,8 @@ def test_baselines_on_the_real_split(
     train, test = split
     n_users = int(interactions["user_id"].max()) + 1
     n_items = int(interactions["item_id"].max()) + 1
-    start = time.perf_counter()
-    als = als_baseline(train, test, n_users, n_items, seed=0)
+    als = als_baseline(train, test, n_users, n_items, seed=0)  # timed in benchmarks.movielens
     pop = popularity_baseline(train, test, n_users, n_items)
-    assert time.perf_counter() - start < 40.0
     for metrics in (als, pop):
         assert set(metrics) == {"recall@20", "recall@100", "ndcg@20", "n_test_users"}
         assert metrics["n_test_users"] == test["user_id"].nunique()
