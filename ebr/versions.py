@@ -52,3 +52,16 @@ def interest_version(meta: dict[str, Any]) -> str | None:
     if recorded is None:
         return None
     return check_version(str(recorded["version"]))
+
+
+def eval_days(meta: dict[str, Any]) -> int:
+    """The held-out days at the end of the impression log the model was trained without
+    (``TrainConfig.eval_days`` as recorded in its model.json): what evaluating it must hold
+    out, whatever today's default is."""
+    days = meta.get("train", {}).get("eval_days")
+    if not isinstance(days, int) or days < 1:
+        raise ValueError(
+            f"model {meta.get('version')!r} records no train.eval_days (got {days!r}); "
+            "it cannot be evaluated on the days it was trained without"
+        )
+    return days

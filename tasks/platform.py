@@ -165,9 +165,11 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
     from flytekit import Deck
 
     from ebr.eval.report import evaluate_release, report_html, write_report
+    from ebr.versions import eval_days, read_meta
 
     ws = Workspace(Path(workspace))
-    report = evaluate_release(ws, Path(model_dir), ws.slots / slot, TrainConfig().eval_days)
+    days = eval_days(read_meta(Path(model_dir)))  # the days this model was trained without
+    report = evaluate_release(ws, Path(model_dir), ws.slots / slot, days)
     json_path, png_path = write_report(report, ws.root / "eval" / version)
     Deck("Evaluation", report_html(report, png_path))
     return str(json_path)

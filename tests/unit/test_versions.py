@@ -38,3 +38,12 @@ def test_model_json_facts(tmp_path: Path) -> None:
         interest_version({"lineage": {"member_interest": {"version": "../v1"}}})
     with pytest.raises(FileNotFoundError, match="model.json missing"):
         read_meta(tmp_path / "nowhere")
+
+
+def test_eval_days_are_the_ones_the_model_recorded() -> None:
+    from ebr.versions import eval_days
+
+    assert eval_days({"train": {"eval_days": 3}}) == 3
+    for meta in ({}, {"train": {}}, {"train": {"eval_days": 0}}, {"train": {"eval_days": "2"}}):
+        with pytest.raises(ValueError, match="records no train.eval_days"):
+            eval_days(meta)
