@@ -228,29 +228,88 @@ def _source(path: Path) -> beam.PTransform:
     return beam.io.ReadFromParquet(str(path))
 
 
+def embed_catalog(
+    ws: Workspace,
+    version: str,
+    batch_size: int = 256,
+    runner_options: Sequence[str] = (),
+    test_pipeline: beam.Pipeline | None = None,
+) -> dict[str, Any]:
+    """Embed every job and member with model ``version`` (members joined with the batch
+    interest embeddings of the interest version it was co-trained with) into
+    ``embeddings/<version>/``; returns ``_embed``'s summary."""
+    check_version(version)
+    return _embed(ws, version, None, None, batch_size, runner_options, test_pipeline)
+
+
+def embed_interest(
+    ws: Workspace,
+    interest_version: str,
+    history_before: datetime | None = None,
+    batch_size: int = 256,
+    runner_options: Sequence[str] = (),
+    test_pipeline: beam.Pipeline | None = None,
+) -> dict[str, Any]:
+    """Embed every member with member-interest model ``interest_version`` (engagement
+    history before ``history_before``, all of it when None) into
+    ``interest/embeddings/<interest_version>/``; returns ``_embed``'s summary."""
+    check_version(interest_version)
+    return _embed(
+        ws, None, interest_version, history_before, batch_size, runner_options, test_pipeline
+    )
+
+
 def run(
     argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None
 ) -> dict[str, Any]:
-    """Run one embedding job; returns rows written per output, dead letters per stage (and
-    kind, total, file: ``pipelines.deadletter.summarize``), seconds and the output folder."""
+    """The command line: parse ``argv`` and call ``embed_catalog`` or ``embed_interest``
+    (options it does not know go to Beam)."""
     args, beam_args = parse_args(argv)
+    options = [f"--runner={args.runner}", *beam_args]
     ws = Workspace(args.workspace)
-    interest_run = args.interest_version is not None
-    if interest_run:
-        model_dir = ws.interest_models / args.interest_version
-        out = ws.interest_embeddings / args.interest_version
+    if args.interest_version is not None:
+        return embed_interest(
+            ws,
+            args.interest_version,
+            args.history_before,
+            args.batch_size,
+            options,
+            test_pipeline,
+        )
+    return embed_catalog(ws, args.version, args.batch_size, options, test_pipeline)
+
+
+def _embed(
+    ws: Workspace,
+    version: str | None,
+    interest_version: str | None,
+    history_before: datetime | None,
+    batch_size: int,
+    runner_options: Sequence[str],
+    test_pipeline: beam.Pipeline | None,
+) -> dict[str, Any]:
+    """One embedding job; returns rows written per output, dead letters per stage (and kind,
+    total, file: ``pipelines.deadletter.summarize``), seconds and the output folder."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    interest_run = interest_version is not None
+    if interest_version is not None:
+        model_dir = ws.interest_models / interest_version
+        out = ws.interest_embeddings / interest_version
         outputs = {"members": "member_id"}
     else:
-        model_dir = ws.models / args.version
-        out = ws.embeddings / args.version
+        assert version is not None, "a catalogue run names its model version"
+        model_dir = ws.models / version
+        out = ws.embeddings / version
         outputs = {"jobs": "job_id", "members": "member_id"}
+    options = list(runner_options)
+    if not any(o.startswith("--runner") for o in options):
+        options.insert(0, f"--runner={DEFAULT_RUNNER}")
     meta = read_meta(model_dir)
     cfg = model_config(meta)
     t0 = time.perf_counter()
     with atomic_directory(out, overwrite=True) as staging:
-        pipeline = test_pipeline or beam.Pipeline(
-            options=PipelineOptions([f"--runner={args.runner}", *beam_args])
-        )
+        pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(options))
         dead: list[beam.PCollection] = []
 
         def checked(name: str, kind: str) -> beam.PCollection:
@@ -264,14 +323,14 @@ def run(
 
         def embed(label: str, kind: str, records: beam.PCollection, name: str) -> None:
             embedded = records | f"Embed{label}" >> EmbedRecords(
-                kind, model_dir, args.batch_size, validate=False
+                kind, model_dir, batch_size, validate=False
             )
             embedded.records | f"Write{label}" >> _sink(KEYS[kind], staging / name, cfg.dim)
             dead.append(embedded.dead_letter)
 
         members = checked("members", "members")
         if interest_run:
-            joined = members | "History" >> AttachHistory(ws, args.history_before)
+            joined = members | "History" >> AttachHistory(ws, history_before)
             dead.append(joined.dead_letter)
             embed("Interest", "interest", joined.records, "members")
         else:

@@ -89,19 +89,19 @@ def embed_member_interest(
     end); returns their folder, or "" for a model without a member-interest input."""
     from ebr.data.pairs import split_cutoff
     from ebr.versions import interest_version, read_meta
-    from pipelines.embed import run
+    from pipelines.embed import embed_interest
 
     ws = Workspace(Path(workspace))
     iv = interest_version(read_meta(ws.models / version))
     if iv is None:
         return ""
-    argv = ["--workspace", workspace, "--interest-version", iv]
+    before = None
     if history_holdout_days > 0:
         import pandas as pd
 
         ts = pd.read_parquet(ws.data / "impressions.parquet", columns=["ts"])
-        argv += ["--history-before", split_cutoff(ts, history_holdout_days).isoformat()]
-    out = run([*argv, "--batch-size", str(batch_size)])
+        before = split_cutoff(ts, history_holdout_days).to_pydatetime()
+    out = embed_interest(ws, iv, before, batch_size)
     print(out)
     return str(out["path"])
 
@@ -112,9 +112,9 @@ def embed_catalog(
 ) -> str:
     """Beam batch inference over all jobs and members (members joined with their interest
     embeddings from ``interest_embeddings``); returns the embeddings folder."""
-    from pipelines.embed import run
+    from pipelines.embed import embed_catalog as embed
 
-    out = run(["--workspace", workspace, "--version", version, "--batch-size", str(batch_size)])
+    out = embed(Workspace(Path(workspace)), version, batch_size)
     print(out)
     return str(out["path"])
 
