@@ -82,7 +82,7 @@ def train_two_tower(
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def embed_member_interest(
-    workspace: str, model_dir: str, version: str, batch_size: int, history_holdout_days: int
+    workspace: str, version: str, batch_size: int, history_holdout_days: int
 ) -> str:
     """Beam: refresh the batch member-interest embeddings of the interest version model
     ``version`` was co-trained with (history up to ``history_holdout_days`` before the log's
@@ -107,11 +107,10 @@ def embed_member_interest(
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
-def embed_catalog(
-    workspace: str, model_dir: str, version: str, batch_size: int, interest_embeddings: str
-) -> str:
-    """Beam batch inference over all jobs and members (members joined with their interest
-    embeddings from ``interest_embeddings``); returns the embeddings folder."""
+def embed_catalog(workspace: str, version: str, batch_size: int) -> str:
+    """Beam batch inference over all jobs and members (members joined with the batch
+    interest embeddings of the interest version ``version`` was co-trained with); returns the
+    embeddings folder."""
     from pipelines.embed import embed_catalog as embed
 
     out = embed(Workspace(Path(workspace)), version, batch_size)
@@ -120,7 +119,7 @@ def embed_catalog(
 
 
 @task(requests=Resources(cpu="1", mem="2Gi"), retries=1)
-def publish_features(workspace: str, embeddings_dir: str, version: str) -> str:
+def publish_features(workspace: str, version: str) -> str:
     """feast apply + materialize the version's embedding tables; returns the feature repo."""
     from feature_repo.store import publish
 
@@ -144,9 +143,7 @@ def serving_version(workspace: str, version: str) -> str:
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
-def build_index_slot(
-    workspace: str, embeddings_dir: str, version: str, index_kind: str, nprobe: int, live: str
-) -> str:
+def build_index_slot(workspace: str, version: str, index_kind: str, nprobe: int, live: str) -> str:
     """Build an immutable FAISS slot from the job embeddings; moves jobs@<version>, and
     jobs@live as ``live`` says (ebr.releases.build_job_slot: refresh | promote | keep)."""
     from ebr.releases import build_job_slot

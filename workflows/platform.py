@@ -32,7 +32,6 @@ from tasks.platform import (
 def reembed(
     workspace: str = "var/demo",
     version: str = "",
-    model_dir: str = "",
     batch_size: int = 256,
     index_kind: str = "ivfpq",
     nprobe: int = 16,
@@ -51,28 +50,21 @@ def reembed(
     version = serving_version(workspace=workspace, version=version)
     interest = embed_member_interest(
         workspace=workspace,
-        model_dir=model_dir,
         version=version,
         batch_size=batch_size,
         history_holdout_days=history_holdout_days,
     )
-    emb = embed_catalog(
-        workspace=workspace,
-        model_dir=model_dir,
-        version=version,
-        batch_size=batch_size,
-        interest_embeddings=interest,
-    )
-    repo = publish_features(workspace=workspace, embeddings_dir=emb, version=version)
+    emb = embed_catalog(workspace=workspace, version=version, batch_size=batch_size)
+    repo = publish_features(workspace=workspace, version=version)
     slot = build_index_slot(
-        workspace=workspace,
-        embeddings_dir=emb,
-        version=version,
-        index_kind=index_kind,
-        nprobe=nprobe,
-        live=live,
+        workspace=workspace, version=version, index_kind=index_kind, nprobe=nprobe, live=live
     )
-    repo >> slot  # the slot goes live only after the tables it serves beside are published
+    # Each step reads what the one before wrote into the workspace (no task takes an input
+    # only to be ordered): interest embeddings -> catalogue embeddings (members joined with
+    # them) -> Feast tables -> the slot, which goes live only after the tables beside it.
+    interest >> emb
+    emb >> repo
+    repo >> slot
     return slot
 
 
@@ -105,11 +97,11 @@ def build_platform(
     slot = reembed(
         workspace=workspace,
         version=version,
-        model_dir=model,
         batch_size=batch_size,
         index_kind=index_kind,
         nprobe=nprobe,
         live="promote",  # building a version on demand is the operator's release of it
     )
+    model >> slot  # re-embedding reads models/<version>, which training wrote
     evaluate_model(workspace=workspace, model_dir=model, version=version, slot=slot)
     return slot

@@ -118,3 +118,20 @@ def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -
     for entity in entities:
         assert any(entity in n for n in names), f"{entity} missing from {names}"
     assert b"0 2 * * *" in lp_bytes  # the cron schedule is in the serialized launch plan
+
+
+def test_each_step_runs_after_the_one_whose_files_it_reads() -> None:
+    """No task takes an input only to be ordered: the order is explicit in the graph."""
+    from workflows.platform import build_platform, reembed
+
+    def upstream(wf: object) -> dict[str, set[str]]:
+        nodes = wf.nodes  # type: ignore[attr-defined]
+        name = {n.id: getattr(n.flyte_entity, "name", n.id).split(".")[-1] for n in nodes}
+        return {name[n.id]: {name[u.id] for u in n.upstream_nodes} for n in nodes}
+
+    steps = upstream(reembed)
+    assert "embed_member_interest" in steps["embed_catalog"]
+    assert "embed_catalog" in steps["publish_features"]
+    assert "publish_features" in steps["build_index_slot"]
+    build = upstream(build_platform)
+    assert "train_two_tower" in build["reembed"]
