@@ -28,7 +28,19 @@ import numpy as np
 import pandas as pd
 
 from ebr.data.geo import haversine_km
-from ebr.index.filters import BOOL_FIELDS, RANGE_FIELDS, TERM_FIELDS, Filter
+from ebr.index.filters import (
+    BOOL_FIELDS,
+    RANGE_FIELDS,
+    TERM_FIELDS,
+    And,
+    Filter,
+    GeoBBox,
+    GeoRadius,
+    Not,
+    Or,
+    Range,
+    Term,
+)
 
 CELL_RES = 4
 # Slack for float error in haversine (worst near antipodes, ~1e-4 km): cell-level shortcuts
@@ -189,8 +201,27 @@ class AttributeTable:
         )
 
     def mask(self, flt: Filter) -> np.ndarray:
-        """Evaluate ``flt``: bool [n], True where the row passes."""
-        return flt.mask(self)
+        """Evaluate ``flt`` (the one evaluator of filter trees): bool [n], True where the row
+        passes."""
+        match flt:
+            case And(children=children):
+                return np.logical_and.reduce([self.mask(c) for c in children])
+            case Or(children=children):
+                return np.logical_or.reduce([self.mask(c) for c in children])
+            case Not(child=child):
+                return ~self.mask(child)
+            case Term(field=field, values=values):
+                return self.rows_mask(self.term_rows(field, values))
+            case Range():
+                lo, lo_inc = (flt.gte, True) if flt.gte is not None else (flt.gt, False)
+                hi, hi_inc = (flt.lte, True) if flt.lte is not None else (flt.lt, False)
+                return self.rows_mask(self.range_rows(flt.field, lo, lo_inc, hi, hi_inc))
+            case GeoRadius(lat=lat, lon=lon, km=km):
+                return self.rows_mask(self.radius_rows(lat, lon, km))
+            case GeoBBox():
+                box = (flt.min_lat, flt.min_lon, flt.max_lat, flt.max_lon)
+                return self.rows_mask(self.bbox_rows(*box))
+        raise TypeError(f"not a filter node: {type(flt).__name__}")
 
     def rows_mask(self, rows: np.ndarray) -> np.ndarray:
         """bool [n] with ``rows`` set."""

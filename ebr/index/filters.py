@@ -33,12 +33,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-if TYPE_CHECKING:
-    from ebr.index.attributes import AttributeTable
+from typing import Any
 
 STRING_FIELDS = ("seniority", "industry", "company", "employment_type", "country", "city")
 BOOL_FIELDS = ("remote", "active")
@@ -66,11 +61,8 @@ class FilterError(ValueError):
 
 
 class Filter(ABC):
-    """Base of every filter node (frozen dataclasses below)."""
-
-    @abstractmethod
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        """Rows of ``table`` that pass: bool [table.n]."""
+    """Base of every filter node (frozen dataclasses below): plain data, evaluated by one
+    evaluator, ``ebr.index.attributes.AttributeTable.mask``."""
 
     @abstractmethod
     def to_json(self) -> dict[str, Any]:
@@ -81,9 +73,6 @@ class Filter(ABC):
 class And(Filter):
     children: tuple[Filter, ...]
 
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        return np.logical_and.reduce([c.mask(table) for c in self.children])
-
     def to_json(self) -> dict[str, Any]:
         return {"and": [c.to_json() for c in self.children]}
 
@@ -91,9 +80,6 @@ class And(Filter):
 @dataclass(frozen=True)
 class Or(Filter):
     children: tuple[Filter, ...]
-
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        return np.logical_or.reduce([c.mask(table) for c in self.children])
 
     def to_json(self) -> dict[str, Any]:
         return {"or": [c.to_json() for c in self.children]}
@@ -103,9 +89,6 @@ class Or(Filter):
 class Not(Filter):
     child: Filter
 
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        return ~self.child.mask(table)
-
     def to_json(self) -> dict[str, Any]:
         return {"not": self.child.to_json()}
 
@@ -114,9 +97,6 @@ class Not(Filter):
 class Term(Filter):
     field: str  # one of TERM_FIELDS
     values: tuple[str | bool, ...]  # match any; str for STRING_FIELDS, bool for BOOL_FIELDS
-
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        return table.rows_mask(table.term_rows(self.field, self.values))
 
     def to_json(self) -> dict[str, Any]:
         value = self.values[0] if len(self.values) == 1 else list(self.values)
@@ -131,11 +111,6 @@ class Range(Filter):
     lte: float | None = None
     lt: float | None = None
 
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        lo, lo_inc = (self.gte, True) if self.gte is not None else (self.gt, False)
-        hi, hi_inc = (self.lte, True) if self.lte is not None else (self.lt, False)
-        return table.rows_mask(table.range_rows(self.field, lo, lo_inc, hi, hi_inc))
-
     def to_json(self) -> dict[str, Any]:
         # Whole floats as ints (epoch seconds read better); parse turns them back into floats.
         ops = {op: getattr(self, op) for op in RANGE_OPS if getattr(self, op) is not None}
@@ -148,9 +123,6 @@ class GeoRadius(Filter):
     lon: float  # degrees
     km: float  # great-circle radius, (0, MAX_KM]
 
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        return table.rows_mask(table.radius_rows(self.lat, self.lon, self.km))
-
     def to_json(self) -> dict[str, Any]:
         return {"geo_radius": asdict(self)}
 
@@ -161,10 +133,6 @@ class GeoBBox(Filter):
     min_lon: float  # min_lon > max_lon: the box crosses the antimeridian
     max_lat: float
     max_lon: float
-
-    def mask(self, table: AttributeTable) -> np.ndarray:
-        box = (self.min_lat, self.min_lon, self.max_lat, self.max_lon)
-        return table.rows_mask(table.bbox_rows(*box))
 
     def to_json(self) -> dict[str, Any]:
         return {"geo_bbox": asdict(self)}

@@ -17,6 +17,7 @@ concurrent searches (FAISS reads these fields without locks).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -120,3 +121,37 @@ def set_search_params(index: faiss.Index, params: Mapping[str, Any]) -> None:
         _concrete(index).k_factor = float(checked["refine"])
     if "ef_search" in checked:
         _concrete(index).hnsw.efSearch = checked["ef_search"]
+
+
+@dataclass(frozen=True)
+class PlannerParams:
+    """Knobs of ``filtered_search``; the defaults come from the 1M-job benchmark."""
+
+    exact_max_eligible: int = 20_000  # at or below: exact subset scan (cheaper than ANN there)
+    exact_max_fraction: float = 0.02  # ... or at or below this share of n
+    nprobe: int | None = None  # base IVF probes; None -> the index's own nprobe
+    ef_search: int | None = None  # base HNSW efSearch; None -> the index's own
+    k_factor: float | None = None  # refine re-ranks k_factor * k; None -> the index's own
+    selectivity_exponent: float = 0.5  # probe depth grows as selectivity ** -a (a=1: linear)
+    max_rounds: int = 3  # ANN rounds (probes double each) before the exact fallback
+    max_ef_search: int = 4096  # HNSW efSearch ceiling (graph walks get slow beyond)
+    margin_quantile: float | None = 0.25  # IVF margin: this quantile of probing.spill; None: off
+    check_rows: int = 1024  # eligible rows scored exactly to check filtered ANN pages (0: off)
+    exact_share: float = 0.5  # ANN scoring more than this share of the eligible rows: exact
+
+    def __post_init__(self) -> None:
+        knobs = [v for v in (self.nprobe, self.ef_search, self.k_factor) if v is not None]
+        shares = (self.exact_max_fraction, self.exact_share, self.margin_quantile or 0.0)
+        rules = {
+            "exact_max_eligible, check_rows >= 0": min(self.exact_max_eligible, self.check_rows)
+            >= 0,
+            "exact_max_fraction, exact_share, margin_quantile in [0, 1]": all(
+                0 <= v <= 1 for v in shares
+            ),
+            "nprobe, ef_search, k_factor >= 1 or None": all(v >= 1 for v in knobs),
+            "selectivity_exponent in [0, 2]": 0 <= self.selectivity_exponent <= 2,
+            "max_rounds, max_ef_search >= 1": min(self.max_rounds, self.max_ef_search) >= 1,
+        }
+        broken = [rule for rule, ok in rules.items() if not ok]
+        if broken:
+            raise ValueError(f"PlannerParams needs {'; '.join(broken)}; got {self}")

@@ -19,15 +19,12 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faiss
 import numpy as np
 
-from ebr.index.params import search_params
-
-if TYPE_CHECKING:  # planner imports this module: the knobs are only annotations here
-    from ebr.index.planner import PlannerParams
+from ebr.index.params import PlannerParams, search_params
 
 EXACT_CHUNK_ROWS = 262_144  # exact scans gather at most this many rows at once (64 MiB at d=64)
 SPILL_QUERIES = 32  # rows used as queries to measure how far winners stick out of cells

@@ -75,7 +75,7 @@ def _eligible(
     flt: Filter | None, attributes: Callable[[], AttributeTable], deleted: np.ndarray
 ) -> np.ndarray | None:
     """[n] bool snapshot rows passing ``flt`` and not deleted (None: every row)."""
-    eligible = flt.mask(attributes()) if flt is not None else None
+    eligible = attributes().mask(flt) if flt is not None else None
     if deleted.any():
         eligible = ~deleted if eligible is None else eligible & ~deleted
     return eligible
@@ -88,7 +88,7 @@ def _delta_alive(delta: Delta, snap: Slot, flt: Filter | None) -> np.ndarray:
         pos = np.flatnonzero(alive)
         items = delta.items(pos, snap.items).reset_index(drop=True)
         alive = np.zeros_like(alive)
-        alive[pos[flt.mask(AttributeTable.from_items(items))]] = True
+        alive[pos[AttributeTable.from_items(items).mask(flt)]] = True
     return alive
 
 

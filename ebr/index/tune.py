@@ -6,9 +6,7 @@ Drop-in after ``build_index``::
     tuned = tune(index, vectors, cfg)        # sets the chosen knobs on ``index``
     info.update(tuned["chosen"])             # or raises RecallGateError: no setting is good enough
 
-Re-tune a written slot without changing it (prints the sweep; the slot's files stay as they are)::
-
-    python -m ebr.index.tune --slot var/demo/slots/<slot-name> [--target-recall 0.95] [--full]
+Re-tune a written slot without changing it: ``python -m ebr.index.retune --slot ...``.
 
 Recall is measured against exact search on jittered catalogue rows, the same queries
 ``recall_at_k(index, vectors, n, seed=cfg.seed)`` uses, so the tuner's figure and a slot
@@ -28,7 +26,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import faiss
@@ -217,52 +214,3 @@ def tune(
         "sweep": sweep,
         "filtered_recall_at_10": filtered,
     }
-
-
-def _print_sweep(sweep: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None) -> None:
-    for e in sweep:
-        mark = "  <- chosen" if chosen is not None and e["params"] == chosen else ""
-        params = " ".join(f"{k}={v}" for k, v in e["params"].items()) or "(exact)"
-        print(f"{params:<24} recall@10 {e['recall']:.4f}  {e['seconds'] * 1e3:9.2f} ms{mark}")
-
-
-def main(
-    slot: Path | None = None,
-    target_recall: float = IndexConfig.target_recall,
-    queries: int = 500,
-    threads: int = 2,
-    seed: int = IndexConfig.seed,
-    full: bool = False,
-) -> None:
-    """Re-tune the index of the slot at --slot in memory and print the sweep (read-only).
-
-    --full measures every setting instead of skipping those that cannot be the cheapest.
-    """
-    import typer
-
-    # Imported here: slot.py imports this module to tune at write time.
-    from ebr.index.slot import load_slot
-
-    if slot is None:
-        raise typer.BadParameter("--slot is required (a slot directory holding manifest.json)")
-    loaded = load_slot(slot)
-    cfg = IndexConfig(target_recall=target_recall, seed=seed)
-    print(f"slot {loaded.name}: {index_kind(loaded.index)}, now {search_params(loaded.index)}")
-    try:
-        # Only the in-memory index changes; the slot's vectors are memory-mapped read-only.
-        tuned = tune(loaded.index, loaded.vectors, cfg, queries, threads=threads, full_sweep=full)
-    except RecallGateError as err:
-        _print_sweep(err.sweep, None)
-        print(err)
-        raise typer.Exit(1) from err
-    _print_sweep(tuned["sweep"], tuned["chosen"])
-    print(
-        f"chosen {tuned['chosen']}: recall@10 {tuned['recall_at_10']:.4f} >= "
-        f"{tuned['target_recall']} at {len(tuned['sweep'])} settings measured"
-    )
-
-
-if __name__ == "__main__":
-    import typer
-
-    typer.run(main)

@@ -76,7 +76,7 @@ def test_filters_hold_in_every_mode(
     from ebr.index.attributes import AttributeTable
     from ebr.index.filters import parse_filter
 
-    eligible = set(items["job_id"][parse_filter(flt).mask(AttributeTable.from_items(items))])
+    eligible = set(items["job_id"][AttributeTable.from_items(items).mask(parse_filter(flt))])
     body = _search(api, query="manager", k=20, filter=flt, retrieval=mode)
     got = [h["job_id"] for h in body["results"]]
     assert set(got) <= eligible

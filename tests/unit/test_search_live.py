@@ -56,9 +56,9 @@ def _truth(live, flt):
     """Brute force over the live view: snapshot minus dead rows plus delta, filtered.
     Returns the eligible job ids [m] and their vectors [m, d]."""
     snap = live.snapshot
-    keep = ~live.deleted_rows() & flt.mask(AttributeTable.from_items(snap.items))
+    keep = ~live.deleted_rows() & AttributeTable.from_items(snap.items).mask(flt)
     d_ids, d_vecs, d_items = live.delta()
-    d_keep = flt.mask(AttributeTable.from_items(d_items.reset_index(drop=True)))
+    d_keep = AttributeTable.from_items(d_items.reset_index(drop=True)).mask(flt)
     ids = np.concatenate([snap.job_ids[keep], d_ids[d_keep]])
     vecs = np.concatenate([np.asarray(snap.vectors)[keep], d_vecs[d_keep]])
     return ids, vecs

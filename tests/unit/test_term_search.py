@@ -74,7 +74,7 @@ def _truth(lv, text: str, flt=None) -> dict[int, float]:
     scores = lv.snapshot.terms.score_texts(text, term_text(items))
     ok = scores > 0
     if flt is not None:
-        ok &= flt.mask(AttributeTable.from_items(items))
+        ok &= AttributeTable.from_items(items).mask(flt)
     return dict(zip(items["job_id"][ok].tolist(), scores[ok].tolist(), strict=True))
 
 
@@ -142,7 +142,7 @@ def test_hybrid_fills_k_with_eligible_jobs_even_without_a_shared_term(live, text
     q = _unit(rng, 1)
     hits = lv.query(q, K, f, texts=[text], retrieval="hybrid")
     items = _live_items(lv)
-    eligible = set(items["job_id"][f.mask(AttributeTable.from_items(items))].tolist())
+    eligible = set(items["job_id"][AttributeTable.from_items(items).mask(f)].tolist())
     got = hits.job_ids[0]
     assert (got >= 0).all() and set(got.tolist()) <= eligible
     assert not np.isin(got, deleted).any()

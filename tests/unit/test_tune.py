@@ -19,8 +19,9 @@ from ebr.index.build import build_index, recall_at_k, recall_queries
 from ebr.index.filtered_gate import gate_filters
 from ebr.index.params import index_kind, search_params, set_search_params
 from ebr.index.planner import PlannerParams
+from ebr.index.retune import main
 from ebr.index.slot import write_slot
-from ebr.index.tune import RecallGateError, main, recall_gate, tune
+from ebr.index.tune import RecallGateError, recall_gate, tune
 from ebr.metrics import exact_topk, recall_of
 
 D = 32
