@@ -85,8 +85,8 @@ def _encode_marketplace(
     from ebr.data.marketplace import generate
     from ebr.data.pairs import eval_searches, time_split
     from ebr.model.artifact import load_item_tower, load_request_tower
+    from ebr.model.features import member_records
     from ebr.model.infer import encode_jobs, encode_requests
-    from ebr.model.train import member_records
 
     setup = build_workspace(tmp, train_jobs, epochs=1)
     item, mcfg, _ = load_item_tower(tmp / "models" / "v1")

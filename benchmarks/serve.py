@@ -90,8 +90,8 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
     from ebr.eval.bm25 import BM25Baseline
     from ebr.metrics import exact_topk, recall_at_k
     from ebr.model.artifact import load_request_tower
+    from ebr.model.features import member_records
     from ebr.model.infer import encode_requests
-    from ebr.model.train import member_records
     from ebr.releases import load_embeddings
     from ebr.versions import interest_version
 

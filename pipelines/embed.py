@@ -40,6 +40,7 @@ from ebr.io import atomic_directory
 from ebr.model.artifact import check_lineage
 from ebr.model.features import job_tensors, request_tensors
 from ebr.model.interest import member_tensors
+from ebr.model.specs import tower_specs
 from ebr.model.towers import ItemTower, RequestTower
 from ebr.versions import check_version, interest_version, model_config, read_meta
 from pipelines.deadletter import (
@@ -155,14 +156,17 @@ class EmbedRecords(beam.PTransform):
         meta = read_meta(model_dir)
         self._kind, self._cfg = kind, model_config(meta)
         self._version, self._validate = meta["version"], validate
-        tower, file = (
-            (ItemTower, "item_tower.pt") if kind == "jobs" else (RequestTower, "request_tower.pt")
+        request_spec, item_spec = tower_specs(self._cfg)
+        tower, file, spec = (
+            (ItemTower, "item_tower.pt", item_spec)
+            if kind == "jobs"
+            else (RequestTower, "request_tower.pt", request_spec)
         )
         self._handler = KeyedModelHandler(
             PytorchModelHandlerKeyedTensor(
                 state_dict_path=str(model_dir / file),
                 model_class=tower,
-                model_params={"cfg": self._cfg},
+                model_params={"cfg": self._cfg, "spec": spec},
                 # Explicit batch sizes: Beam's defaults kept batches at 1-4 elements (30x slower).
                 min_batch_size=batch_size,
                 max_batch_size=batch_size,

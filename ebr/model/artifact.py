@@ -23,6 +23,7 @@ import torch
 
 from ebr.config import ModelConfig
 from ebr.io import atomic_directory, atomic_write_bytes, sha256_file
+from ebr.model.specs import tower_specs, two_tower
 from ebr.model.text import VOCAB_FILE, Vocabulary
 from ebr.model.towers import ItemTower, RequestTower, TwoTower
 from ebr.versions import check_version, interest_version, model_config, read_meta
@@ -82,7 +83,8 @@ def _load(path: Path, name: str, tower_cls: type[RequestTower] | type[ItemTower]
     if sha256_file(path / name) != meta["checksums"][name]:
         raise ValueError(f"checksum mismatch for {path / name}")
     cfg = model_config(meta)
-    tower = tower_cls(cfg)
+    request_spec, item_spec = tower_specs(cfg)
+    tower = tower_cls(cfg, request_spec if tower_cls is RequestTower else item_spec)
     tower.load_state_dict(torch.load(path / name, map_location="cpu", weights_only=True))
     tower.eval()
     return tower, cfg, meta
@@ -100,7 +102,7 @@ def load_two_tower(path: Path) -> tuple[TwoTower, ModelConfig, dict[str, Any]]:
     """Both towers of a saved version in one module (for offline evaluation)."""
     request, cfg, meta = load_request_tower(path)
     item, _, _ = load_item_tower(path)
-    model = TwoTower(cfg)
+    model = two_tower(cfg)
     # The shared tables are identical in both state dicts (co-trained); item's load wins.
     model.request.load_state_dict(request.state_dict())
     model.item.load_state_dict(item.state_dict())

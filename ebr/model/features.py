@@ -72,6 +72,17 @@ def request_spec(cfg: ModelConfig) -> TowerSpec:
     )
 
 
+HISTORY_TOKENS = 64  # hashed n-gram slots of the member-interest history text
+MEMBER_SPEC = TowerSpec(  # the member-interest model's member tower (ebr.model.interest)
+    texts=("headline", "skills", "history"), n_cats=len(REQUEST_CATS), n_nums=PROFILE_NUMS
+)
+
+
+def interest_specs(cfg: ModelConfig) -> tuple[TowerSpec, TowerSpec]:
+    """(member spec, item spec) of the member-interest model."""
+    return MEMBER_SPEC, item_spec(cfg)
+
+
 def item_spec(cfg: ModelConfig) -> TowerSpec:
     """Item-tower inputs: title, description, skills; company, industry, seniority, ...; geo;
     the title's MiniLM vector with text_encoder hashed+minilm."""
@@ -253,6 +264,11 @@ def profile_cats(member: Mapping[str, Any], cfg: ModelConfig) -> np.ndarray:
     return np.array(
         [cat_id(f, member.get(f), cfg.cat_buckets) for f in REQUEST_CATS], dtype=np.int64
     )
+
+
+def member_records(members: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    """member_id -> profile record (the same fields Feast serves online)."""
+    return {int(r["member_id"]): r for r in members.to_dict("records")}
 
 
 def stack(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

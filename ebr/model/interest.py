@@ -27,35 +27,26 @@ import pandas as pd
 from ebr.config import ModelConfig, TrainConfig
 from ebr.data.pairs import positive_pairs, split_cutoff, time_split
 from ebr.model.features import (
-    PROFILE_NUMS,
-    REQUEST_CATS,
+    HISTORY_TOKENS,
     SHORT_TOKENS,
     SKILL_TOKENS,
     _skills_text,
-    item_spec,
+    interest_specs,
     job_batch,
     profile_cats,
     profile_nums,
     stack,
     text_ids,
 )
-from ebr.model.towers import TowerSpec, TwoTower
+from ebr.model.towers import TwoTower
 
 HISTORY_JOBS = 8  # most recent engaged jobs whose titles form the history text
-HISTORY_TOKENS = 64  # hashed n-gram slots for the history text
 INTEREST_DIM = 32  # width of the interest embedding (an input of the request tower)
-MEMBER_SPEC = TowerSpec(
-    texts=("headline", "skills", "history"), n_cats=len(REQUEST_CATS), n_nums=PROFILE_NUMS
-)
 
 
 def interest_config() -> ModelConfig:
     """The member-interest model's shape: a single-objective two-tower of its own."""
     return ModelConfig(schema="interest", dim=INTEREST_DIM, tasks=())
-
-
-def interest_specs(cfg: ModelConfig) -> tuple[TowerSpec, TowerSpec]:
-    return MEMBER_SPEC, item_spec(cfg)
 
 
 def member_tensors(member: Mapping[str, Any], history: str, cfg: ModelConfig) -> dict[str, Any]:
@@ -187,9 +178,9 @@ def train_interest(
     the interest encoder) and metrics.
     """
     from ebr.metrics import exact_topk, recall_at_k
+    from ebr.model.features import member_records
     from ebr.model.fit import PairData, fit
     from ebr.model.infer import encode_jobs, run_tower
-    from ebr.model.train import member_records
 
     cfg = interest_config()
     tcfg = replace(tcfg, logq=True, hard_negatives=False, task_weights=())
@@ -212,7 +203,7 @@ def train_interest(
         item=job_batch(jobs.to_dict("records"), cfg),
         pair_item=job_row.loc[engaged["job_id"].to_numpy()].to_numpy(),
     )
-    model = TwoTower(cfg)
+    model = TwoTower(cfg, interest_specs(cfg))
     metrics = fit(model, data, tcfg)
 
     # Held-out: every later engagement of a member, from the snapshot as of the split.

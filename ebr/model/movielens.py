@@ -100,7 +100,7 @@ def train_movielens(
         item=item_batch(items, cfg),
         pair_item=item_row.loc[pair_items].to_numpy(),
     )
-    model = TwoTower(cfg)
+    model = TwoTower(cfg, (USER_SPEC, ITEM_SPEC))
     metrics = fit(model, data, replace(tcfg, hard_negatives=False, task_weights=()))
     return model, metrics
 

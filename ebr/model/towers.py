@@ -5,8 +5,9 @@ categorical values, so 'nurse' in a query and 'nurse' in a title start from the 
 a member's city meets a job's city. Outputs are L2-normalised: dot product == cosine.
 
 Which inputs a tower reads is a ``TowerSpec`` (named text fields, categorical and numeric
-widths) chosen by ``ModelConfig.schema``: the job marketplace and MovieLens share this module,
-the loss and the training loop; only their featurizers differ.
+widths), passed in by the caller (``ebr.model.specs`` picks one by ``ModelConfig.schema``):
+the job marketplace and MovieLens share this module, the loss and the training loop; only
+their featurizers differ.
 
 Multi-task: the request tower ends in one linear head per task (apply, save, click) over a
 shared body; the item tower is shared by every task, so one job index serves all of them and a
@@ -32,21 +33,6 @@ class TowerSpec:
     n_cats: int  # int64 [b, n_cats] ids in the shared categorical table
     n_nums: int  # float32 [b, n_nums] numeric features (incl. looked-up embeddings)
     skip: str | None = None  # text field on the lexical path (ModelConfig.lexical)
-
-
-def tower_specs(cfg: ModelConfig) -> tuple[TowerSpec, TowerSpec]:
-    """(request spec, item spec) of ``cfg.schema``."""
-    if cfg.schema == "movielens":
-        from ebr.model.movielens import ITEM_SPEC, USER_SPEC
-
-        return USER_SPEC, ITEM_SPEC
-    if cfg.schema == "interest":
-        from ebr.model.interest import interest_specs
-
-        return interest_specs(cfg)
-    from ebr.model.features import item_spec, request_spec
-
-    return request_spec(cfg), item_spec(cfg)
 
 
 class SharedEmbeddings(nn.Module):
@@ -145,26 +131,31 @@ class Tower(nn.Module):
 class RequestTower(Tower):
     """Query text + member profile + member-interest embedding + context; one head per task."""
 
-    def __init__(self, cfg: ModelConfig, emb: SharedEmbeddings | None = None) -> None:
-        super().__init__(cfg, tower_specs(cfg)[0], emb, cfg.tasks)
+    def __init__(
+        self, cfg: ModelConfig, spec: TowerSpec, emb: SharedEmbeddings | None = None
+    ) -> None:
+        super().__init__(cfg, spec, emb, cfg.tasks)
 
 
 class ItemTower(Tower):
     """Item content (jobs: title, description, skills, company, industry, location, ...)."""
 
-    def __init__(self, cfg: ModelConfig, emb: SharedEmbeddings | None = None) -> None:
-        super().__init__(cfg, tower_specs(cfg)[1], emb)
+    def __init__(
+        self, cfg: ModelConfig, spec: TowerSpec, emb: SharedEmbeddings | None = None
+    ) -> None:
+        super().__init__(cfg, spec, emb)
 
 
 class TwoTower(nn.Module):
-    """The training module: both towers over one SharedEmbeddings."""
+    """The training module: both towers over one SharedEmbeddings; ``specs`` is (request
+    spec, item spec), chosen by the caller (``ebr.model.specs.tower_specs``)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, specs: tuple[TowerSpec, TowerSpec]) -> None:
         super().__init__()
         self.cfg = cfg
         emb = SharedEmbeddings(cfg)
-        self.request = RequestTower(cfg, emb)
-        self.item = ItemTower(cfg, emb)
+        self.request = RequestTower(cfg, specs[0], emb)
+        self.item = ItemTower(cfg, specs[1], emb)
 
 
 def in_batch_softmax_loss(

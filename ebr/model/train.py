@@ -22,15 +22,11 @@ from ebr.config import TASK_OUTCOMES, ModelConfig, TrainConfig
 from ebr.data.catalogue import catalogue_pairs
 from ebr.data.pairs import eval_searches, hard_negatives, positive_pairs, time_split
 from ebr.metrics import exact_topk, recall_at_k
-from ebr.model.features import job_batch, request_batch
+from ebr.model.features import job_batch, member_records, request_batch
 from ebr.model.fit import PairData, fit
 from ebr.model.infer import encode_jobs, encode_requests
+from ebr.model.specs import tower_specs
 from ebr.model.towers import TwoTower
-
-
-def member_records(members: pd.DataFrame) -> dict[int, dict[str, Any]]:
-    """member_id -> profile record (the same fields Feast serves online)."""
-    return {int(r["member_id"]): r for r in members.to_dict("records")}
 
 
 def request_members(
@@ -152,7 +148,7 @@ def train(
     train_imp, held = time_split(impressions, tcfg.eval_days)
     data = marketplace_pairs(jobs, members, train_imp, mcfg, tcfg, interest)
     featurize_s = time.perf_counter() - t0
-    model = TwoTower(mcfg)
+    model = TwoTower(mcfg, tower_specs(mcfg))
     metrics = fit(model, data, tcfg)
     metrics["featurize_seconds"] = round(featurize_s, 2)
     metrics.update(evaluate(model, mcfg, jobs, members, held, interest))

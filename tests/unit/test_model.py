@@ -12,7 +12,8 @@ from ebr.data.marketplace import generate
 from ebr.model.artifact import check_version, load_item_tower, load_request_tower, save_model
 from ebr.model.features import job_tensors, request_tensors, text_ids
 from ebr.model.infer import encode_jobs, encode_requests
-from ebr.model.towers import TwoTower, in_batch_softmax_loss
+from ebr.model.specs import two_tower
+from ebr.model.towers import in_batch_softmax_loss
 from ebr.model.train import train
 
 CFG = ModelConfig(hash_buckets=4096, cat_buckets=512, token_dim=16, hidden=32, dim=16)
@@ -29,7 +30,7 @@ def test_text_ids_are_stable_padded_and_truncated() -> None:
 
 def test_towers_output_unit_vectors_of_the_configured_dim() -> None:
     mp = generate(DataConfig(n_jobs=100))
-    model = TwoTower(CFG)
+    model = two_tower(CFG)
     jobs = encode_jobs(model.item, mp.jobs.to_dict("records")[:10], CFG)
     reqs = encode_requests(
         model.request, ["nurse", None], [None, mp.members.iloc[0].to_dict()], CFG

@@ -20,7 +20,8 @@ from ebr.model.artifact import LineageError, check_lineage, load_two_tower, save
 from ebr.model.features import request_tensors
 from ebr.model.infer import encode_requests
 from ebr.model.interest import engagements, history_as_of, train_interest
-from ebr.model.towers import RequestTower, TwoTower, in_batch_softmax_loss
+from ebr.model.specs import tower_specs, two_tower
+from ebr.model.towers import RequestTower, in_batch_softmax_loss
 from ebr.model.train import train, train_with_interest
 
 CFG = ModelConfig(hash_buckets=4096, cat_buckets=512, token_dim=16, hidden=32, dim=16)
@@ -85,7 +86,7 @@ def test_task_rows_select_positives_but_keep_every_item_as_negative() -> None:
 
 
 def test_request_tower_has_one_head_per_task_starting_equal() -> None:
-    tower = RequestTower(CFG)
+    tower = RequestTower(CFG, tower_specs(CFG)[0])
     assert tower.tasks == ("apply", "save", "click")
     batch = {k: torch.from_numpy(v[None]) for k, v in request_tensors("nurse", None, CFG).items()}
     outs = [tower(task=t, **batch) for t in tower.tasks]
@@ -101,12 +102,12 @@ def test_request_tower_has_one_head_per_task_starting_equal() -> None:
 def test_query_only_tower_ignores_the_member_and_composite_reads_interest() -> None:
     mp = generate(DataConfig(n_jobs=100))
     member = mp.members.iloc[0].to_dict()
-    q_only = TwoTower(replace(CFG, request_inputs="query")).request
+    q_only = two_tower(replace(CFG, request_inputs="query")).request
     a = encode_requests(q_only, ["nurse"], [member], q_only.cfg)
     b = encode_requests(q_only, ["nurse"], [None], q_only.cfg)
     np.testing.assert_allclose(a, b)
     cfg = replace(CFG, interest_dim=4)
-    comp = TwoTower(cfg).request
+    comp = two_tower(cfg).request
     with_interest = {**member, "interest": np.ones(4, dtype=np.float32)}
     x = encode_requests(comp, ["nurse"], [with_interest], cfg)
     y = encode_requests(comp, ["nurse"], [member], cfg)
