@@ -93,8 +93,8 @@ def evaluate_marketplace(
     JYMBII sessions carry no query, so BM25 and the hybrid do not apply there (nor to a
     query-only tower). ``interest``: daily member-interest snapshots for a model that reads them
     (ebr.model.interest.load_interest_snapshots). ``ann``: (request vectors [q, d], k) ->
-    job ids [q, k] (-1 padded) from the served ANN index (e.g. ``Slot.search``); adds the
-    method ``ebr_ann`` beside the exact ``ebr``. ``typed``: typed queries
+    job ids [q, k] (-1 padded) from the served ANN index (``ebr.index.live.served_search``);
+    adds the method ``ebr_ann`` beside the exact ``ebr``. ``typed``: typed queries
     (ebr.eval.typed.typed_queries) -> a "typed" section (``evaluate_typed``: EBR, BM25 and
     hybrid on queries the model never trained on), judged against ``vocabulary`` (default:
     the words of the three tables).

@@ -230,29 +230,6 @@ class Slot:
         """[n] int64, row (= FAISS id) -> job_id. Read-only by convention, like the slot."""
         return self._job_ids
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k jobs for each query.
-
-        Args:
-            queries: float [q, d] L2-normalised query embeddings from ``model_version``.
-            k: results per query (>= 1).
-
-        Returns:
-            scores [q, k] float32 cosine, descending, and job_ids [q, k] int64. Slots with
-            no result (fewer than k items, or too few in the probed IVF cells) hold job id -1
-            and score -inf.
-        """
-        q = check_queries(queries, k, self.dim, self.name)
-        # Asking FAISS for more than it holds only makes it fill -1 slots; pad ourselves.
-        k_found = min(k, self.index.ntotal)
-        raw_scores, raw_ids = self.index.search(q, k_found)
-        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        job_ids = np.full((len(q), k), -1, dtype=np.int64)
-        found = raw_ids >= 0
-        scores[:, :k_found] = np.where(found, raw_scores, -np.inf)
-        job_ids[:, :k_found] = np.where(found, self._job_ids[np.where(found, raw_ids, 0)], -1)
-        return scores, job_ids
-
     def rows(self, job_ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
         """Display rows (job_id + display columns) for ``job_ids``, in that order.
 

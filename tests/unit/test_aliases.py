@@ -27,6 +27,7 @@ from ebr.index.aliases import (
     rollback,
     set_alias,
 )
+from ebr.index.live import open_live
 from ebr.index.slot import load_slot, write_slot
 
 D = 16
@@ -89,15 +90,18 @@ def test_promote_and_rollback_never_fail_an_in_flight_query(tmp_path: Path):
     slot_a, slot_b = make_slot(tmp_path, "a", 0, 2000), make_slot(tmp_path, "b", 10_000, 2000)
     queries = unit_rows(4, D, seed=99)
     # What each complete slot answers: a reader's result must equal one of these exactly.
-    expected = {p.name: load_slot(p).search(queries, 5)[1] for p in (slot_a, slot_b)}
+    expected = {
+        p.name: open_live(p, writable=False).search(queries, 5)[1] for p in (slot_a, slot_b)
+    }
     promote(tmp_path, "jobs@live", "a")
     stop, failures, seen = threading.Event(), [], {"a": 0, "b": 0}
 
     def reader() -> None:
         while not stop.is_set():
             try:
-                slot = load_slot(resolve_alias(tmp_path, "jobs@live"), verify=True)
-                _, job_ids = slot.search(queries, 5)
+                live = open_live(resolve_alias(tmp_path, "jobs@live"), writable=False)
+                slot = live.snapshot
+                _, job_ids = live.search(queries, 5)
                 if not np.array_equal(job_ids, expected[slot.name]):
                     failures.append(f"{slot.name} answered {job_ids.tolist()}")
                 seen[slot.name] += 1
@@ -156,7 +160,8 @@ def test_sigkill_during_write_slot_leaves_old_slot_and_alias_serving(tmp_path: P
     with pytest.raises(ValueError, match="must match"):  # the hidden temp dir is not a slot name
         promote(tmp_path, "jobs@live", temp_dirs[0].name)
     slot = load_slot(resolve_alias(tmp_path, "jobs@live"), verify=True)
-    assert slot.path == old and slot.search(unit_rows(1, D, 1), 3)[1].min() >= 0
+    live = open_live(slot.path, writable=False)
+    assert slot.path == old and live.search(unit_rows(1, D, 1), 3)[1].min() >= 0
 
 
 def test_refresh_moves_live_only_within_the_live_version(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from ebr.config import IndexConfig
 from ebr.index.aliases import resolve_alias, set_alias
 from ebr.index.build import build_index, recall_at_k
+from ebr.index.live import open_live
 from ebr.index.slot import DATA_FILES, Slot, load_slot, slot_name_for, write_slot
 from ebr.metrics import exact_topk
 
@@ -114,7 +115,7 @@ def test_slot_round_trip_returns_nearest_job_ids(slot_dir: Path, vectors: np.nda
     slot = load_slot(slot_dir)
     assert slot.model_version == "v1" and slot.dim == D
     rows = np.array([3, 1234, 4999])
-    scores, job_ids = slot.search(vectors[rows], k=5)
+    scores, job_ids = open_live(slot.path, writable=False).search(vectors[rows], k=5)
     assert scores.shape == job_ids.shape == (3, 5) and job_ids.dtype == np.int64
     # Each stored vector's own job is its nearest neighbour.
     np.testing.assert_array_equal(job_ids[:, 0], make_items(N)["job_id"].to_numpy()[rows])
@@ -236,7 +237,7 @@ def small_slot(tmp_path_factory: pytest.TempPathFactory) -> Slot:
 
 
 def test_k_larger_than_item_count_pads(small_slot: Slot):
-    scores, job_ids = small_slot.search(unit_rows(2, 8, 9), k=10)
+    scores, job_ids = open_live(small_slot.path, writable=False).search(unit_rows(2, 8, 9), 10)
     assert job_ids.shape == (2, 10)
     assert np.all(job_ids[:, 6:] == -1) and np.all(np.isneginf(scores[:, 6:]))
     assert sorted(job_ids[0, :6]) == sorted(make_items(6)["job_id"])
@@ -244,10 +245,11 @@ def test_k_larger_than_item_count_pads(small_slot: Slot):
 
 
 def test_wrong_query_dim_is_rejected(small_slot: Slot):
+    live = open_live(small_slot.path, writable=False)
     with pytest.raises(ValueError, match=r"expects d=8, got d=16"):
-        small_slot.search(unit_rows(1, 16, 10), k=3)
+        live.search(unit_rows(1, 16, 10), k=3)
     with pytest.raises(ValueError, match="2-D"):
-        small_slot.search(unit_rows(1, 8, 10)[0], k=3)
+        live.search(unit_rows(1, 8, 10)[0], k=3)
 
 
 def test_rows_rejects_unknown_job_ids(small_slot: Slot):

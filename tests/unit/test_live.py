@@ -315,7 +315,8 @@ def test_compaction_keeps_recall_and_every_write(
             np.mean([len(np.intersect1d(t, f)) / K for t, f in zip(truth, found, strict=True)])
         )
 
-    r_fresh, r_compacted = recall(load_slot(fresh).search), recall(compacted.search)
+    served = [open_live(p, writable=False) for p in (fresh, new_path)]  # the path serving takes
+    r_fresh, r_compacted = recall(served[0].search), recall(served[1].search)
     assert abs(r_compacted - r_fresh) <= 0.01, (r_compacted, r_fresh)
     assert recall(live.search) >= r_fresh - 0.01  # the live merge loses nothing either
     assert compacted.manifest["item_count"] == N

@@ -109,7 +109,7 @@ def test_served_search_returns_k_jobs_where_a_fixed_probe_falls_short(tmp_path) 
     path = write_slot(tmp_path, "s2", _unit(rng, N), items, "v1", IndexConfig(kind="ivf", nprobe=2))
     # The recall gate tunes nprobe for k=10 (here 32 of 76 cells, ~1,260 rows): fewer than k.
     queries, k = _unit(rng, 20), 2500
-    fixed = load_slot(path).search(queries, k)[1]
+    fixed = load_slot(path).index.search(queries, k)[1]  # the raw index at its fixed nprobe
     assert ((fixed >= 0).sum(axis=1) < k).all()
     got = served_search(path)(queries, k)
     assert got.shape == (20, k) and (got >= 0).all()
