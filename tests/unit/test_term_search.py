@@ -18,38 +18,22 @@ from ebr.index.live import compact, open_live
 from ebr.index.search import HYBRID_DEPTH
 from ebr.index.slot import MANIFEST_FILE, load_slot, write_slot
 from ebr.index.terms import term_text
+from tests.unit.test_search_live import _items as _job_rows
+from tests.unit.test_search_live import _unit
 
-N, D, K = 1500, 16, 10
+N, K = 1500, 10
 WORDS = ["nurse", "accountant", "driver", "chef", "welder", "cashier", "electrician"]
 LEVELS = ["senior", "junior", "lead", "assistant"]
 
 
 def _items(ids: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """test_search_live's jobs with words to search: titles, skills and descriptions."""
     n = len(ids)
-    return pd.DataFrame(
-        {
-            "job_id": ids.astype(np.int64),
-            "title": [f"{rng.choice(LEVELS)} {rng.choice(WORDS)}" for _ in range(n)],
-            "company": rng.choice(["a", "b", "c"], n),
-            "industry": rng.choice(["x", "y"], n),
-            "city": "c",
-            "country": rng.choice(["US", "DE"], n),
-            "lat": rng.uniform(-60, 60, n),
-            "lon": rng.uniform(-180, 180, n),
-            "seniority": rng.choice(["entry", "senior"], n),
-            "employment_type": "full_time",
-            "remote": rng.random(n) < 0.2,
-            "active": rng.random(n) < 0.9,
-            "posted_at": pd.Timestamp("2026-10-01", tz="UTC"),
-            "skills": [list(rng.choice(WORDS, 2)) for _ in range(n)],
-            "description": [f"we hire a {rng.choice(WORDS)} today" for _ in range(n)],
-        }
+    return _job_rows(ids, rng).assign(
+        title=[f"{rng.choice(LEVELS)} {rng.choice(WORDS)}" for _ in range(n)],
+        skills=[list(rng.choice(WORDS, 2)) for _ in range(n)],
+        description=[f"we hire a {rng.choice(WORDS)} today" for _ in range(n)],
     )
-
-
-def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.normal(size=(n, D)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 @pytest.fixture()
