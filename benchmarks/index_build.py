@@ -46,6 +46,7 @@ from ebr.index.build import (
 )
 from ebr.index.params import search_params, set_search_params
 from ebr.metrics import EXACT_BLAS_THRESHOLD, exact_topk
+from ebr.versions import version_paths
 
 NAME = "index_build"
 K = 10
@@ -77,7 +78,7 @@ def job_vectors(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """(float32 [n, d] job embeddings, where they came from): a workspace's, or freshly built."""
     if workspace is not None:
-        path = Workspace(workspace).embeddings / version / "jobs.parquet"
+        path = version_paths(Workspace(workspace), version).jobs
         if not path.is_file():
             raise typer.BadParameter(f"no job embeddings at {path} (run the embed step first)")
         emb = pd.read_parquet(path, columns=["embedding"])["embedding"]

@@ -68,13 +68,15 @@ def _models(data: Path, root: Path, epochs: int, catalogue: float = 0.0) -> dict
     import pandas as pd
 
     from ebr.config import ModelConfig, TrainConfig, Workspace
-    from ebr.model.artifact import read_meta, save_model
+    from ebr.model.artifact import save_model
     from ebr.model.interest import train_interest
     from ebr.model.text import training_vocabulary
     from ebr.model.train import train_with_interest
+    from ebr.versions import META_FILE, read_meta, version_paths
 
     ws = Workspace(root)
-    if not (ws.models / "v1" / "model.json").is_file():
+    paths = version_paths(ws, "v1")
+    if not (paths.model / META_FILE).is_file():
         t = {n: pd.read_parquet(data / f"{n}.parquet") for n in TABLES}
         tables = (t["jobs"], t["members"], t["impressions"])
         tcfg = TrainConfig(epochs=epochs, catalogue_pairs=catalogue)
@@ -86,7 +88,7 @@ def _models(data: Path, root: Path, epochs: int, catalogue: float = 0.0) -> dict
         meta = {"train": asdict(tcfg), "metrics": metrics, "lineage": lineage}
         meta["train_wall_s"] = {"interest": t1 - t0, "composite": time.perf_counter() - t1}
         save_model(model, ws.models, "v1", meta, training_vocabulary(*tables))
-    meta = read_meta(ws.models / "v1")
+    meta = read_meta(paths.model)
     at100 = {k: v for k, v in meta["metrics"].items() if k.endswith("@100")}
     return {"train_wall_s": meta["train_wall_s"], **at100}
 

@@ -6,7 +6,8 @@ Values are validated in ``__post_init__`` so a bad setting fails at the boundary
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
@@ -19,9 +20,23 @@ TASKS = ("apply", "save", "click")
 TASK_OUTCOMES = {"apply": ("apply",), "save": ("save",), "click": ("click", "save", "apply")}
 
 
+LIVE_MODES = ("refresh", "promote", "keep")  # what a new slot does to jobs@live
+VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
+
+
+def check_version(version: str) -> str:
+    """Embedding versions name Feast tables and slots: 'v1', 'v2', ..."""
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise ValueError(
+            f"version must match {VERSION_RE.pattern} (model versions look like 'v1', 'v2', "
+            f"...); got {version!r}"
+        )
+    return version
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,57 @@ class IndexConfig:
             0 < self.target_recall <= 1,
             f"target_recall must be in (0, 1], got {self.target_recall}",
         )
+
+
+@dataclass(frozen=True)
+class ReembedConfig:
+    """Everything a re-embedding run reads: the ``reembed`` workflow's one input.
+
+    ``version`` "" re-embeds whatever version jobs@live serves when the run starts. ``live``:
+    "refresh" moves jobs@live to the new slot only while live still serves this version (a
+    scheduled run never moves live to another version); "promote" always (an explicit
+    release); "keep" never. ``history_holdout_days``: the member-interest history stops this
+    many days before the log's end (the demo's evaluation days; 0 in production, where the
+    log ends now).
+    """
+
+    workspace: str = "var/demo"
+    version: str = ""
+    batch_size: int = 256  # rows per Beam element (one forward pass each)
+    history_holdout_days: int = 2
+    live: str = "refresh"
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.workspace), "workspace must be a path, got ''")
+        if self.version:
+            check_version(self.version)
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
+        _require(self.live in LIVE_MODES, f"live must be one of {LIVE_MODES}, got {self.live!r}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a full build reads: the ``build_platform`` workflow's one input (marketplace
+    data, the member-interest and composite models, batch embedding, the index slot)."""
+
+    workspace: str = "var/demo"
+    version: str = "v1"
+    interest_version: str = "v1"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
+    batch_size: int = 256
+    history_holdout_days: int = 2
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.workspace), "workspace must be a path, got ''")
+        check_version(self.version)
+        check_version(self.interest_version)
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
 
 
 @dataclass(frozen=True)

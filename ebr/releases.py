@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebr.config import IndexConfig, Workspace
+from ebr.config import LIVE_MODES, IndexConfig, Workspace
 from ebr.data.records import check_jobs
 from ebr.index.aliases import promote, refresh, set_alias
 from ebr.index.slot import load_slot, slot_name_for, write_slot
-from ebr.versions import check_version
+from ebr.versions import check_version, version_paths
 
 # What a search response shows, filters test and term retrieval reads (skills, description:
 # ``ebr.index.terms``), kept in the slot next to the id map.
@@ -56,9 +56,6 @@ def load_embeddings(path: Path, id_col: str, version: str) -> tuple[np.ndarray, 
     return df[id_col].to_numpy(np.int64), vecs
 
 
-LIVE_MODES = ("refresh", "promote", "keep")
-
-
 def build_job_slot(
     ws: Workspace, version: str, cfg: IndexConfig, live: str = "refresh"
 ) -> dict[str, Any]:
@@ -76,7 +73,7 @@ def build_job_slot(
     check_version(version)
     if live not in LIVE_MODES:
         raise ValueError(f"live must be one of {LIVE_MODES}, got {live!r}")
-    ids, vecs = load_embeddings(ws.embeddings / version / "jobs.parquet", "job_id", version)
+    ids, vecs = load_embeddings(version_paths(ws, version).jobs, "job_id", version)
     jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=list(SLOT_COLUMNS))
     jobs, rejected = check_jobs(jobs, required=SLOT_COLUMNS)
     items = pd.DataFrame({"job_id": ids}).merge(jobs, on="job_id", how="left", validate="1:1")

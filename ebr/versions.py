@@ -5,30 +5,62 @@ A model version (``v1``, ``v2``, ...) names its artifact folder ``models/<v>`` (
 ``model.json``), its embeddings, Feast views and index slots. What a version's ``model.json``
 says is read here: its ``ModelConfig`` (``model_config``) and the member-interest version it
 was co-trained with (``interest_version``). ``ebr.model.artifact.check_lineage`` verifies that
-pairing against the interest model's own files.
+pairing against the interest model's own files. Where each of a version's artifacts lives in
+a workspace comes from ``version_paths`` / ``interest_paths`` (nobody joins those paths by
+hand).
 """
 
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ebr.config import ModelConfig
+# The version rule lives in ebr.config (the workflow configs check it too); read it here.
+from ebr.config import VERSION_RE as VERSION_RE
+from ebr.config import ModelConfig, Workspace, check_version
 
-VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
 META_FILE = "model.json"
 
 
-def check_version(version: str) -> str:
-    """Embedding versions name Feast tables and slots: 'v1', 'v2', ..."""
-    if not isinstance(version, str) or not VERSION_RE.match(version):
-        raise ValueError(
-            f"version must match {VERSION_RE.pattern} (model versions look like 'v1', 'v2', "
-            f"...); got {version!r}"
-        )
-    return version
+@dataclass(frozen=True)
+class VersionPaths:
+    """Where a two-tower model version's artifacts live in a workspace."""
+
+    version: str
+    model: Path  # models/<v>/: towers + model.json
+    embeddings: Path  # embeddings/<v>/: the batch embedding run's output folder
+    jobs: Path  # embeddings/<v>/jobs.parquet: item-tower embeddings
+    members: Path  # embeddings/<v>/members.parquet: request-tower member embeddings
+
+
+@dataclass(frozen=True)
+class InterestPaths:
+    """Where a member-interest model version's artifacts live in a workspace."""
+
+    version: str
+    model: Path  # interest/models/<iv>/
+    embeddings: Path  # interest/embeddings/<iv>/: the interest run's output folder
+    members: Path  # interest/embeddings/<iv>/members.parquet
+
+
+def version_paths(ws: Workspace, version: str) -> VersionPaths:
+    """The paths of two-tower model ``version`` (checked) in ``ws``."""
+    check_version(version)
+    out = ws.embeddings / version
+    return VersionPaths(
+        version, ws.models / version, out, out / "jobs.parquet", out / "members.parquet"
+    )
+
+
+def interest_paths(ws: Workspace, interest_version: str) -> InterestPaths:
+    """The paths of member-interest model ``interest_version`` (checked) in ``ws``."""
+    check_version(interest_version)
+    out = ws.interest_embeddings / interest_version
+    return InterestPaths(
+        interest_version, ws.interest_models / interest_version, out, out / "members.parquet"
+    )
 
 
 def read_meta(path: Path) -> dict[str, Any]:

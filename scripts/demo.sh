@@ -16,7 +16,7 @@ mkdir -p "$WS" var
 
 echo "== 1/3 Flyte workflow build_platform (size=$SIZE) -> $WS"
 /usr/bin/time -v -o var/demo-build.time "$VENV/bin/pyflyte" run workflows/platform.py build_platform \
-  --workspace "$WS" --size "$SIZE"
+  --config "{\"workspace\": \"$WS\", \"data\": {\"n_jobs\": $SIZE}}"
 grep -E "Elapsed \(wall|Maximum resident" var/demo-build.time | sed 's/^\s*/   /'
 
 echo "== 2/3 Ray Serve on http://127.0.0.1:$PORT (log: var/serve.log)"

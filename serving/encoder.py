@@ -15,6 +15,7 @@ from ray import serve
 from ray.exceptions import RayTaskError
 
 from ebr.config import Workspace
+from ebr.versions import version_paths
 
 
 class UnknownMember(LookupError):
@@ -51,7 +52,7 @@ def request_tower_dir(ws: Workspace, model_version: str) -> Path:
     Serving another version's request tower against this slot would return plausible-looking
     but meaningless neighbours, so there is no fallback.
     """
-    path = ws.models / model_version
+    path = version_paths(ws, model_version).model
     if not (path / "request_tower.pt").is_file():
         raise FileNotFoundError(
             f"the served slot was built with model {model_version!r} but {path} has no "
@@ -76,7 +77,7 @@ class RequestEncoder:
         self._tower, self._cfg, meta = load_request_tower(request_tower_dir(ws, model_version))
         if meta.get("version") != model_version:
             raise ValueError(
-                f"{ws.models / model_version} says version {meta.get('version')!r}, "
+                f"{request_tower_dir(ws, model_version)} says version {meta.get('version')!r}, "
                 f"expected {model_version!r}"
             )
         self._version = model_version

@@ -16,12 +16,12 @@ from ebr.config import DataConfig, IndexConfig, ModelConfig, TrainConfig, Worksp
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
-def generate_marketplace(workspace: str, size: int, seed: int) -> str:
+def generate_marketplace(workspace: str, data: DataConfig) -> str:
     """Write jobs/members/impressions Parquet tables; returns the data folder."""
     from ebr.data.marketplace import write_marketplace
 
     ws = Workspace(Path(workspace))
-    print(write_marketplace(DataConfig(n_jobs=size, seed=seed), ws.data))
+    print(write_marketplace(data, ws.data))
     return str(ws.data)
 
 
@@ -35,12 +35,14 @@ def _tables(data_dir: str) -> dict[str, Any]:
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
-def train_member_interest(workspace: str, data_dir: str, interest_version: str, epochs: int) -> str:
+def train_member_interest(
+    workspace: str, data_dir: str, interest_version: str, train: TrainConfig
+) -> str:
     """Train the member-interest model; saves interest/models/<iv>, returns that folder."""
     from ebr.model.artifact import save_model
     from ebr.model.interest import train_interest
 
-    t, tcfg = _tables(data_dir), TrainConfig(epochs=epochs)
+    t, tcfg = _tables(data_dir), train
     model, metrics = train_interest(t["jobs"], t["members"], t["impressions"], tcfg)
     print(metrics)
     meta = {"train": asdict(tcfg), "metrics": metrics}
@@ -54,30 +56,26 @@ def train_two_tower(
     workspace: str,
     data_dir: str,
     version: str,
-    epochs: int,
     interest_dir: str,
-    text_encoder: str = "hashed",
+    model: ModelConfig,
+    train: TrainConfig,
 ) -> str:
     """Train the composite multi-task model on the impression log, reading the member-interest
     model at ``interest_dir`` (lineage saved in model.json); returns models/<version>.
-    ``text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title vectors)."""
+    ``model.text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title
+    vectors)."""
     from ebr.model.artifact import save_model
     from ebr.model.text import training_vocabulary
     from ebr.model.train import train_with_interest
 
-    t, tcfg = _tables(data_dir), TrainConfig(epochs=epochs)
-    model, metrics, lineage = train_with_interest(
-        t["jobs"],
-        t["members"],
-        t["impressions"],
-        Path(interest_dir),
-        ModelConfig(text_encoder=text_encoder),
-        tcfg,
+    t, tcfg = _tables(data_dir), train
+    trained, metrics, lineage = train_with_interest(
+        t["jobs"], t["members"], t["impressions"], Path(interest_dir), model, tcfg
     )
     print(metrics)
     meta = {"train": asdict(tcfg), "metrics": metrics, "lineage": lineage}
     vocab = training_vocabulary(t["jobs"], t["members"], t["impressions"])
-    return str(save_model(model, Workspace(Path(workspace)).models, version, meta, vocab))
+    return str(save_model(trained, Workspace(Path(workspace)).models, version, meta, vocab))
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
@@ -88,11 +86,11 @@ def embed_member_interest(
     ``version`` was co-trained with (history up to ``history_holdout_days`` before the log's
     end); returns their folder, or "" for a model without a member-interest input."""
     from ebr.data.pairs import split_cutoff
-    from ebr.versions import interest_version, read_meta
+    from ebr.versions import interest_version, read_meta, version_paths
     from pipelines.embed import embed_interest
 
     ws = Workspace(Path(workspace))
-    iv = interest_version(read_meta(ws.models / version))
+    iv = interest_version(read_meta(version_paths(ws, version).model))
     if iv is None:
         return ""
     before = None
@@ -143,14 +141,13 @@ def serving_version(workspace: str, version: str) -> str:
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
-def build_index_slot(workspace: str, version: str, index_kind: str, nprobe: int, live: str) -> str:
-    """Build an immutable FAISS slot from the job embeddings; moves jobs@<version>, and
-    jobs@live as ``live`` says (ebr.releases.build_job_slot: refresh | promote | keep)."""
+def build_index_slot(workspace: str, version: str, index: IndexConfig, live: str) -> str:
+    """Build an immutable FAISS slot from the job embeddings (tuned to ``index.target_recall``);
+    moves jobs@<version>, and jobs@live as ``live`` says (ebr.releases.build_job_slot: refresh
+    | promote | keep)."""
     from ebr.releases import build_job_slot
 
-    info = build_job_slot(
-        Workspace(Path(workspace)), version, IndexConfig(kind=index_kind, nprobe=nprobe), live
-    )
+    info = build_job_slot(Workspace(Path(workspace)), version, index, live)
     print(info)
     return str(info["slot"])
 

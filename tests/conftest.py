@@ -3,6 +3,7 @@ that needs trained models, embeddings, Feast tables and a slot (building it is t
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -28,10 +29,11 @@ def platform_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace built by ``pyflyte run workflows/platform.py build_platform`` (the CLI a user
     runs), locally, at tiny size."""
     root = tmp_path_factory.mktemp("platform")
+    config = {"workspace": str(root), "data": {"n_jobs": TINY_SIZE}}
+    config["train"] = {"epochs": TINY_EPOCHS}
     cmd = [
         str(Path(sys.executable).with_name("pyflyte")), "run", "workflows/platform.py",
-        "build_platform", "--workspace", str(root), "--size", str(TINY_SIZE),
-        "--epochs", str(TINY_EPOCHS),
+        "build_platform", "--config", json.dumps(config),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

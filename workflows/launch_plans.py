@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flytekit import CronSchedule, LaunchPlan
 
+from ebr.config import BuildConfig, DataConfig, ReembedConfig
 from workflows.platform import build_platform, reembed
 
 # 02:00 UTC nightly: re-embed the catalog with the model version jobs@live serves when the run
@@ -18,10 +19,9 @@ nightly_reembed = LaunchPlan.get_or_create(
     schedule=CronSchedule(schedule="0 2 * * *"),
     # Production logs end now: the member-interest history uses every engagement.
     default_inputs={
-        "workspace": "/data/ebr",
-        "version": "",
-        "history_holdout_days": 0,
-        "live": "refresh",
+        "config": ReembedConfig(
+            workspace="/data/ebr", version="", history_holdout_days=0, live="refresh"
+        )
     },
 )
 
@@ -29,5 +29,5 @@ nightly_reembed = LaunchPlan.get_or_create(
 full_build = LaunchPlan.get_or_create(
     workflow=build_platform,
     name="ebr.build_platform",
-    default_inputs={"workspace": "/data/ebr", "size": 100_000},
+    default_inputs={"config": BuildConfig(workspace="/data/ebr", data=DataConfig(n_jobs=100_000))},
 )

@@ -1,20 +1,30 @@
-"""Flyte workflows for the whole EBR data path.
+"""Flyte workflows for the whole EBR data path; each takes one frozen config (ebr.config).
 
-    pyflyte run workflows/platform.py build_platform --workspace var/demo --size 5000
-    pyflyte run workflows/platform.py reembed --workspace var/demo      # the live version
+    pyflyte run workflows/platform.py build_platform --config '{"data": {"n_jobs": 5000}}'
+    pyflyte run workflows/platform.py reembed --config '{"workspace": "var/demo"}'  # live version
+
+A config is JSON; fields left out keep their defaults (``BuildConfig``: workspace, version,
+interest_version, data, model, train, batch_size, history_holdout_days, index;
+``ReembedConfig``: workspace, version, batch_size, history_holdout_days, live, index), e.g.
+``--config '{"index": {"kind": "ivf", "target_recall": 0.97}}'``. A bad value fails before
+any task runs, naming the field.
 
 ``build_platform``: marketplace data -> member-interest model -> composite multi-task
-two-tower (co-trained with that interest version, lineage in its model.json) -> ``reembed``,
-plus an evaluation report (a Flyte Deck) beside the release. ``reembed`` (scheduled nightly,
-see launch_plans.py) refreshes the batch member-interest embeddings with the interest version
-the model names, then Beam-embeds jobs and members, publishes the Feast tables and builds and
-promotes an index slot, as fresh jobs and engagements arrive.
+two-tower (co-trained with that interest version, lineage in its model.json) -> the
+re-embedding steps, plus an evaluation report (a Flyte Deck) beside the release. ``reembed``
+(scheduled nightly, see launch_plans.py) refreshes the batch member-interest embeddings with
+the interest version the model names, then Beam-embeds jobs and members, publishes the Feast
+tables and builds and promotes an index slot, as fresh jobs and engagements arrive.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flytekit import workflow
 
+from ebr.config import BuildConfig, ReembedConfig
 from tasks.platform import (
     build_index_slot,
     embed_catalog,
@@ -27,41 +37,34 @@ from tasks.platform import (
     train_two_tower,
 )
 
+# The workflows' defaults (frozen: one shared instance each is safe).
+REEMBED_DEFAULTS = ReembedConfig()
+BUILD_DEFAULTS = BuildConfig()
 
-@workflow
-def reembed(
-    workspace: str = "var/demo",
-    version: str = "",
-    batch_size: int = 256,
-    index_kind: str = "ivfpq",
-    nprobe: int = 16,
-    history_holdout_days: int = 2,
-    live: str = "refresh",
-) -> str:
-    """Embed the catalog with models/<version>, publish to Feast, build a slot.
 
-    ``version`` "" re-embeds whatever version jobs@live serves when the run starts.
-    ``live``: "refresh" moves jobs@live to the new slot only while live still serves this
-    version (a scheduled run never moves live to another version); "promote" always (an
-    explicit release); "keep" never. ``history_holdout_days``: the member-interest history
-    stops this many days before the log's end (the demo's evaluation days; 0 in production,
-    where the log ends now).
-    """
-    version = serving_version(workspace=workspace, version=version)
+def _reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: Any = None) -> Any:
+    """The re-embedding tasks, in order (both workflows compose them). ``config``: the
+    workflow's config promise (a ``BuildConfig`` or ``ReembedConfig``: both have workspace,
+    batch_size, history_holdout_days and index); ``version()`` gives the version's promise.
+    Each use reads an attribute afresh (flytekit cannot pass one attribute promise to two
+    tasks). Each step reads what the one before wrote
+    into the workspace (no task takes an input only to be ordered): interest embeddings ->
+    catalogue embeddings (members joined with them) -> Feast tables -> the slot, which goes
+    live only after the tables beside it. ``after``: a node the first step waits for (what
+    wrote models/<v>)."""
     interest = embed_member_interest(
-        workspace=workspace,
-        version=version,
-        batch_size=batch_size,
-        history_holdout_days=history_holdout_days,
+        workspace=config.workspace,
+        version=version(),
+        batch_size=config.batch_size,
+        history_holdout_days=config.history_holdout_days,
     )
-    emb = embed_catalog(workspace=workspace, version=version, batch_size=batch_size)
-    repo = publish_features(workspace=workspace, version=version)
+    if after is not None:
+        after >> interest
+    emb = embed_catalog(workspace=config.workspace, version=version(), batch_size=config.batch_size)
+    repo = publish_features(workspace=config.workspace, version=version())
     slot = build_index_slot(
-        workspace=workspace, version=version, index_kind=index_kind, nprobe=nprobe, live=live
+        workspace=config.workspace, version=version(), index=config.index, live=live
     )
-    # Each step reads what the one before wrote into the workspace (no task takes an input
-    # only to be ordered): interest embeddings -> catalogue embeddings (members joined with
-    # them) -> Feast tables -> the slot, which goes live only after the tables beside it.
     interest >> emb
     emb >> repo
     repo >> slot
@@ -69,39 +72,33 @@ def reembed(
 
 
 @workflow
-def build_platform(
-    workspace: str = "var/demo",
-    size: int = 5000,
-    seed: int = 7,
-    version: str = "v1",
-    interest_version: str = "v1",
-    epochs: int = 6,
-    text_encoder: str = "hashed",
-    batch_size: int = 256,
-    index_kind: str = "ivfpq",
-    nprobe: int = 16,
-) -> str:
-    """The full data path at ``size`` jobs; returns the name of the slot now serving."""
-    data = generate_marketplace(workspace=workspace, size=size, seed=seed)
+def reembed(config: ReembedConfig = REEMBED_DEFAULTS) -> str:
+    """Embed the catalog with models/<version>, publish to Feast, build a slot (see
+    ``ebr.config.ReembedConfig``); returns the new slot's name."""
+    version = serving_version(workspace=config.workspace, version=config.version)
+    return _reembed_steps(config, lambda: version, config.live)  # type: ignore[no-any-return]
+
+
+@workflow
+def build_platform(config: BuildConfig = BUILD_DEFAULTS) -> str:
+    """The full data path (see ``ebr.config.BuildConfig``); returns the name of the slot now
+    serving. Building a version on demand is the operator's release of it: live moves to it."""
+    data = generate_marketplace(workspace=config.workspace, data=config.data)
     interest = train_member_interest(
-        workspace=workspace, data_dir=data, interest_version=interest_version, epochs=epochs
+        workspace=config.workspace,
+        data_dir=data,
+        interest_version=config.interest_version,
+        train=config.train,
     )
     model = train_two_tower(
-        workspace=workspace,
+        workspace=config.workspace,
         data_dir=data,
-        version=version,
-        epochs=epochs,
+        version=config.version,
         interest_dir=interest,
-        text_encoder=text_encoder,
+        model=config.model,
+        train=config.train,
     )
-    slot = reembed(
-        workspace=workspace,
-        version=version,
-        batch_size=batch_size,
-        index_kind=index_kind,
-        nprobe=nprobe,
-        live="promote",  # building a version on demand is the operator's release of it
-    )
-    model >> slot  # re-embedding reads models/<version>, which training wrote
-    evaluate_model(workspace=workspace, model_dir=model, version=version, slot=slot)
-    return slot
+    # Re-embedding reads models/<version>, which training wrote.
+    slot = _reembed_steps(config, lambda: config.version, "promote", after=model)
+    evaluate_model(workspace=config.workspace, model_dir=model, version=config.version, slot=slot)
+    return slot  # type: ignore[no-any-return]

@@ -213,6 +213,7 @@ def evaluate_release(
     from ebr.index.live import served_search
     from ebr.model.artifact import load_two_tower, load_vocabulary, verified_interest
     from ebr.model.interest import load_interest_snapshots
+    from ebr.versions import interest_paths
 
     jobs, members, impressions = (
         pd.read_parquet(ws.data / f"{n}.parquet") for n in ("jobs", "members", "impressions")
@@ -222,7 +223,7 @@ def evaluate_release(
     iv = verified_interest(ws.interest_models, meta)
     if iv is not None:
         snaps = load_interest_snapshots(
-            ws.interest_models / iv, jobs, members, impressions, eval_days
+            interest_paths(ws, iv).model, jobs, members, impressions, eval_days
         )
     vocab = load_vocabulary(model_dir) or training_vocabulary(jobs, members, impressions)
     report = evaluate_marketplace(

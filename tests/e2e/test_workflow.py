@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ebr.config import IndexConfig, ReembedConfig
 from ebr.index.aliases import read_aliases, resolve_alias
 from ebr.index.slot import load_slot
 from tests.conftest import REPO, TINY_SIZE
@@ -81,12 +82,13 @@ def test_nightly_reembed_promotes_a_new_slot_and_keeps_the_old(
     for f in ("registry.db", "online.db"):
         (ws / "feature_repo" / "data" / f).unlink()
     before = read_aliases(ws / "slots")["jobs@live"]
-    after = reembed(workspace=str(ws), version="v1", index_kind="flat")
+    flat = IndexConfig(kind="flat")
+    after = reembed(config=ReembedConfig(workspace=str(ws), version="v1", index=flat))
     assert after != before and read_aliases(ws / "slots")["jobs@live"] == after
     assert load_slot(ws / "slots" / before).name == before  # old slot intact for rollback
     assert load_slot(ws / "slots" / after).manifest["index"]["kind"] == "flat"
     # The nightly launch plan passes no version: it re-embeds whatever live serves now.
-    again = reembed(workspace=str(ws), index_kind="flat", history_holdout_days=2)
+    again = reembed(config=ReembedConfig(workspace=str(ws), index=flat, history_holdout_days=2))
     assert again not in (before, after) and read_aliases(ws / "slots")["jobs@live"] == again
     assert load_slot(ws / "slots" / again).model_version == "v1"
 
@@ -134,4 +136,8 @@ def test_each_step_runs_after_the_one_whose_files_it_reads() -> None:
     assert "embed_catalog" in steps["publish_features"]
     assert "publish_features" in steps["build_index_slot"]
     build = upstream(build_platform)
-    assert "train_two_tower" in build["reembed"]
+    # Re-embedding (its first step) waits for the model training wrote; the rest follow it.
+    assert "train_two_tower" in build["embed_member_interest"]
+    assert "embed_member_interest" in build["embed_catalog"]
+    assert "publish_features" in build["build_index_slot"]
+    assert "build_index_slot" in build["evaluate_model"]

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from ebr.config import ModelConfig
-from ebr.versions import check_version, interest_version, model_config, read_meta
+from ebr.config import ModelConfig, Workspace
+from ebr.versions import (
+    check_version,
+    interest_paths,
+    interest_version,
+    model_config,
+    read_meta,
+    version_paths,
+)
 
 
 @pytest.mark.parametrize("good", ["v1", "v2", "v123456"])
@@ -47,3 +54,20 @@ def test_eval_days_are_the_ones_the_model_recorded() -> None:
     for meta in ({}, {"train": {}}, {"train": {"eval_days": 0}}, {"train": {"eval_days": "2"}}):
         with pytest.raises(ValueError, match="records no train.eval_days"):
             eval_days(meta)
+
+
+def test_a_versions_paths_come_from_one_place(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    p = version_paths(ws, "v2")
+    assert (p.model, p.embeddings) == (tmp_path / "models" / "v2", tmp_path / "embeddings" / "v2")
+    assert (p.jobs.name, p.members.name) == ("jobs.parquet", "members.parquet")
+    assert p.jobs.parent == p.members.parent == p.embeddings
+    i = interest_paths(ws, "v7")
+    assert i.model == tmp_path / "interest" / "models" / "v7"
+    assert i.members == tmp_path / "interest" / "embeddings" / "v7" / "members.parquet"
+    # A name that is not a version never becomes a path (no "../" out of the workspace).
+    for bad in ("../v1", "latest", "v1/.."):
+        with pytest.raises(ValueError, match="version must match"):
+            version_paths(ws, bad)
+        with pytest.raises(ValueError, match="version must match"):
+            interest_paths(ws, bad)
