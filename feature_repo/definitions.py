@@ -4,24 +4,69 @@ Feast holds embedding TABLES only (lookups by id); nearest-neighbour search live
 index slots. Every source path is relative to this folder: Feast resolves it against the repo
 path for ``materialize``, ``get_historical_features`` and ``push(..., ONLINE_AND_OFFLINE)``.
 
+The model versions served are data, not code: ``versions.json`` beside this file lists them,
+each with the member-interest version it was co-trained with (null for none)::
+
+    {"versions": [{"version": "v1", "interest_version": "v1"}]}
+
+``feature_repo/store.py``'s ``publish`` writes it (and copies this file verbatim); a missing or
+malformed list fails the import, naming the file.
+
 Apply by hand: ``cd <workspace>/feature_repo && feast apply`` (``feature_repo/store.py`` does the
 same programmatically in ``publish``).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from functools import cache
+from pathlib import Path
+from typing import TypeGuard
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Bool, Float32, Float64, Int64, String
 
-# Model versions whose embedding tables this repo serves. ``store.publish`` rewrites this line in
-# the workspace copy, so the file `feast apply` reads always matches the registry.
-EMBEDDING_VERSIONS: tuple[str, ...] = ("v1",)
-# Model version -> the member-interest version it was co-trained with (its lineage); rewritten
-# by ``store.publish`` like EMBEDDING_VERSIONS. A version absent here reads no interest table.
-INTEREST_OF: dict[str, str] = {"v1": "v1"}
+VERSIONS_FILE = Path(__file__).resolve().parent / "versions.json"
+VERSIONS_FORMAT = '{"versions": [{"version": "v1", "interest_version": "v1" or null}, ...]}'
+
+
+def _is_version(value: object) -> TypeGuard[str]:
+    # ebr.versions.check_version's rule ("v" + digits), restated: `feast apply` runs this file
+    # without the code tree on its path; publish checks with ebr's own rule when writing.
+    digits = value[1:] if isinstance(value, str) and value[:1] == "v" else ""
+    return digits.isascii() and digits.isdigit()
+
+
+def read_versions(path: Path) -> dict[str, str | None]:
+    """Model version -> co-trained member-interest version (None: none), as ``path`` lists."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: it lists the model versions this repo serves ({VERSIONS_FORMAT});"
+            " feature_repo.store.publish writes it"
+        )
+    try:
+        listed = json.loads(path.read_text())["versions"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is malformed ({e!r}); expected {VERSIONS_FORMAT}") from e
+    if not isinstance(listed, list) or not listed:
+        raise ValueError(f"{path} lists no versions; expected {VERSIONS_FORMAT}")
+    out: dict[str, str | None] = {}
+    for entry in listed:
+        version = entry.get("version") if isinstance(entry, dict) else None
+        interest = entry.get("interest_version") if isinstance(entry, dict) else None
+        if not _is_version(version) or not (interest is None or _is_version(interest)):
+            raise ValueError(f"{path}: bad entry {entry!r}; expected {VERSIONS_FORMAT}")
+        if version in out:
+            raise ValueError(f"{path} lists {version!r} twice")
+        out[version] = interest
+    return out
+
+
+# Model version -> the member-interest version it was co-trained with (its lineage).
+INTEREST_OF: dict[str, str | None] = read_versions(VERSIONS_FILE)
+# Model versions whose embedding tables this repo serves.
+EMBEDDING_VERSIONS: tuple[str, ...] = tuple(INTEREST_OF)
 
 # Embeddings only change with a new model version; a short TTL would hide them from
 # point-in-time joins long before a retrain.
@@ -134,4 +179,4 @@ def embedding_views(version: str, interest_version: str | None = None) -> dict[s
 # `feast apply` discovers objects among module attributes, so each version's objects become
 # module-level names (job_embedding_v1, member_embedding_push_v1, request_features_v1, ...).
 for _version in EMBEDDING_VERSIONS:
-    globals().update(embedding_views(_version, INTEREST_OF.get(_version)))
+    globals().update(embedding_views(_version, INTEREST_OF[_version]))

@@ -8,6 +8,7 @@ Run: ``pytest -q tests/pipelines/test_feast_store.py``
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_repo import repo as feast_repo
 from feature_repo import store as feast_store
 
 pytestmark = pytest.mark.slow  # the real stack (Flyte, Beam, Feast) end to end
@@ -31,6 +33,7 @@ UNKNOWN_ID = 10_000
 def _embeddings(key: str, n: int, seed: int, version: str = "v1") -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # towers emit unit vectors
     return pd.DataFrame(
         {
             key: np.arange(1, n + 1, dtype=np.int64),
@@ -75,6 +78,16 @@ def _make_workspace(root: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def _add_version(root: Path, version: str) -> pd.DataFrame:
+    """embeddings/<version>/ of another model (no model.json: no member-interest lineage)."""
+    (root / "embeddings" / version).mkdir()
+    jobs = _embeddings("job_id", N_JOBS, seed=3, version=version)
+    jobs.to_parquet(root / "embeddings" / version / "jobs.parquet")
+    members = _embeddings("member_id", N_MEMBERS, seed=4, version=version)
+    members.to_parquet(root / "embeddings" / version / "members.parquet")
+    return jobs
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("workspace")
@@ -97,7 +110,61 @@ def test_publish_reports_counts_and_views(published: dict[str, Any]) -> None:
     for name in ("job_embeddings_v1", "member_embeddings_v1", "member_profiles"):
         assert (repo / "data" / f"{name}.parquet").is_file()
     # Only definitions travel to the workspace; the adapter itself stays in the code tree.
-    assert not (repo / "store.py").exists()
+    assert not (repo / "store.py").exists() and not (repo / "repo.py").exists()
+
+
+def test_workspace_definitions_are_the_template_and_a_versions_list(
+    published: dict[str, Any],
+) -> None:
+    repo = published["root"] / "feature_repo"
+    for name in feast_repo.DEFINITION_FILES:
+        assert (repo / name).read_bytes() == (feast_repo.TEMPLATE_DIR / name).read_bytes(), name
+    listed = json.loads((repo / "versions.json").read_text())
+    assert listed == {"versions": [{"version": "v1", "interest_version": None}]}
+
+
+def test_the_versions_file_declares_the_views_of_each_version(tmp_path: Path) -> None:
+    shutil.copy(feast_repo.TEMPLATE_DIR / "definitions.py", tmp_path / "definitions.py")
+    versions = tmp_path / "versions.json"
+    versions.write_text(
+        json.dumps(
+            {
+                "versions": [
+                    {"version": "v1", "interest_version": "v7"},
+                    {"version": "v2", "interest_version": None},
+                ]
+            }
+        )
+    )
+    defs = vars(feast_repo.load_definitions(tmp_path / "definitions.py"))
+    assert {"job_embedding_v1", "member_embedding_push_v2", "member_interest_v7"} <= set(defs)
+    interest = {name for name in defs if name.startswith("member_interest_")}
+    assert interest == {f"member_interest_v7{end}" for end in ("", "_source", "_push")}
+    request = {fv.name for fv in defs["request_features_v1"].feature_view_projections}
+    assert request == {"member_embedding_v1", "member_profile", "member_interest_v7"}
+    request = {fv.name for fv in defs["request_features_v2"].feature_view_projections}
+    assert request == {"member_embedding_v2", "member_profile"}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (None, "versions.json not found"),
+        ("{not json", "malformed"),
+        ('{"versions": []}', "lists no versions"),
+        ('{"versions": [{"version": "../v1", "interest_version": null}]}', "bad entry"),
+        ('{"versions": [{"version": "v1", "interest_version": "latest"}]}', "bad entry"),
+        ('{"versions": [{"version": "v1"}, {"version": "v1"}]}', "lists 'v1' twice"),
+    ],
+)
+def test_a_missing_or_malformed_versions_file_fails_the_import_by_name(
+    tmp_path: Path, text: str | None, error: str
+) -> None:
+    shutil.copy(feast_repo.TEMPLATE_DIR / "definitions.py", tmp_path / "definitions.py")
+    if text is not None:
+        (tmp_path / "versions.json").write_text(text)
+    with pytest.raises((FileNotFoundError, ValueError), match=error):
+        feast_repo.load_definitions(tmp_path / "definitions.py")
 
 
 def test_job_and_member_embeddings_round_trip(published: dict[str, Any], store: Any) -> None:
@@ -201,6 +268,24 @@ def test_second_publish_is_idempotent(published: dict[str, Any]) -> None:
     got = feast_store.job_embeddings(again, [1, N_JOBS], "v1")
     assert np.allclose(got[1], jobs["embedding"].iloc[0])
     assert np.allclose(got[N_JOBS], jobs["embedding"].iloc[-1])
+
+
+def test_a_new_version_is_added_to_the_versions_served(tmp_path: Path) -> None:
+    """Publishing v2 keeps v1 served (both listed in versions.json, both readable); a repo
+    published before versions.json existed keeps the versions its data/ holds."""
+    tables = _make_workspace(tmp_path)
+    feast_store.publish(tmp_path, "v1")
+    (tmp_path / "feature_repo" / "versions.json").unlink()  # as an older publish left it
+    jobs_v2 = _add_version(tmp_path, "v2")
+    report = feast_store.publish(tmp_path, "v2")
+    assert report["versions_served"] == ["v1", "v2"]
+    assert not [c for c in report["apply_changes"] if c.startswith("Deleted")]
+    listed = json.loads((tmp_path / "feature_repo" / "versions.json").read_text())
+    assert [e["version"] for e in listed["versions"]] == ["v1", "v2"]
+    store = feast_store.open_store(tmp_path / "feature_repo")
+    for version, jobs in (("v1", tables["jobs"]), ("v2", jobs_v2)):
+        got = feast_store.job_embeddings(store, [1], version)[1]
+        assert got is not None and np.allclose(got, jobs["embedding"].iloc[0]), version
 
 
 def test_publish_rejects_wrong_model_version(tmp_path: Path) -> None:
