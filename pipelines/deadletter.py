@@ -24,9 +24,10 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
-from ebr.data.records import check_jobs, check_members, echo
+from ebr.data.records import MAX_ID, check_jobs, check_members, echo
+from pipelines.batches import Batch, Rebatch, Unbatch, batch_frame, batch_records, frame_records
 
 DEAD = "dead_letter"  # the tagged output every stage's refusals go to
 STAGES = (
@@ -83,50 +84,58 @@ def exception_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:REASON_CHARS]
 
 
-def _frame(batch: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Records -> DataFrame of object columns: the values as given (no int -> float coercion of
-    a column holding a null, no list -> 2-d array), so the checks see them; a key a record
-    lacks is null there."""
-    columns = dict.fromkeys(k for r in batch for k in r)
-    n = len(batch)
-    data = {c: np.fromiter((r.get(c) for r in batch), dtype=object, count=n) for c in columns}
-    return pd.DataFrame(data, index=range(n))
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows -> dicts (10x faster than ``to_dict("records")``)."""
-    columns = list(df.columns)
-    return [dict(zip(columns, row, strict=True)) for row in df.to_numpy(dtype=object)]
-
-
 class _Validate(beam.DoFn):
-    """A batch of records -> the ones that hold the record contract (normalised); one dead
-    letter per refused record."""
+    """A batch -> one list of the records that hold the record contract (normalised); one
+    dead letter per refused element."""
 
     def __init__(self, kind: str, stage: str, required: tuple[str, ...]) -> None:
         self._kind, self._stage, self._required = kind, stage, required
 
-    def process(self, batch: list[Any]) -> Iterable[Any]:
-        records = []
-        for rec in batch:
-            if isinstance(rec, Mapping):
-                records.append(rec)
-            else:
-                reason = f"not a record: {type(rec).__name__}"
-                yield dead_letter(self._stage, self._kind, None, None, reason, rec)
-        if not records:
+    def process(self, batch: Batch) -> Iterable[Any]:
+        df, others = batch_frame(batch)
+        for rec in others:
+            reason = f"not a record: {type(rec).__name__}"
+            yield dead_letter(self._stage, self._kind, None, None, reason, rec)
+        if df.empty:
             return
         check = check_jobs if self._kind == "jobs" else check_members
-        good, rejected = check(_frame(records), required=self._required)
-        for r in rejected:
-            rec = records[r.row]
-            yield dead_letter(self._stage, self._kind, r.id, r.field, r.reason, rec)
-        yield from _records(good)
+        good, rejected = check(df, required=self._required)
+        if rejected:
+            rows = batch_records(batch) if isinstance(batch, pa.Table) else None
+            records = rows if rows is not None else [r for r in batch if isinstance(r, Mapping)]
+            for r in rejected:
+                yield dead_letter(self._stage, self._kind, r.id, r.field, r.reason, records[r.row])
+        if len(good):
+            yield frame_records(good)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("jobs", "members"):
+        raise ValueError(f"kind must be 'jobs' or 'members', got {kind!r}")
+
+
+class ValidateBatches(beam.PTransform):
+    """Batches -> ``Checked``: lists of the records that hold the contract of
+    ``ebr.data.records`` (checked vectorised, one frame per batch), and the refused ones."""
+
+    def __init__(
+        self, kind: str, stage: str = "validate", required: tuple[str, ...] | None = None
+    ) -> None:
+        super().__init__()
+        _check_kind(kind)
+        self._kind, self._stage = kind, stage
+        self._required = REQUIRED[kind] if required is None else required
+
+    def expand(self, batches: beam.PCollection) -> Checked:
+        out = batches | "Check" >> beam.ParDo(
+            _Validate(self._kind, self._stage, self._required)
+        ).with_outputs(DEAD, main="good")
+        return Checked(out.good, out[DEAD])
 
 
 class ValidateRecords(beam.PTransform):
-    """records -> ``Checked``: the contract of ``ebr.data.records`` checked in batches
-    (vectorised; a one-row frame per element would cost ~0.3 ms each)."""
+    """Single records -> ``Checked``: ``ValidateBatches`` over fixed-size batches of them (a
+    one-row frame per element would cost ~0.3 ms each), the good ones one by one again."""
 
     def __init__(
         self,
@@ -136,68 +145,98 @@ class ValidateRecords(beam.PTransform):
         batch_size: int = 512,
     ) -> None:
         super().__init__()
-        if kind not in ("jobs", "members"):
-            raise ValueError(f"kind must be 'jobs' or 'members', got {kind!r}")
-        self._kind, self._stage = kind, stage
-        self._required = REQUIRED[kind] if required is None else required
+        _check_kind(kind)
+        self._validate = ValidateBatches(kind, stage, required)
         self._batch_size = batch_size
 
     def expand(self, records: beam.PCollection) -> Checked:
-        out = (
-            records
-            # Fixed batch sizes: adaptive batching starts at 1-4 elements, where a frame per
-            # batch costs as much as a frame per element. A bundle's end flushes a short batch.
-            | "Batch"
-            >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-            | "Check"
-            >> beam.ParDo(_Validate(self._kind, self._stage, self._required)).with_outputs(
-                DEAD, main="good"
-            )
-        )
-        return Checked(out.good, out[DEAD])
+        checked = records | "Batch" >> Rebatch(self._batch_size) | "Validate" >> self._validate
+        return Checked(checked.records | "Unbatch" >> Unbatch(), checked.dead_letter)
+
+
+def batch_ids(batch: Batch, key: str) -> list[int | None]:
+    """The ``key`` of each element of a batch: its integer id, or None (unreadable)."""
+    if isinstance(batch, pa.Table):
+        if key not in batch.column_names:
+            return [None] * batch.num_rows
+        return [readable_id({key: v}, key) for v in batch.column(key).to_pylist()]
+    return [readable_id(r, key) for r in batch]
+
+
+class _CountIds(beam.CombineFn):  # type: ignore[misc]  # Beam's classes are untyped
+    """Batches' id lists -> {id: copies} of the ids that occur more than once.
+
+    The accumulator holds every id as int64 (8 bytes each: 80 MB at 10M ids) on one worker;
+    an id beyond int64 is left out (validation refuses it anyway).
+    """
+
+    def create_accumulator(self) -> list[np.ndarray]:
+        return []
+
+    def add_input(self, acc: list[np.ndarray], ids: list[int | None]) -> list[np.ndarray]:
+        acc.append(np.fromiter((i for i in ids if i is not None and abs(i) <= MAX_ID), np.int64))
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
+        return [np.concatenate([a for acc in accs for a in acc] or [np.zeros(0, np.int64)])]
+
+    def extract_output(self, acc: list[np.ndarray]) -> dict[int, int]:
+        ids, counts = np.unique(self.merge_accumulators([acc])[0], return_counts=True)
+        repeated = counts > 1
+        return dict(zip(ids[repeated].tolist(), counts[repeated].tolist(), strict=True))
 
 
 class _OnlyOnce(beam.DoFn):
-    """record -> itself, or a dead letter when its id is among the ``repeated`` ones."""
+    """batch -> itself without the elements whose id is among the ``repeated`` ones (each a
+    dead letter)."""
 
     def __init__(self, kind: str) -> None:
         self._kind = kind
 
-    def process(self, rec: Any, repeated: Mapping[int, int]) -> Iterable[Any]:
-        id_ = readable_id(rec, KEYS[self._kind])
-        copies = repeated.get(id_, 1) if id_ is not None else 1
-        if copies == 1:
-            yield rec
+    def process(self, batch: Batch, repeated: Mapping[int, int]) -> Iterable[Any]:
+        key = KEYS[self._kind]
+        ids = batch_ids(batch, key) if repeated else []
+        hits = {i: repeated[id_] for i, id_ in enumerate(ids) if id_ in repeated}
+        if not hits:
+            yield batch
             return
-        why = f"repeated in the input ({copies} records): none kept, which is right is unknown"
-        yield dead_letter("unique", self._kind, id_, KEYS[self._kind], why, rec)
+        records = batch_records(batch)
+        for i, copies in hits.items():
+            why = f"repeated in the input ({copies} records): none kept, which is right is unknown"
+            yield dead_letter("unique", self._kind, ids[i], key, why, records[i])
+        kept = [r for i, r in enumerate(records) if i not in hits]
+        if kept:
+            yield kept
 
 
 class DropRepeated(beam.PTransform):
-    """records -> ``Checked``: records whose id occurs more than once are all refused.
+    """batches -> ``Checked``: batches without the records whose id occurs more than once in
+    the whole input (each copy refused).
 
     Batch runs only (a count over the whole input). Across Beam bundles "the last copy"
     (records.py's rule within one batch) has no meaning, and two embeddings of one id would
     make every reader downstream (slot build, Feast publish) refuse the whole table. Only ids
-    are shuffled (not the records); records whose id is not an integer pass through untouched:
-    validation refuses them.
+    travel to the count (not the records); records whose id is not an integer pass through
+    untouched: validation refuses them.
+
+    ``ids``: batches of the same input holding only the id column (a second, columnar read
+    of a file). Counting those instead of ``batches`` keeps the records streaming through one
+    fused stage: otherwise the runner must hold every record until the count is done.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, ids: beam.PCollection | None = None) -> None:
         super().__init__()
-        self._kind = kind
+        self._kind, self._ids = kind, ids
 
-    def expand(self, records: beam.PCollection) -> Checked:
+    def expand(self, batches: beam.PCollection) -> Checked:
         key = KEYS[self._kind]
         repeated = (
-            records
-            | "Ids"
-            >> beam.FlatMap(lambda r: [] if (i := readable_id(r, key)) is None else [(i, 1)])
-            | "Count" >> beam.CombinePerKey(sum)
-            | "Repeated" >> beam.Filter(lambda kv: kv[1] > 1)
+            (batches if self._ids is None else self._ids)
+            | "Ids" >> beam.Map(batch_ids, key)
+            | "Count" >> beam.CombineGlobally(_CountIds())
         )
-        once = records | "OnlyOnce" >> beam.ParDo(
-            _OnlyOnce(self._kind), repeated=beam.pvalue.AsDict(repeated)
+        once = batches | "OnlyOnce" >> beam.ParDo(
+            _OnlyOnce(self._kind), repeated=beam.pvalue.AsSingleton(repeated)
         ).with_outputs(DEAD, main="once")
         return Checked(once.once, once[DEAD])
 

@@ -23,32 +23,39 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
-from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ebr.config import ModelConfig, Workspace
-from ebr.data.records import vector_problem
+from ebr.data.records import UNIT_TOLERANCE, vector_problem
 from ebr.io import atomic_directory
-from ebr.model.artifact import check_lineage
-from ebr.model.features import job_tensors, request_tensors
+from ebr.model.artifact import load_item_tower, load_request_tower, verified_interest
+from ebr.model.features import job_tensors, request_tensors, stack, warm_texts
+from ebr.model.infer import run_tower
 from ebr.model.interest import member_tensors
-from ebr.model.specs import tower_specs
-from ebr.model.towers import ItemTower, RequestTower
-from ebr.versions import check_version, interest_version, model_config, read_meta
+from ebr.versions import (
+    InterestPaths,
+    VersionPaths,
+    check_version,
+    interest_paths,
+    model_config,
+    read_meta,
+    version_paths,
+)
+from pipelines.batches import ReadBatches, Rebatch, Unbatch
 from pipelines.deadletter import (
     DEAD,
     KEYS,
     Checked,
     DropRepeated,
-    ValidateRecords,
+    ValidateBatches,
     WriteDeadLetters,
     dead_letter,
     exception_reason,
@@ -58,6 +65,7 @@ from pipelines.deadletter import (
 from pipelines.joins import AttachHistory, AttachInterest
 
 KINDS = ("jobs", "members", "interest")  # item tower, request tower, member-interest tower
+ID_BATCH = 65_536  # rows per element of the id-only read that counts repeated ids
 DEAD_LETTER_NAME = "deadletter"  # <output folder>/deadletter.jsonl: the run's refused elements
 
 # Local default: the FnApiRunner runs in-process (the DirectRunner would first try to download
@@ -76,61 +84,116 @@ def _schema(id_col: str, dim: int) -> pa.Schema:
     )
 
 
+class _FeatureBatch(NamedTuple):
+    """One model input: the ids of a batch's featurized records and their stacked tensors."""
+
+    ids: list[int]
+    features: dict[str, np.ndarray]
+
+
 class _Featurize(beam.DoFn):
-    """record -> (id, {name: tensor}) with the same featurizer training used; a record the
-    featurizer raises on -> a dead letter (exception type and message)."""
+    """a batch of records -> one ``_FeatureBatch`` with the same featurizer training used; a
+    record the featurizer raises on -> a dead letter (exception type and message), its
+    batch-mates go on."""
 
     def __init__(self, kind: str, cfg: ModelConfig) -> None:
         self._kind, self._cfg = kind, cfg
 
-    def process(self, rec: Mapping[str, Any]) -> Iterable[Any]:
-        key = readable_id(rec, KEYS[self._kind])
-        try:
-            if key is None:
-                raise ValueError(f"{KEYS[self._kind]} is not an integer")
-            if self._kind == "jobs":
-                feats = job_tensors(rec, self._cfg)
-            elif self._kind == "interest":
-                feats = member_tensors(rec, rec.get("history") or "", self._cfg)
-            else:
-                feats = request_tensors(None, rec, self._cfg)
-        except Exception as e:  # routed, not swallowed: the dead letter names it
-            yield dead_letter("featurize", _table(self._kind), key, None, exception_reason(e), rec)
-            return
-        yield key, {k: torch.from_numpy(v) for k, v in feats.items()}
+    def _tensors(self, rec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if self._kind == "jobs":
+            return job_tensors(rec, self._cfg)
+        if self._kind == "interest":
+            return member_tensors(rec, rec.get("history") or "", self._cfg)
+        return request_tensors(None, rec, self._cfg)
+
+    def process(self, batch: list[Any]) -> Iterable[Any]:
+        if self._kind == "jobs":  # MiniLM configs: the batch's titles in one encoder call
+            warm_texts([r.get("title") for r in batch if isinstance(r, Mapping)], self._cfg)
+        ids, rows = [], []
+        for rec in batch:
+            key = readable_id(rec, KEYS[self._kind])
+            try:
+                if key is None:
+                    raise ValueError(f"{KEYS[self._kind]} is not an integer")
+                feats = self._tensors(rec)
+            except Exception as e:  # routed, not swallowed: the dead letter names it
+                table = _table(self._kind)
+                yield dead_letter("featurize", table, key, None, exception_reason(e), rec)
+                continue
+            ids.append(key)
+            rows.append(feats)
+        if rows:
+            yield _FeatureBatch(ids, stack(rows))
 
 
-class _ToRow(beam.DoFn):
-    """(id, prediction) -> output row; an embedding that is not a finite unit vector (the
-    towers end in F.normalize) -> a dead letter instead of a row a slot build would refuse."""
+class _TowerHandler(ModelHandler):  # type: ignore[misc]  # Beam's classes are untyped
+    """RunInference's model handler for one tower: an example is a whole ``_FeatureBatch``
+    (one forward pass each), loaded from the model folder with its checksums verified."""
 
-    def __init__(self, kind: str, version: str) -> None:
-        self._kind, self._version = kind, version
+    def __init__(self, kind: str, model_dir: Path) -> None:
+        super().__init__()
+        self._kind, self._dir = kind, model_dir
 
-    def process(self, kv: tuple[int, PredictionResult]) -> Iterable[Any]:
-        key, pred = kv
-        vec = np.asarray(pred.inference, dtype=np.float32).ravel()  # CPU tensor [dim]
-        why = vector_problem(vec)
-        if why is None:
-            yield {
-                KEYS[self._kind]: key,
-                "embedding": vec.tolist(),
-                "model_version": self._version,
-                "event_timestamp": datetime.now(UTC),
-            }
-            return
-        why = f"embedding {why}"
-        yield dead_letter("output", _table(self._kind), key, "embedding", why, {"id": key})
+    def load_model(self) -> torch.nn.Module:
+        load = load_item_tower if self._kind == "jobs" else load_request_tower
+        return load(self._dir)[0]
+
+    def run_inference(
+        self, batch: Sequence[_FeatureBatch], model: torch.nn.Module, inference_args: Any = None
+    ) -> Iterable[PredictionResult]:
+        return [PredictionResult(ex, run_tower(model, ex.features)) for ex in batch]
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": 1}  # an example is a batch already
+
+    def get_metrics_namespace(self) -> str:
+        return "ebr_embed"
+
+
+class _ToTable(beam.DoFn):
+    """prediction of a batch -> one Arrow table of output rows; an embedding that is not a
+    finite unit vector (the towers end in F.normalize) -> a dead letter instead of a row a
+    slot build would refuse."""
+
+    def __init__(self, kind: str, version: str, dim: int) -> None:
+        self._kind, self._version, self._dim = kind, version, dim
+
+    def process(self, pred: PredictionResult) -> Iterable[Any]:
+        ids = np.asarray(pred.example.ids, dtype=np.int64)
+        vecs = np.asarray(pred.inference, dtype=np.float32).reshape(len(ids), -1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            norms = np.linalg.norm(vecs, axis=1)
+        ok = np.isfinite(vecs).all(axis=1) & (np.abs(norms - 1.0) <= UNIT_TOLERANCE)
+        for i in np.flatnonzero(~ok):
+            why = f"embedding {vector_problem(vecs[i])}"
+            key = int(ids[i])
+            yield dead_letter("output", _table(self._kind), key, "embedding", why, {"id": key})
+        if ok.any():
+            yield rows_table(KEYS[self._kind], ids[ok], vecs[ok], self._version)
+
+
+def rows_table(id_col: str, ids: np.ndarray, vecs: np.ndarray, version: str) -> pa.Table:
+    """Output rows (id, embedding, model_version, event_timestamp: now) as one Arrow table."""
+    n, dim = vecs.shape
+    now = datetime.now(UTC)
+    columns = [
+        pa.array(ids, pa.int64()),
+        pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel(), pa.float32()), dim),
+        pa.array([version] * n, pa.string()),
+        pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.Table.from_arrays(columns, schema=_schema(id_col, dim))
 
 
 def _failed_batch(kind: str) -> Any:
-    """(batch of (id, tensors), exception) from RunInference -> one dead letter per element."""
+    """(batch of ``_FeatureBatch``, exception) from RunInference -> one dead letter per row."""
 
-    def rows(failed: tuple[Sequence[tuple[int, Any]], BaseException]) -> Iterable[Any]:
+    def rows(failed: tuple[Sequence[_FeatureBatch], BaseException]) -> Iterable[Any]:
         batch, exc = failed
-        for key, _ in batch:
-            row = dead_letter("inference", _table(kind), key, None, exception_reason(exc))
-            yield row.value
+        for example in batch:
+            for key in example.ids:
+                row = dead_letter("inference", _table(kind), key, None, exception_reason(exc))
+                yield row.value
 
     return rows
 
@@ -139,60 +202,60 @@ def _table(kind: str) -> str:
     return "jobs" if kind == "jobs" else "members"  # interest runs embed member records
 
 
-class EmbedRecords(beam.PTransform):
-    """records -> ``Checked(rows, dead_letter)``: rows {id, embedding, model_version,
-    event_timestamp}; every record refused on the way (validation, featurizer, inference,
-    output check) as a dead letter (pipelines.deadletter).
+class EmbedBatches(beam.PTransform):
+    """batches of records (``pipelines.batches``) -> ``Checked(tables, dead_letter)``: one
+    Arrow table of rows {id, embedding, model_version, event_timestamp} per batch; every record
+    refused on the way (validation, featurizer, inference, output check) as a dead letter
+    (pipelines.deadletter). One forward pass per batch: the per-row Python cost is the
+    featurizer's, as in the plain torch loop.
 
-    Shared by batch and (later) streaming pipelines: only sources and sinks differ. With
+    Shared by batch and streaming pipelines: only sources and sinks differ. With
     ``validate=False`` the caller has validated the records already (batch runs do, before
-    their joins).
+    their joins) and the elements are lists of records.
     """
 
-    def __init__(self, kind: str, model_dir: Path, batch_size: int, validate: bool = True) -> None:
+    def __init__(self, kind: str, model_dir: Path, validate: bool = True) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         meta = read_meta(model_dir)
         self._kind, self._cfg = kind, model_config(meta)
         self._version, self._validate = meta["version"], validate
-        request_spec, item_spec = tower_specs(self._cfg)
-        tower, file, spec = (
-            (ItemTower, "item_tower.pt", item_spec)
-            if kind == "jobs"
-            else (RequestTower, "request_tower.pt", request_spec)
-        )
-        self._handler = KeyedModelHandler(
-            PytorchModelHandlerKeyedTensor(
-                state_dict_path=str(model_dir / file),
-                model_class=tower,
-                model_params={"cfg": self._cfg, "spec": spec},
-                # Explicit batch sizes: Beam's defaults kept batches at 1-4 elements (30x slower).
-                min_batch_size=batch_size,
-                max_batch_size=batch_size,
-                load_model_args={"weights_only": True},
-            )
-        )
+        self._handler = _TowerHandler(kind, model_dir)
 
-    def expand(self, records: beam.PCollection) -> Checked:
+    def expand(self, batches: beam.PCollection) -> Checked:
         dead = []
         if self._validate:
-            checked = records | "Validate" >> ValidateRecords(_table(self._kind))
-            records, dead = checked.records, [checked.dead_letter]
-        feats = records | "Featurize" >> beam.ParDo(_Featurize(self._kind, self._cfg)).with_outputs(
+            checked = batches | "Validate" >> ValidateBatches(_table(self._kind))
+            batches, dead = checked.records, [checked.dead_letter]
+        feats = batches | "Featurize" >> beam.ParDo(_Featurize(self._kind, self._cfg)).with_outputs(
             DEAD, main="ok"
         )
         preds, failed = (
             feats.ok | "RunInference" >> RunInference(self._handler).with_exception_handling()
         )
-        rows = preds | "ToRow" >> beam.ParDo(_ToRow(self._kind, self._version)).with_outputs(
-            DEAD, main="rows"
-        )
+        tables = preds | "ToTable" >> beam.ParDo(
+            _ToTable(self._kind, self._version, self._cfg.dim)
+        ).with_outputs(DEAD, main="tables")
         failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(
             _failed_batch(self._kind)
         )
-        dead += [feats[DEAD], failed_rows, rows[DEAD]]
-        return Checked(rows.rows, tuple(dead) | "DeadLetters" >> beam.Flatten())
+        dead += [feats[DEAD], failed_rows, tables[DEAD]]
+        return Checked(tables.tables, tuple(dead) | "DeadLetters" >> beam.Flatten())
+
+
+class EmbedRecords(beam.PTransform):
+    """single records -> ``Checked(rows, dead_letter)``: ``EmbedBatches`` over batches of
+    ``batch_size`` of them, the rows one by one again (dicts)."""
+
+    def __init__(self, kind: str, model_dir: Path, batch_size: int, validate: bool = True) -> None:
+        super().__init__()
+        self._embed = EmbedBatches(kind, model_dir, validate)
+        self._batch_size = batch_size
+
+    def expand(self, records: beam.PCollection) -> Checked:
+        embedded = records | "Batch" >> Rebatch(self._batch_size) | "Embed" >> self._embed
+        return Checked(embedded.records | "Rows" >> Unbatch(), embedded.dead_letter)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -217,19 +280,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _sink(id_col: str, path: Path, dim: int) -> beam.PTransform:
-    return beam.io.WriteToParquet(
+    return beam.io.WriteToParquetBatched(
         str(path),
         schema=_schema(id_col, dim),
         file_name_suffix=".parquet",
         num_shards=1,
         shard_name_template="",
     )
-
-
-def _source(path: Path) -> beam.PTransform:
-    if not path.exists():
-        raise FileNotFoundError(f"missing input table {path}")
-    return beam.io.ReadFromParquet(str(path))
 
 
 def embed_catalog(
@@ -297,15 +354,15 @@ def _embed(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     interest_run = interest_version is not None
+    paths: VersionPaths | InterestPaths
     if interest_version is not None:
-        model_dir = ws.interest_models / interest_version
-        out = ws.interest_embeddings / interest_version
+        paths = interest_paths(ws, interest_version)
         outputs = {"members": "member_id"}
     else:
         assert version is not None, "a catalogue run names its model version"
-        model_dir = ws.models / version
-        out = ws.embeddings / version
+        paths = version_paths(ws, version)
         outputs = {"jobs": "job_id", "members": "member_id"}
+    model_dir, out = paths.model, paths.embeddings
     options = list(runner_options)
     if not any(o.startswith("--runner") for o in options):
         options.insert(0, f"--runner={DEFAULT_RUNNER}")
@@ -317,30 +374,32 @@ def _embed(
         dead: list[beam.PCollection] = []
 
         def checked(name: str, kind: str) -> beam.PCollection:
-            """The input table's records that are unique and hold the record contract."""
-            label = name.capitalize()
-            raw = pipeline | f"Read{label}" >> _source(ws.data / f"{name}.parquet")
-            once = raw | f"Unique{label}" >> DropRepeated(kind)
-            valid = once.records | f"Validate{label}" >> ValidateRecords(kind)
+            """Batches of the input table's records that are unique and hold the record
+            contract (lists of dicts)."""
+            label, path = name.capitalize(), ws.data / f"{name}.parquet"
+            raw = pipeline | f"Read{label}" >> ReadBatches(path, batch_size)
+            ids = pipeline | f"Read{label}Ids" >> ReadBatches(path, ID_BATCH, [KEYS[kind]])
+            once = raw | f"Unique{label}" >> DropRepeated(kind, ids)
+            valid = once.records | f"Validate{label}" >> ValidateBatches(kind)
             dead.extend([once.dead_letter, valid.dead_letter])
             return valid.records
 
-        def embed(label: str, kind: str, records: beam.PCollection, name: str) -> None:
-            embedded = records | f"Embed{label}" >> EmbedRecords(
-                kind, model_dir, batch_size, validate=False
-            )
+        def embed(label: str, kind: str, batches: beam.PCollection, name: str) -> None:
+            embedded = batches | f"Embed{label}" >> EmbedBatches(kind, model_dir, validate=False)
             embedded.records | f"Write{label}" >> _sink(KEYS[kind], staging / name, cfg.dim)
             dead.append(embedded.dead_letter)
 
         members = checked("members", "members")
         if interest_run:
-            joined = members | "History" >> AttachHistory(ws, history_before)
+            # The history join is keyed per member (a CoGroupByKey with the engagements).
+            single = members | "Members" >> Unbatch()
+            joined = single | "History" >> AttachHistory(ws, history_before)
             dead.append(joined.dead_letter)
-            embed("Interest", "interest", joined.records, "members")
+            embed("Interest", "interest", joined.records | Rebatch(batch_size), "members")
         else:
-            iv = check_lineage(meta, _interest_dir(ws, meta))
+            iv = verified_interest(ws.interest_models, meta)
             if iv is not None:
-                table = ws.interest_embeddings / iv / "members.parquet"
+                table = interest_paths(ws, iv).members
                 joined = members | "Interest" >> AttachInterest(table, cfg.interest_dim)
                 members = joined.records
                 dead.append(joined.dead_letter)
@@ -358,11 +417,6 @@ def _embed(
         "seconds": round(time.perf_counter() - t0, 2),
         "path": str(out),
     }
-
-
-def _interest_dir(ws: Workspace, meta: dict[str, Any]) -> Path | None:
-    iv = interest_version(meta)
-    return None if iv is None else ws.interest_models / iv
 
 
 if __name__ == "__main__":

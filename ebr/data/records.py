@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -129,16 +130,25 @@ def _check_id(b: _Batch, field: str) -> None:
     b.flag(~ok, field, lambda v: f"must be an integer in [0, 2**63), got {echo(v)}")
 
 
+def _each(col: pd.Series, fn: Any, dtype: Any = bool) -> np.ndarray:
+    """``fn`` of each value of ``col`` as an array (a plain loop: ``Series.map`` costs more)."""
+    return np.fromiter(map(fn, col.tolist()), dtype, count=len(col))
+
+
 def _check_text(b: _Batch, field: str, required: bool) -> None:
     col = b.df[field]
     null = _nulls(col)
-    kind = col.map(lambda v: isinstance(v, str)).to_numpy(bool)
+    values = col.tolist()
+    n = len(values)
+    # Builtin maps, no per-value lambdas: these run on every text column of every batch.
+    kind = np.fromiter(map(isinstance, values, repeat(str)), bool, count=n)
+    texts = values if kind.all() else [v if k else "" for v, k in zip(values, kind, strict=True)]
     if required:
         b.flag(null, field, "required, got null")
-        empty = kind & col.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(bool)
-        b.flag(empty, field, "required, got an empty string")
+        stripped = np.fromiter(map(len, map(str.strip, texts)), np.int64, count=n)
+        b.flag(kind & (stripped == 0), field, "required, got an empty string")
     b.flag(~null & ~kind, field, lambda v: f"must be a string or null, got {echo(v)}")
-    long = kind & col.map(lambda v: isinstance(v, str) and len(v) > MAX_TEXT).to_numpy(bool)
+    long = np.fromiter(map(len, texts), np.int64, count=n) > MAX_TEXT
     b.flag(long, field, f"longer than {MAX_TEXT} characters")
 
 
@@ -150,8 +160,8 @@ def _is_str_list(v: Any) -> bool:
 
 def _check_skills(b: _Batch) -> None:
     col = b.df["skills"]
-    ok = col.map(lambda v: v is None or _is_str_list(v)).to_numpy(bool)
-    ok |= col.map(lambda v: isinstance(v, float) and np.isnan(v)).to_numpy(bool)
+    ok = _each(col, lambda v: v is None or _is_str_list(v))
+    ok |= _each(col, lambda v: isinstance(v, float) and np.isnan(v))
     b.flag(~ok, "skills", lambda v: f"must be a list of strings or null, got {echo(v)}")
 
 
@@ -203,7 +213,7 @@ def _check_bool(b: _Batch, field: str, required: bool) -> None:
     if pd.api.types.is_bool_dtype(col.dtype):
         return
     null = _nulls(col)
-    ok = col.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(bool)
+    ok = _each(col, lambda v: isinstance(v, bool | np.bool_))
     if required:
         b.flag(null, field, "required, got null")
     b.flag(~null & ~ok, field, lambda v: f"must be true or false, got {echo(v)}")
@@ -225,7 +235,7 @@ def _check_timestamp(b: _Batch, field: str) -> None:
             return True
         return False
 
-    b.flag(col.map(bad).to_numpy(bool), field, lambda v: f"must be a timestamp, got {echo(v)}")
+    b.flag(_each(col, bad), field, lambda v: f"must be a timestamp, got {echo(v)}")
 
 
 def _finish(df: pd.DataFrame, b: _Batch, key: str) -> tuple[pd.DataFrame, list[Rejected]]:

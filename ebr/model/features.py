@@ -48,7 +48,7 @@ def _sentence(text: str | None, cfg: ModelConfig) -> list[np.ndarray]:
     return [sentence_vectors([text])[0]]
 
 
-def _warm(texts: Sequence[str | None], cfg: ModelConfig) -> None:
+def warm_texts(texts: Sequence[str | None], cfg: ModelConfig) -> None:
     """Embed a batch's distinct texts in one MiniLM call (the per-record calls then hit the
     memo instead of running the encoder one string at a time)."""
     if _minilm(cfg):
@@ -279,7 +279,7 @@ def stack(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def job_batch(records: Sequence[Mapping[str, Any]], cfg: ModelConfig) -> dict[str, np.ndarray]:
-    _warm([r["title"] for r in records], cfg)
+    warm_texts([r["title"] for r in records], cfg)
     return stack([job_tensors(r, cfg) for r in records])
 
 
@@ -294,7 +294,7 @@ def request_batch(
     if whens is not None and len(whens) != len(queries):
         raise ValueError(f"{len(queries)} queries but {len(whens)} request times")
     times = whens if whens is not None else [None] * len(queries)
-    _warm(queries, cfg)
+    warm_texts(queries, cfg)
     return stack(
         [request_tensors(q, m, cfg, t) for q, m, t in zip(queries, members, times, strict=True)]
     )

@@ -331,7 +331,7 @@ def test_an_unreadable_id_does_not_refuse_the_job_it_equals(ws: Workspace) -> No
     assert job["job_id"] == 1
     batch = [job, _job(job, True), _job(job, 1.0)]
     out = list(_Validate("jobs", "validate", ("job_id", "title", "remote")).process(batch))
-    good = [r for r in out if isinstance(r, dict)]
+    good = [r for b in out if isinstance(b, list) for r in b]
     assert [r["job_id"] for r in good] == [1]  # True and 1.0 are refused, job 1 is not
 
 
@@ -341,7 +341,7 @@ def test_featurizer_and_output_failures_are_dead_letters(ws: Workspace) -> None:
     embedding are refused one element at a time; the batch-mates go on."""
     import apache_beam as beam
 
-    from pipelines.embed import EmbedRecords, _failed_batch
+    from pipelines.embed import EmbedRecords, _failed_batch, _FeatureBatch
 
     jobs = pd.read_parquet(ws.data / "jobs.parquet").head(6).to_dict("records")
     no_title = {k: v for k, v in _job(jobs[0], 10_021).items() if k != "title"}
@@ -371,7 +371,7 @@ def test_featurizer_and_output_failures_are_dead_letters(ws: Workspace) -> None:
             label="dead letters",
         )
     # A batch the model raises on: one dead letter per element of it, the exception named.
-    rows = list(_failed_batch("members")(([(1, {}), (2, {})], RuntimeError("x" * 500))))
+    rows = list(_failed_batch("members")(([_FeatureBatch([1, 2], {})], RuntimeError("x" * 500))))
     assert [(r["stage"], r["kind"], r["id"]) for r in rows] == [
         ("inference", "members", 1),
         ("inference", "members", 2),

@@ -15,6 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from ebr.config import Workspace
 from ebr.model.interest import history_text
+from pipelines.batches import Unbatch
 from pipelines.joins import WITHOUT_INTEREST, AttachHistory, AttachInterest
 
 DIM = 4
@@ -50,9 +51,13 @@ def test_malformed_interest_rows_are_dead_letters_and_members_go_on_without(
     )
     members = [{"member_id": i, "headline": f"m{i}"} for i in range(1, 8)]  # 7: no interest row
     with _test_pipeline() as p:
-        out = p | beam.Create(members) | AttachInterest(table, DIM)
-        got = out.records | beam.Map(
-            lambda r: (r["member_id"], None if r["interest"] is None else list(r["interest"]))
+        out = p | beam.Create([members]) | AttachInterest(table, DIM)  # one batch of members
+        got = (
+            out.records
+            | Unbatch()
+            | beam.Map(
+                lambda r: (r["member_id"], None if r["interest"] is None else list(r["interest"]))
+            )
         )
         assert_that(got, equal_to([(1, unit)] + [(i, None) for i in range(2, 8)]), label="rows")
         assert_that(
