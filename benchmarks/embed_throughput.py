@@ -79,7 +79,7 @@ class _CountRows(beam.DoFn):
 
 
 def beam_jobs(path: Path, model_dir: Path | None, batch_size: int, out: Path) -> int:
-    """Run ReadBatches -> EmbedBatches -> count + write ``out`` on the in-process FnApiRunner;
+    """Run ReadBatches -> EmbedBatches -> count + write into ``out`` on the in-process FnApiRunner;
     rows that arrived. With ``model_dir=None`` only the read runs (no write), which prices it."""
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
     tables = pipeline | "Read" >> ReadBatches(path, batch_size)
@@ -87,7 +87,11 @@ def beam_jobs(path: Path, model_dir: Path | None, batch_size: int, out: Path) ->
         tables = (tables | "Embed" >> EmbedBatches("jobs", model_dir)).records
         dim = model_config(read_meta(model_dir)).dim
         _ = tables | "Write" >> beam.io.WriteToParquetBatched(
-            str(out), schema=rows_table("job_id", np.zeros(0), np.zeros((0, dim)), "v1").schema
+            str(out / "beam_jobs"),
+            schema=rows_table("job_id", np.zeros(0), np.zeros((0, dim)), "v1").schema,
+            file_name_suffix=".parquet",
+            num_shards=1,
+            shard_name_template="",
         )
     _ = tables | "Count" >> beam.ParDo(_CountRows())
     result = pipeline.run()
