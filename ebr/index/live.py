@@ -36,8 +36,10 @@ from ebr.index.search import (
     RETRIEVALS,
     Delta,
     Hits,
+    Scope,
     check_texts,
     fuse,
+    scope,
     search_view,
     term_view,
 )
@@ -82,6 +84,7 @@ class LiveSlot:
         self._attrs: AttributeTable | None = None  # built by the first filtered query
         self._skipped: list[str] = []  # first rejected log rows: "lsn 7 row 2 (...): lat: ..."
         self._n_skipped = 0
+        self._scoped: tuple[_View, Delta, Scope] | None = None  # see _current
 
     def __enter__(self) -> LiveSlot:
         return self
@@ -208,21 +211,40 @@ class LiveSlot:
         """
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
-        # The view first, then the tables: tables only grow past a published view's size.
-        view = self._view
-        delta = Delta(view.ids, view.vecs, view.alive, list(self._tables))
-        snap, attrs = self.snapshot, self.attributes
+        view, delta, unfiltered = self._current()
+        snap, attrs, dead = self.snapshot, self.attributes, view.deleted
         if retrieval == "term":
-            return term_view(snap, view.deleted, delta, attrs, check_texts(texts), k, flt)
-        if queries is None:
+            texts = check_texts(texts)
+        elif queries is None:
             raise ValueError(f"{retrieval} retrieval needs the query vectors")
+        elif retrieval == "hybrid":
+            texts = check_texts(texts, len(queries))
+        # Once per query: the filter's mask and the live delta rows it keeps (both lists of a
+        # hybrid search read the same), and the view's deleted count instead of an [n] count.
+        sc = unfiltered if flt is None else scope(snap, dead, delta, attrs, flt, view.n_deleted)
+        if retrieval == "term":
+            assert texts is not None, "checked above"
+            return term_view(snap, dead, delta, attrs, texts, k, flt, sc)
+        assert queries is not None, "checked above"
         if retrieval == "ebr":
-            return search_view(snap, view.deleted, delta, attrs, queries, k, flt, params)
-        texts = check_texts(texts, len(queries))
+            return search_view(snap, dead, delta, attrs, queries, k, flt, params, sc)
+        assert texts is not None, "checked above"
         depth = max(k, HYBRID_DEPTH)
-        ebr = search_view(snap, view.deleted, delta, attrs, queries, depth, flt, params)
-        term = term_view(snap, view.deleted, delta, attrs, texts, depth, flt)
+        ebr = search_view(snap, dead, delta, attrs, queries, depth, flt, params, sc)
+        term = term_view(snap, dead, delta, attrs, texts, depth, flt, sc)
         return fuse(ebr, term, k, ebr_weight)
+
+    def _current(self) -> tuple[_View, Delta, Scope]:
+        """The published view, its delta and its unfiltered ``Scope`` (the not-deleted mask),
+        made once per view rather than once per query."""
+        cached = self._scoped
+        if cached is None or cached[0] is not self._view:
+            # The view first, then the tables: tables only grow past a published view's size.
+            view = self._view
+            delta = Delta(view.ids, view.vecs, view.alive, list(self._tables))
+            sc = scope(self.snapshot, view.deleted, delta, self.attributes, None, view.n_deleted)
+            cached = self._scoped = (view, delta, sc)
+        return cached
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``query`` without a filter: scores [q, k] float32 descending and job_ids [q, k]
@@ -275,7 +297,7 @@ class LiveSlot:
         v = self._view
         deleted, n_deleted = v.deleted, v.n_deleted
         rows = self._rows.get_indexer(rec.job_ids)
-        rows = rows[rows >= 0]
+        rows = np.unique(rows[rows >= 0])  # a row counts once in n_deleted, which searches trust
         if len(rows):
             deleted = deleted.copy() if copy else deleted
             n_deleted += int((~deleted[rows]).sum())

@@ -36,6 +36,8 @@ come back full but wrong. Without the safeguards below, recall@10 was 0.82 (IVF)
 
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,7 @@ from ebr.index.probing import (
     empty_page,
     exact_subset,
     graph_rounds,
+    ivf_layout,
     ivf_rounds,
     suspects,
 )
@@ -98,7 +101,8 @@ def _check_results(rows: np.ndarray, n: int, eligible: np.ndarray, need: int, wh
 
 def _validate(
     index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int, eligible: Any
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
+    """(``queries`` as C-contiguous float32, the index's row count n) or a ValueError."""
     n, d = index.ntotal, index.d
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -108,11 +112,11 @@ def _validate(
         raise ValueError(f"vectors must be float32 [{n}, {d}], got {vectors.dtype} {vectors.shape}")
     if not isinstance(queries, np.ndarray) or queries.ndim != 2 or queries.shape[1] != d:
         raise ValueError(f"queries must be [q, {d}], got {getattr(queries, 'shape', queries)}")
-    shape = getattr(eligible, "shape", type(eligible).__name__)
-    mask_ok = isinstance(eligible, np.ndarray) and eligible.dtype == np.bool_ and shape == (n,)
-    if eligible is not None and not mask_ok:
-        raise ValueError(f"eligible must be a bool mask of shape ({n},) or None, got {shape}")
-    return np.ascontiguousarray(queries, dtype=np.float32)
+    if eligible is not None:
+        shape = getattr(eligible, "shape", type(eligible).__name__)
+        if not (isinstance(eligible, np.ndarray) and eligible.dtype == np.bool_ and shape == (n,)):
+            raise ValueError(f"eligible must be a bool mask of shape ({n},) or None, got {shape}")
+    return np.ascontiguousarray(queries, dtype=np.float32), n
 
 
 def filtered_search(
@@ -130,11 +134,124 @@ def filtered_search(
     Returns scores float32 [q, k] descending (-inf pads), rows int64 [q, k] (-1 pads) and the
     Plan; each query has exactly min(k, eligible count) rows, all eligible.
     """
-    p = params or PlannerParams()
-    q = _validate(index, vectors, queries, k, eligible)
-    n, kind = index.ntotal, index_kind(index)
+    p = params or DEFAULT_PARAMS
+    q, n = _validate(index, vectors, queries, k, eligible)
+    kind, ivf, concrete = _parts(index)
+    if eligible is None and len(q) and n:
+        fast = _unfiltered(index, n, kind, ivf, concrete, vectors, q, k, p)
+        if fast is not None:
+            return fast
+    return _planned(index, kind, vectors, q, k, eligible, p)
+
+
+SMALL_BATCH = 8  # up to this many queries, the unfiltered page check runs in Python
+DEFAULT_PARAMS = PlannerParams()  # frozen: one instance serves every call without params
+_PARTS: weakref.WeakKeyDictionary[Any, tuple[str, Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _parts(index: faiss.Index) -> tuple[str, Any, Any]:
+    """(kind, IVF part or None, most-derived index) of ``index``, cached: an index's kind never
+    changes, and its knobs are read from these parts on every call (``set_search_params``
+    may change them). Finding them costs ~10 us a call, as much as a single-query search."""
+    parts = _PARTS.get(index)
+    if parts is None:
+        kind = index_kind(index)
+        ivf = faiss.extract_index_ivf(index) if kind in ("ivf", "ivfpq") else None
+        parts = _PARTS[index] = (kind, ivf, faiss.downcast_index(index))
+    return parts
+
+
+_FILLED: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = weakref.WeakKeyDictionary()
+
+
+def _all_cells_filled(index: faiss.Index, n: int) -> bool:
+    """Whether every IVF cell of ``index`` (holding ``n`` rows) holds a row: the planner probes
+    only those that do, FAISS the nprobe nearest, full or empty. Cached per index and size,
+    as ``probing.ivf_layout`` is."""
+    hit = _FILLED.get(index)
+    if hit is None or hit[0] != n:
+        hit = _FILLED[index] = (n, bool(ivf_layout(index)[2].all()))
+    return hit[1]
+
+
+@functools.lru_cache(maxsize=1024)
+def _ann_plan(n: int, k: int, nprobe: int | None, ef: int | None, kf: float | None) -> Plan:
+    """The plan of an unfiltered page filled in one round (immutable: shared across calls)."""
+    return Plan("ann", n, n, 1.0, k, nprobe, nprobe, ef, kf, 1, nprobe_final=nprobe)
+
+
+def _unfiltered(
+    index: faiss.Index,
+    n: int,
+    kind: str,
+    ivf: Any,
+    concrete: Any,
+    vectors: np.ndarray,
+    q: np.ndarray,
+    k: int,
+    p: PlannerParams,
+) -> tuple[np.ndarray, np.ndarray, Plan] | None:
+    """The ``ann`` plan without a filter, as one call of the index's own search.
+
+    Round 1 of ``_planned`` asks FAISS for exactly this page (the index's nprobe and refine,
+    or efSearch max(k, ef_search)), but pays per call for an all-true [n] mask, its count and
+    the rounds' bookkeeping: ~5x the search itself for one query on 1M rows
+    (``benchmarks/query_overhead.py``). Queries whose page comes back short take the planner
+    (re-probing, then exact), as before. None where round 1 would differ from the index's
+    own search (overridden IVF knobs, an empty IVF cell the planner would skip): the planner.
+    """
+    nprobe, k_factor, ef, sp = None, None, None, None
+    if ivf is not None:
+        if p.nprobe is not None or p.k_factor is not None or not _all_cells_filled(index, n):
+            return None
+        nprobe = int(ivf.nprobe)
+        k_factor = float(concrete.k_factor) if kind == "ivfpq" else None
+    elif kind == "hnsw":
+        own = int(concrete.hnsw.efSearch)
+        ef = min(max(k, p.ef_search or own), p.max_ef_search)
+        if ef != own:
+            sp = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            sp.efSearch = ef
+    scores, rows = index.search(q, k, params=sp)
+    need = min(k, n)
+    if need < k:  # FAISS pads with -FLT_MAX; the planner's pages with -inf
+        scores[:, need:] = -np.inf
+    plan = _ann_plan(n, k, nprobe, ef, k_factor)
+    if not _full_pages(rows, n, need):
+        short = np.flatnonzero(rows[:, need - 1] < 0)
+        if len(short):  # re-probed, then exact, by the planner; its plan covers them
+            scores[short], rows[short], plan = _planned(index, kind, vectors, q[short], k, None, p)
+        _check_results(rows, n, np.ones(n, dtype=bool), need, "ann")
+    return scores, rows, plan
+
+
+def _full_pages(rows: np.ndarray, n: int, need: int) -> bool:
+    """Whether every page of ``rows`` [q, k] holds ``need`` distinct rows in [0, n), then only
+    -1: ``_check_results`` for an all-eligible page, cheaply (Python sets for a handful of
+    queries, serving's one per call; array operations for a batch)."""
+    if need < rows.shape[1] and (rows[:, need:] != -1).any():
+        return False
+    if len(rows) <= SMALL_BATCH:
+        pages = rows[:, :need].tolist()
+        return all(len(set(r)) == need and min(r) >= 0 and max(r) < n for r in pages)
+    srt = np.sort(rows[:, :need], axis=1)
+    in_range = bool(srt[:, 0].min() >= 0 and srt[:, -1].max() < n)
+    return in_range and not (srt[:, 1:] == srt[:, :-1]).any()
+
+
+def _planned(
+    index: faiss.Index,
+    kind: str,
+    vectors: np.ndarray,
+    q: np.ndarray,
+    k: int,
+    eligible: np.ndarray | None,
+    p: PlannerParams,
+) -> tuple[np.ndarray, np.ndarray, Plan]:
+    """``filtered_search`` on checked inputs: every strategy, rounds and fallbacks."""
+    n = index.ntotal
     mask = np.ones(n, dtype=bool) if eligible is None else eligible
-    m = int(mask.sum())
+    m = int(np.count_nonzero(mask))
     need, s = min(k, m), (m / n if n else 0.0)
     filtered = m < n  # an all-eligible mask searches unfiltered: same answer, no selector cost
     small = m <= max(p.exact_max_eligible, p.exact_max_fraction * n)

@@ -151,7 +151,7 @@ def ivf_rounds(
     own = search_params(index)
     base, k_factor = p.nprobe or own["nprobe"], p.k_factor or own.get("refine")
     cell, centroids, sizes = ivf_layout(index)
-    n, m, nlist = len(cell), int(mask.sum()), len(centroids)
+    n, m, nlist = len(cell), int(np.count_nonzero(mask)), len(centroids)
     counts = sizes if m == n else np.bincount(cell[mask], minlength=nlist)  # eligible per cell
     live = np.flatnonzero(counts)  # cells holding eligible rows: the only ones worth a probe
     scores = q @ centroids[live].T  # [nq, live]: the order FAISS probes cells in
@@ -235,7 +235,7 @@ def graph_rounds(
     ``exact_share`` of the eligible rows, is not run: the exact scan is cheaper, and exact.
     """
     own = search_params(index)
-    n, m = len(mask), int(mask.sum())
+    n, m = len(mask), int(np.count_nonzero(mask))
     s = m / n if n else 0.0
     hnsw = "ef_search" in own
     base = p.ef_search or own.get("ef_search", 1)

@@ -22,8 +22,9 @@ Three retrievals (``RETRIEVALS``) share that view and those guarantees:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ebr.index.attributes import AttributeTable
+from ebr.index.build import NORM_TOLERANCE
 from ebr.index.filters import Filter
 from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 from ebr.index.overlay import merge_topk, search_delta
@@ -46,7 +48,7 @@ HYBRID_DEPTH = 100  # each list hybrid retrieval fuses is this deep (k when k is
 class Hits:
     """Results of a live search: scores float32 [q, k] (-inf pads), job_ids int64 [q, k]
     (-1 pads), the display rows of the delta jobs among them (the snapshot's are in
-    ``Slot.rows``) and the plan."""
+    ``Slot.rows``) and the plan. Read-only: results may share their (empty) ``delta_items``."""
 
     scores: np.ndarray
     job_ids: np.ndarray
@@ -71,25 +73,71 @@ class Delta:
         return table.to_pandas().astype(like.dtypes.to_dict())
 
 
-def _eligible(
-    flt: Filter | None, attributes: Callable[[], AttributeTable], deleted: np.ndarray
-) -> np.ndarray | None:
-    """[n] bool snapshot rows passing ``flt`` and not deleted (None: every row)."""
+@dataclass(frozen=True)
+class Scope:
+    """What one query may return, worked out once (hybrid's two lists share it)."""
+
+    eligible: np.ndarray | None  # [n] bool snapshot rows passing the filter, not deleted; None: all
+    alive: np.ndarray  # [size] bool delta positions holding a live record passing the filter
+    n_deleted: int  # snapshot rows deleted (tombstoned or superseded)
+    n_delta: int  # alive.sum(): delta records the query searches
+
+
+def scope(
+    snap: Slot,
+    deleted: np.ndarray,
+    delta: Delta,
+    attributes: Callable[[], AttributeTable],
+    flt: Filter | None,
+    n_deleted: int | None = None,
+) -> Scope:
+    """The ``Scope`` of a query with ``flt`` over ``snap`` minus ``deleted`` [n] bool rows
+    plus ``delta``; ``n_deleted`` (deleted's count, which a live view keeps) saves an [n]
+    count. Without a filter, deletes or delta this reads no [n] array: the unfiltered plan
+    then costs what the index's own search does."""
+    if n_deleted is None:
+        n_deleted = int(np.count_nonzero(deleted))
     eligible = attributes().mask(flt) if flt is not None else None
-    if deleted.any():
+    if n_deleted:
         eligible = ~deleted if eligible is None else eligible & ~deleted
-    return eligible
-
-
-def _delta_alive(delta: Delta, snap: Slot, flt: Filter | None) -> np.ndarray:
-    """[size] bool delta positions holding a live record that passes ``flt``."""
     alive = delta.alive
-    if flt is not None and alive.any():
+    n_delta = int(np.count_nonzero(alive)) if len(alive) else 0
+    if flt is not None and n_delta:
         pos = np.flatnonzero(alive)
         items = delta.items(pos, snap.items).reset_index(drop=True)
         alive = np.zeros_like(alive)
         alive[pos[AttributeTable.from_items(items).mask(flt)]] = True
-    return alive
+        n_delta = int(np.count_nonzero(alive))
+    return Scope(eligible, alive, n_deleted, n_delta)
+
+
+_EMPTY: weakref.WeakKeyDictionary[Slot, pd.DataFrame] = weakref.WeakKeyDictionary()
+
+
+def _no_items(snap: Slot) -> pd.DataFrame:
+    """An empty frame of the snapshot's item columns and dtypes, made once per slot and
+    shared, like the slot, by every result without delta rows (read-only, as ``Hits`` says):
+    a fresh one costs ~10 us a query, as much as some indexes' whole search."""
+    empty = _EMPTY.get(snap)
+    if empty is None:
+        empty = _EMPTY[snap] = snap.items.iloc[:0].copy().reset_index(drop=True)
+    return empty
+
+
+def _checked(queries: np.ndarray, k: int, snap: Slot) -> np.ndarray:
+    """``check_queries``, with a cheap accept for what serving sends: C-contiguous float32
+    [q, d] rows whose squared norms lie within half the unit tolerance of 1 (NaN and inf
+    fail that test) pass as they are (one fused dot product instead of check_vectors' finite
+    and norm passes, ~8 us a query); everything else, and every error message, takes
+    ``check_queries``."""
+    ok = type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2
+    if ok and k >= 1 and len(queries) and queries.flags.c_contiguous:
+        lo, hi = 1 - NORM_TOLERANCE / 2, 1 + NORM_TOLERANCE / 2
+        if queries.shape[1] == snap.dim and all(
+            lo <= v <= hi for v in np.vecdot(queries, queries).tolist()
+        ):
+            return queries
+    return check_queries(queries, k, snap.dim, snap.name)
 
 
 def _hits(
@@ -103,6 +151,8 @@ def _hits(
     """Hits with the display rows of the delta jobs among ``job_ids`` (read from the same
     view the search used)."""
     size = len(alive)
+    if not plan["delta_items"]:
+        return Hits(scores, job_ids, _no_items(snap), plan)
     hit_pos = np.flatnonzero(alive & np.isin(delta.ids[:size], job_ids[job_ids >= 0]))
     return Hits(scores, job_ids, delta.items(hit_pos, snap.items).reset_index(drop=True), plan)
 
@@ -116,21 +166,26 @@ def search_view(
     k: int,
     flt: Filter | None = None,
     params: PlannerParams | None = None,
+    scoped: Scope | None = None,
 ) -> Hits:
     """Top-k live jobs passing ``flt`` per query ([q, d] finite unit vectors of the slot's
     model version), over ``snap`` minus ``deleted`` [n] bool rows plus ``delta``.
-    ``attributes()`` gives the snapshot's AttributeTable (only called with a filter)."""
-    q = check_queries(queries, k, snap.dim, snap.name)
-    eligible = _eligible(flt, attributes, deleted)
-    scores, rows, plan = filtered_search(snap.index, snap.vectors, q, k, eligible, params)
-    job_ids = np.where(rows >= 0, snap.job_ids[np.maximum(rows, 0)], -1)
-    alive = _delta_alive(delta, snap, flt)
-    n_delta = int(alive.sum())
-    if n_delta:
-        part = search_delta(delta.ids, delta.vecs, alive, q, k)
+    ``attributes()`` gives the snapshot's AttributeTable (only called with a filter);
+    ``scoped``: ``scope(...)`` of the same arguments, when the caller has it already."""
+    q = _checked(queries, k, snap)
+    sc = scoped or scope(snap, deleted, delta, attributes, flt)
+    scores, rows, plan = filtered_search(snap.index, snap.vectors, q, k, sc.eligible, params)
+    # The planner returns min(k, eligible) rows a query: with k eligible, no -1 pad to keep.
+    if plan.eligible >= k:
+        job_ids = snap.job_ids[rows]
+    else:
+        job_ids = np.where(rows >= 0, snap.job_ids[np.maximum(rows, 0)], -1)
+    if sc.n_delta:
+        part = search_delta(delta.ids, delta.vecs, sc.alive, q, k)
         scores, job_ids = merge_topk([(scores, job_ids), part], k)
-    info = {**asdict(plan), "deleted_rows": int(deleted.sum()), "delta_items": n_delta}
-    return _hits(snap, delta, alive, scores, job_ids, info)
+    # vars: Plan holds only scalars, so this is asdict without its recursive deep copy.
+    info = {**vars(plan), "deleted_rows": sc.n_deleted, "delta_items": sc.n_delta}
+    return _hits(snap, delta, sc.alive, scores, job_ids, info)
 
 
 def check_texts(texts: Sequence[str] | None, n: int | None = None) -> list[str]:
@@ -150,10 +205,11 @@ def term_view(
     texts: Sequence[str],
     k: int,
     flt: Filter | None = None,
+    scoped: Scope | None = None,
 ) -> Hits:
     """BM25 top-k live jobs passing ``flt`` per query text: the snapshot's term index over the
     eligible rows, merged with the live delta scored on the snapshot's statistics. Only jobs
-    sharing a query term are returned (score > 0)."""
+    sharing a query term are returned (score > 0). ``scoped`` as in ``search_view``."""
     texts = check_texts(texts)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -162,8 +218,8 @@ def term_view(
             f"slot {snap.name} has no term index (built before term retrieval existed); "
             "rebuild or compact it to search by terms"
         )
-    eligible = _eligible(flt, attributes, deleted)
-    alive = _delta_alive(delta, snap, flt)
+    sc = scoped or scope(snap, deleted, delta, attributes, flt)
+    eligible, alive = sc.eligible, sc.alive
     pos = np.flatnonzero(alive)
     docs = term_text(delta.items(pos, snap.items)) if len(pos) else []
     live_terms = vocabulary(docs)
@@ -180,7 +236,7 @@ def term_view(
     plan = {
         "strategy": "bm25",
         "eligible": int(eligible.sum()) if eligible is not None else len(snap.job_ids),
-        "deleted_rows": int(deleted.sum()),
+        "deleted_rows": sc.n_deleted,
         "delta_items": len(pos),
         # Per query: the share of its terms some live job has (what hybrid weights BM25 by),
         # and the best score it could reach (what hybrid divides BM25 scores by).

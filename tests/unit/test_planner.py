@@ -358,3 +358,40 @@ def test_check_catches_a_page_that_missed_the_eligible_region(
     best = truth(vectors, queries, mask, K)
     good = np.take_along_axis(queries @ vectors.T, best, 1).astype(np.float32), best
     assert not suspects(vectors, mask, queries, good, K, 256).any()
+
+
+# ---- the unfiltered fast path: one call of the index's own search, same answer and plan ----
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("k", [K, 700])  # 700: more than 8 IVF cells hold, so pages come short
+def test_unfiltered_pages_equal_the_planners_rounds(
+    kind: str, k: int, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    from ebr.index.planner import DEFAULT_PARAMS, _parts, _planned
+
+    index = indexes[kind]
+    scores, rows, plan = filtered_search(index, vectors, queries, k, None)
+    want_s, want_r, want_plan = _planned(
+        index, _parts(index)[0], vectors, queries, k, None, DEFAULT_PARAMS
+    )
+    check_invariants(rows, scores, np.ones(N, dtype=bool), k)
+    assert plan == want_plan
+    if kind == "ivfpq":  # fast-scan codes tie; the exact re-rank of both keeps the same rows
+        assert recall_of(rows, want_r) >= 0.99
+    else:
+        np.testing.assert_array_equal(rows, want_r)
+        np.testing.assert_allclose(scores, want_s, rtol=1e-5)
+    if kind in ("ivf", "ivfpq") and k > K:
+        assert plan.retried_queries > 0 and plan.rounds > 1  # the planner re-probed them
+
+
+def test_unfiltered_page_check_refuses_what_the_full_check_refuses() -> None:
+    from ebr.index.planner import SMALL_BATCH, _full_pages
+
+    good = np.array([[3, 1, 2, -1]])
+    for rows in (good, np.repeat(good, SMALL_BATCH + 1, axis=0)):  # Python and numpy checks
+        assert _full_pages(rows, 4, 3)
+        for bad, n, need in ((np.array([[3, 3, 2, -1]]), 4, 3), (good, 3, 3), (good, 4, 4),
+                             (np.array([[3, 1, 2, 0]]), 4, 3)):  # fmt: skip
+            assert not _full_pages(np.repeat(bad, len(rows), axis=0), n, need)

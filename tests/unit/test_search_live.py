@@ -221,3 +221,42 @@ def test_nullable_fields_upsert_and_filter(live) -> None:
         _unit(rng, 1), 5, parse_filter({"geo_radius": {"lat": 0, "lon": 0, "km": 20_000}})
     )
     assert N + 1 not in near.job_ids  # an unknown location never matches a geo filter
+
+
+@pytest.mark.parametrize("change", ["none", "upserts", "deletes", "superseded"])
+def test_unfiltered_queries_equal_the_planners_general_path(live, change) -> None:
+    """The unfiltered fast path (the index's own search, no [n] mask) answers as the planner's
+    rounds do, before and after live writes; deleted and upserted jobs are honoured."""
+    from ebr.index.planner import PlannerParams
+    from ebr.index.probing import ivf_layout
+
+    lv, rng = live
+    if change == "upserts":
+        lv.upsert(_items(np.arange(N + 1, N + 51), rng), _unit(rng, 50))
+    elif change == "deletes":
+        lv.delete(lv.snapshot.job_ids[:300])
+    elif change == "superseded":  # new vectors for existing jobs: snapshot rows superseded
+        lv.upsert(_items(lv.snapshot.job_ids[:40], rng), _unit(rng, 40))
+    assert ivf_layout(lv.snapshot.index)[2].all()  # no empty cell: the fast path applies
+    # An explicit nprobe (the slot's own) sends the query through the planner's rounds.
+    general = PlannerParams(nprobe=lv.snapshot.manifest["index"]["nprobe"])
+    q = _unit(rng, 16)
+    for k in (10, 100):
+        fast, slow = lv.query(q, k), lv.query(q, k, params=general)
+        np.testing.assert_array_equal(fast.job_ids, slow.job_ids)
+        np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-5)
+        assert fast.plan == slow.plan
+        pd.testing.assert_frame_equal(fast.delta_items, slow.delta_items)
+    deleted = np.setdiff1d(lv.snapshot.job_ids[lv.deleted_rows()], lv.delta()[0])
+    hits = lv.query(q, 100)
+    assert not np.isin(hits.job_ids, deleted).any() and (hits.job_ids >= 0).all()
+    assert hits.plan["deleted_rows"] == int(lv.deleted_rows().sum())
+    # Tombstones make a mask (this small slot then scans exactly); without them, the index.
+    assert (hits.plan["strategy"] == "ann") == (change in ("none", "upserts"))
+    d_ids, d_vecs, _ = lv.delta()  # brute force over the live view: recall as the index's
+    keep = ~lv.deleted_rows()
+    ids = np.concatenate([lv.snapshot.job_ids[keep], d_ids])
+    vecs = np.concatenate([np.asarray(lv.snapshot.vectors)[keep], d_vecs])
+    exact = ids[np.argsort(-(q @ vecs.T), axis=1)[:, :100]]
+    recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(hits.job_ids, exact, strict=True)])
+    assert recall >= 0.9
