@@ -14,10 +14,10 @@ Every index answers the same queries as one batch at ``--threads`` FAISS/peer th
 queries / the fastest of ``--repeats`` batches (``qps_median`` beside it); recall@10 is against
 exact search. Curves: Flat (exact; both the forced-BLAS and the default scan path, the faster
 is the baseline), IVF-Flat (nprobe), IVF-PQ fast-scan 4-bit + exact refine (nprobe x refine,
-set through ``ebr.index.params``), FAISS HNSW (efSearch), and the peers hnswlib (ef) and
+set through ``ebr.index.query.params``), FAISS HNSW (efSearch), and the peers hnswlib (ef) and
 usearch (expansion_search) built with the same degree and build beam (``--ef-construction``
 40, not IndexConfig's 80: three 1M-node graphs at 80 took ~8 min of the budget under load).
-``ebr.index.tune`` then picks the slot setting for the best IVF-PQ variant, tuned on jittered
+``ebr.index.build.tune`` then picks the slot setting for the best IVF-PQ variant, tuned on jittered
 catalogue rows and on half the request queries, each judged on the other half.
 Writes ``benchmarks/results/ann_curves.json`` and ``ann_curves.png``.
 """
@@ -49,13 +49,10 @@ from benchmarks.common import (
 )
 from benchmarks.index_build import boundary_ties
 from ebr.config import IndexConfig
-from ebr.index.build import (
-    build_index,
-    check_vectors,
-    set_faiss_threads,
-)
-from ebr.index.params import set_search_params
-from ebr.index.tune import RecallGateError, tune
+from ebr.index.build.faiss_index import build_index, set_faiss_threads
+from ebr.index.build.tune import RecallGateError, tune
+from ebr.index.query.params import set_search_params
+from ebr.index.query.vectors import check_vectors
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.metrics import EXACT_BLAS_THRESHOLD, exact_topk, recall_of
 

@@ -5,7 +5,7 @@ A request embeds the member's location and the query, so its nearest jobs sit in
 region (93% of the exact top-10 on 1M jobs; ``own_region_share_of_top10``): a filter to
 another region leaves the query only rows away from it, the case in which
 filtered ANN used to return full pages of the wrong rows (the planner's ``ann_filtered``
-safeguards: ``ebr.index.probing``). Per index kind and filter, against the exact filtered
+safeguards: ``ebr.index.query.probing``). Per index kind and filter, against the exact filtered
 top-10: the planner (``PlannerParams()``), and "unguarded": the same ANN without safeguards
 (IVF: no score margin, no page check, i.e. the planner before them; HNSW: one FAISS search
 with the selector at the planner's first efSearch). Industry correlates far less: the
@@ -28,9 +28,9 @@ import numpy as np
 
 from benchmarks.common import timed
 from ebr.config import TrainConfig
-from ebr.index.attributes import AttributeTable
-from ebr.index.filters import parse_filter
-from ebr.index.planner import PlannerParams, filtered_search
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.filters import parse_filter
+from ebr.index.query.planner import PlannerParams, filtered_search
 from ebr.metrics import recall_of
 
 BOXES = {  # lat/lon boxes of the market regions; Oceania's crosses the antimeridian
@@ -212,8 +212,8 @@ def build_hnsw(x: np.ndarray, q: np.ndarray, ef_grid: tuple[int, ...]) -> dict[s
     """HNSW (IndexConfig defaults) at the cheapest efSearch of ``ef_grid`` whose unfiltered
     recall@10 on the requests is >= 0.95 (else the best): index, info, sweep, build_seconds."""
     from ebr.config import IndexConfig
-    from ebr.index.build import build_index
-    from ebr.index.params import set_search_params
+    from ebr.index.build.faiss_index import build_index
+    from ebr.index.query.params import set_search_params
     from ebr.metrics import exact_topk
 
     build_s, (index, info) = timed(lambda: build_index(x, IndexConfig(kind="hnsw")))

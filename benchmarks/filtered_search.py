@@ -43,11 +43,11 @@ from benchmarks import filtered_correlated as corr
 from benchmarks.ann_curves import cached_vectors
 from benchmarks.common import REPO_ROOT, pyplot, save_figure, timed, write_result
 from ebr.config import DataConfig, IndexConfig
-from ebr.index.attributes import AttributeTable
-from ebr.index.build import build_index, set_faiss_threads
-from ebr.index.filters import parse_filter
-from ebr.index.params import set_search_params
-from ebr.index.planner import Plan, PlannerParams, filtered_search
+from ebr.index.build.faiss_index import build_index, set_faiss_threads
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.filters import parse_filter
+from ebr.index.query.params import set_search_params
+from ebr.index.query.planner import Plan, PlannerParams, filtered_search
 from ebr.metrics import exact_topk, recall_of
 from ebr.releases import SLOT_COLUMNS
 

@@ -7,9 +7,10 @@ Variants: every kind at ``IndexConfig`` defaults (flat, ivf, ivfpq, hnsw), plus 
 other PQ code width (4-bit fast-scan vs 8-bit). Each is built ``--build-repeats`` times at
 ``--threads`` and at 1 thread (median seconds); then one search knob is swept on the built index
 (nprobe 4..64 for ivf/ivfpq, ef_search 16..256 for hnsw, plus the default), measuring recall@10
-(``ebr.index.build.recall_at_k``, ``--queries`` jittered catalogue rows) and queries/s for one
-batch of ``--queries`` queries and for the same queries one call each (at ``--threads`` and at
-1 thread), median of ``--repeats``, each also as a ratio of flat's QPS in this run.
+(``ebr.index.build.faiss_index.recall_at_k``, ``--queries`` jittered catalogue rows) and
+queries/s for one batch of ``--queries`` queries and for the same queries one call each (at
+``--threads`` and at 1 thread), median of ``--repeats``, each also as a ratio of flat's QPS in
+this run.
 ``flat_blas`` is the flat index searched with FAISS's BLAS threshold lowered the way
 ``exact_topk`` does it, since the default (128k queries) keeps batches on the scalar path.
 Writes ``benchmarks/results/index_build.json`` and ``index_build.png``.
@@ -38,13 +39,8 @@ from benchmarks.common import (
     write_result,
 )
 from ebr.config import IndexConfig, Workspace
-from ebr.index.build import (
-    build_index,
-    recall_at_k,
-    recall_queries,
-    set_faiss_threads,
-)
-from ebr.index.params import search_params, set_search_params
+from ebr.index.build.faiss_index import build_index, recall_at_k, recall_queries, set_faiss_threads
+from ebr.index.query.params import search_params, set_search_params
 from ebr.metrics import EXACT_BLAS_THRESHOLD, exact_topk
 from ebr.versions import version_paths
 

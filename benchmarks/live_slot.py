@@ -37,9 +37,10 @@ import typer
 
 from benchmarks.common import REPO_ROOT, compact_log_ticks, pyplot, save_figure, timed, write_result
 from ebr.config import IndexConfig
-from ebr.index.build import recall_queries, set_faiss_threads
-from ebr.index.live import LiveSlot, compact, open_live
-from ebr.index.slot import load_slot, write_slot
+from ebr.index.build.faiss_index import recall_queries, set_faiss_threads
+from ebr.index.build.writer import write_slot
+from ebr.index.live.slot import LiveSlot, compact, open_live
+from ebr.index.query.slot import load_slot
 from ebr.metrics import exact_topk
 
 NAME = "live_slot"

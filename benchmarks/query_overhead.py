@@ -42,11 +42,11 @@ import typer
 from benchmarks.common import pyplot, save_figure, timed, write_result
 from benchmarks.live_slot import catalogue
 from ebr.config import IndexConfig
-from ebr.index.build import set_faiss_threads
-from ebr.index.filters import parse_filter
-from ebr.index.live import LiveSlot, open_live
-from ebr.index.slot import write_slot
-from ebr.index.tune import RecallGateError
+from ebr.index.build.faiss_index import set_faiss_threads
+from ebr.index.build.tune import RecallGateError
+from ebr.index.build.writer import write_slot
+from ebr.index.live.slot import LiveSlot, open_live
+from ebr.index.query.filters import parse_filter
 from ebr.metrics import exact_topk, recall_of
 
 NAME = "query_overhead"

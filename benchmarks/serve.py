@@ -27,7 +27,7 @@ import typer
 
 from benchmarks.common import REPO_ROOT, pyplot, save_figure, write_result
 
-RETRIEVALS = ("ebr", "term", "hybrid")  # ebr.index.search.RETRIEVALS
+RETRIEVALS = ("ebr", "term", "hybrid")  # ebr.index.query.search.RETRIEVALS
 DEFAULT = "hybrid"  # serving.schemas.AppArgs.retrieval
 
 

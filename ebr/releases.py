@@ -16,12 +16,13 @@ import pandas as pd
 
 from ebr.config import LIVE_MODES, IndexConfig, Workspace
 from ebr.data.records import check_jobs
-from ebr.index.aliases import promote, refresh, set_alias
-from ebr.index.slot import load_slot, slot_name_for, write_slot
+from ebr.index.build.aliases import promote, refresh, set_alias
+from ebr.index.build.writer import slot_name_for, write_slot
+from ebr.index.query.slot import load_slot
 from ebr.versions import check_version, version_paths
 
 # What a search response shows, filters test and term retrieval reads (skills, description:
-# ``ebr.index.terms``), kept in the slot next to the id map.
+# ``ebr.index.query.terms``), kept in the slot next to the id map.
 SLOT_COLUMNS = (
     "job_id",
     "title",

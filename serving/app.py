@@ -25,8 +25,8 @@ from ray import serve
 from ray.serve import Application
 
 from ebr.config import Workspace
-from ebr.index.aliases import resolve_alias
-from ebr.index.slot import MANIFEST_FILE
+from ebr.index.build.aliases import resolve_alias
+from ebr.index.query.slot import MANIFEST_FILE
 from serving.deployments import Ingress
 from serving.encoder import RequestEncoder, request_tower_dir
 from serving.retriever import Retriever

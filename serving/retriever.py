@@ -21,7 +21,7 @@ class Retriever:
     def __init__(self, slot_dir: str, verify: bool = True, refresh_s: float = 1.0) -> None:
         import faiss
 
-        from ebr.index.live import open_live
+        from ebr.index.live.slot import open_live
 
         # One query per call on a fraction of a core: OpenMP threads only contend (measured
         # 10-20x slower single-query search with 2 threads on the 2-core machines).
@@ -55,9 +55,10 @@ class Retriever:
             vectors: float32 [1, d] unit request embedding of the slot's model version, or
                 None when the request has nothing the model understands.
             k: results per request (1..100, validated by the ingress).
-            filter_json: a filter expression (validated by the ingress; see ebr.index.filters).
+            filter_json: a filter expression (validated by the ingress; see
+                ebr.index.query.filters).
             text: the query text (term and hybrid retrieval), None without a query.
-            retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.search``). What a request
+            retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.query.search``). What a request
                 can use: no text (or a slot without a term index) -> ebr; no vector -> term;
                 neither -> no results.
             personalised: the request names a member: hybrid weights the EBR list (which
@@ -68,8 +69,8 @@ class Retriever:
             One list of up to k hits (display columns + ``score``), best first, and the plan
             (with ``retrieval``, the one used).
         """
-        from ebr.index.filters import parse_filter
-        from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
+        from ebr.index.query.filters import parse_filter
+        from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
 
         self._refresh()
         flt = parse_filter(filter_json) if filter_json is not None else None

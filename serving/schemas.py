@@ -30,7 +30,7 @@ Query = Annotated[
 # Strict ints: a JSON "10" or 10.5 or true is a client bug worth a 422, not something to coerce.
 MemberId = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMBER_ID)]
 TopK = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
-Retrieval = Literal["ebr", "term", "hybrid"]  # ebr.index.search.RETRIEVALS
+Retrieval = Literal["ebr", "term", "hybrid"]  # ebr.index.query.search.RETRIEVALS
 
 
 class SearchRequest(BaseModel):
@@ -59,7 +59,7 @@ class SearchRequest(BaseModel):
     def _valid_filter(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
-        from ebr.index.filters import FilterError, parse_filter
+        from ebr.index.query.filters import FilterError, parse_filter
 
         try:
             parse_filter(value)

@@ -129,7 +129,7 @@ def publish_features(workspace: str, version: str) -> str:
 def serving_version(workspace: str, version: str) -> str:
     """``version``, or when it is "" the model version jobs@live serves at run time (what a
     scheduled re-embedding must refresh, whichever release went live since it was set up)."""
-    from ebr.index.aliases import resolve_alias, slot_model_version
+    from ebr.index.build.aliases import resolve_alias, slot_model_version
 
     if version:
         return version

@@ -1,6 +1,6 @@
 """BM25 term-retrieval baseline over job text: the bar EBR must clear.
 
-The same term index a slot serves (``ebr.index.terms``: bm25s over title twice, skills and
+The same term index a slot serves (``ebr.index.query.terms``: bm25s over title twice, skills and
 description, the towers' word normalisation), so the evaluation measures the term retrieval
 ``/v1/search`` answers with.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ebr.index.terms import TermIndex, term_text, top_rows
+from ebr.index.query.terms import TermIndex, term_text, top_rows
 
 
 class BM25Baseline:

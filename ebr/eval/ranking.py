@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.data.pairs import POSITIVE
-from ebr.index.fusion import FUSIONS, HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
+from ebr.index.query.fusion import FUSIONS, HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 
 FUSION_WEIGHTS = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # EBR weights the evaluations sweep
 
@@ -59,10 +59,10 @@ def hybrid_ranking(
 
     ``fusion`` "rrf": fused(d) = alpha / (RRF_K + rank_ebr(d)) + (1 - alpha) / (RRF_K +
     rank_bm25(d)), ranks 1-based by descending score within each list; "score": the same
-    weights over min-max normalised scores (``ebr.index.fusion``). A list missing d
+    weights over min-max normalised scores (``ebr.index.query.fusion``). A list missing d
     contributes 0. Ties: better best rank, then lower id. ``bm25_coverage`` float [q] scales
     BM25's weight per query and ``bm25_scale`` float [q] divides its scores (instead of
-    min-max), as serving does (``ebr.index.search.fuse``).
+    min-max), as serving does (``ebr.index.query.search.fuse``).
     """
     for name, ids, sc in (("ebr", ebr_ids, ebr_scores), ("bm25", bm25_ids, bm25_scores)):
         if ids.ndim != 2 or ids.shape != sc.shape:
@@ -101,7 +101,7 @@ def fusion_sweep(
     """{fusion: {EBR weight: ``score`` of the fused ranking}} for reciprocal-rank fusion and
     min-max score fusion over ``FUSION_WEIGHTS``; ``ebr`` and ``bm25`` are (ids, scores)
     [q, K] best first; ``bm25_coverage`` and ``bm25_scale`` as in ``hybrid_ranking``
-    ("score_minmax" leaves the scale out). What chooses ``ebr.index.fusion``'s served fusion
+    ("score_minmax" leaves the scale out). What chooses ``ebr.index.query.fusion``'s served fusion
     and weights."""
     lists, scores, rows = [ebr[0], bm25[0]], [ebr[1], bm25[1]], [None, bm25_coverage]
     variants = [(f, f, [None, bm25_scale]) for f in FUSIONS]

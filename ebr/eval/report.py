@@ -30,7 +30,7 @@ from ebr.eval.ranking import (
     popularity_ranking,
 )
 from ebr.eval.typed import evaluate_typed, typed_queries, typed_rows
-from ebr.index.fusion import HYBRID_EBR_WEIGHT_MEMBER
+from ebr.index.query.fusion import HYBRID_EBR_WEIGHT_MEMBER
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.metrics import exact_topk, mrr, ndcg_at, recall_at
 from ebr.model.infer import encode_jobs, encode_requests
@@ -93,7 +93,7 @@ def evaluate_marketplace(
     JYMBII sessions carry no query, so BM25 and the hybrid do not apply there (nor to a
     query-only tower). ``interest``: daily member-interest snapshots for a model that reads them
     (ebr.model.interest.load_interest_snapshots). ``ann``: (request vectors [q, d], k) ->
-    job ids [q, k] (-1 padded) from the served ANN index (``ebr.index.live.served_search``);
+    job ids [q, k] (-1 padded) from the served ANN index (``ebr.index.live.slot.served_search``);
     adds the method ``ebr_ann`` beside the exact ``ebr``. ``typed``: typed queries
     (ebr.eval.typed.typed_queries) -> a "typed" section (``evaluate_typed``: EBR, BM25 and
     hybrid on queries the model never trained on), judged against ``vocabulary`` (default:
@@ -210,7 +210,7 @@ def evaluate_release(
     served index through the serving path, the typed queries (against the model's training
     vocabulary) and the model's training curves."""
     from ebr.data.esco import load_occupations
-    from ebr.index.live import served_search
+    from ebr.index.live.slot import served_search
     from ebr.model.artifact import load_two_tower, load_vocabulary, verified_interest
     from ebr.model.interest import load_interest_snapshots
     from ebr.versions import interest_paths

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig, ReembedConfig
-from ebr.index.aliases import read_aliases, resolve_alias
-from ebr.index.slot import load_slot
+from ebr.index.build.aliases import read_aliases, resolve_alias
+from ebr.index.query.slot import load_slot
 from tests.conftest import REPO, TINY_SIZE
 
 pytestmark = pytest.mark.slow  # the whole platform, built and served

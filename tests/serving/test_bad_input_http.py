@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.aliases import resolve_alias
-from ebr.index.live import open_live
+from ebr.index.build.aliases import resolve_alias
+from ebr.index.live.slot import open_live
 from serving.guards import BODY_TIMEOUT_S
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from ebr.data.geo import haversine_km
-from ebr.index.aliases import resolve_alias
-from ebr.index.slot import load_slot
+from ebr.index.build.aliases import resolve_alias
+from ebr.index.query.slot import load_slot
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from ebr.index.aliases import resolve_alias
-from ebr.index.slot import load_slot
+from ebr.index.build.aliases import resolve_alias
+from ebr.index.query.slot import load_slot
 from serving.schemas import AppArgs
 from tests.conftest import REPO
 

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from ebr.index.aliases import resolve_alias
-from ebr.index.live import open_live
+from ebr.index.build.aliases import resolve_alias
+from ebr.index.live.slot import open_live
 
 pytestmark = pytest.mark.slow
 COMPANY = "Zeta Live Test Co"

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.aliases import resolve_alias
-from ebr.index.live import open_live
-from ebr.index.slot import load_slot
-from ebr.index.terms import tokens
+from ebr.index.build.aliases import resolve_alias
+from ebr.index.live.slot import open_live
+from ebr.index.query.slot import load_slot
+from ebr.index.query.terms import tokens
 from serving.schemas import AppArgs
 
 pytestmark = pytest.mark.slow
@@ -73,8 +73,8 @@ def test_term_results_share_a_query_term(api: httpx.Client, items: pd.DataFrame)
 def test_filters_hold_in_every_mode(
     api: httpx.Client, items: pd.DataFrame, mode: str, flt: dict[str, Any]
 ) -> None:
-    from ebr.index.attributes import AttributeTable
-    from ebr.index.filters import parse_filter
+    from ebr.index.query.attributes import AttributeTable
+    from ebr.index.query.filters import parse_filter
 
     eligible = set(items["job_id"][AttributeTable.from_items(items).mask(parse_filter(flt))])
     body = _search(api, query="manager", k=20, filter=flt, retrieval=mode)
@@ -87,7 +87,7 @@ def test_filters_hold_in_every_mode(
 def test_hybrid_leans_on_ebr_when_a_member_personalises(
     api: httpx.Client, platform_ws: Path
 ) -> None:
-    from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
+    from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
 
     member = int(pd.read_parquet(platform_ws / "data" / "members.parquet")["member_id"].iloc[0])
     anonymous = _search(api, query="manager", k=5, explain=True)["plan"]

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index import slot as slot_module
-from ebr.index.aliases import (
+from ebr.index.build import writer as writer_module
+from ebr.index.build.aliases import (
     alias_history,
     promote,
     read_aliases,
@@ -27,8 +27,9 @@ from ebr.index.aliases import (
     rollback,
     set_alias,
 )
-from ebr.index.live import open_live
-from ebr.index.slot import load_slot, write_slot
+from ebr.index.build.writer import write_slot
+from ebr.index.live.slot import open_live
+from ebr.index.query.slot import load_slot
 
 D = 16
 
@@ -134,7 +135,7 @@ def _write_and_hang(slots: str, ready: multiprocessing.synchronize.Event) -> Non
         signal.pause()  # the parent SIGKILLs us here, mid-write
         return ""
 
-    slot_module.sha256_file = hang  # type: ignore[assignment]
+    writer_module.sha256_file = hang  # type: ignore[assignment]
     n = 50_000
     write_slot(Path(slots), "new", unit_rows(n, D, 5), items(n, 0), "v2", IndexConfig(kind="flat"))
 
@@ -167,7 +168,7 @@ def test_sigkill_during_write_slot_leaves_old_slot_and_alias_serving(tmp_path: P
 def test_refresh_moves_live_only_within_the_live_version(tmp_path: Path) -> None:
     """A scheduled re-embedding refreshes jobs@live for the version it serves; it never moves
     live to another version (not back to v1 after v2 went live)."""
-    from ebr.index.aliases import refresh
+    from ebr.index.build.aliases import refresh
 
     def slot(name: str, version: str, first_id: int) -> None:
         vectors = unit_rows(50, D, seed=first_id)

@@ -3,7 +3,7 @@
 Run: ``pytest -q tests/unit/test_filters.py``
 
 The brute force reads the JSON tree directly with pandas/numpy (haversine for geo), sharing no
-code with ``ebr.index.filters`` / ``ebr.index.attributes`` beyond ``haversine_km``.
+code with ``ebr.index.query.filters`` / ``ebr.index.query.attributes`` beyond ``haversine_km``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebr.data.geo import haversine_km
-from ebr.index.attributes import AttributeTable
-from ebr.index.filters import parse_filter
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.filters import parse_filter
 
 N = 3_000
 VOCAB = {

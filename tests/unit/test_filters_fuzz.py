@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ebr.index.filters import (
+from ebr.index.query.filters import (
     MAX_DEPTH,
     MAX_NODES,
     MAX_REASON,

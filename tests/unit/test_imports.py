@@ -75,3 +75,16 @@ def test_ebr_imports_no_orchestration_stack() -> None:
     for path in _modules().values():
         stack = {i for i in _imports(path) if i.split(".")[0] in STACK}
         assert not stack, f"{path.relative_to(REPO)} imports {sorted(stack)}"
+
+
+def test_index_layers_import_only_downwards() -> None:
+    """ebr.index: query (opening and searching a slot) < build (making slots) < live (the log
+    over a slot); a layer never imports one above it, so query time can be read alone."""
+    layers = ("ebr.index.query", "ebr.index.build", "ebr.index.live")
+    for name, path in _modules().items():
+        mine = next((i for i, layer in enumerate(layers) if name.startswith(layer)), None)
+        if mine is None:
+            continue
+        above = {i for i in _imports(path) if i.startswith(layers[mine + 1 :])}
+        assert not above, f"{name} imports {sorted(above)} from a layer above it"
+    assert all(_modules().get(layer) for layer in layers)  # the layers exist as packages

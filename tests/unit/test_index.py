@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.aliases import resolve_alias, set_alias
-from ebr.index.build import build_index, recall_at_k
-from ebr.index.live import open_live
-from ebr.index.slot import DATA_FILES, Slot, load_slot, slot_name_for, write_slot
+from ebr.index.build.aliases import resolve_alias, set_alias
+from ebr.index.build.faiss_index import build_index, recall_at_k
+from ebr.index.build.writer import slot_name_for, write_slot
+from ebr.index.live.slot import open_live
+from ebr.index.query.slot import DATA_FILES, Slot, load_slot
 from ebr.metrics import exact_topk
 
 N, D = 5_000, 32

@@ -18,11 +18,13 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index import live as live_module
-from ebr.index import overlay, wal
-from ebr.index.build import recall_queries
-from ebr.index.live import LiveSlot, compact, open_live
-from ebr.index.slot import load_slot, write_slot
+from ebr.index.build.faiss_index import recall_queries
+from ebr.index.build.writer import write_slot
+from ebr.index.live import slot as live_module
+from ebr.index.live import wal
+from ebr.index.live.slot import LiveSlot, compact, open_live
+from ebr.index.query import delta
+from ebr.index.query.slot import load_slot
 from ebr.metrics import exact_topk
 
 N, D, K = 20_000, 32, 10
@@ -341,7 +343,7 @@ def test_delta_search_paths_agree_with_many_superseded_versions(
             live.upsert(items.iloc[:400], unit_rows(400, D, seed=20 + seed))
         assert live.stats()["dead_delta_positions"] == 800
         fast = live.search(queries, K)
-        monkeypatch.setattr(overlay, "FEW_DEAD", 0)  # force the masked full-matrix path
+        monkeypatch.setattr(delta, "FEW_DEAD", 0)  # force the masked full-matrix path
         masked = live.search(queries, K)
     np.testing.assert_array_equal(fast[1], masked[1])
     np.testing.assert_allclose(fast[0], masked[0], atol=1e-5)

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebr.config import IndexConfig
-from ebr.index.build import build_index
-from ebr.index.planner import Plan, PlannerParams, _check_results, filtered_search
-from ebr.index.probing import suspects
-from ebr.index.tune import tune
+from ebr.index.build.faiss_index import build_index
+from ebr.index.build.tune import tune
+from ebr.index.query.planner import Plan, PlannerParams, _check_results, filtered_search
+from ebr.index.query.probing import suspects
 from ebr.metrics import recall_of
 
 N, D, K, Q = 4_000, 32, 10, 40
@@ -368,7 +368,7 @@ def test_check_catches_a_page_that_missed_the_eligible_region(
 def test_unfiltered_pages_equal_the_planners_rounds(
     kind: str, k: int, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
 ) -> None:
-    from ebr.index.planner import DEFAULT_PARAMS, _parts, _planned
+    from ebr.index.query.planner import DEFAULT_PARAMS, _parts, _planned
 
     index = indexes[kind]
     scores, rows, plan = filtered_search(index, vectors, queries, k, None)
@@ -387,7 +387,7 @@ def test_unfiltered_pages_equal_the_planners_rounds(
 
 
 def test_unfiltered_page_check_refuses_what_the_full_check_refuses() -> None:
-    from ebr.index.planner import SMALL_BATCH, _full_pages
+    from ebr.index.query.planner import SMALL_BATCH, _full_pages
 
     good = np.array([[3, 1, 2, -1]])
     for rows in (good, np.repeat(good, SMALL_BATCH + 1, axis=0)):  # Python and numpy checks

@@ -138,7 +138,7 @@ def test_evaluate_marketplace_report(tmp_path: Path) -> None:
 
 
 def test_score_fusion_sums_min_max_normalised_scores() -> None:
-    from ebr.index.fusion import fuse_lists, score_fusion
+    from ebr.index.query.fusion import fuse_lists, score_fusion
 
     a_ids, a_sc = np.array([[1, 2, 3, -1]]), np.array([[0.9, 0.5, 0.1, -np.inf]])
     b_ids, b_sc = np.array([[3, 4, -1, -1]]), np.array([[12.0, 2.0, -np.inf, -np.inf]])
@@ -160,7 +160,7 @@ def test_score_fusion_sums_min_max_normalised_scores() -> None:
 
 
 def test_row_weights_scale_a_list_query_by_query() -> None:
-    from ebr.index.fusion import fuse_lists
+    from ebr.index.query.fusion import fuse_lists
 
     a_ids, a_sc = np.array([[1, 2], [1, 2]]), np.array([[0.9, 0.1], [0.9, 0.1]])
     b_ids, b_sc = np.array([[3, 4], [3, 4]]), np.array([[9.0, 1.0], [9.0, 1.0]])
@@ -174,7 +174,7 @@ def test_row_weights_scale_a_list_query_by_query() -> None:
 
 
 def test_scaled_lists_keep_their_absolute_share() -> None:
-    from ebr.index.fusion import score_fusion
+    from ebr.index.query.fusion import score_fusion
 
     a_ids, a_sc = np.array([[1, 2]]), np.array([[0.9, 0.1]])
     b_ids, b_sc = np.array([[3, 4]]), np.array([[1.0, 0.5]])

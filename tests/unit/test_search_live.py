@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.attributes import AttributeTable
-from ebr.index.filters import parse_filter
-from ebr.index.live import open_live
-from ebr.index.slot import write_slot
+from ebr.index.build.writer import write_slot
+from ebr.index.live.slot import open_live
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.filters import parse_filter
 
 N, D = 3000, 16
 
@@ -101,8 +101,8 @@ def test_tiny_eligible_set_mixing_snapshot_and_delta_returns_all_of_it(live) -> 
 def test_served_search_returns_k_jobs_where_a_fixed_probe_falls_short(tmp_path) -> None:
     """Offline evaluation of the served index must see what serving returns: k jobs for
     large k, where the slot's own fixed nprobe visits too few IVF cells to fill them."""
-    from ebr.index.live import served_search
-    from ebr.index.slot import load_slot
+    from ebr.index.live.slot import served_search
+    from ebr.index.query.slot import load_slot
 
     rng = np.random.default_rng(1)
     items = _items(np.arange(1, N + 1), rng)
@@ -161,7 +161,7 @@ def test_bad_rows_in_the_log_are_skipped_and_counted_on_replay(tmp_path) -> None
     searches keep working."""
     import pyarrow as pa
 
-    from ebr.index import wal
+    from ebr.index.live import wal
 
     rng = np.random.default_rng(3)
     items = _items(np.arange(1, N + 1), rng)
@@ -227,8 +227,8 @@ def test_nullable_fields_upsert_and_filter(live) -> None:
 def test_unfiltered_queries_equal_the_planners_general_path(live, change) -> None:
     """The unfiltered fast path (the index's own search, no [n] mask) answers as the planner's
     rounds do, before and after live writes; deleted and upserted jobs are honoured."""
-    from ebr.index.planner import PlannerParams
-    from ebr.index.probing import ivf_layout
+    from ebr.index.query.planner import PlannerParams
+    from ebr.index.query.probing import ivf_layout
 
     lv, rng = live
     if change == "upserts":

@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.attributes import AttributeTable
-from ebr.index.filters import parse_filter
-from ebr.index.fusion import HYBRID_EBR_WEIGHT, fuse_lists
-from ebr.index.live import compact, open_live
-from ebr.index.search import HYBRID_DEPTH
-from ebr.index.slot import MANIFEST_FILE, load_slot, write_slot
-from ebr.index.terms import term_text
+from ebr.index.build.writer import write_slot
+from ebr.index.live.slot import compact, open_live
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.filters import parse_filter
+from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, fuse_lists
+from ebr.index.query.search import HYBRID_DEPTH
+from ebr.index.query.slot import MANIFEST_FILE, load_slot
+from ebr.index.query.terms import term_text
 from tests.unit.test_search_live import _items as _job_rows
 from tests.unit.test_search_live import _unit
 

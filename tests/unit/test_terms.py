@@ -1,4 +1,5 @@
-"""Term retrieval (ebr.index.terms): BM25 over a slot's job text, and its live-delta scoring."""
+"""Term retrieval (ebr.index.query.terms): BM25 over a slot's job text, and its live-delta
+scoring."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.terms import TermIndex, term_text, tokens, top_rows
+from ebr.index.query.terms import TermIndex, term_text, tokens, top_rows
 
 ITEMS = pd.DataFrame(
     {

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.build import build_index, recall_at_k, recall_queries
-from ebr.index.filtered_gate import gate_filters
-from ebr.index.params import index_kind, search_params, set_search_params
-from ebr.index.planner import PlannerParams
-from ebr.index.retune import main
-from ebr.index.slot import write_slot
-from ebr.index.tune import RecallGateError, recall_gate, tune
+from ebr.index.build.faiss_index import build_index, recall_at_k, recall_queries
+from ebr.index.build.filtered_gate import gate_filters
+from ebr.index.build.retune import main
+from ebr.index.build.tune import RecallGateError, recall_gate, tune
+from ebr.index.build.writer import write_slot
+from ebr.index.query.params import index_kind, search_params, set_search_params
+from ebr.index.query.planner import PlannerParams
 from ebr.metrics import exact_topk, recall_of
 
 D = 32

@@ -24,7 +24,7 @@ from ebr.eval.typed import (
     typed_queries,
     typed_rows,
 )
-from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION
+from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION
 from ebr.model.text import training_vocabulary, words
 from ebr.model.train import train
 

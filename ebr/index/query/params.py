@@ -56,7 +56,7 @@ def index_kind(index: faiss.Index) -> str:
         return "flat"
     raise ValueError(
         f"unsupported index type {type(idx).__name__}: expected one built by "
-        f"ebr.index.build.build_index ({', '.join(SEARCH_PARAMS)})"
+        f"ebr.index.build.faiss_index.build_index ({', '.join(SEARCH_PARAMS)})"
     )
 
 

@@ -1,4 +1,4 @@
-"""The ANN rounds behind ``ebr.index.planner.filtered_search``, one builder per index family.
+"""The ANN rounds behind ``ebr.index.query.planner.filtered_search``, one builder per index family.
 
 - ``ivf_rounds``: IVF / IVF-PQ probes, nearest cell first, only cells holding eligible rows;
   later rounds scan only cells not scanned yet and merge them into the page. A score margin
@@ -24,7 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ebr.index.params import PlannerParams, search_params
+from ebr.index.query.params import PlannerParams, search_params
 
 EXACT_CHUNK_ROWS = 262_144  # exact scans gather at most this many rows at once (64 MiB at d=64)
 SPILL_QUERIES = 32  # rows used as queries to measure how far winners stick out of cells

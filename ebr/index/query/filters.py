@@ -62,7 +62,7 @@ class FilterError(ValueError):
 
 class Filter(ABC):
     """Base of every filter node (frozen dataclasses below): plain data, evaluated by one
-    evaluator, ``ebr.index.attributes.AttributeTable.mask``."""
+    evaluator, ``ebr.index.query.attributes.AttributeTable.mask``."""
 
     @abstractmethod
     def to_json(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Drop-in after ``build_index``::
     tuned = tune(index, vectors, cfg)        # sets the chosen knobs on ``index``
     info.update(tuned["chosen"])             # or raises RecallGateError: no setting is good enough
 
-Re-tune a written slot without changing it: ``python -m ebr.index.retune --slot ...``.
+Re-tune a written slot without changing it: ``python -m ebr.index.build.retune --slot ...``.
 
 Recall is measured against exact search on jittered catalogue rows, the same queries
 ``recall_at_k(index, vectors, n, seed=cfg.seed)`` uses, so the tuner's figure and a slot
@@ -16,7 +16,7 @@ sees, see ``tune``). Cost is the wall time of one batch search of those queries 
 
 The gate also covers filtered search: at the chosen setting, the planner's ANN path
 (``filtered_search``) must reach the target on the same queries under three filters made from
-the vectors (``ebr.index.filtered_gate``): 40% of rows at random, and two that correlate with
+the vectors (``ebr.index.build.filtered_gate``): 40% of rows at random, and two that correlate with
 the vectors the way a region or an industry does, queries on the other side. That is where
 filtered ANN loses recall while unfiltered recall looks fine.
 """
@@ -32,14 +32,11 @@ import faiss
 import numpy as np
 
 from ebr.config import IndexConfig
-from ebr.index.build import (
-    check_vectors,
-    recall_queries,
-    set_faiss_threads,
-)
-from ebr.index.filtered_gate import filtered_recalls
-from ebr.index.params import index_kind, search_params, set_search_params
-from ebr.index.planner import PlannerParams
+from ebr.index.build.faiss_index import recall_queries, set_faiss_threads
+from ebr.index.query.vectors import check_vectors
+from ebr.index.build.filtered_gate import filtered_recalls
+from ebr.index.query.params import index_kind, search_params, set_search_params
+from ebr.index.query.planner import PlannerParams
 from ebr.metrics import exact_topk, recall_of
 
 REFINE_FACTORS = (16, 8, 4, 2, 1)  # high first: it finds a passing setting sooner (a cost bound)
@@ -199,7 +196,7 @@ def tune(
         raise RecallGateError(
             f"{kind} index with {best['params']} reaches recall@{k} {best['recall']:.4f} "
             f"unfiltered but filtered recall@{k} is below target_recall={target}: {shown} "
-            f"(ebr.index.filtered_gate); the planner (ebr.index.planner) loses rows the "
+            f"(ebr.index.build.filtered_gate); the planner (ebr.index.query.planner) loses rows the "
             f"exact filtered search finds",
             sweep,
         )

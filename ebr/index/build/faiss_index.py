@@ -11,13 +11,13 @@ Cosine similarity on unit vectors equals inner product, so every index here uses
   the fastest at recall@10 0.95).
 - ``hnsw``:  ``HNSW{hnsw_m},Flat``; a navigable graph over the exact vectors, no training.
 
-Search-time knobs (nprobe, refine, ef_search) are set and read with ``ebr.index.params``;
-``ebr.index.tune`` picks the cheapest setting that reaches ``IndexConfig.target_recall``.
+Search-time knobs (nprobe, refine, ef_search) are set and read with ``ebr.index.query.params``;
+``ebr.index.build.tune`` picks the cheapest setting that reaches ``IndexConfig.target_recall``.
 
 Try it::
 
     python -c "import numpy as np; from ebr.config import IndexConfig; \
-from ebr.index.build import build_index, recall_at_k; \
+from ebr.index.build.faiss_index import build_index, recall_at_k; \
 x = np.random.default_rng(0).standard_normal((20000, 64)).astype('float32'); \
 x /= np.linalg.norm(x, axis=1, keepdims=True); idx, info = build_index(x, IndexConfig()); \
 print(info, recall_at_k(idx, x, 200))"
@@ -32,15 +32,13 @@ import faiss
 import numpy as np
 
 from ebr.config import IndexConfig
-from ebr.data.records import UNIT_TOLERANCE
-from ebr.index.params import search_params, set_search_params  # re-exported for callers
+from ebr.index.query.params import search_params, set_search_params  # re-exported for callers
+from ebr.index.query.vectors import check_vectors
 from ebr.metrics import exact_topk, recall_of
 
 MIN_IVF_POINTS = 1_000  # below this an IVF/PQ index saves nothing and trains badly: use flat
 MIN_POINTS_PER_CELL = 39  # faiss k-means warns below 39 training points per centroid
 MAX_TRAIN_POINTS = 100_000  # k-means quality saturates well before this; training time does not
-# float32 normalisation error is ~1e-7; larger means "not normalised" (the record contract's)
-NORM_TOLERANCE = UNIT_TOLERANCE
 
 
 def set_faiss_threads(n: int) -> None:
@@ -48,30 +46,6 @@ def set_faiss_threads(n: int) -> None:
     if n < 1:
         raise ValueError(f"faiss thread count must be >= 1, got {n}")
     faiss.omp_set_num_threads(n)
-
-
-def check_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
-    """Validate ``vectors`` [n, d] float32, finite, unit rows; return them C-contiguous."""
-    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
-        shape = getattr(vectors, "shape", type(vectors).__name__)
-        raise ValueError(f"{what} must be a 2-D array [n, d], got shape {shape}")
-    if vectors.dtype != np.float32:
-        raise ValueError(f"{what} must be float32, got {vectors.dtype}")
-    n, d = vectors.shape
-    if n == 0 or d == 0:
-        raise ValueError(f"{what} must be non-empty, got shape {vectors.shape}")
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        raise ValueError(f"{what} row {int(np.argmin(finite))} contains NaN or inf")
-    norms = np.linalg.norm(vectors, axis=1)
-    worst = int(np.argmax(np.abs(norms - 1.0)))
-    if abs(norms[worst] - 1.0) > NORM_TOLERANCE:
-        # Inner product only equals cosine on unit vectors; unnormalised rows rank wrongly.
-        raise ValueError(
-            f"{what} rows must be L2-normalised (cosine = inner product); "
-            f"row {worst} has norm {norms[worst]:.4f}"
-        )
-    return np.ascontiguousarray(vectors)
 
 
 def effective_nlist(n: int, requested: int) -> int:

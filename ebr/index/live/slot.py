@@ -1,13 +1,13 @@
 """Live slots: an immutable snapshot plus a durable log of upserts and deletes, merged at query.
 
-A ``LiveSlot`` is a loaded ``Slot`` and its log (``ebr.index.wal``, in ``<slot-name>.log/``
+A ``LiveSlot`` is a loaded ``Slot`` and its log (``ebr.index.live.wal``, in ``<slot-name>.log/``
 beside the slot). An append is durable (fsynced) before it becomes visible or is acknowledged,
 so reopening the slot (``open_live``: load the snapshot, replay the log) restores everything
 that was acknowledged. Searching merges an ANN search of the snapshot, filtered by tombstones,
 with an exact search of the upserted vectors (the delta). ``compact`` folds both into a new
-immutable slot; flipping an alias to it (``ebr.index.aliases.promote``) is the release.
+immutable slot; flipping an alias to it (``ebr.index.build.aliases.promote``) is the release.
 
-    python -c "from ebr.index.live import open_live; s = open_live('var/demo/slots/<slot>'); \
+    python -c "from ebr.index.live.slot import open_live; s = open_live('var/demo/slots/<slot>'); \
 print(s.stats())"
 """
 
@@ -25,13 +25,14 @@ import pandas as pd
 import pyarrow as pa
 
 from ebr.config import IndexConfig
-from ebr.index.attributes import AttributeTable
-from ebr.index.build import check_vectors
-from ebr.index.filters import Filter
-from ebr.index.fusion import HYBRID_EBR_WEIGHT
-from ebr.index.overlay import admit_record, records_to_table
-from ebr.index.planner import PlannerParams
-from ebr.index.search import (
+from ebr.index.build.writer import write_slot
+from ebr.index.live.overlay import admit_record, records_to_table
+from ebr.index.live.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.filters import Filter
+from ebr.index.query.fusion import HYBRID_EBR_WEIGHT
+from ebr.index.query.planner import PlannerParams
+from ebr.index.query.search import (
     HYBRID_DEPTH,
     RETRIEVALS,
     Delta,
@@ -43,8 +44,8 @@ from ebr.index.search import (
     search_view,
     term_view,
 )
-from ebr.index.slot import Slot, load_slot, write_slot
-from ebr.index.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
+from ebr.index.query.slot import Slot, load_slot
+from ebr.index.query.vectors import check_vectors
 
 TABLES_MERGE = 1024  # delta item tables kept apart before they are merged into one
 MAX_SKIPPED_SHOWN = 20  # rejected log rows kept (with reasons) for stats(); all are counted
@@ -197,8 +198,8 @@ class LiveSlot:
         retrieval: str = "ebr",
         ebr_weight: float = HYBRID_EBR_WEIGHT,
     ) -> Hits:
-        """Top-k live jobs passing ``flt`` per query (``ebr.index.search``): the snapshot minus
-        tombstones, merged with an exact scan of the delta.
+        """Top-k live jobs passing ``flt`` per query (``ebr.index.query.search``): the snapshot
+        minus tombstones, merged with an exact scan of the delta.
 
         Args:
             queries: float [q, d] finite, L2-normalised query embeddings of the slot's model

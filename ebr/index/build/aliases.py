@@ -11,7 +11,7 @@ a query that resolved the old target keeps working after the flip: promote and r
 fail an in-flight query. The older flat format (``{"jobs@live": "jobs-v1-..."}``) is still read;
 the next write upgrades it.
 
-    python -c "from ebr.index.aliases import promote, rollback; \
+    python -c "from ebr.index.build.aliases import promote, rollback; \
 print(promote('var/demo/slots', 'jobs@live', 'jobs-v2-...'))"
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ebr.index.slot import MANIFEST_FILE, check_name
+from ebr.index.query.slot import MANIFEST_FILE, check_name
 from ebr.io import atomic_write_json
 
 ALIASES_FILE = "aliases.json"

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.data.geo import haversine_km
-from ebr.index.filters import (
+from ebr.index.query.filters import (
     BOOL_FIELDS,
     RANGE_FIELDS,
     TERM_FIELDS,

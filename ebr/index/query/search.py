@@ -13,10 +13,10 @@ and tests all search through it.
 Three retrievals (``RETRIEVALS``) share that view and those guarantees:
 
 - ``ebr``: the request embedding against the job vectors (``search_view``);
-- ``term``: BM25 over the slot's job text (``term_view``, ``ebr.index.terms``): every eligible
+- ``term``: BM25 over the slot's job text (``term_view``, ``ebr.index.query.terms``): every eligible
   live job sharing a query term is scored, so k come back whenever k eligible jobs share one;
 - ``hybrid``: both lists, ``HYBRID_DEPTH`` deep, fused
-  (``ebr.index.fusion``: reciprocal rank or normalised scores, weighted); k results
+  (``ebr.index.query.fusion``: reciprocal rank or normalised scores, weighted); k results
   whenever k jobs are eligible (the EBR list fills them).
 """
 
@@ -31,14 +31,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ebr.index.attributes import AttributeTable
-from ebr.index.build import NORM_TOLERANCE
-from ebr.index.filters import Filter
-from ebr.index.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
-from ebr.index.overlay import merge_topk, search_delta
-from ebr.index.planner import PlannerParams, filtered_search
-from ebr.index.slot import Slot, check_queries
-from ebr.index.terms import term_text, top_rows, vocabulary
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.delta import merge_topk, search_delta
+from ebr.index.query.filters import Filter
+from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
+from ebr.index.query.planner import PlannerParams, filtered_search
+from ebr.index.query.slot import Slot
+from ebr.index.query.terms import term_text, top_rows, vocabulary
+from ebr.index.query.vectors import NORM_TOLERANCE, check_queries
 
 RETRIEVALS = ("ebr", "term", "hybrid")
 HYBRID_DEPTH = 100  # each list hybrid retrieval fuses is this deep (k when k is larger)
@@ -58,7 +58,7 @@ class Hits:
 
 @dataclass(frozen=True)
 class Delta:
-    """The upserted part of one consistent live view (see ``ebr.index.live._View``)."""
+    """The upserted part of one consistent live view (see ``ebr.index.live.slot._View``)."""
 
     ids: np.ndarray  # [>= size] int64 job ids by position
     vecs: np.ndarray  # [>= size, d] float32
@@ -253,7 +253,7 @@ def fuse(
     ebr_weight: float = HYBRID_EBR_WEIGHT,
     fusion: str = HYBRID_FUSION,
 ) -> Hits:
-    """Hybrid hits: the two lists fused (``ebr.index.fusion``; scores are the fused ones);
+    """Hybrid hits: the two lists fused (``ebr.index.query.fusion``; scores are the fused ones);
     the delta rows of both, the plans of both. BM25 scores are divided by the best score the
     query could reach (``TermIndex.attainable``), so a job matching half the query's weight
     of words counts half, and BM25's weight is scaled per query by its term coverage

@@ -1,6 +1,6 @@
 """The filtered half of the recall gate: filters made from the vectors, the planner's recall.
 
-``ebr.index.tune`` runs ``filtered_recalls`` at the setting it chose; a slot whose planner
+``ebr.index.build.tune`` runs ``filtered_recalls`` at the setting it chose; a slot whose planner
 misses the target under any of these filters is refused like one that misses it unfiltered.
 Attributes are not needed: the filters follow the vectors the way a region or an industry
 follows job embeddings, which is what makes filtered ANN lose rows.
@@ -13,7 +13,7 @@ from dataclasses import replace
 import faiss
 import numpy as np
 
-from ebr.index.planner import PlannerParams, filtered_search
+from ebr.index.query.planner import PlannerParams, filtered_search
 from ebr.metrics import exact_topk, recall_of
 
 FILTER_SHARE = 0.4  # eligible share of each gate filter (moderate: the planner's ANN range)

@@ -5,7 +5,7 @@ rrf: fused(d) = sum_i w_i / (RRF_K + rank_i(d)), ranks 1-based within list i; sc
 = sum_i w_i * minmax_i(score_i(d)), each list's scores mapped to [0, 1] within the query (the
 two scales, cosine and BM25, are unrelated). A list missing d adds 0; ``row_weights`` scale a
 list's weight query by query (serving scales BM25's by its term coverage). Ties: the better
-best position, then the lower id. Used by serving (``ebr.index.search``) and by the
+best position, then the lower id. Used by serving (``ebr.index.query.search``) and by the
 evaluation (``ebr.eval.ranking.hybrid_ranking``), so both measure one fusion.
 """
 

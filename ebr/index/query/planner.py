@@ -8,7 +8,7 @@ Checked on every call: no returned row is ineligible; each query gets min(k, eli
   count. On 1M x 64 it out-ran IVF-PQ + bitmap up to 2-5% selectivity (2 threads, 1,000
   queries; ``benchmarks/filtered_search.py``, crossover): hence 2%.
 - ``ann_filtered``: FAISS with an ``IDSelectorBitmap`` (O(1) per check), rounds built by
-  ``ebr.index.probing``. IVF: each query probes, nearest first, only cells holding eligible
+  ``ebr.index.query.probing``. IVF: each query probes, nearest first, only cells holding eligible
   rows, until they hold as many as ``nprobe / selectivity**a`` cells would for a filter
   independent of the vectors; then, for a query whose nearest cells hold a smaller share of
   eligible rows than the catalogue (the filter correlates with it), every cell whose centroid
@@ -44,8 +44,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ebr.index.params import PlannerParams, index_kind, search_params  # re-exported
-from ebr.index.probing import (
+from ebr.index.query.params import PlannerParams, index_kind, search_params  # re-exported
+from ebr.index.query.probing import (
     empty_page,
     exact_subset,
     graph_rounds,

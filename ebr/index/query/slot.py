@@ -1,0 +1,137 @@
+"""Index slots: immutable directories holding one FAISS index and the jobs it was built from.
+
+Layout of ``slots_dir``::
+
+    <slot-name>/index.faiss      FAISS index; id i is row i of items.parquet
+    <slot-name>/items.parquet    job_id (int64) + display columns (title, company, city, ...)
+    <slot-name>/vectors.npy      float32 [n, d]: the exact vectors, row i = FAISS id i
+    <slot-name>/terms/           BM25 index over the items' text (``ebr.index.query.terms``)
+    <slot-name>/manifest.json    model version, effective index params, recall@10, checksums
+    <slot-name>.log/             live upserts/deletes on top of the slot (``ebr.index.live.slot``)
+    aliases.json                 alias -> slot name + history (``ebr.index.build.aliases``)
+
+A slot is written once (``ebr.index.build.writer``) under a temp name and renamed into place
+(``ebr.io.atomic_directory``), so a reader sees a complete slot or none; this module reads it.
+Serving follows an alias (``ebr.index.build.aliases``); a new model version or a compaction
+gets a new slot and flipping the alias is the release (and the rollback).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from ebr.index.query.terms import TERMS_DIR, TermIndex
+from ebr.io import sha256_file
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.parquet"
+VECTORS_FILE = "vectors.npy"  # the exact vectors: filtered exact scans, live merges, re-tuning
+MANIFEST_FILE = "manifest.json"
+DATA_FILES = (INDEX_FILE, ITEMS_FILE, VECTORS_FILE)
+# No separators, no leading dot (that is how temp dirs are named).
+SLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(value: str, what: str, pattern: re.Pattern[str] = SLOT_NAME) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{what} must match {pattern.pattern}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """A loaded slot. Treat it as read-only: it is shared by every request that searches it."""
+
+    path: Path
+    manifest: dict[str, Any]
+    items: pd.DataFrame  # row i = FAISS id i
+    index: faiss.Index
+    vectors: np.ndarray  # [n, d] float32, memory-mapped; row i = FAISS id i
+    terms: TermIndex | None = None  # BM25 over the items' text; None in slots built before it
+    _job_ids: np.ndarray = field(init=False, repr=False)  # [n] int64, FAISS id -> job_id
+    _by_job: pd.DataFrame = field(init=False, repr=False)  # items indexed by job_id
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_job_ids", self.items["job_id"].to_numpy(np.int64))
+        object.__setattr__(self, "_by_job", self.items.set_index("job_id", drop=False))
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def job_ids(self) -> np.ndarray:
+        """[n] int64, row (= FAISS id) -> job_id. Read-only by convention, like the slot."""
+        return self._job_ids
+
+    def rows(self, job_ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
+        """Display rows (job_id + display columns) for ``job_ids``, in that order.
+
+        Negative ids (search padding) are skipped; an id not in this slot is a KeyError.
+        """
+        ids = np.asarray(job_ids, dtype=np.int64).ravel()
+        ids = ids[ids >= 0]
+        missing = ids[~np.isin(ids, self._job_ids)]
+        if len(missing):
+            raise KeyError(f"job_ids not in slot {self.name}: {missing[:10].tolist()}")
+        return self._by_job.loc[ids].reset_index(drop=True)
+
+
+def load_slot(path: Path, verify: bool = True) -> Slot:
+    """Open the slot at ``path``; with ``verify`` check every file against its sha256 first.
+
+    Raises:
+        FileNotFoundError: a slot file is missing.
+        ValueError: checksum mismatch, unknown format, or files that disagree with the manifest.
+    """
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"slot {path} has format_version {manifest.get('format_version')!r}, "
+            f"expected {FORMAT_VERSION}"
+        )
+    if verify:
+        checksums = manifest.get("checksums", {})
+        for file in DATA_FILES:
+            if file not in checksums:
+                raise ValueError(f"manifest of {path} has no checksum for {file}")
+        for file, digest in checksums.items():  # the data files and the term index's
+            if sha256_file(path / file) != digest:
+                raise ValueError(f"checksum mismatch for {file} in slot {path}")
+    index = faiss.read_index(str(path / INDEX_FILE))
+    items = pd.read_parquet(path / ITEMS_FILE)
+    # Memory-mapped: exact scans touch only the rows they need; pages are shared by processes.
+    vectors = np.load(path / VECTORS_FILE, mmap_mode="r")
+    counts = {
+        "index": index.ntotal,
+        "items": len(items),
+        "vectors": len(vectors),
+        "manifest": manifest["item_count"],
+    }
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"slot {path} item counts disagree: {counts}")
+    if index.d != manifest["dim"]:
+        raise ValueError(f"slot {path} index dim {index.d} != manifest dim {manifest['dim']}")
+    terms = TermIndex.load(path / TERMS_DIR) if "terms" in manifest else None
+    if terms is not None and terms.n_docs != len(items):
+        raise ValueError(f"slot {path} term index has {terms.n_docs} documents, not {len(items)}")
+    return Slot(path, manifest, items, index, vectors, terms)
