@@ -61,7 +61,8 @@ from ebr.model.infer import encode_jobs, encode_requests, run_tower
 from ebr.versions import model_config, read_meta, version_paths
 from pipelines.batches import ReadBatches, frame_records
 from pipelines.deadletter import KEYS, REQUIRED
-from pipelines.embed import EmbedBatches, embed_catalog, rows_table
+from pipelines.embed import embed_catalog
+from pipelines.towers import EmbedBatches, rows_table
 
 NAME = "embed_throughput"
 TARGET_RATIO = 0.8  # Beam items/s at least this share of the plain loop's (issue 10)

@@ -74,7 +74,7 @@ def test_pipeline_embeds_every_job_and_member_like_the_torch_loop(ws: Workspace)
 def test_embed_transform_keys_rows_by_id(ws: Workspace) -> None:
     import apache_beam as beam
 
-    from pipelines.embed import EmbedRecords
+    from pipelines.towers import EmbedRecords
 
     jobs = pd.read_parquet(ws.data / "jobs.parquet").head(7).to_dict("records")
     with _test_pipeline() as p:
@@ -284,7 +284,7 @@ def test_embed_records_dead_letters_bad_elements_of_a_pcollection(ws: Workspace)
     list, not a record at all) reach the shared transform from any source."""
     import apache_beam as beam
 
-    from pipelines.embed import EmbedRecords
+    from pipelines.towers import EmbedRecords
 
     jobs = pd.read_parquet(ws.data / "jobs.parquet").head(10).to_dict("records")
     j = jobs[0]
@@ -341,7 +341,7 @@ def test_featurizer_and_output_failures_are_dead_letters(ws: Workspace) -> None:
     embedding are refused one element at a time; the batch-mates go on."""
     import apache_beam as beam
 
-    from pipelines.embed import EmbedRecords, _failed_batch, _FeatureBatch
+    from pipelines.towers import EmbedRecords, _failed_batch, _FeatureBatch
 
     jobs = pd.read_parquet(ws.data / "jobs.parquet").head(6).to_dict("records")
     no_title = {k: v for k, v in _job(jobs[0], 10_021).items() if k != "title"}
