@@ -15,7 +15,7 @@ rm -rf "$WS"
 mkdir -p "$WS" var
 
 echo "== 1/3 Flyte workflow build_platform (size=$SIZE) -> $WS"
-/usr/bin/time -v -o var/demo-build.time "$VENV/bin/pyflyte" run workflows/platform.py build_platform \
+/usr/bin/time -v -o var/demo-build.time "$VENV/bin/pyflyte" run --overwrite-cache workflows/platform.py build_platform \
   --config "{\"workspace\": \"$WS\", \"data\": {\"n_jobs\": $SIZE}}"
 grep -E "Elapsed \(wall|Maximum resident" var/demo-build.time | sed 's/^\s*/   /'
 

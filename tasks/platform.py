@@ -13,9 +13,27 @@ from typing import Any
 from flytekit import Resources, task
 
 from ebr.config import DataConfig, IndexConfig, ModelConfig, TrainConfig, Workspace
+from ebr.fingerprint import code_version
+
+TABLES = ("jobs", "members", "impressions")
 
 
-@task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
+# What the marketplace tables are a function of, besides the DataConfig input (Flyte keys the
+# cache on the inputs too): the generator's code. Its bundled data (ESCO, GeoNames) comes from
+# pinned packages.
+GENERATOR_CODE = ("ebr.data", "ebr.config", "ebr.io", "ebr.model.text")
+
+
+# Deterministic (same config + same code -> byte-identical tables), so cached; the version
+# changes with the code, so an edited generator never serves stale tables from the cache.
+# A cache hit skips the body: the tables must still be in the workspace (``_tables`` says so
+# when they are not; rerun with --overwrite-cache after deleting a workspace).
+@task(
+    requests=Resources(cpu="2", mem="4Gi"),
+    retries=1,
+    cache=True,
+    cache_version=code_version(*GENERATOR_CODE),
+)
 def generate_marketplace(workspace: str, data: DataConfig) -> str:
     """Write jobs/members/impressions Parquet tables; returns the data folder."""
     from ebr.data.marketplace import write_marketplace
@@ -28,10 +46,13 @@ def generate_marketplace(workspace: str, data: DataConfig) -> str:
 def _tables(data_dir: str) -> dict[str, Any]:
     import pandas as pd
 
-    return {
-        n: pd.read_parquet(Path(data_dir) / f"{n}.parquet")
-        for n in ("jobs", "members", "impressions")
-    }
+    missing = [n for n in TABLES if not (Path(data_dir) / f"{n}.parquet").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{data_dir} lacks {missing}: generate_marketplace's cached result names tables that "
+            "are gone (was the workspace deleted?); rerun with --overwrite-cache"
+        )
+    return {n: pd.read_parquet(Path(data_dir) / f"{n}.parquet") for n in TABLES}
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
