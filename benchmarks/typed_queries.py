@@ -70,8 +70,8 @@ def _models(data: Path, root: Path, epochs: int, catalogue: float = 0.0) -> dict
     from ebr.config import ModelConfig, TrainConfig, Workspace
     from ebr.model.artifact import save_model
     from ebr.model.interest import train_interest
-    from ebr.model.text import training_vocabulary
     from ebr.model.train import train_with_interest
+    from ebr.text import training_vocabulary
     from ebr.versions import META_FILE, read_meta, version_paths
 
     ws = Workspace(root)
@@ -102,7 +102,7 @@ def _encode_latency(model: Any, mcfg: Any, texts: list[str], members: Any) -> di
 
     from ebr.model.features import _hash_text
     from ebr.model.infer import encode_requests
-    from ebr.model.text import normalize
+    from ebr.text import normalize
 
     torch.set_num_threads(1)  # a serving replica gets a fraction of a core
     _hash_text.cache_clear()

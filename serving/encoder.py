@@ -111,7 +111,7 @@ class RequestEncoder:
         script, a word not in any job) would embed as untrained hash buckets: a fixed,
         arbitrary point. Better to say so than to return neighbours of that point.
         """
-        from ebr.model.text import words
+        from ebr.text import words
 
         if query is None:
             return {"query_understood": None, "unknown_words": []}

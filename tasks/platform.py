@@ -21,7 +21,7 @@ TABLES = ("jobs", "members", "impressions")
 # What the marketplace tables are a function of, besides the DataConfig input (Flyte keys the
 # cache on the inputs too): the generator's code. Its bundled data (ESCO, GeoNames) comes from
 # pinned packages.
-GENERATOR_CODE = ("ebr.data", "ebr.config", "ebr.io", "ebr.model.text")
+GENERATOR_CODE = ("ebr.data", "ebr.config", "ebr.io", "ebr.text")
 
 
 # Deterministic (same config + same code -> byte-identical tables), so cached; the version
@@ -86,8 +86,8 @@ def train_two_tower(
     ``model.text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title
     vectors)."""
     from ebr.model.artifact import save_model
-    from ebr.model.text import training_vocabulary
     from ebr.model.train import train_with_interest
+    from ebr.text import training_vocabulary
 
     t, tcfg = _tables(data_dir), train
     trained, metrics, lineage = train_with_interest(

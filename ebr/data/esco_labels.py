@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.data.esco import esco_data_dir, occupation_label, split_labels
-from ebr.model.text import words
+from ebr.text import words
 
 
 def label_key(text: str) -> str:

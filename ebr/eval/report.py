@@ -34,9 +34,9 @@ from ebr.index.query.fusion import HYBRID_EBR_WEIGHT_MEMBER
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.metrics import exact_topk, mrr, ndcg_at, recall_at
 from ebr.model.infer import encode_jobs, encode_requests
-from ebr.model.text import Vocabulary, training_vocabulary
 from ebr.model.towers import TwoTower
 from ebr.model.train import request_members
+from ebr.text import Vocabulary, training_vocabulary
 
 GRADES = {"apply": 3.0, "save": 2.0, "click": 1.0}  # graded relevance for ndcg@10_graded
 BY_OUTCOME_K = 100  # per-outcome recall cutoff

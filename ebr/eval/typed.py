@@ -44,8 +44,8 @@ from ebr.eval.bm25 import BM25Baseline
 from ebr.eval.ranking import fusion_sweep, hybrid_ranking, pad_scores, pad_to
 from ebr.metrics import exact_topk
 from ebr.model.infer import encode_jobs, encode_requests
-from ebr.model.text import Vocabulary, words
 from ebr.model.towers import TwoTower
+from ebr.text import Vocabulary, words
 
 KINDS = ("alt_label", "title_word", "misspelled", "reordered", "common", "unknown")
 BUCKETS = ("head", "torso", "tail")

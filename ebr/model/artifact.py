@@ -4,7 +4,7 @@
       request_tower.pt   state_dict (tensors only; loaded with weights_only=True)
       item_tower.pt      state_dict, loadable on its own (Beam's model handler reads it)
       model.json         version, ModelConfig, training settings + metrics, checksums
-      vocab.txt          the normalised words of the training texts (``ebr.model.text``), so
+      vocab.txt          the normalised words of the training texts (``ebr.text``), so
                          serving can tell a query the model knows nothing of
 
 Each tower's state dict carries its own copy of the shared embedding tables, so serving and
@@ -24,8 +24,8 @@ import torch
 from ebr.config import ModelConfig
 from ebr.io import atomic_directory, atomic_write_bytes, sha256_file
 from ebr.model.specs import tower_specs, two_tower
-from ebr.model.text import VOCAB_FILE, Vocabulary
 from ebr.model.towers import ItemTower, RequestTower, TwoTower
+from ebr.text import VOCAB_FILE, Vocabulary
 from ebr.versions import check_version, interest_version, model_config, read_meta
 
 
@@ -45,7 +45,7 @@ def save_model(
     vocabulary: Vocabulary | None = None,
 ) -> Path:
     """Write ``models_dir/version`` atomically; an existing version is never overwritten.
-    ``vocabulary``: the words of the training texts (``ebr.model.text.training_vocabulary``)."""
+    ``vocabulary``: the words of the training texts (``ebr.text.training_vocabulary``)."""
     check_version(version)
     target = models_dir / version
     with atomic_directory(target) as tmp:

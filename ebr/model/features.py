@@ -19,8 +19,8 @@ import pandas as pd
 
 from ebr.config import ModelConfig
 from ebr.data.geo import unit_xyz
-from ebr.model.text import words
 from ebr.model.towers import TowerSpec
+from ebr.text import words
 
 # Fixed slot widths per text field (the body uses ModelConfig.max_tokens).
 SHORT_TOKENS = 16  # titles, headlines, queries (words + bigrams)
@@ -101,7 +101,7 @@ def trigrams(word: str) -> list[str]:
 
 @lru_cache(maxsize=200_000)
 def _hash_text(text: str, buckets: int, subwords: bool = False) -> tuple[int, ...]:
-    """Hashed ids in [1, buckets) of the normalised words (``ebr.model.text``): unigrams,
+    """Hashed ids in [1, buckets) of the normalised words (``ebr.text``): unigrams,
     bigrams, then (``subwords``) each word's character trigrams; cached because texts repeat."""
     ws = words(text)
     grams = ws + [f"{a} {b}" for a, b in zip(ws, ws[1:], strict=False)]

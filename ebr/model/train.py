@@ -186,7 +186,7 @@ def main(
 ) -> None:
     """CLI: train (without a member-interest input) and save the versioned artifact."""
     from ebr.model.artifact import save_model
-    from ebr.model.text import training_vocabulary
+    from ebr.text import training_vocabulary
 
     mcfg, tcfg = ModelConfig(), TrainConfig(epochs=epochs)
     tables = {n: pd.read_parquet(data / f"{n}.parquet") for n in ("jobs", "members", "impressions")}

@@ -88,3 +88,25 @@ def test_index_layers_import_only_downwards() -> None:
         above = {i for i in _imports(path) if i.startswith(layers[mine + 1 :])}
         assert not above, f"{name} imports {sorted(above)} from a layer above it"
     assert all(_modules().get(layer) for layer in layers)  # the layers exist as packages
+
+
+def _package(module: str) -> str:
+    """The package a module belongs to: ebr.<pkg>, or ebr.index.<layer> inside the index."""
+    parts = module.split(".")
+    return ".".join(parts[:3] if parts[:2] == ["ebr", "index"] and len(parts) > 3 else parts[:2])
+
+
+def test_ebr_packages_form_a_layered_stack() -> None:
+    """No cycle between packages either (e.g. data -> model -> data): each can be read, tested
+    and replaced with only the ones below it."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        mine = _package(name)
+        deps = {_package(i) for i in _imports(path) if i in mods}
+        graph.setdefault(mine, set()).update(deps - {mine})
+    for deps in list(graph.values()):
+        for dep in deps:
+            graph.setdefault(dep, set())
+    assert _cycles(graph) == []
+    assert {"ebr.data", "ebr.model", "ebr.index.query", "ebr.index.live"} <= set(graph)

@@ -10,7 +10,7 @@ import pytest
 
 from ebr.config import ModelConfig
 from ebr.model.features import job_tensors, profile_nums, request_tensors, text_ids
-from ebr.model.text import Vocabulary, normalize, words
+from ebr.text import Vocabulary, normalize, words
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ from ebr.eval.typed import (
     typed_rows,
 )
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION
-from ebr.model.text import training_vocabulary, words
 from ebr.model.train import train
+from ebr.text import training_vocabulary, words
 
 
 @pytest.fixture(scope="module")

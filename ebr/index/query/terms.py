@@ -2,7 +2,7 @@
 
 What a job's text is (``term_text``): the title twice (a boosted field), the skills and the
 description, each where the items have that column. Words are the towers' normalised words
-(``ebr.model.text.words``: NFKC, case and accent folding) minus English stopwords and
+(``ebr.text.words``: NFKC, case and accent folding) minus English stopwords and
 one-letter words, so 'Café' and 'cafe' are one term for both retrievers.
 
 The snapshot's documents are scored by bm25s from its precomputed sparse matrix (exact: every
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.io import atomic_write_json
-from ebr.model.text import words
+from ebr.text import words
 
 TERMS_DIR = "terms"
 STATS_FILE = "stats.json"
