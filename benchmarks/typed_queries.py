@@ -134,7 +134,7 @@ def _encode_latency(model: Any, mcfg: Any, texts: list[str], members: Any) -> di
 
 def _plot(typed: dict[str, Any], summary: dict[str, Any]) -> None:
     from ebr.eval.report import typed_bars
-    from ebr.eval.typed import typed_rows
+    from ebr.eval.typed_scores import typed_rows
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), width_ratios=(1.4, 1))
@@ -174,7 +174,8 @@ def main(
     from ebr.config import TrainConfig
     from ebr.data.esco import load_occupations
     from ebr.eval.report import evaluate_marketplace
-    from ebr.eval.typed import typed_queries, typed_rows
+    from ebr.eval.typed import typed_queries
+    from ebr.eval.typed_scores import typed_rows
     from ebr.model.artifact import load_two_tower, load_vocabulary
     from ebr.model.interest import load_interest_snapshots
 

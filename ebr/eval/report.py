@@ -29,7 +29,8 @@ from ebr.eval.ranking import (
     pad_to,
     popularity_ranking,
 )
-from ebr.eval.typed import evaluate_typed, typed_queries, typed_rows
+from ebr.eval.typed import typed_queries
+from ebr.eval.typed_scores import evaluate_typed, typed_rows
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT_MEMBER
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.metrics import exact_topk, mrr, ndcg_at, recall_at
@@ -95,9 +96,9 @@ def evaluate_marketplace(
     (ebr.model.interest.load_interest_snapshots). ``ann``: (request vectors [q, d], k) ->
     job ids [q, k] (-1 padded) from the served ANN index (``ebr.index.live.slot.served_search``);
     adds the method ``ebr_ann`` beside the exact ``ebr``. ``typed``: typed queries
-    (ebr.eval.typed.typed_queries) -> a "typed" section (``evaluate_typed``: EBR, BM25 and
-    hybrid on queries the model never trained on), judged against ``vocabulary`` (default:
-    the words of the three tables).
+    (ebr.eval.typed.typed_queries) -> a "typed" section (``typed_scores.evaluate_typed``:
+    EBR, BM25 and hybrid on queries the model never trained on), judged against
+    ``vocabulary`` (default: the words of the three tables).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:

@@ -17,13 +17,8 @@ from ebr.data.esco_labels import alternative_labels, eval_reserved
 from ebr.data.marketplace import Marketplace, generate
 from ebr.eval.ranking import FUSION_WEIGHTS
 from ebr.eval.report import evaluate_marketplace, report_html, write_report
-from ebr.eval.typed import (
-    KINDS,
-    relevant_jobs,
-    typed_metrics,
-    typed_queries,
-    typed_rows,
-)
+from ebr.eval.typed import KINDS, typed_queries
+from ebr.eval.typed_scores import relevant_jobs, typed_metrics, typed_rows
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION
 from ebr.model.train import train
 from ebr.text import training_vocabulary, words
