@@ -201,7 +201,7 @@ def _embed(
             dead.append(joined.dead_letter)
             embed("Interest", "interest", joined.records | Rebatch(batch_size), "members")
         else:
-            iv = verified_interest(ws.interest_models, meta)
+            iv = verified_interest(ws, meta)
             if iv is not None:
                 table = interest_paths(ws, iv).members
                 joined = members | "Interest" >> AttachInterest(table, cfg.interest_dim)

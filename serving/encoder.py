@@ -84,7 +84,7 @@ class RequestEncoder:
         # Words the model trained on (None for a model saved without its vocabulary).
         self._vocab = load_vocabulary(request_tower_dir(ws, model_version))
         # The member-interest version this model was co-trained with; refuse any other.
-        self._interest = verified_interest(ws.interest_models, meta)
+        self._interest = verified_interest(ws, meta)
         self._store = open_store(ws.feature_repo)
         # Warm up: the first forward pass and the first online read are ~0.5 s (lazy init);
         # pay it here, before the replica reports ready, not on the first user's request.

@@ -221,7 +221,7 @@ def evaluate_release(
     )
     model, mcfg, meta = load_two_tower(model_dir)
     snaps = None
-    iv = verified_interest(ws.interest_models, meta)
+    iv = verified_interest(ws, meta)
     if iv is not None:
         snaps = load_interest_snapshots(
             interest_paths(ws, iv).model, jobs, members, impressions, eval_days

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from ebr.config import ModelConfig
+from ebr.config import ModelConfig, Workspace
 from ebr.io import atomic_directory, atomic_write_bytes, sha256_file
 from ebr.model.specs import tower_specs, two_tower
 from ebr.model.towers import ItemTower, RequestTower, TwoTower
 from ebr.text import VOCAB_FILE, Vocabulary
-from ebr.versions import check_version, interest_version, model_config, read_meta
+from ebr.versions import check_version, interest_paths, interest_version, model_config, read_meta
 
 
 def split_towers(model: TwoTower) -> dict[str, dict[str, torch.Tensor]]:
@@ -165,9 +165,9 @@ def check_lineage(meta: dict[str, Any], interest_dir: Path | None) -> str | None
     return str(recorded["version"])
 
 
-def verified_interest(interest_models: Path, meta: dict[str, Any]) -> str | None:
+def verified_interest(ws: Workspace, meta: dict[str, Any]) -> str | None:
     """The member-interest version ``meta`` (a model.json) was co-trained with, checked
-    against that model's files under ``interest_models`` (``check_lineage``); None for a
-    model without a member-interest input."""
+    against that model's files in ``ws`` (``check_lineage``); None for a model without a
+    member-interest input."""
     iv = interest_version(meta)
-    return check_lineage(meta, None if iv is None else Path(interest_models) / iv)
+    return check_lineage(meta, None if iv is None else interest_paths(ws, iv).model)

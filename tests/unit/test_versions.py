@@ -71,3 +71,24 @@ def test_a_versions_paths_come_from_one_place(tmp_path: Path) -> None:
             version_paths(ws, bad)
         with pytest.raises(ValueError, match="version must match"):
             interest_paths(ws, bad)
+
+
+def test_no_adapter_joins_a_versions_paths_by_hand() -> None:
+    """Every place that needs where a version lives asks version_paths / interest_paths."""
+    import re
+
+    from tests.conftest import REPO
+
+    joined = re.compile(r"\.(models|embeddings|interest_models|interest_embeddings)\s*/")
+    owner = REPO / "ebr" / "versions.py"
+    found = []
+    folders = ("ebr", "pipelines", "tasks", "workflows", "serving", "feature_repo", "benchmarks")
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            if path == owner:
+                continue
+            for i, line in enumerate(path.read_text().splitlines(), start=1):
+                if joined.search(line):
+                    found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    assert found == []
+    assert joined.search("ws.models / version") and joined.search("ws.interest_embeddings /iv")
