@@ -395,3 +395,100 @@ def test_unfiltered_page_check_refuses_what_the_full_check_refuses() -> None:
         for bad, n, need in ((np.array([[3, 3, 2, -1]]), 4, 3), (good, 3, 3), (good, 4, 4),
                              (np.array([[3, 1, 2, 0]]), 4, 3)):  # fmt: skip
             assert not _full_pages(np.repeat(bad, len(rows), axis=0), n, need)
+
+
+# ---- deletes alone: the index's own search, post-filtered; frozen masks memoized ----
+
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out.flags.writeable = False
+    return out
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("k", [K, 100])
+@pytest.mark.parametrize("deleted", [20, 1_200])  # few; many (30%)
+def test_postfiltered_pages_match_the_planners(
+    kind: str, k: int, deleted: int, indexes: dict[str, Any], vectors: np.ndarray,
+    queries: np.ndarray,
+) -> None:  # fmt: skip
+    """Deletes alone: exactly k eligible rows a query, at the planner's recall or better,
+    batched and one query per call alike; no deleted row ever comes back."""
+    from ebr.index.query.postfilter import postfiltered_search
+
+    index, ann = indexes[kind], FORCE["ann"]  # ann: this small index would scan exactly
+    mask = ~random_mask(N, deleted, seed=deleted)
+    mask[truth(vectors, queries, np.ones(N, dtype=bool), 3).ravel()] = False  # their nearest
+    scores, rows, plan = postfiltered_search(index, vectors, queries, k, _frozen(mask), ann)
+    assert plan.strategy == "ann_postfiltered" and plan.eligible == int(mask.sum())
+    check_invariants(rows, scores, mask, k)
+    _, want, _ = filtered_search(index, vectors, queries, k, mask, ann)  # writable: planner
+    exact = truth(vectors, queries, mask, k)
+    assert recall_of(rows, exact) >= recall_of(want, exact) - (0.01 if kind == "hnsw" else 0)
+    for i in range(0, Q, 7):  # one query per call: the same page
+        s1, r1, _ = postfiltered_search(index, vectors, queries[i : i + 1], k, mask, ann)
+        check_invariants(r1, s1, mask, k)
+        assert recall_of(r1, rows[i : i + 1]) >= 0.99
+        np.testing.assert_allclose(s1[0, :5], scores[i, :5], rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_deletes_crowding_a_query_take_the_planner(
+    kind: str, indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    """A query whose nearest rows are all deleted (a company's jobs, say) comes back short
+    from the index's search: the planner answers it, and only eligible rows are returned."""
+    from ebr.index.query.postfilter import postfiltered_search
+
+    mask = np.ones(N, dtype=bool)
+    mask[truth(vectors, queries[:1], mask, 60)[0]] = False  # query 0's 60 nearest
+    scores, rows, plan = postfiltered_search(
+        indexes[kind], vectors, queries, K, _frozen(mask), FORCE["ann"]
+    )
+    check_invariants(rows, scores, mask, K)
+    assert plan.strategy == "ann_postfiltered" and plan.retried_queries >= 1
+    assert recall_of(rows[:1], truth(vectors, queries[:1], mask, K)) >= 0.9
+
+
+def test_postfilter_leaves_what_it_does_not_serve_to_the_planner(
+    indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    from ebr.index.query.postfilter import postfiltered_search
+
+    half = random_mask(N, N // 3, seed=5)  # a third eligible: the selector's job
+    for kind, mask, params, want in (
+        ("ivf", half, FORCE["ann"], "ann_filtered"),
+        ("ivf", ~random_mask(N, 20, seed=6), None, "exact_subset"),  # small: exact is cheap
+        ("flat", ~random_mask(N, 20, seed=6), FORCE["ann"], "exact_subset"),
+    ):
+        scores, rows, plan = postfiltered_search(indexes[kind], vectors, queries, K, mask, params)
+        assert plan.strategy == want
+        check_invariants(rows, scores, mask, K)
+
+
+def test_only_frozen_masks_are_memoized(
+    indexes: dict[str, Any], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    """A writable mask is read afresh on every call: changing it after a search changes the
+    next answer. A frozen one (read-only, no writable base) is cached while it lives."""
+    from ebr.index.query.masks import cached, frozen, mask_info
+    from ebr.index.query.postfilter import postfiltered_search
+
+    index, ann = indexes["ivf"], FORCE["ann"]
+    mask = ~random_mask(N, 20, seed=7)
+    for search in (filtered_search, postfiltered_search):
+        live = mask.copy()
+        _, rows, _ = search(index, vectors, queries, K, live, ann)
+        assert not cached(live)
+        live[rows[:, 0]] = False  # each query's best row is deleted in place
+        scores, again, plan = search(index, vectors, queries, K, live, ann)
+        assert not np.isin(again, rows[:, 0]).any() and plan.eligible == int(live.sum())
+        check_invariants(again, scores, live, K)
+    view = mask.view()
+    view.flags.writeable = False  # read-only, but its base is not: not frozen
+    assert not frozen(view) and mask_info(view) is not mask_info(view)
+    still = _frozen(mask)
+    filtered_search(index, vectors, queries, K, still, ann)
+    assert frozen(still) and cached(still) and mask_info(still) is mask_info(still)
+    assert mask_info(still).count == int(mask.sum())

@@ -260,3 +260,31 @@ def test_unfiltered_queries_equal_the_planners_general_path(live, change) -> Non
     exact = ids[np.argsort(-(q @ vecs.T), axis=1)[:, :100]]
     recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(hits.job_ids, exact, strict=True)])
     assert recall >= 0.9
+
+
+@pytest.mark.parametrize("k", [10, 100])
+def test_deletes_alone_take_the_postfilter_and_never_return_a_deleted_job(live, k) -> None:
+    """A live view's not-deleted mask is frozen (its derived data cached); with deletes alone
+    the index's own search is post-filtered: k live jobs a query, none deleted, batched and
+    one query per call alike; a later delete publishes a new mask that is honoured."""
+    from ebr.index.query.masks import cached
+    from ebr.index.query.planner import PlannerParams
+
+    lv, rng = live
+    ann = PlannerParams(exact_max_eligible=0, exact_max_fraction=0.0)  # small slot: no exact
+    q = _unit(rng, 12)
+    nearest = lv.query(q, 5).job_ids[:, 0]
+    lv.delete(np.concatenate([nearest, lv.snapshot.job_ids[::7]]))  # their best, and many
+    hits = lv.query(q, k, params=ann)
+    mask = lv._current()[2].eligible
+    assert mask is not None and not mask.flags.writeable and cached(mask)
+    assert hits.plan["strategy"] == "ann_postfiltered"
+    dead = lv.snapshot.job_ids[lv.deleted_rows()]
+    assert not np.isin(hits.job_ids, dead).any() and (hits.job_ids >= 0).all()
+    for i in range(len(q)):
+        one = lv.query(q[i : i + 1], k, params=ann)
+        assert not np.isin(one.job_ids, dead).any() and (one.job_ids >= 0).all()
+    lv.delete(hits.job_ids[:, 0])
+    again = lv.query(q, k, params=ann)
+    assert not np.isin(again.job_ids, hits.job_ids[:, 0]).any() and (again.job_ids >= 0).all()
+    assert lv._current()[2].eligible is not mask  # a new view, a new frozen mask

@@ -244,6 +244,8 @@ class LiveSlot:
             view = self._view
             delta = Delta(view.ids, view.vecs, view.alive, list(self._tables))
             sc = scope(self.snapshot, view.deleted, delta, self.attributes, None, view.n_deleted)
+            if sc.eligible is not None:  # a fresh ~deleted, fixed for the view: frozen, so the
+                sc.eligible.flags.writeable = False  # planner caches what it derives from it
             cached = self._scoped = (view, delta, sc)
         return cached
 

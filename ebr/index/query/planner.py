@@ -44,6 +44,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ebr.index.query.masks import mask_info
 from ebr.index.query.params import PlannerParams, index_kind, search_params  # re-exported
 from ebr.index.query.probing import (
     empty_page,
@@ -251,7 +252,8 @@ def _planned(
     """``filtered_search`` on checked inputs: every strategy, rounds and fallbacks."""
     n = index.ntotal
     mask = np.ones(n, dtype=bool) if eligible is None else eligible
-    m = int(np.count_nonzero(mask))
+    info = mask_info(mask)  # count, selector, ...: cached for a frozen mask (masks.py)
+    m = info.count
     need, s = min(k, m), (m / n if n else 0.0)
     filtered = m < n  # an all-eligible mask searches unfiltered: same answer, no selector cost
     small = m <= max(p.exact_max_eligible, p.exact_max_fraction * n)
@@ -262,9 +264,8 @@ def _planned(
         _check_results(rows, n, mask, need, "exact_subset")
         return scores, rows, Plan("exact_subset", n, m, s, k)
 
-    # The bitmap must outlive every search that reads it: FAISS keeps a raw pointer.
-    bits = np.packbits(mask, bitorder="little") if filtered else None
-    sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits)) if bits is not None else None
+    # The selector's bitmap lives in ``info``, held until the last search that reads it.
+    sel = info.selector() if filtered else None
     ivf = kind in ("ivf", "ivfpq")
     search, widen, effort, cap, skip = (
         ivf_rounds(index, vectors, q, mask, need, sel, p) if ivf

@@ -24,6 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ebr.index.query.masks import mask_info
 from ebr.index.query.params import PlannerParams, search_params
 
 EXACT_CHUNK_ROWS = 262_144  # exact scans gather at most this many rows at once (64 MiB at d=64)
@@ -151,8 +152,9 @@ def ivf_rounds(
     own = search_params(index)
     base, k_factor = p.nprobe or own["nprobe"], p.k_factor or own.get("refine")
     cell, centroids, sizes = ivf_layout(index)
-    n, m, nlist = len(cell), int(np.count_nonzero(mask)), len(centroids)
-    counts = sizes if m == n else np.bincount(cell[mask], minlength=nlist)  # eligible per cell
+    info = mask_info(mask)  # cached for a frozen mask (a live view's not-deleted rows)
+    n, m, nlist = len(cell), info.count, len(centroids)
+    counts = sizes if m == n else info.cell_counts(cell, nlist)  # eligible per cell
     live = np.flatnonzero(counts)  # cells holding eligible rows: the only ones worth a probe
     scores = q @ centroids[live].T  # [nq, live]: the order FAISS probes cells in
     lo = min(base, len(live))
@@ -235,7 +237,7 @@ def graph_rounds(
     ``exact_share`` of the eligible rows, is not run: the exact scan is cheaper, and exact.
     """
     own = search_params(index)
-    n, m = len(mask), int(np.count_nonzero(mask))
+    n, m = len(mask), mask_info(mask).count
     s = m / n if n else 0.0
     hnsw = "ef_search" in own
     base = p.ef_search or own.get("ef_search", 1)
@@ -281,12 +283,9 @@ def suspects(
     a walk or probe that never reached the eligible region's best is caught almost surely, an
     ordinary ANN miss (one row) rarely (s / m).
     """
-    rows = np.flatnonzero(mask)
-    if len(rows) > size:
-        rows = np.sort(np.random.default_rng(0).choice(rows, size, replace=False))
-    better = q @ np.asarray(vectors[rows], dtype=np.float32).T > page[0][:, need - 1 :] + (
-        SCORE_TOLERANCE
-    )
+    info = mask_info(mask)  # sample and its vectors cached for a frozen mask
+    rows = info.sample(size)
+    better = q @ info.sample_vectors(vectors, size).T > page[0][:, need - 1 :] + SCORE_TOLERANCE
     qi, j = np.nonzero(better)
     missed = ~(page[1][qi] == rows[j][:, None]).any(axis=1)
     out = np.zeros(len(q), dtype=bool)

@@ -1,7 +1,8 @@
 """The one search path over a live slot: filters + planner + tombstones + upserted delta.
 
     snapshot rows:  eligible = filter(attributes) AND NOT (tombstoned or superseded)
-                    -> planner.filtered_search (exact subset scan or ANN with an id selector)
+                    -> planner.filtered_search (exact subset scan or ANN with an id selector);
+                       deletes alone: postfilter.postfiltered_search (the index's own search)
     delta rows:     records upserted since the snapshot, filtered the same way, scanned exactly
     merge:          top-k by score; every result passes the filter and is live
 
@@ -36,6 +37,7 @@ from ebr.index.query.delta import merge_topk, search_delta
 from ebr.index.query.filters import Filter
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 from ebr.index.query.planner import PlannerParams, filtered_search
+from ebr.index.query.postfilter import postfiltered_search
 from ebr.index.query.slot import Slot
 from ebr.index.query.terms import term_text, top_rows, vocabulary
 from ebr.index.query.vectors import NORM_TOLERANCE, check_queries
@@ -174,7 +176,12 @@ def search_view(
     ``scoped``: ``scope(...)`` of the same arguments, when the caller has it already."""
     q = _checked(queries, k, snap)
     sc = scoped or scope(snap, deleted, delta, attributes, flt)
-    scores, rows, plan = filtered_search(snap.index, snap.vectors, q, k, sc.eligible, params)
+    if flt is None and sc.eligible is not None:  # deletes alone exclude few rows, spread out
+        scores, rows, plan = postfiltered_search(
+            snap.index, snap.vectors, q, k, sc.eligible, params
+        )
+    else:
+        scores, rows, plan = filtered_search(snap.index, snap.vectors, q, k, sc.eligible, params)
     # The planner returns min(k, eligible) rows a query: with k eligible, no -1 pad to keep.
     if plan.eligible >= k:
         job_ids = snap.job_ids[rows]
