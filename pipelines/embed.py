@@ -29,6 +29,7 @@ from typing import Any
 
 import apache_beam as beam
 import pandas as pd
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ebr.config import Workspace
@@ -161,11 +162,11 @@ def _embed(
     paths: VersionPaths | InterestPaths
     if interest_version is not None:
         paths = interest_paths(ws, interest_version)
-        outputs = {"members": "member_id"}
+        outputs: tuple[str, ...] = ("members",)
     else:
         assert version is not None, "a catalogue run names its model version"
         paths = version_paths(ws, version)
-        outputs = {"jobs": "job_id", "members": "member_id"}
+        outputs = ("jobs", "members")
     model_dir, out = paths.model, paths.embeddings
     options = list(runner_options)
     if not any(o.startswith("--runner") for o in options):
@@ -212,9 +213,8 @@ def _embed(
         tuple(dead) | "DeadLetters" >> WriteDeadLetters(staging / DEAD_LETTER_NAME)
         result = pipeline.run()
         result.wait_until_finish()
-    counts = {
-        k: len(pd.read_parquet(out / f"{k}.parquet", columns=[c])) for k, c in outputs.items()
-    }
+    # Row counts from the Parquet footers: reading the tables back would cost a second pass.
+    counts = {k: pq.ParquetFile(out / f"{k}.parquet").metadata.num_rows for k in outputs}
     return {
         **counts,
         **summarize(out / f"{DEAD_LETTER_NAME}.jsonl"),
