@@ -492,3 +492,21 @@ def test_only_frozen_masks_are_memoized(
     filtered_search(index, vectors, queries, K, still, ann)
     assert frozen(still) and cached(still) and mask_info(still) is mask_info(still)
     assert mask_info(still).count == int(mask.sum())
+
+
+@pytest.mark.parametrize("excluded", [0, 7, 300, 1_900, 3_500])  # in place, gathered, sparse
+def test_exact_masked_equals_brute_force_in_every_branch(
+    excluded: int, vectors: np.ndarray, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ebr.index.query import exact
+
+    # Small slices, so one scan crosses several and both per-slice branches run.
+    monkeypatch.setattr(exact, "EXACT_CHUNK_ROWS", 1_000)
+    monkeypatch.setattr(exact, "MAX_SKIPPED", 100)
+    mask = ~random_mask(N, excluded, seed=excluded)
+    for k in (K, 100):
+        scores, rows = exact.exact_masked(vectors, mask, queries, k)
+        np.testing.assert_array_equal(rows, truth(vectors, queries, mask, k))
+        expected = np.take_along_axis(queries @ vectors.T, rows, axis=1)
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+        assert mask[rows].all()

@@ -44,6 +44,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ebr.index.query.exact import exact_masked
 from ebr.index.query.masks import mask_info
 from ebr.index.query.params import PlannerParams, index_kind, search_params  # re-exported
 from ebr.index.query.probing import (
@@ -304,9 +305,7 @@ def _planned(
         suspect[unsure] = suspects(vectors, mask, q[unsure], page, need, check)
     short_rows = np.flatnonzero(exact | suspect)
     if len(short_rows):
-        scores[short_rows], rows[short_rows] = exact_subset(
-            vectors, np.flatnonzero(mask), q[short_rows], k
-        )
+        scores[short_rows], rows[short_rows] = exact_masked(vectors, mask, q[short_rows], k)
     strategy = "ann_filtered" if filtered else "ann"
     _check_results(rows, n, mask, need, strategy)
     lo, hi = (int(first.min()), int(first.max())) if ivf else (None, None)

@@ -34,6 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ebr.index.query.exact import exact_masked
 from ebr.index.query.masks import mask_info
 from ebr.index.query.params import PlannerParams
 from ebr.index.query.planner import (
@@ -44,7 +45,7 @@ from ebr.index.query.planner import (
     _validate,
     filtered_search,
 )
-from ebr.index.query.probing import _top, exact_subset, ivf_layout, suspects
+from ebr.index.query.probing import _top, ivf_layout, suspects
 
 MIN_SHARE = 0.5  # eligible share below which the planner (a selector) beats searching deeper
 MAX_DEPTH = 4096  # deepest post-filtered page; deeper ones take the planner
@@ -168,9 +169,7 @@ def postfiltered_search(
         page = scores[full, :need], rows[full, :need]
         suspect = full[suspects(vectors, eligible, q[full], page, need, check)]
         if len(suspect):  # a sampled row beats the page: exact, as the planner answers it
-            scores[suspect], rows[suspect] = exact_subset(
-                vectors, np.flatnonzero(eligible), q[suspect], k
-            )
+            scores[suspect], rows[suspect] = exact_masked(vectors, eligible, q[suspect], k)
         counts = (1, 0, len(suspect), len(suspect) > 0, 0, hi, 0, check, len(suspect))
         plan = Plan(STRATEGY, n, m, m / n, k, lo, hi, ef, k_factor, *counts)
     retry = np.flatnonzero(short)
