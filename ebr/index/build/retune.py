@@ -1,10 +1,10 @@
 """Re-tune a written slot in memory and print the sweep (read-only: the slot's files stay as
 they are)::
 
-    python -m ebr.index.build.retune --slot var/demo/slots/<slot-name> [--target-recall 0.95] [--full]
+    python -m ebr.index.build.retune --slot var/demo/slots/<slot> [--target-recall 0.95] [--full]
 
-A command line over ``ebr.index.build.tune`` and ``ebr.index.query.slot``, apart from both so that neither
-imports the other back (slot tunes at write time).
+A command line over ``ebr.index.build.tune`` and ``ebr.index.query.slot``, apart from both so
+that neither imports the other back (the writer tunes at write time).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ebr.config import IndexConfig
+from ebr.index.build.tune import RecallGateError, tune
 from ebr.index.query.params import index_kind, search_params
 from ebr.index.query.slot import load_slot
-from ebr.index.build.tune import RecallGateError, tune
 
 
 def _print_sweep(sweep: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None) -> None:

@@ -33,10 +33,10 @@ import numpy as np
 
 from ebr.config import IndexConfig
 from ebr.index.build.faiss_index import recall_queries, set_faiss_threads
-from ebr.index.query.vectors import check_vectors
 from ebr.index.build.filtered_gate import filtered_recalls
 from ebr.index.query.params import index_kind, search_params, set_search_params
 from ebr.index.query.planner import PlannerParams
+from ebr.index.query.vectors import check_vectors
 from ebr.metrics import exact_topk, recall_of
 
 REFINE_FACTORS = (16, 8, 4, 2, 1)  # high first: it finds a passing setting sooner (a cost bound)
@@ -196,8 +196,8 @@ def tune(
         raise RecallGateError(
             f"{kind} index with {best['params']} reaches recall@{k} {best['recall']:.4f} "
             f"unfiltered but filtered recall@{k} is below target_recall={target}: {shown} "
-            f"(ebr.index.build.filtered_gate); the planner (ebr.index.query.planner) loses rows the "
-            f"exact filtered search finds",
+            f"(ebr.index.build.filtered_gate); the planner (ebr.index.query.planner) loses rows "
+            f"the exact filtered search finds",
             sweep,
         )
     return {
