@@ -1,7 +1,7 @@
 """The one search path over a live slot: filters + planner + tombstones + upserted delta.
 
     snapshot rows:  eligible = filter(attributes) AND NOT (tombstoned or superseded)
-                    -> planner.filtered_search (exact subset scan or ANN with an id selector);
+                    -> planner.checked_search (exact subset scan or ANN with an id selector);
                        deletes alone: postfilter.postfiltered_search (the index's own search)
     delta rows:     records upserted since the snapshot, filtered the same way, scanned exactly
     merge:          top-k by score; every result passes the filter and is live
@@ -36,7 +36,7 @@ from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.delta import merge_topk, search_delta
 from ebr.index.query.filters import Filter
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
-from ebr.index.query.planner import PlannerParams, filtered_search
+from ebr.index.query.planner import PlannerParams, checked_search
 from ebr.index.query.postfilter import postfiltered_search
 from ebr.index.query.slot import Slot
 from ebr.index.query.terms import term_text, top_rows, vocabulary
@@ -135,8 +135,10 @@ def _checked(queries: np.ndarray, k: int, snap: Slot) -> np.ndarray:
     ok = type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2
     if ok and k >= 1 and len(queries) and queries.flags.c_contiguous:
         lo, hi = 1 - NORM_TOLERANCE / 2, 1 + NORM_TOLERANCE / 2
-        if queries.shape[1] == snap.dim and all(
-            lo <= v <= hi for v in np.vecdot(queries, queries).tolist()
+        if queries.shape[1] == snap.dim and (
+            lo <= float(np.dot(queries[0], queries[0])) <= hi  # one query: ~0.3 us less
+            if len(queries) == 1
+            else all(lo <= v <= hi for v in np.vecdot(queries, queries).tolist())
         ):
             return queries
     return check_queries(queries, k, snap.dim, snap.name)
@@ -181,7 +183,7 @@ def search_view(
             snap.index, snap.vectors, q, k, sc.eligible, params
         )
     else:
-        scores, rows, plan = filtered_search(snap.index, snap.vectors, q, k, sc.eligible, params)
+        scores, rows, plan = checked_search(snap.index, snap.vectors, q, k, sc.eligible, params)
     # The planner returns min(k, eligible) rows a query: with k eligible, no -1 pad to keep.
     if plan.eligible >= k:
         job_ids = snap.job_ids[rows]
@@ -192,6 +194,8 @@ def search_view(
         scores, job_ids = merge_topk([(scores, job_ids), part], k)
     # vars: Plan holds only scalars, so this is asdict without its recursive deep copy.
     info = {**vars(plan), "deleted_rows": sc.n_deleted, "delta_items": sc.n_delta}
+    if not sc.n_delta:
+        return Hits(scores, job_ids, _no_items(snap), info)
     return _hits(snap, delta, sc.alive, scores, job_ids, info)
 
 
