@@ -49,7 +49,7 @@ from ebr.index.query.filters import parse_filter
 from ebr.index.query.params import set_search_params
 from ebr.index.query.planner import Plan, PlannerParams, filtered_search
 from ebr.metrics import exact_topk, recall_of
-from ebr.releases import SLOT_COLUMNS
+from ebr.release.slots import SLOT_COLUMNS
 
 NAME, K = "filtered_search", 10
 N_JOBS, TRAIN_JOBS, SEED = 1_000_000, 20_000, 7

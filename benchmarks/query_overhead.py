@@ -69,7 +69,7 @@ Search = Callable[[np.ndarray, int], np.ndarray]  # (queries [q, d], k) -> job i
 
 
 def items_for(n: int) -> pd.DataFrame:
-    """Items with every filterable column (``ebr.releases.SLOT_COLUMNS``), seeded."""
+    """Items with every filterable column (``ebr.release.slots.SLOT_COLUMNS``), seeded."""
     rng = np.random.default_rng(0)
     ids = np.arange(n, dtype=np.int64) + 1
     return pd.DataFrame(

@@ -92,7 +92,7 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
     from ebr.model.artifact import load_request_tower
     from ebr.model.features import member_records
     from ebr.model.infer import encode_requests
-    from ebr.releases import load_embeddings
+    from ebr.release.slots import load_embeddings
     from ebr.versions import interest_version
 
     jobs = pd.read_parquet(workspace / "data" / "jobs.parquet")

@@ -202,6 +202,31 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """What a release must show before it may serve (``ebr.release.gates``)."""
+
+    min_coverage: float = 1.0  # share of active jobs the release's slot must hold
+    min_recall_at_10: float = 0.0  # the slot's tuned recall@10 floor; 0 -> its own target_recall
+    # Held-out EBR recall@100 (through the served index) may trail the live release's by at
+    # most this much; None -> no quality gate (a release without an evaluation report passes).
+    quality_margin: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.min_coverage <= 1.0,
+            f"min_coverage must be in [0, 1], got {self.min_coverage}",
+        )
+        _require(
+            0.0 <= self.min_recall_at_10 <= 1.0,
+            f"min_recall_at_10 must be in [0, 1], got {self.min_recall_at_10}",
+        )
+        _require(
+            self.quality_margin is None or 0.0 <= self.quality_margin <= 1.0,
+            f"quality_margin must be None or in [0, 1], got {self.quality_margin}",
+        )
+
+
+@dataclass(frozen=True)
 class ReembedConfig:
     """Everything a re-embedding run reads: the ``reembed`` workflow's one input.
 
@@ -264,8 +289,11 @@ class Workspace:
         feature_repo/                              the Feast repo (definitions + data/)
         slots/<slot-name>/                         immutable index slots
         slots/aliases.json                         alias -> slot name (the only mutable file)
+        eval/<version>/eval_report.{json,png}      held-out evaluation of a version
         interest/models/<iv>/                      member-interest model (its own versions)
         interest/embeddings/<iv>/members.parquet   batch member-interest embeddings
+        releases/<id>/release.json                 immutable release records
+        releases/state.json                        live release, experiment, release states
     """
 
     root: Path
@@ -299,3 +327,9 @@ class Workspace:
     def interest_embeddings(self) -> Path:
         """Batch member-interest embeddings: interest/embeddings/<interest-version>/."""
         return self.root / "interest" / "embeddings"
+
+    @property
+    def releases(self) -> Path:
+        """Release records (``releases/<id>/release.json``) and the serving state pointer
+        (``releases/state.json``, the only mutable file there): ``ebr.release``."""
+        return self.root / "releases"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -89,6 +90,17 @@ def _fsync_tree(root: Path) -> None:
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
     _fsync_dir(root)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` body:
+    serialises read-modify-write cycles of one small mutable file across processes (two
+    concurrent promotions must not lose one update). Released when the body exits, however."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, exception or not
+        yield
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ class VersionPaths:
     embeddings: Path  # embeddings/<v>/: the batch embedding run's output folder
     jobs: Path  # embeddings/<v>/jobs.parquet: item-tower embeddings
     members: Path  # embeddings/<v>/members.parquet: request-tower member embeddings
+    eval: Path  # eval/<v>/: the held-out evaluation report (eval_report.json + .png)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,12 @@ def version_paths(ws: Workspace, version: str) -> VersionPaths:
     check_version(version)
     out = ws.embeddings / version
     return VersionPaths(
-        version, ws.models / version, out, out / "jobs.parquet", out / "members.parquet"
+        version,
+        ws.models / version,
+        out,
+        out / "jobs.parquet",
+        out / "members.parquet",
+        ws.root / "eval" / version,
     )
 
 
@@ -97,3 +103,23 @@ def eval_days(meta: dict[str, Any]) -> int:
             "it cannot be evaluated on the days it was trained without"
         )
     return days
+
+
+@dataclass(frozen=True)
+class FeatureNames:
+    """The Feast objects of a model version (``feature_repo/definitions.py`` defines them under
+    these names; a test keeps the two in step: ``feast apply`` runs that file without ebr)."""
+
+    request_service: str  # what the request tower of the version reads per request
+    item_service: str  # what its item side reads
+    views: tuple[str, ...]  # every feature view the two services read
+
+
+def feature_names(version: str, interest_version: str | None) -> FeatureNames:
+    """The Feast feature services and views of model ``version`` co-trained with member-interest
+    ``interest_version`` (None: none)."""
+    check_version(version)
+    views = [f"job_embedding_{version}", f"member_embedding_{version}", "member_profile"]
+    if interest_version is not None:
+        views.append(f"member_interest_{check_version(interest_version)}")
+    return FeatureNames(f"request_features_{version}", f"item_features_{version}", tuple(views))

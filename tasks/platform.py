@@ -164,9 +164,9 @@ def serving_version(workspace: str, version: str) -> str:
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def build_index_slot(workspace: str, version: str, index: IndexConfig, live: str) -> str:
     """Build an immutable FAISS slot from the job embeddings (tuned to ``index.target_recall``);
-    moves jobs@<version>, and jobs@live as ``live`` says (ebr.releases.build_job_slot: refresh
+    moves jobs@<version>, and jobs@live as ``live`` says (ebr.release.slots.build_job_slot: refresh
     | promote | keep)."""
-    from ebr.releases import build_job_slot
+    from ebr.release.slots import build_job_slot
 
     info = build_job_slot(Workspace(Path(workspace)), version, index, live)
     print(info)
@@ -180,11 +180,11 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
     from flytekit import Deck
 
     from ebr.eval.report import evaluate_release, report_html, write_report
-    from ebr.versions import eval_days, read_meta
+    from ebr.versions import eval_days, read_meta, version_paths
 
     ws = Workspace(Path(workspace))
     days = eval_days(read_meta(Path(model_dir)))  # the days this model was trained without
     report = evaluate_release(ws, Path(model_dir), ws.slots / slot, days)
-    json_path, png_path = write_report(report, ws.root / "eval" / version)
+    json_path, png_path = write_report(report, version_paths(ws, version).eval)
     Deck("Evaluation", report_html(report, png_path))
     return str(json_path)

@@ -410,3 +410,29 @@ def test_redis_config_round_trip(
     got = feast_store.member_embeddings(store, [1, UNKNOWN_ID], "v1")
     assert np.allclose(got[1], tables["members"]["embedding"].iloc[0])
     assert got[UNKNOWN_ID] is None
+
+
+def test_feature_names_are_the_ones_the_definitions_declare(tmp_path: Path) -> None:
+    """``ebr.versions.feature_names`` (what a release records) names exactly the feature
+    services and views ``definitions.py`` declares (it runs under ``feast apply`` without ebr,
+    so the naming is written twice; this keeps the two in step)."""
+    import importlib.util
+
+    from ebr.versions import feature_names
+
+    shutil.copy(feast_repo.TEMPLATE_DIR / "definitions.py", tmp_path / "definitions.py")
+    listed = [
+        {"version": "v3", "interest_version": "v2"},
+        {"version": "v4", "interest_version": None},
+    ]
+    (tmp_path / "versions.json").write_text(json.dumps({"versions": listed}))
+    spec = importlib.util.spec_from_file_location("definitions_copy", tmp_path / "definitions.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for entry in listed:
+        names = feature_names(entry["version"], entry["interest_version"])
+        objects = module.embedding_views(entry["version"], entry["interest_version"])
+        services = [objects[names.request_service], objects[names.item_service]]
+        read = {p.name for service in services for p in service.feature_view_projections}
+        assert read == set(names.views)

@@ -18,28 +18,23 @@ print(promote('var/demo/slots', 'jobs@live', 'jobs-v2-...'))"
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ebr.index.query.slot import MANIFEST_FILE, check_name
-from ebr.io import atomic_write_json
+from ebr.io import atomic_write_json, file_lock
 
 ALIASES_FILE = "aliases.json"
 ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")  # 'jobs@live', 'jobs@v1'
 HISTORY_LIMIT = 50  # previous targets kept per alias; rollback rarely goes back further
 
 
-@contextlib.contextmanager
-def _aliases_lock(slots_dir: Path) -> Iterator[None]:
+def _aliases_lock(slots_dir: Path) -> contextlib.AbstractContextManager[None]:
     # aliases.json is read-modify-written; the lock stops two promotions losing one update.
-    slots_dir.mkdir(parents=True, exist_ok=True)
-    with open(slots_dir / f".{ALIASES_FILE}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, exception or not
-        yield
+    return file_lock(slots_dir / f".{ALIASES_FILE}.lock")
 
 
 def _is_str_map(value: Any) -> bool:

@@ -164,7 +164,7 @@ class AttributeTable:
 
     @classmethod
     def from_items(cls, items: pd.DataFrame, res: int = CELL_RES) -> AttributeTable:
-        """Index a slot's items (``ebr.releases.SLOT_COLUMNS``); row order is kept.
+        """Index a slot's items (``ebr.release.slots.SLOT_COLUMNS``); row order is kept.
 
         Raises:
             ValueError: a filterable column is missing, or a lat/lon lies outside the globe.

@@ -1,0 +1,107 @@
+"""Operate releases from the command line (what the Flyte tasks and the admin API call).
+
+    python -m ebr.release show --workspace var/demo
+    python -m ebr.release provision --workspace var/demo --version v2 --min-coverage 0.99
+    python -m ebr.release promote --workspace var/demo rel-v2-20261130T101500123456
+    python -m ebr.release rollback --workspace var/demo
+    python -m ebr.release start-experiment --workspace var/demo v2-vs-v1 \\
+        control=rel-v1-...:0.5 treatment=rel-v2-...:0.5
+    python -m ebr.release stop-experiment --workspace var/demo
+    python -m ebr.release retire --workspace var/demo rel-v1-...
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ebr.config import GateConfig, Workspace
+from ebr.release import provision as ops
+from ebr.release import state as st
+from ebr.release.record import list_releases
+
+cli = typer.Typer(add_completion=False, help="Embedding releases: provision, promote, A/B, retire.")
+WorkspaceOpt = Annotated[Path, typer.Option(help="workspace root (holds releases/)")]
+
+
+def _echo(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@cli.command()
+def show(workspace: WorkspaceOpt) -> None:
+    """Live release, experiment and every release's state and role."""
+    ws = Workspace(workspace)
+    state = st.read_state(ws)
+    roles = {rid: st.role(state, rid) for rid in list_releases(ws) if rid in state["releases"]}
+    _echo({"live": state["live"], "experiment": state["experiment"], "releases": roles})
+
+
+@cli.command("provision")
+def provision_cmd(
+    workspace: WorkspaceOpt,
+    version: Annotated[str, typer.Option(help="model version, e.g. v2")],
+    slot: Annotated[str | None, typer.Option(help="slot name (default: jobs@<version>)")] = None,
+    min_coverage: Annotated[float, typer.Option(help="share of active jobs required")] = 1.0,
+    min_recall: Annotated[float, typer.Option(help="tuned recall@10 floor (0: slot's)")] = 0.0,
+    quality_margin: Annotated[float | None, typer.Option(help="max recall@100 drop")] = None,
+) -> None:
+    """Gate and record a release of VERSION as a candidate."""
+    gates = GateConfig(min_coverage, min_recall, quality_margin)
+    record = ops.provision(Workspace(workspace), version, slot, gates)
+    _echo({"release": record["id"], "gates": record["gates"]})
+
+
+@cli.command()
+def promote(workspace: WorkspaceOpt, release: str) -> None:
+    """Make RELEASE live."""
+    _echo(ops.promote(Workspace(workspace), release))
+
+
+@cli.command()
+def rollback(
+    workspace: WorkspaceOpt, to: Annotated[str | None, typer.Option(help="release id")] = None
+) -> None:
+    """Make the previous live release (or --to) live again."""
+    _echo(ops.rollback(Workspace(workspace), to))
+
+
+@cli.command("start-experiment")
+def start_experiment(
+    workspace: WorkspaceOpt,
+    name: str,
+    arms: Annotated[list[str], typer.Argument(help="arm=release:weight, two or more")],
+    salt: Annotated[str | None, typer.Option(help="assignment salt (default: name)")] = None,
+) -> None:
+    """Split traffic between releases by arm."""
+    specs = []
+    for spec in arms:
+        arm, _, rest = spec.partition("=")
+        release, _, weight = rest.rpartition(":")
+        if not arm or not release or not weight:
+            raise typer.BadParameter(f"arm must look like control=rel-v1-...:0.5, got {spec!r}")
+        specs.append((arm, release, float(weight)))
+    _echo(ops.start_experiment(Workspace(workspace), name, specs, salt))
+
+
+@cli.command("stop-experiment")
+def stop_experiment(workspace: WorkspaceOpt) -> None:
+    """End the running experiment."""
+    _echo(st.stop_experiment(Workspace(workspace)))
+
+
+@cli.command()
+def retire(
+    workspace: WorkspaceOpt,
+    release: str,
+    keep_slot: Annotated[bool, typer.Option(help="keep the slot files")] = False,
+) -> None:
+    """Retire RELEASE (not live, not an arm); its slot goes unless still named."""
+    _echo(ops.retire(Workspace(workspace), release, delete_slot=not keep_slot))
+
+
+if __name__ == "__main__":
+    cli()

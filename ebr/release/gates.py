@@ -1,0 +1,187 @@
+"""Gates a release must pass before it may serve; a refusal names the gate and by how much.
+
+- ``recall``: the slot's tuned recall@10 (the build's recall gate) >= the floor
+  (``GateConfig.min_recall_at_10``, or the slot's own ``target_recall``);
+- ``coverage``: the share of active jobs (``data/jobs.parquet``) the slot holds >=
+  ``GateConfig.min_coverage`` (1.0: every active job);
+- ``lineage``: every hop names the release's versions: the tower files match ``model.json``'s
+  checksums, the member-interest model on disk is the one the towers were co-trained with
+  (``ebr.model.artifact.check_lineage``), the job embeddings hold only this version's rows,
+  the slot was built for this version and still matches its manifest, and the Feast repo
+  serves this version with that interest version;
+- ``quality`` (when ``GateConfig.quality_margin`` is set): held-out EBR recall@100 through the
+  served index >= the live release's minus the margin.
+
+Each gate returns a ``Gate`` (passed, value, threshold, detail); ``check_gates`` raises
+``ReleaseRefused`` listing every failed one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ebr.config import GateConfig, Workspace
+from ebr.index.query.slot import MANIFEST_FILE
+from ebr.io import sha256_file
+from ebr.versions import read_meta, version_paths
+
+VERSIONS_FILE = "versions.json"  # feature_repo/versions.json: the versions Feast serves
+MISSING_SHOWN = 5  # example ids a refusal names
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate's verdict (JSON-able with ``asdict``)."""
+
+    gate: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str
+
+
+class ReleaseRefused(ValueError):
+    """A release failed one or more gates; ``gates`` holds every verdict."""
+
+    def __init__(self, version: str, gates: list[Gate]) -> None:
+        failed = [g for g in gates if not g.passed]
+        lines = "; ".join(f"{g.gate} gate: {g.detail}" for g in failed)
+        super().__init__(f"release of {version} refused by {len(failed)} gate(s): {lines}")
+        self.gates = gates
+
+
+def recall_gate(slot: dict[str, Any], cfg: GateConfig) -> Gate:
+    """The slot's tuned recall@10 (``slot``: its manifest) against the floor."""
+    tuning = slot.get("tuning", {})
+    floor = cfg.min_recall_at_10 or float(tuning.get("target_recall", 0.0))
+    value = tuning.get("tuned_recall_at_10")
+    if value is None:
+        return Gate("recall", False, None, floor, "the slot manifest records no tuned recall")
+    ok = value >= floor
+    how = "reaches" if ok else f"is {floor - value:.4f} short of"
+    return Gate("recall", ok, value, floor, f"tuned recall@10 {value:.4f} {how} {floor:.4f}")
+
+
+def coverage_gate(ws: Workspace, slot_dir: Path, cfg: GateConfig) -> Gate:
+    """The share of active jobs in ``data/jobs.parquet`` that the slot holds."""
+    jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=["job_id", "active"])
+    active = jobs.loc[jobs["active"].fillna(False).astype(bool), "job_id"]
+    held = pd.read_parquet(slot_dir / "items.parquet", columns=["job_id"])["job_id"]
+    missing = active[~active.isin(held)]
+    share = 1.0 if not len(active) else 1.0 - len(missing) / len(active)
+    ok = share >= cfg.min_coverage
+    detail = f"{share:.4f} of {len(active)} active jobs embedded"
+    if len(missing):
+        shown = missing.head(MISSING_SHOWN).tolist()
+        detail += f" ({len(missing)} missing, e.g. {shown})"
+    if not ok:
+        detail += f", below the floor {cfg.min_coverage:.4f} by {cfg.min_coverage - share:.4f}"
+    return Gate("coverage", ok, share, cfg.min_coverage, detail)
+
+
+def _lineage_faults(ws: Workspace, facts: dict[str, Any]) -> list[str]:
+    """What breaks the chain model -> interest -> embeddings -> slot -> Feast (empty: none)."""
+    from ebr.model.artifact import LineageError, check_lineage  # torch: only when gating
+    from ebr.versions import interest_paths
+
+    version, faults = facts["model"]["version"], []
+    paths = version_paths(ws, version)
+    meta = read_meta(paths.model)
+    if meta.get("version") != version:
+        faults.append(f"{paths.model}/model.json says version {meta.get('version')!r}")
+    for name, digest in meta.get("checksums", {}).items():
+        if sha256_file(paths.model / name) != digest:
+            faults.append(f"{paths.model / name} does not match model.json's checksum")
+    if meta.get("checksums") != facts["model"]["checksums"]:
+        faults.append("the tower checksums differ from the ones gathered for the release")
+    if sha256_file(paths.model / "model.json") != facts["model"]["model_json_sha256"]:
+        faults.append(f"{paths.model}/model.json changed since the release was gathered")
+    iv = (facts["member_interest"] or {}).get("version")
+    try:
+        got = check_lineage(meta, None if iv is None else interest_paths(ws, iv).model)
+        if got != iv:
+            faults.append(f"model {version} was co-trained with member interest {got}, not {iv}")
+    except LineageError as err:
+        faults.append(str(err))
+    rows = pd.read_parquet(paths.jobs, columns=["model_version"])["model_version"].unique()
+    if set(rows) != {version}:
+        faults.append(f"{paths.jobs} holds model versions {sorted(map(str, rows))}")
+    slot = facts["slot"]
+    slot_dir = ws.slots / slot["name"]
+    if slot["model_version"] != version:
+        faults.append(f"slot {slot['name']} was built for {slot['model_version']}")
+    if sha256_file(slot_dir / MANIFEST_FILE) != slot["manifest_sha256"]:
+        faults.append(f"slot {slot['name']}'s manifest changed since it was gathered")
+    faults += _feast_faults(ws, version, iv)
+    return faults
+
+
+def _feast_faults(ws: Workspace, version: str, iv: str | None) -> list[str]:
+    listed_path = ws.feature_repo / VERSIONS_FILE
+    if not listed_path.is_file():
+        return [f"{listed_path} is missing: Feast serves no version (publish the features)"]
+    listed = {
+        e["version"]: e.get("interest_version")
+        for e in json.loads(listed_path.read_text())["versions"]
+    }
+    if version not in listed:
+        return [f"Feast does not serve {version} (not in {listed_path}); publish its features"]
+    if listed[version] != iv:
+        return [f"Feast serves {version} with member interest {listed[version]}, not {iv}"]
+    return []
+
+
+def lineage_gate(ws: Workspace, facts: dict[str, Any]) -> Gate:
+    """Every hop of the release (``facts``: what ``provision`` gathered) names its versions."""
+    faults = _lineage_faults(ws, facts)
+    detail = (
+        "model, interest, embeddings, slot and Feast agree" if not faults else "; ".join(faults)
+    )
+    return Gate("lineage", not faults, float(len(faults)), 0.0, detail)
+
+
+def quality_gate(
+    evaluation: dict[str, Any] | None, live: dict[str, Any] | None, cfg: GateConfig
+) -> Gate | None:
+    """Held-out recall@100 of the release (``evaluation``: its record's) against the live
+    release's record minus ``cfg.quality_margin``; None when the gate is off."""
+    if cfg.quality_margin is None:
+        return None
+    if evaluation is None:
+        return Gate("quality", False, None, None, "no evaluation report for this version")
+    value = float(evaluation["ebr_recall@100"])
+    if live is None or live.get("evaluation") is None:
+        return Gate("quality", True, value, None, f"recall@100 {value:.4f}; nothing live yet")
+    floor = float(live["evaluation"]["ebr_recall@100"]) - cfg.quality_margin
+    ok = value >= floor
+    how = "reaches" if ok else f"is {floor - value:.4f} below"
+    return Gate(
+        "quality", ok, value, floor,
+        f"held-out recall@100 {value:.4f} {how} live {live['id']}'s minus {cfg.quality_margin}",
+    )  # fmt: skip
+
+
+def check_gates(
+    ws: Workspace,
+    facts: dict[str, Any],
+    slot_manifest: dict[str, Any],
+    cfg: GateConfig,
+    live: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Run every gate; their verdicts (JSON-able) or ``ReleaseRefused`` naming the failed."""
+    gates = [
+        recall_gate(slot_manifest, cfg),
+        coverage_gate(ws, ws.slots / facts["slot"]["name"], cfg),
+        lineage_gate(ws, facts),
+    ]
+    quality = quality_gate(facts["evaluation"], live, cfg)
+    if quality is not None:
+        gates.append(quality)
+    if not all(g.passed for g in gates):
+        raise ReleaseRefused(facts["model"]["version"], gates)
+    return [asdict(g) for g in gates]
