@@ -21,6 +21,9 @@ TASK_OUTCOMES = {"apply": ("apply",), "save": ("save",), "click": ("click", "sav
 
 
 LIVE_MODES = ("refresh", "promote", "keep")  # what a new slot does to jobs@live
+# What a run does with the slot it built (``ebr.release``): nothing, record a gated candidate
+# release, or record one and make it the live release.
+RELEASE_MODES = ("none", "candidate", "promote")
 VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
 
 
@@ -230,12 +233,14 @@ class GateConfig:
 class ReembedConfig:
     """Everything a re-embedding run reads: the ``reembed`` workflow's one input.
 
-    ``version`` "" re-embeds whatever version jobs@live serves when the run starts. ``live``:
-    "refresh" moves jobs@live to the new slot only while live still serves this version (a
-    scheduled run never moves live to another version); "promote" always (an explicit
-    release); "keep" never. ``history_holdout_days``: the member-interest history stops this
-    many days before the log's end (the demo's evaluation days; 0 in production, where the
-    log ends now).
+    ``version`` "" re-embeds the version of the live release when the run starts (of the
+    slot jobs@live names, before any release exists). ``live``: "refresh" moves the jobs@live
+    alias to the new slot only while it serves this version (a scheduled run never moves it
+    to another version); "promote" always; "keep" never. ``release``: "candidate" records the
+    new slot as a gated candidate release (``gates``) and leaves the live release alone (what
+    the nightly schedule does); "promote" also makes it live; "none" records nothing.
+    ``history_holdout_days``: the member-interest history stops this many days before the
+    log's end (the demo's evaluation days; 0 in production, where the log ends now).
     """
 
     workspace: str = "var/demo"
@@ -244,6 +249,8 @@ class ReembedConfig:
     history_holdout_days: int = 2
     live: str = "refresh"
     index: IndexConfig = field(default_factory=IndexConfig)
+    release: str = "candidate"
+    gates: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.workspace), "workspace must be a path, got ''")
@@ -252,6 +259,11 @@ class ReembedConfig:
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
         _require(self.live in LIVE_MODES, f"live must be one of {LIVE_MODES}, got {self.live!r}")
+        _check_release_mode(self.release)
+
+
+def _check_release_mode(mode: str) -> None:
+    _require(mode in RELEASE_MODES, f"release must be one of {RELEASE_MODES}, got {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -268,6 +280,8 @@ class BuildConfig:
     batch_size: int = 256
     history_holdout_days: int = 2
     index: IndexConfig = field(default_factory=IndexConfig)
+    release: str = "promote"  # building a version on demand is the operator's release of it
+    gates: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.workspace), "workspace must be a path, got ''")
@@ -275,6 +289,36 @@ class BuildConfig:
         check_version(self.interest_version)
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
+        _check_release_mode(self.release)
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """The ``provision_release`` workflow's one input: release model ``version`` next to the
+    ones serving (parallel Feast views and slot; live untouched unless ``release`` says
+    "promote"). ``train_model``: train ``version`` first on the workspace's data, co-trained
+    with member-interest ``interest_version`` (which must exist); otherwise models/<version>
+    must exist already."""
+
+    workspace: str = "var/demo"
+    version: str = "v2"
+    train_model: bool = False
+    interest_version: str = "v1"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
+    batch_size: int = 256
+    history_holdout_days: int = 2
+    index: IndexConfig = field(default_factory=IndexConfig)
+    release: str = "candidate"
+    gates: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.workspace), "workspace must be a path, got ''")
+        check_version(self.version)
+        check_version(self.interest_version)
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
+        _check_release_mode(self.release)
 
 
 @dataclass(frozen=True)

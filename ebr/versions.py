@@ -4,7 +4,7 @@ the Beam pipeline, Flyte tasks and serving all call these).
 A model version (``v1``, ``v2``, ...) names its artifact folder ``models/<v>`` (with
 ``model.json``), its embeddings, Feast views and index slots. What a version's ``model.json``
 says is read here: its ``ModelConfig`` (``model_config``) and the member-interest version it
-was co-trained with (``interest_version``). ``ebr.model.artifact.check_lineage`` verifies that
+was co-trained with (``interest_version``). ``check_lineage`` verifies that
 pairing against the interest model's own files. Where each of a version's artifacts lives in
 a workspace comes from ``version_paths`` / ``interest_paths`` (nobody joins those paths by
 hand).
@@ -123,3 +123,66 @@ def feature_names(version: str, interest_version: str | None) -> FeatureNames:
     if interest_version is not None:
         views.append(f"member_interest_{check_version(interest_version)}")
     return FeatureNames(f"request_features_{version}", f"item_features_{version}", tuple(views))
+
+
+class LineageError(ValueError):
+    """A model and the member-interest model it names are not the co-trained pair."""
+
+
+def interest_lineage(interest_dir: Path) -> dict[str, Any]:
+    """The ``lineage`` entry a two-tower model records for the interest model it read.
+
+    The interest model's version, its artifact checksums and creation time pin exactly which
+    model produced the interest embeddings the request tower was trained on.
+    """
+    meta = read_meta(interest_dir)
+    cfg = model_config(meta)
+    if cfg.schema != "interest":
+        raise LineageError(
+            f"{interest_dir} holds a {cfg.schema!r} model, not a member-interest one"
+        )
+    return {
+        "member_interest": {
+            "version": meta["version"],
+            "dim": cfg.dim,
+            "checksums": meta["checksums"],
+            "created_at": meta["created_at"],
+        }
+    }
+
+
+def check_lineage(meta: dict[str, Any], interest_dir: Path | None) -> str | None:
+    """Verify that ``interest_dir`` is the interest model ``meta`` (a model.json) was co-trained
+    with; returns its version (None for a model without a member-interest input).
+
+    Raises LineageError when the model needs an interest model and ``interest_dir`` is missing,
+    another version, or a re-trained artifact under the same version (checksums differ).
+    """
+    cfg = model_config(meta)
+    recorded = meta.get("lineage", {}).get("member_interest")
+    if not cfg.interest_dim:
+        return None
+    if recorded is None or interest_version(meta) is None:
+        raise LineageError(f"model {meta.get('version')} reads member interest but records none")
+    if interest_dir is None or not (interest_dir / "model.json").is_file():
+        raise LineageError(
+            f"model {meta.get('version')} was co-trained with member-interest "
+            f"{recorded['version']}, which is not at {interest_dir}"
+        )
+    actual = interest_lineage(interest_dir)["member_interest"]
+    for key in ("version", "checksums", "dim"):
+        if actual[key] != recorded[key]:
+            raise LineageError(
+                f"model {meta.get('version')} was co-trained with member-interest "
+                f"{recorded['version']} ({key}={recorded[key]}), but {interest_dir} has "
+                f"{key}={actual[key]}"
+            )
+    return str(recorded["version"])
+
+
+def verified_interest(ws: Workspace, meta: dict[str, Any]) -> str | None:
+    """The member-interest version ``meta`` (a model.json) was co-trained with, checked
+    against that model's files in ``ws`` (``check_lineage``); None for a model without a
+    member-interest input."""
+    iv = interest_version(meta)
+    return check_lineage(meta, None if iv is None else interest_paths(ws, iv).model)

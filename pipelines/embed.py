@@ -34,7 +34,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from ebr.config import Workspace
 from ebr.io import atomic_directory
-from ebr.model.artifact import verified_interest
 from ebr.versions import (
     InterestPaths,
     VersionPaths,
@@ -42,6 +41,7 @@ from ebr.versions import (
     interest_paths,
     model_config,
     read_meta,
+    verified_interest,
     version_paths,
 )
 from pipelines.batches import ReadBatches, Rebatch, Unbatch

@@ -68,7 +68,8 @@ class RequestEncoder:
     def __init__(self, workspace: str, model_version: str) -> None:
         import torch
 
-        from ebr.model.artifact import load_request_tower, load_vocabulary, verified_interest
+        from ebr.model.artifact import load_request_tower, load_vocabulary
+        from ebr.versions import verified_interest
         from feature_repo.store import member_profiles, open_store
 
         # A replica gets a fraction of a core; intra-op threads would only contend.

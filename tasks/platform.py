@@ -85,6 +85,18 @@ def train_two_tower(
     model at ``interest_dir`` (lineage saved in model.json); returns models/<version>.
     ``model.text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title
     vectors)."""
+    return train_model(workspace, data_dir, version, interest_dir, model, train)
+
+
+def train_model(
+    workspace: str,
+    data_dir: str,
+    version: str,
+    interest_dir: str,
+    model: ModelConfig,
+    train: TrainConfig,
+) -> str:
+    """``train_two_tower``'s body (``tasks.releases.model_for_release`` trains with it too)."""
     from ebr.model.artifact import save_model
     from ebr.model.train import train_with_interest
     from ebr.text import training_vocabulary
@@ -148,13 +160,20 @@ def publish_features(workspace: str, version: str) -> str:
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
 def serving_version(workspace: str, version: str) -> str:
-    """``version``, or when it is "" the model version jobs@live serves at run time (what a
-    scheduled re-embedding must refresh, whichever release went live since it was set up)."""
+    """``version``, or when it is "" the model version of the live release at run time (what
+    a scheduled re-embedding must refresh, whichever release went live since it was set up);
+    before any release, the version of the slot jobs@live names."""
     from ebr.index.build.aliases import resolve_alias, slot_model_version
+    from ebr.release.record import release_version
+    from ebr.release.state import read_state
 
     if version:
         return version
-    slots = Workspace(Path(workspace)).slots
+    ws = Workspace(Path(workspace))
+    live_release = read_state(ws)["live"]
+    if live_release:
+        return release_version(live_release)
+    slots = ws.slots
     live = slot_model_version(slots, resolve_alias(slots, "jobs@live").name)
     if live is None:
         raise FileNotFoundError(f"jobs@live in {slots} points at a slot without a manifest")

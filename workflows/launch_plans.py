@@ -10,9 +10,10 @@ from flytekit import CronSchedule, LaunchPlan
 from ebr.config import BuildConfig, DataConfig, ReembedConfig
 from workflows.platform import build_platform, reembed
 
-# 02:00 UTC nightly: re-embed the catalog with the model version jobs@live serves when the run
-# starts (version ""), so new jobs are searchable; "refresh" moves live to the new slot only
-# while live still serves that version, so the schedule never moves live by itself.
+# 02:00 UTC nightly: re-embed the catalog with the model version of the live release when the
+# run starts (version ""), so new jobs are searchable once promoted; the new slot becomes a
+# gated candidate release (release "candidate"): the schedule never moves the live release by
+# itself ("refresh" only moves the jobs@live alias while it names that version).
 nightly_reembed = LaunchPlan.get_or_create(
     workflow=reembed,
     name="ebr.nightly_reembed",
@@ -20,7 +21,11 @@ nightly_reembed = LaunchPlan.get_or_create(
     # Production logs end now: the member-interest history uses every engagement.
     default_inputs={
         "config": ReembedConfig(
-            workspace="/data/ebr", version="", history_holdout_days=0, live="refresh"
+            workspace="/data/ebr",
+            version="",
+            history_holdout_days=0,
+            live="refresh",
+            release="candidate",
         )
     },
 )

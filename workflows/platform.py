@@ -11,10 +11,13 @@ any task runs, naming the field.
 
 ``build_platform``: marketplace data -> member-interest model -> composite multi-task
 two-tower (co-trained with that interest version, lineage in its model.json) -> the
-re-embedding steps, plus an evaluation report (a Flyte Deck) beside the release. ``reembed``
-(scheduled nightly, see launch_plans.py) refreshes the batch member-interest embeddings with
-the interest version the model names, then Beam-embeds jobs and members, publishes the Feast
-tables and builds and promotes an index slot, as fresh jobs and engagements arrive.
+re-embedding steps, plus an evaluation report (a Flyte Deck) -> a gated release, made live
+(``release``: "promote"). ``reembed`` (scheduled nightly, see launch_plans.py) refreshes the
+batch member-interest embeddings with the interest version the model names, then Beam-embeds
+jobs and members, publishes the Feast tables and builds an index slot, as fresh jobs and
+engagements arrive, and records it as a candidate release of the live release's version: it
+never moves the live release (``python -m ebr.release promote`` or the ``promote_release``
+workflow does). Parallel versions and experiments: ``workflows/releases.py``.
 """
 
 from __future__ import annotations
@@ -36,13 +39,27 @@ from tasks.platform import (
     train_member_interest,
     train_two_tower,
 )
+from tasks.releases import record_release
 
 # The workflows' defaults (frozen: one shared instance each is safe).
 REEMBED_DEFAULTS = ReembedConfig()
 BUILD_DEFAULTS = BuildConfig()
 
 
-def _reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: Any = None) -> Any:
+def release_step(
+    config: Any, version: Callable[[], Any], slot: Any, mode: Any, after: Any = None
+) -> Any:
+    """Record ``slot`` as a gated release as ``mode`` says (``record_release``), after
+    ``after`` (the evaluation, whose figures the record keeps)."""
+    rid = record_release(
+        workspace=config.workspace, version=version(), slot=slot, gates=config.gates, mode=mode
+    )
+    if after is not None:
+        after >> rid
+    return rid
+
+
+def reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: Any = None) -> Any:
     """The re-embedding tasks, in order (both workflows compose them). ``config``: the
     workflow's config promise (a ``BuildConfig`` or ``ReembedConfig``: both have workspace,
     batch_size, history_holdout_days and index); ``version()`` gives the version's promise.
@@ -73,10 +90,13 @@ def _reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: An
 
 @workflow
 def reembed(config: ReembedConfig = REEMBED_DEFAULTS) -> str:
-    """Embed the catalog with models/<version>, publish to Feast, build a slot (see
-    ``ebr.config.ReembedConfig``); returns the new slot's name."""
+    """Embed the catalog with models/<version>, publish to Feast, build a slot and record it as
+    a release as ``config.release`` says (see ``ebr.config.ReembedConfig``); returns the new
+    slot's name."""
     version = serving_version(workspace=config.workspace, version=config.version)
-    return _reembed_steps(config, lambda: version, config.live)  # type: ignore[no-any-return]
+    slot = reembed_steps(config, lambda: version, config.live)
+    release_step(config, lambda: version, slot, config.release)
+    return slot  # type: ignore[no-any-return]
 
 
 @workflow
@@ -99,6 +119,9 @@ def build_platform(config: BuildConfig = BUILD_DEFAULTS) -> str:
         train=config.train,
     )
     # Re-embedding reads models/<version>, which training wrote.
-    slot = _reembed_steps(config, lambda: config.version, "promote", after=model)
-    evaluate_model(workspace=config.workspace, model_dir=model, version=config.version, slot=slot)
+    slot = reembed_steps(config, lambda: config.version, "promote", after=model)
+    report = evaluate_model(
+        workspace=config.workspace, model_dir=model, version=config.version, slot=slot
+    )
+    release_step(config, lambda: config.version, slot, config.release, after=report)
     return slot  # type: ignore[no-any-return]

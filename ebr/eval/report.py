@@ -212,9 +212,9 @@ def evaluate_release(
     vocabulary) and the model's training curves."""
     from ebr.data.esco import load_occupations
     from ebr.index.live.slot import served_search
-    from ebr.model.artifact import load_two_tower, load_vocabulary, verified_interest
+    from ebr.model.artifact import load_two_tower, load_vocabulary
     from ebr.model.interest import load_interest_snapshots
-    from ebr.versions import interest_paths
+    from ebr.versions import interest_paths, verified_interest
 
     jobs, members, impressions = (
         pd.read_parquet(ws.data / f"{n}.parquet") for n in ("jobs", "members", "impressions")

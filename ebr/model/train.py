@@ -168,8 +168,8 @@ def train_with_interest(
     Returns (model, metrics, lineage): save the lineage in the model's metadata, so every
     later stage can check it reads the interest version the model was co-trained with.
     """
-    from ebr.model.artifact import interest_lineage
     from ebr.model.interest import load_interest_snapshots
+    from ebr.versions import interest_lineage
 
     lineage = interest_lineage(interest_dir)
     snaps = load_interest_snapshots(interest_dir, jobs, members, impressions, tcfg.eval_days)

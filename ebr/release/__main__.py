@@ -77,13 +77,7 @@ def start_experiment(
     salt: Annotated[str | None, typer.Option(help="assignment salt (default: name)")] = None,
 ) -> None:
     """Split traffic between releases by arm."""
-    specs = []
-    for spec in arms:
-        arm, _, rest = spec.partition("=")
-        release, _, weight = rest.rpartition(":")
-        if not arm or not release or not weight:
-            raise typer.BadParameter(f"arm must look like control=rel-v1-...:0.5, got {spec!r}")
-        specs.append((arm, release, float(weight)))
+    specs = [ops.parse_arm(spec) for spec in arms]
     _echo(ops.start_experiment(Workspace(workspace), name, specs, salt))
 
 

@@ -6,7 +6,7 @@
   ``GateConfig.min_coverage`` (1.0: every active job);
 - ``lineage``: every hop names the release's versions: the tower files match ``model.json``'s
   checksums, the member-interest model on disk is the one the towers were co-trained with
-  (``ebr.model.artifact.check_lineage``), the job embeddings hold only this version's rows,
+  (``ebr.versions.check_lineage``), the job embeddings hold only this version's rows,
   the slot was built for this version and still matches its manifest, and the Feast repo
   serves this version with that interest version;
 - ``quality`` (when ``GateConfig.quality_margin`` is set): held-out EBR recall@100 through the
@@ -86,8 +86,7 @@ def coverage_gate(ws: Workspace, slot_dir: Path, cfg: GateConfig) -> Gate:
 
 def _lineage_faults(ws: Workspace, facts: dict[str, Any]) -> list[str]:
     """What breaks the chain model -> interest -> embeddings -> slot -> Feast (empty: none)."""
-    from ebr.model.artifact import LineageError, check_lineage  # torch: only when gating
-    from ebr.versions import interest_paths
+    from ebr.versions import LineageError, check_lineage, interest_paths
 
     version, faults = facts["model"]["version"], []
     paths = version_paths(ws, version)

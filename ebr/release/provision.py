@@ -159,6 +159,16 @@ def rollback(ws: Workspace, to: str | None = None) -> dict[str, Any]:
     return st.rollback(ws, to)
 
 
+def parse_arm(spec: str) -> tuple[str, str, float]:
+    """``"control=rel-v1-...:0.5"`` -> ``("control", "rel-v1-...", 0.5)``."""
+    arm, _, rest = spec.partition("=")
+    release, _, weight = rest.rpartition(":")
+    try:
+        return arm, release, float(weight)
+    except ValueError:
+        raise ValueError(f"an arm looks like control=rel-v1-...:0.5, got {spec!r}") from None
+
+
 def start_experiment(
     ws: Workspace, name: str, arm_specs: Sequence[tuple[str, str, float]], salt: str | None = None
 ) -> dict[str, Any]:

@@ -168,8 +168,14 @@ def start_experiment(
     specs = [(str(a), check_release_id(r), float(w)) for a, r, w in arm_specs]
     if not name or not name.strip():
         raise ValueError("an experiment needs a name")
-    if len(specs) < 2 or len({a for a, _, _ in specs}) != len(specs):
-        raise ValueError(f"an experiment needs >= 2 arms with distinct names, got {specs}")
+    if (
+        len(specs) < 2
+        or len({a for a, _, _ in specs}) != len(specs)
+        or not all(a for a, _, _ in specs)
+    ):
+        raise ValueError(
+            f"an experiment needs >= 2 arms with distinct, non-empty names, got {specs}"
+        )
     weights = [w for _, _, w in specs]
     if (
         not all(math.isfinite(w) and w > 0 for w in weights)

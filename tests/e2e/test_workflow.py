@@ -13,9 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ebr.config import IndexConfig, ReembedConfig
+from ebr.config import IndexConfig, ReembedConfig, Workspace
 from ebr.index.build.aliases import read_aliases, resolve_alias
 from ebr.index.query.slot import load_slot
+from ebr.release.record import read_record
+from ebr.release.state import read_state
 from tests.conftest import REPO, TINY_SIZE
 
 pytestmark = pytest.mark.slow  # the whole platform, built and served
@@ -42,12 +44,19 @@ def test_build_platform_writes_every_stage(platform_ws: Path) -> None:
     assert (platform_ws / "eval" / "v1" / "eval_report.png").read_bytes()[:4] == b"\x89PNG"
     assert set(report["search"]["ebr_recall@100_by_task_head"]) == {"apply", "save", "click"}
     assert report["training"]["loss_curve"] == meta["metrics"]["loss_curve"]
+    # The build released what it built: a gated release of v1 is live and names that slot.
+    ws = Workspace(platform_ws)
+    live = read_state(ws)["live"]
+    record = read_record(ws, live)
+    assert record["slot"]["name"] == slot.name and record["member_interest"]["version"] == "v1"
+    assert record["evaluation"]["ebr_recall@100"] == methods["ebr_ann"]["recall@100"]
+    assert {g["gate"] for g in record["gates"] if g["passed"]} == {"recall", "coverage", "lineage"}
 
 
 def test_composite_model_records_and_publishes_its_member_interest_lineage(
     platform_ws: Path,
 ) -> None:
-    from ebr.model.artifact import check_lineage
+    from ebr.versions import check_lineage
     from feature_repo.store import member_interest, open_store
 
     meta = json.loads((platform_ws / "models" / "v1" / "model.json").read_text())
@@ -70,7 +79,7 @@ def test_composite_model_records_and_publishes_its_member_interest_lineage(
     assert abs(vec - expected).max() < 1e-6
 
 
-def test_nightly_reembed_promotes_a_new_slot_and_keeps_the_old(
+def test_nightly_reembed_builds_a_candidate_and_keeps_the_live_release(
     platform_ws: Path, tmp_path: Path
 ) -> None:
     from workflows.platform import reembed
@@ -91,6 +100,13 @@ def test_nightly_reembed_promotes_a_new_slot_and_keeps_the_old(
     again = reembed(config=ReembedConfig(workspace=str(ws), index=flat, history_holdout_days=2))
     assert again not in (before, after) and read_aliases(ws / "slots")["jobs@live"] == again
     assert load_slot(ws / "slots" / again).model_version == "v1"
+    # Each run recorded a candidate release of its slot; neither moved the live release.
+    state = read_state(Workspace(ws))
+    assert state["live"] == read_state(Workspace(platform_ws))["live"]
+    candidates = [r for r, e in state["releases"].items() if e["state"] == "candidate"]
+    slots = {read_record(Workspace(ws), r)["slot"]["name"] for r in candidates}
+    assert slots == {after, again}
+    assert {read_record(Workspace(ws), r)["parent"] for r in candidates} == {state["live"]}
 
 
 def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -> None:
@@ -116,7 +132,8 @@ def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -
         lp_bytes = tar.extractfile(lp).read()  # type: ignore[union-attr]
     entities = ["build_platform", "reembed", "nightly_reembed", "generate_marketplace"]
     entities += ["train_two_tower", "embed_catalog", "publish_features", "build_index_slot"]
-    entities += ["evaluate_model"]
+    entities += ["evaluate_model", "record_release", "provision_release", "promote_release"]
+    entities += ["rollback_release", "start_experiment", "stop_experiment"]
     for entity in entities:
         assert any(entity in n for n in names), f"{entity} missing from {names}"
     assert b"0 2 * * *" in lp_bytes  # the cron schedule is in the serialized launch plan

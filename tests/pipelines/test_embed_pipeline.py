@@ -154,7 +154,7 @@ def test_member_embedding_refuses_an_interest_model_that_is_not_its_lineage(
 ) -> None:
     import shutil
 
-    from ebr.model.artifact import LineageError
+    from ebr.versions import LineageError
     from pipelines.embed import run
 
     root = tmp_path / "ws"

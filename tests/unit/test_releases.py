@@ -51,7 +51,7 @@ def make_interest(ws: Workspace, iv: str) -> None:
 def make_version(ws: Workspace, version: str, iv: str, drop_jobs: int = 0, seed: int = 0) -> str:
     """models/<v> co-trained with interest ``iv``, its embeddings, a flat slot (``jobs@<v>``;
     ``drop_jobs``: leave the last active ones out) and the Feast version list; -> slot name."""
-    from ebr.model.artifact import interest_lineage
+    from ebr.versions import interest_lineage
 
     paths = version_paths(ws, version)
     lineage = interest_lineage(interest_paths(ws, iv).model)
@@ -243,7 +243,8 @@ def test_promote_rollback_experiment_retire(ws: Workspace) -> None:
     "arms, message",
     [
         ([("a", "R1", 1.0)], ">= 2 arms"),
-        ([("a", "R1", 0.5), ("a", "R2", 0.5)], "distinct names"),
+        ([("a", "R1", 0.5), ("a", "R2", 0.5)], "distinct, non-empty names"),
+        ([("", "R1", 0.5), ("b", "R2", 0.5)], "distinct, non-empty names"),
         ([("a", "R1", 0.7), ("b", "R2", 0.7)], "sum to 1"),
         ([("a", "R1", 0.0), ("b", "R2", 1.0)], "must be > 0"),
         ([("a", "R1", float("nan")), ("b", "R2", 1.0)], "must be > 0"),

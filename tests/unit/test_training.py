@@ -16,13 +16,14 @@ from torch.nn import functional as F
 from ebr.config import DataConfig, ModelConfig, TrainConfig
 from ebr.data.marketplace import generate
 from ebr.data.pairs import hard_negatives, positive_pairs
-from ebr.model.artifact import LineageError, check_lineage, load_two_tower, save_model
+from ebr.model.artifact import load_two_tower, save_model
 from ebr.model.features import request_tensors
 from ebr.model.infer import encode_requests
 from ebr.model.interest import engagements, history_as_of, train_interest
 from ebr.model.specs import tower_specs, two_tower
 from ebr.model.towers import RequestTower, in_batch_softmax_loss
 from ebr.model.train import train, train_with_interest
+from ebr.versions import LineageError, check_lineage
 
 CFG = ModelConfig(hash_buckets=4096, cat_buckets=512, token_dim=16, hidden=32, dim=16)
 T = 0.5

@@ -1,0 +1,90 @@
+"""Flyte tasks over ``ebr.release``: record a gated release, change what serves.
+
+Each is a thin call into ``ebr.release.provision`` (the same functions the CLI
+``python -m ebr.release`` and the serving admin routes call) and returns its result as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flytekit import Resources, task
+
+from ebr.config import GateConfig, ModelConfig, TrainConfig, Workspace
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"))
+def model_for_release(
+    workspace: str,
+    version: str,
+    train_model: bool,
+    interest_version: str,
+    model: ModelConfig,
+    train: TrainConfig,
+) -> str:
+    """models/<version>: trained now on the workspace's data (co-trained with member-interest
+    ``interest_version``) when ``train_model``, else the existing one; returns its folder."""
+    from ebr.versions import interest_paths, read_meta, version_paths
+    from tasks.platform import train_model as train_two_tower
+
+    ws = Workspace(Path(workspace))
+    folder = version_paths(ws, version).model
+    if not train_model:
+        read_meta(folder)  # FileNotFoundError naming the folder when the model is not there
+        return str(folder)
+    interest = interest_paths(ws, interest_version).model
+    read_meta(interest)
+    return train_two_tower(workspace, str(ws.data), version, str(interest), model, train)
+
+
+@task(requests=Resources(cpu="1", mem="2Gi"))
+def record_release(workspace: str, version: str, slot: str, gates: GateConfig, mode: str) -> str:
+    """Gate ``slot`` of ``version`` and record it as a candidate release ("candidate"), also
+    make it live ("promote"), or do nothing ("none"); returns the release id ("" for none).
+    A refused release fails the task with the gates' verdicts."""
+    from ebr.release.provision import promote, provision
+
+    if mode == "none":
+        return ""
+    ws = Workspace(Path(workspace))
+    record = provision(ws, version, slot, gates)
+    print(json.dumps({"release": record["id"], "gates": record["gates"]}, indent=2))
+    if mode == "promote":
+        print(promote(ws, record["id"]))
+    return str(record["id"])
+
+
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def promote_release(workspace: str, release: str) -> str:
+    """Make ``release`` live; returns the change (JSON)."""
+    from ebr.release.provision import promote
+
+    return json.dumps(promote(Workspace(Path(workspace)), release))
+
+
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def rollback_release(workspace: str, to: str) -> str:
+    """Make the previous live release (or ``to``, when not "") live again; returns the change."""
+    from ebr.release.provision import rollback
+
+    return json.dumps(rollback(Workspace(Path(workspace)), to or None))
+
+
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def start_experiment(workspace: str, name: str, arms: list[str], salt: str) -> str:
+    """Split traffic between releases: ``arms`` like ``control=rel-v1-...:0.5``; ``salt`` ""
+    -> the name. Returns the change."""
+    from ebr.release.provision import parse_arm
+    from ebr.release.provision import start_experiment as start
+
+    specs = [parse_arm(a) for a in arms]
+    return json.dumps(start(Workspace(Path(workspace)), name, specs, salt or None))
+
+
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def stop_experiment(workspace: str) -> str:
+    """End the running experiment; returns the change."""
+    from ebr.release.state import stop_experiment as stop
+
+    return json.dumps(stop(Workspace(Path(workspace))))
