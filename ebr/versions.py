@@ -112,17 +112,38 @@ class FeatureNames:
 
     request_service: str  # what the request tower of the version reads per request
     item_service: str  # what its item side reads
-    views: tuple[str, ...]  # every feature view the two services read
+    job_view: str  # the version's batch job embeddings
+    member_view: str  # the version's batch member embeddings (JYMBII)
+    profile_view: str  # member profiles (shared by every version)
+    interest_view: str | None  # the co-trained member-interest embeddings (None: no input)
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Every feature view the two services read."""
+        views = (self.job_view, self.member_view, self.profile_view, self.interest_view)
+        return tuple(v for v in views if v is not None)
+
+    def request_views(self) -> dict[str, str]:
+        """The request service's views by role: profile, member and (when any) interest."""
+        roles = {"profile": self.profile_view, "member": self.member_view}
+        return roles | ({"interest": self.interest_view} if self.interest_view else {})
 
 
 def feature_names(version: str, interest_version: str | None) -> FeatureNames:
     """The Feast feature services and views of model ``version`` co-trained with member-interest
     ``interest_version`` (None: none)."""
     check_version(version)
-    views = [f"job_embedding_{version}", f"member_embedding_{version}", "member_profile"]
-    if interest_version is not None:
-        views.append(f"member_interest_{check_version(interest_version)}")
-    return FeatureNames(f"request_features_{version}", f"item_features_{version}", tuple(views))
+    interest = (
+        None if interest_version is None else f"member_interest_{check_version(interest_version)}"
+    )
+    return FeatureNames(
+        f"request_features_{version}",
+        f"item_features_{version}",
+        f"job_embedding_{version}",
+        f"member_embedding_{version}",
+        "member_profile",
+        interest,
+    )
 
 
 class LineageError(ValueError):

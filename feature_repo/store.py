@@ -51,6 +51,7 @@ __all__ = [
     "member_profiles",
     "open_store",
     "publish",
+    "request_features",
 ]
 
 CONFIG_NAMES = ("feature_store.yaml", "feature_store.redis.yaml")
@@ -254,3 +255,38 @@ def job_embeddings(
 ) -> dict[int, np.ndarray | None]:
     """``job_id -> float32 (dim,)`` from ``job_embedding_<version>``; None if unknown."""
     return _embeddings(store, "job", job_ids, version)
+
+
+def request_features(
+    store: FeatureStore, service: str, member_ids: list[int], views: dict[str, str]
+) -> dict[int, dict[str, Any] | None]:
+    """One online read of everything a request tower needs, through its release's feature
+    service ``service`` (``request_features_<v>``: the profile, the version's batch member
+    embedding and its co-trained member-interest view, nothing of another version).
+
+    ``views`` names the service's views by role: ``{"profile": "member_profile", "member":
+    "member_embedding_v2", "interest": "member_interest_v1"}`` (``interest`` absent for a
+    model without one). Returns ``member_id -> profile fields + "member_embedding" and
+    "interest"`` (float32 arrays or None until a batch run embeds the member), or None for a
+    member without a profile.
+    """
+    if not member_ids:
+        return {}
+    rows = [{"member_id": int(m)} for m in member_ids]
+    features = store.get_feature_service(service)
+    got = store.get_online_features(
+        features=features, entity_rows=rows, full_feature_names=True
+    ).to_dict()
+    profile = views["profile"]
+    out: dict[int, dict[str, Any] | None] = {}
+    for row, mid in enumerate(member_ids):
+        values = {f: got[f"{profile}__{f}"][row] for f in PROFILE_FIELDS}
+        if all(v is None for v in values.values()):
+            out[int(mid)] = None
+            continue
+        values["skills"] = [str(x) for x in values["skills"] or []]
+        for key, role in (("member_embedding", "member"), ("interest", "interest")):
+            vec = got[f"{views[role]}__embedding"][row] if role in views else None
+            values[key] = None if vec is None else np.asarray(vec, dtype=np.float32)
+        out[int(mid)] = values
+    return out

@@ -13,7 +13,6 @@ Local demo (one process, Ctrl-C / SIGTERM to stop)::
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -25,11 +24,10 @@ from ray import serve
 from ray.serve import Application
 
 from ebr.config import Workspace
-from ebr.index.build.aliases import resolve_alias
-from ebr.index.query.slot import MANIFEST_FILE
 from serving.deployments import Ingress
 from serving.encoder import RequestEncoder, request_tower_dir
 from serving.retriever import Retriever
+from serving.router import ReleaseRouter
 from serving.schemas import AppArgs
 
 APP_NAME = "ebr"
@@ -42,38 +40,43 @@ REQUEST_TIMEOUT_S = 30.0
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
     """The bound graph Ingress(RequestEncoder, Retriever) for ``args`` (Serve's app builder).
 
-    The alias is resolved here, once: both deployments get the same slot directory and model
-    version, so they cannot disagree even if the alias moves while replicas (re)start.
+    Which releases serve is data (``releases/state.json``), not part of the app: the ingress
+    follows it, and the encoder and the retriever load each release on its first request
+    (model multiplexing), so promotions, rollbacks and experiments need no redeploy.
 
     Raises:
-        pydantic.ValidationError: bad args. KeyError: unknown alias.
-        FileNotFoundError: the slot's model version has no request tower in ``models/``.
+        pydantic.ValidationError: bad args. ``serving.router.NoLiveRelease``: nothing to
+        serve. FileNotFoundError: the live release's model has no request tower.
     """
     cfg = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     # Replicas may run with another working directory than the process that builds the app.
     ws = Workspace(Path(cfg.workspace).expanduser().resolve())
-    slot_dir = resolve_alias(ws.slots, cfg.alias)
-    manifest = json.loads((slot_dir / MANIFEST_FILE).read_text())
-    version = str(manifest["model_version"])
-    request_tower_dir(ws, version)  # fail the deploy now, not in a replica restart loop
+    router = ReleaseRouter(ws)  # fail the deploy now, not in a replica restart loop
+    request_tower_dir(ws, router.info(router.state()["live"]).model_version)
 
     encoder = RequestEncoder.options(
         num_replicas=cfg.encoder_replicas,
+        max_ongoing_requests=cfg.backend_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.encoder_num_cpus},
-    ).bind(str(ws.root), version)
+    ).bind(str(ws.root))
     retriever = Retriever.options(
         num_replicas=cfg.retriever_replicas,
+        max_ongoing_requests=cfg.backend_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.retriever_num_cpus},
-    ).bind(str(slot_dir), cfg.verify_slot, cfg.log_refresh_s)
-    return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(
-        encoder, retriever, str(manifest["name"]), version, cfg.retrieval
-    )
+    ).bind(str(ws.root), cfg.verify_slot, cfg.log_refresh_s)
+    return Ingress.options(
+        max_ongoing_requests=cfg.ingress_max_ongoing_requests,
+        max_queued_requests=cfg.ingress_max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+    ).bind(
+        encoder, retriever, str(ws.root), cfg.retrieval, cfg.state_poll_s,
+        cfg.admin_token_env, cfg.admin_token_file, cfg.max_inflight,
+    )  # fmt: skip
 
 
 def main(
     workspace: str = typer.Option(..., help="workspace root holding models/, slots/, ..."),
-    alias: str = typer.Option("jobs@live", help="slot alias to serve"),
-    host: str = typer.Option("127.0.0.1", help="HTTP bind address"),
+    host: str = typer.Option("127.0.0.1", help="HTTP bind address (loopback by default)"),
     port: int = typer.Option(8000, help="HTTP port"),
     num_cpus: int = typer.Option(2, help="CPUs Ray may schedule on (the machines have 2)"),
 ) -> None:
@@ -81,14 +84,14 @@ def main(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no phone-home
     import ray
 
-    args = AppArgs(workspace=workspace, alias=alias)
+    args = AppArgs(workspace=workspace)
     ray.init(num_cpus=num_cpus, include_dashboard=False)
     try:
         serve.start(
             http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}
         )
         serve.run(build_app(args), name=APP_NAME, route_prefix=args.route_prefix, blocking=False)
-        typer.echo(f"serving {alias} from {workspace} on http://{host}:{port}", err=True)
+        typer.echo(f"serving the releases of {workspace} on http://{host}:{port}", err=True)
         stop = threading.Event()
         # A background `serve run` ignores SIGINT in non-interactive shells; honour both.
         for sig in (signal.SIGTERM, signal.SIGINT):

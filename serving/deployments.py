@@ -1,45 +1,70 @@
-"""Ray Serve ingress (FastAPI) over the request encoder and the index retriever.
+"""Ray Serve ingress (FastAPI): routes each request to one release, then to that release's
+request encoder and index.
 
-    HTTP -> Ingress -> RequestEncoder (Feast profile + request tower) -> Retriever (FAISS slot)
+    HTTP -> Ingress -> route (live release, or the request's experiment arm)
+                    -> RequestEncoder[release] (Feast feature service + request tower)
+                    -> Retriever[release] (the release's slot; refuses another release's vector)
 
-One model version end to end: ``build_app`` resolves the slot alias ONCE and hands the same slot
-(and its ``model_version``) to both the encoder and the retriever, so a request embedding of
-version N only ever searches vectors that version N's item tower produced, even if the alias
-flips while replicas restart. A release is "flip the alias, redeploy".
+Several releases serve side by side (``serving.router``, model multiplexing in the encoder and
+the retriever): a request is pinned to one release for both hops, so no response mixes
+versions while an admin call promotes, rolls back or starts an experiment. Every response
+names its release (and arm); every answered request is counted on ``/metrics`` and written to
+the impression log (``ebr.release.impressions``). Beyond ``max_inflight`` requests in flight,
+a request gets a 503 with ``Retry-After`` at once instead of queueing without bound.
 
-The encoder (serving/encoder.py) and the retriever (serving/retriever.py) are deployments of
-their own; this module holds the HTTP surface: validation, error mapping and the routes.
+Admin routes (``/admin/...``) need ``Authorization: Bearer <token>`` (``AppArgs``).
 """
 
 # No `from __future__ import annotations` here: FastAPI resolves the route signatures of a
 # class-based Serve ingress at request time, and string annotations then fail to resolve.
+import asyncio
+import hmac
+import os
 import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as UrlPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 
-from serving.encoder import unknown_member
+from ebr.config import Workspace
+from ebr.release import provision as ops
+from ebr.release import state as st
+from ebr.release.impressions import ImpressionLog, impression_dir
+from ebr.release.record import check_release_id
+from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownMember, raised
 from serving.guards import StrictJSONRoute
+from serving.metrics import CONTENT_TYPE, ServingMetrics
+from serving.router import ReleaseRouter, Route
 from serving.schemas import (
     MAX_K,
     MAX_MEMBER_ID,
     ErrorResponse,
+    ExperimentRequest,
     HealthResponse,
     JobHit,
+    PromoteRequest,
+    ReleasesResponse,
+    ReleaseView,
+    RollbackRequest,
     SearchRequest,
     SearchResponse,
 )
 
+RETRY_AFTER_S = 1  # what a shed request is told to wait
+
 app = FastAPI(
     title="EBR job search",
     version="1",
-    description="Embedding-based retrieval: search (query and/or member) and JYMBII.",
+    description="Embedding-based retrieval: search (query and/or member) and JYMBII, "
+    "served by releases side by side (live, experiment arms).",
 )
 # Every route reads its body through the guards: duplicate keys, depth, size, body timeout.
 app.router.route_class = StrictJSONRoute
@@ -61,22 +86,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=422, content={"detail": detail, "message": "; ".join(parts)})
 
 
-async def _result(response: DeploymentResponse) -> Any:
-    """Await a handle call; an unknown member becomes a 404, anything else propagates."""
-    try:
-        return await response
-    except Exception as exc:
-        member = unknown_member(exc)
-        if member is None:
-            raise
-        raise HTTPException(status_code=404, detail=str(member)) from exc
-
-
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     408: {"model": ErrorResponse, "description": "body not received in time"},
     413: {"model": ErrorResponse, "description": "body too large"},
+    503: {"model": ErrorResponse, "description": "overloaded (Retry-After) or release down"},
 }
+
+
+def _admin_token(env_name: str, token_file: str | None) -> str | None:
+    """The admin bearer token: the environment variable, else the file's first line."""
+    token = os.environ.get(env_name, "").strip()
+    if not token and token_file:
+        token = Path(token_file).expanduser().read_text().strip()
+    return token or None
 
 
 @serve.deployment
@@ -88,30 +111,90 @@ class Ingress:
         self,
         encoder: DeploymentHandle,
         retriever: DeploymentHandle,
-        slot: str,
-        model_version: str,
+        workspace: str,
         retrieval: str = "hybrid",
+        state_poll_s: float = 0.5,
+        admin_token_env: str = "EBR_ADMIN_TOKEN",
+        admin_token_file: str | None = None,
+        max_inflight: int = 12,
     ) -> None:
-        self._encoder = encoder
-        self._retriever = retriever
-        self._slot = slot
-        self._version = model_version
+        self._encoder, self._retriever = encoder, retriever
+        self._ws = Workspace(Path(workspace))
         self._retrieval = retrieval  # /v1/search's default (AppArgs.retrieval)
+        self._router = ReleaseRouter(self._ws, state_poll_s)
+        self._token = _admin_token(admin_token_env, admin_token_file)
+        self._max_inflight, self._inflight = max_inflight, 0
+        self._metrics = ServingMetrics()
+        self._log = ImpressionLog(impression_dir(self._ws))
+
+    # ---- plumbing: one release per request, errors as HTTP answers, counted ----
+
+    async def _call(self, route: Route, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Await a handle call made for ``route``; a replica's deliberate errors become HTTP
+        answers (404 unknown member, 503 release unavailable, 500 release mismatch)."""
+        try:
+            return await call()
+        except Exception as exc:
+            if (member := raised(exc, UnknownMember)) is not None:
+                raise HTTPException(status_code=404, detail=str(member)) from exc
+            if (down := raised(exc, ReleaseUnavailable)) is not None:
+                self._metrics.refused.labels(route.release, "release_unavailable").inc()
+                raise HTTPException(status_code=503, detail=str(down)) from exc
+            if (mixed := raised(exc, ReleaseMismatch)) is not None:
+                self._metrics.refused.labels(route.release, "vector_release_mismatch").inc()
+                raise HTTPException(status_code=500, detail=str(mixed)) from exc
+            raise
+
+    async def _served(
+        self, name: str, route: Route, work: Callable[[], Awaitable[SearchResponse]]
+    ) -> SearchResponse:
+        """Run ``work`` for ``route`` under admission control; count and time it."""
+        if self._inflight >= self._max_inflight:
+            self._metrics.shed.labels(name).inc()
+            raise HTTPException(
+                status_code=503,
+                detail=f"overloaded: {self._inflight} requests in flight; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self._inflight += 1
+        self._metrics.inflight.set(self._inflight)
+        start, status = time.perf_counter(), 200
+        try:
+            return await work()
+        except HTTPException as exc:
+            status = exc.status_code
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self._inflight -= 1
+            self._metrics.inflight.set(self._inflight)
+            seconds = time.perf_counter() - start
+            self._metrics.observe(name, route.release, route.arm, status, seconds)
 
     async def _respond(
         self,
-        vectors: np.ndarray | None,
+        route: Route,
+        kind: str,
+        vectors: tuple[np.ndarray | None, str] | None,
         k: int,
         start: float,
-        filter_json: dict[str, Any] | None = None,
-        explain: bool = False,
+        body: SearchRequest | None = None,
         understood: dict[str, Any] | None = None,
-        text: str | None = None,
-        retrieval: str = "ebr",
-        personalised: bool = False,
+        member_id: int | None = None,
     ) -> SearchResponse:
-        call = self._retriever.search.remote(vectors, k, filter_json, text, retrieval, personalised)
-        hits, plan = await _result(call)
+        vec, vec_release = vectors if vectors is not None else (None, None)
+        text = body.query if body else None
+        retrieval = (body.retrieval if body else None) or (self._retrieval if body else "ebr")
+        retriever = self._retriever.options(multiplexed_model_id=route.release)
+        hits, plan = await self._call(
+            route,
+            lambda: retriever.search.remote(
+                vec_release, vec, k, body.filter if body else None, text, retrieval,
+                member_id is not None,
+            ),
+        )  # fmt: skip
         used = plan.pop("retrieval")
         info = understood or {}
         notice = None
@@ -120,44 +203,58 @@ class Ingress:
             if used == "term":
                 what = "term matches alone" if hits[0] else "no term matches either"
             else:
-                what = "results for the member alone" if vectors is not None else "no results"
+                what = "results for the member alone" if vec is not None else "no results"
             notice = f"no word of the query is known to the model ({unknown}): {what}"
+        release = self._router.info(route.release)
+        request_id = uuid.uuid4().hex
+        results = [JobHit(**h) for h in hits[0]]
+        self._log.append({
+            "request_id": request_id, "kind": kind, "release": route.release, "arm": route.arm,
+            "experiment": route.experiment, "member_id": member_id,
+            "request_key": body.request_key if body else None, "query": text,
+            "job_ids": [h.job_id for h in results],
+        })  # fmt: skip
         return SearchResponse(
-            results=[JobHit(**h) for h in hits[0]],
-            model_version=self._version,
-            slot=self._slot,
+            results=results,
+            model_version=release.model_version,
+            slot=release.slot,
             took_ms=round((time.perf_counter() - start) * 1e3, 3),
-            plan=plan if explain else None,
+            plan=plan if body is not None and body.explain else None,
             query_understood=info.get("query_understood"),
             unknown_words=info.get("unknown_words", []),
             notice=notice,
             retrieval=used,
+            release=route.release,
+            arm=route.arm,
+            experiment=route.experiment,
+            request_id=request_id,
         )
+
+    # ---- read routes ----
 
     @app.post("/v1/search", response_model=SearchResponse, responses={**_NOT_FOUND, **_BODY_ERRORS})
     async def search(self, body: SearchRequest) -> SearchResponse:
         """Jobs for a free-text query, personalised by ``member_id`` when given; by
-        embeddings, terms or both (``retrieval``)."""
-        start = time.perf_counter()
-        call = self._encoder.encode_request.remote(body.query, body.member_id)
-        vectors, understood = await _result(call)
-        retrieval = body.retrieval or self._retrieval
-        return await self._respond(
-            vectors,
-            body.k,
-            start,
-            body.filter,
-            body.explain,
-            understood,
-            body.query,
-            retrieval,
-            personalised=body.member_id is not None,
-        )
+        embeddings, terms or both (``retrieval``); answered by the live release or the
+        request's experiment arm (by ``member_id``, else ``request_key``)."""
+        route = self._router.route(body.member_id, body.request_key)
+
+        async def work() -> SearchResponse:
+            start = time.perf_counter()
+            encoder = self._encoder.options(multiplexed_model_id=route.release)
+            call = encoder.encode_request.remote(body.query, body.member_id)
+            vec, understood, vec_release = await self._call(route, lambda: call)
+            return await self._respond(
+                route, "search", (vec, vec_release), body.k, start, body, understood,
+                body.member_id,
+            )  # fmt: skip
+
+        return await self._served("search", route, work)
 
     @app.get(
         "/v1/members/{member_id}/recommendations",
         response_model=SearchResponse,
-        responses=_NOT_FOUND,
+        responses={**_NOT_FOUND, 503: {"model": ErrorResponse}},
     )
     async def recommendations(
         self,
@@ -165,23 +262,154 @@ class Ingress:
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     ) -> SearchResponse:
         """JYMBII ("jobs you may be interested in"): the member's embedding, no query."""
-        start = time.perf_counter()
-        vectors = await _result(self._encoder.member_embedding.remote(member_id))
-        return await self._respond(vectors, k, start)
+        route = self._router.route(member_id, None)
+
+        async def work() -> SearchResponse:
+            start = time.perf_counter()
+            encoder = self._encoder.options(multiplexed_model_id=route.release)
+            call = encoder.member_embedding.remote(member_id)
+            vec, vec_release = await self._call(route, lambda: call)
+            return await self._respond(
+                route, "recommendations", (vec, vec_release), k, start, member_id=member_id
+            )
+
+        return await self._served("recommendations", route, work)
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def healthz(self) -> JSONResponse:
-        """200 when both replicas serve the slot and model version this app was built for."""
-        slot_info = await self._retriever.info.remote()
-        enc_info = await self._encoder.info.remote()
+        """200 when the live release's encoder and index both load and agree."""
+        state = self._router.state()
+        route = Route(state["live"])
+        try:
+            enc_info, slot_info = await self._warm(route.release)
+        except HTTPException as exc:
+            return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+        release = self._router.info(route.release)
         ok = (
-            slot_info["slot"] == self._slot
-            and slot_info["model_version"] == self._version == enc_info["model_version"]
+            slot_info["slot"] == release.slot
+            and slot_info["model_version"] == release.model_version == enc_info["model_version"]
         )
+        experiment = state.get("experiment")
         body = HealthResponse(
             ok=ok,
+            release=route.release,
             encoder_model_version=enc_info["model_version"],
             member_interest_version=enc_info["member_interest_version"],
-            **slot_info,
+            serving=self._router.serving(),
+            experiment=experiment["name"] if experiment else None,
+            **{k: slot_info[k] for k in ("slot", "model_version", "item_count", "recall_at_10")},
         )
         return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+    @app.get("/v1/releases", response_model=ReleasesResponse)
+    async def releases(self) -> ReleasesResponse:
+        """The live release, the running experiment and every release requests may reach."""
+        state = self._router.state()
+        views = []
+        for rid in self._router.serving():
+            info = self._router.info(rid)
+            views.append(ReleaseView(
+                release=rid, model_version=info.model_version, slot=info.slot,
+                member_interest_version=info.interest_version, role=st.role(state, rid),
+            ))  # fmt: skip
+        return ReleasesResponse(live=state["live"], experiment=state["experiment"], serving=views)
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics(self) -> Response:
+        """Prometheus text: requests by route / release / arm / status, latency histograms,
+        refusals by reason, shed requests, requests in flight."""
+        return Response(content=self._metrics.render(), media_type=CONTENT_TYPE)
+
+    # ---- admin routes (bearer token) ----
+
+    def _authorize(self, authorization: str | None) -> None:
+        if self._token is None:
+            raise HTTPException(403, "admin routes are disabled: no admin token is configured")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.encode(), self._token.encode()
+        ):
+            raise HTTPException(401, "admin routes need Authorization: Bearer <token>",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    async def _warm(self, release_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Load (and check) ``release_id`` in the encoder and the retriever: (their infos)."""
+        route = Route(release_id)
+        enc = self._encoder.options(multiplexed_model_id=release_id)
+        ret = self._retriever.options(multiplexed_model_id=release_id)
+        enc_info = await self._call(route, lambda: enc.info.remote())
+        slot_info = await self._call(route, lambda: ret.info.remote())
+        return enc_info, slot_info
+
+    async def _change(self, change: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Apply a state change (ebr.release), then route by it at once."""
+        try:
+            event = await asyncio.to_thread(change)
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            raise HTTPException(409, str(err).strip("'\"")) from err
+        self._router.reload()
+        return event
+
+    @app.post("/admin/releases/{release_id}/warm")
+    async def warm(
+        self, release_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Load a release in the encoder and the retriever before it takes traffic."""
+        self._authorize(authorization)
+        try:
+            check_release_id(release_id)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from err
+        enc_info, slot_info = await self._warm(release_id)
+        return {"encoder": enc_info, "index": slot_info}
+
+    @app.post("/admin/promote")
+    async def promote(
+        self, body: PromoteRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Make a release live: warmed first, then switched; requests in flight finish on
+        the release they started with."""
+        self._authorize(authorization)
+        await self._warm(body.release)
+        return await self._change(lambda: ops.promote(self._ws, body.release))
+
+    @app.post("/admin/rollback")
+    async def rollback(
+        self, body: RollbackRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Make the previous live release (or ``to``) live again."""
+        self._authorize(authorization)
+        try:
+            target = st.rollback_target(st.read_state(self._ws), body.to)
+        except ValueError as err:
+            raise HTTPException(409, str(err)) from err
+        await self._warm(target)
+        return await self._change(lambda: ops.rollback(self._ws, target))
+
+    @app.post("/admin/experiments")
+    async def start_experiment(
+        self, body: ExperimentRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Split traffic between releases by arm (each arm's release warmed first)."""
+        self._authorize(authorization)
+        for arm in body.arms:
+            await self._warm(arm.release)
+        specs = [(a.arm, a.release, a.weight) for a in body.arms]
+        return await self._change(
+            lambda: ops.start_experiment(self._ws, body.name, specs, body.salt)
+        )
+
+    @app.delete("/admin/experiments")
+    async def stop_experiment(
+        self, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """End the running experiment: every request gets the live release again."""
+        self._authorize(authorization)
+        return await self._change(lambda: st.stop_experiment(self._ws))
+
+    @app.post("/admin/reload")
+    async def reload(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Re-read releases/state.json now (changed by the CLI or a Flyte task)."""
+        self._authorize(authorization)
+        state = self._router.reload()
+        return {"live": state["live"], "experiment": state["experiment"]}

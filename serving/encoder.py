@@ -1,117 +1,114 @@
-"""Ray Serve deployment embedding requests: Feast member features + the request tower.
+"""Ray Serve deployment embedding requests, per release: Feast member features (through the
+release's own ``FeatureService``) + the release's request tower.
 
-Heavy stacks (torch, feast) are imported inside the replica constructor: the ingress replica
-and the driver never pay for them.
+Model multiplexing keyed by release id: a replica loads a release's encoder on its first
+request for it (``RequestEncoder.release``) and keeps the ``MAX_RELEASES_PER_REPLICA`` most
+recently used, so a candidate starts serving without a redeploy and the release live before
+a promotion stays warm while its requests drain. Loading checks the release end to end: the
+record's checksum, the tower files against it, and that the member-interest model on disk is
+the one the tower was co-trained with; a release that fails is refused
+(``ReleaseUnavailable``), never served with another interest model.
+
+Heavy stacks (torch, feast) are imported inside the replica: the ingress never pays for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
-from ray.exceptions import RayTaskError
 
 from ebr.config import Workspace
-from ebr.versions import version_paths
+from ebr.io import sha256_file
+from ebr.release.record import read_record
+from ebr.versions import feature_names, version_paths
+from serving.errors import ReleaseUnavailable, UnknownMember
 
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
-class UnknownMember(LookupError):
-    """A member id with no profile in the Feast online store (HTTP 404)."""
-
-    def __init__(self, member_id: int) -> None:
-        # args holds only the id so the error pickles across the handle call unchanged.
-        super().__init__(member_id)
-        self.member_id = member_id
-
-    def __str__(self) -> str:
-        return f"unknown member_id {self.member_id}"
-
-
-def unknown_member(exc: BaseException) -> UnknownMember | None:
-    """The ``UnknownMember`` inside ``exc``, or None.
-
-    A replica's exception reaches the caller wrapped in ``RayTaskError``; the original is its
-    ``cause``. Walk the chain rather than rely on Ray's dual-class wrapper keeping attributes.
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):  # bounded: wrappers never nest deeper than a few levels
-        if seen is None:
-            return None
-        if isinstance(seen, UnknownMember) and not isinstance(seen, RayTaskError):
-            return seen
-        seen = seen.cause if isinstance(seen, RayTaskError) else seen.__cause__
-    return None
+MAX_RELEASES_PER_REPLICA = 4  # live + two experiment arms + the one a promotion replaced
 
 
 def request_tower_dir(ws: Workspace, model_version: str) -> Path:
-    """``models/<version>`` for the slot's version; fail loudly if that model is not there.
+    """``models/<version>``; fail loudly if that model's request tower is not there.
 
-    Serving another version's request tower against this slot would return plausible-looking
+    Serving another version's request tower against a slot would return plausible-looking
     but meaningless neighbours, so there is no fallback.
     """
     path = version_paths(ws, model_version).model
     if not (path / "request_tower.pt").is_file():
         raise FileNotFoundError(
-            f"the served slot was built with model {model_version!r} but {path} has no "
-            "request_tower.pt; requests must be embedded by the same model version as the slot"
+            f"model {model_version!r} has no request tower at {path}; requests must be "
+            "embedded by the same model version as the slot"
         )
     return path
 
 
-@serve.deployment
-class RequestEncoder:
-    """Embeds (query, member) requests with the request tower of one model version."""
+class ReleaseEncoder:
+    """One release's request tower, vocabulary and Feast feature service."""
 
-    def __init__(self, workspace: str, model_version: str) -> None:
+    def __init__(self, ws: Workspace, store: FeatureStore, release_id: str) -> None:
         import torch
 
         from ebr.model.artifact import load_request_tower, load_vocabulary
-        from ebr.versions import verified_interest
-        from feature_repo.store import member_profiles, open_store
+        from ebr.versions import LineageError, read_meta, verified_interest
 
-        # A replica gets a fraction of a core; intra-op threads would only contend.
-        torch.set_num_threads(1)
-        ws = Workspace(Path(workspace))
-        self._tower, self._cfg, meta = load_request_tower(request_tower_dir(ws, model_version))
-        if meta.get("version") != model_version:
-            raise ValueError(
-                f"{request_tower_dir(ws, model_version)} says version {meta.get('version')!r}, "
-                f"expected {model_version!r}"
+        record = read_record(ws, release_id)
+        version = record["model"]["version"]
+        folder = request_tower_dir(ws, version)
+
+        def refuse(reason: str) -> ReleaseUnavailable:
+            return ReleaseUnavailable(release_id, reason)
+
+        if sha256_file(folder / "model.json") != record["model"]["model_json_sha256"]:
+            raise refuse(f"{folder}/model.json changed since the release was recorded")
+        for name, digest in record["model"]["checksums"].items():
+            if sha256_file(folder / name) != digest:
+                raise refuse(f"{folder / name} does not match the release record")
+        meta = read_meta(folder)
+        try:
+            interest = verified_interest(ws, meta)  # the co-trained model, files checked
+        except LineageError as err:
+            raise refuse(str(err)) from None
+        recorded = (record["member_interest"] or {}).get("version")
+        if interest != recorded:
+            raise refuse(
+                f"its request tower was co-trained with member interest {interest}, but the "
+                f"release names {recorded}"
             )
-        self._version = model_version
-        # Words the model trained on (None for a model saved without its vocabulary).
-        self._vocab = load_vocabulary(request_tower_dir(ws, model_version))
-        # The member-interest version this model was co-trained with; refuse any other.
-        self._interest = verified_interest(ws, meta)
-        self._store = open_store(ws.feature_repo)
-        # Warm up: the first forward pass and the first online read are ~0.5 s (lazy init);
-        # pay it here, before the replica reports ready, not on the first user's request.
-        self.encode("warm up", None)
-        member_profiles(self._store, [1])
+        torch.set_num_threads(1)  # a replica gets a fraction of a core
+        self.release_id, self.version, self.interest = release_id, version, interest
+        self._tower, self._cfg, _ = load_request_tower(folder)
+        self._vocab = load_vocabulary(folder)  # None for a model saved without one
+        self._names = feature_names(version, interest)
+        if self._names.request_service != record["features"]["request_service"]:
+            raise refuse(
+                f"the record names feature service {record['features']['request_service']}"
+            )
+        self._store = store
+        self.encode("warm up", None)  # the first forward pass is slow (lazy init): pay it here
 
     def _profile(self, member_id: int) -> dict[str, Any]:
-        """Profile + looked-up member-interest embedding (None until the batch run embeds a
-        new member: the tower then sees has_interest = 0, as in training)."""
-        from feature_repo.store import member_interest, member_profiles
+        """Profile + the release's member embedding and co-trained member-interest embedding
+        (None until a batch run embeds the member: the tower then sees has_interest = 0)."""
+        from feature_repo.store import request_features
 
-        profile = member_profiles(self._store, [member_id]).get(member_id)
+        views = self._names.request_views()
+        got = request_features(self._store, self._names.request_service, [member_id], views)
+        profile = got.get(member_id)
         if profile is None:
             raise UnknownMember(member_id)
-        if self._interest is not None:
-            vec = member_interest(self._store, [member_id], self._interest).get(member_id)
-            profile["interest"] = vec
         return profile
 
     def understand(self, query: str | None) -> dict[str, Any]:
-        """``query_understood`` (None without a query) and the ``unknown_words`` of ``query``.
-
-        A query none of whose normalised words the model saw in training (emoji, another
-        script, a word not in any job) would embed as untrained hash buckets: a fixed,
-        arbitrary point. Better to say so than to return neighbours of that point.
-        """
+        """``query_understood`` (None without a query) and the ``unknown_words`` of ``query``:
+        a query none of whose words the model saw in training would embed as untrained hash
+        buckets (an arbitrary point), so it is reported instead."""
         from ebr.text import words
 
         if query is None:
@@ -121,51 +118,75 @@ class RequestEncoder:
         known, unknown = self._vocab.split(query)
         return {"query_understood": bool(known), "unknown_words": unknown[:20]}
 
-    def encode_request(
-        self, query: str | None, member_id: int | None
-    ) -> tuple[np.ndarray | None, dict[str, Any]]:
-        """(float32 [1, dim] request embedding or None, ``understand(query)``).
-
-        A query the model does not understand is dropped: the member alone is embedded, or,
-        for an anonymous search, there is nothing to search with (None)."""
-        info = self.understand(query)
-        if info["query_understood"] is False:
-            query = None
-        if query is None and member_id is None:
-            return None, info
-        return self.encode(query, member_id), info
-
     def encode(self, query: str | None, member_id: int | None) -> np.ndarray:
-        """float32 [1, dim] unit embedding of one request (now as its time context); raises
-        ``UnknownMember``."""
+        """float32 [1, dim] unit embedding of one request (now as its time context)."""
         from ebr.model.infer import encode_requests
 
         member = None if member_id is None else self._profile(member_id)
+        if member is not None:
+            member["interest"] = member.get("interest") if self.interest else None
         now = datetime.now(UTC)
         return encode_requests(self._tower, [query], [member], self._cfg, whens=[now])
 
     def member_embedding(self, member_id: int) -> np.ndarray:
-        """float32 [1, dim] JYMBII embedding: the batch one from Feast, else the profile's.
-
-        A member who joined after the last batch run has a profile but no batch embedding yet;
-        encoding the profile online is what the batch job would have produced.
-        """
-        from feature_repo.store import member_embeddings
-
-        vec = member_embeddings(self._store, [member_id], self._version).get(member_id)
+        """float32 [1, dim] JYMBII embedding: the batch one from Feast, else the profile's (a
+        member who joined after the last batch run)."""
+        profile = self._profile(member_id)
+        vec = profile.get("member_embedding")
         if vec is None:
             return self.encode(None, member_id)
         vec = np.asarray(vec, dtype=np.float32).reshape(1, -1)
         if vec.shape[1] != self._cfg.dim:
             raise ValueError(
-                f"member_embedding_{self._version} for member {member_id} has dim "
-                f"{vec.shape[1]}, model {self._version} has dim {self._cfg.dim}"
+                f"{self._names.member_view} for member {member_id} has dim {vec.shape[1]}, "
+                f"model {self.version} has dim {self._cfg.dim}"
             )
         return vec
 
     def info(self) -> dict[str, Any]:
-        return {
-            "model_version": self._version,
-            "member_interest_version": self._interest,
-            "dim": self._cfg.dim,
-        }
+        return {"release": self.release_id, "model_version": self.version,
+                "member_interest_version": self.interest, "dim": self._cfg.dim}  # fmt: skip
+
+
+@serve.deployment
+class RequestEncoder:
+    """Embeds (query, member) requests with the request tower of the release each call names
+    (``handle.options(multiplexed_model_id=<release id>)``)."""
+
+    def __init__(self, workspace: str) -> None:
+        from feature_repo.store import member_profiles, open_store
+
+        self._ws = Workspace(Path(workspace))
+        self._store = open_store(self._ws.feature_repo)
+        member_profiles(self._store, [1])  # the first online read is ~0.5 s (lazy init)
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_RELEASES_PER_REPLICA)
+    async def release(self, release_id: str) -> ReleaseEncoder:
+        # Off the event loop: requests of the releases already loaded keep flowing.
+        return await asyncio.to_thread(ReleaseEncoder, self._ws, self._store, release_id)
+
+    async def _current(self) -> ReleaseEncoder:
+        return await self.release(serve.get_multiplexed_model_id())
+
+    async def encode_request(
+        self, query: str | None, member_id: int | None
+    ) -> tuple[np.ndarray | None, dict[str, Any], str]:
+        """(float32 [1, dim] request embedding or None, ``understand(query)``, the release
+        id the embedding belongs to). A query the model does not understand is dropped: the
+        member alone is embedded, or, for an anonymous search, nothing (None)."""
+        enc = await self._current()
+        info = enc.understand(query)
+        if info["query_understood"] is False:
+            query = None
+        if query is None and member_id is None:
+            return None, info, enc.release_id
+        return enc.encode(query, member_id), info, enc.release_id
+
+    async def member_embedding(self, member_id: int) -> tuple[np.ndarray, str]:
+        """(float32 [1, dim] JYMBII embedding, its release id)."""
+        enc = await self._current()
+        return enc.member_embedding(member_id), enc.release_id
+
+    async def info(self) -> dict[str, Any]:
+        """The release this call names, loaded (and checked) if it was not."""
+        return (await self._current()).info()

@@ -1,47 +1,136 @@
-"""Ray Serve deployment holding one index slot (snapshot + replayed live log).
+"""Ray Serve deployment searching, per release, that release's index slot (snapshot + replayed
+live log).
 
-Heavy stacks (faiss) are imported inside the replica constructor: the ingress replica and the
-driver never pay for them.
+Model multiplexing keyed by release id, as the encoder: a replica opens a release's slot on its
+first request for it and keeps the most recently used few. Every search names the release its
+request embedding came from; a vector of any other release is refused (``ReleaseMismatch``):
+another item tower produced this slot's vectors, so its neighbours would be meaningless.
+
+Heavy stacks (faiss) are imported inside the replica: the ingress never pays for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
 
+from ebr.config import Workspace
+from ebr.index.query.slot import MANIFEST_FILE
+from ebr.io import sha256_file
+from ebr.release.record import read_record
+from serving.encoder import MAX_RELEASES_PER_REPLICA
+from serving.errors import ReleaseMismatch, ReleaseUnavailable
 
-@serve.deployment
-class Retriever:
-    """Holds one index slot (snapshot + replayed live log) and answers filtered top-k searches."""
+if TYPE_CHECKING:
+    from ebr.index.live.slot import LiveSlot
 
-    def __init__(self, slot_dir: str, verify: bool = True, refresh_s: float = 1.0) -> None:
-        import faiss
 
+class ReleaseIndex:
+    """One release's slot, opened read-only (the writer, a pipeline, owns its log)."""
+
+    def __init__(self, ws: Workspace, release_id: str, verify: bool, refresh_s: float) -> None:
         from ebr.index.live.slot import open_live
 
-        # One query per call on a fraction of a core: OpenMP threads only contend (measured
-        # 10-20x slower single-query search with 2 threads on the 2-core machines).
-        faiss.omp_set_num_threads(1)
-        # Read-only: the writer (a pipeline) owns the log; a restart replays what it acked.
-        self._live = open_live(Path(slot_dir), verify=verify, writable=False)
-        self._slot = self._live.snapshot
-        self._live.attributes()  # build the filter index now, not on the first filtered query
-        self._refresh_s = refresh_s
-        self._refreshed = time.monotonic()
+        record = read_record(ws, release_id)
+        slot_dir = ws.slots / record["slot"]["name"]
+        if not (slot_dir / MANIFEST_FILE).is_file():
+            raise ReleaseUnavailable(release_id, f"its slot {slot_dir.name} is gone")
+        if sha256_file(slot_dir / MANIFEST_FILE) != record["slot"]["manifest_sha256"]:
+            raise ReleaseUnavailable(release_id, f"slot {slot_dir.name} changed since release")
+        self.release_id, self.version = release_id, record["model"]["version"]
+        self.live: LiveSlot = open_live(slot_dir, verify=verify, writable=False)
+        self.slot = self.live.snapshot
+        if self.slot.model_version != self.version:
+            raise ReleaseUnavailable(release_id, f"slot holds {self.slot.model_version} vectors")
+        self.live.attributes()  # build the filter index now, not on the first filtered query
+        self._refresh_s, self._refreshed = refresh_s, time.monotonic()
 
-    def _refresh(self) -> None:
-        # Upserts and deletes reach the slot's log from a writer process (a pipeline); tail it
-        # at most every refresh_s so a query sees acknowledged writes within that delay.
+    def refresh(self) -> None:
+        # Upserts and deletes reach the slot's log from a writer process; tail it at most
+        # every refresh_s so a query sees acknowledged writes within that delay.
         if time.monotonic() - self._refreshed >= self._refresh_s:
-            self._live.refresh()
+            self.live.refresh()
             self._refreshed = time.monotonic()
 
     def search(
         self,
+        vectors: np.ndarray | None,
+        k: int,
+        filter_json: dict[str, Any] | None,
+        text: str | None,
+        retrieval: str,
+        personalised: bool,
+    ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
+        """``Retriever.search`` on this release (arguments there)."""
+        import pandas as pd
+
+        from ebr.index.query.filters import parse_filter
+        from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
+
+        self.refresh()
+        flt = parse_filter(filter_json) if filter_json is not None else None
+        if text is None or not text.strip() or self.slot.terms is None:
+            retrieval = "ebr"  # no query text, or a slot built before term indexes
+        elif vectors is None:
+            retrieval = "term"
+        if vectors is None and retrieval == "ebr":
+            return [[]], {"retrieval": None}
+        texts = [text] if text is not None else None
+        weight = HYBRID_EBR_WEIGHT_MEMBER if personalised else HYBRID_EBR_WEIGHT
+        hits = self.live.query(vectors, k, flt, texts=texts, retrieval=retrieval, ebr_weight=weight)
+        delta = hits.delta_items
+        out = []
+        for row_scores, row_ids in zip(hits.scores, hits.job_ids, strict=True):
+            ids = row_ids[row_ids >= 0]
+            newer = np.isin(ids, delta["job_id"])  # an upsert supersedes the snapshot row
+            table = pd.concat([self.slot.rows(ids[~newer]), delta[delta["job_id"].isin(ids)]])
+            records = table.set_index("job_id", drop=False).loc[ids].to_dict("records")
+            for record, score in zip(records, row_scores[row_ids >= 0], strict=True):
+                # One null policy: a null display field is None in the response, never NaN.
+                for key, value in record.items():
+                    if isinstance(value, float) and value != value:
+                        record[key] = None
+                record["score"] = float(score)
+            out.append(records)
+        return out, {"retrieval": retrieval, **hits.plan}
+
+    def info(self) -> dict[str, Any]:
+        m = self.slot.manifest
+        return {"release": self.release_id, "slot": self.slot.name,
+                "model_version": self.slot.model_version, "item_count": int(m["item_count"]),
+                "recall_at_10": m.get("recall_at_10")}  # fmt: skip
+
+
+@serve.deployment
+class Retriever:
+    """Answers filtered top-k searches on the slot of the release each call names
+    (``handle.options(multiplexed_model_id=<release id>)``)."""
+
+    def __init__(self, workspace: str, verify: bool = True, refresh_s: float = 1.0) -> None:
+        import faiss
+
+        # One query per call on a fraction of a core: OpenMP threads only contend (measured
+        # 10-20x slower single-query search with 2 threads on the 2-core machines).
+        faiss.omp_set_num_threads(1)
+        self._ws = Workspace(Path(workspace))
+        self._verify, self._refresh_s = verify, refresh_s
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_RELEASES_PER_REPLICA)
+    async def release(self, release_id: str) -> ReleaseIndex:
+        # Off the event loop (sha256 of the slot files, index load): searches of the
+        # releases already open keep flowing meanwhile.
+        return await asyncio.to_thread(
+            ReleaseIndex, self._ws, release_id, self._verify, self._refresh_s
+        )
+
+    async def search(
+        self,
+        vector_release: str | None,
         vectors: np.ndarray | None,
         k: int,
         filter_json: dict[str, Any] | None = None,
@@ -52,8 +141,10 @@ class Retriever:
         """Top-k live jobs for one request that pass the filter.
 
         Args:
-            vectors: float32 [1, d] unit request embedding of the slot's model version, or
-                None when the request has nothing the model understands.
+            vector_release: the release whose request tower made ``vectors`` (None without
+                vectors); any release other than the one this call names is refused.
+            vectors: float32 [1, d] unit request embedding, or None when the request has
+                nothing the model understands.
             k: results per request (1..100, validated by the ingress).
             filter_json: a filter expression (validated by the ingress; see
                 ebr.index.query.filters).
@@ -69,46 +160,12 @@ class Retriever:
             One list of up to k hits (display columns + ``score``), best first, and the plan
             (with ``retrieval``, the one used).
         """
-        from ebr.index.query.filters import parse_filter
-        from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
+        release_id = serve.get_multiplexed_model_id()
+        if vectors is not None and vector_release != release_id:
+            raise ReleaseMismatch(str(vector_release), release_id)
+        index = await self.release(release_id)
+        return index.search(vectors, k, filter_json, text, retrieval, personalised)
 
-        self._refresh()
-        flt = parse_filter(filter_json) if filter_json is not None else None
-        if text is None or not text.strip() or self._slot.terms is None:
-            retrieval = "ebr"  # no query text, or a slot built before term indexes
-        elif vectors is None:
-            retrieval = "term"
-        if vectors is None and retrieval == "ebr":
-            return [[]], {"retrieval": None}
-        texts = [text] if text is not None else None
-        weight = HYBRID_EBR_WEIGHT_MEMBER if personalised else HYBRID_EBR_WEIGHT
-        hits = self._live.query(
-            vectors, k, flt, texts=texts, retrieval=retrieval, ebr_weight=weight
-        )
-        import pandas as pd
-
-        delta = hits.delta_items
-        out = []
-        for row_scores, row_ids in zip(hits.scores, hits.job_ids, strict=True):
-            ids = row_ids[row_ids >= 0]
-            newer = np.isin(ids, delta["job_id"])  # an upsert supersedes the snapshot row
-            table = pd.concat([self._slot.rows(ids[~newer]), delta[delta["job_id"].isin(ids)]])
-            records = table.set_index("job_id", drop=False).loc[ids].to_dict("records")
-            for record, score in zip(records, row_scores[row_ids >= 0], strict=True):
-                # One null policy: a null display field is None in the response, never NaN.
-                for key, value in record.items():
-                    if isinstance(value, float) and value != value:
-                        record[key] = None
-                record["score"] = float(score)
-            out.append(records)
-        return out, {"retrieval": retrieval, **hits.plan}
-
-    def info(self) -> dict[str, Any]:
-        """Slot name, model version, size and measured recall@10 (for /healthz)."""
-        m = self._slot.manifest
-        return {
-            "slot": self._slot.name,
-            "model_version": self._slot.model_version,
-            "item_count": int(m["item_count"]),
-            "recall_at_10": m.get("recall_at_10"),
-        }
+    async def info(self) -> dict[str, Any]:
+        """Slot, model version, size and recall@10 of the release this call names."""
+        return (await self.release(serve.get_multiplexed_model_id())).info()

@@ -31,6 +31,10 @@ Query = Annotated[
 MemberId = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMBER_ID)]
 TopK = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
 Retrieval = Literal["ebr", "term", "hybrid"]  # ebr.index.query.search.RETRIEVALS
+RequestKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+]
+ReleaseId = Annotated[str, StringConstraints(pattern=r"^rel-v[0-9]+-[0-9]{8}T[0-9]{12}$")]
 
 
 class SearchRequest(BaseModel):
@@ -52,6 +56,11 @@ class SearchRequest(BaseModel):
         default=None,
         description="ebr (embeddings), term (BM25 over the job text) or hybrid (both, fused "
         "by reciprocal rank); default: the deployment's (AppArgs.retrieval)",
+    )
+    request_key: RequestKey | None = Field(
+        default=None,
+        description="an anonymous client's stable key (session or cookie id): experiments "
+        "assign anonymous requests by it (members by member_id)",
     )
 
     @field_validator("filter")
@@ -115,18 +124,70 @@ class SearchResponse(BaseModel):
     retrieval: str | None = Field(
         default=None, description="the retrieval that answered (null: nothing to search with)"
     )
+    release: str = Field(description="the release that answered (encoder and index alike)")
+    arm: str | None = Field(default=None, description="the request's experiment arm, if any")
+    experiment: str | None = Field(default=None, description="the running experiment, if any")
+    request_id: str = Field(description="this response's id in the impression log")
 
 
 class HealthResponse(BaseModel):
-    """``GET /healthz``: which slot and model are live, and whether they agree."""
+    """``GET /healthz``: the live release, whether encoder and index both serve it, and what
+    else serves (experiment arms)."""
 
     ok: bool
+    release: str
     slot: str
     model_version: str
     encoder_model_version: str
     member_interest_version: str | None = None  # the co-trained interest model it reads
     item_count: int
     recall_at_10: float | None = None
+    serving: list[str] = Field(default_factory=list, description="live and experiment arms")
+    experiment: str | None = None
+
+
+class ReleaseView(BaseModel):
+    """A release requests may reach, as ``GET /v1/releases`` shows it."""
+
+    release: str
+    model_version: str
+    slot: str
+    member_interest_version: str | None
+    role: str = Field(description="live, arm:<name>")
+
+
+class ReleasesResponse(BaseModel):
+    live: str
+    experiment: dict[str, Any] | None
+    serving: list[ReleaseView]
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    release: ReleaseId
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: ReleaseId | None = Field(default=None, description="default: the previous live release")
+
+
+class ArmSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arm: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ]
+    release: ReleaseId
+    weight: Annotated[float, Field(gt=0, le=1)]
+
+
+class ExperimentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    ]
+    arms: Annotated[list[ArmSpec], Field(min_length=2, max_length=16)]
+    salt: str | None = Field(default=None, max_length=128, description="default: the name")
 
 
 class ErrorResponse(BaseModel):
@@ -140,8 +201,7 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt config key fails the deploy
 
-    workspace: str = Field(description="workspace root (models/, feature_repo/, slots/)")
-    alias: str = Field(default="jobs@live", description="slot alias resolved once at build")
+    workspace: str = Field(description="workspace root (models/, feature_repo/, slots/, releases/)")
     # Fractions of a core: the machines have 2 cores and a replica reserves 1 by default, so
     # whole-CPU replicas would leave the third deployment pending forever.
     encoder_num_cpus: float = Field(default=0.25, gt=0, le=64)
@@ -159,3 +219,16 @@ class AppArgs(BaseModel):
     # Used by ``serving.app.main`` and tests; with a config YAML the application's own
     # ``route_prefix`` key decides (Serve sets the prefix at deploy, not inside the graph).
     route_prefix: str = Field(default="/", pattern=r"^/")
+    # How often the ingress looks for a changed releases/state.json (admin calls reload at once).
+    state_poll_s: float = Field(default=0.5, gt=0, le=60)
+    # Admin routes need "Authorization: Bearer <token>": the token is read at start from the
+    # environment variable admin_token_env, else from admin_token_file; with neither, admin
+    # routes answer 403. The token itself never travels in the app's arguments.
+    admin_token_env: str = Field(default="EBR_ADMIN_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    admin_token_file: str | None = None
+    # Backpressure: requests in flight in one ingress replica beyond max_inflight get a 503
+    # with Retry-After at once; Serve queues at most ingress_max_queued_requests more.
+    max_inflight: int = Field(default=12, ge=1, le=10_000)
+    ingress_max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
+    ingress_max_queued_requests: int = Field(default=64, ge=-1, le=100_000)
+    backend_max_ongoing_requests: int = Field(default=8, ge=1, le=10_000)

@@ -2,7 +2,8 @@
 
 ``ebr.data.marketplace`` draws the visible tables and this hidden state; ``impressions``
 simulates sessions shown by an incumbent ranker and the member's engagement (the preference
-model documented in the marketplace module). ``ebr.data.oracle`` ranks by ``utility``.
+model documented in the marketplace module). ``ebr.data.oracle`` ranks by ``utility``;
+``ebr.data.replay`` integrates the same ``funnel`` over the noise to score any shown list.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from ebr.data.geo import haversine_km
 
 OUTCOMES = ("none", "click", "save", "apply")
 LOG_END = pd.Timestamp("2026-11-01T00:00:00Z")
+# The engagement funnel (``funnel``): constants the simulator draws with and the replay reads.
+NOISE = 0.8  # scale of the Gumbel noise on utility: the member's taste no column shows
+SLOPE, CLICK_AT, APPLY_AT = 2.0, 2.2, 3.6  # P(click), P(apply | click): sigmoid(SLOPE (u - AT))
+SAVE_P = 0.3  # a click that is not an apply is a save with this probability
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,23 @@ def utility(h: Hidden, mem: np.ndarray, job: np.ndarray) -> np.ndarray:
         + 0.6 * remote_fit
         + 0.3 * (h.j_emp[job] == h.m_emp[mem])
     )
+
+
+def funnel(
+    u: np.ndarray, gumbel: np.ndarray, position: np.ndarray, active: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The engagement funnel of jobs with utility ``u`` shown at 0-based ``position`` (0 = top):
+    P(examined), float32 [n], 1 / sqrt(1 + position) and 0 for an inactive job (never
+    engaged); P(click | examined) and P(apply | click), float64 shaped like
+    ``u + NOISE * gumbel`` (e.g. [n] for one draw, [n, nodes] to integrate over the noise).
+    Float32 because the simulator's int16 positions gave it: the seeded tables depend on it."""
+    p_seen = active * (np.float32(1) / np.sqrt(np.float32(1) + position.astype(np.float32)))
+    noisy = u + NOISE * gumbel
+    return p_seen, _sigmoid(SLOPE * (noisy - CLICK_AT)), _sigmoid(SLOPE * (noisy - APPLY_AT))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))  # not scipy's expit: its last bit may differ, and tables with it
 
 
 def _queries(
@@ -131,18 +153,17 @@ def simulate_impressions(
     step = 2_000_000  # bounded memory for the [rows, 6, 10] skill comparison at 1M jobs
     for a in range(0, len(mem), step):
         u[a : a + step] = utility(h, mem[a : a + step], cand[a : a + step])
-    noisy = u + 0.8 * rng.gumbel(size=len(u))
+    gumbel = rng.gumbel(size=len(u))  # drawn before the ranker's noise: the seed's draw order
     # The incumbent ranker orders the page by a noisier view of the same utility.
     order = np.argsort(-(u + 1.5 * rng.normal(size=len(u))).reshape(n_sess, k), axis=1)
     position = np.empty((n_sess, k), dtype=np.int16)
     np.put_along_axis(position, order, np.arange(k, dtype=np.int16)[None, :], axis=1)
     pos_flat = position.ravel()
-    examined = rng.random(len(u)) < 1 / np.sqrt(1 + pos_flat)
-    click = (
-        examined & h.j_active[cand] & (rng.random(len(u)) < 1 / (1 + np.exp(-2 * (noisy - 2.2))))
-    )
-    apply = click & (rng.random(len(u)) < 1 / (1 + np.exp(-2 * (noisy - 3.6))))
-    save = click & ~apply & (rng.random(len(u)) < 0.3)
+    p_examined, p_click, p_apply = funnel(u, gumbel, pos_flat, h.j_active[cand])
+    # One uniform draw per stage, examined first: reordering them changes the seeded tables.
+    click = (rng.random(len(u)) < p_examined) & (rng.random(len(u)) < p_click)
+    apply = click & (rng.random(len(u)) < p_apply)
+    save = click & ~apply & (rng.random(len(u)) < SAVE_P)
     outcome = np.where(apply, 3, np.where(save, 2, np.where(click, 1, 0))).astype(np.int8)
     sess = np.repeat(np.arange(n_sess, dtype=np.int64), k)
     return pd.DataFrame(

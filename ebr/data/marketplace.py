@@ -19,6 +19,7 @@ radius and a remote preference. Shown job *j*, the utility is
 Engagement: the member examines position p with probability 1 / sqrt(1 + p); an examined job
 is clicked with probability sigmoid(2 (u - 2.2)); a click becomes an apply with probability
 sigmoid(2 (u - 3.6)), otherwise a save with probability 0.3. Inactive jobs are never engaged.
+(In code, constants included: ``utility`` and ``funnel`` in ``ebr.data.engagement``.)
 A model that recovers skills, title, seniority, distance and remote recovers the ground truth.
 """
 

@@ -149,14 +149,9 @@ def promote(ws: Workspace, release_id: str) -> dict[str, Any]:
 
 def rollback(ws: Workspace, to: str | None = None) -> dict[str, Any]:
     """Make the previous live release (or ``to``) live again; returns the event."""
-    state = st.read_state(ws)
-    target = to
-    if target is None:
-        earlier = [r for r in state["live_history"] if r != state["live"]]
-        target = earlier[-1] if earlier else None
-    if target is not None:
-        _still_consistent(ws, target)
-    return st.rollback(ws, to)
+    target = st.rollback_target(st.read_state(ws), to)
+    _still_consistent(ws, target)
+    return st.rollback(ws, target)
 
 
 def parse_arm(spec: str) -> tuple[str, str, float]:

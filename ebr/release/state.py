@@ -137,18 +137,26 @@ def promote(ws: Workspace, release_id: str) -> dict[str, Any]:
     return _change(ws, "promote", apply)
 
 
+def rollback_target(state: dict[str, Any], to: str | None = None) -> str:
+    """``to``, or the latest earlier live release that is not retired (ValueError: none)."""
+    if to is not None:
+        return check_release_id(to)
+    usable = [
+        r for r in state["live_history"]
+        if r != state["live"] and _entry(state, r)["state"] != "retired"
+    ]  # fmt: skip
+    if not usable:
+        raise ValueError("nothing to roll back to: no earlier live release still serves")
+    return str(usable[-1])
+
+
 def rollback(ws: Workspace, to: str | None = None) -> dict[str, Any]:
     """Make the release live before the current one live again (or ``to``, any serving or
     candidate release); retired releases are skipped over. Returns the event."""
 
     def apply(state: dict[str, Any]) -> dict[str, Any]:
         current, history = state["live"], list(state["live_history"])
-        target = to
-        if target is None:
-            usable = [r for r in history if r != current and _entry(state, r)["state"] != "retired"]
-            if not usable:
-                raise ValueError("nothing to roll back to: no earlier live release still serves")
-            target = usable[-1]
+        target = rollback_target(state, to)
         _set(state, target, "serving")
         if target in history:  # back to it: what was live after it is no longer "before"
             history = history[: len(history) - history[::-1].index(target) - 1]

@@ -43,6 +43,7 @@ def _search(api: httpx.Client, **body: Any) -> httpx.Response:
 def _assert_hits(body: dict[str, Any], k: int) -> None:
     assert body["model_version"] == "v1"
     assert body["slot"].startswith("jobs-v1-")
+    assert body["release"].startswith("rel-v1-") and body["arm"] is None and body["request_id"]
     hits = body["results"]
     assert len(hits) == k
     for hit in hits:
@@ -190,4 +191,5 @@ def test_config_yaml_is_a_valid_serve_config() -> None:
     )
     (app,) = config.applications
     assert app.import_path == "serving.app:build_app"
-    assert AppArgs.model_validate(app.args).alias == "jobs@live"
+    args = AppArgs.model_validate(app.args)
+    assert args.workspace == "var/demo" and args.admin_token_file is None  # admin off by default
