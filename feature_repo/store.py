@@ -29,7 +29,7 @@ from ebr.config import Workspace
 from ebr.data.records import Rejected
 from ebr.data.tables import PROFILE_FIELDS, check_profiles, read_embedding_table, read_profiles
 from ebr.io import atomic_write_bytes, atomic_write_parquet
-from ebr.versions import check_version, interest_paths, version_paths
+from ebr.versions import check_version, feature_names, interest_paths, version_paths
 from feature_repo.repo import (
     TEMPLATE_DIR,
     apply_definitions,
@@ -136,9 +136,7 @@ def publish(
     stamps = pd.concat([t["event_timestamp"] for t in tables])
     start = min(stamps.min(), pd.Timestamp(published_at)).to_pydatetime() - timedelta(seconds=1)
     end = max(stamps.max(), pd.Timestamp(published_at)).to_pydatetime() + timedelta(seconds=1)
-    views = [f"job_embedding_{version}", f"member_embedding_{version}", "member_profile"]
-    if iv is not None:
-        views.append(f"member_interest_{iv}")
+    views = list(feature_names(version, iv).views)
     store.materialize(start_date=start, end_date=end, feature_views=views)
     t_end = time.perf_counter()
     return {

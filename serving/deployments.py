@@ -18,8 +18,6 @@ Admin routes (``/admin/...``) need ``Authorization: Bearer <token>`` (``AppArgs`
 # No `from __future__ import annotations` here: FastAPI resolves the route signatures of a
 # class-based Serve ingress at request time, and string annotations then fail to resolve.
 import asyncio
-import hmac
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,9 +25,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Header, HTTPException, Query, Response
 from fastapi import Path as UrlPath
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -39,9 +36,8 @@ from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.impressions import ImpressionLog, impression_dir
 from ebr.release.record import check_release_id
-from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownMember, raised
-from serving.guards import StrictJSONRoute
-from serving.metrics import CONTENT_TYPE, ServingMetrics
+from serving.api import BODY_ERRORS, NOT_FOUND, admin_token, app, authorize
+from serving.metrics import CONTENT_TYPE, Admission, ServingMetrics, answered
 from serving.router import ReleaseRouter, Route
 from serving.schemas import (
     MAX_K,
@@ -57,49 +53,6 @@ from serving.schemas import (
     SearchRequest,
     SearchResponse,
 )
-
-RETRY_AFTER_S = 1  # what a shed request is told to wait
-
-app = FastAPI(
-    title="EBR job search",
-    version="1",
-    description="Embedding-based retrieval: search (query and/or member) and JYMBII, "
-    "served by releases side by side (live, experiment arms).",
-)
-# Every route reads its body through the guards: duplicate keys, depth, size, body timeout.
-app.router.route_class = StrictJSONRoute
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's default body echoes the input and raw ctx objects; keep loc/msg/type and add
-    # one readable line that names each bad field ("k: Input should be less than or equal...").
-    detail, parts = [], []
-    for e in exc.errors():
-        loc, msg = list(e["loc"]), e["msg"]
-        if e["type"] == "json_invalid":
-            # loc[1] is a character offset, not a field: say where and why parsing stopped.
-            msg = f"{msg} at character {loc[-1]}: {e.get('ctx', {}).get('error', 'invalid JSON')}"
-            loc = loc[:1]
-        detail.append({"loc": loc, "msg": msg, "type": e["type"]})
-        parts.append(f"{'.'.join(str(p) for p in loc[1:]) or loc[0]}: {msg}")
-    return JSONResponse(status_code=422, content={"detail": detail, "message": "; ".join(parts)})
-
-
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
-_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
-    408: {"model": ErrorResponse, "description": "body not received in time"},
-    413: {"model": ErrorResponse, "description": "body too large"},
-    503: {"model": ErrorResponse, "description": "overloaded (Retry-After) or release down"},
-}
-
-
-def _admin_token(env_name: str, token_file: str | None) -> str | None:
-    """The admin bearer token: the environment variable, else the file's first line."""
-    token = os.environ.get(env_name, "").strip()
-    if not token and token_file:
-        token = Path(token_file).expanduser().read_text().strip()
-    return token or None
 
 
 @serve.deployment
@@ -122,56 +75,20 @@ class Ingress:
         self._ws = Workspace(Path(workspace))
         self._retrieval = retrieval  # /v1/search's default (AppArgs.retrieval)
         self._router = ReleaseRouter(self._ws, state_poll_s)
-        self._token = _admin_token(admin_token_env, admin_token_file)
-        self._max_inflight, self._inflight = max_inflight, 0
+        self._token = admin_token(admin_token_env, admin_token_file)
         self._metrics = ServingMetrics()
+        self._admission = Admission(self._metrics, max_inflight)
         self._log = ImpressionLog(impression_dir(self._ws))
 
     # ---- plumbing: one release per request, errors as HTTP answers, counted ----
 
     async def _call(self, route: Route, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Await a handle call made for ``route``; a replica's deliberate errors become HTTP
-        answers (404 unknown member, 503 release unavailable, 500 release mismatch)."""
-        try:
-            return await call()
-        except Exception as exc:
-            if (member := raised(exc, UnknownMember)) is not None:
-                raise HTTPException(status_code=404, detail=str(member)) from exc
-            if (down := raised(exc, ReleaseUnavailable)) is not None:
-                self._metrics.refused.labels(route.release, "release_unavailable").inc()
-                raise HTTPException(status_code=503, detail=str(down)) from exc
-            if (mixed := raised(exc, ReleaseMismatch)) is not None:
-                self._metrics.refused.labels(route.release, "vector_release_mismatch").inc()
-                raise HTTPException(status_code=500, detail=str(mixed)) from exc
-            raise
+        return await answered(call, self._metrics, route.release)
 
     async def _served(
         self, name: str, route: Route, work: Callable[[], Awaitable[SearchResponse]]
     ) -> SearchResponse:
-        """Run ``work`` for ``route`` under admission control; count and time it."""
-        if self._inflight >= self._max_inflight:
-            self._metrics.shed.labels(name).inc()
-            raise HTTPException(
-                status_code=503,
-                detail=f"overloaded: {self._inflight} requests in flight; retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        self._inflight += 1
-        self._metrics.inflight.set(self._inflight)
-        start, status = time.perf_counter(), 200
-        try:
-            return await work()
-        except HTTPException as exc:
-            status = exc.status_code
-            raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            self._inflight -= 1
-            self._metrics.inflight.set(self._inflight)
-            seconds = time.perf_counter() - start
-            self._metrics.observe(name, route.release, route.arm, status, seconds)
+        return await self._admission.run(name, route.release, route.arm, work)  # type: ignore[no-any-return]
 
     async def _respond(
         self,
@@ -232,7 +149,7 @@ class Ingress:
 
     # ---- read routes ----
 
-    @app.post("/v1/search", response_model=SearchResponse, responses={**_NOT_FOUND, **_BODY_ERRORS})
+    @app.post("/v1/search", response_model=SearchResponse, responses={**NOT_FOUND, **BODY_ERRORS})
     async def search(self, body: SearchRequest) -> SearchResponse:
         """Jobs for a free-text query, personalised by ``member_id`` when given; by
         embeddings, terms or both (``retrieval``); answered by the live release or the
@@ -254,7 +171,7 @@ class Ingress:
     @app.get(
         "/v1/members/{member_id}/recommendations",
         response_model=SearchResponse,
-        responses={**_NOT_FOUND, 503: {"model": ErrorResponse}},
+        responses={**NOT_FOUND, 503: {"model": ErrorResponse}},
     )
     async def recommendations(
         self,
@@ -323,14 +240,7 @@ class Ingress:
     # ---- admin routes (bearer token) ----
 
     def _authorize(self, authorization: str | None) -> None:
-        if self._token is None:
-            raise HTTPException(403, "admin routes are disabled: no admin token is configured")
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.encode(), self._token.encode()
-        ):
-            raise HTTPException(401, "admin routes need Authorization: Bearer <token>",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        authorize(self._token, authorization)
 
     async def _warm(self, release_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Load (and check) ``release_id`` in the encoder and the retriever: (their infos)."""

@@ -7,10 +7,19 @@ ingress replicas, scrape each or sum them in Prometheus).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["CONTENT_TYPE", "ServingMetrics"]
+from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownMember, raised
+
+__all__ = ["CONTENT_TYPE", "Admission", "ServingMetrics", "answered"]
+T = TypeVar("T")
+RETRY_AFTER_S = 1  # what a shed request is told to wait
 
 # Seconds; serving answers in ~5-50 ms, overload pushes the tail to seconds.
 BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -53,3 +62,58 @@ class ServingMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def answered(
+    call: Callable[[], Awaitable[Any]], metrics: ServingMetrics, release: str
+) -> Any:
+    """Await a handle call made for ``release``; a replica's deliberate errors become HTTP
+    answers (404 unknown member, 503 release unavailable, 500 release mismatch), the release
+    errors counted by reason."""
+    try:
+        return await call()
+    except Exception as exc:
+        if (member := raised(exc, UnknownMember)) is not None:
+            raise HTTPException(status_code=404, detail=str(member)) from exc
+        if (down := raised(exc, ReleaseUnavailable)) is not None:
+            metrics.refused.labels(release, "release_unavailable").inc()
+            raise HTTPException(status_code=503, detail=str(down)) from exc
+        if (mixed := raised(exc, ReleaseMismatch)) is not None:
+            metrics.refused.labels(release, "vector_release_mismatch").inc()
+            raise HTTPException(status_code=500, detail=str(mixed)) from exc
+        raise
+
+
+class Admission:
+    """Admission control of one ingress replica: at most ``max_inflight`` requests in flight;
+    one more is answered 503 with ``Retry-After`` at once (shed, counted) rather than queued,
+    so latency holds under overload and the service recovers as soon as load drops."""
+
+    def __init__(self, metrics: ServingMetrics, max_inflight: int) -> None:
+        self._metrics, self._max, self._inflight = metrics, max_inflight, 0
+
+    async def run(
+        self, route: str, release: str, arm: str | None, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self._inflight >= self._max:
+            self._metrics.shed.labels(route).inc()
+            raise HTTPException(
+                status_code=503,
+                detail=f"overloaded: {self._inflight} requests in flight; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self._inflight += 1
+        self._metrics.inflight.set(self._inflight)
+        start, status = time.perf_counter(), 200
+        try:
+            return await work()
+        except HTTPException as exc:
+            status = exc.status_code
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self._inflight -= 1
+            self._metrics.inflight.set(self._inflight)
+            self._metrics.observe(route, release, arm, status, time.perf_counter() - start)

@@ -1,0 +1,71 @@
+"""The ingress's FastAPI app: validation-error bodies that name the field, documented error
+answers, and the admin bearer-token check (``serving.deployments.Ingress`` holds the routes).
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves handler signatures at runtime.
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from serving.guards import StrictJSONRoute
+from serving.schemas import ErrorResponse
+
+app = FastAPI(
+    title="EBR job search",
+    version="1",
+    description="Embedding-based retrieval: search (query and/or member) and JYMBII, "
+    "served by releases side by side (live, experiment arms).",
+)
+# Every route reads its body through the guards: duplicate keys, depth, size, body timeout.
+app.router.route_class = StrictJSONRoute
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default body echoes the input and raw ctx objects; keep loc/msg/type and add
+    # one readable line that names each bad field ("k: Input should be less than or equal...").
+    detail, parts = [], []
+    for e in exc.errors():
+        loc, msg = list(e["loc"]), e["msg"]
+        if e["type"] == "json_invalid":
+            # loc[1] is a character offset, not a field: say where and why parsing stopped.
+            msg = f"{msg} at character {loc[-1]}: {e.get('ctx', {}).get('error', 'invalid JSON')}"
+            loc = loc[:1]
+        detail.append({"loc": loc, "msg": msg, "type": e["type"]})
+        parts.append(f"{'.'.join(str(p) for p in loc[1:]) or loc[0]}: {msg}")
+    return JSONResponse(status_code=422, content={"detail": detail, "message": "; ".join(parts)})
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorResponse, "description": "body not received in time"},
+    413: {"model": ErrorResponse, "description": "body too large"},
+    503: {"model": ErrorResponse, "description": "overloaded (Retry-After) or release down"},
+}
+
+
+def admin_token(env_name: str, token_file: str | None) -> str | None:
+    """The admin bearer token: the environment variable, else the file's first line."""
+    token = os.environ.get(env_name, "").strip()
+    if not token and token_file:
+        token = Path(token_file).expanduser().read_text().strip()
+    return token or None
+
+
+def authorize(token: str | None, authorization: str | None) -> None:
+    """Admit an admin call whose ``Authorization`` header carries ``token`` (compared in
+    constant time): 403 when no token is configured, 401 when the header is missing or wrong."""
+    if token is None:
+        raise HTTPException(403, "admin routes are disabled: no admin token is configured")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(
+            401,
+            "admin routes need Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
