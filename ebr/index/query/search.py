@@ -280,8 +280,11 @@ def fuse(
     scores, job_ids = fuse_lists(
         lists, values, weights, k, fusion, [None, coverage], [None, attainable]
     )
-    rows = pd.concat([ebr.delta_items, term.delta_items]).drop_duplicates("job_id")
-    kept = rows[rows["job_id"].isin(job_ids[job_ids >= 0])].reset_index(drop=True)
+    if not len(ebr.delta_items) and not len(term.delta_items):
+        kept = ebr.delta_items  # the shared empty frame (no delta rows among either list)
+    else:
+        rows = pd.concat([ebr.delta_items, term.delta_items]).drop_duplicates("job_id")
+        kept = rows[rows["job_id"].isin(job_ids[job_ids >= 0])].reset_index(drop=True)
     plan = {
         "strategy": "hybrid",
         "fusion": fusion,
