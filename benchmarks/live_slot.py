@@ -219,7 +219,7 @@ def main(
         compacted = open_live(path, verify=False)
         phases["compacted"] = measure(compacted.search)
         fresh_s, fresh_path = timed(lambda: write_slot(slots, "fresh", vectors, items, "v1", cfg))
-        # The served path (a read-only live slot, as the Retriever opens it), not the raw index.
+        # The served path (a read-only live slot, as serving opens it), not the raw index.
         phases["fresh_build"] = measure(open_live(fresh_path, verify=False, writable=False).search)
         results.update(compact_seconds=round(compact_s, 2), fresh_build_seconds=round(fresh_s, 2))
         live.close()

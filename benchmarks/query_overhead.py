@@ -6,7 +6,7 @@
 Vectors: the real job embeddings and request vectors other benchmarks cache in
 ``var/bench-cache`` (``benchmarks.live_slot.catalogue``), else seeded random unit vectors and
 jittered catalogue rows. Each slot is written by ``write_slot`` (build, recall gate, term
-index), as the platform writes it, and opened read-only as the serving ``Retriever`` opens it:
+index), as the platform writes it, and opened read-only as the serving ``ReleaseIndex`` opens it:
 
 - ``ivfpq``: IVF-PQ fast-scan 4-bit + exact refine (``IndexConfig`` defaults), at the cheapest
   nprobe x refine reaching ``--target-recall`` (the platform's 0.95 is out of reach at 1M on
@@ -309,7 +309,7 @@ def main(
                 continue
             print(kind, f"slot written in {build_s:.0f} s", flush=True)
             with open_live(path, verify=False, writable=True) as live:
-                live.attributes()  # as the Retriever does at start-up
+                live.attributes()  # as the serving ReleaseIndex does at start-up
                 results[kind] = {"build_seconds": round(build_s, 1)}
                 args = {"single": single, "repeats": repeats, "threads": threads,
                         "target_recall": target_recall}  # fmt: skip

@@ -25,8 +25,8 @@ from ray.serve import Application
 
 from ebr.config import Workspace
 from serving.deployments import Ingress
-from serving.encoder import RequestEncoder, request_tower_dir
-from serving.retriever import Retriever
+from serving.encoder import request_tower_dir
+from serving.release_server import ReleaseServer
 from serving.router import ReleaseRouter
 from serving.schemas import AppArgs
 
@@ -38,11 +38,11 @@ REQUEST_TIMEOUT_S = 30.0
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
-    """The bound graph Ingress(RequestEncoder, Retriever) for ``args`` (Serve's app builder).
+    """The bound graph Ingress(ReleaseServer) for ``args`` (Serve's app builder).
 
     Which releases serve is data (``releases/state.json``), not part of the app: the ingress
-    follows it, and the encoder and the retriever load each release on its first request
-    (model multiplexing), so promotions, rollbacks and experiments need no redeploy.
+    follows it, and the release server loads each release on its first request (model
+    multiplexing), so promotions, rollbacks and experiments need no redeploy.
 
     Raises:
         pydantic.ValidationError: bad args. ``serving.router.NoLiveRelease``: nothing to
@@ -54,22 +54,18 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     router = ReleaseRouter(ws)  # fail the deploy now, not in a replica restart loop
     request_tower_dir(ws, router.info(router.state()["live"]).model_version)
 
-    encoder = RequestEncoder.options(
-        num_replicas=cfg.encoder_replicas,
+    server = ReleaseServer.options(
+        num_replicas=cfg.server_replicas,
         max_ongoing_requests=cfg.backend_max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.encoder_num_cpus},
-    ).bind(str(ws.root))
-    retriever = Retriever.options(
-        num_replicas=cfg.retriever_replicas,
-        max_ongoing_requests=cfg.backend_max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.retriever_num_cpus},
+        ray_actor_options={"num_cpus": cfg.server_num_cpus},
     ).bind(str(ws.root), cfg.verify_slot, cfg.log_refresh_s)
     return Ingress.options(
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         max_queued_requests=cfg.ingress_max_queued_requests,
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        logging_config={"enable_access_log": cfg.access_log},
     ).bind(
-        encoder, retriever, str(ws.root), cfg.retrieval, cfg.state_poll_s,
+        server, str(ws.root), cfg.retrieval, cfg.state_poll_s,
         cfg.admin_token_env, cfg.admin_token_file, cfg.max_inflight,
     )  # fmt: skip
 

@@ -2,12 +2,12 @@
 request encoder and index.
 
     HTTP -> Ingress -> route (live release, or the request's experiment arm)
-                    -> RequestEncoder[release] (Feast feature service + request tower)
-                    -> Retriever[release] (the release's slot; refuses another release's vector)
+                    -> ReleaseServer[release]: Feast feature service + request tower + the
+                       release's slot (``serving.release_server``)
 
-Several releases serve side by side (``serving.router``, model multiplexing in the encoder and
-the retriever): a request is pinned to one release for both hops, so no response mixes
-versions while an admin call promotes, rolls back or starts an experiment. Every response
+Several releases serve side by side (``serving.router``; model multiplexing keyed by release
+id in the release server): a request is pinned to one release, so no response mixes versions
+while an admin call promotes, rolls back or starts an experiment. Every response
 names its release (and arm); every answered request is counted on ``/metrics`` and written to
 the impression log (``ebr.release.impressions``). Beyond ``max_inflight`` requests in flight,
 a request gets a 503 with ``Retry-After`` at once instead of queueing without bound.
@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Header, HTTPException, Query, Response
 from fastapi import Path as UrlPath
 from fastapi.responses import JSONResponse
@@ -62,8 +61,7 @@ class Ingress:
 
     def __init__(
         self,
-        encoder: DeploymentHandle,
-        retriever: DeploymentHandle,
+        server: DeploymentHandle,
         workspace: str,
         retrieval: str = "hybrid",
         state_poll_s: float = 0.5,
@@ -71,7 +69,7 @@ class Ingress:
         admin_token_file: str | None = None,
         max_inflight: int = 12,
     ) -> None:
-        self._encoder, self._retriever = encoder, retriever
+        self._server = server
         self._ws = Workspace(Path(workspace))
         self._retrieval = retrieval  # /v1/search's default (AppArgs.retrieval)
         self._router = ReleaseRouter(self._ws, state_poll_s)
@@ -90,28 +88,18 @@ class Ingress:
     ) -> SearchResponse:
         return await self._admission.run(name, route.release, route.arm, work)  # type: ignore[no-any-return]
 
-    async def _respond(
+    def _respond(
         self,
         route: Route,
         kind: str,
-        vectors: tuple[np.ndarray | None, str] | None,
-        k: int,
+        found: tuple[list[list[dict[str, Any]]], dict[str, Any]],
         start: float,
         body: SearchRequest | None = None,
         understood: dict[str, Any] | None = None,
         member_id: int | None = None,
     ) -> SearchResponse:
-        vec, vec_release = vectors if vectors is not None else (None, None)
-        text = body.query if body else None
-        retrieval = (body.retrieval if body else None) or (self._retrieval if body else "ebr")
-        retriever = self._retriever.options(multiplexed_model_id=route.release)
-        hits, plan = await self._call(
-            route,
-            lambda: retriever.search.remote(
-                vec_release, vec, k, body.filter if body else None, text, retrieval,
-                member_id is not None,
-            ),
-        )  # fmt: skip
+        """The response (and its impression log record) for ``found`` = (hits, plan)."""
+        hits, plan = found
         used = plan.pop("retrieval")
         info = understood or {}
         notice = None
@@ -120,7 +108,7 @@ class Ingress:
             if used == "term":
                 what = "term matches alone" if hits[0] else "no term matches either"
             else:
-                what = "results for the member alone" if vec is not None else "no results"
+                what = "results for the member alone" if member_id is not None else "no results"
             notice = f"no word of the query is known to the model ({unknown}): {what}"
         release = self._router.info(route.release)
         request_id = uuid.uuid4().hex
@@ -128,8 +116,8 @@ class Ingress:
         self._log.append({
             "request_id": request_id, "kind": kind, "release": route.release, "arm": route.arm,
             "experiment": route.experiment, "member_id": member_id,
-            "request_key": body.request_key if body else None, "query": text,
-            "job_ids": [h.job_id for h in results],
+            "request_key": body.request_key if body else None,
+            "query": body.query if body else None, "job_ids": [h.job_id for h in results],
         })  # fmt: skip
         return SearchResponse(
             results=results,
@@ -158,13 +146,13 @@ class Ingress:
 
         async def work() -> SearchResponse:
             start = time.perf_counter()
-            encoder = self._encoder.options(multiplexed_model_id=route.release)
-            call = encoder.encode_request.remote(body.query, body.member_id)
-            vec, understood, vec_release = await self._call(route, lambda: call)
-            return await self._respond(
-                route, "search", (vec, vec_release), body.k, start, body, understood,
-                body.member_id,
-            )  # fmt: skip
+            server = self._server.options(multiplexed_model_id=route.release)
+            retrieval = body.retrieval or self._retrieval
+            call = server.search.remote(body.query, body.member_id, body.k, body.filter, retrieval)
+            hits, plan, understood = await self._call(route, lambda: call)
+            return self._respond(
+                route, "search", (hits, plan), start, body, understood, body.member_id
+            )
 
         return await self._served("search", route, work)
 
@@ -183,12 +171,10 @@ class Ingress:
 
         async def work() -> SearchResponse:
             start = time.perf_counter()
-            encoder = self._encoder.options(multiplexed_model_id=route.release)
-            call = encoder.member_embedding.remote(member_id)
-            vec, vec_release = await self._call(route, lambda: call)
-            return await self._respond(
-                route, "recommendations", (vec, vec_release), k, start, member_id=member_id
-            )
+            server = self._server.options(multiplexed_model_id=route.release)
+            call = server.recommendations.remote(member_id, k)
+            found = await self._call(route, lambda: call)
+            return self._respond(route, "recommendations", found, start, member_id=member_id)
 
         return await self._served("recommendations", route, work)
 
@@ -243,13 +229,10 @@ class Ingress:
         authorize(self._token, authorization)
 
     async def _warm(self, release_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Load (and check) ``release_id`` in the encoder and the retriever: (their infos)."""
-        route = Route(release_id)
-        enc = self._encoder.options(multiplexed_model_id=release_id)
-        ret = self._retriever.options(multiplexed_model_id=release_id)
-        enc_info = await self._call(route, lambda: enc.info.remote())
-        slot_info = await self._call(route, lambda: ret.info.remote())
-        return enc_info, slot_info
+        """Load (and check) ``release_id`` in the release server: (encoder, index) infos."""
+        server = self._server.options(multiplexed_model_id=release_id)
+        info = await self._call(Route(release_id), lambda: server.info.remote())
+        return info["encoder"], info["index"]
 
     async def _change(self, change: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Apply a state change (ebr.release), then route by it at once."""

@@ -1,26 +1,21 @@
-"""Ray Serve deployment embedding requests, per release: Feast member features (through the
-release's own ``FeatureService``) + the release's request tower.
+"""A release's request encoder: Feast member features (through the release's own
+``FeatureService``) + the release's request tower (``serving.release_server`` holds one per
+release).
 
-Model multiplexing keyed by release id: a replica loads a release's encoder on its first
-request for it (``RequestEncoder.release``) and keeps the ``MAX_RELEASES_PER_REPLICA`` most
-recently used, so a candidate starts serving without a redeploy and the release live before
-a promotion stays warm while its requests drain. Loading checks the release end to end: the
-record's checksum, the tower files against it, and that the member-interest model on disk is
-the one the tower was co-trained with; a release that fails is refused
-(``ReleaseUnavailable``), never served with another interest model.
+Loading checks the release end to end: the record's checksum, the tower files against it, and
+that the member-interest model on disk is the one the tower was co-trained with; a release that
+fails is refused (``ReleaseUnavailable``), never served with another interest model.
 
-Heavy stacks (torch, feast) are imported inside the replica: the ingress never pays for them.
+Heavy stacks (torch, feast) are imported when a release loads: the ingress never pays for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ray import serve
 
 from ebr.config import Workspace
 from ebr.io import sha256_file
@@ -30,8 +25,6 @@ from serving.errors import ReleaseUnavailable, UnknownMember
 
 if TYPE_CHECKING:
     from feast import FeatureStore
-
-MAX_RELEASES_PER_REPLICA = 4  # live + two experiment arms + the one a promotion replaced
 
 
 def request_tower_dir(ws: Workspace, model_version: str) -> Path:
@@ -148,47 +141,3 @@ class ReleaseEncoder:
     def info(self) -> dict[str, Any]:
         return {"release": self.release_id, "model_version": self.version,
                 "member_interest_version": self.interest, "dim": self._cfg.dim}  # fmt: skip
-
-
-@serve.deployment
-class RequestEncoder:
-    """Embeds (query, member) requests with the request tower of the release each call names
-    (``handle.options(multiplexed_model_id=<release id>)``)."""
-
-    def __init__(self, workspace: str) -> None:
-        from feature_repo.store import member_profiles, open_store
-
-        self._ws = Workspace(Path(workspace))
-        self._store = open_store(self._ws.feature_repo)
-        member_profiles(self._store, [1])  # the first online read is ~0.5 s (lazy init)
-
-    @serve.multiplexed(max_num_models_per_replica=MAX_RELEASES_PER_REPLICA)
-    async def release(self, release_id: str) -> ReleaseEncoder:
-        # Off the event loop: requests of the releases already loaded keep flowing.
-        return await asyncio.to_thread(ReleaseEncoder, self._ws, self._store, release_id)
-
-    async def _current(self) -> ReleaseEncoder:
-        return await self.release(serve.get_multiplexed_model_id())
-
-    async def encode_request(
-        self, query: str | None, member_id: int | None
-    ) -> tuple[np.ndarray | None, dict[str, Any], str]:
-        """(float32 [1, dim] request embedding or None, ``understand(query)``, the release
-        id the embedding belongs to). A query the model does not understand is dropped: the
-        member alone is embedded, or, for an anonymous search, nothing (None)."""
-        enc = await self._current()
-        info = enc.understand(query)
-        if info["query_understood"] is False:
-            query = None
-        if query is None and member_id is None:
-            return None, info, enc.release_id
-        return enc.encode(query, member_id), info, enc.release_id
-
-    async def member_embedding(self, member_id: int) -> tuple[np.ndarray, str]:
-        """(float32 [1, dim] JYMBII embedding, its release id)."""
-        enc = await self._current()
-        return enc.member_embedding(member_id), enc.release_id
-
-    async def info(self) -> dict[str, Any]:
-        """The release this call names, loaded (and checked) if it was not."""
-        return (await self._current()).info()

@@ -1,31 +1,22 @@
-"""Ray Serve deployment searching, per release, that release's index slot (snapshot + replayed
-live log).
+"""A release's index: its slot (snapshot + replayed live log), opened read-only, and the
+response rows of its hits (``serving.release_server`` holds one per release).
 
-Model multiplexing keyed by release id, as the encoder: a replica opens a release's slot on its
-first request for it and keeps the most recently used few. Every search names the release its
-request embedding came from; a vector of any other release is refused (``ReleaseMismatch``):
-another item tower produced this slot's vectors, so its neighbours would be meaningless.
-
-Heavy stacks (faiss) are imported inside the replica: the ingress never pays for them.
+Heavy stacks (faiss) are imported when a release loads: the ingress never pays for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from ray import serve
 
 from ebr.config import Workspace
 from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
 from ebr.release.record import read_record
-from serving.encoder import MAX_RELEASES_PER_REPLICA
-from serving.errors import ReleaseMismatch, ReleaseUnavailable
+from serving.errors import ReleaseUnavailable
 
 if TYPE_CHECKING:
     from ebr.index.live.slot import LiveSlot
@@ -72,7 +63,26 @@ class ReleaseIndex:
         retrieval: str,
         personalised: bool,
     ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-        """``Retriever.search`` on this release (arguments there)."""
+        """Top-k live jobs for one request that pass the filter.
+
+        Args:
+            vectors: float32 [1, d] unit request embedding of this release, or None when the
+                request has nothing the model understands.
+            k: results per request (1..100, validated by the ingress).
+            filter_json: a filter expression (validated by the ingress; see
+                ebr.index.query.filters).
+            text: the query text (term and hybrid retrieval), None without a query.
+            retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.query.search``). What a
+                request can use: no text (or a slot without a term index) -> ebr; no vector ->
+                term; neither -> no results.
+            personalised: the request names a member: hybrid weights the EBR list (which
+                carries the member) ``HYBRID_EBR_WEIGHT_MEMBER`` instead of
+                ``HYBRID_EBR_WEIGHT``.
+
+        Returns:
+            One list of up to k hits (display columns + ``score``), best first, and the plan
+            (with ``retrieval``, the one used).
+        """
         from ebr.index.query.filters import parse_filter
         from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
 
@@ -118,68 +128,3 @@ def _plain(column: pd.Series) -> list[Any]:
     """A column as plain Python values, nulls (NaN, NaT, None) as None (one null policy)."""
     values = column.astype(object).where(column.notna(), None).tolist()
     return [v.item() if isinstance(v, np.generic) else v for v in values]
-
-
-@serve.deployment
-class Retriever:
-    """Answers filtered top-k searches on the slot of the release each call names
-    (``handle.options(multiplexed_model_id=<release id>)``)."""
-
-    def __init__(self, workspace: str, verify: bool = True, refresh_s: float = 1.0) -> None:
-        import faiss
-
-        # One query per call on a fraction of a core: OpenMP threads only contend (measured
-        # 10-20x slower single-query search with 2 threads on the 2-core machines).
-        faiss.omp_set_num_threads(1)
-        self._ws = Workspace(Path(workspace))
-        self._verify, self._refresh_s = verify, refresh_s
-
-    @serve.multiplexed(max_num_models_per_replica=MAX_RELEASES_PER_REPLICA)
-    async def release(self, release_id: str) -> ReleaseIndex:
-        # Off the event loop (sha256 of the slot files, index load): searches of the
-        # releases already open keep flowing meanwhile.
-        return await asyncio.to_thread(
-            ReleaseIndex, self._ws, release_id, self._verify, self._refresh_s
-        )
-
-    async def search(
-        self,
-        vector_release: str | None,
-        vectors: np.ndarray | None,
-        k: int,
-        filter_json: dict[str, Any] | None = None,
-        text: str | None = None,
-        retrieval: str = "ebr",
-        personalised: bool = False,
-    ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-        """Top-k live jobs for one request that pass the filter.
-
-        Args:
-            vector_release: the release whose request tower made ``vectors`` (None without
-                vectors); any release other than the one this call names is refused.
-            vectors: float32 [1, d] unit request embedding, or None when the request has
-                nothing the model understands.
-            k: results per request (1..100, validated by the ingress).
-            filter_json: a filter expression (validated by the ingress; see
-                ebr.index.query.filters).
-            text: the query text (term and hybrid retrieval), None without a query.
-            retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.query.search``). What a request
-                can use: no text (or a slot without a term index) -> ebr; no vector -> term;
-                neither -> no results.
-            personalised: the request names a member: hybrid weights the EBR list (which
-                carries the member) ``HYBRID_EBR_WEIGHT_MEMBER`` instead of
-                ``HYBRID_EBR_WEIGHT``.
-
-        Returns:
-            One list of up to k hits (display columns + ``score``), best first, and the plan
-            (with ``retrieval``, the one used).
-        """
-        release_id = serve.get_multiplexed_model_id()
-        if vectors is not None and vector_release != release_id:
-            raise ReleaseMismatch(str(vector_release), release_id)
-        index = await self.release(release_id)
-        return index.search(vectors, k, filter_json, text, retrieval, personalised)
-
-    async def info(self) -> dict[str, Any]:
-        """Slot, model version, size and recall@10 of the release this call names."""
-        return (await self.release(serve.get_multiplexed_model_id())).info()

@@ -204,11 +204,11 @@ class AppArgs(BaseModel):
     workspace: str = Field(description="workspace root (models/, feature_repo/, slots/, releases/)")
     # Fractions of a core: the machines have 2 cores and a replica reserves 1 by default, so
     # whole-CPU replicas would leave the third deployment pending forever.
-    encoder_num_cpus: float = Field(default=0.25, gt=0, le=64)
-    retriever_num_cpus: float = Field(default=0.25, gt=0, le=64)
+    server_num_cpus: float = Field(default=0.5, gt=0, le=64)
     ingress_num_cpus: float = Field(default=0.25, gt=0, le=64)
-    encoder_replicas: int = Field(default=1, ge=1, le=64)
-    retriever_replicas: int = Field(default=1, ge=1, le=64)
+    server_replicas: int = Field(default=1, ge=1, le=64)
+    # One log line per request costs CPU on the hot path; metrics count every request anyway.
+    access_log: bool = False
     # Sha256 of every slot file at load; off only for quick local experiments on huge slots.
     verify_slot: bool = True
     # How often a retriever tails the slot's live log (upserts/deletes from a writer process).

@@ -91,12 +91,14 @@ def test_an_embedding_of_another_release_is_refused(api: httpx.Client, platform_
     from serving.errors import ReleaseMismatch, raised
 
     live = read_state(Workspace(platform_ws))["live"]
-    retriever = serve.get_deployment_handle("Retriever", app_name=APP_NAME)
+    server = serve.get_deployment_handle("ReleaseServer", app_name=APP_NAME)
     vec = np.zeros((1, 64), dtype=np.float32)
     vec[0, 0] = 1.0
     other = "rel-v9-20261130T000000000000"
     with pytest.raises(Exception) as err:
-        retriever.options(multiplexed_model_id=live).search.remote(other, vec, 5).result()
+        server.options(multiplexed_model_id=live).search_vector.remote(other, vec, 5).result()
     mismatch = raised(err.value, ReleaseMismatch)
     assert mismatch is not None and mismatch.index_release == live, err.value
     assert f"release {other} cannot search release {live}" in str(mismatch)
+    hits, _ = server.options(multiplexed_model_id=live).search_vector.remote(live, vec, 5).result()
+    assert len(hits[0]) == 5  # its own release's embedding is searched

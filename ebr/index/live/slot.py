@@ -352,7 +352,7 @@ def open_live(slot_path: Path, verify: bool = True, writable: bool = True) -> Li
 
 
 def served_search(slot_path: Path) -> Callable[[np.ndarray, int], np.ndarray]:
-    """(request vectors [q, d], k) -> job ids [q, k] through the path the serving Retriever
+    """(request vectors [q, d], k) -> job ids [q, k] through the path the serving ReleaseIndex
     takes (the live slot opened read-only, ``LiveSlot.query``): what an offline evaluation
     of "the served index" must call."""
     live = open_live(slot_path, writable=False)
