@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from serving.guards import StrictJSONRoute
+from serving.metrics import AdmissionMiddleware
 from serving.schemas import ErrorResponse
 
 app = FastAPI(
@@ -23,6 +24,8 @@ app = FastAPI(
 )
 # Every route reads its body through the guards: duplicate keys, depth, size, body timeout.
 app.router.route_class = StrictJSONRoute
+# Searches and feeds past the replica's in-flight limit get a 503 before anything else runs.
+app.add_middleware(AdmissionMiddleware)
 
 
 @app.exception_handler(RequestValidationError)

@@ -36,7 +36,13 @@ from ebr.release import state as st
 from ebr.release.impressions import ImpressionLog, impression_dir
 from ebr.release.record import check_release_id
 from serving.api import BODY_ERRORS, NOT_FOUND, admin_token, app, authorize
-from serving.metrics import CONTENT_TYPE, Admission, ServingMetrics, answered
+from serving.metrics import (
+    CONTENT_TYPE,
+    Admission,
+    AdmissionMiddleware,
+    ServingMetrics,
+    answered,
+)
 from serving.router import ReleaseRouter, Route
 from serving.schemas import (
     MAX_K,
@@ -67,7 +73,7 @@ class Ingress:
         state_poll_s: float = 0.5,
         admin_token_env: str = "EBR_ADMIN_TOKEN",
         admin_token_file: str | None = None,
-        max_inflight: int = 12,
+        max_inflight: int = 8,
     ) -> None:
         self._server = server
         self._ws = Workspace(Path(workspace))
@@ -76,6 +82,7 @@ class Ingress:
         self._token = admin_token(admin_token_env, admin_token_file)
         self._metrics = ServingMetrics()
         self._admission = Admission(self._metrics, max_inflight)
+        AdmissionMiddleware.admission = self._admission  # one ingress per replica process
         self._log = ImpressionLog(impression_dir(self._ws))
 
     # ---- plumbing: one release per request, errors as HTTP answers, counted ----
@@ -86,7 +93,7 @@ class Ingress:
     async def _served(
         self, name: str, route: Route, work: Callable[[], Awaitable[SearchResponse]]
     ) -> SearchResponse:
-        return await self._admission.run(name, route.release, route.arm, work)  # type: ignore[no-any-return]
+        return await self._admission.observed(name, route.release, route.arm, work)  # type: ignore[no-any-return]
 
     def _respond(
         self,

@@ -85,25 +85,30 @@ async def answered(
 
 
 class Admission:
-    """Admission control of one ingress replica: at most ``max_inflight`` requests in flight;
-    one more is answered 503 with ``Retry-After`` at once (shed, counted) rather than queued,
-    so latency holds under overload and the service recovers as soon as load drops."""
+    """Admission control of one ingress replica: at most ``max_inflight`` searches and feeds
+    in flight. One more is answered 503 with ``Retry-After`` at once, before its body is even
+    read (``AdmissionMiddleware``), and counted as shed, rather than queued: latency holds
+    under overload and the service recovers as soon as load drops."""
 
     def __init__(self, metrics: ServingMetrics, max_inflight: int) -> None:
         self._metrics, self._max, self._inflight = metrics, max_inflight, 0
 
-    async def run(
-        self, route: str, release: str, arm: str | None, work: Callable[[], Awaitable[T]]
-    ) -> T:
+    def try_enter(self, route: str) -> bool:
         if self._inflight >= self._max:
             self._metrics.shed.labels(route).inc()
-            raise HTTPException(
-                status_code=503,
-                detail=f"overloaded: {self._inflight} requests in flight; retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            return False
         self._inflight += 1
         self._metrics.inflight.set(self._inflight)
+        return True
+
+    def leave(self) -> None:
+        self._inflight -= 1
+        self._metrics.inflight.set(self._inflight)
+
+    async def observed(
+        self, route: str, release: str, arm: str | None, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run an admitted request's ``work``; count and time it by its final status."""
         start, status = time.perf_counter(), 200
         try:
             return await work()
@@ -114,6 +119,39 @@ class Admission:
             status = 500
             raise
         finally:
-            self._inflight -= 1
-            self._metrics.inflight.set(self._inflight)
             self._metrics.observe(route, release, arm, status, time.perf_counter() - start)
+
+
+ADMITTED = {"/v1/search": "search"}  # path -> metrics route; recommendations by prefix below
+
+
+class AdmissionMiddleware:
+    """ASGI middleware: sheds a search or feed past the ingress's ``Admission`` before
+    anything else runs (no body read, no validation): a 503 costs microseconds."""
+
+    admission: Admission | None = None  # the replica's; set by the ingress when it starts
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        route = ADMITTED.get(path) or (
+            "recommendations" if path.startswith("/v1/members/") else None
+        )
+        admission = AdmissionMiddleware.admission
+        if route is None or admission is None:
+            await self.app(scope, receive, send)
+            return
+        if not admission.try_enter(route):
+            body = b'{"detail": "overloaded: too many requests in flight; retry shortly"}'
+            headers = [(b"content-type", b"application/json"),
+                       (b"retry-after", str(RETRY_AFTER_S).encode()),
+                       (b"content-length", str(len(body)).encode())]  # fmt: skip
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admission.leave()

@@ -228,7 +228,7 @@ class AppArgs(BaseModel):
     admin_token_file: str | None = None
     # Backpressure: requests in flight in one ingress replica beyond max_inflight get a 503
     # with Retry-After at once; Serve queues at most ingress_max_queued_requests more.
-    max_inflight: int = Field(default=12, ge=1, le=10_000)
+    max_inflight: int = Field(default=8, ge=1, le=10_000)
     ingress_max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
     ingress_max_queued_requests: int = Field(default=64, ge=-1, le=100_000)
     backend_max_ongoing_requests: int = Field(default=8, ge=1, le=10_000)
