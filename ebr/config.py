@@ -21,6 +21,7 @@ TASK_OUTCOMES = {"apply": ("apply",), "save": ("save",), "click": ("click", "sav
 
 
 LIVE_MODES = ("refresh", "promote", "keep")  # what a new slot does to jobs@live
+TUNE_ON = ("requests", "jittered")  # what a slot's recall gate measures on (IndexConfig)
 # What a run does with the slot it built (``ebr.release``): nothing, record a gated candidate
 # release, or record one and make it the live release.
 RELEASE_MODES = ("none", "candidate", "promote")
@@ -180,6 +181,10 @@ class IndexConfig:
     ef_search: int = 64  # HNSW search beam (hnsw)
     target_recall: float = 0.95  # recall@10 vs exact a slot must reach (the tuner's gate)
     recall_queries: int = 500  # queries used to measure recall@10 against exact search
+    # What the gate measures recall on: "requests" (the version's request-tower member
+    # embeddings, i.e. JYMBII requests; jittered rows when a version has too few) or
+    # "jittered" (jittered catalogue rows: easier, so it can pass settings real requests miss)
+    tune_on: str = "requests"
     seed: int = 3
 
     def __post_init__(self) -> None:
@@ -191,6 +196,7 @@ class IndexConfig:
         _require(self.pq_m >= 0, f"pq_m must be >= 0 (0 = automatic), got {self.pq_m}")
         _require(self.pq_nbits in (4, 8), f"pq_nbits must be 4 or 8, got {self.pq_nbits}")
         _require(self.refine >= 1, "refine must be >= 1")
+        _require(self.tune_on in TUNE_ON, f"tune_on must be one of {TUNE_ON}, got {self.tune_on!r}")
         _require(2 <= self.hnsw_m <= 256, f"hnsw_m must be in [2, 256], got {self.hnsw_m}")
         _require(
             self.ef_construction >= self.hnsw_m,

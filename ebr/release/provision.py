@@ -88,6 +88,9 @@ def gather(ws: Workspace, version: str, slot_name: str | None = None) -> dict[st
             "item_count": manifest["item_count"],
             "index": manifest["index"],
             "recall_at_10": manifest["recall_at_10"],
+            "recall_queries_source": manifest.get(
+                "recall_queries_source", "jittered catalogue rows"
+            ),
             "tuning": {
                 k: manifest["tuning"][k] for k in ("target_recall", "tuned_recall_at_10", "chosen")
             },

@@ -57,6 +57,24 @@ def load_embeddings(path: Path, id_col: str, version: str) -> tuple[np.ndarray, 
     return df[id_col].to_numpy(np.int64), vecs
 
 
+MIN_TUNING_REQUESTS = 100  # fewer request embeddings than this: the gate uses jittered rows
+
+
+def tuning_requests(ws: Workspace, version: str, cfg: IndexConfig) -> np.ndarray | None:
+    """float32 [<= 2 * recall_queries, d] request embeddings of ``version`` for the slot's
+    recall gate (half tune, half report): its request tower's member embeddings (what JYMBII
+    requests search with), sampled with ``cfg.seed``; None when there are too few."""
+    path = version_paths(ws, version).members
+    if not path.is_file():
+        return None
+    _, vecs = load_embeddings(path, "member_id", version)
+    if len(vecs) < MIN_TUNING_REQUESTS:
+        return None
+    rng = np.random.default_rng(cfg.seed)
+    rows = np.sort(rng.choice(len(vecs), min(len(vecs), 2 * cfg.recall_queries), replace=False))
+    return np.ascontiguousarray(vecs[rows])
+
+
 def build_job_slot(
     ws: Workspace, version: str, cfg: IndexConfig, live: str = "refresh"
 ) -> dict[str, Any]:
@@ -86,7 +104,8 @@ def build_job_slot(
             raise ValueError(f"embedded jobs missing from data/jobs.parquet, e.g. {unknown[:5]}")
         items, vecs = items[~embedded_only].reset_index(drop=True), vecs[~embedded_only]
     name = slot_name_for(version)
-    path = write_slot(ws.slots, name, vecs, items, version, cfg)
+    requests = tuning_requests(ws, version, cfg) if cfg.tune_on == "requests" else None
+    path = write_slot(ws.slots, name, vecs, items, version, cfg, tuning_queries=requests)
     set_alias(ws.slots, f"jobs@{version}", name)
     live_moved = live == "promote"
     if live_moved:

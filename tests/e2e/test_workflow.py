@@ -34,6 +34,8 @@ def test_build_platform_writes_every_stage(platform_ws: Path) -> None:
     slot = load_slot(resolve_alias(platform_ws / "slots", "jobs@live"))
     assert slot.model_version == "v1" and slot.manifest["item_count"] == TINY_SIZE
     assert slot.manifest["recall_at_10"] >= 0.8
+    # The gate measured recall on the model's request embeddings, not on jittered job rows.
+    assert slot.manifest["recall_queries_source"] == "request embeddings"
     assert read_aliases(platform_ws / "slots")["jobs@v1"] == slot.name
     report = json.loads((platform_ws / "eval" / "v1" / "eval_report.json").read_text())
     methods = report["search"]["methods"]

@@ -121,6 +121,7 @@ def test_index_kind_rejects_foreign_indexes():
         ("ef_search", 0),
         ("target_recall", 0.0),
         ("target_recall", 1.5),
+        ("tune_on", "rows"),
     ],
 )
 def test_config_rejects_bad_index_settings(field: str, value: object):
@@ -279,3 +280,29 @@ def test_write_slot_refuses_a_slot_below_its_target_recall(clustered: np.ndarray
     assert manifest["tuning"]["chosen"] == {k: manifest["index"][k] for k in ("nprobe", "refine")}
     filtered = manifest["tuning"]["filtered_recall_at_10"]
     assert set(filtered) == {"random", "half_space", "clusters"} and min(filtered.values()) >= 0.9
+
+
+def test_write_slot_gates_on_request_embeddings_when_given(clustered: np.ndarray, tmp_path: Path):
+    """Request-like queries (off the catalogue: cluster centres mixed, not jittered rows) are
+    harder; a gate tuned on them probes at least as many cells as one tuned on rows, and the
+    manifest says which queries the reported recall was measured on."""
+    cfg = IndexConfig(kind="ivf", nlist=256, nprobe=1, target_recall=0.95)
+    items = pd.DataFrame({"job_id": np.arange(len(clustered)), "title": "t"})
+    rng = np.random.default_rng(5)
+    mixed = clustered[rng.integers(0, len(clustered), (400, 3))].sum(axis=1)  # between clusters
+    requests = (mixed / np.linalg.norm(mixed, axis=1, keepdims=True)).astype(np.float32)
+    rows = write_slot(tmp_path, "rows", clustered, items, "v1", cfg)
+    asked = write_slot(tmp_path, "asked", clustered, items, "v1", cfg, tuning_queries=requests)
+    by_rows, by_requests = (json.loads((p / "manifest.json").read_text()) for p in (rows, asked))
+    assert by_rows["recall_queries_source"] == "jittered catalogue rows"
+    assert by_requests["recall_queries_source"] == "request embeddings"
+    assert by_requests["recall_queries"] == 400
+    assert by_requests["index"]["nprobe"] > by_rows["index"]["nprobe"]
+    assert by_requests["tuning"]["tuned_recall_at_10"] >= 0.95
+    # What the rows' setting gives on those requests: the gap the request gate closes.
+    index = faiss.read_index(str(rows / "index.faiss"))
+    _, truth = exact_topk(clustered, requests[1::2], 10)
+    assert recall_of(index.search(requests[1::2], 10)[1], truth) < 0.95
+    for bad in (requests[:1], requests[:, :8], np.full_like(requests, np.nan)):
+        with pytest.raises(ValueError, match="tuning_queries"):
+            write_slot(tmp_path, "bad", clustered, items, "v1", cfg, tuning_queries=bad)

@@ -206,10 +206,15 @@ def recall_at_k(
     """
     if n_queries < 1 or k < 1:
         raise ValueError(f"n_queries and k must be >= 1, got {n_queries} and {k}")
+    return recall_on(index, vectors, recall_queries(vectors, n_queries, seed, noise), k)
+
+
+def recall_on(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k of ``queries`` [q, d] (unit rows) against the
+    ``vectors`` [n, d] ``index`` holds; k capped at n."""
     if index.ntotal != len(vectors):
         raise ValueError(f"index holds {index.ntotal} vectors but {len(vectors)} were given")
     k = min(k, len(vectors))
-    queries = recall_queries(vectors, n_queries, seed, noise)
     _, truth = exact_topk(vectors, queries, k)
     _, found = index.search(queries, k)
     return recall_of(found, truth)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ebr.config import IndexConfig
 from ebr.data.records import check_jobs, require_valid
-from ebr.index.build.faiss_index import build_index, recall_at_k
+from ebr.index.build.faiss_index import build_index, recall_at_k, recall_on
 from ebr.index.build.tune import tune
 from ebr.index.query.slot import (
     DATA_FILES,
@@ -73,6 +73,7 @@ def write_slot(
     model_version: str,
     cfg: IndexConfig,
     lineage: dict[str, Any] | None = None,
+    tuning_queries: np.ndarray | None = None,
 ) -> Path:
     """Build an index over ``vectors`` and write it atomically as ``slots_dir/name/``.
 
@@ -85,6 +86,12 @@ def write_slot(
         cfg: index kind and parameters.
         lineage: JSON-able provenance stored in the manifest, e.g. the slot and log sequence
             number a compaction folded (``ebr.index.live.slot.compact``).
+        tuning_queries: float32 [q, d] unit request embeddings of the same model (q >= 2):
+            the recall gate tunes on every other one and the manifest's ``recall_at_10`` is
+            measured on the rest. Requests sit farther from the catalogue than jittered job
+            rows, so a gate tuned on rows alone can pass settings that miss the target on
+            real requests (20k-job demo: nprobe 2 on rows, 16 on request embeddings). None:
+            jittered catalogue rows (``recall_queries``), as before.
 
     Returns:
         The slot directory.
@@ -98,6 +105,13 @@ def write_slot(
     items = _check_items(items, len(vectors))
     if cfg.recall_queries < 1:
         raise ValueError(f"recall_queries must be >= 1, got {cfg.recall_queries}")
+    requests = None
+    if tuning_queries is not None:
+        requests = check_vectors(tuning_queries, "tuning_queries")
+        if len(requests) < 2 or requests.shape[1] != vectors.shape[1]:
+            raise ValueError(
+                f"tuning_queries must be >= 2 rows of d={vectors.shape[1]}, got {requests.shape}"
+            )
     target = Path(slots_dir) / name
     if target.exists():
         # Fail before the expensive build; atomic_directory checks again at write time.
@@ -109,10 +123,17 @@ def write_slot(
     n_queries = min(cfg.recall_queries, len(vectors))
     # Recall gate: the cheapest search setting reaching cfg.target_recall is applied, and a
     # slot that cannot reach it is refused here (RecallGateError), before anything is written.
-    tuned = tune(index, vectors, cfg, n_queries=n_queries)
+    if requests is not None:
+        tuned = tune(index, vectors, cfg, queries=requests[0::2])
+        # Reported recall: the other half, not the queries the tuner picked with.
+        recall = recall_on(index, vectors, requests[1::2], k=10)
+        n_queries, source = len(requests), "request embeddings"
+    else:
+        tuned = tune(index, vectors, cfg, n_queries=n_queries)
+        # Reported recall uses fresh queries (another seed), not the ones the tuner picked with.
+        recall = recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed + 1)
+        source = "jittered catalogue rows"
     info.update(tuned["chosen"])
-    # Reported recall uses fresh queries (another seed), not the ones the tuner picked with.
-    recall = recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed + 1)
 
     start = time.perf_counter()
     terms = TermIndex.build(term_text(items))  # what term and hybrid retrieval search
@@ -134,6 +155,7 @@ def write_slot(
             "item_count": len(items),
             "recall_at_10": recall,
             "recall_queries": n_queries,
+            "recall_queries_source": source,
             "tuning": {
                 "target_recall": tuned["target_recall"],
                 "tuned_recall_at_10": tuned["recall_at_10"],
