@@ -359,8 +359,15 @@ def served_search(slot_path: Path) -> Callable[[np.ndarray, int], np.ndarray]:
     return lambda q, k: live.query(q, k).job_ids
 
 
-def compact(live: LiveSlot, slots_dir: Path, new_name: str, cfg: IndexConfig) -> Path:
-    """Fold ``live`` (snapshot rows not deleted + delta) into the new immutable slot ``new_name``.
+def compact(
+    live: LiveSlot,
+    slots_dir: Path,
+    new_name: str,
+    cfg: IndexConfig,
+    tuning_queries: np.ndarray | None = None,
+) -> Path:
+    """Fold ``live`` (snapshot rows not deleted + delta) into the new immutable slot ``new_name``
+    (its recall gate tuned on ``tuning_queries``, request embeddings, as ``write_slot`` says).
 
     Searches and appends continue while the index builds. Appends that land meanwhile are
     copied into the new slot's log (which otherwise starts empty) and ``live`` is sealed, so
@@ -380,7 +387,9 @@ def compact(live: LiveSlot, slots_dir: Path, new_name: str, cfg: IndexConfig) ->
     vectors = np.concatenate([np.asarray(snap.vectors[keep]), vecs])
     all_items = pd.concat([snap.items.iloc[keep], items], ignore_index=True)
     lineage = {"compacted_from": snap.name, "through_lsn": lsn}
-    path = write_slot(slots_dir, new_name, vectors, all_items, snap.model_version, cfg, lineage)
+    path = write_slot(
+        slots_dir, new_name, vectors, all_items, snap.model_version, cfg, lineage, tuning_queries
+    )
     with live._lock:
         tail: list[Record] = []
         replay(live.log_dir, tail.append, after_lsn=lsn)
