@@ -272,6 +272,16 @@ def _check_release_mode(mode: str) -> None:
     _require(mode in RELEASE_MODES, f"release must be one of {RELEASE_MODES}, got {mode!r}")
 
 
+def _check_version_run(cfg: BuildConfig | ReleaseConfig) -> None:
+    """The checks a run that builds one named version shares (build_platform, provision)."""
+    _require(bool(cfg.workspace), "workspace must be a path, got ''")
+    check_version(cfg.version)
+    check_version(cfg.interest_version)
+    _require(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    _require(cfg.history_holdout_days >= 0, "history_holdout_days must be >= 0")
+    _check_release_mode(cfg.release)
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything a full build reads: the ``build_platform`` workflow's one input (marketplace
@@ -290,12 +300,7 @@ class BuildConfig:
     gates: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
-        _require(bool(self.workspace), "workspace must be a path, got ''")
-        check_version(self.version)
-        check_version(self.interest_version)
-        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
-        _check_release_mode(self.release)
+        _check_version_run(self)
 
 
 @dataclass(frozen=True)
@@ -319,12 +324,7 @@ class ReleaseConfig:
     gates: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
-        _require(bool(self.workspace), "workspace must be a path, got ''")
-        check_version(self.version)
-        check_version(self.interest_version)
-        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
-        _check_release_mode(self.release)
+        _check_version_run(self)
 
 
 @dataclass(frozen=True)
