@@ -58,6 +58,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         num_replicas=cfg.server_replicas,
         max_ongoing_requests=cfg.backend_max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.server_num_cpus},
+        logging_config={"enable_access_log": cfg.access_log},
     ).bind(str(ws.root), cfg.verify_slot, cfg.log_refresh_s)
     return Ingress.options(
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
