@@ -25,7 +25,7 @@ from ebr.io import sha256_file
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused, check_gates, lineage_gate
 from ebr.release.record import list_releases, new_release_id, read_record, write_record
-from ebr.versions import feature_names, interest_version, read_meta, version_paths
+from ebr.versions import META_FILE, feature_names, interest_version, read_meta, version_paths
 
 REPORT_FILE = "eval_report.json"
 
@@ -62,25 +62,25 @@ def gather(ws: Workspace, version: str, slot_name: str | None = None) -> dict[st
         "model": {
             "version": version,
             "checksums": meta["checksums"],
-            "model_json_sha256": sha256_file(paths.model / "model.json"),
+            "model_json_sha256": sha256_file(paths.model / META_FILE),
             "model_config": meta["model_config"],
-        },  # fmt: skip
+        },
         "member_interest": None
         if iv is None
         else {
             "version": iv,
             "checksums": recorded.get("checksums"),
             "dim": recorded.get("dim"),
-        },  # fmt: skip
+        },
         "features": {
             "request_service": names.request_service,
             "item_service": names.item_service,
             "views": list(names.views),
-        },  # fmt: skip
+        },
         "embeddings": {
             "jobs_sha256": sha256_file(paths.jobs),
             "members_sha256": sha256_file(paths.members),
-        },  # fmt: skip
+        },
         "slot": {
             "name": slot_dir.name,
             "manifest_sha256": sha256_file(slot_dir / MANIFEST_FILE),
@@ -94,7 +94,7 @@ def gather(ws: Workspace, version: str, slot_name: str | None = None) -> dict[st
             "tuning": {
                 k: manifest["tuning"][k] for k in ("target_recall", "tuned_recall_at_10", "chosen")
             },
-        },  # fmt: skip
+        },
         "evaluation": _evaluation(ws, version),
     }
 
