@@ -88,3 +88,12 @@ def stop_experiment(workspace: str) -> str:
     from ebr.release.state import stop_experiment as stop
 
     return json.dumps(stop(Workspace(Path(workspace))))
+
+
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def retire_release(workspace: str, release: str, keep_slot: bool) -> str:
+    """Retire ``release`` (neither live nor an arm): it never serves again; its slot is removed
+    unless ``keep_slot`` or something still names it. Returns the change (JSON)."""
+    from ebr.release.provision import retire
+
+    return json.dumps(retire(Workspace(Path(workspace)), release, delete_slot=not keep_slot))

@@ -7,6 +7,7 @@
     pyflyte run workflows/releases.py start_experiment --workspace var/demo --name v2-vs-v1 \\
         --arms '["control=rel-v1-...:0.5", "treatment=rel-v2-...:0.5"]'
     pyflyte run workflows/releases.py stop_experiment --workspace var/demo
+    pyflyte run workflows/releases.py retire_release --workspace var/demo --release rel-v1-...
 
 ``provision_release`` (``ebr.config.ReleaseConfig``): model vN (trained now, co-trained with a
 member-interest version, or taken as it is) -> batch member-interest and catalogue embeddings
@@ -68,3 +69,9 @@ def start_experiment(workspace: str, name: str, arms: list[str], salt: str = "")
 def stop_experiment(workspace: str) -> str:
     """End the running experiment."""
     return rt.stop_experiment(workspace=workspace)  # type: ignore[no-any-return]
+
+
+@workflow
+def retire_release(workspace: str, release: str, keep_slot: bool = False) -> str:
+    """Retire a release that no longer serves (its slot goes unless still named)."""
+    return rt.retire_release(workspace=workspace, release=release, keep_slot=keep_slot)  # type: ignore[no-any-return]

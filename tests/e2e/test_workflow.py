@@ -135,7 +135,7 @@ def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -
     entities = ["build_platform", "reembed", "nightly_reembed", "generate_marketplace"]
     entities += ["train_two_tower", "embed_catalog", "publish_features", "build_index_slot"]
     entities += ["evaluate_model", "record_release", "provision_release", "promote_release"]
-    entities += ["rollback_release", "start_experiment", "stop_experiment"]
+    entities += ["rollback_release", "start_experiment", "stop_experiment", "retire_release"]
     for entity in entities:
         assert any(entity in n for n in names), f"{entity} missing from {names}"
     assert b"0 2 * * *" in lp_bytes  # the cron schedule is in the serialized launch plan

@@ -294,3 +294,25 @@ def test_assignment_is_sticky_weighted_and_salted() -> None:
     assert 0 <= bucket("s", "member:1") < 1
     with pytest.raises(ValueError, match="member_id or a request key"):
         assign(experiment)
+
+
+def test_release_workflows_run_locally_with_flyte(ws: Workspace) -> None:
+    """The Flyte workflows over ebr.release (run by flytekit's local executor, as pyflyte run
+    does): promote, experiment start/stop, rollback, retire."""
+    from workflows import releases as wf
+
+    r1 = ops.provision(ws, "v1")["id"]
+    make_version(ws, "v2", "v1", seed=1)
+    r2 = ops.provision(ws, "v2")["id"]
+    root = str(ws.root)
+    assert json.loads(wf.promote_release(workspace=root, release=r1))["release"] == r1
+    arms = [f"control={r1}:0.5", f"treatment={r2}:0.5"]
+    started = json.loads(wf.start_experiment(workspace=root, name="x", arms=arms))
+    assert [a["release"] for a in started["arms"]] == [r1, r2]
+    json.loads(wf.stop_experiment(workspace=root))
+    assert json.loads(wf.promote_release(workspace=root, release=r2))["previous"] == r1
+    assert json.loads(wf.rollback_release(workspace=root))["release"] == r1
+    retired = json.loads(wf.retire_release(workspace=root, release=r2, keep_slot=True))
+    assert (
+        retired["slot_removed"] is False and st.read_state(ws)["releases"][r2]["state"] == "retired"
+    )
