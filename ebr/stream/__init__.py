@@ -1,0 +1,2 @@
+"""Streaming Feature Cloud: catalogue and profile change events (``events``: their contract,
+no broker). The broker adapter (Redis Streams) is ``pipelines/broker.py``."""
