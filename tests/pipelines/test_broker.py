@@ -137,3 +137,27 @@ def test_nothing_acknowledged_is_lost_when_redis_is_killed(server: RedisServer) 
     assert [e for e, _ in broker.pending()] == []  # the acknowledged 3 stay acknowledged
     rest = [e for e, _ in broker.read(count=10, block_ms=100)]
     assert rest == ids[3:]  # the 2 never read are still there, once
+
+
+def test_the_producer_command_appends_each_line(server: RedisServer, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    lines = [json.loads(encode("job_closed", i, T0)[FIELD]) for i in range(3)]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n{broken\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.produce",
+        "--redis-url",
+        server.url,
+        "--file",
+        str(path),
+    ]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout)["appended"] == 4  # appended as is; the job dead-letters
+    events, bad = decode(Broker(server.url, "w").read(count=10, block_ms=100))
+    assert [e.entity_id for e in events] == [0, 1, 2] and "not JSON" in bad[0].reason
