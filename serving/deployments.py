@@ -63,7 +63,8 @@ from serving.schemas import (
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    """HTTP API; holds handles to the encoder and retriever (composed in ``build_app``)."""
+    """HTTP API: routes each request to a release and calls the release server (composed in
+    ``build_app``); admin routes change what serves."""
 
     def __init__(
         self,
