@@ -85,18 +85,6 @@ def train_two_tower(
     model at ``interest_dir`` (lineage saved in model.json); returns models/<version>.
     ``model.text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title
     vectors)."""
-    return train_model(workspace, data_dir, version, interest_dir, model, train)
-
-
-def train_model(
-    workspace: str,
-    data_dir: str,
-    version: str,
-    interest_dir: str,
-    model: ModelConfig,
-    train: TrainConfig,
-) -> str:
-    """``train_two_tower``'s body (``tasks.releases.model_for_release`` trains with it too)."""
     from ebr.model.artifact import save_model
     from ebr.model.train import train_with_interest
     from ebr.text import training_vocabulary

@@ -26,7 +26,7 @@ def model_for_release(
     """models/<version>: trained now on the workspace's data (co-trained with member-interest
     ``interest_version``) when ``train_model``, else the existing one; returns its folder."""
     from ebr.versions import interest_paths, read_meta, version_paths
-    from tasks.platform import train_model as train_two_tower
+    from tasks.platform import train_two_tower
 
     ws = Workspace(Path(workspace))
     folder = version_paths(ws, version).model
@@ -35,7 +35,11 @@ def model_for_release(
         return str(folder)
     interest = interest_paths(ws, interest_version).model
     read_meta(interest)
-    return train_two_tower(workspace, str(ws.data), version, str(interest), model, train)
+    # The task's own function, run inside this task (not a nested Flyte node).
+    out: str = train_two_tower.task_function(
+        workspace, str(ws.data), version, str(interest), model, train
+    )
+    return out
 
 
 @task(requests=Resources(cpu="1", mem="2Gi"))
