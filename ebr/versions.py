@@ -105,6 +105,31 @@ def eval_days(meta: dict[str, Any]) -> int:
     return days
 
 
+FEATURE_VERSIONS_FILE = "versions.json"  # feature_repo/versions.json: the versions Feast serves
+FEATURE_VERSIONS_FORMAT = '{"versions": [{"version": "v1", "interest_version": "v1" or null}, ...]}'
+
+
+def feature_versions(path: Path) -> dict[str, str | None]:
+    """Model version -> co-trained member-interest version (None: none), for every version a
+    Feast repo's versions file ``path`` lists (written by ``feature_repo.repo.write_repo``).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a malformed file or version.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the Feast repo serves no version")
+    try:
+        entries = json.loads(path.read_text())["versions"]
+        return {
+            check_version(e["version"]): (
+                None if (iv := e.get("interest_version")) is None else check_version(iv)
+            )
+            for e in entries
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is malformed ({e}); expected {FEATURE_VERSIONS_FORMAT}") from e
+
+
 @dataclass(frozen=True)
 class FeatureNames:
     """The Feast objects of a model version (``feature_repo/definitions.py`` defines them under

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import re
 import uuid
 from pathlib import Path
@@ -25,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from ebr.config import Workspace
 from ebr.io import atomic_write_bytes, atomic_write_json
+from ebr.versions import FEATURE_VERSIONS_FILE as VERSIONS_FILE
 from ebr.versions import (
     META_FILE,
     VERSION_RE,
-    check_version,
+    feature_versions,
     interest_version,
     model_config,
     read_meta,
@@ -46,7 +46,6 @@ DEFINITION_FILES = (
     "definitions.py",
     ".feastignore",
 )
-VERSIONS_FILE = "versions.json"  # the served model versions; definitions.py reads it
 _CHANGE_RE = re.compile(r"^(Created|Updated|Deleted|Removed) ")
 
 
@@ -70,19 +69,7 @@ def served_versions(ws: Workspace) -> dict[str, str | None]:
         names = (p.name for p in (ws.feature_repo / "data").glob("job_embeddings_v*.parquet"))
         found = (n.removeprefix("job_embeddings_").removesuffix(".parquet") for n in names)
         return {v: model_facts(ws, v)[1] for v in found if VERSION_RE.match(v)}
-    try:
-        entries = json.loads(path.read_text())["versions"]
-        return {
-            check_version(e["version"]): (
-                None if (iv := e.get("interest_version")) is None else check_version(iv)
-            )
-            for e in entries
-        }
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(
-            f"{path} is malformed ({e}); expected "
-            '{"versions": [{"version": "v1", "interest_version": "v1" or null}, ...]}'
-        ) from e
+    return feature_versions(path)
 
 
 def write_repo(template: Path, repo: Path, served: dict[str, str | None]) -> None:

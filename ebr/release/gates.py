@@ -18,7 +18,6 @@ Each gate returns a ``Gate`` (passed, value, threshold, detail); ``check_gates``
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,8 @@ import pandas as pd
 from ebr.config import GateConfig, Workspace
 from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
-from ebr.versions import read_meta, version_paths
+from ebr.versions import FEATURE_VERSIONS_FILE, feature_versions, read_meta, version_paths
 
-VERSIONS_FILE = "versions.json"  # feature_repo/versions.json: the versions Feast serves
 MISSING_SHOWN = 5  # example ids a refusal names
 
 
@@ -121,15 +119,15 @@ def _lineage_faults(ws: Workspace, facts: dict[str, Any]) -> list[str]:
 
 
 def _feast_faults(ws: Workspace, version: str, iv: str | None) -> list[str]:
-    listed_path = ws.feature_repo / VERSIONS_FILE
-    if not listed_path.is_file():
-        return [f"{listed_path} is missing: Feast serves no version (publish the features)"]
-    listed = {
-        e["version"]: e.get("interest_version")
-        for e in json.loads(listed_path.read_text())["versions"]
-    }
+    path = ws.feature_repo / FEATURE_VERSIONS_FILE
+    try:
+        listed = feature_versions(path)
+    except FileNotFoundError:
+        return [f"{path} is missing: Feast serves no version (publish the features)"]
+    except ValueError as err:
+        return [str(err)]
     if version not in listed:
-        return [f"Feast does not serve {version} (not in {listed_path}); publish its features"]
+        return [f"Feast does not serve {version} (not in {path}); publish its features"]
     if listed[version] != iv:
         return [f"Feast serves {version} with member interest {listed[version]}, not {iv}"]
     return []
