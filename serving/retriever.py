@@ -10,10 +10,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ebr.config import Workspace
-from ebr.index.query.slot import MANIFEST_FILE
+from ebr.index.query.slot import MANIFEST_FILE, plain_columns
 from ebr.io import sha256_file
 from ebr.release.record import read_record
 from serving.errors import ReleaseUnavailable
@@ -41,11 +40,7 @@ class ReleaseIndex:
             raise ReleaseUnavailable(release_id, f"slot holds {self.slot.model_version} vectors")
         self.live.attributes()  # build the filter index now, not on the first filtered query
         self._refresh_s, self._refreshed = refresh_s, time.monotonic()
-        # Display rows as plain Python values per column (a null is None, never NaN), so a
-        # response is built without pandas per request (~2 ms a search saved).
-        items = self.slot.items
-        self._row_of = pd.Index(self.slot.job_ids)
-        self._columns = {c: _plain(items[c]) for c in items.columns}
+        self.slot.records(self.slot.job_ids[:1])  # convert the display columns now, once
 
     def refresh(self) -> None:
         # Upserts and deletes reach the slot's log from a writer process; tail it at most
@@ -100,20 +95,19 @@ class ReleaseIndex:
         delta = hits.delta_items
         delta_rows = {}
         if len(delta):  # upserted since the snapshot: their display rows supersede its rows
-            plain = {c: _plain(delta[c]) for c in delta.columns}
+            plain = plain_columns(delta)
             ids = plain["job_id"]
             delta_rows = {int(j): {c: v[i] for c, v in plain.items()} for i, j in enumerate(ids)}
         out = []
         for row_scores, row_ids in zip(hits.scores, hits.job_ids, strict=True):
             found = row_ids >= 0
             ids, scores = row_ids[found].tolist(), row_scores[found].tolist()
-            rows = self._row_of.get_indexer(row_ids[found]).tolist()
-            records = []
-            for job_id, row, score in zip(ids, rows, scores, strict=True):
-                record = delta_rows.get(job_id)
-                if record is None:
-                    record = {c: v[row] for c, v in self._columns.items()}
-                records.append({**record, "score": score})
+            snapshot = self.slot.records([j for j in ids if j not in delta_rows])
+            from_snapshot = iter(snapshot)
+            records = [
+                {**(delta_rows[j] if j in delta_rows else next(from_snapshot)), "score": score}
+                for j, score in zip(ids, scores, strict=True)
+            ]
             out.append(records)
         return out, {"retrieval": retrieval, **hits.plan}
 
@@ -122,9 +116,3 @@ class ReleaseIndex:
         return {"release": self.release_id, "slot": self.slot.name,
                 "model_version": self.slot.model_version, "item_count": int(m["item_count"]),
                 "recall_at_10": m.get("recall_at_10")}  # fmt: skip
-
-
-def _plain(column: pd.Series) -> list[Any]:
-    """A column as plain Python values, nulls (NaN, NaT, None) as None (one null policy)."""
-    values = column.astype(object).where(column.notna(), None).tolist()
-    return [v.item() if isinstance(v, np.generic) else v for v in values]

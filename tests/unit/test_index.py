@@ -256,3 +256,24 @@ def test_wrong_query_dim_is_rejected(small_slot: Slot):
 def test_rows_rejects_unknown_job_ids(small_slot: Slot):
     with pytest.raises(KeyError, match="not in slot"):
         small_slot.rows([123456789])
+
+
+def test_records_are_the_rows_as_plain_values(small_slot: Slot):
+    """``Slot.records`` (what a response shows) holds the same values as ``Slot.rows``, as
+    plain Python values with nulls as None, in the order asked; unknown ids are refused."""
+    ids = small_slot.job_ids[[3, 0, 5]].tolist()
+    records = small_slot.records(ids)
+    frame = small_slot.rows(ids)
+    assert [r["job_id"] for r in records] == ids
+    for record, (_, row) in zip(records, frame.iterrows(), strict=True):
+        for key, value in record.items():
+            assert not isinstance(value, np.generic), (key, type(value))
+            expected = row[key]
+            if isinstance(expected, float) and expected != expected:
+                assert value is None
+            elif isinstance(expected, np.ndarray):
+                assert list(value) == list(expected)
+            else:
+                assert value == expected, key
+    with pytest.raises(KeyError, match="not in slot"):
+        small_slot.records([ids[0], 123456789])

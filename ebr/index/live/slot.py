@@ -72,7 +72,6 @@ class LiveSlot:
         self.snapshot = snapshot
         self.log_dir = log_dir
         self._lock = threading.Lock()  # serialises appends (log order = apply order)
-        self._rows = pd.Index(snapshot.job_ids)  # job_id -> snapshot row
         self._schema = pa.Schema.from_pandas(snapshot.items, preserve_index=False)
         self._pos: dict[int, int] = {}  # job_id -> delta position of its live version
         self._tables: list[pa.Table] = []  # delta items, one table per upsert, in position order
@@ -299,7 +298,7 @@ class LiveSlot:
         """Apply one record and publish the new view; ``copy`` arrays searches may hold."""
         v = self._view
         deleted, n_deleted = v.deleted, v.n_deleted
-        rows = self._rows.get_indexer(rec.job_ids)
+        rows = self.snapshot.row_positions(rec.job_ids)
         rows = np.unique(rows[rows >= 0])  # a row counts once in n_deleted, which searches trust
         if len(rows):
             deleted = deleted.copy() if copy else deleted

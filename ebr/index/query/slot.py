@@ -60,10 +60,13 @@ class Slot:
     terms: TermIndex | None = None  # BM25 over the items' text; None in slots built before it
     _job_ids: np.ndarray = field(init=False, repr=False)  # [n] int64, FAISS id -> job_id
     _by_job: pd.DataFrame = field(init=False, repr=False)  # items indexed by job_id
+    _row_of: pd.Index = field(init=False, repr=False)  # job_id -> row
+    _plain: dict[str, list[Any]] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_job_ids", self.items["job_id"].to_numpy(np.int64))
         object.__setattr__(self, "_by_job", self.items.set_index("job_id", drop=False))
+        object.__setattr__(self, "_row_of", pd.Index(self._job_ids))
 
     @property
     def name(self) -> str:
@@ -82,6 +85,25 @@ class Slot:
         """[n] int64, row (= FAISS id) -> job_id. Read-only by convention, like the slot."""
         return self._job_ids
 
+    def row_positions(self, job_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """int64 [m]: the row (= FAISS id) of each of ``job_ids``, -1 for one not in the slot."""
+        return self._row_of.get_indexer(np.asarray(job_ids, dtype=np.int64))
+
+    def records(self, job_ids: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """Display records (every item column, plain Python values, a null as None) of
+        ``job_ids``, all in the slot, in that order: a response without pandas per request
+        (the columns are converted once, on first use)."""
+        if self._plain is None:
+            object.__setattr__(self, "_plain", plain_columns(self.items))
+        columns = self._plain
+        assert columns is not None
+        positions = self.row_positions(job_ids)
+        if (positions < 0).any():
+            missing = np.asarray(job_ids)[positions < 0][:10].tolist()
+            raise KeyError(f"job_ids not in slot {self.name}: {missing}")
+        rows = positions.tolist()
+        return [{c: v[row] for c, v in columns.items()} for row in rows]
+
     def rows(self, job_ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
         """Display rows (job_id + display columns) for ``job_ids``, in that order.
 
@@ -93,6 +115,17 @@ class Slot:
         if len(missing):
             raise KeyError(f"job_ids not in slot {self.name}: {missing[:10].tolist()}")
         return self._by_job.loc[ids].reset_index(drop=True)
+
+
+def plain_columns(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """Each column of ``frame`` as plain Python values, nulls (NaN, NaT, None) as None: the
+    one null policy of a response."""
+    out = {}
+    for name in frame.columns:
+        col = frame[name]
+        values = col.astype(object).where(col.notna(), None).tolist()
+        out[name] = [v.item() if isinstance(v, np.generic) else v for v in values]
+    return out
 
 
 def load_slot(path: Path, verify: bool = True) -> Slot:
