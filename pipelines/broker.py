@@ -75,15 +75,16 @@ class Broker:
         """Acknowledge entries every sink has applied; returns how many were pending."""
         return int(self.client.xack(self.stream, self.group, *entry_ids)) if entry_ids else 0  # type: ignore[arg-type]
 
-    def dead_letter(self, bad: list[BadEvent]) -> None:
-        """Keep each bad entry with its reason in the dead-letter stream, then acknowledge it:
-        the stream keeps flowing."""
+    def dead_letter(self, bad: list[BadEvent], ack: bool = True) -> None:
+        """Keep each bad entry with its reason in the dead-letter stream, then acknowledge it
+        (``ack``; else its poll's acknowledgement does): the stream keeps flowing."""
         if not bad:
             return
         pipe = self.client.pipeline(transaction=True)
         for b in bad:
             pipe.xadd(self.dead, b.to_fields())
-        pipe.xack(self.stream, self.group, *[b.entry_id for b in bad])
+        if ack:
+            pipe.xack(self.stream, self.group, *[b.entry_id for b in bad])
         pipe.execute()
 
     def dead_letters(self) -> list[dict[str, str]]:

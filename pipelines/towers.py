@@ -61,39 +61,48 @@ class _FeatureBatch(NamedTuple):
     features: dict[str, np.ndarray]
 
 
+def _tensors(kind: str, rec: Mapping[str, Any], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    if kind == "jobs":
+        return job_tensors(rec, cfg)
+    if kind == "interest":
+        return member_tensors(rec, rec.get("history") or "", cfg)
+    return request_tensors(None, rec, cfg)
+
+
+def featurize(
+    kind: str, cfg: ModelConfig, batch: list[Any]
+) -> tuple[_FeatureBatch | None, list[Any]]:
+    """a batch of records -> (one ``_FeatureBatch`` with the featurizer training used, or None
+    when no record is left; a dead letter for each record the featurizer raises on, with the
+    exception type and message: its batch-mates go on)."""
+    if kind == "jobs":  # MiniLM configs: the batch's titles in one encoder call
+        warm_texts([r.get("title") for r in batch if isinstance(r, Mapping)], cfg)
+    ids, rows, dead = [], [], []
+    for rec in batch:
+        key = readable_id(rec, KEYS[kind])
+        try:
+            if key is None:
+                raise ValueError(f"{KEYS[kind]} is not an integer")
+            feats = _tensors(kind, rec, cfg)
+        except Exception as e:  # routed, not swallowed: the dead letter names it
+            dead.append(dead_letter("featurize", _table(kind), key, None, exception_reason(e), rec))
+            continue
+        ids.append(key)
+        rows.append(feats)
+    return (_FeatureBatch(ids, stack(rows)) if rows else None), dead
+
+
 class _Featurize(beam.DoFn):
-    """a batch of records -> one ``_FeatureBatch`` with the same featurizer training used; a
-    record the featurizer raises on -> a dead letter (exception type and message), its
-    batch-mates go on."""
+    """``featurize`` as a Beam stage."""
 
     def __init__(self, kind: str, cfg: ModelConfig) -> None:
         self._kind, self._cfg = kind, cfg
 
-    def _tensors(self, rec: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if self._kind == "jobs":
-            return job_tensors(rec, self._cfg)
-        if self._kind == "interest":
-            return member_tensors(rec, rec.get("history") or "", self._cfg)
-        return request_tensors(None, rec, self._cfg)
-
     def process(self, batch: list[Any]) -> Iterable[Any]:
-        if self._kind == "jobs":  # MiniLM configs: the batch's titles in one encoder call
-            warm_texts([r.get("title") for r in batch if isinstance(r, Mapping)], self._cfg)
-        ids, rows = [], []
-        for rec in batch:
-            key = readable_id(rec, KEYS[self._kind])
-            try:
-                if key is None:
-                    raise ValueError(f"{KEYS[self._kind]} is not an integer")
-                feats = self._tensors(rec)
-            except Exception as e:  # routed, not swallowed: the dead letter names it
-                table = _table(self._kind)
-                yield dead_letter("featurize", table, key, None, exception_reason(e), rec)
-                continue
-            ids.append(key)
-            rows.append(feats)
-        if rows:
-            yield _FeatureBatch(ids, stack(rows))
+        features, dead = featurize(self._kind, self._cfg, batch)
+        yield from dead
+        if features is not None:
+            yield features
 
 
 class _TowerHandler(ModelHandler):  # type: ignore[misc]  # Beam's classes are untyped
@@ -120,26 +129,66 @@ class _TowerHandler(ModelHandler):  # type: ignore[misc]  # Beam's classes are u
         return "ebr_embed"
 
 
-class _ToTable(beam.DoFn):
-    """prediction of a batch -> one Arrow table of output rows; an embedding that is not a
-    finite unit vector (the towers end in F.normalize) -> a dead letter instead of a row a
-    slot build would refuse."""
+def checked_rows(
+    kind: str, version: str, ids: Sequence[int], vectors: np.ndarray
+) -> tuple[pa.Table | None, list[Any]]:
+    """A forward pass's output -> (one Arrow table of output rows, or None when none is left;
+    a dead letter for each embedding that is not a finite unit vector: the towers end in
+    F.normalize, so such a row would only be refused later, by a slot build)."""
+    ids_ = np.asarray(ids, dtype=np.int64)
+    vecs = np.asarray(vectors, dtype=np.float32).reshape(len(ids_), -1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(vecs, axis=1)
+    ok = np.isfinite(vecs).all(axis=1) & (np.abs(norms - 1.0) <= UNIT_TOLERANCE)
+    dead = []
+    for i in np.flatnonzero(~ok):
+        why, key = f"embedding {vector_problem(vecs[i])}", int(ids_[i])
+        dead.append(dead_letter("output", _table(kind), key, "embedding", why, {"id": key}))
+    table = rows_table(KEYS[kind], ids_[ok], vecs[ok], version) if ok.any() else None
+    return table, dead
 
-    def __init__(self, kind: str, version: str, dim: int) -> None:
-        self._kind, self._version, self._dim = kind, version, dim
+
+class _ToTable(beam.DoFn):
+    """``checked_rows`` of each prediction as a Beam stage."""
+
+    def __init__(self, kind: str, version: str) -> None:
+        self._kind, self._version = kind, version
 
     def process(self, pred: PredictionResult) -> Iterable[Any]:
-        ids = np.asarray(pred.example.ids, dtype=np.int64)
-        vecs = np.asarray(pred.inference, dtype=np.float32).reshape(len(ids), -1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            norms = np.linalg.norm(vecs, axis=1)
-        ok = np.isfinite(vecs).all(axis=1) & (np.abs(norms - 1.0) <= UNIT_TOLERANCE)
-        for i in np.flatnonzero(~ok):
-            why = f"embedding {vector_problem(vecs[i])}"
-            key = int(ids[i])
-            yield dead_letter("output", _table(self._kind), key, "embedding", why, {"id": key})
-        if ok.any():
-            yield rows_table(KEYS[self._kind], ids[ok], vecs[ok], self._version)
+        table, dead = checked_rows(self._kind, self._version, pred.example.ids, pred.inference)
+        yield from dead
+        if table is not None:
+            yield table
+
+
+class Tower:
+    """One loaded tower and the same three steps ``EmbedBatches`` runs as Beam stages
+    (``featurize``, one forward pass, ``checked_rows``), called in-line: for a job that must
+    keep one element (a poll of a stream) whole from source to acknowledgement."""
+
+    def __init__(self, kind: str, model_dir: Path) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        meta = read_meta(model_dir)
+        self.kind, self.cfg, self.version = kind, model_config(meta), str(meta["version"])
+        self.model = _TowerHandler(kind, model_dir).load_model()
+
+    def embed(self, records: list[Any]) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+        """records -> (rows {id, embedding, model_version, event_timestamp} or None, dead
+        letters: the rows of ``pipelines.deadletter``)."""
+        features, dead = featurize(self.kind, self.cfg, records)
+        table = None
+        if features is not None:
+            try:
+                vectors = run_tower(self.model, features.features)
+            except Exception as e:  # the whole batch failed, as RunInference's failed output
+                reason = exception_reason(e)
+                dead += [dead_letter("inference", _table(self.kind), k, None, reason)
+                         for k in features.ids]  # fmt: skip
+            else:
+                table, more = checked_rows(self.kind, self.version, features.ids, vectors)
+                dead += more
+        return table, [d.value for d in dead]
 
 
 def rows_table(id_col: str, ids: np.ndarray, vecs: np.ndarray, version: str) -> pa.Table:
@@ -204,9 +253,9 @@ class EmbedBatches(beam.PTransform):
         preds, failed = (
             feats.ok | "RunInference" >> RunInference(self._handler).with_exception_handling()
         )
-        tables = preds | "ToTable" >> beam.ParDo(
-            _ToTable(self._kind, self._version, self._cfg.dim)
-        ).with_outputs(DEAD, main="tables")
+        tables = preds | "ToTable" >> beam.ParDo(_ToTable(self._kind, self._version)).with_outputs(
+            DEAD, main="tables"
+        )
         failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(
             _failed_batch(self._kind)
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -200,3 +200,14 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     "-9")."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def rank(event: Event) -> str:
+    """The event's place in "last event time wins" as a string that sorts like the pair
+    (event_time, entry order): what idempotent sinks store per entity and compare."""
+    micros = (event.event_time - _EPOCH) // timedelta(microseconds=1)
+    ms, seq = entry_order(event.entry_id)
+    return f"{micros:020d}-{ms:015d}-{seq:010d}"

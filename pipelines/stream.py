@@ -1,0 +1,257 @@
+"""Beam streaming inference: catalogue and profile changes into every serving release, in seconds.
+
+    python -m pipelines.stream --workspace var/demo --redis-url redis://127.0.0.1:6390/0
+        [--consumer embedder-1] [--poll-interval-s 0.25] [--run-for-s 600]
+
+Reads change events (``ebr.stream.events``) from the Redis stream's consumer group and, for
+every release not retired (``ebr.stream.targets``: live, experiment arms, standby and
+candidates, re-read whenever ``releases/state.json`` changes, no restart):
+
+- job posted / updated: embeds the job with the release's item tower, appends an upsert to the
+  release's slot log and pushes the row to its ``job_embedding_<v>`` Feast view;
+- job closed: a tombstone in the slot log; the catalogue row goes inactive;
+- member profile updated: the profile row, the member-interest embedding of the co-trained
+  interest model and the release's member embedding (request tower, no query) in Feast.
+
+Shape: ``PeriodicImpulse -> Poll -> Decode -> Embed -> Write -> Ack``. One element is one poll
+of the stream (up to ``--max-events`` entries) and stays whole from source to acknowledgement,
+so an entry is acknowledged only after every sink has it, without a barrier across elements.
+The impulse-driven poll is the unbounded source that emits incrementally on the local runner
+(STACK.md; measured: an element reaches the last stage within the same impulse); a streaming
+GroupByKey would hold output until its window closes. Embedding runs the batch pipeline's
+three steps (``pipelines.towers.Tower``: featurize, one forward pass, output check) on the
+poll's records per model version, so stream and batch rows are the same.
+
+Delivery is at-least-once with idempotent sinks (``pipelines.stream_state.Applied``: last event
+time wins per entity and sink). A sink that fails leaves its poll unacknowledged: the entries
+are claimed again after ``--claim-idle-ms``. Bad events and records the towers refuse go to the
+dead-letter stream with their reason; the rest flow. Production: the same pipeline on Flink or
+Dataflow (``--runner``), Kafka or Pub/Sub through Beam's own IO connectors as the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+from ebr.config import Workspace
+from ebr.stream.events import Event, decode, latest
+from ebr.stream.targets import Target, write_targets
+from pipelines.broker import GROUP, STREAM, Broker
+from pipelines.stream_sinks import Embedded, Sinks, embed_events
+
+log = logging.getLogger(__name__)
+DEFAULT_RUNNER = "DirectRunner"  # the local runner that runs an unbounded (streaming) pipeline
+FOREVER_S = 10 * 365 * 86400  # a long-running job's stop time; it runs until it is stopped
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What the streaming job reads and how often."""
+
+    workspace: str
+    redis_url: str
+    consumer: str = "embedder-1"  # this worker's name in the consumer group
+    stream: str = STREAM
+    group: str = GROUP
+    poll_interval_s: float = 0.25  # one poll per impulse
+    max_events: int = 512  # entries per poll: one element, one forward pass per model
+    claim_idle_ms: int = 30_000  # entries pending this long are claimed again (a failed poll)
+    feast_config: str = "feature_store.yaml"
+
+    def broker(self) -> Broker:
+        return Broker(self.redis_url, self.consumer, stream=self.stream, group=self.group,
+                      claim_idle_ms=self.claim_idle_ms)  # fmt: skip
+
+
+class Work(NamedTuple):
+    """One poll on its way through the stages."""
+
+    entry_ids: list[str]  # every entry of the poll that decoded (acknowledged at the end)
+    events: list[Event]  # the latest event per entity among them
+    targets: tuple[Target, ...] = ()
+    embedded: Embedded | None = None
+
+
+class _Poll(beam.DoFn):
+    """impulse -> the entries of one read (this consumer's own pending ones first, after a
+    restart: what it had read but not acknowledged when it stopped)."""
+
+    def __init__(self, opts: StreamOptions) -> None:
+        self._opts = opts
+
+    def setup(self) -> None:
+        self._broker = self._opts.broker()
+        self._recovered = False
+
+    def process(self, _impulse: Any) -> Iterable[list[tuple[str, dict[str, str]]]]:
+        entries = [] if self._recovered else self._broker.pending()
+        self._recovered = True
+        if len(entries) < self._opts.max_events:
+            entries += self._broker.read(self._opts.max_events - len(entries), block_ms=50)
+        if entries:
+            yield [(eid, {_text(k): _text(v) for k, v in f.items()}) for eid, f in entries]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class _Decode(beam.DoFn):
+    """entries -> ``Work`` (latest event per entity); each bad entry to the dead-letter stream
+    with its reason, acknowledged there."""
+
+    def __init__(self, opts: StreamOptions) -> None:
+        self._opts = opts
+
+    def setup(self) -> None:
+        self._broker = self._opts.broker()
+
+    def process(self, entries: list[tuple[str, dict[str, str]]]) -> Iterable[Work]:
+        events, bad = decode(entries)
+        self._broker.dead_letter(bad)
+        if events:
+            yield Work([e.entry_id for e in events], latest(events))
+
+
+class _Targets:
+    """The releases to write, re-read when ``releases/state.json`` changes."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self._ws, self._stamp, self._targets = ws, -1, ()
+
+    def current(self) -> tuple[Target, ...]:
+        path = self._ws.releases / "state.json"
+        stamp = path.stat().st_mtime_ns if path.is_file() else 0
+        if stamp != self._stamp:
+            self._targets = tuple(write_targets(self._ws))
+            self._stamp = stamp
+            log.info("writing to releases %s", [t.release_id for t in self._targets])
+        return self._targets
+
+
+class _Embed(beam.DoFn):
+    """``Work`` -> the same with every model's rows (``pipelines.stream_sinks.embed_events``);
+    nothing when that fails (the entries stay pending and are claimed again)."""
+
+    def __init__(self, opts: StreamOptions) -> None:
+        self._opts = opts
+
+    def setup(self) -> None:
+        self._ws = Workspace(Path(self._opts.workspace))
+        self._targets = _Targets(self._ws)
+        self._cache: dict[Any, Any] = {}
+
+    def process(self, work: Work) -> Iterable[Work]:
+        try:
+            targets = self._targets.current()
+            embedded = embed_events(self._ws, work.events, targets, self._cache)
+        except Exception:  # retried as a failed sink is: the poll stays pending
+            log.exception("embedding failed; %d entries stay pending", len(work.entry_ids))
+            return
+        yield work._replace(targets=targets, embedded=embedded)
+
+
+class _Write(beam.DoFn):
+    """``Work`` -> its entry ids once every sink has its events; nothing when a sink failed
+    (the entries stay pending and are claimed again)."""
+
+    def __init__(self, opts: StreamOptions) -> None:
+        self._opts = opts
+
+    def setup(self) -> None:
+        ws = Workspace(Path(self._opts.workspace))
+        self._sinks = Sinks(ws, self._opts.broker(), self._opts.feast_config)
+        self._lock = threading.Lock()  # one poll at a time through the sinks
+
+    def teardown(self) -> None:
+        self._sinks.close()
+
+    def process(self, work: Work) -> Iterable[list[str]]:
+        assert work.embedded is not None, "Embed runs first"
+        with self._lock:
+            try:
+                self._sinks.write(work.events, work.targets, work.embedded)
+            except Exception:  # retried: the poll stays pending until it is claimed again
+                log.exception("a sink failed; %d entries stay pending", len(work.entry_ids))
+                return
+        yield work.entry_ids
+
+
+class _Ack(beam.DoFn):
+    def __init__(self, opts: StreamOptions) -> None:
+        self._opts = opts
+
+    def setup(self) -> None:
+        self._broker = self._opts.broker()
+
+    def process(self, entry_ids: list[str]) -> Iterable[int]:
+        yield self._broker.ack(entry_ids)
+
+
+def build(pipeline: beam.Pipeline, opts: StreamOptions, run_for_s: float | None) -> None:
+    """The streaming graph on ``pipeline``; it runs ``run_for_s`` seconds (None: until it is
+    stopped)."""
+    start = time.time()
+    stop = start + (run_for_s if run_for_s is not None else FOREVER_S)
+    _ = (
+        pipeline
+        | "Impulse"
+        >> PeriodicImpulse(
+            start_timestamp=start, stop_timestamp=stop, fire_interval=opts.poll_interval_s
+        )
+        | "Poll" >> beam.ParDo(_Poll(opts))
+        | "Decode" >> beam.ParDo(_Decode(opts))
+        | "Embed" >> beam.ParDo(_Embed(opts))
+        | "Write" >> beam.ParDo(_Write(opts))
+        | "Ack" >> beam.ParDo(_Ack(opts))
+    )
+
+
+def run_stream(
+    opts: StreamOptions, run_for_s: float | None = None, runner_options: list[str] | None = None
+) -> None:
+    """Run the streaming job (blocks until ``run_for_s`` passed or the process is stopped)."""
+    if opts.poll_interval_s <= 0 or opts.max_events < 1:
+        raise ValueError("poll_interval_s must be > 0 and max_events >= 1")
+    Workspace(Path(opts.workspace))
+    options = list(runner_options or [])
+    if not any(o.startswith("--runner") for o in options):
+        options.insert(0, f"--runner={DEFAULT_RUNNER}")
+    options.append("--streaming")
+    with beam.Pipeline(options=PipelineOptions(options)) as p:
+        build(p, opts, run_for_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workspace", required=True, help="platform workspace root")
+    p.add_argument("--redis-url", required=True, help="the event stream's Redis")
+    p.add_argument("--consumer", default=StreamOptions.consumer)
+    p.add_argument("--poll-interval-s", type=float, default=StreamOptions.poll_interval_s)
+    p.add_argument("--max-events", type=int, default=StreamOptions.max_events)
+    p.add_argument("--claim-idle-ms", type=int, default=StreamOptions.claim_idle_ms)
+    p.add_argument("--feast-config", default=StreamOptions.feast_config)
+    p.add_argument("--run-for-s", type=float, default=None, help="stop after (default: never)")
+    args, beam_args = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    opts = StreamOptions(
+        args.workspace, args.redis_url, args.consumer, poll_interval_s=args.poll_interval_s,
+        max_events=args.max_events, claim_idle_ms=args.claim_idle_ms,
+        feast_config=args.feast_config,
+    )  # fmt: skip
+    run_stream(opts, args.run_for_s, beam_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The streaming job's embedding step and its sinks: slot logs, Feast views, the catalogue.
+
+``embed_events`` embeds one poll's events with every model the target releases need (the batch
+pipeline's steps, ``pipelines.towers.Tower``). ``Sinks.write`` then applies them, each sink only
+the events it has not applied yet (``pipelines.stream_state.Applied``):
+
+    slot:<slot name>            upserts (job posted/updated) and tombstones (job closed)
+    feast:job_embedding_<v>     job rows, pushed online through the view's push source
+    feast:member_embedding_<v>  member rows (request tower, no query, fresh interest joined)
+    feast:member_interest_<iv>  member-interest rows
+    feast:member_profile        the profile fields the request tower reads per request
+    catalog:job / catalog:member  the latest event per entity (the final catalogue)
+
+A record a tower refuses is dead-lettered with its reason (per model) and skipped by that
+model's sinks; the rest go on. Rows carry the event time as their ``event_timestamp``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import redis
+
+from ebr.config import Workspace
+from ebr.data.records import echo
+from ebr.data.tables import PROFILE_FIELDS
+from ebr.model.interest import engagements, history_as_of
+from ebr.release.slots import SLOT_COLUMNS
+from ebr.stream.events import BadEvent, Event
+from ebr.stream.targets import Target
+from ebr.versions import interest_paths, version_paths
+from pipelines.broker import Broker
+from pipelines.stream_state import Applied
+from pipelines.towers import Tower
+
+if TYPE_CHECKING:
+    from ebr.index.live.slot import LiveSlot
+
+log = logging.getLogger(__name__)
+UPSERTS = ("job_posted", "job_updated")
+# Feast view and push source of each embedding kind ({} is the model version)
+FEAST_VIEWS = {
+    "jobs": ("job_embedding_{}", "job_embedding_push_{}"),
+    "members": ("member_embedding_{}", "member_embedding_push_{}"),
+    "interest": ("member_interest_{}", "member_interest_{}_push"),
+}
+# (kind, model version) -> (rows or None, dead letters) for one poll
+Embedded = dict[tuple[str, str], tuple[pa.Table | None, list[dict[str, Any]]]]
+
+
+def _tower(cache: dict[Any, Any], ws: Workspace, kind: str, version: str) -> Tower:
+    key = ("tower", kind, version)
+    if key not in cache:
+        paths = interest_paths(ws, version) if kind == "interest" else version_paths(ws, version)
+        cache[key] = Tower(kind, paths.model)
+    return cache[key]  # type: ignore[no-any-return]
+
+
+def _histories(cache: dict[Any, Any], ws: Workspace) -> dict[int, str]:
+    """member_id -> the history text of every engagement logged (the batch interest run's
+    input when it is given no cut-off), read once per worker."""
+    if "histories" not in cache:
+        impressions = pd.read_parquet(ws.data / "impressions.parquet")
+        jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=["job_id", "title"])
+        engaged = engagements(impressions, jobs)
+        after_all = engaged["ts"].max() + pd.Timedelta(seconds=1) if len(engaged) else None
+        cache["histories"] = {} if after_all is None else history_as_of(engaged, after_all)
+    return cache["histories"]  # type: ignore[no-any-return]
+
+
+def vectors_by_id(table: pa.Table | None) -> dict[int, np.ndarray]:
+    if table is None:
+        return {}
+    ids = table.column(0).to_numpy()
+    vecs = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    return {int(i): v.astype(np.float32) for i, v in zip(ids, vecs, strict=True)}
+
+
+def embed_events(
+    ws: Workspace, events: Sequence[Event], targets: Sequence[Target], cache: dict[Any, Any]
+) -> Embedded:
+    """Rows of every model the targets need for one poll: ("jobs", v), ("interest", iv) and
+    ("members", v); each with the dead letters of the records its tower refused."""
+    jobs = [e.record for e in events if e.kind in UPSERTS]
+    members = [e for e in events if e.kind == "member_profile_updated"]
+    out: Embedded = {}
+    for version in dict.fromkeys(t.version for t in targets):
+        if jobs:
+            out["jobs", version] = _tower(cache, ws, "jobs", version).embed(list(jobs))
+    if not members:
+        return out
+    history = _histories(cache, ws)
+    for iv in dict.fromkeys(t.interest_version for t in targets if t.interest_version):
+        recs = [{**(e.record or {}), "history": history.get(e.entity_id, "")} for e in members]
+        out["interest", iv] = _tower(cache, ws, "interest", iv).embed(recs)
+    for t in {t.version: t for t in targets}.values():
+        iv = t.interest_version
+        interest = vectors_by_id(out["interest", iv][0]) if iv else {}
+        recs = [{**(e.record or {}), "interest": interest.get(e.entity_id)} for e in members]
+        out["members", t.version] = _tower(cache, ws, "members", t.version).embed(recs)
+    return out
+
+
+class Sinks:
+    """Every sink of the streaming job for one worker (slot logs are opened for writing: one
+    writer process per slot, enforced by the log's lock)."""
+
+    def __init__(self, ws: Workspace, broker: Broker, feast_config: str) -> None:
+        self.ws, self.broker = ws, broker
+        self.applied = Applied(broker.client)
+        self._feast_config = feast_config
+        self._store: Any = None
+        self._slots: dict[str, LiveSlot] = {}
+
+    def close(self) -> None:
+        for live in self._slots.values():
+            live.close()
+        self._slots.clear()
+
+    def _slot(self, name: str) -> LiveSlot:
+        if name not in self._slots:
+            from ebr.index.live.slot import open_live
+
+            self._slots[name] = open_live(self.ws.slots / name, writable=True)
+        return self._slots[name]
+
+    def _feast(self) -> Any:
+        if self._store is None:
+            from feature_repo.store import open_store
+
+            self._store = open_store(self.ws.feature_repo, self._feast_config)
+        return self._store
+
+    def write(self, events: Sequence[Event], targets: Sequence[Target], embedded: Embedded) -> None:
+        """Apply one poll to every sink of ``targets``; raises when a sink failed (the caller
+        leaves the poll unacknowledged)."""
+        self._dead_letters(events, embedded)
+        wanted = {t.slot for t in targets}
+        for name in [n for n in self._slots if n not in wanted]:  # a retired release's slot
+            self._slots.pop(name).close()
+        for slot, version in {t.slot: t.version for t in targets}.items():
+            self._write_slot(slot, events, embedded.get(("jobs", version)))
+        for (kind, version), (table, _) in embedded.items():
+            self._push(kind, version, events, table)
+        profiles = [e for e in events if e.kind == "member_profile_updated"]
+        self._write_profiles(profiles)
+        self.applied.remember(events)
+
+    def _dead_letters(self, events: Sequence[Event], embedded: Embedded) -> None:
+        entry = {e.entity_id: e for e in events}
+        bad = []
+        for (kind, version), (_, dead) in embedded.items():
+            for d in dead:
+                ev = entry.get(d.get("id"))  # type: ignore[arg-type]
+                if ev is not None:
+                    why = f"{d['stage']} ({kind} {version}): {d['reason']}"
+                    bad.append(BadEvent(ev.entry_id, why, echo(ev.record)))
+        self.broker.dead_letter(bad, ack=False)
+
+    def _write_slot(self, slot: str, events: Sequence[Event], rows: Any) -> None:
+        sink = f"slot:{slot}"
+        vectors = vectors_by_id(rows[0]) if rows else {}
+        ups = [e for e in events if e.kind in UPSERTS and e.entity_id in vectors]
+        ups = self.applied.newer(sink, ups)
+        closed = self.applied.newer(sink, [e for e in events if e.kind == "job_closed"])
+        live = self._slot(slot) if ups or closed else None
+        if live is not None and ups:
+            frame = pd.DataFrame([{c: (e.record or {}).get(c) for c in SLOT_COLUMNS} for e in ups])
+            frame["posted_at"] = pd.to_datetime(frame["posted_at"], utc=True)
+            live.upsert(frame, np.stack([vectors[e.entity_id] for e in ups]))
+        if live is not None and closed:
+            live.delete([e.entity_id for e in closed])
+        self.applied.mark(sink, ups + closed)
+
+    def _push(self, kind: str, version: str, events: Sequence[Event], table: Any) -> None:
+        view, push = FEAST_VIEWS[kind]
+        sink = f"feast:{view.format(version)}"
+        vectors = vectors_by_id(table)
+        of_kind = [e for e in events if (e.kind in UPSERTS) == (kind == "jobs")]
+        fresh = self.applied.newer(sink, [e for e in of_kind if e.entity_id in vectors])
+        if not fresh:
+            return
+        frame = pd.DataFrame(
+            {
+                "job_id" if kind == "jobs" else "member_id": [e.entity_id for e in fresh],
+                "embedding": [vectors[e.entity_id].tolist() for e in fresh],
+                "model_version": [version] * len(fresh),
+                "event_timestamp": [e.event_time for e in fresh],
+            }
+        )
+        self._feast().push(push.format(version), frame)
+        self.applied.mark(sink, fresh)
+
+    def _write_profiles(self, profiles: Sequence[Event]) -> None:
+        fresh = self.applied.newer("feast:member_profile", profiles)
+        if not fresh:
+            return
+        frame = pd.DataFrame([{f: (e.record or {}).get(f) for f in PROFILE_FIELDS} for e in fresh])
+        frame.insert(0, "member_id", [e.entity_id for e in fresh])
+        frame["event_timestamp"] = [e.event_time for e in fresh]
+        self._feast().write_to_online_store("member_profile", frame)
+        self.applied.mark("feast:member_profile", fresh)
+
+
+def latest_catalog(client: redis.Redis) -> dict[str, dict[int, dict[str, Any]]]:
+    """The latest streamed event per job and member (what ``overlay`` applies to the tables)."""
+    applied = Applied(client)
+    return {"job": applied.catalog("job"), "member": applied.catalog("member")}
