@@ -43,12 +43,14 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from redis.exceptions import RedisError
 
 from ebr.config import Workspace
 from ebr.stream.events import Event, decode, latest
 from ebr.stream.targets import Target, write_targets
 from pipelines.broker import GROUP, STREAM, Broker
 from pipelines.stream_sinks import Embedded, Sinks, embed_events
+from pipelines.stream_state import KnownJobs
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "DirectRunner"  # the local runner that runs an unbounded (streaming) pipeline
@@ -95,10 +97,14 @@ class _Poll(beam.DoFn):
         self._recovered = False
 
     def process(self, _impulse: Any) -> Iterable[list[tuple[str, dict[str, str]]]]:
-        entries = [] if self._recovered else self._broker.pending()
-        self._recovered = True
-        if len(entries) < self._opts.max_events:
-            entries += self._broker.read(self._opts.max_events - len(entries), block_ms=50)
+        try:
+            entries = [] if self._recovered else self._broker.pending()
+            self._recovered = True
+            if len(entries) < self._opts.max_events:
+                entries += self._broker.read(self._opts.max_events - len(entries), block_ms=50)
+        except RedisError:  # Redis restarting: poll again at the next impulse
+            log.warning("could not read the stream (Redis down?); polling again")
+            return
         if entries:
             yield [(eid, {_text(k): _text(v) for k, v in f.items()}) for eid, f in entries]
 
@@ -109,17 +115,24 @@ def _text(value: Any) -> str:
 
 class _Decode(beam.DoFn):
     """entries -> ``Work`` (latest event per entity); each bad entry to the dead-letter stream
-    with its reason, acknowledged there."""
+    with its reason, acknowledged there: one that breaks the event contract, and an update or
+    close of a job that was never posted (``pipelines.stream_state.KnownJobs``)."""
 
     def __init__(self, opts: StreamOptions) -> None:
         self._opts = opts
 
     def setup(self) -> None:
         self._broker = self._opts.broker()
+        self._known = KnownJobs(self._broker.client, Workspace(Path(self._opts.workspace)))
 
     def process(self, entries: list[tuple[str, dict[str, str]]]) -> Iterable[Work]:
-        events, bad = decode(entries)
-        self._broker.dead_letter(bad)
+        try:
+            events, bad = decode(entries)
+            events, unknown = self._known.split(events)
+            self._broker.dead_letter(bad + unknown)
+        except RedisError:  # Redis is down: the entries stay pending and are read again
+            log.exception("could not reach Redis; %d entries stay pending", len(entries))
+            return
         if events:
             yield Work([e.entry_id for e in events], latest(events))
 
@@ -196,7 +209,10 @@ class _Ack(beam.DoFn):
         self._broker = self._opts.broker()
 
     def process(self, entry_ids: list[str]) -> Iterable[int]:
-        yield self._broker.ack(entry_ids)
+        try:
+            yield self._broker.ack(entry_ids)
+        except RedisError:  # applied but not acknowledged: redelivered, skipped by the sinks
+            log.warning("could not acknowledge %d entries (Redis down?)", len(entry_ids))
 
 
 def build(pipeline: beam.Pipeline, opts: StreamOptions, run_for_s: float | None) -> None:

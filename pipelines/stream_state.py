@@ -20,9 +20,35 @@ from typing import Any
 import pandas as pd
 import redis
 
-from ebr.stream.events import Event, encode, rank
+from ebr.config import Workspace
+from ebr.data.records import echo
+from ebr.stream.events import FIELD, BadEvent, Event, encode, rank
 
 PREFIX = "ebr:stream"
+
+
+class KnownJobs:
+    """Which job ids exist: the catalogue's (``data/jobs.parquet``, read once) and every job
+    posted on the stream (a Redis set, added as soon as a posting is decoded)."""
+
+    def __init__(self, client: redis.Redis, ws: Workspace, prefix: str = PREFIX) -> None:
+        self.client, self.key = client, f"{prefix}:known:job"
+        path = ws.data / "jobs.parquet"
+        ids = pd.read_parquet(path, columns=["job_id"])["job_id"] if path.is_file() else []
+        self._base = {int(i) for i in ids}
+
+    def split(self, events: Sequence[Event]) -> tuple[list[Event], list[BadEvent]]:
+        """(events about known jobs or members, an update or close of a job never posted)."""
+        posted = [e.entity_id for e in events if e.kind == "job_posted"]
+        if posted:
+            self.client.sadd(self.key, *posted)
+        asked = sorted({e.entity_id for e in events if e.entity[0] == "job"} - self._base)
+        found = self.client.smismember(self.key, asked) if asked else []
+        unknown = {i for i, ok in zip(asked, found, strict=True) if not ok}
+        bad = [BadEvent(e.entry_id, f"unknown job: job {e.entity_id} was never posted",
+                        echo(encode(e.kind, e.entity_id, e.event_time, e.record)[FIELD]))
+               for e in events if e.entity[0] == "job" and e.entity_id in unknown]  # fmt: skip
+        return [e for e in events if not (e.entity[0] == "job" and e.entity_id in unknown)], bad
 
 
 class Applied:
