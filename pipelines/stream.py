@@ -50,7 +50,7 @@ from ebr.stream.events import Event, decode, latest
 from ebr.stream.targets import Target, write_targets
 from pipelines.broker import GROUP, STREAM, Broker
 from pipelines.stream_sinks import Embedded, Sinks, embed_events
-from pipelines.stream_state import KnownJobs
+from pipelines.stream_state import Applied, KnownJobs
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "DirectRunner"  # the local runner that runs an unbounded (streaming) pipeline
@@ -83,6 +83,7 @@ class Work(NamedTuple):
     events: list[Event]  # the latest event per entity among them
     targets: tuple[Target, ...] = ()
     embedded: Embedded | None = None
+    backfill: tuple[str, ...] = ()  # releases this element brings up to date with the catalog
 
 
 class _Poll(beam.DoFn):
@@ -155,7 +156,12 @@ class _Targets:
 
 class _Embed(beam.DoFn):
     """``Work`` -> the same with every model's rows (``pipelines.stream_sinks.embed_events``);
-    nothing when that fails (the entries stay pending and are claimed again)."""
+    nothing when that fails (the entries stay pending and are claimed again).
+
+    A release the job has not written to before (a candidate recorded, an arm added; every
+    release on the job's first start) first gets a backfill element: the streamed catalog's
+    latest event per entity, so it holds every change streamed before it joined. The sinks skip
+    what it has already (an idempotent replay)."""
 
     def __init__(self, opts: StreamOptions) -> None:
         self._opts = opts
@@ -163,16 +169,27 @@ class _Embed(beam.DoFn):
     def setup(self) -> None:
         self._ws = Workspace(Path(self._opts.workspace))
         self._targets = _Targets(self._ws)
+        self._applied = Applied(self._opts.broker().client)
         self._cache: dict[Any, Any] = {}
 
     def process(self, work: Work) -> Iterable[Work]:
         try:
             targets = self._targets.current()
+            new = self._applied.unseen([t.release_id for t in targets])
+            if new:
+                yield self._backfill(tuple(t for t in targets if t.release_id in new))
             embedded = embed_events(self._ws, work.events, targets, self._cache)
         except Exception:  # retried as a failed sink is: the poll stays pending
             log.exception("embedding failed; %d entries stay pending", len(work.entry_ids))
             return
         yield work._replace(targets=targets, embedded=embedded)
+
+    def _backfill(self, targets: tuple[Target, ...]) -> Work:
+        events = self._applied.catalog_events()
+        log.info("bringing %s up to date: %d streamed changes", [t.release_id for t in targets],
+                 len(events))  # fmt: skip
+        embedded = embed_events(self._ws, events, targets, self._cache)
+        return Work([], events, targets, embedded, tuple(t.release_id for t in targets))
 
 
 class _Write(beam.DoFn):
@@ -195,6 +212,7 @@ class _Write(beam.DoFn):
         with self._lock:
             try:
                 self._sinks.write(work.events, work.targets, work.embedded)
+                self._sinks.applied.mark_seen(work.backfill)
             except Exception:  # retried: the poll stays pending until it is claimed again
                 log.exception("a sink failed; %d entries stay pending", len(work.entry_ids))
                 return

@@ -22,7 +22,7 @@ import redis
 
 from ebr.config import Workspace
 from ebr.data.records import echo
-from ebr.stream.events import FIELD, BadEvent, Event, encode, rank
+from ebr.stream.events import FIELD, BadEvent, Event, decode, encode, rank
 
 PREFIX = "ebr:stream"
 
@@ -46,7 +46,7 @@ class KnownJobs:
         found = self.client.smismember(self.key, asked) if asked else []
         unknown = {i for i, ok in zip(asked, found, strict=True) if not ok}
         bad = [BadEvent(e.entry_id, f"unknown job: job {e.entity_id} was never posted",
-                        echo(encode(e.kind, e.entity_id, e.event_time, e.record)[FIELD]))
+                        echo(json.dumps(_body(e))))
                for e in events if e.entity[0] == "job" and e.entity_id in unknown]  # fmt: skip
         return [e for e in events if not (e.entity[0] == "job" and e.entity_id in unknown)], bad
 
@@ -77,15 +77,41 @@ class Applied:
             mine = [e for e in events if e.entity[0] == kind]
             fresh = self.newer(f"catalog:{kind}", mine)
             if fresh:
-                body = {e.entity_id: encode(e.kind, e.entity_id, e.event_time, e.record)["event"]
+                body = {e.entity_id: json.dumps({"entry_id": e.entry_id, **_body(e)})
                         for e in fresh}  # fmt: skip
                 self.client.hset(f"{self.prefix}:catalog:{kind}", mapping=body)
                 self.mark(f"catalog:{kind}", fresh)
 
     def catalog(self, kind: str) -> dict[int, dict[str, Any]]:
-        """entity id -> its latest streamed event (``kind``: job or member)."""
+        """entity id -> its latest streamed event (``kind``: job or member): entry_id, kind,
+        id, event_time, record."""
         raw = self.client.hgetall(f"{self.prefix}:catalog:{kind}")
         return {int(k): json.loads(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+    def catalog_events(self) -> list[Event]:
+        """The catalog as events (what a release added later is brought up to date with)."""
+        bodies = [*self.catalog("job").values(), *self.catalog("member").values()]
+        entries = [(body["entry_id"], {FIELD: json.dumps(body)}) for body in bodies]
+        events, _ = decode(entries)  # they held the contract when they were applied
+        return events
+
+    def unseen(self, release_ids: Sequence[str]) -> list[str]:
+        """Releases the job has not brought up to date with the catalog yet."""
+        if not release_ids:
+            return []
+        seen = self.client.smismember(f"{self.prefix}:releases", list(release_ids))
+        return [r for r, ok in zip(release_ids, seen, strict=True) if not ok]
+
+    def mark_seen(self, release_ids: Sequence[str]) -> None:
+        if release_ids:
+            self.client.sadd(f"{self.prefix}:releases", *release_ids)
+
+
+def _body(event: Event) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(
+        encode(event.kind, event.entity_id, event.event_time, event.record)[FIELD]
+    )
+    return body
 
 
 def overlay(table: pd.DataFrame, key: str, latest: dict[int, dict[str, Any]]) -> pd.DataFrame:
