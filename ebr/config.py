@@ -344,6 +344,8 @@ class Workspace:
         interest/embeddings/<iv>/members.parquet   batch member-interest embeddings
         releases/<id>/release.json                 immutable release records
         releases/state.json                        live release, experiment, release states
+        stream/catalog/{jobs,members}.parquet      streamed changes as of the last compaction
+        stream/jobs/<name>.json                    handles of running streaming jobs
     """
 
     root: Path
@@ -383,3 +385,8 @@ class Workspace:
         """Release records (``releases/<id>/release.json``) and the serving state pointer
         (``releases/state.json``, the only mutable file there): ``ebr.release``."""
         return self.root / "releases"
+
+    @property
+    def stream(self) -> Path:
+        """The streaming job's files (``ebr.stream``): its handles and catalogue snapshots."""
+        return self.root / "stream"

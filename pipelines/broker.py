@@ -99,9 +99,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` on loopback, its data (append-only file, fsync always) in ``folder``."""
+    """A ``redis-server`` on loopback, its data (append-only file, fsync always) in ``folder``;
+    ``detach`` starts it in its own session, to outlive the process that started it."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, detach: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (make sysdeps installs it)")
@@ -111,6 +112,7 @@ class RedisServer:
                      str(self.folder), "--appendonly", "yes", "--appendfsync", "always",
                      "--save", "", "--protected-mode", "yes"]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
+        self._detach = detach  # its own session: it outlives this process (a launched job's)
         self.start()
 
     @property
@@ -119,7 +121,9 @@ class RedisServer:
 
     def start(self) -> None:
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - the server process owns it
-        self.proc = subprocess.Popen(self._cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self._cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=self._detach
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:

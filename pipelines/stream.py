@@ -46,8 +46,8 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from redis.exceptions import RedisError
 
 from ebr.config import Workspace
+from ebr.release.targets import Target, write_targets
 from ebr.stream.events import Event, decode, latest
-from ebr.stream.targets import Target, write_targets
 from pipelines.broker import GROUP, STREAM, Broker
 from pipelines.stream_sinks import Embedded, Sinks, embed_events
 from pipelines.stream_state import Applied, KnownJobs

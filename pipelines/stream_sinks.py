@@ -31,8 +31,8 @@ from ebr.data.records import echo
 from ebr.data.tables import PROFILE_FIELDS
 from ebr.model.interest import engagements, history_as_of
 from ebr.release.slots import SLOT_COLUMNS
+from ebr.release.targets import Target
 from ebr.stream.events import BadEvent, Event
-from ebr.stream.targets import Target
 from ebr.versions import interest_paths, version_paths
 from pipelines.broker import Broker
 from pipelines.stream_state import Applied
@@ -116,6 +116,7 @@ class Sinks:
         self._feast_config = feast_config
         self._store: Any = None
         self._slots: dict[str, LiveSlot] = {}
+        self._successor: dict[str, str] = {}  # compacted slot -> the slot compacted from it
 
     def close(self) -> None:
         for live in self._slots.values():
@@ -126,8 +127,42 @@ class Sinks:
         if name not in self._slots:
             from ebr.index.live.slot import open_live
 
-            self._slots[name] = open_live(self.ws.slots / name, writable=True)
+            live = open_live(self.ws.slots / name, writable=True)
+            try:
+                self._hand_off(live)
+            except BaseException:
+                live.close()
+                raise
+            self._slots[name] = live
         return self._slots[name]
+
+    def _hand_off(self, live: LiveSlot) -> None:
+        """A slot compacted from another: copy what reached the old log after the compaction
+        read it (records after ``through_lsn`` plus those the compaction copied itself), take
+        over the old slot's applied ranks, and write to both from now on (``_successor``)."""
+        from ebr.index.live.wal import UPSERT, Record, log_dir_for, replay
+
+        lineage = live.snapshot.manifest.get("lineage") or {}
+        old = lineage.get("compacted_from")
+        old_log = log_dir_for(self.ws.slots / str(old))
+        if not old or not old_log.is_dir():
+            return
+        name = live.snapshot.name
+        done = self.applied.handed_off(name)
+        if done is None:  # first time: the new log holds only the compaction's own copies
+            done = int(lineage["through_lsn"]) + int(live.stats()["lsn"])
+            self.applied.inherit(f"slot:{old}", f"slot:{name}")
+        tail: list[Record] = []
+        end = replay(old_log, tail.append, after_lsn=done).last_lsn
+        for rec in tail:
+            if rec.kind == UPSERT:
+                assert rec.items is not None and rec.vectors is not None, "upserts carry both"
+                live.upsert(rec.items.to_pandas(), rec.vectors)
+            else:
+                live.delete(rec.job_ids)
+        self.applied.mark_handed_off(name, max(end, done))
+        self._successor[str(old)] = name
+        log.info("slot %s took over %s from lsn %d (%d records copied)", name, old, done, len(tail))
 
     def _feast(self) -> Any:
         if self._store is None:
@@ -140,10 +175,13 @@ class Sinks:
         """Apply one poll to every sink of ``targets``; raises when a sink failed (the caller
         leaves the poll unacknowledged)."""
         self._dead_letters(events, embedded)
-        wanted = {t.slot for t in targets}
-        for name in [n for n in self._slots if n not in wanted]:  # a retired release's slot
+        slots = {t.slot: t.version for t in targets}
+        for old, new in self._successor.items():  # a poll read before a compaction replaced
+            if old in slots:  # its release still reaches the new slot (same model version)
+                slots.setdefault(new, slots[old])
+        for name in [n for n in self._slots if n not in slots]:  # a retired release's slot
             self._slots.pop(name).close()
-        for slot, version in {t.slot: t.version for t in targets}.items():
+        for slot, version in slots.items():
             self._write_slot(slot, events, embedded.get(("jobs", version)))
         for (kind, version), (table, _) in embedded.items():
             self._push(kind, version, events, table)

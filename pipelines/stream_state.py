@@ -8,7 +8,7 @@ A sink writes only events ranked above what it applied (``ebr.stream.events.rank
 time wins, ties to the later entry), then records their ranks. A crash between the write and the
 record re-applies the same event on redelivery (the same row again: invisible); a redelivered or
 late older event is skipped. The catalog holds the latest event per job and member as streamed:
-the final catalogue is the batch tables overlaid with it (``overlay_jobs``).
+the final catalogue is the batch tables overlaid with it (``ebr.stream.catalog.overlay``).
 """
 
 from __future__ import annotations
@@ -71,6 +71,22 @@ class Applied:
         if events:
             self.client.hset(self._key(sink), mapping={e.entity_id: rank(e) for e in events})
 
+    def inherit(self, old: str, new: str) -> None:
+        """``new`` holds what ``old`` held (a compacted slot): keep the higher rank per entity."""
+        got = {k: v for k, v in self.client.hgetall(self._key(old)).items()}  # type: ignore[union-attr]
+        have = self.client.hgetall(self._key(new))
+        merged = {k: v for k, v in got.items() if k not in have or have[k] < v}  # type: ignore[operator]
+        if merged:
+            self.client.hset(self._key(new), mapping=merged)
+
+    def handed_off(self, slot: str) -> int | None:
+        """The old log's last record copied into ``slot`` (a compacted one), None before."""
+        got = self.client.get(f"{self.prefix}:handoff:{slot}")
+        return None if got is None else int(got)  # type: ignore[arg-type]
+
+    def mark_handed_off(self, slot: str, lsn: int) -> None:
+        self.client.set(f"{self.prefix}:handoff:{slot}", lsn)
+
     def remember(self, events: Sequence[Event]) -> None:
         """Keep each event as its entity's latest in the catalog (only if it is newer)."""
         for kind in ("job", "member"):
@@ -112,18 +128,3 @@ def _body(event: Event) -> dict[str, Any]:
         encode(event.kind, event.entity_id, event.event_time, event.record)[FIELD]
     )
     return body
-
-
-def overlay(table: pd.DataFrame, key: str, latest: dict[int, dict[str, Any]]) -> pd.DataFrame:
-    """``table`` (jobs or members) with the streamed changes applied: a posted or updated job and
-    an updated profile replace (or add) the row; a closed job's row is kept with ``active``
-    False (the catalogue keeps closed jobs; slots serve active ones)."""
-    rows = {int(i): r for i, r in zip(table[key], table.to_dict("records"), strict=True)}
-    for entity, event in latest.items():
-        if event["kind"] == "job_closed":
-            if entity in rows:
-                rows[entity] = {**rows[entity], "active": False}
-        else:
-            rows[entity] = {**rows.get(entity, {}), **event["record"]}
-    out = pd.DataFrame(list(rows.values()), columns=table.columns)
-    return out.sort_values(key, kind="stable").reset_index(drop=True)

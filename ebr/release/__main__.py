@@ -8,6 +8,7 @@
         control=rel-v1-...:0.5 treatment=rel-v2-...:0.5
     python -m ebr.release stop-experiment --workspace var/demo
     python -m ebr.release retire --workspace var/demo rel-v1-...
+    python -m ebr.release compact --workspace var/demo [--release rel-v1-...]
 """
 
 from __future__ import annotations
@@ -95,6 +96,22 @@ def retire(
 ) -> None:
     """Retire RELEASE (not live, not an arm); its slot goes unless still named."""
     _echo(ops.retire(Workspace(workspace), release, delete_slot=not keep_slot))
+
+
+@cli.command()
+def compact(
+    workspace: WorkspaceOpt,
+    release: Annotated[str | None, typer.Option(help="one release (default: live + arms)")] = None,
+    min_records: Annotated[int, typer.Option(help="compact logs with at least this many")] = 1,
+) -> None:
+    """Fold serving slots' logs into new snapshots, gated as releases that replace them."""
+    from ebr.release.compaction import compact_release, compact_serving
+
+    ws = Workspace(workspace)
+    if release:
+        _echo([compact_release(ws, release, min_records=min_records)])
+    else:
+        _echo(compact_serving(ws, min_records=min_records))
 
 
 if __name__ == "__main__":

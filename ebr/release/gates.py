@@ -2,7 +2,7 @@
 
 - ``recall``: the slot's tuned recall@10 (the build's recall gate) >= the floor
   (``GateConfig.min_recall_at_10``, or the slot's own ``target_recall``);
-- ``coverage``: the share of active jobs (``data/jobs.parquet``) the slot holds >=
+- ``coverage``: the share of active jobs (``ebr.stream.catalog.current_jobs``) the slot holds >=
   ``GateConfig.min_coverage`` (1.0: every active job);
 - ``lineage``: every hop names the release's versions: the tower files match ``model.json``'s
   checksums, the member-interest model on disk is the one the towers were co-trained with
@@ -27,6 +27,7 @@ import pandas as pd
 from ebr.config import GateConfig, Workspace
 from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
+from ebr.stream.catalog import current_jobs
 from ebr.versions import FEATURE_VERSIONS_FILE, feature_versions, read_meta, version_paths
 
 MISSING_SHOWN = 5  # example ids a refusal names
@@ -66,8 +67,9 @@ def recall_gate(slot: dict[str, Any], cfg: GateConfig) -> Gate:
 
 
 def coverage_gate(ws: Workspace, slot_dir: Path, cfg: GateConfig) -> Gate:
-    """The share of active jobs in ``data/jobs.parquet`` that the slot holds."""
-    jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=["job_id", "active"])
+    """The share of active jobs in the catalogue (``data/jobs.parquet`` with the streamed
+    changes of the last compaction: ``ebr.stream.catalog``) that the slot holds."""
+    jobs = current_jobs(ws, ["job_id", "active"])
     active = jobs.loc[jobs["active"].fillna(False).astype(bool), "job_id"]
     held = pd.read_parquet(slot_dir / "items.parquet", columns=["job_id"])["job_id"]
     missing = active[~active.isin(held)]

@@ -232,3 +232,28 @@ def retire(ws: Workspace, release_id: str) -> dict[str, Any]:
         return {"release": release_id}
 
     return _change(ws, "retire", apply)
+
+
+def replace(ws: Workspace, old: str, new: str) -> dict[str, Any]:
+    """Put ``new`` wherever ``old`` serves (live, an experiment arm) and retire ``old``: what a
+    compaction does (same model, the slot's log folded into a new snapshot). The live history
+    keeps its order, so a rollback goes to the release live before ``old``."""
+
+    def apply(state: dict[str, Any]) -> dict[str, Any]:
+        _set(state, new, "serving")
+        roles = []
+        if state["live"] == old:
+            state["live"], roles = new, ["live"]
+        roles += [f"arm:{a['arm']}" for a in arms(state) if a["release"] == old]
+        if state.get("experiment"):
+            state["experiment"]["arms"] = [
+                {**a, "release": new if a["release"] == old else a["release"]}
+                for a in state["experiment"]["arms"]
+            ]
+        state["live_history"] = [r for r in state["live_history"] if r != old]
+        entry = _entry(state, old)
+        entry.update(state="retired", since=datetime.now(UTC).isoformat(), replaced_by=new)
+        state["releases"][old] = entry
+        return {"release": new, "replaced": old, "roles": roles}
+
+    return _change(ws, "replace", apply)

@@ -21,12 +21,12 @@ from ebr.config import IndexConfig, Workspace
 from ebr.release.provision import provision
 from ebr.release.slots import build_job_slot
 from ebr.release.state import read_state
+from ebr.stream.catalog import overlay
 from ebr.stream.events import FIELD, encode
 from feature_repo.store import member_embeddings, member_interest, member_profiles, open_store
 from pipelines.broker import Broker, RedisServer
 from pipelines.embed import embed_catalog, embed_interest
 from pipelines.stream_sinks import latest_catalog
-from pipelines.stream_state import overlay
 from tests.pipelines.streaming import (
     StreamJob,
     acked,
@@ -148,7 +148,6 @@ def test_stream_result_equals_a_batch_re_embed_of_the_final_catalogue(
     final = latest_catalog(broker.client)
     batch_ws = copy_workspace(platform_ws, tmp_path / "batch")
     final_jobs = overlay(jobs, "job_id", final["job"])
-    final_jobs["posted_at"] = pd.to_datetime(final_jobs["posted_at"], utc=True)
     final_jobs.to_parquet(batch_ws / "data" / "jobs.parquet", index=False)
     overlay(members, "member_id", final["member"]).to_parquet(
         batch_ws / "data" / "members.parquet", index=False

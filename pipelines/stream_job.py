@@ -1,0 +1,199 @@
+"""Start, stop and compact for the streaming job: what the Flyte tasks and the demo call.
+
+    python -m pipelines.stream_job start --workspace var/demo [--redis-url URL]
+    python -m pipelines.stream_job status --workspace var/demo
+    python -m pipelines.stream_job compact --workspace var/demo
+    python -m pipelines.stream_job stop --workspace var/demo [--stop-redis]
+
+``start`` launches ``python -m pipelines.stream`` as a process of its own (its own session,
+so it outlives the caller, a Flyte task) and records a handle, ``stream/jobs/<name>.json``:
+its PID, the Redis it reads and its log. Without ``--redis-url`` it also starts a Redis on
+loopback (append-only file in ``stream/redis/``) and records it. ``stop`` sends SIGTERM to the
+PID in the handle (SIGKILL after a grace period), after checking that the PID still runs the
+streaming job. ``compact`` snapshots the streamed catalogue (``ebr.stream.catalog``) and
+compacts every serving release's slot (``ebr.release.compaction``). On a cluster, the same
+pipeline runs on Flink or Dataflow through ``--runner`` and its runner's own job control.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis
+import typer
+
+from ebr.config import GateConfig, IndexConfig, Workspace
+from ebr.io import atomic_write_json
+from ebr.stream.catalog import write_snapshot
+from pipelines.broker import RedisServer
+from pipelines.stream_state import Applied
+
+REPO = Path(__file__).resolve().parents[1]
+STOP_GRACE_S = 30.0
+cli = typer.Typer(add_completion=False, help="The streaming job: start, status, compact, stop.")
+
+
+def handle_path(ws: Workspace, name: str) -> Path:
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"a job name is letters, digits, - and _, got {name!r}")
+    return ws.stream / "jobs" / f"{name}.json"
+
+
+def _runs(pid: int | None, marker: str) -> bool:
+    """Whether ``pid`` is alive and its command line holds ``marker`` (not a reused PID)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def status(ws: Workspace, name: str = "embedder") -> dict[str, Any]:
+    """The job's handle with ``running`` (and ``redis_running``); ``{"running": False}`` when
+    none was started."""
+    path = handle_path(ws, name)
+    if not path.is_file():
+        return {"name": name, "running": False}
+    handle: dict[str, Any] = json.loads(path.read_text())
+    handle["running"] = _runs(handle.get("pid"), "pipelines.stream")
+    handle["redis_running"] = _runs(handle.get("redis_pid"), "redis-server")
+    return handle
+
+
+def start(
+    ws: Workspace,
+    redis_url: str | None = None,
+    name: str = "embedder",
+    args: list[str] | None = None,
+) -> dict[str, Any]:
+    """Launch the streaming job over ``ws`` (and a loopback Redis when ``redis_url`` is None);
+    returns its handle. Raises RuntimeError when a job of that name is running."""
+    path = handle_path(ws, name)
+    current = status(ws, name)
+    if current["running"]:
+        raise RuntimeError(f"streaming job {name!r} runs already (pid {current['pid']})")
+    redis_pid = None
+    if redis_url is None:
+        if current.get("redis_running"):  # a stopped job's Redis still runs: read it again
+            redis_url, redis_pid = current["redis_url"], current["redis_pid"]
+        else:
+            server = RedisServer(ws.stream / "redis", detach=True)
+            assert server.proc is not None, "started"
+            redis_url, redis_pid = server.url, server.proc.pid
+    log = ws.stream / "jobs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pipelines.stream", "--workspace", str(ws.root),
+           "--redis-url", redis_url, "--consumer", name, *(args or [])]  # fmt: skip
+    path_env = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path_env}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True
+        )
+    handle = {
+        "name": name, "pid": proc.pid, "redis_url": redis_url, "redis_pid": redis_pid,
+        "started_at": datetime.now(UTC).isoformat(), "command": cmd, "log": str(log),
+    }  # fmt: skip
+    atomic_write_json(path, handle)
+    return {**handle, "running": True}
+
+
+def stop(ws: Workspace, name: str = "embedder", stop_redis: bool = False) -> dict[str, Any]:
+    """SIGTERM the job (SIGKILL after ``STOP_GRACE_S``), and its Redis with ``stop_redis``
+    when ``start`` started it; returns what was stopped."""
+    current = status(ws, name)
+    stopped = {"name": name, "job_stopped": False, "redis_stopped": False}
+    if current["running"]:
+        _terminate(int(current["pid"]))
+        stopped["job_stopped"] = True
+    if stop_redis and current.get("redis_running"):
+        redis.Redis.from_url(current["redis_url"]).shutdown(nosave=False)
+        stopped["redis_stopped"] = True
+    path = handle_path(ws, name)
+    if path.is_file() and (stop_redis or not current.get("redis_running")):
+        path.unlink()
+    return stopped
+
+
+def _terminate(pid: int) -> None:
+    os.killpg(pid, signal.SIGTERM)  # its own session: the runner's worker threads with it
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and _runs(pid, "pipelines.stream"):
+        time.sleep(0.1)
+    if _runs(pid, "pipelines.stream"):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def compact(
+    ws: Workspace,
+    redis_url: str,
+    cfg: IndexConfig | None = None,
+    gates: GateConfig | None = None,
+    min_records: int = 1,
+) -> list[dict[str, Any]]:
+    """Snapshot the streamed catalogue, then compact every serving release's slot."""
+    from ebr.release.compaction import compact_serving
+
+    applied = Applied(redis.Redis.from_url(redis_url))
+    write_snapshot(ws, "jobs", applied.catalog("job"))
+    write_snapshot(ws, "members", applied.catalog("member"))
+    return compact_serving(ws, cfg, gates, min_records)
+
+
+WorkspaceOpt = Annotated[Path, typer.Option(help="workspace root")]
+NameOpt = Annotated[str, typer.Option(help="the job's name (its consumer name)")]
+
+
+def _echo(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@cli.command("start")
+def start_cmd(
+    workspace: WorkspaceOpt,
+    redis_url: Annotated[str | None, typer.Option(help="default: start one on loopback")] = None,
+    name: NameOpt = "embedder",
+) -> None:
+    """Start the streaming job."""
+    _echo(start(Workspace(workspace), redis_url, name))
+
+
+@cli.command("status")
+def status_cmd(workspace: WorkspaceOpt, name: NameOpt = "embedder") -> None:
+    """Show the job's handle and whether it runs."""
+    _echo(status(Workspace(workspace), name))
+
+
+@cli.command("stop")
+def stop_cmd(workspace: WorkspaceOpt, name: NameOpt = "embedder", stop_redis: bool = False) -> None:
+    """Stop the streaming job (and the Redis it started, with --stop-redis)."""
+    _echo(stop(Workspace(workspace), name, stop_redis))
+
+
+@cli.command("compact")
+def compact_cmd(
+    workspace: WorkspaceOpt,
+    redis_url: Annotated[str | None, typer.Option(help="default: the job's")] = None,
+    name: NameOpt = "embedder",
+    min_records: int = 1,
+) -> None:
+    """Fold each serving slot's log into a new snapshot, through the release gates."""
+    ws = Workspace(workspace)
+    url = redis_url or status(ws, name).get("redis_url")
+    if not url:
+        raise typer.BadParameter("no --redis-url and no started job to take it from")
+    _echo(compact(ws, url, min_records=min_records))
+
+
+if __name__ == "__main__":
+    cli()

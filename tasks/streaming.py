@@ -1,0 +1,45 @@
+"""Flyte tasks over the streaming job (``pipelines.stream_job``): start it, stop it, compact
+the slots it writes. Each returns its result as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flytekit import Resources, task
+
+from ebr.config import GateConfig, IndexConfig, Workspace
+
+
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def start_stream_job(workspace: str, redis_url: str, name: str) -> str:
+    """Launch the streaming job (``redis_url`` "": on a loopback Redis it starts); returns its
+    handle. The job outlives the task: ``stop_stream_job`` ends it."""
+    from pipelines.stream_job import start
+
+    return json.dumps(start(Workspace(Path(workspace)), redis_url or None, name))
+
+
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def stop_stream_job(workspace: str, name: str, stop_redis: bool) -> str:
+    """Stop the streaming job (SIGTERM by its recorded PID) and, with ``stop_redis``, the Redis
+    its start launched; returns what was stopped."""
+    from pipelines.stream_job import stop
+
+    return json.dumps(stop(Workspace(Path(workspace)), name, stop_redis))
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"))
+def compact_stream_slots(
+    workspace: str, redis_url: str, name: str, index: IndexConfig, gates: GateConfig,
+    min_records: int,
+) -> str:  # fmt: skip
+    """Snapshot the streamed catalogue and fold each serving slot's log into a new slot,
+    released through the gates in place of the old one (``redis_url`` "": the job's)."""
+    from pipelines.stream_job import compact, status
+
+    ws = Workspace(Path(workspace))
+    url = redis_url or status(ws, name).get("redis_url")
+    if not url:
+        raise ValueError(f"no redis_url given and no streaming job {name!r} was started")
+    return json.dumps(compact(ws, url, index, gates, min_records), default=str)
