@@ -204,14 +204,16 @@ class Sinks:
         sink = f"slot:{slot}"
         vectors = vectors_by_id(rows[0]) if rows else {}
         ups = [e for e in events if e.kind in UPSERTS and e.entity_id in vectors]
-        ups = self.applied.newer(sink, ups)
-        closed = self.applied.newer(sink, [e for e in events if e.kind == "job_closed"])
-        live = self._slot(slot) if ups or closed else None
-        if live is not None and ups:
+        closed = [e for e in events if e.kind == "job_closed"]
+        if not ups and not closed:
+            return
+        live = self._slot(slot)  # a compacted slot is handed over first: its ranks count here
+        ups, closed = self.applied.newer(sink, ups), self.applied.newer(sink, closed)
+        if ups:
             frame = pd.DataFrame([{c: (e.record or {}).get(c) for c in SLOT_COLUMNS} for e in ups])
             frame["posted_at"] = pd.to_datetime(frame["posted_at"], utc=True)
             live.upsert(frame, np.stack([vectors[e.entity_id] for e in ups]))
-        if live is not None and closed:
+        if closed:
             live.delete([e.entity_id for e in closed])
         self.applied.mark(sink, ups + closed)
 

@@ -66,6 +66,9 @@ class StreamJob:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def kill(self) -> None:
         """SIGKILL, by this job's PID (a crash: nothing is flushed or closed)."""
         self.proc.kill()
@@ -91,16 +94,35 @@ def acked(client: redis.Redis) -> tuple[int, int]:
     return length, read - int(group["pending"])
 
 
-def wait_drained(client: redis.Redis, job: StreamJob, timeout: float = DRAIN_TIMEOUT_S) -> None:
+def wait_drained(
+    client: redis.Redis, job: StreamJob | Launched, timeout: float = DRAIN_TIMEOUT_S
+) -> None:
     """Until every entry was read and acknowledged (fails with the job's output)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         length, done = acked(client)
         if length and done >= length:
             return
-        assert job.proc.poll() is None, f"the streaming job exited:\n{job.output()}"
+        assert job.alive(), f"the streaming job exited:\n{job.output()}"
         time.sleep(0.2)
     raise AssertionError(f"not drained: {acked(client)} after {timeout} s\n{job.output()}")
+
+
+class Launched:
+    """A job ``pipelines.stream_job.start`` launched (through Flyte or directly)."""
+
+    def __init__(self, ws: Path, name: str = "embedder") -> None:
+        self.ws, self.name = ws, name
+
+    def alive(self) -> bool:
+        from ebr.config import Workspace
+        from pipelines.stream_job import status
+
+        return bool(status(Workspace(self.ws), self.name)["running"])
+
+    def output(self) -> str:
+        log = self.ws / "stream" / "jobs" / f"{self.name}.log"
+        return log.read_text(errors="replace")[-4000:] if log.is_file() else ""
 
 
 def release_slot(ws: Path, release_id: str | None = None) -> LiveSlot:

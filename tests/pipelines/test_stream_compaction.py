@@ -1,0 +1,114 @@
+"""The streaming job driven through Flyte (``pyflyte run workflows/streaming.py``): started,
+its slot compacted while it streams (a new gated release replaces the live one), stopped. The
+compacted release holds every change: those folded into its snapshot and those that arrived
+after, which the job writes to the new slot's log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ebr.config import Workspace
+from ebr.index.live.slot import open_live
+from ebr.release.record import read_record
+from ebr.release.state import read_state, rollback_target
+from ebr.stream.events import encode
+from pipelines.broker import Broker, RedisServer
+from tests.pipelines.streaming import (
+    REPO,
+    Launched,
+    copy_workspace,
+    job_record,
+    live_jobs,
+    now,
+    release_slot,
+    wait_drained,
+)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pyflyte(*args: str) -> str:
+    cmd = [str(Path(sys.executable).with_name("pyflyte")), "run", "workflows/streaming.py", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def test_flyte_starts_compacts_and_stops_the_streaming_job(
+    platform_ws: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    ws = copy_workspace(platform_ws, tmp_path / "ws")
+    w = Workspace(ws)
+    jobs = Path(ws / "data" / "jobs.parquet")
+    import pandas as pd
+
+    table = pd.read_parquet(jobs)
+    ids = table["job_id"].astype(int).tolist()
+    broker = Broker(redis_server.url, "producer")
+    t, titles = now(), {}
+    for i, jid in enumerate(ids[:20]):
+        titles[jid] = f"Before {i}"
+        broker.produce(encode("job_updated", jid, t, job_record(table, jid, title=titles[jid])))
+    for i in range(5):
+        titles[5_000_000 + i] = f"Posted {i}"
+        rec = job_record(table, ids[0], job_id=5_000_000 + i, title=titles[5_000_000 + i])
+        broker.produce(encode("job_posted", 5_000_000 + i, t, rec))
+    closed = set(ids[50:53])
+    for jid in closed:
+        broker.produce(encode("job_closed", jid, t))
+
+    pyflyte("start_streaming", "--workspace", str(ws), "--redis_url", redis_server.url)
+    job = Launched(ws)
+    try:
+        wait_drained(broker.client, job)
+        old = read_state(w)["live"]
+        pyflyte("compact_slots", "--workspace", str(ws), "--redis_url", redis_server.url)
+        state = read_state(w)
+        new = state["live"]
+        assert new != old and state["releases"][old]["state"] == "retired"
+        with pytest.raises(ValueError, match="nothing to roll back"):
+            rollback_target(state)  # the compacted-away release is retired: no rollback to it
+        # After the compaction: more changes, to folded jobs and to new ones.
+        t2, after = now(), set()
+        for i, jid in enumerate([*ids[:5], 5_000_000]):
+            titles[jid] = f"After {i}"
+            after.add(jid)
+            rec = job_record(table, ids[0], job_id=jid, title=titles[jid])
+            broker.produce(encode("job_updated", jid, t2, rec))
+        titles[5_000_100] = "Posted later"
+        rec = job_record(table, ids[0], job_id=5_000_100, title="Posted later")
+        broker.produce(encode("job_posted", 5_000_100, t2, rec))
+        after.add(5_000_100)
+        closed.add(5_000_001)
+        broker.produce(encode("job_closed", 5_000_001, t2))
+        after.add(5_000_001)
+        wait_drained(broker.client, job)
+    finally:
+        out = pyflyte("stop_streaming", "--workspace", str(ws))
+    assert not job.alive(), out
+
+    new_slot = read_record(w, new)["slot"]["name"]
+    served = live_jobs(release_slot(ws, new))
+    for jid, title in titles.items():
+        if jid not in closed:
+            assert served[jid][1]["title"] == title, jid
+    assert not closed & served.keys()
+    live = open_live(w.slots / new_slot, writable=False)
+    snapshot = set(live.snapshot.job_ids.tolist())
+    assert {5_000_000, 5_000_002} <= snapshot  # folded into the new snapshot
+    delta, _, _ = live.delta()
+    assert set(delta.tolist()) <= after  # its log holds only what came after the compaction
