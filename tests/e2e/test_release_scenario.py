@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,22 +38,11 @@ from ebr.release.gates import ReleaseRefused
 from ebr.release.provision import provision
 from ebr.release.record import new_release_id, read_record, write_record
 from tests.conftest import REPO, _free_port
+from tests.workspaces import copy_workspace
 
 pytestmark = pytest.mark.slow
 TOKEN = "scenario-admin-token"
 READY_S = 180.0
-
-
-def _copy_workspace(platform_ws: Path, root: Path) -> Workspace:
-    """A private copy of the built platform with a fresh Feast registry and online store (the
-    registry records the sqlite path absolutely: a copied one would write the original's)."""
-    from feature_repo.store import publish
-
-    shutil.copytree(platform_ws, root, ignore=shutil.ignore_patterns("serving-log"))
-    for name in ("registry.db", "online.db"):
-        (root / "feature_repo" / "data" / name).unlink()
-    publish(root, "v1")
-    return Workspace(root)
 
 
 def _provision_v2(ws: Workspace) -> str:
@@ -160,7 +148,7 @@ def test_release_n_and_n_plus_1_serve_side_by_side_promote_and_roll_back(
 ) -> None:
     from tasks.platform import train_member_interest
 
-    ws = _copy_workspace(platform_ws, tmp_path / "ws")
+    ws = copy_workspace(platform_ws, tmp_path / "ws")
     n = st.read_state(ws)["live"]
     assert read_record(ws, n)["member_interest"]["version"] == "v1"
 

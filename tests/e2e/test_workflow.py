@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,6 +18,7 @@ from ebr.index.query.slot import load_slot
 from ebr.release.record import read_record
 from ebr.release.state import read_state
 from tests.conftest import REPO, TINY_SIZE
+from tests.workspaces import copy_workspace
 
 pytestmark = pytest.mark.slow  # the whole platform, built and served
 
@@ -86,12 +86,7 @@ def test_nightly_reembed_builds_a_candidate_and_keeps_the_live_release(
 ) -> None:
     from workflows.platform import reembed
 
-    ws = tmp_path / "ws"
-    shutil.copytree(platform_ws, ws)
-    # Feast's registry records the sqlite online store by absolute path: a copied registry
-    # would make this publish rewrite the ORIGINAL workspace's tables. Start the copy fresh.
-    for f in ("registry.db", "online.db"):
-        (ws / "feature_repo" / "data" / f).unlink()
+    ws = copy_workspace(platform_ws, tmp_path / "ws", publish=False).root
     before = read_aliases(ws / "slots")["jobs@live"]
     flat = IndexConfig(kind="flat")
     after = reembed(config=ReembedConfig(workspace=str(ws), version="v1", index=flat))

@@ -5,7 +5,6 @@ acknowledged)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,15 +22,16 @@ from ebr.index.live.slot import LiveSlot, open_live
 from ebr.release.record import read_record
 from ebr.release.state import read_state
 from pipelines.broker import GROUP, STREAM
+from tests import workspaces
 
 REPO = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 180.0
 
 
 def copy_workspace(src: Path, dst: Path) -> Path:
-    """A private copy (the streaming job writes slot logs and Feast rows)."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("serving-log", "*.log"))
-    return dst
+    """A private copy, Feast online store included (the streaming job writes slot logs and
+    Feast rows)."""
+    return workspaces.copy_workspace(src, dst).root
 
 
 def plain(value: Any) -> Any:
