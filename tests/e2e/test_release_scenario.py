@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -37,12 +36,12 @@ from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused
 from ebr.release.provision import provision
 from ebr.release.record import new_release_id, read_record, write_record
-from tests.conftest import REPO, _free_port
+from tests.conftest import REPO
+from tests.serving_process import Server
 from tests.workspaces import copy_workspace
 
 pytestmark = pytest.mark.slow
 TOKEN = "scenario-admin-token"
-READY_S = 180.0
 
 
 def _provision_v2(ws: Workspace) -> str:
@@ -58,46 +57,6 @@ def _provision_v2(ws: Workspace) -> str:
     (rid,) = [r for r, e in state["releases"].items() if e["version"] == "v2"]
     assert state["releases"][rid]["state"] == "candidate" and rid in proc.stdout
     return rid
-
-
-class Server:
-    """``python -m serving.app`` on a workspace, in its own process (its own Ray)."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self.port = _free_port()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "EBR_ADMIN_TOKEN": TOKEN}
-        cmd = [sys.executable, "-m", "serving.app", "--workspace", str(ws.root),
-               "--port", str(self.port)]  # fmt: skip
-        self.log = open(ws.root / "serve.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60.0)
-        deadline = time.monotonic() + READY_S
-        while True:
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, (ws.root / "serve.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, "serving did not become ready"
-            time.sleep(1.0)
-
-    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        resp = self.client.request(method, path, json=body, headers=headers)
-        assert resp.status_code == 200, resp.text
-        return resp.json()  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.send_signal(signal.SIGTERM)  # the server's own PID: never a broad kill
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 class Load:
@@ -173,7 +132,7 @@ def test_release_n_and_n_plus_1_serve_side_by_side_promote_and_roll_back(
     assert "member_interest_v2" in record["features"]["views"]
     assert st.read_state(ws)["live"] == n
 
-    server = Server(ws)
+    server = Server(ws, TOKEN)
     try:
         members = pd.read_parquet(ws.data / "members.parquet")["member_id"].head(200).tolist()
         load = Load(server.client, [int(m) for m in members])
