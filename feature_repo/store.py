@@ -45,6 +45,7 @@ __all__ = [
     "PROFILE_FIELDS",
     "REFUSED_EXAMPLES",
     "check_profiles",
+    "copy_workspace",
     "job_embeddings",
     "member_embeddings",
     "member_interest",
@@ -290,3 +291,23 @@ def request_features(
             values[key] = None if vec is None else np.asarray(vec, dtype=np.float32)
         out[int(mid)] = values
     return out
+
+
+def copy_workspace(src: Path, dst: Path, publish_versions: bool = True) -> Workspace:
+    """A copy of workspace ``src`` at ``dst`` with its own Feast registry and online store.
+
+    Feast's registry records the sqlite online store by absolute path: a copied registry would
+    make every Feast write in the copy land in the ORIGINAL workspace's online store. So the
+    copy starts without them and, with ``publish_versions``, publishes each version ``src``
+    serves again (a staging copy, a benchmark's or a test's private workspace).
+    """
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("serving-log", "stream"))
+    for name in ("registry.db", "online.db"):
+        (Path(dst) / "feature_repo" / "data" / name).unlink(missing_ok=True)
+    ws = Workspace(Path(dst))
+    if publish_versions:
+        for version in sorted(served_versions(ws), key=lambda v: int(v[1:])):
+            publish(ws.root, version)
+    return ws

@@ -36,9 +36,9 @@ from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused
 from ebr.release.provision import provision
 from ebr.release.record import new_release_id, read_record, write_record
+from feature_repo.store import copy_workspace
 from tests.conftest import REPO
 from tests.serving_process import Server
-from tests.workspaces import copy_workspace
 
 pytestmark = pytest.mark.slow
 TOKEN = "scenario-admin-token"

@@ -17,8 +17,8 @@ from ebr.index.build.aliases import read_aliases, resolve_alias
 from ebr.index.query.slot import load_slot
 from ebr.release.record import read_record
 from ebr.release.state import read_state
+from feature_repo.store import copy_workspace
 from tests.conftest import REPO, TINY_SIZE
-from tests.workspaces import copy_workspace
 
 pytestmark = pytest.mark.slow  # the whole platform, built and served
 
@@ -86,7 +86,7 @@ def test_nightly_reembed_builds_a_candidate_and_keeps_the_live_release(
 ) -> None:
     from workflows.platform import reembed
 
-    ws = copy_workspace(platform_ws, tmp_path / "ws", publish=False).root
+    ws = copy_workspace(platform_ws, tmp_path / "ws", publish_versions=False).root
     before = read_aliases(ws / "slots")["jobs@live"]
     flat = IndexConfig(kind="flat")
     after = reembed(config=ReembedConfig(workspace=str(ws), version="v1", index=flat))

@@ -22,7 +22,6 @@ from ebr.index.live.slot import LiveSlot, open_live
 from ebr.release.record import read_record
 from ebr.release.state import read_state
 from pipelines.broker import GROUP, STREAM
-from tests import workspaces
 
 REPO = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 180.0
@@ -31,7 +30,9 @@ DRAIN_TIMEOUT_S = 180.0
 def copy_workspace(src: Path, dst: Path) -> Path:
     """A private copy, Feast online store included (the streaming job writes slot logs and
     Feast rows)."""
-    return workspaces.copy_workspace(src, dst).root
+    from feature_repo.store import copy_workspace as copy
+
+    return copy(src, dst).root
 
 
 def plain(value: Any) -> Any:

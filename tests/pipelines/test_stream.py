@@ -110,6 +110,8 @@ def test_every_event_kind_reaches_every_sink_and_bad_events_are_dead_lettered(
     assert closed not in served
     store = open_store(ws / "feature_repo")  # a fresh registry read
     assert member_profiles(store, [member])[member]["headline"] == "Marine biologist"
+    original = open_store(platform_ws / "feature_repo")  # the copy has its own online store
+    assert member_profiles(original, [member])[member]["headline"] != "Marine biologist"
     after = member_embeddings(store, [member], version)[member]
     assert after is not None and before is not None and not np.allclose(after, before)
     letters = {d["entry_id"]: d["reason"] for d in broker.dead_letters()}
