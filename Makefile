@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps recbole==1.2.1
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: setup
+demo: setup sysdeps
 	bash scripts/demo.sh $(DEMO_WS) $(DEMO_SIZE) $(PORT)
 
 serve: setup
@@ -39,6 +39,7 @@ serve: setup
 # Stops only the server the demo started (its PID file), never processes found by name.
 stop:
 	@bash scripts/stop.sh var/serve.pid
+	@[ ! -d $(DEMO_WS)/stream/jobs ] || PYTHONPATH=$(CURDIR) $(PY) -m pipelines.stream_job stop --workspace $(DEMO_WS) --stop-redis
 
 # redis-server backs the Redis online-store test (the test starts and stops its own server).
 sysdeps:

@@ -50,14 +50,17 @@ class Broker:
         """Append one event entry; returns its id (durable once Redis has fsynced its AOF)."""
         return self.client.xadd(self.stream, dict(fields)).decode()  # type: ignore[union-attr]
 
-    def read(self, count: int = 256, block_ms: int = 1000) -> list[tuple[str, dict[Any, Any]]]:
+    def read(
+        self, count: int = 256, block_ms: int | None = 1000
+    ) -> list[tuple[str, dict[Any, Any]]]:
         """Up to ``count`` entries for this consumer: first those other consumers left pending
-        too long (a crashed worker's), then new ones (waiting up to ``block_ms``)."""
+        too long (a crashed worker's), then new ones (waiting up to ``block_ms``; None: not
+        at all)."""
         _, claimed, _ = self.client.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
         )  # type: ignore[misc]
         entries = [(eid.decode(), fields) for eid, fields in claimed if fields]
-        if len(entries) < count:
+        if len(entries) < count and block_ms != 0:  # XREADGROUP BLOCK 0 waits forever
             got = self.client.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=count - len(entries),
                 block=block_ms,

@@ -54,6 +54,7 @@ from pipelines.stream_state import Applied, KnownJobs
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "DirectRunner"  # the local runner that runs an unbounded (streaming) pipeline
+DRAIN_POLLS = 16  # full reads one impulse may make while a backlog lasts
 FOREVER_S = 10 * 365 * 86400  # a long-running job's stop time; it runs until it is stopped
 
 
@@ -87,8 +88,9 @@ class Work(NamedTuple):
 
 
 class _Poll(beam.DoFn):
-    """impulse -> the entries of one read (this consumer's own pending ones first, after a
-    restart: what it had read but not acknowledged when it stopped)."""
+    """impulse -> the entries of each read, up to ``max_events`` per element (this consumer's
+    own pending ones first, after a restart: what it had read but not acknowledged when it
+    stopped)."""
 
     def __init__(self, opts: StreamOptions) -> None:
         self._opts = opts
@@ -98,16 +100,23 @@ class _Poll(beam.DoFn):
         self._recovered = False
 
     def process(self, _impulse: Any) -> Iterable[list[tuple[str, dict[str, str]]]]:
-        try:
-            entries = [] if self._recovered else self._broker.pending()
-            self._recovered = True
-            if len(entries) < self._opts.max_events:
-                entries += self._broker.read(self._opts.max_events - len(entries), block_ms=50)
-        except RedisError:  # Redis restarting: poll again at the next impulse
-            log.warning("could not read the stream (Redis down?); polling again")
-            return
-        if entries:
-            yield [(eid, {_text(k): _text(v) for k, v in f.items()}) for eid, f in entries]
+        # With a backlog, one impulse drains up to DRAIN_POLLS full reads (each its own
+        # element) within one poll interval: the impulse rate does not cap the throughput.
+        size, until = self._opts.max_events, time.monotonic() + self._opts.poll_interval_s
+        for poll in range(DRAIN_POLLS):
+            try:
+                if self._recovered:
+                    entries = self._broker.read(size, block_ms=50 if poll == 0 else None)
+                else:
+                    entries, self._recovered = self._broker.pending(), True
+            except RedisError:  # Redis restarting: poll again at the next impulse
+                log.warning("could not read the stream (Redis down?); polling again")
+                return
+            for i in range(0, len(entries), size):
+                yield [(eid, {_text(k): _text(v) for k, v in f.items()})
+                       for eid, f in entries[i : i + size]]  # fmt: skip
+            if len(entries) < size or time.monotonic() >= until:
+                return
 
 
 def _text(value: Any) -> str:

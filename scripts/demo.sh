@@ -14,12 +14,12 @@ make -s stop >/dev/null 2>&1 || true
 rm -rf "$WS"
 mkdir -p "$WS" var
 
-echo "== 1/3 Flyte workflow build_platform (size=$SIZE) -> $WS"
+echo "== 1/4 Flyte workflow build_platform (size=$SIZE) -> $WS"
 /usr/bin/time -v -o var/demo-build.time "$VENV/bin/pyflyte" run --overwrite-cache workflows/platform.py build_platform \
   --config "{\"workspace\": \"$WS\", \"data\": {\"n_jobs\": $SIZE}}"
 grep -E "Elapsed \(wall|Maximum resident" var/demo-build.time | sed 's/^\s*/   /'
 
-echo "== 2/3 Ray Serve on http://127.0.0.1:$PORT (log: var/serve.log)"
+echo "== 2/4 Ray Serve on http://127.0.0.1:$PORT (log: var/serve.log)"
 nohup "$VENV/bin/python" -m serving.app --workspace "$WS" --port "$PORT" >var/serve.log 2>&1 &
 echo $! >var/serve.pid
 for _ in $(seq 1 180); do
@@ -29,12 +29,19 @@ for _ in $(seq 1 180); do
 done
 curl -fsS "http://127.0.0.1:$PORT/healthz" && echo
 
-echo "== 3/3 sample searches"
+echo "== 3/4 sample searches"
 "$VENV/bin/python" scripts/sample_queries.py --workspace "$WS" --url "http://127.0.0.1:$PORT"
+
+echo "== 4/4 streaming: a loopback Redis + the Beam streaming job (log: $WS/stream/jobs/embedder.log)"
+"$VENV/bin/pyflyte" run workflows/streaming.py start_streaming --workspace "$WS"
+"$VENV/bin/python" scripts/stream_demo.py --workspace "$WS" --url "http://127.0.0.1:$PORT"
 
 cat <<MSG
 
-Ray Serve is running at http://127.0.0.1:$PORT (stop it with: make stop)
+Ray Serve is running at http://127.0.0.1:$PORT, and the streaming job over $WS
+(stop both with: make stop). Send more live traffic (the job's Redis URL: see
+$VENV/bin/python -m pipelines.stream_job status --workspace $WS):
+  $VENV/bin/python -m pipelines.produce --redis-url <its redis_url> --live $WS --seconds 30
   curl -s -X POST http://127.0.0.1:$PORT/v1/search -H 'content-type: application/json' \\
        -d '{"query": "software developer", "member_id": 1, "k": 5}'
   curl -s http://127.0.0.1:$PORT/v1/members/1/recommendations?k=5
