@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -46,14 +47,18 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from redis.exceptions import RedisError
 
 from ebr.config import Workspace
+from ebr.data.records import echo
 from ebr.release.targets import Target, write_targets
-from ebr.stream.events import Event, decode, latest
+from ebr.stream.events import BadEvent, Event, decode, latest
 from pipelines.broker import GROUP, STREAM, Broker
+from pipelines.deadletter import REASON_CHARS
 from pipelines.stream_sinks import Embedded, Sinks, embed_events
 from pipelines.stream_state import Applied, KnownJobs
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "DirectRunner"  # the local runner that runs an unbounded (streaming) pipeline
+# Failures of the stores, not of an event: the poll is retried whole, later.
+TRANSIENT = (RedisError, OSError, sqlite3.OperationalError)
 DRAIN_POLLS = 16  # full reads one impulse may make while a backlog lasts
 FOREVER_S = 10 * 365 * 86400  # a long-running job's stop time; it runs until it is stopped
 
@@ -202,15 +207,20 @@ class _Embed(beam.DoFn):
 
 
 class _Write(beam.DoFn):
-    """``Work`` -> its entry ids once every sink has its events; nothing when a sink failed
-    (the entries stay pending and are claimed again)."""
+    """``Work`` -> its entry ids once every sink has its events.
+
+    A failure of the stores themselves (Redis, the disk, the Feast database: ``TRANSIENT``)
+    leaves the whole poll pending, claimed again later. Any other failure is an event the sinks
+    cannot take: the poll's events are then written one by one, and each one that fails alone
+    goes to the dead-letter stream with the exception; the others are applied."""
 
     def __init__(self, opts: StreamOptions) -> None:
         self._opts = opts
 
     def setup(self) -> None:
         ws = Workspace(Path(self._opts.workspace))
-        self._sinks = Sinks(ws, self._opts.broker(), self._opts.feast_config)
+        self._broker = self._opts.broker()
+        self._sinks = Sinks(ws, self._broker, self._opts.feast_config)
         self._lock = threading.Lock()  # one poll at a time through the sinks
 
     def teardown(self) -> None:
@@ -220,12 +230,31 @@ class _Write(beam.DoFn):
         assert work.embedded is not None, "Embed runs first"
         with self._lock:
             try:
-                self._sinks.write(work.events, work.targets, work.embedded)
+                try:
+                    self._sinks.write(work.events, work.targets, work.embedded)
+                except TRANSIENT:
+                    raise
+                except Exception:
+                    log.exception("a poll failed its sinks; writing its events one by one")
+                    self._one_by_one(work)
                 self._sinks.applied.mark_seen(work.backfill)
-            except Exception:  # retried: the poll stays pending until it is claimed again
-                log.exception("a sink failed; %d entries stay pending", len(work.entry_ids))
+            except TRANSIENT:  # retried: the poll stays pending until it is claimed again
+                log.exception("a store failed; %d entries stay pending", len(work.entry_ids))
                 return
         yield work.entry_ids
+
+    def _one_by_one(self, work: Work) -> None:
+        assert work.embedded is not None, "Embed runs first"
+        bad = []
+        for event in work.events:
+            try:
+                self._sinks.write([event], work.targets, work.embedded)
+            except TRANSIENT:
+                raise
+            except Exception as err:  # this event, alone: dead-lettered with the reason
+                reason = f"sink failed: {type(err).__name__}: {err}"[:REASON_CHARS]
+                bad.append(BadEvent(event.entry_id, reason, echo(event.record)))
+        self._broker.dead_letter(bad, ack=False)
 
 
 class _Ack(beam.DoFn):

@@ -144,10 +144,20 @@ def compact(
     """Snapshot the streamed catalogue, then compact every serving release's slot."""
     from ebr.release.compaction import compact_serving
 
-    applied = Applied(redis.Redis.from_url(redis_url))
+    snapshot(ws, redis_url)
+    return compact_serving(ws, cfg, gates, min_records)
+
+
+def snapshot(ws: Workspace, redis_url: str | None = None, name: str = "embedder") -> bool:
+    """Write the streamed catalogue (``ebr.stream.catalog``) from ``redis_url`` (None: the
+    Redis of the job ``name`` when one was started); False when there is none to read."""
+    url = redis_url or status(ws, name).get("redis_url")
+    if not url:
+        return False
+    applied = Applied(redis.Redis.from_url(url))
     write_snapshot(ws, "jobs", applied.catalog("job"))
     write_snapshot(ws, "members", applied.catalog("member"))
-    return compact_serving(ws, cfg, gates, min_records)
+    return True
 
 
 WorkspaceOpt = Annotated[Path, typer.Option(help="workspace root")]

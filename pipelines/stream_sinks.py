@@ -211,7 +211,7 @@ class Sinks:
         ups, closed = self.applied.newer(sink, ups), self.applied.newer(sink, closed)
         if ups:
             frame = pd.DataFrame([{c: (e.record or {}).get(c) for c in SLOT_COLUMNS} for e in ups])
-            frame["posted_at"] = pd.to_datetime(frame["posted_at"], utc=True)
+            frame["posted_at"] = pd.to_datetime(frame["posted_at"], utc=True, format="ISO8601")
             live.upsert(frame, np.stack([vectors[e.entity_id] for e in ups]))
         if closed:
             live.delete([e.entity_id for e in closed])

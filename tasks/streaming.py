@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import redis
 from flytekit import Resources, task
 
 from ebr.config import GateConfig, IndexConfig, Workspace
@@ -43,3 +44,19 @@ def compact_stream_slots(
     if not url:
         raise ValueError(f"no redis_url given and no streaming job {name!r} was started")
     return json.dumps(compact(ws, url, index, gates, min_records), default=str)
+
+
+@task(requests=Resources(cpu="1", mem="2Gi"))
+def fold_streamed_changes(workspace: str) -> str:
+    """The catalogue tables with the streamed changes folded in, before a batch re-embed reads
+    them: a fresh snapshot from the streaming job's Redis when one was started, else the last
+    compaction's (``ebr.stream.catalog.fold_snapshot``); returns the counts."""
+    from ebr.stream.catalog import fold_snapshot
+    from pipelines.stream_job import snapshot
+
+    ws = Workspace(Path(workspace))
+    try:
+        snapshot(ws)
+    except redis.RedisError as err:  # the job's Redis is gone: the last snapshot it is
+        print(f"no fresh snapshot ({err}); folding the last compaction's")
+    return json.dumps(fold_snapshot(ws))

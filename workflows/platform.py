@@ -40,6 +40,7 @@ from tasks.platform import (
     train_two_tower,
 )
 from tasks.releases import record_release
+from tasks.streaming import fold_streamed_changes
 
 # The workflows' defaults (frozen: one shared instance each is safe).
 REEMBED_DEFAULTS = ReembedConfig()
@@ -63,20 +64,23 @@ def reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: Any
     """The re-embedding tasks, in order (both workflows compose them). ``config``: the
     workflow's config promise (a ``BuildConfig`` or ``ReembedConfig``: both have workspace,
     batch_size, history_holdout_days and index); ``version()`` gives the version's promise.
-    Each use reads an attribute afresh (flytekit cannot pass one attribute promise to two
-    tasks). Each step reads what the one before wrote
+    The streamed changes of the last compaction are folded into the catalogue tables first
+    (``ebr.stream.catalog.fold_snapshot``). Each use reads an attribute afresh (flytekit
+    cannot pass one attribute promise to two tasks). Each step reads what the one before wrote
     into the workspace (no task takes an input only to be ordered): interest embeddings ->
     catalogue embeddings (members joined with them) -> Feast tables -> the slot, which goes
     live only after the tables beside it. ``after``: a node the first step waits for (what
     wrote models/<v>)."""
+    folded = fold_streamed_changes(workspace=config.workspace)
     interest = embed_member_interest(
         workspace=config.workspace,
         version=version(),
         batch_size=config.batch_size,
         history_holdout_days=config.history_holdout_days,
     )
+    folded >> interest
     if after is not None:
-        after >> interest
+        after >> folded
     emb = embed_catalog(workspace=config.workspace, version=version(), batch_size=config.batch_size)
     repo = publish_features(workspace=config.workspace, version=version())
     slot = build_index_slot(

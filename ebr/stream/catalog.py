@@ -62,7 +62,7 @@ def overlay(table: pd.DataFrame, key: str, latest: Mapping[int, Mapping[str, Any
             rows[entity] = {**rows.get(entity, {}), **event["record"]}
     out = pd.DataFrame(list(rows.values()), columns=table.columns)
     if "posted_at" in out:
-        out["posted_at"] = pd.to_datetime(out["posted_at"], utc=True)
+        out["posted_at"] = pd.to_datetime(out["posted_at"], utc=True, format="ISO8601")
     return out.sort_values(key, kind="stable").reset_index(drop=True)
 
 
@@ -72,3 +72,17 @@ def current_jobs(ws: Workspace, columns: list[str] | None = None) -> pd.DataFram
     latest = read_snapshot(ws, "jobs")
     out = overlay(jobs, "job_id", latest) if latest else jobs
     return out if columns is None else out[columns]
+
+
+def fold_snapshot(ws: Workspace) -> dict[str, int]:
+    """Write the last compaction's streamed changes into ``data/{jobs,members}.parquet``
+    (atomically; idempotent: folding the same snapshot again changes nothing), so a batch
+    re-embed reads the catalogue as streamed. Returns the changed entities per table."""
+    out = {}
+    for table in ("jobs", "members"):
+        latest = read_snapshot(ws, table)
+        out[table] = len(latest)
+        if latest:
+            path = ws.data / f"{table}.parquet"
+            atomic_write_parquet(path, overlay(pd.read_parquet(path), KEYS[table], latest))
+    return out

@@ -176,7 +176,9 @@ def _refused_records(heads: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
             continue
         frame = pd.DataFrame([r for _, r in ok], index=range(len(ok)))
         if "posted_at" in frame:
-            frame["posted_at"] = pd.to_datetime(frame["posted_at"], utc=True, errors="coerce")
+            frame["posted_at"] = pd.to_datetime(
+                frame["posted_at"], utc=True, errors="coerce", format="ISO8601"
+            )
         _, rejected = check(frame, required=fields)
         for r in rejected:  # a repeated id within one read is no fault here: latest() decides
             if "repeats in the batch" not in r.reason:

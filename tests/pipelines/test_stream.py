@@ -299,3 +299,38 @@ def test_redis_restart_and_a_new_release_are_picked_up_without_restarting_the_jo
     # The candidate was built from the batch catalogue: the job brought it up to date with
     # what was streamed before (6_000_001) and wrote to it from then on (6_000_002).
     assert {6_000_001, 6_000_002} <= new.keys()
+
+
+def test_one_record_in_every_valid_json_form_is_applied(
+    platform_ws: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Valid values a producer may write differently (ISO times with and without fractions,
+    "Z" or an offset, whole numbers for float fields, a tuple-ish list) in one poll: none is
+    refused, and one event the sinks cannot take does not stop the others (dead-lettered)."""
+    ws = copy_workspace(platform_ws, tmp_path / "ws")
+    jobs, members = tables(ws)
+    broker = Broker(redis_server.url, "producer")
+    t, base = now(), int(jobs["job_id"].iloc[0])
+    forms = ["2026-09-05T22:50:04+00:00", "2026-09-05T22:50:04.123456+00:00",
+             "2026-09-05T22:50:04Z", "2026-09-05T22:50:04.5+02:00", "2026-09-05"]  # fmt: skip
+    posted = {}
+    for i, when in enumerate(forms):
+        jid = 2_000_000 + i
+        posted[jid] = job_record(jobs, base, job_id=jid, posted_at=when, lat=52, lon=13,
+                                 title=f"Form {i}")  # fmt: skip
+        broker.produce(encode("job_posted", jid, t, posted[jid]))
+    member = int(members["member_id"].iloc[2])
+    rec = profile_record(members, member, lat=45, lon=-75, max_commute_km=60)
+    broker.produce(encode("member_profile_updated", member, t, rec))
+    job = StreamJob(ws, redis_server.url, tmp_path / "stream.log")
+    try:
+        wait_drained(broker.client, job)
+    finally:
+        job.stop()
+    assert broker.dead_letters() == []
+    served = live_jobs(release_slot(ws))
+    for jid, rec in posted.items():
+        assert served[jid][1]["title"] == rec["title"]
+        assert served[jid][1]["posted_at"] == pd.to_datetime(rec["posted_at"], utc=True)
+    got = member_profiles(open_store(ws / "feature_repo"), [member])[member]
+    assert (got["lat"], got["max_commute_km"]) == (45.0, 60.0)
