@@ -3,6 +3,10 @@
 #   pyflyte --pkgs workflows package --image ebr-platform:latest -o flyte-package.tgz
 #   docker run -p 8000:8000 -v /data/ebr:/data/ebr ebr-platform:latest \
 #       python -m serving.app --workspace /data/ebr --host 0.0.0.0 --port 8000
+#   the streaming job (redis-server is in the image for a self-contained run; in production
+#   point --redis-url at a managed Redis):
+#   docker run -v /data/ebr:/data/ebr ebr-platform:latest \
+#       python -m pipelines.stream --workspace /data/ebr --redis-url redis://redis:6379/0
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 \
@@ -10,6 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 \
 WORKDIR /app
 
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential curl \
+    redis-server \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first (cached layer); CPU torch from the PyTorch CPU index keeps the image small.

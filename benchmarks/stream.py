@@ -16,7 +16,9 @@ streaming job in its own process (``python -m pipelines.stream``), on the 2 core
   5% profile changes; event times spread over the window) is
   in the stream when the job starts; seconds until every entry is acknowledged (``catch_up_s``,
   the job's start-up included), the start-up alone (first acknowledgement), and the sustained
-  events/s after it. Once with 1 serving release, once with 2.
+  events/s after it. Once with 1 serving release, once with 2, and once with 10% malformed
+  entries mixed in (not JSON, unknown kind, unknown job, missing and mistyped fields) plus ten
+  10 MB events: every one dead-lettered, the rest at what speed (``vs_clean``).
 - ``freshness``: the job and ``python -m serving.app`` run; a producer sends ``--rate``
   events/s; every second a probe job is posted and ``/v1/search`` (with a country filter) is
   polled every 50 ms until it returns the probe: event -> searchable seconds, p50/p95/p99
@@ -30,6 +32,7 @@ Writes ``benchmarks/results/stream.json`` and ``stream.png``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -50,7 +53,7 @@ from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.record import read_record
 from ebr.release.targets import write_targets
-from ebr.stream.events import encode
+from ebr.stream.events import FIELD, encode
 from ebr.stream.traffic import Traffic
 from feature_repo.store import copy_workspace
 from pipelines.broker import DEAD, STREAM, Broker, RedisServer, free_port
@@ -104,6 +107,32 @@ def make_events(ws: Workspace, n: int, span_s: float, seed: int) -> list[dict[st
     jobs = pd.read_parquet(ws.data / "jobs.parquet")
     members = pd.read_parquet(ws.data / "members.parquet")
     return Traffic(jobs, members, seed).backlog(n, span_s)
+
+
+def with_malformed(
+    entries: list[dict[str, str]], ws: Workspace, share: float, oversized: int
+) -> list[dict[str, str]]:
+    """``entries`` with ``share`` of malformed ones mixed in (not JSON, an unknown kind, an
+    update of a job never posted, a record without its fields, a mistyped field) plus
+    ``oversized`` events with a 10 MB description: what the job must dead-letter while the
+    rest keeps flowing."""
+    job = pd.read_parquet(ws.data / "jobs.parquet").iloc[0].to_dict()
+    when, jid = datetime.now(UTC), int(job["job_id"])
+    kinds = [
+        {FIELD: "{not json"},
+        {FIELD: json.dumps({"kind": "job_deleted", "id": jid})},
+        encode("job_updated", 99_999_999, when, job | {"job_id": 99_999_999}),
+        encode("job_updated", jid, when, {"job_id": jid, "title": "no other field"}),
+        encode("job_updated", jid, when, job | {"lat": "north"}),
+    ]
+    out, bad = list(entries), int(len(entries) * share)
+    rng = np.random.default_rng(3)
+    for i, at in enumerate(sorted(rng.integers(0, len(out), bad).tolist(), reverse=True)):
+        out.insert(at, kinds[i % len(kinds)])
+    huge = encode("job_updated", jid, when, job | {"description": "x" * 10_000_000})
+    for at in rng.integers(0, len(out), oversized).tolist():
+        out.insert(at, huge)
+    return out
 
 
 def produce(broker: Broker, entries: list[dict[str, str]]) -> None:
@@ -286,7 +315,9 @@ def batch_ratio(base: Path, batch_size: int) -> dict[str, Any]:
     return {"items": len(entries), "batch_size": batch_size,
             "batch_items_per_s": round(batch_rate, 1), "batch_s": round(batch_s, 2),
             "stream_items_per_s": stream["events_per_s"], "stream": stream,
-            "ratio": round(stream["events_per_s"] / batch_rate, 3)}  # fmt: skip
+            "ratio": round(stream["events_per_s"] / batch_rate, 3),
+            "ratio_including_startup": round(len(entries) / stream["catch_up_s"] / batch_rate, 3),
+            }  # fmt: skip
 
 
 def plot(results: dict[str, Any]) -> Any:
@@ -336,6 +367,13 @@ def main(
     results: dict[str, Any] = {"catch_up": {}}
     results["catch_up"]["one_release"] = catch_up(one, "catch-up-1", entries, batch_size)
     results["catch_up"]["two_releases"] = catch_up(two, "catch-up-2", entries, batch_size)
+    dirty = with_malformed(entries, Workspace(one), share=0.1, oversized=10)
+    bad = catch_up(one, "catch-up-bad", dirty, batch_size)
+    bad["malformed_in"] = len(dirty) - len(entries)
+    bad["vs_clean"] = round(
+        bad["events_per_s"] / results["catch_up"]["one_release"]["events_per_s"], 3
+    )
+    results["catch_up"]["one_release_malformed"] = bad
     print(results["catch_up"])
     results["freshness"] = freshness(one, rate, probe_seconds)
     print({k: v for k, v in results["freshness"].items() if k != "delays_s"})

@@ -116,7 +116,7 @@ class Sinks:
         self._feast_config = feast_config
         self._store: Any = None
         self._slots: dict[str, LiveSlot] = {}
-        self._successor: dict[str, str] = {}  # compacted slot -> the slot compacted from it
+        self._successor: dict[str, str] = {}  # a compacted-away slot -> the slot made from it
 
     def close(self) -> None:
         for live in self._slots.values():

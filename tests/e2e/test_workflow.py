@@ -127,13 +127,18 @@ def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -
         names = tar.getnames()
         lp = next(n for n in names if "nightly_reembed" in n)
         lp_bytes = tar.extractfile(lp).read()  # type: ignore[union-attr]
+        compaction = next(n for n in names if "compact_slots" in n and n.endswith(".pb")
+                          and "ebr.compact_slots" in n)  # fmt: skip
+        compaction_bytes = tar.extractfile(compaction).read()  # type: ignore[union-attr]
     entities = ["build_platform", "reembed", "nightly_reembed", "generate_marketplace"]
     entities += ["train_two_tower", "embed_catalog", "publish_features", "build_index_slot"]
     entities += ["evaluate_model", "record_release", "provision_release", "promote_release"]
     entities += ["rollback_release", "start_experiment", "stop_experiment", "retire_release"]
+    entities += ["start_streaming", "stop_streaming", "compact_slots", "fold_streamed_changes"]
     for entity in entities:
         assert any(entity in n for n in names), f"{entity} missing from {names}"
     assert b"0 2 * * *" in lp_bytes  # the cron schedule is in the serialized launch plan
+    assert b"15 * * * *" in compaction_bytes  # hourly compaction of the streamed slots
 
 
 def test_each_step_runs_after_the_one_whose_files_it_reads() -> None:
@@ -146,6 +151,7 @@ def test_each_step_runs_after_the_one_whose_files_it_reads() -> None:
         return {name[n.id]: {name[u.id] for u in n.upstream_nodes} for n in nodes}
 
     steps = upstream(reembed)
+    assert "fold_streamed_changes" in steps["embed_member_interest"]
     assert "embed_member_interest" in steps["embed_catalog"]
     assert "embed_catalog" in steps["publish_features"]
     assert "publish_features" in steps["build_index_slot"]
