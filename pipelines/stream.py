@@ -4,7 +4,7 @@
         [--consumer embedder-1] [--poll-interval-s 0.25] [--run-for-s 600]
 
 Reads change events (``ebr.stream.events``) from the Redis stream's consumer group and, for
-every release not retired (``ebr.stream.targets``: live, experiment arms, standby and
+every release not retired (``ebr.release.targets``: live, experiment arms, standby and
 candidates, re-read whenever ``releases/state.json`` changes, no restart):
 
 - job posted / updated: embeds the job with the release's item tower, appends an upsert to the
@@ -16,16 +16,22 @@ candidates, re-read whenever ``releases/state.json`` changes, no restart):
 Shape: ``PeriodicImpulse -> Poll -> Decode -> Embed -> Write -> Ack``. One element is one poll
 of the stream (up to ``--max-events`` entries) and stays whole from source to acknowledgement,
 so an entry is acknowledged only after every sink has it, without a barrier across elements.
-The impulse-driven poll is the unbounded source that emits incrementally on the local runner
-(STACK.md; measured: an element reaches the last stage within the same impulse); a streaming
-GroupByKey would hold output until its window closes. Embedding runs the batch pipeline's
-three steps (``pipelines.towers.Tower``: featurize, one forward pass, output check) on the
-poll's records per model version, so stream and batch rows are the same.
+Why, as measured on the local DirectRunner (2 cores, Beam 2.77): the impulse-driven poll emits
+incrementally (each poll reaches Ack within the same impulse); a fan-out per release re-joined
+by a windowed GroupByKey before the acknowledgement would hold every group until the job stops
+(FixedWindows(1 s) over a 6 s impulse: all groups came out at 6.0 s); a processing-time trigger
+(``Repeatedly(AfterProcessingTime(1))``) fails on this runner (its trigger has no clock);
+``fileio.MatchContinuously`` polls once with its defaults (STACK.md). One read per impulse
+capped a backlog at ~1,350 events/s (0.25 s impulses, 256 entries a read), so while a backlog
+lasts one impulse drains up to ``DRAIN_POLLS`` reads (~3,000 events/s). Embedding runs the
+batch pipeline's three steps (``pipelines.towers.Tower``: featurize, one forward pass, output
+check) on the poll's records per model version, so stream and batch rows are the same.
 
 Delivery is at-least-once with idempotent sinks (``pipelines.stream_state.Applied``: last event
-time wins per entity and sink). A sink that fails leaves its poll unacknowledged: the entries
-are claimed again after ``--claim-idle-ms``. Bad events and records the towers refuse go to the
-dead-letter stream with their reason; the rest flow. Production: the same pipeline on Flink or
+time wins per entity and sink). A failing store (Redis, the disk, the Feast database) leaves
+its poll unacknowledged: the entries are claimed again after ``--claim-idle-ms``. Bad events,
+records the towers refuse and events the sinks cannot take go to the dead-letter stream with
+their reason; the rest flow. Production: the same pipeline on Flink or
 Dataflow (``--runner``), Kafka or Pub/Sub through Beam's own IO connectors as the source.
 """
 

@@ -160,9 +160,9 @@ def decode(entries: Iterable[tuple[Any, Mapping[Any, Any]]]) -> tuple[list[Event
 def _refused_records(heads: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
     """entry id -> why its record breaks the contract, for job and profile records."""
     out: dict[str, str] = {}
-    for kinds, fields, check in (
-        (("job_posted", "job_updated"), JOB_FIELDS, check_jobs),
-        (("member_profile_updated",), ("member_id", *PROFILE_FIELDS), check_members),
+    for kinds, fields, check, key in (
+        (("job_posted", "job_updated"), JOB_FIELDS, check_jobs, "job_id"),
+        (("member_profile_updated",), ("member_id", *PROFILE_FIELDS), check_members, "member_id"),
     ):
         rows = [(eid, b["record"]) for eid, b in heads if b["kind"] in kinds]
         if not rows:
@@ -175,14 +175,19 @@ def _refused_records(heads: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
         if not ok:
             continue
         frame = pd.DataFrame([r for _, r in ok], index=range(len(ok)))
+        # The ids were checked with the event (``_header``). Several events of one entity in a
+        # read are no fault (``latest`` decides), and a repeated id must not hide the record's
+        # other problems from the check: it sees each record under an id of its own.
+        frame[key] = range(len(frame))
         if "posted_at" in frame:
-            frame["posted_at"] = pd.to_datetime(
-                frame["posted_at"], utc=True, errors="coerce", format="ISO8601"
-            )
+            given = frame["posted_at"]
+            frame["posted_at"] = pd.to_datetime(given, utc=True, errors="coerce", format="ISO8601")
+            for row in (frame["posted_at"].isna() & given.notna()).to_numpy().nonzero()[0]:
+                why = f"record.posted_at: not an ISO-8601 time, got {echo(given.iloc[row])}"
+                out[ok[row][0]] = why
         _, rejected = check(frame, required=fields)
-        for r in rejected:  # a repeated id within one read is no fault here: latest() decides
-            if "repeats in the batch" not in r.reason:
-                out.setdefault(ok[r.row][0], f"record.{r.field}: {r.reason}")
+        for r in rejected:
+            out.setdefault(ok[r.row][0], f"record.{r.field}: {r.reason}")
     return out
 
 

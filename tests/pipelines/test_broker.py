@@ -161,3 +161,36 @@ def test_the_producer_command_appends_each_line(server: RedisServer, tmp_path: P
     assert json.loads(out.stdout)["appended"] == 4  # appended as is; the job dead-letters
     events, bad = decode(Broker(server.url, "w").read(count=10, block_ms=100))
     assert [e.entity_id for e in events] == [0, 1, 2] and "not JSON" in bad[0].reason
+
+
+PROFILE = {f: None for f in PROFILE_FIELDS} | {"headline": "nurse", "skills": ["care"]}
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (encode("job_updated", 5, T0, job(5, lat="north")), "record.lat"),
+        (encode("job_updated", 5, T0, job(5, remote="yes")), "record.remote"),
+        (encode("job_updated", 5, T0, job(5, posted_at="yesterday")), "not an ISO-8601 time"),
+        (encode("job_updated", 5, T0, job(5, title=None)), "record.title"),
+        (encode("member_profile_updated", 5, T0, PROFILE | {"lat": "x"}), "record.lat"),
+    ],
+)
+def test_a_bad_record_is_found_when_its_entity_has_other_events_in_the_read(
+    bad: dict[str, str], reason: str
+) -> None:
+    """Several events of one job or member in one read are no fault, and must not hide a
+    record's own problem from the contract check."""
+    kind = "job" if "job_" in bad[FIELD][:30] else "member"
+    good = (
+        encode("job_updated", 5, T0, job(5)) if kind == "job"
+        else encode("member_profile_updated", 5, T0, PROFILE)
+    )  # fmt: skip
+    later = T0 + timedelta(minutes=1)
+    newer = (
+        encode("job_updated", 5, later, job(5, title="Lead")) if kind == "job"
+        else encode("member_profile_updated", 5, later, PROFILE)
+    )  # fmt: skip
+    events, refused = decode([("1-0", good), ("2-0", bad), ("3-0", newer)])
+    assert [e.entry_id for e in events] == ["1-0", "3-0"]
+    assert [b.entry_id for b in refused] == ["2-0"] and reason in refused[0].reason, refused
