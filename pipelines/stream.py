@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "DirectRunner"  # the local runner that runs an unbounded (streaming) pipeline
 # Failures of the stores, not of an event: the poll is retried whole, later.
 TRANSIENT = (RedisError, OSError, sqlite3.OperationalError)
+BACKFILL_RETRY_S = 60.0  # a release still not brought up to date after this gets another
 DRAIN_POLLS = 16  # full reads one impulse may make while a backlog lasts
 FOREVER_S = 10 * 365 * 86400  # a long-running job's stop time; it runs until it is stopped
 
@@ -191,12 +192,17 @@ class _Embed(beam.DoFn):
         self._targets = _Targets(self._ws)
         self._applied = Applied(self._opts.broker().client)
         self._cache: dict[Any, Any] = {}
+        self._issued: dict[str, float] = {}  # release -> when its backfill was sent on
 
     def process(self, work: Work) -> Iterable[Work]:
         try:
             targets = self._targets.current()
-            new = self._applied.unseen([t.release_id for t in targets])
+            unseen = self._applied.unseen([t.release_id for t in targets])
+            now = time.monotonic()  # one backfill in flight per release (again if it failed)
+            late = [r for r in unseen if now - self._issued.get(r, now) >= BACKFILL_RETRY_S]
+            new = [r for r in unseen if r not in self._issued] + late
             if new:
+                self._issued.update(dict.fromkeys(new, now))
                 yield self._backfill(tuple(t for t in targets if t.release_id in new))
             embedded = embed_events(self._ws, work.events, targets, self._cache)
         except Exception:  # retried as a failed sink is: the poll stays pending
