@@ -32,7 +32,8 @@ time wins per entity and sink). A failing store (Redis, the disk, the Feast data
 its poll unacknowledged: the entries are claimed again after ``--claim-idle-ms``. Bad events,
 records the towers refuse and events the sinks cannot take go to the dead-letter stream with
 their reason; the rest flow. Production: the same pipeline on Flink or
-Dataflow (``--runner``), Kafka or Pub/Sub through Beam's own IO connectors as the source.
+Dataflow (``--runner``), Kafka or Pub/Sub through Beam's own IO connectors as the source
+(``--source kafka|pubsub --source-config JSON``: ``pipelines.stream_sources``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from ebr.stream.events import BadEvent, Event, decode, latest
 from pipelines.broker import GROUP, STREAM, Broker
 from pipelines.deadletter import REASON_CHARS
 from pipelines.stream_sinks import Embedded, Sinks, embed_events
+from pipelines.stream_sources import SOURCES, ReadEntries, source_config
 from pipelines.stream_state import Applied, KnownJobs
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ class StreamOptions:
     max_events: int = 512  # entries per poll: one element, one forward pass per model
     claim_idle_ms: int = 30_000  # entries pending this long are claimed again (a failed poll)
     feast_config: str = "feature_store.yaml"
+    source: str = "redis"  # or kafka / pubsub (pipelines.stream_sources); Redis keeps the state
+    source_config: str = ""  # JSON: what the kafka or pubsub source reads
 
     def broker(self) -> Broker:
         return Broker(self.redis_url, self.consumer, stream=self.stream, group=self.group,
@@ -286,20 +290,25 @@ class _Ack(beam.DoFn):
 def build(pipeline: beam.Pipeline, opts: StreamOptions, run_for_s: float | None) -> None:
     """The streaming graph on ``pipeline``; it runs ``run_for_s`` seconds (None: until it is
     stopped)."""
-    start = time.time()
-    stop = start + (run_for_s if run_for_s is not None else FOREVER_S)
-    _ = (
-        pipeline
-        | "Impulse"
-        >> PeriodicImpulse(
+    if opts.source == "redis":
+        start = time.time()
+        stop = start + (run_for_s if run_for_s is not None else FOREVER_S)
+        impulse = PeriodicImpulse(
             start_timestamp=start, stop_timestamp=stop, fire_interval=opts.poll_interval_s
         )
-        | "Poll" >> beam.ParDo(_Poll(opts))
+        entries = pipeline | "Impulse" >> impulse | "Poll" >> beam.ParDo(_Poll(opts))
+    else:  # the runner acknowledges (commits offsets) as the source's connector does
+        config = source_config(opts.source, opts.source_config)
+        entries = pipeline | "Read" >> ReadEntries(opts.source, config, opts.group,
+                                                   opts.max_events)  # fmt: skip
+    written = (
+        entries
         | "Decode" >> beam.ParDo(_Decode(opts))
         | "Embed" >> beam.ParDo(_Embed(opts))
         | "Write" >> beam.ParDo(_Write(opts))
-        | "Ack" >> beam.ParDo(_Ack(opts))
     )
+    if opts.source == "redis":
+        _ = written | "Ack" >> beam.ParDo(_Ack(opts))
 
 
 def run_stream(
@@ -308,6 +317,7 @@ def run_stream(
     """Run the streaming job (blocks until ``run_for_s`` passed or the process is stopped)."""
     if opts.poll_interval_s <= 0 or opts.max_events < 1:
         raise ValueError("poll_interval_s must be > 0 and max_events >= 1")
+    source_config(opts.source, opts.source_config)  # a bad source fails before Beam starts
     Workspace(Path(opts.workspace))
     options = list(runner_options or [])
     if not any(o.startswith("--runner") for o in options):
@@ -326,13 +336,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-events", type=int, default=StreamOptions.max_events)
     p.add_argument("--claim-idle-ms", type=int, default=StreamOptions.claim_idle_ms)
     p.add_argument("--feast-config", default=StreamOptions.feast_config)
+    p.add_argument("--source", default="redis", choices=SOURCES, help="where events come from")
+    p.add_argument("--source-config", default="", help="kafka / pubsub: JSON (stream_sources)")
     p.add_argument("--run-for-s", type=float, default=None, help="stop after (default: never)")
     args, beam_args = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     opts = StreamOptions(
         args.workspace, args.redis_url, args.consumer, poll_interval_s=args.poll_interval_s,
         max_events=args.max_events, claim_idle_ms=args.claim_idle_ms,
-        feast_config=args.feast_config,
+        feast_config=args.feast_config, source=args.source, source_config=args.source_config,
     )  # fmt: skip
     run_stream(opts, args.run_for_s, beam_args)
 
