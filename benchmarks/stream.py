@@ -57,6 +57,7 @@ from ebr.release.record import read_record
 from ebr.release.targets import write_targets
 from ebr.stream.events import FIELD, encode
 from ebr.stream.traffic import Traffic
+from ebr.versions import version_paths
 from feature_repo.store import copy_workspace
 from pipelines.broker import DEAD, STREAM, Broker, RedisServer, free_port
 
@@ -308,7 +309,8 @@ def batch_ratio(base: Path, batch_size: int) -> dict[str, Any]:
     out = run_dir("batch") / "out"
     out.mkdir()
     t0 = time.perf_counter()
-    n_batch = beam_jobs(ws.data / "jobs.parquet", ws.models / version, batch_size, out)
+    model = version_paths(ws, version).model
+    n_batch = beam_jobs(ws.data / "jobs.parquet", model, batch_size, out)
     batch_s = time.perf_counter() - t0
     jobs = pd.read_parquet(ws.data / "jobs.parquet").to_dict("records")
     when = datetime.now(UTC)

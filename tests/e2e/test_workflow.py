@@ -156,8 +156,10 @@ def test_each_step_runs_after_the_one_whose_files_it_reads() -> None:
     assert "embed_catalog" in steps["publish_features"]
     assert "publish_features" in steps["build_index_slot"]
     build = upstream(build_platform)
-    # Re-embedding (its first step) waits for the model training wrote; the rest follow it.
-    assert "train_two_tower" in build["embed_member_interest"]
+    # Re-embedding (its first step folds the streamed changes into the catalogue) waits for the
+    # model training wrote; the rest follow it.
+    assert "train_two_tower" in build["fold_streamed_changes"]
+    assert "fold_streamed_changes" in build["embed_member_interest"]
     assert "embed_member_interest" in build["embed_catalog"]
     assert "publish_features" in build["build_index_slot"]
     assert "build_index_slot" in build["evaluate_model"]

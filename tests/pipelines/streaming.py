@@ -109,6 +109,15 @@ def wait_drained(
     raise AssertionError(f"not drained: {acked(client)} after {timeout} s\n{job.output()}")
 
 
+def stream_until_drained(ws: Path, client: redis.Redis, url: str, log: Path, *extra: str) -> None:
+    """Run the streaming job over ``ws`` until every entry is acknowledged, then stop it."""
+    job = StreamJob(ws, url, log, *extra)
+    try:
+        wait_drained(client, job)
+    finally:
+        job.stop()
+
+
 class Launched:
     """A job ``pipelines.stream_job.start`` launched (through Flyte or directly)."""
 
@@ -147,6 +156,14 @@ def live_jobs(live: LiveSlot) -> dict[int, tuple[np.ndarray, dict[str, Any]]]:
     for i, v, rec in zip(ids.tolist(), vecs, delta.to_dict("records"), strict=True):
         out[int(i)] = (v, rec)
     return out
+
+
+def live_version(ws: Path) -> str:
+    """The model version of the live release."""
+    from ebr.config import Workspace
+
+    state = read_state(Workspace(ws))
+    return str(state["releases"][state["live"]]["version"])
 
 
 def now() -> datetime:

@@ -6,7 +6,6 @@ is lost when Redis is killed (SIGKILL) and restarted."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,8 @@ def job(job_id: int, **changes: Any) -> dict[str, Any]:
     return {**record, **changes}
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path / "redis")
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-def test_events_round_trip_and_the_latest_event_wins(server: RedisServer) -> None:
-    broker = Broker(server.url, "worker-1")
+def test_events_round_trip_and_the_latest_event_wins(redis_server: RedisServer) -> None:
+    broker = Broker(redis_server.url, "worker-1")
     broker.produce(encode("job_posted", 7, T0, job(7)))
     broker.produce(
         encode("job_updated", 7, T0 + timedelta(minutes=5), job(7, title="Lead engineer"))
@@ -97,9 +87,9 @@ def test_events_round_trip_and_the_latest_event_wins(server: RedisServer) -> Non
     ],
 )
 def test_malformed_events_are_dead_lettered_with_their_reason(
-    server: RedisServer, fields: dict[str, str], reason: str
+    redis_server: RedisServer, fields: dict[str, str], reason: str
 ) -> None:
-    broker = Broker(server.url, "worker-1")
+    broker = Broker(redis_server.url, "worker-1")
     broker.produce(encode("job_posted", 1, T0, job(1)))
     broker.produce(fields)
     broker.produce(encode("job_closed", 2, T0))
@@ -113,11 +103,11 @@ def test_malformed_events_are_dead_lettered_with_their_reason(
     assert broker.pending() == []  # dead-lettered entries are acknowledged, not retried
 
 
-def test_unacknowledged_entries_go_to_another_consumer(server: RedisServer) -> None:
-    first = Broker(server.url, "worker-1", claim_idle_ms=50)
+def test_unacknowledged_entries_go_to_another_consumer(redis_server: RedisServer) -> None:
+    first = Broker(redis_server.url, "worker-1", claim_idle_ms=50)
     ids = [first.produce(encode("job_closed", i, T0)) for i in range(3)]
     assert [e for e, _ in first.read(count=3, block_ms=100)] == ids  # then it crashes
-    second = Broker(server.url, "worker-2", claim_idle_ms=50)
+    second = Broker(redis_server.url, "worker-2", claim_idle_ms=50)
     import time
 
     time.sleep(0.1)
@@ -126,20 +116,20 @@ def test_unacknowledged_entries_go_to_another_consumer(server: RedisServer) -> N
     assert sorted(ids, key=entry_order) == ids
 
 
-def test_nothing_acknowledged_is_lost_when_redis_is_killed(server: RedisServer) -> None:
-    broker = Broker(server.url, "worker-1")
+def test_nothing_acknowledged_is_lost_when_redis_is_killed(redis_server: RedisServer) -> None:
+    broker = Broker(redis_server.url, "worker-1")
     ids = [broker.produce(encode("job_closed", i, T0)) for i in range(5)]
     got = broker.read(count=3, block_ms=100)
     broker.ack([e for e, _ in got])
-    server.kill()  # SIGKILL: no shutdown save; only the fsynced append-only file remains
-    server.start()
-    broker = Broker(server.url, "worker-1")
+    redis_server.kill()  # SIGKILL: no shutdown save; only the fsynced append-only file remains
+    redis_server.start()
+    broker = Broker(redis_server.url, "worker-1")
     assert [e for e, _ in broker.pending()] == []  # the acknowledged 3 stay acknowledged
     rest = [e for e, _ in broker.read(count=10, block_ms=100)]
     assert rest == ids[3:]  # the 2 never read are still there, once
 
 
-def test_the_producer_command_appends_each_line(server: RedisServer, tmp_path: Path) -> None:
+def test_the_producer_command_appends_each_line(redis_server: RedisServer, tmp_path: Path) -> None:
     import subprocess
     import sys
 
@@ -153,13 +143,13 @@ def test_the_producer_command_appends_each_line(server: RedisServer, tmp_path: P
         "-m",
         "pipelines.produce",
         "--redis-url",
-        server.url,
+        redis_server.url,
         "--file",
         str(path),
     ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout)["appended"] == 4  # appended as is; the job dead-letters
-    events, bad = decode(Broker(server.url, "w").read(count=10, block_ms=100))
+    events, bad = decode(Broker(redis_server.url, "w").read(count=10, block_ms=100))
     assert [e.entity_id for e in events] == [0, 1, 2] and "not JSON" in bad[0].reason
 
 

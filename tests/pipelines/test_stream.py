@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ import pytest
 from ebr.config import IndexConfig, Workspace
 from ebr.release.provision import provision
 from ebr.release.slots import build_job_slot
-from ebr.release.state import read_state
 from ebr.stream.catalog import overlay
 from ebr.stream.events import FIELD, encode
 from feature_repo.store import member_embeddings, member_interest, member_profiles, open_store
@@ -33,22 +31,30 @@ from tests.pipelines.streaming import (
     copy_workspace,
     job_record,
     live_jobs,
+    live_version,
     now,
     profile_record,
     release_slot,
+    stream_until_drained,
     wait_drained,
 )
 
 ATOL = 1e-5  # stream vs batch vectors: the same code on the same records
 
 
+class Setup(NamedTuple):
+    ws: Path  # a private copy of the tiny platform
+    jobs: pd.DataFrame
+    members: pd.DataFrame
+    broker: Broker  # a producer on the test's own Redis
+    url: str
+
+
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
+def setup(platform_ws: Path, tmp_path: Path, redis_server: RedisServer) -> Setup:
+    ws = copy_workspace(platform_ws, tmp_path / "ws")
+    jobs, members = tables(ws)
+    return Setup(ws, jobs, members, Broker(redis_server.url, "producer"), redis_server.url)
 
 
 def tables(ws: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,13 +81,11 @@ def malformed(jobs: pd.DataFrame) -> dict[str, tuple[dict[str, str], str]]:
 
 
 def test_every_event_kind_reaches_every_sink_and_bad_events_are_dead_lettered(
-    platform_ws: Path, tmp_path: Path, redis_server: RedisServer
+    setup: Setup, platform_ws: Path, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    ws = copy_workspace(platform_ws, tmp_path / "ws")
-    jobs, members = tables(ws)
-    broker = Broker(redis_server.url, "producer")
+    ws, jobs, members, broker, _ = setup
     store = open_store(ws / "feature_repo")
-    version = read_state(Workspace(ws))["releases"][read_state(Workspace(ws))["live"]]["version"]
+    version = live_version(ws)
     [updated, closed], member = jobs["job_id"].iloc[[3, 4]].tolist(), int(members["member_id"][0])
     before = member_embeddings(store, [member], version)[member]
     t = now()
@@ -98,11 +102,7 @@ def test_every_event_kind_reaches_every_sink_and_bad_events_are_dead_lettered(
     # A late, older update never overwrites the newer one.
     stale = job_record(jobs, updated, title="Stale title")
     broker.produce(encode("job_updated", updated, t - timedelta(hours=1), stale))
-    job = StreamJob(ws, redis_server.url, tmp_path / "stream.log")
-    try:
-        wait_drained(broker.client, job)
-    finally:
-        job.stop()
+    stream_until_drained(ws, broker.client, redis_server.url, tmp_path / "stream.log")
 
     served = live_jobs(release_slot(ws))
     assert served[9_000_001][1]["title"] == "Underwater welder"
@@ -121,11 +121,9 @@ def test_every_event_kind_reaches_every_sink_and_bad_events_are_dead_lettered(
 
 
 def test_stream_result_equals_a_batch_re_embed_of_the_final_catalogue(
-    platform_ws: Path, tmp_path: Path, redis_server: RedisServer
+    setup: Setup, platform_ws: Path, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    ws = copy_workspace(platform_ws, tmp_path / "ws")
-    jobs, members = tables(ws)
-    broker = Broker(redis_server.url, "producer")
+    ws, jobs, members, broker, _ = setup
     rng = np.random.default_rng(3)
     t = now()
     picked = rng.choice(jobs["job_id"].to_numpy(), 40, replace=False).tolist()
@@ -140,11 +138,8 @@ def test_stream_result_equals_a_batch_re_embed_of_the_final_catalogue(
     for mid in members["member_id"].iloc[:15].tolist():
         rec = profile_record(members, mid, headline=f"Welder {mid}", seniority="senior")
         broker.produce(encode("member_profile_updated", mid, t, rec))
-    job = StreamJob(ws, redis_server.url, tmp_path / "stream.log", "--max-events", "16")
-    try:
-        wait_drained(broker.client, job)
-    finally:
-        job.stop()
+    log = tmp_path / "stream.log"
+    stream_until_drained(ws, broker.client, redis_server.url, log, "--max-events", "16")
 
     # The batch path over the final catalogue, in a second copy of the workspace.
     final = latest_catalog(broker.client)
@@ -155,7 +150,7 @@ def test_stream_result_equals_a_batch_re_embed_of_the_final_catalogue(
         batch_ws / "data" / "members.parquet", index=False
     )
     w = Workspace(batch_ws)
-    version = read_state(w)["releases"][read_state(w)["live"]]["version"]
+    version = live_version(w.root)
     meta = json.loads((w.models / version / "model.json").read_text())
     iv = meta["lineage"]["member_interest"]["version"]
     embed_interest(w, iv)
@@ -207,7 +202,7 @@ def _state(ws: Path, members: list[int]) -> dict[str, Any]:
     served = live_jobs(release_slot(ws))
     store = open_store(ws / "feature_repo")
     w = Workspace(ws)
-    version = read_state(w)["releases"][read_state(w)["live"]]["version"]
+    version = live_version(w.root)
     return {
         "jobs": served,
         "profiles": member_profiles(store, members),
@@ -226,11 +221,9 @@ def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
-    platform_ws: Path, tmp_path: Path, redis_server: RedisServer
+    setup: Setup, platform_ws: Path, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    ws = copy_workspace(platform_ws, tmp_path / "ws")
-    jobs, members = tables(ws)
-    broker = Broker(redis_server.url, "producer")
+    ws, jobs, members, broker, _ = setup
     _burst(broker, jobs, members, 160)
     total = broker.client.xlen("ebr:events")
     job = StreamJob(ws, redis_server.url, tmp_path / "stream.log", "--max-events", "8",
@@ -256,11 +249,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
         again = Broker(replay.url, "producer")
         for _, fields in broker.client.xrange("ebr:events"):
             again.produce({k.decode(): v.decode() for k, v in fields.items()})
-        job = StreamJob(clean_ws, replay.url, tmp_path / "clean.log")
-        try:
-            wait_drained(again.client, job)
-        finally:
-            job.stop()
+        stream_until_drained(clean_ws, again.client, replay.url, tmp_path / "clean.log")
     finally:
         replay.stop()
     _assert_same(got, _state(clean_ws, killed_ids))
@@ -271,11 +260,9 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
 
 
 def test_redis_restart_and_a_new_release_are_picked_up_without_restarting_the_job(
-    platform_ws: Path, tmp_path: Path, redis_server: RedisServer
+    setup: Setup, platform_ws: Path, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    ws = copy_workspace(platform_ws, tmp_path / "ws")
-    jobs, _ = tables(ws)
-    broker = Broker(redis_server.url, "producer")
+    ws, jobs, members, broker, _ = setup
     first = int(jobs["job_id"].iloc[0])
     posted = job_record(jobs, first, job_id=6_000_001)
     broker.produce(encode("job_posted", 6_000_001, now(), posted))
@@ -285,7 +272,7 @@ def test_redis_restart_and_a_new_release_are_picked_up_without_restarting_the_jo
         redis_server.kill()  # SIGKILL; its append-only file keeps what was acknowledged
         redis_server.start()
         w = Workspace(ws)
-        version = read_state(w)["releases"][read_state(w)["live"]]["version"]
+        version = live_version(w.root)
         built = build_job_slot(w, version, IndexConfig(), live="keep")
         candidate = provision(w, version, slot_name=built["slot"])["id"]
         broker.produce(
@@ -302,14 +289,12 @@ def test_redis_restart_and_a_new_release_are_picked_up_without_restarting_the_jo
 
 
 def test_one_record_in_every_valid_json_form_is_applied(
-    platform_ws: Path, tmp_path: Path, redis_server: RedisServer
+    setup: Setup, platform_ws: Path, tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """Valid values a producer may write differently (ISO times with and without fractions,
     "Z" or an offset, whole numbers for float fields, a tuple-ish list) in one poll: none is
     refused, and one event the sinks cannot take does not stop the others (dead-lettered)."""
-    ws = copy_workspace(platform_ws, tmp_path / "ws")
-    jobs, members = tables(ws)
-    broker = Broker(redis_server.url, "producer")
+    ws, jobs, members, broker, _ = setup
     t, base = now(), int(jobs["job_id"].iloc[0])
     forms = ["2026-09-05T22:50:04+00:00", "2026-09-05T22:50:04.123456+00:00",
              "2026-09-05T22:50:04Z", "2026-09-05T22:50:04.5+02:00", "2026-09-05"]  # fmt: skip
@@ -322,11 +307,7 @@ def test_one_record_in_every_valid_json_form_is_applied(
     member = int(members["member_id"].iloc[2])
     rec = profile_record(members, member, lat=45, lon=-75, max_commute_km=60)
     broker.produce(encode("member_profile_updated", member, t, rec))
-    job = StreamJob(ws, redis_server.url, tmp_path / "stream.log")
-    try:
-        wait_drained(broker.client, job)
-    finally:
-        job.stop()
+    stream_until_drained(ws, broker.client, redis_server.url, tmp_path / "stream.log")
     assert broker.dead_letters() == []
     served = live_jobs(release_slot(ws))
     for jid, rec in posted.items():
