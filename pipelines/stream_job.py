@@ -92,7 +92,7 @@ def start(
             redis_url, redis_pid = server.url, server.proc.pid
     log = ws.stream / "jobs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pipelines.stream", "--workspace", str(ws.root),
+    cmd = [sys.executable, "-m", "pipelines.stream", "--workspace", str(ws.root.resolve()),
            "--redis-url", redis_url, "--consumer", name, *(args or [])]  # fmt: skip
     path_env = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path_env}
