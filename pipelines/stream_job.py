@@ -10,8 +10,9 @@ so it outlives the caller, a Flyte task) and records a handle, ``stream/jobs/<na
 its PID, the Redis it reads and its log. Without ``--redis-url`` it also starts a Redis on
 loopback (append-only file in ``stream/redis/``) and records it. ``stop`` sends SIGTERM to the
 PID in the handle (SIGKILL after a grace period), after checking that the PID still runs the
-streaming job. ``compact`` snapshots the streamed catalogue (``ebr.stream.catalog``) and
-compacts every serving release's slot (``ebr.release.compaction``). On a cluster, the same
+streaming job. ``compact`` snapshots the streamed catalogue (``ebr.stream.catalog``),
+compacts every serving release's slot (``ebr.release.compaction``) and removes the slots that
+earlier compactions replaced once the job has handed them over (``sweep``). On a cluster, the same
 pipeline runs on Flink or Dataflow through ``--runner`` and its runner's own job control.
 """
 
@@ -140,12 +141,35 @@ def compact(
     cfg: IndexConfig | None = None,
     gates: GateConfig | None = None,
     min_records: int = 1,
-) -> list[dict[str, Any]]:
-    """Snapshot the streamed catalogue, then compact every serving release's slot."""
+) -> dict[str, Any]:
+    """Snapshot the streamed catalogue, compact every serving release's slot, then remove the
+    slots earlier compactions replaced and the job has handed over (``sweep``)."""
     from ebr.release.compaction import compact_serving
 
     snapshot(ws, redis_url)
-    return compact_serving(ws, cfg, gates, min_records)
+    releases = compact_serving(ws, cfg, gates, min_records)
+    return {"releases": releases, "swept_slots": sweep(ws, redis_url)}
+
+
+def sweep(ws: Workspace, redis_url: str) -> list[str]:
+    """Remove the slot and log of each release a compaction replaced once the streaming job
+    has handed its successor over (it copied the old log's tail and writes only the new one;
+    no request is routed to a retired release) and nothing else names it."""
+    from ebr.release.provision import remove_unused_slot
+    from ebr.release.record import read_record
+    from ebr.release.state import read_state
+
+    applied, removed = Applied(redis.Redis.from_url(redis_url)), []
+    for release_id, entry in read_state(ws)["releases"].items():
+        successor = entry.get("replaced_by")
+        if entry["state"] != "retired" or not successor:
+            continue
+        slot = read_record(ws, release_id)["slot"]["name"]
+        new_slot = read_record(ws, successor)["slot"]["name"]
+        if (ws.slots / slot).exists() and applied.handed_off(new_slot) is not None:
+            if remove_unused_slot(ws, release_id)[0]:
+                removed.append(slot)
+    return removed
 
 
 def snapshot(ws: Workspace, redis_url: str | None = None, name: str = "embedder") -> bool:

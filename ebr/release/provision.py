@@ -180,18 +180,27 @@ def retire(ws: Workspace, release_id: str, delete_slot: bool = True) -> dict[str
     """Retire ``release_id`` (neither live nor an arm); with ``delete_slot`` remove its slot
     (and live log) unless a release that is not retired, or a slot alias, still names it.
     Embedding tables and Feast views stay (other releases of the version may read them)."""
-    record = read_record(ws, release_id)
     event = st.retire(ws, release_id)
+    removed, kept_for = remove_unused_slot(ws, release_id) if delete_slot else (False, [])
+    slot = read_record(ws, release_id)["slot"]["name"]
+    return {**event, "slot": slot, "slot_removed": removed, "kept_for": kept_for}
+
+
+def remove_unused_slot(ws: Workspace, release_id: str) -> tuple[bool, list[str]]:
+    """Remove the slot (and live log) of retired ``release_id`` unless a release that is not
+    retired, or a slot alias, still names it; -> (removed, what still names it)."""
     state = st.read_state(ws)
-    slot = record["slot"]["name"]
+    if state["releases"].get(release_id, {}).get("state") != "retired":
+        raise ValueError(f"release {release_id} is not retired; its slot may still serve")
+    slot = read_record(ws, release_id)["slot"]["name"]
     named_by = [
         rid for rid in list_releases(ws)
         if rid != release_id and state["releases"].get(rid, {}).get("state") != "retired"
         and read_record(ws, rid)["slot"]["name"] == slot
     ]  # fmt: skip
     aliases = [a for a, target in read_aliases(ws.slots).items() if target == slot]
-    removed = delete_slot and not named_by and not aliases
-    if removed:
-        shutil.rmtree(ws.slots / slot, ignore_errors=True)
-        shutil.rmtree(log_dir_for(ws.slots / slot), ignore_errors=True)
-    return {**event, "slot": slot, "slot_removed": removed, "kept_for": named_by + aliases}
+    if named_by or aliases:
+        return False, named_by + aliases
+    shutil.rmtree(ws.slots / slot, ignore_errors=True)
+    shutil.rmtree(log_dir_for(ws.slots / slot), ignore_errors=True)
+    return True, []

@@ -1,7 +1,8 @@
 """The streaming job driven through Flyte (``pyflyte run workflows/streaming.py``): started,
 its slot compacted while it streams (a new gated release replaces the live one), stopped. The
 compacted release holds every change: those folded into its snapshot and those that arrived
-after, which the job writes to the new slot's log."""
+after, which the job writes to the new slot's log. The next compaction removes the old slot
+once the job has handed the new one over."""
 
 from __future__ import annotations
 
@@ -87,6 +88,13 @@ def test_flyte_starts_compacts_and_stops_the_streaming_job(
         broker.produce(encode("job_closed", 5_000_001, t2))
         after.add(5_000_001)
         wait_drained(broker.client, job)
+        # The job has written to the new slot (handed over): the next compaction sweeps the
+        # old slot away; the new one, just replaced again, stays until it is handed over too.
+        old_slot = read_record(w, old)["slot"]["name"]
+        assert (w.slots / old_slot).is_dir()
+        pyflyte("compact_slots", "--workspace", str(ws), "--redis_url", redis_server.url)
+        assert not (w.slots / old_slot).exists()
+        assert (w.slots / read_record(w, new)["slot"]["name"]).is_dir()
     finally:
         out = pyflyte("stop_streaming", "--workspace", str(ws))
     assert not job.alive(), out
