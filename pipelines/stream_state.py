@@ -3,6 +3,9 @@ its append-only file): the idempotency of at-least-once delivery.
 
     ebr:stream:applied:<sink>   hash  entity id -> rank of the last event that sink applied
     ebr:stream:catalog:<kind>   hash  entity id -> that event (kind, event_time, record)
+    ebr:stream:known:job        set   job ids posted on the stream (``KnownJobs``)
+    ebr:stream:releases         set   releases brought up to date with the catalog
+    ebr:stream:handoff:<slot>   str   the old log's last record copied into a compacted slot
 
 A sink writes only events ranked above what it applied (``ebr.stream.events.rank``: last event
 time wins, ties to the later entry), then records their ranks. A crash between the write and the
