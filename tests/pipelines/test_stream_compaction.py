@@ -110,3 +110,27 @@ def test_flyte_starts_compacts_and_stops_the_streaming_job(
     assert {5_000_000, 5_000_002} <= snapshot  # folded into the new snapshot
     delta, _, _ = live.delta()
     assert set(delta.tolist()) <= after  # its log holds only what came after the compaction
+
+
+def test_a_compaction_the_gates_refuse_leaves_the_release_serving(
+    platform_ws: Path, tmp_path: Path
+) -> None:
+    """A log that tombstoned an active job the catalogue still lists: the compacted slot would
+    not cover the catalogue, so the coverage gate refuses it; nothing changes."""
+    from ebr.index.live.slot import open_live
+    from ebr.release.compaction import compact_release
+
+    ws = copy_workspace(platform_ws, tmp_path / "ws")
+    w = Workspace(ws)
+    live_id = read_state(w)["live"]
+    slot = read_record(w, live_id)["slot"]["name"]
+    with open_live(w.slots / slot) as live:  # one logged tombstone: something to compact
+        items = live.snapshot.items
+        job_id = int(items.loc[items["active"].astype(bool), "job_id"].iloc[0])
+        live.delete([job_id])
+    before = sorted(p.name for p in w.slots.iterdir())
+    out = compact_release(w, live_id)
+    assert out["compacted"] is False and "coverage gate" in out["reason"], out
+    assert read_state(w)["live"] == live_id  # still serving
+    assert sorted(p.name for p in w.slots.iterdir()) == before  # the refused slot is gone
+    assert job_id not in live_jobs(release_slot(ws, live_id))  # the log still applies
