@@ -60,7 +60,7 @@ from ebr.stream.events import FIELD, encode
 from ebr.stream.traffic import Traffic
 from ebr.versions import version_paths
 from feature_repo.store import copy_workspace
-from pipelines.broker import DEAD, STREAM, Broker, RedisServer, free_port
+from pipelines.broker import DEAD, STREAM, Broker, RedisServer, free_port, progress
 
 NAME = "stream"
 ROOT = Path("var/bench-stream")
@@ -147,14 +147,6 @@ def produce(broker: Broker, entries: list[dict[str, str]]) -> None:
         pipe.execute()
 
 
-def acked(broker: Broker) -> tuple[int, int]:
-    length = int(broker.client.xlen(STREAM))
-    groups = broker.client.xinfo_groups(STREAM)
-    if not groups:
-        return length, 0
-    return length, int(groups[0].get("entries-read") or 0) - int(groups[0]["pending"])
-
-
 class Job:
     """``python -m pipelines.stream`` in its own process."""
 
@@ -195,7 +187,7 @@ def catch_up(
         first = None
         try:
             while True:
-                length, done = acked(broker)
+                length, done = progress(broker.client)
                 if done and first is None:
                     first = time.perf_counter()
                 if done >= length:
@@ -256,7 +248,7 @@ def freshness(base: Path, rate: float, seconds: float) -> dict[str, Any]:
         template = jobs.iloc[0].to_dict()
         produce(broker, [encode("job_updated", int(template["job_id"]), datetime.now(UTC),
                                 template)])  # fmt: skip
-        while acked(broker)[1] < 1:  # warm: models and Feast loaded
+        while progress(broker.client)[1] < 1:  # warm: models and Feast loaded
             time.sleep(0.2)
         producer = threading.Thread(target=steady)
         producer.start()

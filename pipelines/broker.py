@@ -95,6 +95,17 @@ class Broker:
                 for _, f in self.client.xrange(self.dead)]  # type: ignore[union-attr]  # fmt: skip
 
 
+def progress(client: redis.Redis, stream: str = STREAM, group: str = GROUP) -> tuple[int, int]:
+    """(entries in ``stream``, entries ``group`` has delivered and acknowledged): drained when
+    the two are equal."""
+    length = int(client.xlen(stream))  # type: ignore[arg-type]
+    groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}  # type: ignore[union-attr]
+    found = groups.get(group)
+    if found is None:
+        return length, 0
+    return length, int(found.get("entries-read") or 0) - int(found["pending"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

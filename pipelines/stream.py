@@ -56,7 +56,7 @@ from redis.exceptions import RedisError
 from ebr.config import Workspace
 from ebr.data.records import echo
 from ebr.release.targets import Target, write_targets
-from ebr.stream.events import BadEvent, Event, decode, latest
+from ebr.stream.events import BadEvent, Event, as_text, decode, latest
 from pipelines.broker import GROUP, STREAM, Broker
 from pipelines.deadletter import REASON_CHARS
 from pipelines.stream_sinks import Embedded, Sinks, embed_events
@@ -129,14 +129,10 @@ class _Poll(beam.DoFn):
                 log.warning("could not read the stream (Redis down?); polling again")
                 return
             for i in range(0, len(entries), size):
-                yield [(eid, {_text(k): _text(v) for k, v in f.items()})
+                yield [(eid, {as_text(k): as_text(v) for k, v in f.items()})
                        for eid, f in entries[i : i + size]]  # fmt: skip
             if len(entries) < size or time.monotonic() >= until:
                 return
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class _Decode(beam.DoFn):

@@ -24,7 +24,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from ebr.stream.events import FIELD
+from ebr.stream.events import FIELD, as_text
 
 SOURCES = ("redis", "kafka", "pubsub")
 REQUIRED = {"kafka": ("bootstrap_servers", "topic"), "pubsub": ("subscription",)}
@@ -46,20 +46,16 @@ def source_config(source: str, text: str) -> dict[str, Any]:
     return config
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def kafka_entry(record: Any) -> tuple[str, dict[str, str]]:
     """A Kafka record (``with_metadata``) -> ``(<timestamp ms>-<offset>, {"event": value})``."""
-    return f"{int(record.timestamp)}-{int(record.offset)}", {FIELD: _text(record.value)}
+    return f"{int(record.timestamp)}-{int(record.offset)}", {FIELD: as_text(record.value)}
 
 
 def pubsub_entry(message: Any) -> tuple[str, dict[str, str]]:
     """A Pub/Sub message -> ``(<publish time ms>-<message id digits>, {"event": data})``."""
     ms = int(message.publish_time.timestamp() * 1000) if message.publish_time else 0
     seq = str(message.message_id or "0")
-    return f"{ms}-{int(seq) if seq.isdigit() else 0}", {FIELD: _text(message.data)}
+    return f"{ms}-{int(seq) if seq.isdigit() else 0}", {FIELD: as_text(message.data)}
 
 
 class ReadEntries(beam.PTransform):

@@ -83,17 +83,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis or Kafka value (bytes) or any other value as text."""
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _header(entry_id: str, fields: Mapping[Any, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """(the event's JSON body, None) or (None, why it is unreadable)."""
-    raw = next((v for k, v in fields.items() if _text(k) == FIELD), None)
+    raw = next((v for k, v in fields.items() if as_text(k) == FIELD), None)
     if raw is None:
         return (
             None,
-            f"entry has no '{FIELD}' field (fields: {sorted(_text(k) for k in fields)[:5]})",
+            f"entry has no '{FIELD}' field (fields: {sorted(as_text(k) for k in fields)[:5]})",
         )
     if len(raw) > MAX_EVENT_BYTES:
         return None, f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit"
@@ -136,12 +137,12 @@ def decode(entries: Iterable[tuple[Any, Mapping[Any, Any]]]) -> tuple[list[Event
     heads: list[tuple[str, dict[str, Any]]] = []
     bad: list[BadEvent] = []
     for entry_id, fields in entries:
-        eid = _text(entry_id)
+        eid = as_text(entry_id)
         body, why = _header(eid, fields)
         if body is None:
-            raw = next((v for k, v in fields.items() if _text(k) == FIELD), fields)
+            raw = next((v for k, v in fields.items() if as_text(k) == FIELD), fields)
             bad.append(
-                BadEvent(eid, str(why), echo(_text(raw) if not isinstance(raw, Mapping) else raw))
+                BadEvent(eid, str(why), echo(as_text(raw) if not isinstance(raw, Mapping) else raw))
             )
         else:
             heads.append((eid, body))

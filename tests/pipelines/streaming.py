@@ -21,7 +21,7 @@ from ebr.data.tables import PROFILE_FIELDS
 from ebr.index.live.slot import LiveSlot, open_live
 from ebr.release.record import read_record
 from ebr.release.state import read_state
-from pipelines.broker import GROUP, STREAM
+from pipelines.broker import progress
 
 REPO = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 180.0
@@ -85,14 +85,8 @@ class StreamJob:
 
 
 def acked(client: redis.Redis) -> tuple[int, int]:
-    """(entries in the stream, entries the group has delivered and acknowledged)."""
-    length = int(client.xlen(STREAM))
-    groups = {g["name"].decode(): g for g in client.xinfo_groups(STREAM)}
-    group = groups.get(GROUP)
-    if group is None:
-        return length, 0
-    read = int(group.get("entries-read") or 0)
-    return length, read - int(group["pending"])
+    """(entries in the stream, entries the job's group has delivered and acknowledged)."""
+    return progress(client)
 
 
 def wait_drained(
