@@ -71,6 +71,11 @@ def status(ws: Workspace, name: str = "embedder") -> dict[str, Any]:
     return handle
 
 
+def job_redis_url(ws: Workspace, redis_url: str | None, name: str = "embedder") -> str | None:
+    """``redis_url``, else the Redis of the job ``name`` when one was started (None: neither)."""
+    return redis_url or status(ws, name).get("redis_url")
+
+
 def start(
     ws: Workspace,
     redis_url: str | None = None,
@@ -175,7 +180,7 @@ def sweep(ws: Workspace, redis_url: str) -> list[str]:
 def snapshot(ws: Workspace, redis_url: str | None = None, name: str = "embedder") -> bool:
     """Write the streamed catalogue (``ebr.stream.catalog``) from ``redis_url`` (None: the
     Redis of the job ``name`` when one was started); False when there is none to read."""
-    url = redis_url or status(ws, name).get("redis_url")
+    url = job_redis_url(ws, redis_url, name)
     if not url:
         return False
     applied = Applied(redis.Redis.from_url(url))
@@ -223,7 +228,7 @@ def compact_cmd(
 ) -> None:
     """Fold each serving slot's log into a new snapshot, through the release gates."""
     ws = Workspace(workspace)
-    url = redis_url or status(ws, name).get("redis_url")
+    url = job_redis_url(ws, redis_url, name)
     if not url:
         raise typer.BadParameter("no --redis-url and no started job to take it from")
     _echo(compact(ws, url, min_records=min_records))

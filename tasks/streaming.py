@@ -37,10 +37,10 @@ def compact_stream_slots(
 ) -> str:  # fmt: skip
     """Snapshot the streamed catalogue and fold each serving slot's log into a new slot,
     released through the gates in place of the old one (``redis_url`` "": the job's)."""
-    from pipelines.stream_job import compact, status
+    from pipelines.stream_job import compact, job_redis_url
 
     ws = Workspace(Path(workspace))
-    url = redis_url or status(ws, name).get("redis_url")
+    url = job_redis_url(ws, redis_url or None, name)
     if not url:
         raise ValueError(f"no redis_url given and no streaming job {name!r} was started")
     return json.dumps(compact(ws, url, index, gates, min_records), default=str)
