@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.query.terms import TermIndex, term_text, tokens, top_rows
+from ebr.index.query.terms import DocTerms, TermIndex, term_text, tokens, top_rows
 
 ITEMS = pd.DataFrame(
     {
@@ -41,6 +41,23 @@ def test_delta_scores_use_the_snapshot_statistics(query: str) -> None:
     texts = term_text(ITEMS)
     index = TermIndex.build(texts)
     np.testing.assert_allclose(index.score_texts(query, texts), index.scores(query), rtol=1e-5)
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_documents_counted_once_score_like_their_texts(query: str) -> None:
+    """``DocTerms`` (the live delta's term counts, kept per view) scores every document as
+    its text does, and ``vocabulary`` sees only the documents it is given."""
+    texts = term_text(ITEMS)
+    index, docs = TermIndex.build(texts[:2]), DocTerms(texts)
+    assert len(docs) == len(texts)
+    np.testing.assert_allclose(
+        index.score_docs(query, docs), [index.score_texts(query, [t])[0] for t in texts], rtol=1e-6
+    )
+    alive = np.array([False, False, True, True])  # shorter than the documents: a view's size
+    live = docs.vocabulary(alive)
+    assert "cafe" in live and "nurse" in live and "driver" not in live
+    assert "accountant" not in live and 7 not in live
+    assert index.coverage("nurse driver", live) == 0.5
 
 
 def test_only_documents_sharing_a_term_score() -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 from ebr.index.query.planner import PlannerParams, checked_search
 from ebr.index.query.postfilter import postfiltered_search
 from ebr.index.query.slot import Slot
-from ebr.index.query.terms import term_text, top_rows, vocabulary
+from ebr.index.query.terms import DocTerms, term_text, top_rows
 from ebr.index.query.vectors import NORM_TOLERANCE, check_queries
 
 RETRIEVALS = ("ebr", "term", "hybrid")
@@ -66,13 +66,31 @@ class Delta:
     vecs: np.ndarray  # [>= size, d] float32
     alive: np.ndarray  # [size] bool: positions holding a live record
     tables: list[pa.Table]  # item rows in position order (at least ``size`` rows)
+    # What every query of this view would otherwise derive again from the tables: the item
+    # rows as one frame, their term counts (~10 ms a hybrid query with 500 delta rows).
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def _frame(self, like: pd.DataFrame) -> pd.DataFrame:
+        frame = self._memo.get("frame")
+        if frame is None:  # ``like`` is always the snapshot's items (one view, one slot)
+            frame = pa.concat_tables(self.tables).to_pandas().astype(like.dtypes.to_dict())
+            self._memo["frame"] = frame
+        return frame  # type: ignore[no-any-return]
 
     def items(self, positions: np.ndarray, like: pd.DataFrame) -> pd.DataFrame:
         """Item rows at ``positions``, in the dtypes of ``like`` (the snapshot's items)."""
         if not len(positions) or not self.tables:
             return like.iloc[:0].copy()
-        table = pa.concat_tables(self.tables).take(pa.array(positions))
-        return table.to_pandas().astype(like.dtypes.to_dict())
+        return self._frame(like).iloc[positions]
+
+    def terms(self, like: pd.DataFrame) -> DocTerms:
+        """Term counts of every item row (``ebr.index.query.terms.term_text``)."""
+        docs = self._memo.get("terms")
+        if docs is None:
+            docs = self._memo["terms"] = DocTerms(
+                term_text(self._frame(like)) if self.tables else []
+            )
+        return docs  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -232,15 +250,15 @@ def term_view(
     sc = scoped or scope(snap, deleted, delta, attributes, flt)
     eligible, alive = sc.eligible, sc.alive
     pos = np.flatnonzero(alive)
-    docs = term_text(delta.items(pos, snap.items)) if len(pos) else []
-    live_terms = vocabulary(docs)
+    docs = delta.terms(snap.items) if len(pos) else DocTerms([])
+    live_terms = docs.vocabulary(alive)
     scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
     job_ids = np.full((len(texts), k), -1, dtype=np.int64)
     for i, text in enumerate(texts):
         s, rows = top_rows(snap.terms.scores(text), k, eligible)
         ids = np.where(rows >= 0, snap.job_ids[np.maximum(rows, 0)], -1)
         if len(pos):
-            ds, drows = top_rows(snap.terms.score_texts(text, docs), min(k, len(pos)))
+            ds, drows = top_rows(snap.terms.score_docs(text, docs)[pos], min(k, len(pos)))
             dids = np.where(drows >= 0, delta.ids[pos[np.maximum(drows, 0)]], -1)
             (s,), (ids,) = merge_topk([(s[None], ids[None]), (ds[None], dids[None])], k)
         scores[i], job_ids[i] = s, ids

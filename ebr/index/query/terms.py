@@ -51,11 +51,6 @@ def tokens(text: str | None) -> list[str]:
     return list(_tokens(text)) if text else []
 
 
-def vocabulary(texts: Sequence[str]) -> frozenset[str]:
-    """Every term of ``texts`` (the live delta's, beside the index's own vocabulary)."""
-    return frozenset(t for text in texts for t in _tokens(text)) if texts else frozenset()
-
-
 @lru_cache(maxsize=65_536)  # live-delta documents are scored again by every term search
 def _tokens(text: str) -> tuple[str, ...]:
     return tuple(w for w in words(text) if len(w) > 1 and w not in _STOP)
@@ -80,6 +75,48 @@ def term_text(items: pd.DataFrame) -> list[str]:
         description = pd.Series([""] * n)
     parts = zip(title.tolist(), skills.tolist(), description.tolist(), strict=True)
     return [" ".join((t, t, s, d)).strip() for t, s, d in parts]
+
+
+class DocTerms:
+    """Term counts of documents outside an index (the live delta), counted once: postings
+    term -> (document positions, term frequencies) and document lengths, so a query scores
+    them with a few array operations instead of re-reading every text."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        rows: dict[str, list[int]] = {}
+        freqs: dict[str, list[int]] = {}
+        self.lengths = np.zeros(len(texts), dtype=np.float32)
+        for i, text in enumerate(texts):
+            doc = _tokens(text)
+            self.lengths[i] = len(doc)
+            for term, tf in Counter(doc).items():
+                rows.setdefault(term, []).append(i)
+                freqs.setdefault(term, []).append(tf)
+        self.postings = {
+            t: (np.asarray(rows[t], dtype=np.int64), np.asarray(freqs[t], dtype=np.float32))
+            for t in rows
+        }
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def vocabulary(self, alive: np.ndarray) -> LiveTerms:
+        """The terms of the documents at ``alive`` [n] bool."""
+        return LiveTerms(self, alive)
+
+
+class LiveTerms:
+    """``term in live_terms``: some document of a ``DocTerms`` at ``alive`` has the term."""
+
+    def __init__(self, docs: DocTerms, alive: np.ndarray) -> None:
+        self._docs, self._alive = docs, alive
+
+    def __contains__(self, term: object) -> bool:
+        post = self._docs.postings.get(term) if isinstance(term, str) else None
+        if post is None:
+            return False
+        rows = post[0]
+        return bool(self._alive[rows[rows < len(self._alive)]].any())
 
 
 class TermIndex:
@@ -136,7 +173,7 @@ class TermIndex:
         df = int(self._df[vid]) if vid is not None else 0
         return math.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
 
-    def coverage(self, query: str, also: frozenset[str] = frozenset()) -> float:
+    def coverage(self, query: str, also: frozenset[str] | LiveTerms = frozenset()) -> float:
         """Share of ``query``'s distinct terms this index (or ``also``: the live delta's
         terms) holds; 0 for a query without terms. A term no document has (a misspelling, a
         word the catalogue never uses) cannot be matched by term retrieval at all."""
@@ -162,17 +199,17 @@ class TermIndex:
     def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts)]: BM25 of documents outside the index (the live delta), with the
         index's statistics, so the scores compare with ``scores``."""
-        terms = list(dict.fromkeys(tokens(query)))
-        out = np.zeros(len(texts), dtype=np.float32)
-        if not terms or not len(texts):
-            return out
-        idf = {t: self._idf(t) for t in terms}
-        norm = self.k1 * (1 - self.b)
-        for i, text in enumerate(texts):
-            doc = _tokens(text)
-            tf, length = Counter(doc), len(doc)
-            den = norm + self.k1 * self.b * length / max(self.avgdl, 1e-9)
-            out[i] = sum(idf[t] * tf[t] / (tf[t] + den) for t in terms if tf[t])
+        return self.score_docs(query, DocTerms(texts))
+
+    def score_docs(self, query: str, docs: DocTerms) -> np.ndarray:
+        """``score_texts`` of documents counted once (``DocTerms``): float32 [len(docs)]."""
+        out = np.zeros(len(docs), dtype=np.float32)
+        den = self.k1 * (1 - self.b) + self.k1 * self.b * docs.lengths / max(self.avgdl, 1e-9)
+        for term in dict.fromkeys(tokens(query)):
+            post = docs.postings.get(term)
+            if post is not None:
+                rows, tf = post
+                out[rows] += np.float32(self._idf(term)) * tf / (tf + den[rows])
         return out
 
 
