@@ -2,8 +2,9 @@
 request encoder and index.
 
     HTTP -> Ingress -> route (live release, or the request's experiment arm)
-                    -> ReleaseServer[release]: Feast feature service + request tower + the
-                       release's slot (``serving.release_server``)
+                    -> the release: Feast feature service + request tower + the release's
+                       slot, in the ingress replica or a ReleaseServer deployment
+                       (``serving.release_server``)
 
 Several releases serve side by side (``serving.router``; model multiplexing keyed by release
 id in the release server): a request is pinned to one release, so no response mixes versions
@@ -43,6 +44,7 @@ from serving.metrics import (
     ServingMetrics,
     answered,
 )
+from serving.release_server import LocalReleases, RemoteReleases
 from serving.router import ReleaseRouter, Route
 from serving.schemas import (
     MAX_K,
@@ -68,15 +70,22 @@ class Ingress:
 
     def __init__(
         self,
-        server: DeploymentHandle,
+        server: DeploymentHandle | None,
         workspace: str,
         retrieval: str = "hybrid",
         state_poll_s: float = 0.5,
         admin_token_env: str = "EBR_ADMIN_TOKEN",
         admin_token_file: str | None = None,
         max_inflight: int = 8,
+        verify_slot: bool = True,
+        log_refresh_s: float = 1.0,
     ) -> None:
-        self._server = server
+        # No release server deployment: this replica serves the releases itself.
+        self._releases: LocalReleases | RemoteReleases = (
+            RemoteReleases(server)
+            if server is not None
+            else LocalReleases(workspace, verify_slot, log_refresh_s)
+        )
         self._ws = Workspace(Path(workspace))
         self._retrieval = retrieval  # /v1/search's default (AppArgs.retrieval)
         self._router = ReleaseRouter(self._ws, state_poll_s)
@@ -154,10 +163,10 @@ class Ingress:
 
         async def work() -> SearchResponse:
             start = time.perf_counter()
-            server = self._server.options(multiplexed_model_id=route.release)
             retrieval = body.retrieval or self._retrieval
-            call = server.search.remote(body.query, body.member_id, body.k, body.filter, retrieval)
-            hits, plan, understood = await self._call(route, lambda: call)
+            hits, plan, understood = await self._call(route, lambda: self._releases.search(
+                route.release, body.query, body.member_id, body.k, body.filter, retrieval
+            ))  # fmt: skip
             return self._respond(
                 route, "search", (hits, plan), start, body, understood, body.member_id
             )
@@ -179,9 +188,9 @@ class Ingress:
 
         async def work() -> SearchResponse:
             start = time.perf_counter()
-            server = self._server.options(multiplexed_model_id=route.release)
-            call = server.recommendations.remote(member_id, k)
-            found = await self._call(route, lambda: call)
+            found = await self._call(
+                route, lambda: self._releases.recommendations(route.release, member_id, k)
+            )
             return self._respond(route, "recommendations", found, start, member_id=member_id)
 
         return await self._served("recommendations", route, work)
@@ -237,9 +246,8 @@ class Ingress:
         authorize(self._token, authorization)
 
     async def _warm(self, release_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Load (and check) ``release_id`` in the release server: (encoder, index) infos."""
-        server = self._server.options(multiplexed_model_id=release_id)
-        info = await self._call(Route(release_id), lambda: server.info.remote())
+        """Load (and check) ``release_id`` where releases run: (encoder, index) infos."""
+        info = await self._call(Route(release_id), lambda: self._releases.info(release_id))
         return info["encoder"], info["index"]
 
     async def _change(self, change: Callable[[], dict[str, Any]]) -> dict[str, Any]:

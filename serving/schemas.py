@@ -204,9 +204,16 @@ class AppArgs(BaseModel):
     workspace: str = Field(description="workspace root (models/, feature_repo/, slots/, releases/)")
     # Fractions of a core: the machines have 2 cores and a replica reserves 1 by default, so
     # whole-CPU replicas would leave the third deployment pending forever.
+    # Where a release's encoder and index run (serving.release_server): "ingress", in the
+    # ingress replica (no hop between deployments: the fastest on the 2-core machines), or
+    # "deployment", a ReleaseServer deployment of server_replicas x server_num_cpus (towers
+    # that need replicas of their own, e.g. on GPUs).
+    release_server: Literal["ingress", "deployment"] = "ingress"
     server_num_cpus: float = Field(default=0.5, gt=0, le=64)
     ingress_num_cpus: float = Field(default=0.25, gt=0, le=64)
     server_replicas: int = Field(default=1, ge=1, le=64)
+    # Ingress replicas (each serves HTTP on its own port behind Serve's HAProxy or proxy).
+    ingress_replicas: int = Field(default=1, ge=1, le=64)
     # One log line per request costs CPU on the hot path; metrics count every request anyway.
     access_log: bool = False
     # Sha256 of every slot file at load; off only for quick local experiments on huge slots.

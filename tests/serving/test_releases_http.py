@@ -1,11 +1,13 @@
 """Releases behind HTTP on the session's app (one live release, no admin token configured):
 responses name their release, /v1/releases and /metrics report them, the impression log
 records each served request, admin routes are closed without a token, and a request embedding
-of one release is refused by another release's index."""
+of one release is refused by another release's index, whether releases run in the ingress or
+in a ReleaseServer deployment (which answers like the ingress)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -84,21 +86,75 @@ def test_admin_routes_are_closed_without_a_configured_token(
     assert resp.status_code == 403 and "no admin token" in resp.text, resp.text
 
 
-def test_an_embedding_of_another_release_is_refused(api: httpx.Client, platform_ws: Path) -> None:
+def _unit_query() -> np.ndarray:
+    vec = np.zeros((1, 64), dtype=np.float32)
+    vec[0, 0] = 1.0
+    return vec
+
+
+def test_an_embedding_of_another_release_is_refused_in_the_ingress(platform_ws: Path) -> None:
+    """``release_server: ingress`` (the default): the ingress's own releases refuse it."""
+    import asyncio
+
+    from serving.errors import ReleaseMismatch
+    from serving.release_server import LocalReleases
+
+    live = read_state(Workspace(platform_ws))["live"]
+    releases = LocalReleases(str(platform_ws), verify=True, refresh_s=1.0)
+    rel = asyncio.run(releases.get(live))
+    other = "rel-v9-20261130T000000000000"
+    with pytest.raises(ReleaseMismatch, match=f"release {other} cannot search release {live}"):
+        rel.search_vector(other, _unit_query(), 5)
+    hits, _ = rel.search_vector(live, _unit_query(), 5)
+    assert len(hits[0]) == 5  # its own release's embedding is searched
+
+
+@pytest.fixture(scope="module")
+def remote_app(api: httpx.Client, platform_ws: Path) -> Iterator[str]:
+    """The app with ``release_server: deployment`` beside the session's, under /remote."""
     from ray import serve
 
-    from serving.app import APP_NAME
+    from serving.app import build_app
+
+    args = {"workspace": str(platform_ws), "release_server": "deployment"}
+    serve.run(build_app(args), name="ebr-remote", route_prefix="/remote", blocking=False)
+    deadline = time.monotonic() + 120
+    while api.get("/remote/healthz").status_code != 200:
+        assert time.monotonic() < deadline, "the deployment-placed app did not start"
+        time.sleep(0.5)
+    yield "ebr-remote"
+    serve.delete("ebr-remote")
+
+
+def test_a_release_server_deployment_answers_like_the_ingress(
+    api: httpx.Client, remote_app: str
+) -> None:
+    for body in ({"query": "nurse", "k": 5}, {"query": "warehouse", "member_id": 1, "k": 5}):
+        here, there = api.post("/v1/search", json=body), api.post("/remote/v1/search", json=body)
+        assert here.status_code == there.status_code == 200, there.text
+        ids = [[h["job_id"] for h in r.json()["results"]] for r in (here, there)]
+        assert ids[0] == ids[1] and len(ids[0]) == 5
+    feed = api.get("/remote/v1/members/1/recommendations", params={"k": 3})
+    assert feed.status_code == 200 and len(feed.json()["results"]) == 3
+
+
+def test_an_embedding_of_another_release_is_refused_by_the_release_server(
+    remote_app: str, platform_ws: Path
+) -> None:
+    from ray import serve
+
     from serving.errors import ReleaseMismatch, raised
 
     live = read_state(Workspace(platform_ws))["live"]
-    server = serve.get_deployment_handle("ReleaseServer", app_name=APP_NAME)
-    vec = np.zeros((1, 64), dtype=np.float32)
-    vec[0, 0] = 1.0
+    server = serve.get_deployment_handle("ReleaseServer", app_name=remote_app)
     other = "rel-v9-20261130T000000000000"
     with pytest.raises(Exception) as err:
-        server.options(multiplexed_model_id=live).search_vector.remote(other, vec, 5).result()
+        server.options(multiplexed_model_id=live).search_vector.remote(
+            other, _unit_query(), 5
+        ).result()
     mismatch = raised(err.value, ReleaseMismatch)
     assert mismatch is not None and mismatch.index_release == live, err.value
     assert f"release {other} cannot search release {live}" in str(mismatch)
-    hits, _ = server.options(multiplexed_model_id=live).search_vector.remote(live, vec, 5).result()
+    call = server.options(multiplexed_model_id=live).search_vector.remote(live, _unit_query(), 5)
+    hits, _ = call.result()
     assert len(hits[0]) == 5  # its own release's embedding is searched
