@@ -151,7 +151,10 @@ class ImpressionLog:
                 raise RuntimeError(f"impression log {self.path or self.folder} is closed")
             self._appended += 1
             self._pending.append((self._appended, checked))
-            self._cond.notify_all()
+            # Only the first record of a batch wakes the writer: during its group-commit wait
+            # it waits on time, and a wake-up per request would only contend for the GIL.
+            if len(self._pending) == 1:
+                self._cond.notify_all()
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Block until every record appended so far is on disk (fsynced) or dropped."""
