@@ -26,6 +26,7 @@ benchmarks/results/serve_load.json and serve_load.png.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -76,12 +77,12 @@ def summary(
 class Server:
     """``python -m serving.app`` in its own process (SIGTERM by PID to stop)."""
 
-    def __init__(self, workspace: Path, port: int) -> None:
+    def __init__(self, workspace: Path, port: int, app_args: str = "{}") -> None:
         import httpx
 
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "EBR_ADMIN_TOKEN": TOKEN}
         cmd = [sys.executable, "-m", "serving.app", "--workspace", str(workspace),
-               "--port", str(port)]  # fmt: skip
+               "--port", str(port), "--app-args", app_args]  # fmt: skip
         self.log = open(workspace / "serve_load.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
@@ -312,6 +313,10 @@ def main(
     requests: Annotated[int, typer.Option(help="sequential requests per retrieval")] = 300,
     seconds: Annotated[float, typer.Option(help="seconds per open-loop step")] = 8.0,
     port: Annotated[int, typer.Option(help="HTTP port of the server")] = 8137,
+    app_args: Annotated[
+        str, typer.Option(help="AppArgs fields of the server, e.g. '{\"ingress_replicas\": 2}'")
+    ] = "{}",
+    name: Annotated[str, typer.Option(help="results/<name>.json, .png")] = NAME,
 ) -> None:
     """Measure serving over HTTP and write results/serve_load.{json,png}."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -324,7 +329,7 @@ def main(
     members = pd.read_parquet(workspace / "data" / "members.parquet")["member_id"].tolist()
     members = [int(m) for m in members[:2000]]
     reqs = bodies(members, 5000)
-    server = Server(workspace, port)
+    server = Server(workspace, port, app_args)
     results: dict[str, Any] = {"releases": list(releases)}
     try:
         results["overhead"] = overhead(server, workspace, members, requests)
@@ -345,9 +350,9 @@ def main(
         server.stop()
     params = {"workspace": str(workspace), "requests": requests, "seconds_per_step": seconds,
               "rates": RATES, "p99_limit_ms": P99_LIMIT_S * 1e3,
-              "target_ratio": TARGET_RATIO}  # fmt: skip
-    print(write_result(NAME, 1, params, results))
-    print(save_figure(plot(results, f"serving releases over HTTP ({workspace.name})"), NAME))
+              "target_ratio": TARGET_RATIO, "app_args": json.loads(app_args)}  # fmt: skip
+    print(write_result(name, 1, params, results))
+    print(save_figure(plot(results, f"serving releases over HTTP ({workspace.name})"), name))
 
 
 if __name__ == "__main__":

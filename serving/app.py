@@ -13,6 +13,7 @@ Local demo (one process, Ctrl-C / SIGTERM to stop)::
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -119,10 +120,17 @@ def main(
     throughput_optimized: bool = typer.Option(
         True, help="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED)"
     ),
+    app_args: str = typer.Option(
+        "{}", help="more AppArgs fields as JSON, e.g. '{\"ingress_replicas\": 2}'"
+    ),
 ) -> None:
     """Start a local Ray, serve the app over HTTP and block until SIGTERM / SIGINT."""
     if front not in FRONTS:
         raise typer.BadParameter(f"--front must be one of {', '.join(FRONTS)}, not {front!r}")
+    try:
+        args = AppArgs.model_validate({**json.loads(app_args), "workspace": workspace})
+    except (ValueError, TypeError) as err:  # bad JSON, or a field AppArgs refuses (named)
+        raise typer.BadParameter(f"--app-args: {err}") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no phone-home
     # Ray Serve's own switches, read when Ray starts (a cluster deployment with `serve
     # deploy` sets them in the cluster's environment). Throughput-optimized: every ingress
@@ -143,7 +151,6 @@ def main(
         raise typer.BadParameter("--front haproxy needs --throughput-optimized (direct ingress)")
     import ray
 
-    args = AppArgs(workspace=workspace)
     ray.init(num_cpus=num_cpus, include_dashboard=False)
     try:
         serve.start(
