@@ -66,3 +66,74 @@ def test_requests_past_the_limit_are_shed_at_once_and_the_limit_frees() -> None:
     assert 'ebr_shed_requests_total{route="recommendations"} 1.0' in text
     assert 'ebr_shed_requests_total{route="search"} 1.0' in text
     assert "ebr_inflight_requests 0.0" in text
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_only_a_request_admitted_into_an_idle_replica_counts_as_idle(monkeypatch: Any) -> None:
+    """``arrived_idle``: nothing in flight for ``IDLE_GAP_S`` before it. A request that
+    follows another at once, or overlaps one, is part of a (possible) backlog."""
+    from serving import metrics as m
+
+    clock = _Clock()
+    monkeypatch.setattr(m, "time", clock)
+    adm = Admission(ServingMetrics(), max_inflight=8)
+    seen = []
+
+    def enter() -> None:
+        assert adm.try_enter("search")
+        seen.append(m.arrived_idle.get())
+
+    clock.now += 1.0
+    enter()  # idle for a second: idle
+    enter()  # overlaps the first
+    adm.leave()
+    adm.leave()
+    clock.now += m.IDLE_GAP_S / 10
+    enter()  # right after the replica emptied
+    adm.leave()
+    clock.now += m.IDLE_GAP_S * 2
+    enter()
+    assert seen == [True, False, False, True]
+
+
+def test_idle_requests_run_on_the_event_loop_and_the_rest_on_the_worker(
+    platform_ws: Any,
+) -> None:
+    import threading
+
+    from ebr.config import Workspace
+    from ebr.release.state import read_state
+    from serving.metrics import arrived_idle
+    from serving.release_server import LocalReleases
+
+    live = read_state(Workspace(platform_ws))["live"]
+    releases = LocalReleases(str(platform_ws), verify=True, refresh_s=1.0)
+
+    def where(_: Any) -> str:
+        return threading.current_thread().name
+
+    async def run(idle: bool) -> str:
+        arrived_idle.set(idle)
+        return await releases._run(live, where)
+
+    async def both() -> tuple[str, str, list[str]]:
+        loop_thread = threading.current_thread().name
+        idle, queued = await run(True), await run(False)
+        gate = threading.Event()
+        blocked = asyncio.ensure_future(releases._run(live, lambda _: gate.wait(5) and where(_)))
+        await asyncio.sleep(0.05)  # the worker is busy now: an idle arrival must queue
+        behind = asyncio.ensure_future(run(True))
+        await asyncio.sleep(0.05)
+        gate.set()
+        return loop_thread, idle, [await blocked, await behind, queued]  # type: ignore[list-item]
+
+    loop_thread, idle, on_worker = asyncio.run(both())
+    assert idle == loop_thread
+    assert all(name.startswith("release-work") for name in on_worker), on_worker
