@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from fastapi import HTTPException
@@ -18,14 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownMember, raised
 
-__all__ = ["CONTENT_TYPE", "Admission", "ServingMetrics", "answered", "arrived_idle"]
+__all__ = ["CONTENT_TYPE", "Admission", "ServingMetrics", "answered"]
 T = TypeVar("T")
 RETRY_AFTER_S = 1  # what a shed request is told to wait
-# A request admitted after the replica had nothing in flight for this long is not part of a
-# backlog: its work may run on the event loop itself (``serving.release_server``).
-IDLE_GAP_S = 0.001
-# Set per request (the middleware and the handler share the request's context).
-arrived_idle: ContextVar[bool] = ContextVar("arrived_idle", default=False)
 
 # Seconds; serving answers in ~5-50 ms, overload pushes the tail to seconds.
 BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -98,14 +92,11 @@ class Admission:
 
     def __init__(self, metrics: ServingMetrics, max_inflight: int) -> None:
         self._metrics, self._max, self._inflight = metrics, max_inflight, 0
-        self._idle_since = time.monotonic()
 
     def try_enter(self, route: str) -> bool:
         if self._inflight >= self._max:
             self._metrics.shed.labels(route).inc()
             return False
-        now = time.monotonic()
-        arrived_idle.set(self._inflight == 0 and now - self._idle_since >= IDLE_GAP_S)
         self._inflight += 1
         self._metrics.inflight.set(self._inflight)
         return True
@@ -113,8 +104,6 @@ class Admission:
     def leave(self) -> None:
         self._inflight -= 1
         self._metrics.inflight.set(self._inflight)
-        if not self._inflight:
-            self._idle_since = time.monotonic()
 
     async def observed(
         self, route: str, release: str, arm: str | None, work: Callable[[], Awaitable[T]]

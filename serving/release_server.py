@@ -6,9 +6,8 @@ without a redeploy and the release a promotion replaced stays warm while its req
 Where they run is ``AppArgs.release_server``:
 
 - ``"ingress"`` (default): in the ingress replica itself (``LocalReleases``), on one worker
-  thread so the event loop keeps accepting (and shedding) requests; a request admitted into
-  an idle replica runs on the event loop (no hand-off). No hop: on the 2-core machines a hop
-  between Serve deployments cost ~2.7 ms, more than the request's work (~2.2 ms).
+  thread so the event loop keeps accepting (and shedding) requests. No hop: on the 2-core
+  machines a hop between Serve deployments cost ~2.7 ms, more than the request's work (~2.2 ms).
 - ``"deployment"``: in the ``ReleaseServer`` deployment, called through its handle with Serve
   model multiplexing keyed by release id (``RemoteReleases``), for encoders that need their
   own replicas (a GPU tower, more replicas than ingresses).
@@ -34,7 +33,6 @@ from ray.serve.handle import DeploymentHandle
 from ebr.config import Workspace
 from serving.encoder import ReleaseEncoder
 from serving.errors import ReleaseMismatch
-from serving.metrics import arrived_idle
 from serving.retriever import ReleaseIndex
 
 MAX_RELEASES_PER_REPLICA = 4  # live + two experiment arms + the one a promotion replaced
@@ -120,7 +118,6 @@ class LocalReleases:
         self._loader = Loader(workspace, verify, refresh_s)
         self._loaded: OrderedDict[str, asyncio.Task[Release]] = OrderedDict()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-work")
-        self._busy = 0  # requests on (or waiting for) the worker
 
     async def get(self, release_id: str) -> Release:
         task = self._loaded.get(release_id)
@@ -134,17 +131,7 @@ class LocalReleases:
 
     async def _run(self, release_id: str, work: Callable[[Release], T]) -> T:
         rel = await self.get(release_id)
-        if arrived_idle.get() and not self._busy:
-            # Admitted into an idle replica: nothing can queue behind it for longer than its
-            # own work would take on the worker, and the hand-off costs ~0.4 ms. A request
-            # that follows it at once takes the worker, so a backlog stays visible to
-            # admission (and is shed) rather than waiting unseen behind inline work.
-            return work(rel)
-        self._busy += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._worker, work, rel)
-        finally:
-            self._busy -= 1
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work, rel)
 
     async def search(self, release_id: str, query: str | None, member_id: int | None, k: int,
                      filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
