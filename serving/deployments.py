@@ -6,8 +6,8 @@ request encoder and index.
                        slot, in the ingress replica or a ReleaseServer deployment
                        (``serving.release_server``)
 
-Several releases serve side by side (``serving.router``; model multiplexing keyed by release
-id in the release server): a request is pinned to one release, so no response mixes versions
+Several releases serve side by side (``serving.router``; each kept loaded per release id,
+``serving.release_server``): a request is pinned to one release, so no response mixes versions
 while an admin call promotes, rolls back or starts an experiment. Every response
 names its release (and arm); every answered request is counted on ``/metrics`` and written to
 the impression log (``ebr.release.impressions``). Beyond ``max_inflight`` requests in flight,
