@@ -16,7 +16,6 @@ Writes benchmarks/results/serve.json and serve.png.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,10 @@ import pandas as pd
 import typer
 
 from benchmarks.common import REPO_ROOT, pyplot, save_figure, write_result
+from ebr.net import free_port
 
 RETRIEVALS = ("ebr", "term", "hybrid")  # ebr.index.query.search.RETRIEVALS
 DEFAULT = "hybrid"  # serving.schemas.AppArgs.retrieval
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(workspace: Path) -> tuple[Any, str]:
@@ -50,7 +44,7 @@ def _start(workspace: Path) -> tuple[Any, str]:
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
     )
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"workspace": str(workspace)}), name=APP_NAME, blocking=False)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)

@@ -52,6 +52,7 @@ import typer
 from benchmarks.common import pyplot, save_figure, write_result
 from benchmarks.serve_load import Server
 from ebr.config import BuildConfig, DataConfig, ReleaseConfig, TrainConfig, Workspace
+from ebr.net import free_port
 from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.record import read_record
@@ -60,7 +61,7 @@ from ebr.stream.events import FIELD, encode
 from ebr.stream.traffic import Traffic
 from ebr.versions import version_paths
 from feature_repo.store import copy_workspace
-from pipelines.broker import DEAD, STREAM, Broker, RedisServer, free_port, progress
+from pipelines.broker import DEAD, STREAM, Broker, RedisServer, progress
 
 NAME = "stream"
 ROOT = Path("var/bench-stream")

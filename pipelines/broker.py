@@ -15,7 +15,6 @@ Redis, or use Kafka / Pub/Sub through Beam's own IO connectors.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -25,6 +24,7 @@ from typing import Any
 
 import redis
 
+from ebr.net import free_port
 from ebr.stream.events import BadEvent
 
 STREAM = "ebr:events"
@@ -104,12 +104,6 @@ def progress(client: redis.Redis, stream: str = STREAM, group: str = GROUP) -> t
     if found is None:
         return length, 0
     return length, int(found.get("entries-read") or 0) - int(found["pending"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -28,6 +27,7 @@ from ray import serve
 from ray.serve import Application
 
 from ebr.config import Workspace
+from ebr.net import free_port
 from serving.deployments import Ingress
 from serving.encoder import request_tower_dir
 from serving.release_server import ReleaseServer
@@ -99,12 +99,6 @@ def haproxy_env(run_dir: Path) -> dict[str, str]:
     env["RAY_SERVE_HAPROXY_NBTHREAD"] = "1"
     env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main(

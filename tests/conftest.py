@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from ebr.net import free_port
 
 # Small enough for CI's 2 cores, big enough that the model learns the preference signal.
 TINY_SIZE = 3000
@@ -44,12 +45,6 @@ def platform_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def api(platform_ws: Path) -> Iterator[httpx.Client]:
     """HTTP client for the Serve app over ``platform_ws`` (one Ray + Serve per test session)."""
@@ -66,7 +61,7 @@ def api(platform_ws: Path) -> Iterator[httpx.Client]:
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
     )
-    port = _free_port()
+    port = free_port()
     try:
         options = {"host": "127.0.0.1", "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}
         serve.start(http_options=options)

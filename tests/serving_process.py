@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 
 from ebr.config import Workspace
-from tests.conftest import REPO, _free_port
+from ebr.net import free_port
+from tests.conftest import REPO
 
 READY_S = 180.0
 
@@ -22,7 +23,7 @@ class Server:
     """``python -m serving.app`` on a workspace, in its own process (its own Ray)."""
 
     def __init__(self, ws: Workspace, token: str = "test-admin-token") -> None:
-        self.port, self.token = _free_port(), token
+        self.port, self.token = free_port(), token
         env = {**os.environ, "PYTHONPATH": str(REPO), "EBR_ADMIN_TOKEN": token}
         cmd = [sys.executable, "-m", "serving.app", "--workspace", str(ws.root),
                "--port", str(self.port)]  # fmt: skip

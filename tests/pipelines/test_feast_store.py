@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ebr.net import free_port
 from feature_repo import repo as feast_repo
 from feature_repo import store as feast_store
 
@@ -365,18 +366,12 @@ def test_profile_check_refuses_values_no_parquet_column_of_the_right_type_holds(
     assert list(good["member_id"]) == [4] and good["event_timestamp"].notna().all()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     pytest.importorskip("redis", reason="the redis client (feast[redis]) is not installed")
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly"]
         + ["no"],
