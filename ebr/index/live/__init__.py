@@ -1,7 +1,8 @@
 """The live log on top of a slot (the top layer: it searches with ``ebr.index.query`` and
 compacts with ``ebr.index.build``).
 
-``wal`` (the durable upsert/delete log), ``overlay`` (upserted rows searched beside the
-snapshot), ``slot`` (``LiveSlot``: snapshot + log, one search path for every caller; and
-compaction into a new slot).
+``wal`` (the durable upsert/delete log; damage in it is skipped and reported), ``frames`` (its
+byte format, and finding an intact frame after damage), ``overlay`` (upserted rows searched
+beside the snapshot), ``slot`` (``LiveSlot``: snapshot + log, one search path for every
+caller; and compaction into a new slot).
 """

@@ -84,6 +84,7 @@ class LiveSlot:
         self._attrs: AttributeTable | None = None  # built by the first filtered query
         self._skipped: list[str] = []  # first rejected log rows: "lsn 7 row 2 (...): lat: ..."
         self._n_skipped = 0
+        self._log_problems: tuple[str, ...] = ()  # damage the last replay found (wal.replay)
         self._scoped: tuple[_View, Delta, Scope] | None = None  # see _current
 
     def __enter__(self) -> LiveSlot:
@@ -128,7 +129,8 @@ class LiveSlot:
         return view.ids[pos].copy(), view.vecs[pos].copy(), items
 
     def stats(self) -> dict[str, Any]:
-        """Sizes and log position, for health checks and deciding when to compact."""
+        """Sizes and log position, for health checks and deciding when to compact.
+        Non-empty ``log_problems`` (damage, lost lsns): acknowledged writes missing: degraded."""
         v, r = self._view, self._replayed
         n, delta = len(v.deleted), int(v.alive.sum())
         return {
@@ -142,6 +144,7 @@ class LiveSlot:
             "live_items": n - v.n_deleted + delta,
             "replayed_records": r.records if r else 0,
             "torn_bytes_dropped": r.torn_bytes if r else 0,
+            "log_problems": list(self._log_problems),
             "log_bytes": sum(p.stat().st_size for p in self.log_dir.glob("*.wal")),
             "writable": self._writer is not None,
             "skipped_log_rows": self._n_skipped,
@@ -275,7 +278,8 @@ class LiveSlot:
         """
         applied: list[Record] = []
         with self._lock:
-            replay(self.log_dir, applied.append, after_lsn=self._view.lsn)
+            info = replay(self.log_dir, applied.append, self._view.lsn, self._log_problems)
+            self._log_problems = info.problems  # logged once (``quiet``), reported until fixed
             for rec in applied:
                 self._apply(self._admit(rec), copy=True)
         return len(applied)
@@ -330,16 +334,18 @@ def open_live(slot_path: Path, verify: bool = True, writable: bool = True) -> Li
     """Load the slot at ``slot_path`` and replay its log.
 
     ``writable`` takes the log's writer lock (one writer process per slot) and truncates a torn
-    tail a crash left; a read-only open only stops before it.
+    tail a crash left; a read-only open only stops before it. Damage in the log does not stop
+    the open: every intact record is applied and ``stats()["log_problems"]`` lists the rest.
 
     Raises:
-        RuntimeError: another process holds the writer lock. ValueError: a corrupt log.
+        RuntimeError: another process holds the writer lock. ValueError: an unknown record kind.
     """
     slot_path = Path(slot_path)
     live = LiveSlot(load_slot(slot_path, verify=verify), log_dir_for(slot_path))
     writer = LogWriter(live.log_dir) if writable else None  # lock before reading
     try:
-        live._replayed = replay(live.log_dir, lambda rec: live._apply(live._admit(rec), copy=False))
+        live._replayed = replay(live.log_dir, lambda rec: live._apply(live._admit(rec), False))
+        live._log_problems = live._replayed.problems
         if writer is not None:
             writer.resume(live._replayed)
     except BaseException:
@@ -386,12 +392,14 @@ def compact(
     vectors = np.concatenate([np.asarray(snap.vectors[keep]), vecs])
     all_items = pd.concat([snap.items.iloc[keep], items], ignore_index=True)
     lineage = {"compacted_from": snap.name, "through_lsn": lsn}
+    if live._log_problems:  # the new log starts clean: keep the record of what was lost
+        lineage["log_problems"] = list(live._log_problems)
     path = write_slot(
         slots_dir, new_name, vectors, all_items, snap.model_version, cfg, lineage, tuning_queries
     )
     with live._lock:
         tail: list[Record] = []
-        replay(live.log_dir, tail.append, after_lsn=lsn)
+        replay(live.log_dir, tail.append, after_lsn=lsn, quiet=live._log_problems)
         if tail:
             writer = LogWriter(new_log)
             try:

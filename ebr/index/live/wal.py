@@ -6,41 +6,54 @@ Layout: ``slots_dir/<slot-name>.log/`` (beside the immutable slot directory, nev
     00000000000000000001.wal    segments, named by the sequence number of their first record
     00000000000000052117.wal    a new segment starts once the current one passes SEGMENT_BYTES
 
-A segment is ``MAGIC`` followed by frames. A frame is ``<u32 payload length><u32 crc32 of the
-payload>`` then the payload ``<u8 kind><u64 lsn><u32 count m><u32 dim d>`` and:
-
-- upsert (kind 1): float32 vectors [m, d] (little-endian), then one Arrow IPC stream holding
-  the m rows (``job_id`` + the slot's item columns, in the slot's schema);
-- delete (kind 2): int64 job ids [m].
+A segment is ``MAGIC`` followed by frames (``ebr.index.live.frames``: length, crc32, then a
+payload of kind, lsn, count, dim and the upserted rows or deleted job ids).
 
 One frame is one acknowledged batch: it is written with ``os.write`` and made durable with one
 ``os.fsync`` before the append returns (group commit), so a batch is all-or-nothing. Sequence
-numbers (lsn) start at 1 and are consecutive; a gap or a repeat is corruption. A crash mid-write
-leaves a torn frame at the end of the last segment: its length or crc does not check, and replay
-stops there (the writer truncates it). A bad frame anywhere else is real corruption and raises.
+numbers (lsn) start at 1 and are consecutive.
+
+A crash can only tear the frame being appended, the last one: a cut header, or a header that
+claims bytes up to or past the end of the file. Replay drops such a torn tail (the writer
+truncates it: it was never acknowledged). Any other bad bytes are damage, and a damaged frame's
+write is lost with its bytes; replay then resynchronises on the next frame whose header, lsn
+and crc check (a false match needs a crc32 collision inside the expected lsn range), applies
+every intact frame after the damage, and reports each damaged byte range and the lsns lost in
+``ReplayInfo.problems`` (logged as errors). A writer never truncates damage: it appends after
+it, so the damage stays reported until a compaction folds the log away.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
-import struct
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
+from ebr.index.live.frames import (  # the frame format, re-exported for the log's users
+    _FRAME,
+    DELETE,
+    MAX_PAYLOAD,
+    MIN_FRAME,
+    UPSERT,
+    Record,
+    decode,
+    encode,
+    frame_at,
+    next_frame,
+    torn_at,
+)
 from ebr.io import _fsync_dir
 
+__all__ = [
+    "DELETE", "MAGIC", "MAX_PAYLOAD", "SEGMENT_BYTES", "UPSERT", "_FRAME", "LogWriter", "Record",
+    "ReplayInfo", "encode", "log_dir_for", "replay",
+]  # fmt: skip
 MAGIC = b"EBRWAL1\n"
-UPSERT, DELETE = 1, 2
 SEGMENT_BYTES = 64 << 20  # rotation keeps any one file small enough to read whole on replay
-MAX_PAYLOAD = 1 << 30  # one frame per batch; a bigger batch should be split by the caller
-_FRAME = struct.Struct("<II")  # payload length, crc32(payload)
-_HEAD = struct.Struct("<BQII")  # kind, lsn, count, dim
+log = logging.getLogger(__name__)
 
 
 def log_dir_for(slot_path: Path) -> Path:
@@ -50,99 +63,101 @@ def log_dir_for(slot_path: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class Record:
-    """One logged batch. Upserts carry vectors and items; deletes only job ids."""
-
-    kind: int  # UPSERT or DELETE
-    lsn: int  # log sequence number, 1, 2, ...
-    job_ids: np.ndarray  # [m] int64
-    vectors: np.ndarray | None = None  # [m, d] float32, row i belongs to job_ids[i]
-    items: pa.Table | None = None  # m rows: job_id + the slot's item columns
-
-
-def encode(rec: Record) -> bytes:
-    """The frame (header + payload) for ``rec``."""
-    if rec.kind == UPSERT:
-        if rec.vectors is None or rec.items is None:
-            raise ValueError("an upsert record needs vectors and items")
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, rec.items.schema) as writer:
-            writer.write_table(rec.items)
-        dim = rec.vectors.shape[1]
-        body = rec.vectors.astype("<f4", copy=False).tobytes() + sink.getvalue().to_pybytes()
-    elif rec.kind == DELETE:
-        dim, body = 0, rec.job_ids.astype("<i8", copy=False).tobytes()
-    else:
-        raise ValueError(f"unknown record kind {rec.kind}")
-    payload = _HEAD.pack(rec.kind, rec.lsn, len(rec.job_ids), dim) + body
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"batch of {len(payload)} bytes exceeds {MAX_PAYLOAD}; split it")
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _decode(payload: memoryview, where: str) -> Record:
-    kind, lsn, m, dim = _HEAD.unpack_from(payload)
-    off = _HEAD.size
-    if kind == DELETE:
-        return Record(DELETE, lsn, np.frombuffer(payload, "<i8", m, off).astype(np.int64))
-    if kind != UPSERT:
-        # The crc matched, so this is a kind a newer writer knows and we do not.
-        raise ValueError(f"{where}: unknown record kind {kind} (written by a newer version?)")
-    vectors = np.frombuffer(payload, "<f4", m * dim, off).reshape(m, dim).astype(np.float32)
-    items = pa.ipc.open_stream(payload[off + 4 * m * dim :]).read_all()
-    job_ids = items.column("job_id").to_numpy().astype(np.int64)
-    return Record(UPSERT, lsn, job_ids, vectors, items)
-
-
-@dataclass(frozen=True)
 class ReplayInfo:
-    """Where a replay ended: what a writer needs to continue the log."""
+    """Where a replay ended: what a writer needs to continue the log, and what was wrong."""
 
     last_lsn: int  # 0 for an empty log
     records: int  # records read (decoded or skipped)
     segment: Path | None  # the last segment, None when there is none
-    end: int  # byte offset in ``segment`` after the last good frame
-    torn_bytes: int  # bytes after ``end`` that were not a complete, checked frame
+    end: int  # byte offset in ``segment`` where appends go: after the last frame or damage
+    torn_bytes: int  # bytes after ``end``: a torn tail (one interrupted, unacknowledged write)
+    problems: tuple[str, ...] = ()  # damage and lost lsns, one line each; () for a sound log
 
 
-def replay(log_dir: Path, apply: Callable[[Record], None], after_lsn: int = 0) -> ReplayInfo:
-    """Read every complete frame in order and pass records with lsn > ``after_lsn`` to ``apply``.
+def _lsns(first: int, last: int) -> str:
+    n = last - first + 1
+    return f"{n} acknowledged record{'s' * (n != 1)} lost (lsn {first}" + (
+        f"-{last})" if n > 1 else ")"
+    )
 
-    Records at or before ``after_lsn`` are checked (crc, sequence) but not decoded.
+
+def _resumed(damaged: list[str], lsn: int, rec_lsn: int, where: str) -> str:
+    """The problem line for the damage (or lsn gap) that ends at the intact frame ``where``."""
+    if not damaged:
+        return f"{where}: the log jumps from lsn {lsn} to {rec_lsn}: " + _lsns(lsn + 1, rec_lsn - 1)
+    lost = (
+        _lsns(lsn + 1, rec_lsn - 1)
+        if rec_lsn > lsn + 1
+        else "no lsn missing around them (inserted bytes, or a lost last write whose lsn a "
+        "writer reused)"
+    )
+    return f"{', '.join(damaged)} damaged and skipped: {lost}; replay resumed at lsn {rec_lsn}"
+
+
+def replay(
+    log_dir: Path,
+    apply: Callable[[Record], None],
+    after_lsn: int = 0,
+    quiet: Collection[str] = (),
+) -> ReplayInfo:
+    """Read every intact frame in order and pass records with lsn > ``after_lsn`` to ``apply``.
+
+    Records at or before ``after_lsn`` are checked (crc, sequence) but not decoded. Damage (see
+    the module docstring) never stops the replay: it is skipped, every intact frame after it is
+    applied, and it is logged as an error (unless the line is in ``quiet``: already reported)
+    and listed in ``problems``. A torn tail at the end of the last segment is not a problem.
 
     Raises:
-        ValueError: corruption that a crash cannot explain (a bad frame before the last one, a
-            sequence gap, a segment that is not a log segment).
+        ValueError: an intact frame of a kind this version does not know.
     """
     segments = sorted(Path(log_dir).glob("*.wal"))
     lsn, count, end, torn = 0, 0, 0, 0
+    problems: list[str] = []
+    damaged: list[str] = []  # byte ranges skipped since the last intact frame
+    skipped = 0  # their size: each may have held up to skipped // MIN_FRAME frames
     for i, seg in enumerate(segments):
-        data = seg.read_bytes()
-        view, last = memoryview(data), i == len(segments) - 1
-        if data[: len(MAGIC)] != MAGIC:
-            if last and MAGIC.startswith(data):  # crashed while creating the segment
-                end, torn = 0, len(data)
-                break
-            raise ValueError(f"{seg} is not a log segment (bad magic)")
-        pos = len(MAGIC)
+        data, last, name = seg.read_bytes(), i == len(segments) - 1, f"{seg.parent.name}/{seg.name}"
+        pos = len(MAGIC) if data[: len(MAGIC)] == MAGIC else 0  # a bad magic is damage too
+        if not pos and last and MAGIC.startswith(data):  # crashed while creating the segment
+            end, torn = 0, len(data)
+            break
+        first = int(seg.stem) if seg.stem.isdigit() else 0
+        if not data:
+            damaged.append(f"{name} (empty)")
         while pos < len(data):
-            length, crc = _FRAME.unpack_from(data, pos) if len(data) - pos >= 8 else (-1, 0)
-            stop = pos + _FRAME.size + length
-            payload = view[stop - length : stop]
-            if length < _HEAD.size or stop > len(data) or zlib.crc32(payload) != crc:
-                if not last:
-                    raise ValueError(f"{seg}: corrupt frame at byte {pos} in a closed segment")
-                break  # torn tail: a write the crash interrupted, never acknowledged
-            rec_lsn = _HEAD.unpack_from(payload)[1]
-            if pos == len(MAGIC) and rec_lsn != int(seg.stem):
-                raise ValueError(f"{seg}: first record has lsn {rec_lsn}, name says {seg.stem}")
-            if rec_lsn != lsn + 1:
-                raise ValueError(f"{seg}: lsn {rec_lsn} at byte {pos} follows lsn {lsn}")
+            frame = frame_at(data, pos) if pos else None
+            if frame is None:
+                limit = max(lsn, first - 1) + (skipped + len(data)) // MIN_FRAME + 1
+                found = next_frame(data, pos + 1, lsn, limit)
+                if found is None and last and pos and torn_at(data, pos):
+                    break  # a torn tail: the append a crash interrupted, never acknowledged
+                stop = len(data) if found is None else found
+                damaged.append(f"{name} bytes {pos}-{stop} ({stop - pos} bytes)")
+                skipped, pos = skipped + stop - pos, stop
+                continue
+            rec_lsn, stop = frame
+            if rec_lsn <= lsn:  # intact but out of order: applying it would undo later writes
+                problems.append(f"{name} byte {pos}: lsn {rec_lsn} after lsn {lsn}, skipped")
+                pos = stop
+                continue
+            if pos == len(MAGIC) and rec_lsn != first:
+                problems.append(f"{name}: named for lsn {seg.stem} but starts with lsn {rec_lsn}")
+            if damaged or rec_lsn != lsn + 1:
+                problems.append(_resumed(damaged, lsn, rec_lsn, f"{name} byte {pos}"))
+                damaged, skipped = [], 0
             if rec_lsn > after_lsn:
-                apply(_decode(payload, f"{seg} byte {pos}"))
+                apply(decode(memoryview(data)[pos + _FRAME.size : stop], f"{seg} byte {pos}"))
             lsn, count, pos = rec_lsn, count + 1, stop
         end, torn = pos, len(data) - pos
-    return ReplayInfo(lsn, count, segments[-1] if segments else None, end, torn)
+    if damaged:
+        problems.append(
+            f"{', '.join(damaged)} damaged at the end of the log: the acknowledged records "
+            f"after lsn {lsn} they held are lost"
+        )
+    for line in problems:
+        if line not in quiet:
+            log.error("log %s: %s", log_dir, line)
+    return ReplayInfo(lsn, count, segments[-1] if segments else None, end, torn, tuple(problems))
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -178,7 +193,8 @@ class LogWriter:
         self._size = 0
 
     def resume(self, info: ReplayInfo) -> None:
-        """Continue the log ``replay`` described, truncating its torn tail first."""
+        """Continue the log ``replay`` described, truncating its torn tail first (only that:
+        damage stays where it is and appends go after it, so replay keeps reporting it)."""
         self.next_lsn = info.last_lsn + 1
         if info.segment is None:
             self._open_segment()
@@ -186,6 +202,11 @@ class LogWriter:
         self._fd = os.open(info.segment, os.O_WRONLY)
         self._size = info.end
         if info.torn_bytes:
+            log.warning(
+                "log %s: truncating a torn tail of %d bytes at byte %d of %s (an append a crash"
+                " interrupted, never acknowledged)",
+                self.log_dir, info.torn_bytes, info.end, info.segment.name,
+            )  # fmt: skip
             os.ftruncate(self._fd, info.end)
             if info.end == 0:
                 _write_all(self._fd, MAGIC, 0)
