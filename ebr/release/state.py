@@ -3,7 +3,7 @@ state of every release. ``releases/state.json`` is the only mutable file of the 
 
     {"format_version": 1,
      "live": "rel-v2-...",                       # what requests outside an experiment get
-     "live_history": ["rel-v1-..."],            # previous live releases, oldest first
+     "live_history": ["rel-v1-..."],            # what a plain rollback returns to, oldest first
      "experiment": {"name": "v3-vs-v2", "salt": "v3-vs-v2", "started_at": "...",
                     "arms": [{"arm": "control", "release": "rel-v2-...", "weight": 0.5},
                              {"arm": "treatment", "release": "rel-v3-...", "weight": 0.5}]},
@@ -14,7 +14,19 @@ A release is ``candidate`` once recorded and gated, ``serving`` from the first t
 or an arm (it stays so, warm and ready for a rollback, until retired) and ``retired`` when an
 operator retires it; a retired release never serves again. Each change is a locked
 read-modify-write of the whole file, replaced atomically: a reader sees the state before or
-after a change, never a mix.
+after a change, never a mix. A change that raises (a refused move, a check of the release
+that fails) writes nothing.
+
+The live history is a stack of the releases live before, one entry per change of the live
+release, so every move can be undone by a plain rollback except a plain rollback itself:
+
+- ``promote X`` and ``rollback --to X`` (X anything but the release a plain rollback would
+  return to: a standby, a candidate, one deeper in the history) push the live release;
+- a plain ``rollback`` (and ``rollback --to`` the very release it would return to) pops back
+  to the latest earlier live release that is not retired, dropping what was live after it.
+
+    live A, history []  --promote B-->  live B [A]  --rollback --to C-->  live C [A, B]
+    --rollback-->  live B [A]  --rollback-->  live A []
 """
 
 from __future__ import annotations
@@ -42,13 +54,43 @@ def _empty() -> dict[str, Any]:
 
 
 def read_state(ws: Workspace) -> dict[str, Any]:
-    """The current state (an empty one before any release was recorded)."""
+    """The current state (an empty one before any release was recorded).
+
+    Raises:
+        ValueError: the file is not JSON or not a state (the message names the file and
+            the field); nothing is ever written over such a file.
+    """
     path = ws.releases / STATE_FILE
     if not path.is_file():
         return _empty()
-    state: dict[str, Any] = json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); restore it") from None
+    return check_state(state, str(path))
+
+
+def check_state(state: Any, where: str) -> dict[str, Any]:
+    """``state`` if it has the shape of a state file (``where`` names it in errors)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{where} must hold a JSON object, got {type(state).__name__}")
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {state.get('format_version')!r}")
+        raise ValueError(f"{where} has format_version {state.get('format_version')!r}")
+    shapes: dict[str, type | tuple[type, ...]] = {
+        "live": (str, type(None)),
+        "live_history": list,
+        "experiment": (dict, type(None)),
+        "releases": dict,
+        "events": list,
+    }
+    for key, kind in shapes.items():
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"{where}: {key!r} is missing or malformed: {state.get(key)!r:.80}")
+    if not all(isinstance(r, str) for r in state["live_history"]):
+        raise ValueError(f"{where}: 'live_history' must list release ids")
+    for rid, entry in state["releases"].items():
+        if not isinstance(entry, dict) or entry.get("state") not in STATES:
+            raise ValueError(f"{where}: release {rid!r} has no state in {STATES}: {entry!r:.80}")
     return state
 
 
@@ -137,31 +179,54 @@ def promote(ws: Workspace, release_id: str) -> dict[str, Any]:
     return _change(ws, "promote", apply)
 
 
+def _step_back(state: dict[str, Any]) -> tuple[int, str] | None:
+    """(position in the live history, id) of the latest earlier live release that is not
+    retired (nor live now), or None."""
+    history = state["live_history"]
+    for i in range(len(history) - 1, -1, -1):
+        rid = history[i]
+        if rid != state["live"] and _entry(state, rid)["state"] != "retired":
+            return i, rid
+    return None
+
+
 def rollback_target(state: dict[str, Any], to: str | None = None) -> str:
     """``to``, or the latest earlier live release that is not retired (ValueError: none)."""
     if to is not None:
         return check_release_id(to)
-    usable = [
-        r for r in state["live_history"]
-        if r != state["live"] and _entry(state, r)["state"] != "retired"
-    ]  # fmt: skip
-    if not usable:
+    back = _step_back(state)
+    if back is None:
         raise ValueError("nothing to roll back to: no earlier live release still serves")
-    return str(usable[-1])
+    return back[1]
 
 
-def rollback(ws: Workspace, to: str | None = None) -> dict[str, Any]:
-    """Make the release live before the current one live again (or ``to``, any serving or
-    candidate release); retired releases are skipped over. Returns the event."""
+def rollback(
+    ws: Workspace, to: str | None = None, verify: Callable[[str], object] | None = None
+) -> dict[str, Any]:
+    """Make the release live before the current one live again (retired ones are skipped
+    over), or ``to`` (any release recorded and not retired). A step back pops the history;
+    a rollback to any other release pushes the live one, as a promotion does, so a plain
+    rollback undoes it (module docstring). ``verify(target)`` runs under the lock before
+    anything is written (raise to refuse). Returns the event: ``release``, ``previous``,
+    ``changed`` and ``kind`` (``step_back`` or ``jump``)."""
 
     def apply(state: dict[str, Any]) -> dict[str, Any]:
         current, history = state["live"], list(state["live_history"])
+        back = _step_back(state)
         target = rollback_target(state, to)
+        if target == current:
+            return {"release": target, "previous": current, "changed": False, "kind": None}
+        if verify is not None:
+            verify(target)
         _set(state, target, "serving")
-        if target in history:  # back to it: what was live after it is no longer "before"
-            history = history[: len(history) - history[::-1].index(target) - 1]
+        if back is not None and back[1] == target:
+            kind, history = "step_back", history[: back[0]]
+        else:
+            kind = "jump"
+            if current is not None:
+                history = [*history, current][-EVENTS_KEPT:]
         state["live"], state["live_history"] = target, history
-        return {"release": target, "previous": current}
+        return {"release": target, "previous": current, "changed": True, "kind": kind}
 
     return _change(ws, "rollback", apply)
 
@@ -220,13 +285,18 @@ def stop_experiment(ws: Workspace) -> dict[str, Any]:
     return _change(ws, "stop_experiment", apply)
 
 
-def retire(ws: Workspace, release_id: str) -> dict[str, Any]:
-    """Retire a release that is neither live nor an arm: it never serves again."""
+def retire(
+    ws: Workspace, release_id: str, check: Callable[[dict[str, Any]], object] | None = None
+) -> dict[str, Any]:
+    """Retire a release that is neither live nor an arm: it never serves again.
+    ``check(state)`` runs under the lock before anything is written (raise to refuse)."""
 
     def apply(state: dict[str, Any]) -> dict[str, Any]:
         if release_id in serving_ids(state):
             raise ValueError(f"release {release_id} is {role(state, release_id)}; it cannot retire")
         entry = _entry(state, release_id)
+        if check is not None:
+            check(state)
         entry.update(state="retired", since=datetime.now(UTC).isoformat())
         state["releases"][release_id] = entry
         return {"release": release_id}
@@ -236,10 +306,16 @@ def retire(ws: Workspace, release_id: str) -> dict[str, Any]:
 
 def replace(ws: Workspace, old: str, new: str) -> dict[str, Any]:
     """Put ``new`` wherever ``old`` serves (live, an experiment arm) and retire ``old``: what a
-    compaction does (same model, the slot's log folded into a new snapshot). The live history
-    keeps its order, so a rollback goes to the release live before ``old``."""
+    compaction does (same model, the slot's log folded into a new snapshot). ``new`` may be
+    unrecorded: it is recorded in the same write, so a failure leaves no candidate behind.
+    The live history keeps its order with ``new`` in ``old``'s places (it holds the same
+    jobs, later), so a rollback goes to the release live before ``old``."""
 
     def apply(state: dict[str, Any]) -> dict[str, Any]:
+        if check_release_id(new) not in state["releases"]:
+            now = datetime.now(UTC).isoformat()
+            state["releases"][new] = {"state": "candidate", "version": release_version(new),
+                                      "since": now}  # fmt: skip
         _set(state, new, "serving")
         roles = []
         if state["live"] == old:
@@ -250,7 +326,7 @@ def replace(ws: Workspace, old: str, new: str) -> dict[str, Any]:
                 {**a, "release": new if a["release"] == old else a["release"]}
                 for a in state["experiment"]["arms"]
             ]
-        state["live_history"] = [r for r in state["live_history"] if r != old]
+        state["live_history"] = [new if r == old else r for r in state["live_history"]]
         entry = _entry(state, old)
         entry.update(state="retired", since=datetime.now(UTC).isoformat(), replaced_by=new)
         state["releases"][old] = entry

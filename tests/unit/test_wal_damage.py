@@ -144,6 +144,20 @@ def test_a_flipped_byte_anywhere_loses_only_its_own_frame_and_is_reported(
             assert info.torn_bytes == 0 and info.problems
 
 
+@pytest.mark.parametrize("k", [1, 10, N_FRAMES - 4])
+def test_a_length_pointing_past_real_frames_loses_only_its_frame(
+    clean: Path, tmp_path: Path, k: int
+) -> None:
+    """Frame k's length rewritten to end exactly where frame k+3 ends (a frame boundary):
+    replay must not jump to where the bad length says; k+1..k+3 come back."""
+    data = (clean / "00000000000000000001.wal").read_bytes()
+    frames = frames_of(data)
+    _, a, _ = frames[k - 1]
+    new = data[:a] + (frames[k + 2][2] - a - 8).to_bytes(4, "little") + data[a + 4 :]
+    info = check_against_oracle(clean, tmp_path, new, lambda s, e: s != a)
+    assert named_lsns(info.problems) == {k}
+
+
 def _zero(data: bytes, rng: np.random.Generator):
     a = int(rng.integers(len(wal.MAGIC), len(data) - 1))
     b = int(rng.integers(a + 1, min(len(data), a + 2000) + 1))
