@@ -9,13 +9,19 @@
     python -m ebr.release stop-experiment --workspace var/demo
     python -m ebr.release retire --workspace var/demo rel-v1-...
     python -m ebr.release compact --workspace var/demo [--release rel-v1-...]
+
+A command that cannot be carried out (a refused gate, an unknown release, an unreadable
+state.json, aliases.json or record) prints ``error: <why, naming the file>`` and exits 1;
+it changed nothing (``ebr.release.provision``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -28,11 +34,31 @@ cli = typer.Typer(add_completion=False, help="Embedding releases: provision, pro
 WorkspaceOpt = Annotated[Path, typer.Option(help="workspace root (holds releases/)")]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 def _echo(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _operator_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """An operator's mistake or a bad file ends the command with one line naming it, not a
+    traceback (exit code 1)."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, KeyError, OSError) as err:  # ReleaseRefused is a ValueError
+            typer.echo(f"error: {str(err).strip(chr(34) + chr(39))}", err=True)
+            raise typer.Exit(1) from None
+
+    return run
+
+
 @cli.command()
+@_operator_errors
 def show(workspace: WorkspaceOpt) -> None:
     """Live release, experiment and every release's state and role."""
     ws = Workspace(workspace)
@@ -42,6 +68,7 @@ def show(workspace: WorkspaceOpt) -> None:
 
 
 @cli.command("provision")
+@_operator_errors
 def provision_cmd(
     workspace: WorkspaceOpt,
     version: Annotated[str, typer.Option(help="model version, e.g. v2")],
@@ -57,12 +84,14 @@ def provision_cmd(
 
 
 @cli.command()
+@_operator_errors
 def promote(workspace: WorkspaceOpt, release: str) -> None:
     """Make RELEASE live."""
     _echo(ops.promote(Workspace(workspace), release))
 
 
 @cli.command()
+@_operator_errors
 def rollback(
     workspace: WorkspaceOpt, to: Annotated[str | None, typer.Option(help="release id")] = None
 ) -> None:
@@ -71,6 +100,7 @@ def rollback(
 
 
 @cli.command("start-experiment")
+@_operator_errors
 def start_experiment(
     workspace: WorkspaceOpt,
     name: str,
@@ -83,12 +113,14 @@ def start_experiment(
 
 
 @cli.command("stop-experiment")
+@_operator_errors
 def stop_experiment(workspace: WorkspaceOpt) -> None:
     """End the running experiment."""
     _echo(st.stop_experiment(Workspace(workspace)))
 
 
 @cli.command()
+@_operator_errors
 def retire(
     workspace: WorkspaceOpt,
     release: str,
@@ -99,6 +131,7 @@ def retire(
 
 
 @cli.command()
+@_operator_errors
 def compact(
     workspace: WorkspaceOpt,
     release: Annotated[str | None, typer.Option(help="one release (default: live + arms)")] = None,

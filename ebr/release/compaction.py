@@ -11,22 +11,25 @@ retired, its slot and log kept: the streaming job copies the records that reache
 after the compaction read it into the new one before writing there (``pipelines.stream_sinks``),
 and a rollback goes to the release live before it.
 
+All or nothing: the state, the old release's record and ``slots/aliases.json`` are read
+first; the new release's record, the aliases (one write) and the state (one write, the new
+release recorded and put in place together) follow, and a failure at any step undoes the
+ones before it and removes the new slot: the old release keeps serving, nothing else changed.
+
     python -m ebr.release compact --workspace var/demo [--release rel-v1-...]
 """
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from ebr.config import GateConfig, IndexConfig, Workspace
-from ebr.index.build.aliases import read_aliases, set_alias
+from ebr.index.build.aliases import read_aliases, restore, retarget
 from ebr.index.build.writer import slot_name_for
 from ebr.index.live.slot import compact, open_live
-from ebr.index.live.wal import log_dir_for
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused
-from ebr.release.provision import provision
+from ebr.release.provision import prepare, recorded, remove_slot
 from ebr.release.record import read_record
 from ebr.release.slots import tuning_requests
 
@@ -44,7 +47,11 @@ def compact_release(
     (``compacted`` False with a ``reason`` when its log is shorter than ``min_records`` or the
     gates refused the new slot: the old release keeps serving then)."""
     cfg = cfg or IndexConfig()
+    role = st.role(st.read_state(ws), release_id)  # every file it changes, read first
+    if role == "retired":
+        raise ValueError(f"release {release_id} is retired; there is nothing to compact")
     record = read_record(ws, release_id)
+    read_aliases(ws.slots)
     version, old_slot = record["model"]["version"], record["slot"]["name"]
     live = open_live(ws.slots / old_slot, writable=False)
     records = int(live.stats()["lsn"])
@@ -55,20 +62,23 @@ def compact_release(
     requests = tuning_requests(ws, version, cfg) if cfg.tune_on == "requests" else None
     compact(live, ws.slots, new_slot, cfg, requests)
     try:
-        new = provision(ws, version, new_slot, gates)
-    except ReleaseRefused as refused:
-        # Nothing names the new slot: remove it; the old release keeps serving.
-        shutil.rmtree(ws.slots / new_slot, ignore_errors=True)
-        shutil.rmtree(log_dir_for(ws.slots / new_slot), ignore_errors=True)
+        doc = prepare(ws, version, new_slot, gates)
+        with recorded(ws, doc):
+            moved = retarget(ws.slots, old_slot, new_slot)  # jobs@<version> follows the data
+            try:
+                event = st.replace(ws, release_id, doc["id"])
+            except BaseException:
+                restore(ws.slots, moved, old_slot, new_slot)
+                raise
+    except BaseException as err:
+        remove_slot(ws, new_slot)  # nothing names it: the old release keeps serving
+        if not isinstance(err, ReleaseRefused):
+            raise
         return {"release": release_id, "compacted": False, "log_records": records,
-                "reason": str(refused)}  # fmt: skip
-    for alias, target in read_aliases(ws.slots).items():
-        if target == old_slot:  # jobs@<version> and the like follow the data
-            set_alias(ws.slots, alias, new_slot)
-    event = st.replace(ws, release_id, new["id"])
+                "reason": str(err)}  # fmt: skip
     return {"release": release_id, "compacted": True, "log_records": records,
-            "new_release": new["id"], "new_slot": new_slot, "roles": event["roles"],
-            "gates": new["gates"]}  # fmt: skip
+            "new_release": doc["id"], "new_slot": new_slot, "roles": event["roles"],
+            "gates": doc["gates"]}  # fmt: skip
 
 
 def compact_serving(

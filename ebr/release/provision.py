@@ -7,13 +7,23 @@ registers it as a candidate. Nothing serves it until ``promote`` or an experimen
 ``promote``, ``rollback`` and ``start_experiment`` re-read each named record (its checksum
 verified) and re-check its lineage before the state pointer moves; ``retire`` removes a
 retired release's slot unless something still serving names it.
+
+Each operation is all or nothing: it reads and checks everything it depends on (records,
+``releases/state.json``, ``slots/aliases.json``) before its one write of the state, and a
+failure names the file and leaves the state, the aliases and the releases as they were (a
+record written for a candidate the state refused is removed again). Only what follows the
+committed write can fail after it: removing a retired slot's files, which ``retire`` run
+again finishes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +34,13 @@ from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused, check_gates, lineage_gate
-from ebr.release.record import list_releases, new_release_id, read_record, write_record
+from ebr.release.record import (
+    list_releases,
+    new_release_id,
+    read_record,
+    record_dir,
+    write_record,
+)
 from ebr.versions import META_FILE, feature_names, interest_version, read_meta, version_paths
 
 REPORT_FILE = "eval_report.json"
@@ -99,23 +115,23 @@ def gather(ws: Workspace, version: str, slot_name: str | None = None) -> dict[st
     }
 
 
-def provision(
+def prepare(
     ws: Workspace, version: str, slot_name: str | None = None, gates: GateConfig | None = None
 ) -> dict[str, Any]:
-    """Gate and record a release of ``version`` as a candidate; returns its record.
+    """The gated record of a new release of ``version`` (not written): what ``provision``
+    records. Reads the state (the live release is the parent and the quality baseline).
 
     Raises:
-        ReleaseRefused: a gate failed (the message names each failed gate and by how much);
-            nothing is recorded then.
+        ReleaseRefused: a gate failed (the message names each failed gate and by how much).
     """
     cfg = gates or GateConfig()
+    state = st.read_state(ws)  # first: an unreadable state refuses before the slow gates
     facts = gather(ws, version, slot_name)
-    state = st.read_state(ws)
     live = read_record(ws, state["live"]) if state["live"] else None
     manifest = json.loads((ws.slots / facts["slot"]["name"] / MANIFEST_FILE).read_text())
     verdicts = check_gates(ws, facts, manifest, cfg, live)
     coverage = next(v for v in verdicts if v["gate"] == "coverage")
-    doc = {
+    return {
         "id": new_release_id(version),
         **facts,
         "coverage": {"share_of_active_jobs": coverage["value"], "detail": coverage["detail"]},
@@ -128,9 +144,33 @@ def provision(
         "parent": state["live"],
         "created_at": datetime.now(UTC).isoformat(),
     }
-    write_record(ws, doc)
-    st.add_candidate(ws, doc["id"])
+
+
+def provision(
+    ws: Workspace, version: str, slot_name: str | None = None, gates: GateConfig | None = None
+) -> dict[str, Any]:
+    """Gate and record a release of ``version`` as a candidate; returns its record.
+
+    Raises:
+        ReleaseRefused: a gate failed (the message names each failed gate and by how much);
+            nothing is recorded then, nor when recording the candidate in the state fails.
+    """
+    doc = prepare(ws, version, slot_name, gates)
+    with recorded(ws, doc):
+        st.add_candidate(ws, doc["id"])
     return read_record(ws, doc["id"])
+
+
+@contextlib.contextmanager
+def recorded(ws: Workspace, doc: dict[str, Any]) -> Iterator[None]:
+    """Write ``doc``'s record for the ``with`` body (which names it in the state); if the body
+    raises, remove the record again: no release is left that the state does not name."""
+    write_record(ws, doc)
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(record_dir(ws, doc["id"]))
+        raise
 
 
 def _still_consistent(ws: Workspace, release_id: str) -> dict[str, Any]:
@@ -151,10 +191,10 @@ def promote(ws: Workspace, release_id: str) -> dict[str, Any]:
 
 
 def rollback(ws: Workspace, to: str | None = None) -> dict[str, Any]:
-    """Make the previous live release (or ``to``) live again; returns the event."""
-    target = st.rollback_target(st.read_state(ws), to)
-    _still_consistent(ws, target)
-    return st.rollback(ws, target)
+    """Make the previous live release (or ``to``) live again, its record and lineage checked
+    under the state lock first (``state.rollback`` says how the live history moves); returns
+    the event."""
+    return st.rollback(ws, to, verify=lambda target: _still_consistent(ws, target))
 
 
 def parse_arm(spec: str) -> tuple[str, str, float]:
@@ -179,11 +219,49 @@ def start_experiment(
 def retire(ws: Workspace, release_id: str, delete_slot: bool = True) -> dict[str, Any]:
     """Retire ``release_id`` (neither live nor an arm); with ``delete_slot`` remove its slot
     (and live log) unless a release that is not retired, or a slot alias, still names it.
-    Embedding tables and Feast views stay (other releases of the version may read them)."""
-    event = st.retire(ws, release_id)
-    removed, kept_for = remove_unused_slot(ws, release_id) if delete_slot else (False, [])
-    slot = read_record(ws, release_id)["slot"]["name"]
-    return {**event, "slot": slot, "slot_removed": removed, "kept_for": kept_for}
+    Embedding tables and Feast views stay (other releases of the version may read them).
+
+    Its record, every other record and the aliases are read before the state changes: if one
+    is unreadable the release stays as it was. The slot's files go after the state is
+    written; if that fails, the release is retired and ``retire`` again removes them."""
+    plan: dict[str, Any] = {}
+
+    def check(state: dict[str, Any]) -> None:  # under the state lock, before the write
+        slot = read_record(ws, release_id)["slot"]["name"]
+        kept_for = _named_by(ws, state, release_id, slot) if delete_slot else []
+        plan.update(slot=slot, kept_for=kept_for)
+
+    event = st.retire(ws, release_id, check)
+    removed = delete_slot and not plan["kept_for"]
+    if removed:
+        remove_slot(ws, plan["slot"])
+    return {**event, "slot": plan["slot"], "slot_removed": removed, "kept_for": plan["kept_for"]}
+
+
+def _named_by(ws: Workspace, state: dict[str, Any], release_id: str, slot: str) -> list[str]:
+    """What still names ``slot`` besides ``release_id``: releases that are not retired (their
+    records read and checked: one the state names whose record is missing refuses, as it may
+    name the slot) and slot aliases."""
+    known = dict.fromkeys([*list_releases(ws), *state["releases"]])
+    named_by = [
+        rid for rid in known
+        if rid != release_id and state["releases"].get(rid, {}).get("state") != "retired"
+        and read_record(ws, rid)["slot"]["name"] == slot
+    ]  # fmt: skip
+    return named_by + [a for a, target in read_aliases(ws.slots).items() if target == slot]
+
+
+def remove_slot(ws: Workspace, slot: str) -> None:
+    """Remove ``slot`` and its live log: each renamed out of the slots' names first (one
+    atomic step, after which nothing can open it), then deleted."""
+    doomed = []
+    for path in (ws.slots / slot, log_dir_for(ws.slots / slot)):
+        if path.exists():
+            trash = path.with_name(f".{path.name}.removed-{uuid.uuid4().hex[:8]}")
+            os.rename(path, trash)
+            doomed.append(trash)
+    for trash in doomed:
+        shutil.rmtree(trash)
 
 
 def remove_unused_slot(ws: Workspace, release_id: str) -> tuple[bool, list[str]]:
@@ -193,14 +271,8 @@ def remove_unused_slot(ws: Workspace, release_id: str) -> tuple[bool, list[str]]
     if state["releases"].get(release_id, {}).get("state") != "retired":
         raise ValueError(f"release {release_id} is not retired; its slot may still serve")
     slot = read_record(ws, release_id)["slot"]["name"]
-    named_by = [
-        rid for rid in list_releases(ws)
-        if rid != release_id and state["releases"].get(rid, {}).get("state") != "retired"
-        and read_record(ws, rid)["slot"]["name"] == slot
-    ]  # fmt: skip
-    aliases = [a for a, target in read_aliases(ws.slots).items() if target == slot]
-    if named_by or aliases:
-        return False, named_by + aliases
-    shutil.rmtree(ws.slots / slot, ignore_errors=True)
-    shutil.rmtree(log_dir_for(ws.slots / slot), ignore_errors=True)
+    named_by = _named_by(ws, state, release_id, slot)
+    if named_by:
+        return False, named_by
+    remove_slot(ws, slot)
     return True, []

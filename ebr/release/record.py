@@ -98,12 +98,16 @@ def read_record(ws: Workspace, release_id: str) -> dict[str, Any]:
     path = record_dir(ws, release_id) / RECORD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no release {release_id} (no {path})")
-    doc: dict[str, Any] = json.loads(path.read_text())
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {doc.get('format_version')!r}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"release record {path} is not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION:
+        got = doc.get("format_version") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path} has format_version {got!r}")
     if doc.get("checksum") != checksum(doc):
         raise ValueError(f"release record {path} does not match its checksum: it was modified")
-    return doc
+    return dict(doc)
 
 
 def list_releases(ws: Workspace) -> list[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,10 @@ def _read_state(slots_dir: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     path = Path(slots_dir) / ALIASES_FILE
     if not path.exists():
         return {}, {}
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); restore it") from None
     if _is_str_map(raw):  # the flat format written before history existed
         return dict(raw), {}
     aliases = raw.get("aliases") if isinstance(raw, dict) else None
@@ -88,26 +91,92 @@ def alias_history(slots_dir: Path, alias: str) -> list[str]:
     return _read_state(Path(slots_dir))[1].get(alias, [])
 
 
-def _move(
-    slots_dir: Path, alias: str, slot_name: str, allow: Callable[[str | None], bool]
-) -> tuple[bool, str | None]:
-    """Under the lock: point ``alias`` at ``slot_name`` if ``allow(current target)``, pushing
-    the old target onto its history; -> (moved or already there, previous target)."""
+Allow = Callable[[str | None], bool]  # current target -> may the alias move
+
+
+def _move_all(
+    slots_dir: Path, slot_name: str, moves: Sequence[tuple[str, Allow]]
+) -> list[tuple[bool, str | None]]:
+    """Under the lock, in one write: point each alias of ``moves`` at ``slot_name`` if its
+    ``allow(current target)``, pushing the old target onto its history; -> per alias (moved
+    or already there, previous target). Any error leaves aliases.json as it was."""
     slots_dir = Path(slots_dir)
-    check_name(alias, "alias", ALIAS_NAME)
+    for alias, _ in moves:
+        check_name(alias, "alias", ALIAS_NAME)
     _check_slot(slots_dir, slot_name)
+    out: list[tuple[bool, str | None]] = []
     with _aliases_lock(slots_dir):
         aliases, history = _read_state(slots_dir)
-        previous = aliases.get(alias)
-        if previous == slot_name:
-            return True, previous
-        if not allow(previous):
-            return False, previous
-        if previous is not None:
-            history.setdefault(alias, []).append(previous)
-        aliases[alias] = slot_name
-        _write_state(slots_dir, aliases, history)
-    return True, previous
+        changed = False
+        for alias, allow in moves:
+            previous = aliases.get(alias)
+            if previous != slot_name and not allow(previous):
+                out.append((False, previous))
+                continue
+            if previous != slot_name:
+                if previous is not None:
+                    history.setdefault(alias, []).append(previous)
+                aliases[alias], changed = slot_name, True
+            out.append((True, previous))
+        if changed:
+            _write_state(slots_dir, aliases, history)
+    return out
+
+
+def _move(slots_dir: Path, alias: str, slot_name: str, allow: Allow) -> tuple[bool, str | None]:
+    """``_move_all`` for one alias."""
+    return _move_all(slots_dir, slot_name, [(alias, allow)])[0]
+
+
+def point(
+    slots_dir: Path, slot_name: str, aliases: Sequence[str], refreshed: Sequence[str] = ()
+) -> dict[str, bool]:
+    """Point every alias of ``aliases`` at ``slot_name`` (as ``promote``) and each of
+    ``refreshed`` as ``refresh`` does, in one atomic write; -> alias -> points there now."""
+    version = slot_model_version(Path(slots_dir), slot_name)
+
+    def same_version(current: str | None) -> bool:
+        return current is None or slot_model_version(Path(slots_dir), current) == version
+
+    moves = [(a, _always) for a in aliases] + [(a, same_version) for a in refreshed]
+    done = _move_all(slots_dir, slot_name, moves)
+    return {alias: ok for (alias, _), (ok, _) in zip(moves, done, strict=True)}
+
+
+def _always(_: str | None) -> bool:
+    return True
+
+
+def retarget(slots_dir: Path, old_slot: str, new_slot: str) -> list[str]:
+    """Point every alias now naming ``old_slot`` at ``new_slot`` (a compaction's successor),
+    in one atomic write; -> the aliases moved (``restore`` undoes it)."""
+    slots_dir = Path(slots_dir)
+    _check_slot(slots_dir, new_slot)
+    with _aliases_lock(slots_dir):
+        aliases, history = _read_state(slots_dir)
+        moved = sorted(a for a, target in aliases.items() if target == old_slot)
+        for alias in moved:
+            history.setdefault(alias, []).append(old_slot)
+            aliases[alias] = new_slot
+        if moved:
+            _write_state(slots_dir, aliases, history)
+    return moved
+
+
+def restore(slots_dir: Path, moved: Sequence[str], old_slot: str, new_slot: str) -> None:
+    """Undo ``retarget``: each of ``moved`` still naming ``new_slot`` goes back to
+    ``old_slot`` and its history loses that step (aliases moved on since are left alone)."""
+    slots_dir = Path(slots_dir)
+    with _aliases_lock(slots_dir):
+        aliases, history = _read_state(slots_dir)
+        back = [
+            a for a in moved if aliases.get(a) == new_slot and history.get(a, [""])[-1] == old_slot
+        ]
+        for alias in back:
+            history[alias].pop()
+            aliases[alias] = old_slot
+        if back:
+            _write_state(slots_dir, aliases, history)
 
 
 def promote(slots_dir: Path, alias: str, slot_name: str) -> str | None:
@@ -119,7 +188,7 @@ def promote(slots_dir: Path, alias: str, slot_name: str) -> str | None:
     Raises:
         ValueError: a malformed alias, or ``slot_name`` is not a complete slot in ``slots_dir``.
     """
-    return _move(slots_dir, alias, slot_name, lambda _: True)[1]
+    return _move(slots_dir, alias, slot_name, _always)[1]
 
 
 def refresh(slots_dir: Path, alias: str, slot_name: str) -> bool:
@@ -128,13 +197,7 @@ def refresh(slots_dir: Path, alias: str, slot_name: str) -> bool:
 
     A scheduled re-embedding refreshes the live version's slot with this, so it can never
     move ``live`` to another version, not even back to one a promotion just replaced."""
-    version = slot_model_version(Path(slots_dir), slot_name)
-    return _move(
-        slots_dir,
-        alias,
-        slot_name,
-        lambda current: current is None or slot_model_version(Path(slots_dir), current) == version,
-    )[0]
+    return point(slots_dir, slot_name, [], [alias])[alias]
 
 
 def slot_model_version(slots_dir: Path, slot_name: str) -> str | None:
