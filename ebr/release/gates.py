@@ -2,8 +2,10 @@
 
 - ``recall``: the slot's tuned recall@10 (the build's recall gate) >= the floor
   (``GateConfig.min_recall_at_10``, or the slot's own ``target_recall``);
-- ``coverage``: the share of active jobs (``ebr.stream.catalog.current_jobs``) the slot holds >=
-  ``GateConfig.min_coverage`` (1.0: every active job);
+- ``coverage``: the share of active jobs (``ebr.stream.catalog.current_jobs``) the slot serves
+  >= ``GateConfig.min_coverage`` (1.0: every active job), and no job the catalogue has closed
+  among those it serves: the slot serves its open rows (``Slot.open_rows``), and a slot built
+  from the catalogue holds exactly the open jobs (``ebr.release.slots``);
 - ``lineage``: every hop names the release's versions: the tower files match ``model.json``'s
   checksums, the member-interest model on disk is the one the towers were co-trained with
   (``ebr.versions.check_lineage``), the job embeddings hold only this version's rows,
@@ -23,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ebr.config import GateConfig, Workspace
 from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
+from ebr.release.slots import open_jobs
 from ebr.stream.catalog import current_jobs
 from ebr.versions import FEATURE_VERSIONS_FILE, feature_versions, read_meta, version_paths
 
@@ -68,18 +72,28 @@ def recall_gate(slot: dict[str, Any], cfg: GateConfig) -> Gate:
 
 def coverage_gate(ws: Workspace, slot_dir: Path, cfg: GateConfig) -> Gate:
     """The share of active jobs in the catalogue (``data/jobs.parquet`` with the streamed
-    changes of the last compaction: ``ebr.stream.catalog``) that the slot holds."""
+    changes of the last compaction: ``ebr.stream.catalog``) that the slot serves (its rows
+    whose ``active`` is true: a search never returns the others), and whether it serves a job
+    the catalogue has closed (refused: closed jobs are never shown)."""
     jobs = current_jobs(ws, ["job_id", "active"])
-    active = jobs.loc[jobs["active"].fillna(False).astype(bool), "job_id"]
-    held = pd.read_parquet(slot_dir / "items.parquet", columns=["job_id"])["job_id"]
-    missing = active[~active.isin(held)]
+    is_open = open_jobs(jobs)
+    active, closed = jobs.loc[is_open, "job_id"], jobs.loc[~is_open, "job_id"]
+    path = slot_dir / "items.parquet"
+    columns = [c for c in ("job_id", "active") if c in pq.read_schema(path).names]
+    items = pd.read_parquet(path, columns=columns)
+    served = items.loc[open_jobs(items), "job_id"] if "active" in columns else items["job_id"]
+    missing, stale = active[~active.isin(served)], served[served.isin(closed)]
     share = 1.0 if not len(active) else 1.0 - len(missing) / len(active)
-    ok = share >= cfg.min_coverage
+    ok = share >= cfg.min_coverage and not len(stale)
     detail = f"{share:.4f} of {len(active)} active jobs embedded"
     if len(missing):
         shown = missing.head(MISSING_SHOWN).tolist()
         detail += f" ({len(missing)} missing, e.g. {shown})"
-    if not ok:
+    detail += f"; the slot serves {len(served)} jobs"
+    if len(stale):
+        shown = stale.head(MISSING_SHOWN).tolist()
+        detail += f", {len(stale)} of them closed in the catalogue (e.g. {shown})"
+    if share < cfg.min_coverage:
         detail += f", below the floor {cfg.min_coverage:.4f} by {cfg.min_coverage - share:.4f}"
     return Gate("coverage", ok, share, cfg.min_coverage, detail)
 

@@ -4,10 +4,16 @@ A release ties together what was co-trained: the model artifact (models/<version
 embeddings its item tower produced (embeddings/<version>) and the slot built from them. The
 slot manifest records the model version, and aliases ``jobs@<version>`` / ``jobs@live`` are
 moved only after the slot is complete.
+
+A slot holds the catalogue's open jobs (``open_jobs``): a closed job (``active`` false, in the
+batch table or closed through the stream) is never served, and the coverage gate
+(``ebr.release.gates``) expects exactly these. A job reopened through the stream is upserted
+back into the serving slots by the streaming job.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +22,10 @@ import pandas as pd
 
 from ebr.config import LIVE_MODES, IndexConfig, Workspace
 from ebr.data.records import check_jobs
-from ebr.index.build.aliases import promote, refresh, set_alias
+from ebr.index.build.aliases import point, read_aliases
 from ebr.index.build.writer import slot_name_for, write_slot
 from ebr.index.query.slot import load_slot
+from ebr.stream.catalog import current_jobs
 from ebr.versions import check_version, version_paths
 
 # What a search response shows, filters test and term retrieval reads (skills, description:
@@ -40,6 +47,12 @@ SLOT_COLUMNS = (
     "skills",
     "description",
 )
+
+
+def open_jobs(jobs: pd.DataFrame) -> pd.Series:
+    """bool [len(jobs)]: the rows a slot serves, those whose ``active`` is true (a null counts
+    as closed, as the record contract refuses it)."""
+    return jobs["active"].astype("boolean").fillna(False).astype(bool)
 
 
 def load_embeddings(path: Path, id_col: str, version: str) -> tuple[np.ndarray, np.ndarray]:
@@ -87,37 +100,44 @@ def build_job_slot(
     - ``keep``: never.
 
     Jobs whose record breaks the record contract (``ebr.data.records``) are left out and
-    counted (``rejected_jobs``); the rest of the catalogue is served.
+    counted (``rejected_jobs``), as are closed jobs (``closed_jobs``); the catalogue is
+    ``data/jobs.parquet`` with the last compaction's streamed changes
+    (``ebr.stream.catalog.current_jobs``, what the coverage gate checks against). An
+    unreadable ``aliases.json`` refuses before the build; if moving the aliases fails, the new
+    slot is removed again.
     """
     check_version(version)
     if live not in LIVE_MODES:
         raise ValueError(f"live must be one of {LIVE_MODES}, got {live!r}")
+    read_aliases(ws.slots)  # fail before the build, not after it
     ids, vecs = load_embeddings(version_paths(ws, version).jobs, "job_id", version)
-    jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=list(SLOT_COLUMNS))
-    jobs, rejected = check_jobs(jobs, required=SLOT_COLUMNS)
+    jobs, rejected = check_jobs(current_jobs(ws, list(SLOT_COLUMNS)), required=SLOT_COLUMNS)
     items = pd.DataFrame({"job_id": ids}).merge(jobs, on="job_id", how="left", validate="1:1")
     embedded_only = items["title"].isna().to_numpy()
     if embedded_only.any():
         bad = {r.id for r in rejected}
         unknown = [int(j) for j in items.loc[embedded_only, "job_id"] if j not in bad]
         if unknown:
-            raise ValueError(f"embedded jobs missing from data/jobs.parquet, e.g. {unknown[:5]}")
-        items, vecs = items[~embedded_only].reset_index(drop=True), vecs[~embedded_only]
+            raise ValueError(f"embedded jobs missing from the catalogue, e.g. {unknown[:5]}")
+    closed = ~embedded_only & ~open_jobs(items).to_numpy()
+    keep = ~embedded_only & ~closed
+    items, vecs = items[keep].reset_index(drop=True), vecs[keep]
     name = slot_name_for(version)
     requests = tuning_requests(ws, version, cfg) if cfg.tune_on == "requests" else None
     path = write_slot(ws.slots, name, vecs, items, version, cfg, tuning_queries=requests)
-    set_alias(ws.slots, f"jobs@{version}", name)
-    live_moved = live == "promote"
-    if live_moved:
-        promote(ws.slots, "jobs@live", name)
-    elif live == "refresh":
-        live_moved = refresh(ws.slots, "jobs@live", name)
+    try:
+        always = [f"jobs@{version}", *(["jobs@live"] if live == "promote" else [])]
+        moved = point(ws.slots, name, always, ["jobs@live"] if live == "refresh" else [])
+    except BaseException:
+        shutil.rmtree(path)  # nothing names it (no log yet): the aliases are as they were
+        raise
     manifest = load_slot(path, verify=False).manifest
     return {
         "slot": name,
         "path": str(path),
-        "live_moved": live_moved,
+        "live_moved": moved.get("jobs@live", False),
         "rejected_jobs": len(rejected),
         "rejected_examples": [str(r) for r in rejected[:5]],
+        "closed_jobs": int(closed.sum()),
         **{k: manifest[k] for k in ("recall_at_10", "build_seconds", "item_count")},
     }

@@ -31,7 +31,9 @@ def _items(ids: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
             "seniority": rng.choice(["entry", "senior"], n),
             "employment_type": "full_time",
             "remote": rng.random(n) < 0.2,
-            "active": rng.random(n) < 0.9,
+            # Open jobs, as in slots built from the catalogue; a closed job is never served
+            # (tests/unit/test_closed_jobs.py).
+            "active": np.ones(n, dtype=bool),
             "posted_at": pd.Timestamp("2026-10-01", tz="UTC")
             + pd.to_timedelta(rng.integers(0, 30 * 86400, n), unit="s"),
         }

@@ -1,10 +1,16 @@
 """The one search path over a live slot: filters + planner + tombstones + upserted delta.
 
-    snapshot rows:  eligible = filter(attributes) AND NOT (tombstoned or superseded)
+    snapshot rows:  eligible = filter(attributes) AND open AND NOT (tombstoned or superseded)
                     -> planner.checked_search (exact subset scan or ANN with an id selector);
                        deletes alone: postfilter.postfiltered_search (the index's own search)
     delta rows:     records upserted since the snapshot, filtered the same way, scanned exactly
     merge:          top-k by score; every result passes the filter and is live
+
+A closed job (``active`` false) is not live: whether a slot holds it (one built before slots
+left closed jobs out, ``ebr.release.slots``) or a streamed upsert brings it (an update that
+closes the job), no retrieval returns it, filter or not; like a tombstone it is left out of
+what a query may return, so an unfiltered query keeps its unfiltered plan (the deletes' one
+when the slot holds closed rows).
 
 So the guarantees of the planner (no ineligible result; k results whenever k are eligible)
 hold for the live view too: the delta is searched exhaustively. ``LiveSlot.query`` (and
@@ -36,6 +42,7 @@ from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.delta import merge_topk, search_delta
 from ebr.index.query.filters import Filter
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
+from ebr.index.query.masks import mask_info
 from ebr.index.query.planner import PlannerParams, checked_search
 from ebr.index.query.postfilter import postfiltered_search
 from ebr.index.query.slot import Slot
@@ -83,6 +90,21 @@ class Delta:
             return like.iloc[:0].copy()
         return self._frame(like).iloc[positions]
 
+    def open_alive(self) -> np.ndarray:
+        """[size] bool: ``alive`` minus positions whose record closes the job (``active``
+        false), worked out once per view."""
+        out = self._memo.get("open_alive")
+        if out is None:
+            out = self.alive
+            if len(out) and self.tables and "active" in self.tables[0].schema.names:
+                active = pa.concat_arrays(
+                    [c for t in self.tables for c in t.column("active").chunks]
+                )
+                closed = ~np.asarray(active.fill_null(False).to_numpy(zero_copy_only=False))
+                out = out & ~closed[: len(out)] if closed[: len(out)].any() else out
+            self._memo["open_alive"] = out
+        return out  # type: ignore[no-any-return]
+
     def terms(self, like: pd.DataFrame) -> DocTerms:
         """Term counts of every item row (``ebr.index.query.terms.term_text``)."""
         docs = self._memo.get("terms")
@@ -97,10 +119,12 @@ class Delta:
 class Scope:
     """What one query may return, worked out once (hybrid's two lists share it)."""
 
-    eligible: np.ndarray | None  # [n] bool snapshot rows passing the filter, not deleted; None: all
-    alive: np.ndarray  # [size] bool delta positions holding a live record passing the filter
+    eligible: np.ndarray | None  # [n] bool snapshot rows passing the filter, open, not deleted;
+    # None: all
+    alive: np.ndarray  # [size] bool delta positions holding a live, open record passing the filter
     n_deleted: int  # snapshot rows deleted (tombstoned or superseded)
     n_delta: int  # alive.sum(): delta records the query searches
+    n_closed: int = 0  # snapshot rows of closed jobs (never returned)
 
 
 def scope(
@@ -118,9 +142,14 @@ def scope(
     if n_deleted is None:
         n_deleted = int(np.count_nonzero(deleted))
     eligible = attributes().mask(flt) if flt is not None else None
+    opened = snap.open_rows  # None: no closed row (a frozen mask, shared by unfiltered views)
     if n_deleted:
         eligible = ~deleted if eligible is None else eligible & ~deleted
-    alive = delta.alive
+        if opened is not None:
+            eligible &= opened
+    elif opened is not None:
+        eligible = opened if eligible is None else eligible & opened
+    alive = delta.open_alive()
     n_delta = int(np.count_nonzero(alive)) if len(alive) else 0
     if flt is not None and n_delta:
         pos = np.flatnonzero(alive)
@@ -128,7 +157,8 @@ def scope(
         alive = np.zeros_like(alive)
         alive[pos[AttributeTable.from_items(items).mask(flt)]] = True
         n_delta = int(np.count_nonzero(alive))
-    return Scope(eligible, alive, n_deleted, n_delta)
+    n_closed = 0 if opened is None else len(opened) - mask_info(opened).count
+    return Scope(eligible, alive, n_deleted, n_delta, n_closed)
 
 
 _EMPTY: weakref.WeakKeyDictionary[Slot, pd.DataFrame] = weakref.WeakKeyDictionary()
@@ -211,7 +241,8 @@ def search_view(
         part = search_delta(delta.ids, delta.vecs, sc.alive, q, k)
         scores, job_ids = merge_topk([(scores, job_ids), part], k)
     # vars: Plan holds only scalars, so this is asdict without its recursive deep copy.
-    info = {**vars(plan), "deleted_rows": sc.n_deleted, "delta_items": sc.n_delta}
+    info = {**vars(plan), "deleted_rows": sc.n_deleted, "closed_rows": sc.n_closed,
+            "delta_items": sc.n_delta}  # fmt: skip
     if not sc.n_delta:
         return Hits(scores, job_ids, _no_items(snap), info)
     return _hits(snap, delta, sc.alive, scores, job_ids, info)
@@ -266,6 +297,7 @@ def term_view(
         "strategy": "bm25",
         "eligible": int(eligible.sum()) if eligible is not None else len(snap.job_ids),
         "deleted_rows": sc.n_deleted,
+        "closed_rows": sc.n_closed,
         "delta_items": len(pos),
         # Per query: the share of its terms some live job has (what hybrid weights BM25 by),
         # and the best score it could reach (what hybrid divides BM25 scores by).

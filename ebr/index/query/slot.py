@@ -62,11 +62,20 @@ class Slot:
     _by_job: pd.DataFrame = field(init=False, repr=False)  # items indexed by job_id
     _row_of: pd.Index = field(init=False, repr=False)  # job_id -> row
     _plain: dict[str, list[Any]] | None = field(init=False, repr=False, default=None)
+    _open: np.ndarray | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_job_ids", self.items["job_id"].to_numpy(np.int64))
         object.__setattr__(self, "_by_job", self.items.set_index("job_id", drop=False))
         object.__setattr__(self, "_row_of", pd.Index(self._job_ids))
+        object.__setattr__(self, "_open", open_mask(self.items))
+
+    @property
+    def open_rows(self) -> np.ndarray | None:
+        """[n] bool, read-only: rows of open jobs (``active`` true); None when every row is
+        open (slots built from the catalogue hold open jobs only, ``ebr.release.slots``).
+        A closed row is never returned by a search (``ebr.index.query.search``)."""
+        return self._open
 
     @property
     def name(self) -> str:
@@ -115,6 +124,18 @@ class Slot:
         if len(missing):
             raise KeyError(f"job_ids not in slot {self.name}: {missing[:10].tolist()}")
         return self._by_job.loc[ids].reset_index(drop=True)
+
+
+def open_mask(items: pd.DataFrame) -> np.ndarray | None:
+    """[len(items)] bool, frozen: the rows whose ``active`` is true (a null is closed);
+    None when all are, or the items have no ``active`` column (every job open)."""
+    if "active" not in items.columns:
+        return None
+    mask = np.array(items["active"].astype("boolean").fillna(False), dtype=bool)  # own buffer
+    if mask.all():
+        return None
+    mask.flags.writeable = False  # frozen: the planner caches what it derives from it
+    return mask
 
 
 def plain_columns(frame: pd.DataFrame) -> dict[str, list[Any]]:
