@@ -135,7 +135,7 @@ def test_the_producer_command_appends_each_line(redis_server: RedisServer, tmp_p
 
     from tests.conftest import REPO
 
-    lines = [json.loads(encode("job_closed", i, T0)[FIELD]) for i in range(3)]
+    lines = [json.loads(encode("job_closed", i, T0)[FIELD]) for i in range(1, 4)]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n{broken\n")
     cmd = [
@@ -150,7 +150,7 @@ def test_the_producer_command_appends_each_line(redis_server: RedisServer, tmp_p
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout)["appended"] == 4  # appended as is; the job dead-letters
     events, bad = decode(Broker(redis_server.url, "w").read(count=10, block_ms=100))
-    assert [e.entity_id for e in events] == [0, 1, 2] and "not JSON" in bad[0].reason
+    assert [e.entity_id for e in events] == [1, 2, 3] and "not JSON" in bad[0].reason
 
 
 PROFILE = {f: None for f in PROFILE_FIELDS} | {"headline": "nurse", "skills": ["care"]}
