@@ -138,6 +138,8 @@ class PlannerParams:
     margin_quantile: float | None = 0.25  # IVF margin: this quantile of probing.spill; None: off
     check_rows: int = 1024  # eligible rows scored exactly to check filtered ANN pages (0: off)
     exact_share: float = 0.5  # ANN scoring more than this share of the eligible rows: exact
+    cone_bound: bool = True  # IVF, correlated queries: score every unprobed row that could beat
+    # the page (ebr.index.query.bound); False: the margin and the sample check alone
 
     def __post_init__(self) -> None:
         knobs = [v for v in (self.nprobe, self.ef_search, self.k_factor) if v is not None]

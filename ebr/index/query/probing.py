@@ -2,16 +2,18 @@
 
 - ``ivf_rounds``: IVF / IVF-PQ probes, nearest cell first, only cells holding eligible rows;
   later rounds scan only cells not scanned yet and merge them into the page. A score margin
-  (``spill``) widens a query's probes while an unprobed cell could still hold a better row.
-- ``graph_rounds``: HNSW efSearch scaled by the filter's global and local eligible share; the
-  queries a walk cannot serve go to the exact scan.
+  (``spill``) widens a query's probes while an unprobed cell could still hold a better row;
+  then every row of the unprobed cells that could still beat the page is scored
+  (``ebr.index.query.bound``: no far outlier is left to the margin's statistics).
+- ``ebr.index.query.graph.graph_rounds``: the same for HNSW (and flat) indexes.
 - ``suspects``: the check on every filtered ANN page (a sample of eligible rows, scored exactly).
 - ``exact_subset``: the exact scan over the eligible rows (the planner's ``exact_subset`` plan and
   every fallback).
 
 Each builder returns ``Rounds``: (search(queries, effort) -> page, widen(queries, scores, rows)
 -> (effort the margin asks for, switch to exact), first-round effort int [nq], effort cap,
-queries to answer exactly from the start bool [nq]).
+queries to answer exactly from the start bool [nq], finish(queries, scores, rows) -> (page,
+pages made exact over the unprobed cells, switch to exact)).
 """
 
 from __future__ import annotations
@@ -24,17 +26,23 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ebr.index.query.bound import cell_cones, reachable
 from ebr.index.query.masks import mask_info
 from ebr.index.query.params import PlannerParams, search_params
 
 EXACT_CHUNK_ROWS = 262_144  # exact scans gather at most this many rows at once (64 MiB at d=64)
 SPILL_QUERIES = 32  # rows used as queries to measure how far winners stick out of cells
-LOCAL_ROWS = 32  # a query's unfiltered nearest rows that measure its local eligible share
 CORRELATED_SHARE = 0.75  # IVF: near cells holding less than this x the eligible share: margin
+LOW_SIGMAS = 3.0  # ... or the nearest cell this many binomial sd below its expected share
 SCORE_TOLERANCE = 1e-5  # float32 scores of one row from FAISS and numpy differ by ~1e-7
 Found = tuple[np.ndarray, np.ndarray]  # scores float32 [nq, k], rows int64 [nq, k]
 Rounds = tuple[
-    Callable[[np.ndarray, np.ndarray], Found], Callable[..., Any], np.ndarray, int, np.ndarray
+    Callable[[np.ndarray, np.ndarray], Found],
+    Callable[..., Any],
+    np.ndarray,
+    int,
+    np.ndarray,
+    Callable[..., tuple[Found, np.ndarray, np.ndarray]],
 ]
 
 
@@ -181,23 +189,27 @@ def ivf_rounds(
     margin_of = np.full(len(q), -4.0)  # -4: no cell scores 4 above a page (cosines): no margin
     if use_margin:
         # The margin is for queries the filter correlates with: the cells an unfiltered search
-        # would probe hold a smaller share of eligible rows than the catalogue. Elsewhere the
-        # eligible rows spread like all rows and the first-round probes keep the index's recall.
+        # would probe hold a smaller share of eligible rows than the catalogue, or the nearest
+        # alone does, improbably for a filter independent of the vectors (LOW_SIGMAS below the
+        # binomial mean; its other near cells may be another, eligible, cluster's). Elsewhere
+        # the eligible rows spread like all rows and the first-round probes keep the recall.
         near = _nearest(q @ centroids.T, min(base, nlist))
         local = counts[near].sum(axis=1) / np.maximum(sizes[near].sum(axis=1), 1)
-        margin_of[local < CORRELATED_SHARE * m / n] = margin
+        s, held, first = m / n, counts[near[:, 0]], sizes[near[:, 0]]
+        low = (held < CORRELATED_SHARE * s * first) & (
+            held < s * first - LOW_SIGMAS * np.sqrt(first * s * (1 - s)))  # fmt: skip
+        margin_of[(local < CORRELATED_SHARE * s) | low] = margin
 
-    def search(todo: np.ndarray, width: np.ndarray) -> Found:
-        order = _nearest(scores[todo], int(width.max()))
-        cols = np.arange(order.shape[1])
-        new = (cols >= done[todo, None]) & (cols < width[:, None])
-        assign = np.where(new, live[order], -1)  # FAISS skips -1: only the cells not yet seen
-        dis = np.ascontiguousarray(np.take_along_axis(scores[todo], order, 1))
+    def scan(todo: np.ndarray, assign: np.ndarray, dis: np.ndarray) -> Found:
+        """Scan cells ``assign`` [t, w] (-1: none; centroid scores ``dis``) for queries
+        ``todo`` and merge what they hold into their pages."""
         xq, sp = np.ascontiguousarray(q[todo]), faiss.SearchParametersIVF()
-        sp.nprobe, sp.sel = order.shape[1], sel
+        sp.nprobe, sp.sel = assign.shape[1], sel
         d_, i_ = np.empty((len(todo), kk), np.float32), np.empty((len(todo), kk), np.int64)
+        # Named: FAISS reads raw pointers, which must outlive the call.
+        cells, dis = np.ascontiguousarray(assign), np.ascontiguousarray(dis)
         ptr = faiss.swig_ptr  # the Python wrapper of search_preassigned refuses params
-        ivf.search_preassigned_c(len(todo), ptr(xq), kk, ptr(assign), ptr(dis), ptr(d_),
+        ivf.search_preassigned_c(len(todo), ptr(xq), kk, ptr(cells), ptr(dis), ptr(d_),
                                  ptr(i_), False, sp)  # fmt: skip
         if k_factor:  # re-rank exactly, as IndexRefineFlat.search does (its flat copy, in C++)
             ids = np.maximum(i_, 0)  # -1 padding would index out of bounds
@@ -205,6 +217,14 @@ def ivf_rounds(
         d_ = np.where(i_ >= 0, d_, -np.inf)
         both = _merge(np.hstack([page[0][todo], d_]), np.hstack([page[1][todo], i_]), need)
         page[0][todo], page[1][todo] = both
+        return both
+
+    def search(todo: np.ndarray, width: np.ndarray) -> Found:
+        order = _nearest(scores[todo], int(width.max()))
+        cols = np.arange(order.shape[1])
+        new = (cols >= done[todo, None]) & (cols < width[:, None])
+        assign = np.where(new, live[order], -1)  # FAISS skips -1: only the cells not yet seen
+        both = scan(todo, assign, np.take_along_axis(scores[todo], order, 1))
         done[todo] = np.maximum(done[todo], width)
         return both
 
@@ -218,59 +238,35 @@ def ivf_rounds(
         costly = near.astype(np.float32) @ counts[live] > p.exact_share * m
         return np.where(full, near.sum(axis=1), 0), full & costly
 
-    return search, widen, probes, len(live), np.zeros(len(q), dtype=bool)
+    def finish(todo: np.ndarray, s_: np.ndarray, r_: np.ndarray) -> tuple[Found, Any, Any]:
+        """Full pages ``s_``, ``r_`` [t, need] of correlated queries ``todo`` completed by the
+        cone bound (``ebr.index.query.bound``): every unprobed cell that could hold a better
+        row is scanned. Returns (the pages, completed bool [t], exact instead bool [t]: the
+        cells would hold more than exact_share of the eligible rows)."""
+        none = np.zeros(len(todo), dtype=bool)
+        want = (r_ >= 0).all(axis=1) & (margin_of[todo] > -4) & (done[todo] < len(live))
+        at = np.flatnonzero(want) if p.cone_bound else np.empty(0, np.int64)
+        if not len(at):
+            return (s_, r_), none, none
+        qs = todo[at]
+        order = _nearest(scores[qs], int(done[qs].max()))
+        last = np.take_along_axis(scores[qs], order[np.arange(len(at)), done[qs] - 1, None], 1)
+        cones = cell_cones(index, vectors, (cell, centroids, sizes))
+        # Cells tied with the last one probed count as unprobed: scanned again, merged once.
+        unprobed = scores[qs] <= last
+        extra = unprobed & reachable(cones, q[qs], s_[at, need - 1], live, SCORE_TOLERANCE)
+        costly = (~unprobed | extra).astype(np.float32) @ counts[live] > p.exact_share * m
+        go = np.flatnonzero(~costly & extra.any(axis=1))
+        if len(go):
+            key = np.where(extra[go], scores[qs[go]], -np.inf)
+            order = _nearest(key, int(extra[go].sum(axis=1).max()))  # extra cells, best first
+            assign = np.where(np.take_along_axis(extra[go], order, 1), live[order], -1)
+            scan(qs[go], assign, np.take_along_axis(scores[qs[go]], order, 1))
+        done_, switch = none.copy(), none.copy()
+        done_[at], switch[at] = ~costly, costly
+        return (page[0][todo], page[1][todo]), done_, switch
 
-
-def graph_rounds(
-    index: faiss.Index, q: np.ndarray, mask: np.ndarray, k: int, need: int, sel: Any,
-    p: PlannerParams,
-) -> Rounds:  # fmt: skip
-    """The same for HNSW (effort = efSearch) and flat (one exact round) indexes, plus the
-    queries to answer exactly without a walk (bool [nq]).
-
-    A filtered walk keeps the efSearch nodes nearest the query, eligible or not: where the
-    filter excludes most of the query's neighbourhood, the beam fills with ineligible nodes and
-    the page holds the few eligible rows met on the way (recall@10 0.4-0.7 on 1M jobs under a
-    region filter, even at efSearch 2048). So efSearch grows with the local deficit: how many
-    fewer eligible rows the query's LOCAL_ROWS unfiltered nearest hold than the filter's share
-    predicts. A walk that would need more than ``max_ef_search``, or score more than
-    ``exact_share`` of the eligible rows, is not run: the exact scan is cheaper, and exact.
-    """
-    own = search_params(index)
-    n, m = len(mask), mask_info(mask).count
-    s = m / n if n else 0.0
-    hnsw = "ef_search" in own
-    base = p.ef_search or own.get("ef_search", 1)
-    ef = np.full(len(q), max(k, math.ceil(base * s**-p.selectivity_exponent)))
-    skip = np.zeros(len(q), dtype=bool)
-    if hnsw and m < n:
-        probe: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        probe.efSearch = LOCAL_ROWS
-        near = index.search(q, LOCAL_ROWS, params=probe)[1]  # the unfiltered neighbourhood
-        held = np.where(near >= 0, mask[np.maximum(near, 0)], False).sum(axis=1)
-        deficit = np.maximum(1.0, s * LOCAL_ROWS / np.maximum(held, 0.5))
-        ef = ef * 2 ** np.ceil(np.log2(deficit)).astype(np.int64)
-        graph: Any = faiss.downcast_index(index)
-        degree = graph.hnsw.nb_neighbors(0)  # base-layer links per node
-        skip = (ef > p.max_ef_search) | (ef * degree > p.exact_share * m)
-    ef = np.minimum(ef, p.max_ef_search)
-    sp: Any = faiss.SearchParametersHNSW() if hnsw else faiss.SearchParameters()  # type: ignore[attr-defined]
-    sp.sel = sel
-
-    def search(todo: np.ndarray, effort: np.ndarray) -> Found:
-        d_, i_ = np.empty((len(todo), need), np.float32), np.empty((len(todo), need), np.int64)
-        for e in np.unique(effort):  # one efSearch per FAISS call
-            at = np.flatnonzero(effort == e)
-            if hnsw:
-                sp.efSearch = int(e)
-            d_[at], i_[at] = index.search(np.ascontiguousarray(q[todo[at]]), need, params=sp)
-        return np.where(i_ >= 0, d_, -np.inf), i_
-
-    def widen(todo: np.ndarray, s_: np.ndarray, r_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros(len(todo), np.int64), np.zeros(len(todo), dtype=bool)
-
-    cap = p.max_ef_search if hnsw else 0
-    return search, widen, ef if hnsw else np.zeros(len(q), np.int64), cap, skip
+    return search, widen, probes, len(live), np.zeros(len(q), dtype=bool), finish
 
 
 def suspects(
