@@ -1,14 +1,19 @@
 """The ingress's FastAPI app: validation-error bodies that name the field, documented error
 answers, and the admin bearer-token check (``serving.deployments.Ingress`` holds the routes).
+
+Admin routes (``/admin/...``) check the token before anything else runs on them
+(``IngressRoute``): an unauthenticated admin call gets its 401 without its body being read,
+measured or validated.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves handler signatures at runtime.
 import hmac
 import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -16,14 +21,37 @@ from serving.guards import StrictJSONRoute
 from serving.metrics import AdmissionMiddleware
 from serving.schemas import ErrorResponse
 
+ADMIN_PREFIX = "/admin/"
+
+
+class IngressRoute(StrictJSONRoute):
+    """The ingress's route class: admin routes check the bearer token first (``authorize``
+    with ``IngressRoute.admin_token``), then every route reads its body through the guards."""
+
+    # The ingress's token, set when it starts (one ingress per replica process); None: admin
+    # routes are disabled (403).
+    admin_token: ClassVar[str | None] = None
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not self.path.startswith(ADMIN_PREFIX):  # the matched route, not the raw URL
+            return handler
+
+        async def gated(request: Request) -> Response:
+            authorize(IngressRoute.admin_token, request.headers.get("authorization"))
+            return await handler(request)
+
+        return gated
+
+
 app = FastAPI(
     title="EBR job search",
     version="1",
     description="Embedding-based retrieval: search (query and/or member) and JYMBII, "
     "served by releases side by side (live, experiment arms).",
 )
-# Every route reads its body through the guards: duplicate keys, depth, size, body timeout.
-app.router.route_class = StrictJSONRoute
+# Admin token first (admin routes), then the body guards: duplicate keys, depth, size, timeout.
+app.router.route_class = IngressRoute
 # Searches and feeds past the replica's in-flight limit get a 503 before anything else runs.
 app.add_middleware(AdmissionMiddleware)
 

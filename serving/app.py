@@ -17,29 +17,28 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from ray import serve
-from ray.serve import Application
 
 from ebr.config import Workspace
-from ebr.net import free_port
-from serving.deployments import Ingress
-from serving.encoder import request_tower_dir
-from serving.release_server import ReleaseServer
+from serving.front import claim_ports, haproxy_env, is_loopback, server_env
+from serving.guards import HEADER_TIMEOUT_S, REQUEST_TIMEOUT_S
 from serving.router import ReleaseRouter
 from serving.schemas import AppArgs
 
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+# Ray is imported where it is used: `python -m serving.app` sets Ray's environment (ports,
+# loopback) before Ray reads it at import.
 APP_NAME = "ebr"
-# End-to-end limit the proxy puts on one HTTP request (a search takes milliseconds; a stuck
-# client or replica must not hold a connection for minutes). The ingress also bounds how long
-# it waits for a request body (serving.guards.BODY_TIMEOUT_S).
-REQUEST_TIMEOUT_S = 30.0
 FRONTS = ("haproxy", "proxy")
+__all__ = ["APP_NAME", "REQUEST_TIMEOUT_S", "build_app", "main"]
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
@@ -54,6 +53,10 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         pydantic.ValidationError: bad args. ``serving.router.NoLiveRelease``: nothing to
         serve. FileNotFoundError: the live release's model has no request tower.
     """
+    from serving.deployments import Ingress
+    from serving.encoder import request_tower_dir
+    from serving.release_server import ReleaseServer
+
     cfg = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     # Replicas may run with another working directory than the process that builds the app.
     ws = Workspace(Path(cfg.workspace).expanduser().resolve())
@@ -81,26 +84,6 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     )  # fmt: skip
 
 
-def haproxy_env(run_dir: Path) -> dict[str, str]:
-    """Ray's settings for Serve's HAProxy front, private to one server: its files under
-    ``run_dir`` and free ports for its stats page and Prometheus exporter (Ray's defaults are
-    fixed paths in /tmp and fixed ports, which two servers on one machine would share)."""
-    files = {
-        "CONFIG_FILE_LOC": "haproxy.cfg",
-        "SOCKET_PATH": "admin.sock",
-        "SERVER_STATE_FILE": "server-state",
-        "METRICS_SOCKET_PATH": "metrics.sock",
-    }
-    env = {f"RAY_SERVE_HAPROXY_{key}": str(run_dir / name) for key, name in files.items()}
-    env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = str(run_dir)
-    for key in ("STATS_PORT", "METRICS_PORT"):
-        env[f"RAY_SERVE_HAPROXY_{key}"] = str(free_port())
-    # One thread: the 2-core machines have no core to spare for more.
-    env["RAY_SERVE_HAPROXY_NBTHREAD"] = "1"
-    env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    return env
-
-
 def main(
     workspace: str = typer.Option(..., help="workspace root holding models/, slots/, ..."),
     host: str = typer.Option("127.0.0.1", help="HTTP bind address (loopback by default)"),
@@ -109,7 +92,8 @@ def main(
     front: str = typer.Option(
         "haproxy",
         help="what listens on the port: 'haproxy' (Serve's HAProxy, balancing the ingress "
-        "replicas' own HTTP servers) or 'proxy' (Serve's Python proxy actor)",
+        "replicas' own HTTP servers) or 'proxy' (Serve's Python proxy actor; loopback only: "
+        "it does not time out request headers)",
     ),
     throughput_optimized: bool = typer.Option(
         True, help="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED)"
@@ -121,31 +105,58 @@ def main(
     """Start a local Ray, serve the app over HTTP and block until SIGTERM / SIGINT."""
     if front not in FRONTS:
         raise typer.BadParameter(f"--front must be one of {', '.join(FRONTS)}, not {front!r}")
+    if front == "haproxy" and not throughput_optimized:
+        raise typer.BadParameter("--front haproxy needs --throughput-optimized (direct ingress)")
+    if front == "proxy" and not is_loopback(host):
+        # Serve's Python proxy (uvicorn) never times out a request whose headers stall: it
+        # must not face the network (slowloris). HAProxy bounds them (timeout http-request).
+        raise typer.BadParameter(
+            f"--front proxy serves loopback only (it has no request-header timeout), not "
+            f"--host {host!r}: use --front haproxy"
+        )
     try:
         args = AppArgs.model_validate({**json.loads(app_args), "workspace": workspace})
     except (ValueError, TypeError) as err:  # bad JSON, or a field AppArgs refuses (named)
         raise typer.BadParameter(f"--app-args: {err}") from None
+    if "ray" in sys.modules:  # Ray reads its settings when imported: they would not all apply
+        raise RuntimeError("serving.app.main must run before anything imports ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no phone-home
-    # Ray Serve's own switches, read when Ray starts (a cluster deployment with `serve
-    # deploy` sets them in the cluster's environment). Throughput-optimized: every ingress
-    # replica answers HTTP itself ("direct ingress"), deployments call each other over gRPC,
-    # per-request stderr logs off. The HAProxy front then sends each request straight to an
-    # ingress replica's port; the Python proxy actor would add a hop of ~3.4 ms here
-    # (benchmarks.serve_load: /v1/search p50 14 -> 3.5 ms with the work in the ingress).
     run_dir = Path(tempfile.mkdtemp(prefix="ebr-serve-"))
-    if throughput_optimized:
-        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-        # A draining ingress replica keeps answering this long for load balancers to notice;
-        # Serve's HAProxy on this node is told at once (Ray's default, 30 s, is for cloud LBs).
-        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    ports = claim_ports()  # this server's own ports, held until it exits
+    try:
+        # Ray Serve's own switches, read when Ray starts (a cluster deployment with `serve
+        # deploy` sets them in the cluster's environment): this server's ports and, on a
+        # loopback host, a loopback-only Ray (serving.front).
+        env = server_env(ports, host)
+        if throughput_optimized:
+            # Every ingress replica answers HTTP itself ("direct ingress"), deployments call
+            # each other over gRPC, per-request stderr logs off. The HAProxy front then sends
+            # each request straight to an ingress replica's port; the Python proxy actor would
+            # add a hop of ~3.4 ms here (benchmarks.serve_load: /v1/search p50 14 -> 3.5 ms).
+            env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+            # A draining ingress replica keeps answering this long for load balancers to
+            # notice; Serve's HAProxy on this node is told at once (Ray's default, 30 s, is
+            # for cloud LBs).
+            env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
         if front == "haproxy":
-            for key, value in haproxy_env(run_dir).items():
-                os.environ.setdefault(key, value)
-    elif front == "haproxy":
-        raise typer.BadParameter("--front haproxy needs --throughput-optimized (direct ingress)")
-    import ray
+            env.update(haproxy_env(run_dir, ports, host, REQUEST_TIMEOUT_S, HEADER_TIMEOUT_S))
+            # Always ours: it wraps whichever HAProxy was configured.
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = env.pop("RAY_SERVE_HAPROXY_BINARY_PATH")
+        for key, value in env.items():
+            os.environ.setdefault(key, value)  # an operator's explicit setting wins
+        _serve(args, host, port, num_cpus, ports.side("ray_metrics"), workspace)
+    finally:
+        ports.release()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+def _serve(
+    args: AppArgs, host: str, port: int, num_cpus: int, metrics_port: int, workspace: str
+) -> None:
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
         serve.start(
             http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}
@@ -161,7 +172,6 @@ def main(
     finally:
         serve.shutdown()
         ray.shutdown()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

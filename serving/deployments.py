@@ -36,7 +36,7 @@ from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.impressions import ImpressionLog, impression_dir
 from ebr.release.record import check_release_id
-from serving.api import BODY_ERRORS, NOT_FOUND, admin_token, app, authorize
+from serving.api import BODY_ERRORS, NOT_FOUND, IngressRoute, admin_token, app, authorize
 from serving.metrics import (
     CONTENT_TYPE,
     Admission,
@@ -90,6 +90,7 @@ class Ingress:
         self._retrieval = retrieval  # /v1/search's default (AppArgs.retrieval)
         self._router = ReleaseRouter(self._ws, state_poll_s)
         self._token = admin_token(admin_token_env, admin_token_file)
+        IngressRoute.admin_token = self._token  # checked before an admin body is read
         self._metrics = ServingMetrics()
         self._admission = Admission(self._metrics, max_inflight)
         AdmissionMiddleware.admission = self._admission  # one ingress per replica process

@@ -7,6 +7,7 @@ hostile JSON, bodies that never arrive, and queries the model cannot read.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from ebr.index.build.aliases import resolve_alias
 from ebr.index.live.slot import open_live
-from serving.guards import BODY_TIMEOUT_S
+from serving.guards import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
 pytestmark = pytest.mark.slow
 NULL_MEMBERS = {900_000_001: ("lat", "lon"), 900_000_002: ("lat", "lon", "max_commute_km",
@@ -78,6 +79,44 @@ def test_hostile_filters_are_bounded_422s(api, raw: str) -> None:
 def test_oversized_body_is_413(api) -> None:
     resp = _post(api, '{"query": "nurse", "pad": "' + "x" * (2 << 20) + '"}')
     assert resp.status_code == 413, resp.text[:300]
+    assert str(MAX_BODY_BYTES) in resp.json()["detail"]
+
+
+def _chunked_until_answered(api: httpx.Client, path: str, mib: int = 64) -> tuple[int, bytes]:
+    """Stream up to ``mib`` MiB of chunked body to ``path``; (MiB sent, the status line)."""
+    url = urlparse(str(api.base_url))
+    chunk = b"%x\r\n" % (1 << 20) + b" " * (1 << 20) + b"\r\n"
+    sent, answer = 0, b""
+    with socket.create_connection((url.hostname, url.port), timeout=60) as s:
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+        )
+        for _ in range(mib):
+            try:
+                s.sendall(chunk)
+            except OSError:
+                break
+            sent += 1
+            if select.select([s], [], [], 0.05)[0]:
+                break
+        try:
+            answer = s.recv(4096)
+        except OSError:
+            pass
+    return sent, answer.split(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/v1/search", b"413"), ("/admin/promote", b"403"), ("/admin/reload", b"403")],
+)
+def test_a_chunked_body_is_refused_as_it_arrives(api, path: str, status: bytes) -> None:
+    """A body without a declared length is measured as it arrives (413 soon after the limit),
+    and an admin call is refused (no token configured here: 403) before any of it is read."""
+    sent, answer = _chunked_until_answered(api, path)
+    assert answer.split(b" ")[1:2] == [status], (sent, answer)
+    assert sent <= 8, f"{sent} MiB read before the answer {answer!r}"
 
 
 def test_a_body_that_never_finishes_is_cut_off(api) -> None:
