@@ -13,6 +13,12 @@ names its release (and arm); every answered request is counted on ``/metrics`` a
 the impression log (``ebr.release.impressions``). Beyond ``max_inflight`` requests in flight,
 a request gets a 503 with ``Retry-After`` at once instead of queueing without bound.
 
+Health (``serving.health``): ``GET /healthz`` is readiness ("serves what it served before":
+200 ``ok`` / ``degraded`` with ``problems``, 503 ``loading`` / ``down``), ``GET /livez`` and
+Serve's ``check_health`` are liveness. The replica loads every release it keeps before its
+first health check passes, so Serve routes nothing to it before then; a side log, a bad state
+file or a damaged slot log degrades health with a reason and never fails a request.
+
 Admin routes (``/admin/...``) need ``Authorization: Bearer <token>`` (``AppArgs``).
 """
 
@@ -37,6 +43,7 @@ from ebr.release import state as st
 from ebr.release.impressions import ImpressionLog, impression_dir
 from ebr.release.record import check_release_id
 from serving.api import BODY_ERRORS, NOT_FOUND, IngressRoute, admin_token, app, authorize
+from serving.keeper import Keeper
 from serving.metrics import (
     CONTENT_TYPE,
     Admission,
@@ -45,7 +52,7 @@ from serving.metrics import (
     answered,
 )
 from serving.release_server import LocalReleases, RemoteReleases
-from serving.router import ReleaseRouter, Route
+from serving.router import BadStateFile, ReleaseRouter, Route
 from serving.schemas import (
     MAX_K,
     MAX_MEMBER_ID,
@@ -53,6 +60,7 @@ from serving.schemas import (
     ExperimentRequest,
     HealthResponse,
     JobHit,
+    LivenessResponse,
     PromoteRequest,
     ReleasesResponse,
     ReleaseView,
@@ -95,6 +103,12 @@ class Ingress:
         self._admission = Admission(self._metrics, max_inflight)
         AdmissionMiddleware.admission = self._admission  # one ingress per replica process
         self._log = ImpressionLog(impression_dir(self._ws))
+        self._keeper = Keeper(self._router, self._releases, self._log, self._metrics)
+
+    async def check_health(self) -> None:
+        """Serve's health check. The first one (before Serve routes anything here) waits for
+        the releases this replica keeps to load; later ones are liveness (``/livez``)."""
+        await self._keeper.check_health()
 
     # ---- plumbing: one release per request, errors as HTTP answers, counted ----
 
@@ -131,12 +145,13 @@ class Ingress:
         release = self._router.info(route.release)
         request_id = uuid.uuid4().hex
         results = [JobHit(**h) for h in hits[0]]
-        self._log.append({
+        self._log.offer({
             "request_id": request_id, "kind": kind, "release": route.release, "arm": route.arm,
             "experiment": route.experiment, "member_id": member_id,
             "request_key": body.request_key if body else None,
             "query": body.query if body else None, "job_ids": [h.job_id for h in results],
         })  # fmt: skip
+        # (offer, not append: a side log never fails the request it records)
         return SearchResponse(
             results=results,
             model_version=release.model_version,
@@ -198,29 +213,22 @@ class Ingress:
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def healthz(self) -> JSONResponse:
-        """200 when the live release's encoder and index both load and agree."""
-        state = self._router.state()
-        route = Route(state["live"])
-        try:
-            enc_info, slot_info = await self._warm(route.release)
-        except HTTPException as exc:
-            return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
-        release = self._router.info(route.release)
-        ok = (
-            slot_info["slot"] == release.slot
-            and slot_info["model_version"] == release.model_version == enc_info["model_version"]
-        )
-        experiment = state.get("experiment")
-        body = HealthResponse(
-            ok=ok,
-            release=route.release,
-            encoder_model_version=enc_info["model_version"],
-            member_interest_version=enc_info["member_interest_version"],
-            serving=self._router.serving(),
-            experiment=experiment["name"] if experiment else None,
-            **{k: slot_info[k] for k in ("slot", "model_version", "item_count", "recall_at_10")},
-        )
-        return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+        """Readiness: 200 ``ok`` or ``degraded`` (requests are answered; ``problems`` says
+        what is wrong), 503 ``loading`` (releases still loading) or ``down`` (the live
+        release cannot serve). See ``serving.health``."""
+        body = await self._keeper.health()
+        code = 200 if body.status in ("ok", "degraded") else 503
+        return JSONResponse(status_code=code, content=body.model_dump())
+
+    @app.get(
+        "/livez", response_model=LivenessResponse, responses={503: {"model": LivenessResponse}}
+    )
+    async def livez(self) -> JSONResponse:
+        """Liveness: 200 ``alive``, 503 ``stuck`` when a restart of this replica would help
+        (its release worker stuck on one request, its side log's writer gone)."""
+        body = self._keeper.liveness()
+        return JSONResponse(status_code=200 if body.status == "alive" else 503,
+                            content=body.model_dump())  # fmt: skip
 
     @app.get("/v1/releases", response_model=ReleasesResponse)
     async def releases(self) -> ReleasesResponse:
@@ -238,7 +246,9 @@ class Ingress:
     @app.get("/metrics", response_class=Response)
     async def metrics(self) -> Response:
         """Prometheus text: requests by route / release / arm / status, latency histograms,
-        refusals by reason, shed requests, requests in flight."""
+        refusals by reason, shed requests, requests in flight; the request path's health
+        (impression-log drops, state file, slot-log problems, ready)."""
+        await self._keeper.health()  # the health numbers as of this scrape
         return Response(content=self._metrics.render(), media_type=CONTENT_TYPE)
 
     # ---- admin routes (bearer token) ----
@@ -247,8 +257,11 @@ class Ingress:
         authorize(self._token, authorization)
 
     async def _warm(self, release_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Load (and check) ``release_id`` where releases run: (encoder, index) infos."""
-        info = await self._call(Route(release_id), lambda: self._releases.info(release_id))
+        """Load (and check) ``release_id``, which the caller named, where releases run:
+        (encoder, index) infos; 404 for an unknown release, 409 naming why it cannot serve."""
+        info = await answered(
+            lambda: self._releases.info(release_id), self._metrics, release_id, named=True
+        )
         return info["encoder"], info["index"]
 
     async def _change(self, change: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -257,8 +270,15 @@ class Ingress:
             event = await asyncio.to_thread(change)
         except (ValueError, KeyError, FileNotFoundError) as err:
             raise HTTPException(409, str(err).strip("'\"")) from err
-        self._router.reload()
+        self._reload()
+        await self._keeper.sync()  # the new state's releases kept (and loaded) at once
         return event
+
+    def _reload(self) -> dict[str, Any]:
+        try:
+            return self._router.reload()
+        except BadStateFile as err:  # the last good state keeps serving; /healthz says so
+            raise HTTPException(409, f"{err}; still routing by the last good state") from err
 
     @app.post("/admin/releases/{release_id}/warm")
     async def warm(
@@ -321,5 +341,6 @@ class Ingress:
     async def reload(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Re-read releases/state.json now (changed by the CLI or a Flyte task)."""
         self._authorize(authorization)
-        state = self._router.reload()
+        state = self._reload()
+        await self._keeper.sync()
         return {"live": state["live"], "experiment": state["experiment"]}

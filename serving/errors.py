@@ -1,4 +1,5 @@
-"""Errors a replica raises on purpose, each mapped to one HTTP answer by the ingress.
+"""Errors a replica raises on purpose, each mapped to an HTTP answer by the ingress
+(``serving.metrics.answered``; a release the caller named and one it was routed to differ).
 
 A replica's exception reaches the caller wrapped in ``RayTaskError`` (its ``cause`` is the
 original); ``raised`` walks that chain. Each error keeps only strings and ints in ``args`` so
@@ -27,7 +28,8 @@ class UnknownMember(LookupError):
 
 class ReleaseUnavailable(RuntimeError):
     """A release a request was routed to cannot serve: its record, tower files, co-trained
-    member-interest model or slot no longer match (HTTP 503, counted; never a wrong answer)."""
+    member-interest model or slot no longer match, or its record was modified (HTTP 503 for a
+    routed request, 409 for an admin call naming it; counted; never a wrong answer)."""
 
     def __init__(self, release_id: str, reason: str) -> None:
         super().__init__(release_id, reason)
@@ -35,6 +37,18 @@ class ReleaseUnavailable(RuntimeError):
 
     def __str__(self) -> str:
         return f"release {self.release_id} cannot serve: {self.reason}"
+
+
+class UnknownRelease(LookupError):
+    """A release id with no record in the workspace (HTTP 404 where the caller named it, an
+    admin call; 503 where a request was routed to it, since the request named no release)."""
+
+    def __init__(self, release_id: str, reason: str) -> None:
+        super().__init__(release_id, reason)
+        self.release_id, self.reason = release_id, reason
+
+    def __str__(self) -> str:
+        return f"unknown release {self.release_id}: {self.reason}"
 
 
 class ReleaseMismatch(RuntimeError):

@@ -14,8 +14,15 @@ from typing import Any, TypeVar
 from fastapi import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownMember, raised
+from serving.errors import (
+    ReleaseMismatch,
+    ReleaseUnavailable,
+    UnknownMember,
+    UnknownRelease,
+    raised,
+)
 
 __all__ = ["CONTENT_TYPE", "Admission", "ServingMetrics", "answered"]
 T = TypeVar("T")
@@ -51,6 +58,8 @@ class ServingMetrics:
         self.inflight = Gauge(
             "ebr_inflight_requests", "Requests being served now", registry=self.registry
         )
+        self.health: dict[str, Any] = {}  # the latest health numbers (HealthCollector)
+        self.registry.register(HealthCollector(lambda: self.health))
 
     def observe(
         self, route: str, release: str, arm: str | None, status: int, seconds: float
@@ -64,20 +73,66 @@ class ServingMetrics:
         return generate_latest(self.registry)
 
 
+class HealthCollector:
+    """The request path's health as metrics, read at scrape time from the numbers the ingress
+    last gathered (``ServingMetrics.health``, the shape of ``serving.health.readiness``'s
+    inputs): the impression log's drops and failures, the state file, slot-log problems."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> list[Metric]:
+        snap = self._read()
+        side = snap.get("impression_log", {})
+        dropped = CounterMetricFamily(
+            "ebr_impression_log_dropped_records", "Impression records not written, by reason",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, n in side.get("dropped", {}).items():
+            dropped.add_metric([reason], n)
+        problems = GaugeMetricFamily(
+            "ebr_slot_log_problems", "Problems found in a kept release's slot log",
+            labels=["release"],
+        )  # fmt: skip
+        for rid, n in snap.get("slot_log_problems", {}).items():
+            problems.add_metric([rid], n)
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        return [
+            dropped, problems,
+            counter("ebr_impression_log_write_errors", "Failed impression-log write attempts",
+                    value=side.get("write_errors", 0)),
+            gauge("ebr_impression_log_degraded", "1 while impression-log writes fail",
+                  value=int(side.get("status") == "degraded")),
+            gauge("ebr_impression_log_pending_records", "Impression records waiting to be "
+                  "written", value=side.get("pending", 0)),
+            gauge("ebr_release_state_file_stale", "1 while releases/state.json cannot be used "
+                  "(routing by the last good state)", value=int(bool(snap.get("state_problem")))),
+            counter("ebr_release_state_file_bad_reads", "Distinct unusable versions of "
+                    "releases/state.json seen", value=snap.get("state_bad_reads", 0)),
+            gauge("ebr_ready", "1 when /healthz answers 200 (ok or degraded)",
+                  value=int(snap.get("status") in ("ok", "degraded"))),
+        ]  # fmt: skip
+
+
 async def answered(
-    call: Callable[[], Awaitable[Any]], metrics: ServingMetrics, release: str
+    call: Callable[[], Awaitable[Any]], metrics: ServingMetrics, release: str, named: bool = False
 ) -> Any:
     """Await a handle call made for ``release``; a replica's deliberate errors become HTTP
-    answers (404 unknown member, 503 release unavailable, 500 release mismatch), the release
-    errors counted by reason."""
+    answers (404 unknown member, 500 release mismatch; a release that is unknown or cannot
+    serve: 503 for a request routed to it, 404 / 409 when the caller ``named`` it, an admin
+    call), the release errors counted by reason."""
     try:
         return await call()
     except Exception as exc:
         if (member := raised(exc, UnknownMember)) is not None:
             raise HTTPException(status_code=404, detail=str(member)) from exc
+        if (unknown := raised(exc, UnknownRelease)) is not None:
+            if not named:  # a named id is the caller's: no series per made-up id
+                metrics.refused.labels(release, "unknown_release").inc()
+            raise HTTPException(status_code=404 if named else 503, detail=str(unknown)) from exc
         if (down := raised(exc, ReleaseUnavailable)) is not None:
             metrics.refused.labels(release, "release_unavailable").inc()
-            raise HTTPException(status_code=503, detail=str(down)) from exc
+            raise HTTPException(status_code=409 if named else 503, detail=str(down)) from exc
         if (mixed := raised(exc, ReleaseMismatch)) is not None:
             metrics.refused.labels(release, "vector_release_mismatch").inc()
             raise HTTPException(status_code=500, detail=str(mixed)) from exc

@@ -1,8 +1,10 @@
 """A release's whole request: Feast read + request tower + search of the release's slot.
 
-Releases are loaded on their first request, off the event loop, and the
-``MAX_RELEASES_PER_REPLICA`` most recently used stay loaded, so a candidate starts serving
-without a redeploy and the release a promotion replaced stays warm while its requests drain.
+Each replica keeps loaded every release a request can reach (the live release, every
+experiment arm) and the one a rollback would return to, plus the ``SPARE_RELEASES`` most
+recently used others (a warmed candidate): eviction follows the release state, never recency
+alone, so an experiment of any size the API accepts (``MAX_ARMS`` arms) serves without reloads.
+At start the replica loads the releases it keeps before it reports ready (``preload``).
 Where they run is ``AppArgs.release_server``:
 
 - ``"ingress"`` (default): in the ingress replica itself (``LocalReleases``), on one worker
@@ -20,118 +22,117 @@ faiss) are imported inside the replica.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ebr.config import Workspace
-from serving.encoder import ReleaseEncoder
-from serving.errors import ReleaseMismatch
-from serving.retriever import ReleaseIndex
+from serving.loaded_release import Found, Hits, Loader, Release
+from serving.router import ReleaseRouter
+from serving.schemas import MAX_ARMS
 
-MAX_RELEASES_PER_REPLICA = 4  # live + two experiment arms + the one a promotion replaced
-Hits = tuple[list[list[dict[str, Any]]], dict[str, Any]]
-Found = tuple[list[list[dict[str, Any]]], dict[str, Any], dict[str, Any]]
+log = logging.getLogger(__name__)
+SPARE_RELEASES = 2  # loaded beyond those requests can reach: warmed candidates, a drained one
+# The most a replica holds: live + every arm the API accepts + the rollback target + spares.
+MAX_RELEASES_PER_REPLICA = 1 + MAX_ARMS + 1 + SPARE_RELEASES
+STATUS_TIMEOUT_S = 5.0  # how long a health check waits on a release server's answer
 T = TypeVar("T")
 
 
-class Release:
-    """One release's encoder and index, loaded and checked together."""
+@dataclass(frozen=True)
+class ReleaseStatus:
+    """Where one release stands in a replica: ``ready`` (``info`` = its encoder and index
+    infos), ``loading``, ``failed`` (``reason``) or ``absent`` (not loaded)."""
 
-    def __init__(
-        self, ws: Workspace, store: Any, release_id: str, verify: bool, refresh_s: float
-    ) -> None:
-        self.id = release_id
-        self.encoder = ReleaseEncoder(ws, store, release_id)
-        self.index = ReleaseIndex(ws, release_id, verify, refresh_s)
-
-    def search_vector(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
-                      filter_json: dict[str, Any] | None = None, text: str | None = None,
-                      retrieval: str = "ebr", personalised: bool = False) -> Hits:  # fmt: skip
-        """The index's search of a request embedding tagged with its release (refused unless
-        it is this release's)."""
-        if vectors is not None and vector_release != self.id:
-            raise ReleaseMismatch(str(vector_release), self.id)
-        return self.index.search(vectors, k, filter_json, text, retrieval, personalised)
-
-    def search(self, query: str | None, member_id: int | None, k: int,
-               filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
-        """One search: (hits, plan with ``retrieval``, ``understand(query)``). A query the
-        model does not understand is dropped from the embedding (the member alone, or no
-        vector for an anonymous search: term retrieval then answers, if any)."""
-        understood = self.encoder.understand(query)
-        embed_query = None if understood["query_understood"] is False else query
-        vec = None
-        if embed_query is not None or member_id is not None:
-            vec = self.encoder.encode(embed_query, member_id)
-        hits, plan = self.search_vector(self.encoder.release_id, vec, k, filter_json, query,
-                                        retrieval, member_id is not None)  # fmt: skip
-        return hits, plan, understood
-
-    def recommendations(self, member_id: int, k: int) -> Hits:
-        """JYMBII: the member's embedding (batch, else from the profile), no query."""
-        vec = self.encoder.member_embedding(member_id)
-        return self.search_vector(self.encoder.release_id, vec, k, None, None, "ebr", True)
-
-    def info(self) -> dict[str, Any]:
-        return {"encoder": self.encoder.info(), "index": self.index.info()}
+    state: str
+    reason: str | None = None
+    info: dict[str, Any] | None = None
 
 
-class Loader:
-    """What a process serving releases opens once: the Feast store, and one-thread FAISS and
-    torch (one request per call on a fraction of a core: extra threads only contend; FAISS
-    single-query search was 10-20x slower with 2 OpenMP threads on the 2-core machines)."""
-
-    def __init__(self, workspace: str, verify: bool, refresh_s: float) -> None:
-        import faiss
-        import torch
-
-        from feature_repo.store import member_profiles, open_store
-
-        faiss.omp_set_num_threads(1)
-        torch.set_num_threads(1)
-        self.ws = Workspace(Path(workspace))
-        self._verify, self._refresh_s = verify, refresh_s
-        self._store = open_store(self.ws.feature_repo)
-        member_profiles(self._store, [1])  # the first online read is ~0.5 s (lazy init)
-
-    async def load(self, release_id: str) -> Release:
-        # Off the event loop (checksums, tower and index loads): the releases already loaded
-        # keep answering meanwhile.
-        return await asyncio.to_thread(
-            Release, self.ws, self._store, release_id, self._verify, self._refresh_s
-        )
+def _failure(task: asyncio.Future[Any]) -> BaseException | None:
+    if not task.done():
+        return None
+    return asyncio.CancelledError() if task.cancelled() else task.exception()
 
 
 class LocalReleases:
-    """Releases served in this process (``release_server: ingress``): an LRU of loaded
-    releases, each loaded once however many requests wait for it, and one worker thread
-    for the requests' work."""
+    """Releases served in this process (``release_server: ingress``): every release it keeps
+    (``retain``) loaded once however many requests wait for it, and one worker thread for the
+    requests' work."""
+
+    _keep: tuple[str, ...] | None = None  # set by retain; None (not yet known): evict nothing
 
     def __init__(self, workspace: str, verify: bool, refresh_s: float) -> None:
         self._loader = Loader(workspace, verify, refresh_s)
+        # Least recently used first; a failed load stays (health reports why) until retried.
         self._loaded: OrderedDict[str, asyncio.Task[Release]] = OrderedDict()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-work")
+        self._busy_since: float | None = None  # monotonic start of the work running now
 
     async def get(self, release_id: str) -> Release:
         task = self._loaded.get(release_id)
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+        if task is None or _failure(task) is not None:
             task = asyncio.ensure_future(self._loader.load(release_id))
             self._loaded[release_id] = task
-            while len(self._loaded) > MAX_RELEASES_PER_REPLICA:
-                self._loaded.popitem(last=False)  # in-flight users keep their reference
+            # Evict once it loaded: a load that fails displaces nothing (and is dropped).
+            task.add_done_callback(lambda _: self._evict())
         self._loaded.move_to_end(release_id)
         return await asyncio.shield(task)
 
+    def retain(self, keep: Sequence[str]) -> None:
+        """Keep ``keep`` (what requests can reach, and the rollback target) loaded for good;
+        of the rest, only the ``SPARE_RELEASES`` most recently used, and no failed load."""
+        self._keep = tuple(keep)
+        self._evict()
+
+    def _evict(self) -> None:
+        if self._keep is None:
+            return
+        others = [r for r in self._loaded if r not in self._keep]  # least recently used first
+        failed = [r for r in others if _failure(self._loaded[r]) is not None]
+        working = [r for r in others if r not in failed]
+        for rid in failed + working[: max(0, len(working) - SPARE_RELEASES)]:
+            del self._loaded[rid]  # requests in flight keep their reference
+
+    async def preload(self, keep: Sequence[str]) -> None:
+        """Retain ``keep`` and load each of them now (failures stay in ``status``)."""
+        self.retain(keep)
+        await asyncio.gather(*(self.get(rid) for rid in keep), return_exceptions=True)
+
+    async def status(self, release_id: str) -> ReleaseStatus:
+        """Where ``release_id`` stands here, without waiting for a load."""
+        task = self._loaded.get(release_id)
+        if task is None:
+            return ReleaseStatus("absent")
+        if not task.done():
+            return ReleaseStatus("loading")
+        if (err := _failure(task)) is not None:
+            return ReleaseStatus("failed", str(err) or type(err).__name__)
+        return ReleaseStatus("ready", info=task.result().info())
+
+    def busy_s(self) -> float:
+        """Seconds the work running now has run (0 when idle): a stuck worker shows here."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _timed(self, work: Callable[[Release], T], rel: Release) -> T:
+        self._busy_since = time.monotonic()
+        try:
+            return work(rel)
+        finally:
+            self._busy_since = None
+
     async def _run(self, release_id: str, work: Callable[[Release], T]) -> T:
         rel = await self.get(release_id)
-        return await asyncio.get_running_loop().run_in_executor(self._worker, work, rel)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._timed, work, rel)
 
     async def search(self, release_id: str, query: str | None, member_id: int | None, k: int,
                      filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
@@ -167,14 +168,48 @@ class RemoteReleases:
     async def info(self, release_id: str) -> dict[str, Any]:
         return await self._for(release_id).info.remote()  # type: ignore[no-any-return]
 
+    def retain(self, keep: Sequence[str]) -> None:
+        """The release server keeps releases itself (``ReleaseServer.check_health``)."""
+
+    async def preload(self, keep: Sequence[str]) -> None:
+        await asyncio.gather(*(self.info(rid) for rid in keep), return_exceptions=True)
+
+    async def status(self, release_id: str) -> ReleaseStatus:
+        """Where ``release_id`` stands on a release server (loads it if it was not)."""
+        try:
+            info = await asyncio.wait_for(self.info(release_id), STATUS_TIMEOUT_S)
+        except TimeoutError:
+            return ReleaseStatus("loading")
+        except Exception as err:  # noqa: BLE001 - the release's failure, reported by health
+            cause = getattr(err, "cause", None) or err
+            return ReleaseStatus("failed", str(cause) or type(cause).__name__)
+        return ReleaseStatus("ready", info=info)
+
+    def busy_s(self) -> float:
+        return 0.0  # the release server's own health check watches its replicas
+
 
 @serve.deployment
 class ReleaseServer:
     """Answers searches and feeds for the release each call names
-    (``handle.options(multiplexed_model_id=<release id>)``)."""
+    (``handle.options(multiplexed_model_id=<release id>)``); ready once the releases the
+    workspace's state routes to are loaded."""
 
     def __init__(self, workspace: str, verify: bool = True, refresh_s: float = 1.0) -> None:
         self._loader = Loader(workspace, verify, refresh_s)
+        self._router = ReleaseRouter(self._loader.ws)
+        self._preloaded = False
+
+    async def check_health(self) -> None:
+        """Serve's health check; the first one (before the replica takes requests) loads
+        every release requests can reach, so a restarted replica serves what it served."""
+        if not self._preloaded:
+            for rid in self._router.keep():
+                try:
+                    await self.release(rid)
+                except Exception as err:  # noqa: BLE001 - answered per request, with reason
+                    log.error("release %s did not load: %s", rid, err)
+            self._preloaded = True
 
     @serve.multiplexed(max_num_models_per_replica=MAX_RELEASES_PER_REPLICA)
     async def release(self, release_id: str) -> Release:

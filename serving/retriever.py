@@ -112,7 +112,12 @@ class ReleaseIndex:
         return out, {"retrieval": retrieval, **hits.plan}
 
     def info(self) -> dict[str, Any]:
-        m = self.slot.manifest
+        """The slot this release serves, its log position (``lsn``) and ``log_problems``:
+        damage the slot's log replay found (acknowledged writes it could not apply), which
+        health reports as degraded."""
+        m, stats = self.slot.manifest, self.live.stats()
         return {"release": self.release_id, "slot": self.slot.name,
                 "model_version": self.slot.model_version, "item_count": int(m["item_count"]),
-                "recall_at_10": m.get("recall_at_10")}  # fmt: skip
+                "recall_at_10": m.get("recall_at_10"), "lsn": int(stats["lsn"]),
+                "live_items": int(stats["live_items"]),
+                "log_problems": [str(p) for p in stats.get("log_problems", [])]}  # fmt: skip

@@ -22,6 +22,9 @@ MAX_K = 100  # one results page is 10; 100 covers re-rankers without letting k s
 MAX_QUERY_CHARS = 512  # longer than any real job search; bounds tokenizer work per request
 # Member ids are int64 entity keys in Feast: a larger int must fail here, not in the store.
 MAX_MEMBER_ID = 2**63 - 1
+# Arms of one experiment. Every replica keeps each arm's release loaded for the whole
+# experiment (serving.release_server.MAX_RELEASES_PER_REPLICA is derived from this).
+MAX_ARMS = 16
 
 Query = Annotated[
     str,
@@ -131,19 +134,45 @@ class SearchResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    """``GET /healthz``: the live release, whether encoder and index both serve it, and what
-    else serves (experiment arms)."""
+    """``GET /healthz`` (readiness): whether the live release serves, and everything on the
+    request path that is degraded, each with its reason in ``problems``.
 
-    ok: bool
-    release: str
-    slot: str
-    model_version: str
-    encoder_model_version: str
+    ``status``: ``ok`` (HTTP 200); ``degraded`` (HTTP 200: requests are answered, something
+    is wrong, see ``problems``); ``loading`` (HTTP 503: the replica is loading the releases
+    it served before, and replaying their slot logs); ``down`` (HTTP 503: the live release
+    cannot serve)."""
+
+    status: Literal["ok", "degraded", "loading", "down"]
+    ok: bool = Field(description="status == 'ok'")
+    problems: list[str] = Field(default_factory=list, description="what is wrong, and why")
+    release: str = Field(description="the live release")
+    slot: str | None = None
+    model_version: str | None = None
+    encoder_model_version: str | None = None
     member_interest_version: str | None = None  # the co-trained interest model it reads
-    item_count: int
+    item_count: int | None = None
     recall_at_10: float | None = None
     serving: list[str] = Field(default_factory=list, description="live and experiment arms")
     experiment: str | None = None
+    releases: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per release kept loaded: role, state (ready, loading, failed, absent), "
+        "reason, slot log position (lsn) and log_problems",
+    )
+    state_file: dict[str, Any] = Field(
+        default_factory=dict, description="releases/state.json: good, or stale with reason"
+    )
+    impression_log: dict[str, Any] = Field(
+        default_factory=dict, description="the side log's status, written and dropped records"
+    )
+
+
+class LivenessResponse(BaseModel):
+    """``GET /livez``: whether this replica's process works (a restart would help when not):
+    its event loop answers, the release worker is not stuck, the side log's writer runs."""
+
+    status: Literal["alive", "stuck"]
+    problems: list[str] = Field(default_factory=list)
 
 
 class ReleaseView(BaseModel):
@@ -186,7 +215,7 @@ class ExperimentRequest(BaseModel):
     name: Annotated[
         str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     ]
-    arms: Annotated[list[ArmSpec], Field(min_length=2, max_length=16)]
+    arms: Annotated[list[ArmSpec], Field(min_length=2, max_length=MAX_ARMS)]
     salt: str | None = Field(default=None, max_length=128, description="default: the name")
 
 

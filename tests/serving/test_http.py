@@ -62,12 +62,19 @@ def _assert_client_error(resp: httpx.Response, status: int, *named: str) -> None
 
 
 def test_healthz_reports_live_slot(api: httpx.Client, platform_ws: Path) -> None:
-    body = api.get("/healthz").json()
-    assert body["ok"] is True
+    resp = api.get("/healthz")
+    body = resp.json()
+    assert resp.status_code == 200 and body["status"] == "ok" and body["ok"] is True, body
+    assert body["problems"] == []
     assert body["model_version"] == body["encoder_model_version"] == "v1"
     assert body["member_interest_version"] == "v1"  # the co-trained interest model it reads
     assert body["slot"] == resolve_alias(platform_ws / "slots", "jobs@live").name
     assert body["item_count"] > 0
+    live = body["releases"][body["release"]]
+    assert live["role"] == "live" and live["state"] == "ready" and live["log_problems"] == []
+    assert body["state_file"] == {"status": "good"}
+    assert body["impression_log"]["status"] == "ok"
+    assert api.get("/livez").json() == {"status": "alive", "problems": []}
 
 
 def test_search_by_query_returns_k_sorted_hits(api: httpx.Client) -> None:

@@ -1,0 +1,104 @@
+"""One release loaded in a process: its request encoder and index, checked together, and the
+``Loader`` that opens them (``serving.release_server`` keeps them per replica).
+
+Loading names why a release cannot serve: ``UnknownRelease`` (no record) or
+``ReleaseUnavailable`` (a modified record, files gone or changed, a corrupt slot log), never
+a bare error. Heavy stacks (torch, feast, faiss) are imported when a release loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ebr.config import Workspace
+from ebr.release.record import read_record
+from serving.encoder import ReleaseEncoder
+from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownRelease
+from serving.retriever import ReleaseIndex
+
+Hits = tuple[list[list[dict[str, Any]]], dict[str, Any]]
+Found = tuple[list[list[dict[str, Any]]], dict[str, Any], dict[str, Any]]
+
+
+class Release:
+    """One release's encoder and index, loaded and checked together."""
+
+    def __init__(
+        self, ws: Workspace, store: Any, release_id: str, verify: bool, refresh_s: float
+    ) -> None:
+        self.id = release_id
+        self.encoder = ReleaseEncoder(ws, store, release_id)
+        self.index = ReleaseIndex(ws, release_id, verify, refresh_s)
+
+    def search_vector(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
+                      filter_json: dict[str, Any] | None = None, text: str | None = None,
+                      retrieval: str = "ebr", personalised: bool = False) -> Hits:  # fmt: skip
+        """The index's search of a request embedding tagged with its release (refused unless
+        it is this release's)."""
+        if vectors is not None and vector_release != self.id:
+            raise ReleaseMismatch(str(vector_release), self.id)
+        return self.index.search(vectors, k, filter_json, text, retrieval, personalised)
+
+    def search(self, query: str | None, member_id: int | None, k: int,
+               filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
+        """One search: (hits, plan with ``retrieval``, ``understand(query)``). A query the
+        model does not understand is dropped from the embedding (the member alone, or no
+        vector for an anonymous search: term retrieval then answers, if any)."""
+        understood = self.encoder.understand(query)
+        embed_query = None if understood["query_understood"] is False else query
+        vec = None
+        if embed_query is not None or member_id is not None:
+            vec = self.encoder.encode(embed_query, member_id)
+        hits, plan = self.search_vector(self.encoder.release_id, vec, k, filter_json, query,
+                                        retrieval, member_id is not None)  # fmt: skip
+        return hits, plan, understood
+
+    def recommendations(self, member_id: int, k: int) -> Hits:
+        """JYMBII: the member's embedding (batch, else from the profile), no query."""
+        vec = self.encoder.member_embedding(member_id)
+        return self.search_vector(self.encoder.release_id, vec, k, None, None, "ebr", True)
+
+    def info(self) -> dict[str, Any]:
+        return {"encoder": self.encoder.info(), "index": self.index.info()}
+
+
+class Loader:
+    """What a process serving releases opens once: the Feast store, and one-thread FAISS and
+    torch (one request per call on a fraction of a core: extra threads only contend; FAISS
+    single-query search was 10-20x slower with 2 OpenMP threads on the 2-core machines)."""
+
+    def __init__(self, workspace: str, verify: bool, refresh_s: float) -> None:
+        import faiss
+        import torch
+
+        from feature_repo.store import member_profiles, open_store
+
+        faiss.omp_set_num_threads(1)
+        torch.set_num_threads(1)
+        self.ws = Workspace(Path(workspace))
+        self._verify, self._refresh_s = verify, refresh_s
+        self._store = open_store(self.ws.feature_repo)
+        member_profiles(self._store, [1])  # the first online read is ~0.5 s (lazy init)
+
+    async def load(self, release_id: str) -> Release:
+        # Off the event loop (checksums, tower and index loads): the releases already loaded
+        # keep answering meanwhile.
+        return await asyncio.to_thread(self._load, release_id)
+
+    def _load(self, release_id: str) -> Release:
+        """The release, or an error that says why not: ``UnknownRelease`` (no record),
+        ``ReleaseUnavailable`` (a modified record, files gone or changed, a corrupt log)."""
+        try:
+            read_record(self.ws, release_id)
+        except FileNotFoundError as err:
+            raise UnknownRelease(release_id, str(err)) from None
+        except (OSError, ValueError) as err:  # edited (checksum), unreadable, other format
+            raise ReleaseUnavailable(release_id, str(err)) from None
+        try:
+            return Release(self.ws, self._store, release_id, self._verify, self._refresh_s)
+        except (OSError, ValueError) as err:  # tower or slot files gone, a corrupt slot log
+            raise ReleaseUnavailable(release_id, f"{type(err).__name__}: {err}") from None
