@@ -24,9 +24,7 @@ WAIT_S = 15.0  # a replica tails the slot's log every refresh_s (well under this
 
 def _ids(response: httpx.Response) -> list[int]:
     assert response.status_code == 200, response.text
-    hits = response.json()["results"]
-    assert all(h["active"] for h in hits), hits
-    return [h["job_id"] for h in hits]
+    return [h["job_id"] for h in response.json()["results"]]
 
 
 def test_no_default_request_returns_a_closed_job(api: httpx.Client, platform_ws: Path) -> None:
