@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ebr.config import Workspace
-from ebr.release.record import read_record
+from ebr.release.record import RECORD_FILE, read_record, record_dir
 from serving.encoder import ReleaseEncoder
 from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownRelease
 from serving.retriever import ReleaseIndex
@@ -94,8 +94,9 @@ class Loader:
         ``ReleaseUnavailable`` (a modified record, files gone or changed, a corrupt log)."""
         try:
             read_record(self.ws, release_id)
-        except FileNotFoundError as err:
-            raise UnknownRelease(release_id, str(err)) from None
+        except FileNotFoundError:
+            where = record_dir(self.ws, release_id) / RECORD_FILE
+            raise UnknownRelease(release_id, f"it is not recorded (no {where})") from None
         except (OSError, ValueError) as err:  # edited (checksum), unreadable, other format
             raise ReleaseUnavailable(release_id, str(err)) from None
         try:

@@ -166,7 +166,7 @@ def test_loader_errors_name_the_release_and_the_reason(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     loader = Loader.__new__(Loader)
     loader.ws = ws
-    with pytest.raises(UnknownRelease, match=f"unknown release {A}: no release"):
+    with pytest.raises(UnknownRelease, match=f"unknown release {A}: it is not recorded"):
         loader._load(A)
     path = _record(ws, B)
     path.write_text(path.read_text().replace('"v1"', '"v1", "recall": 0.999', 1))
