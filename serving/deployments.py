@@ -322,12 +322,14 @@ class Ingress:
     ) -> dict[str, Any]:
         """Split traffic between releases by arm (each arm's release warmed first)."""
         self._authorize(authorization)
-        for arm in body.arms:
-            await self._warm(arm.release)
-        specs = [(a.arm, a.release, a.weight) for a in body.arms]
-        return await self._change(
-            lambda: ops.start_experiment(self._ws, body.name, specs, body.salt)
-        )
+        # Kept from the first warm on: warming more arms than spares must not evict the first.
+        with self._keeper.holding([a.release for a in body.arms]):
+            for arm in body.arms:
+                await self._warm(arm.release)
+            specs = [(a.arm, a.release, a.weight) for a in body.arms]
+            return await self._change(
+                lambda: ops.start_experiment(self._ws, body.name, specs, body.salt)
+            )
 
     @app.delete("/admin/experiments")
     async def stop_experiment(

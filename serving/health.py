@@ -44,6 +44,8 @@ def _release_view(role: str, status: Any) -> dict[str, Any]:
     view: dict[str, Any] = {"role": role, "state": status.state}
     if status.reason:
         view["reason"] = status.reason
+    if status.loads is not None:
+        view["loads"] = status.loads
     index = (status.info or {}).get("index") or {}
     for key in ("slot", "lsn", "log_problems"):
         if key in index:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ebr.release.impressions import ImpressionLog
@@ -28,6 +30,7 @@ class Releases(Protocol):
     """What the keeper needs of ``LocalReleases`` / ``RemoteReleases``."""
 
     async def preload(self, keep: list[str]) -> None: ...
+    def retain(self, keep: list[str]) -> None: ...
     async def status(self, release_id: str) -> Any: ...
     def busy_s(self) -> float: ...
 
@@ -44,11 +47,29 @@ class Keeper:
         self._preload: asyncio.Task[None] | None = None  # the start-up load
         self._follow: asyncio.Task[None] | None = None
         self._synced = -1  # the router generation whose releases are kept
+        self._held: list[str] = []  # kept beyond the state's while an admin call runs
+
+    def keep(self) -> list[str]:
+        """What this replica keeps: what the state can route to, and releases ``holding``."""
+        return list(dict.fromkeys([*self._router.keep(), *self._held]))
 
     async def sync(self) -> None:
         """Keep (and load now) the releases the current state can route to."""
         self._synced = self._router.generation
-        await self._releases.preload(self._router.keep())
+        await self._releases.preload(self.keep())
+
+    @contextmanager
+    def holding(self, release_ids: list[str]) -> Iterator[None]:
+        """Keep ``release_ids`` too while the block runs (an admin call warming the arms of
+        an experiment it is about to start: the first warmed must not be evicted)."""
+        self._held = [*self._held, *release_ids]
+        self._releases.retain(self.keep())
+        try:
+            yield
+        finally:
+            for rid in release_ids:
+                self._held.remove(rid)
+            self._releases.retain(self.keep())
 
     def start(self) -> asyncio.Task[None]:
         """The start-up load (started once: by Serve's first health check, or a route)."""

@@ -9,6 +9,7 @@ a bare error. Heavy stacks (torch, feast, faiss) are imported when a release loa
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,12 @@ class Loader:
         self._verify, self._refresh_s = verify, refresh_s
         self._store = open_store(self.ws.feature_repo)
         member_profiles(self._store, [1])  # the first online read is ~0.5 s (lazy init)
+        self.load_counts: Counter[str] = Counter()  # loads started per release (health shows)
 
     async def load(self, release_id: str) -> Release:
         # Off the event loop (checksums, tower and index loads): the releases already loaded
         # keep answering meanwhile.
+        self.load_counts[release_id] += 1
         return await asyncio.to_thread(self._load, release_id)
 
     def _load(self, release_id: str) -> Release:

@@ -49,11 +49,13 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class ReleaseStatus:
     """Where one release stands in a replica: ``ready`` (``info`` = its encoder and index
-    infos), ``loading``, ``failed`` (``reason``) or ``absent`` (not loaded)."""
+    infos), ``loading``, ``failed`` (``reason``) or ``absent`` (not loaded); ``loads``: how
+    many times this replica loaded it (more than once: it was evicted and reloaded)."""
 
     state: str
     reason: str | None = None
     info: dict[str, Any] | None = None
+    loads: int | None = None
 
 
 def _failure(task: asyncio.Future[Any]) -> BaseException | None:
@@ -108,14 +110,14 @@ class LocalReleases:
 
     async def status(self, release_id: str) -> ReleaseStatus:
         """Where ``release_id`` stands here, without waiting for a load."""
-        task = self._loaded.get(release_id)
+        task, loads = self._loaded.get(release_id), self._loader.load_counts[release_id]
         if task is None:
-            return ReleaseStatus("absent")
+            return ReleaseStatus("absent", loads=loads)
         if not task.done():
-            return ReleaseStatus("loading")
+            return ReleaseStatus("loading", loads=loads)
         if (err := _failure(task)) is not None:
-            return ReleaseStatus("failed", str(err) or type(err).__name__)
-        return ReleaseStatus("ready", info=task.result().info())
+            return ReleaseStatus("failed", str(err) or type(err).__name__, loads=loads)
+        return ReleaseStatus("ready", info=task.result().info(), loads=loads)
 
     def busy_s(self) -> float:
         """Seconds the work running now has run (0 when idle): a stuck worker shows here."""

@@ -157,7 +157,7 @@ class HealthResponse(BaseModel):
     releases: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per release kept loaded: role, state (ready, loading, failed, absent), "
-        "reason, slot log position (lsn) and log_problems",
+        "reason, loads (times loaded here), slot log position (lsn) and log_problems",
     )
     state_file: dict[str, Any] = Field(
         default_factory=dict, description="releases/state.json: good, or stale with reason"

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from ebr.config import Workspace
@@ -163,6 +164,7 @@ def test_admin_calls_naming_a_bad_release_answer_with_the_reason_and_change_noth
     assert resp.status_code == 200 and resp.json()["release"] == live
     health = _health(served)
     assert health["http"] == 200 and health["release"] == live
+    assert health["releases"][live]["loads"] == 1  # failed loads never evicted the live one
     assert rid not in served.client.get("/metrics").text or status == 409
 
 
@@ -244,6 +246,42 @@ def test_damage_in_the_slot_log_shows_in_health(served: Server) -> None:
         lambda h: not any(" log: " in p for p in h["problems"]),
         "damage cleared once repaired",
     )
+
+
+def _copy_of_live(ws: Workspace) -> str:
+    """A new release serving the live release's model and slot (a valid record)."""
+    kept = read_record(ws, st.read_state(ws)["live"]).items()
+    doc = {k: v for k, v in kept if k not in ("checksum", "format_version")}
+    doc["id"] = new_release_id("v1")
+    write_record(ws, doc)
+    st.add_candidate(ws, doc["id"])
+    return str(doc["id"])
+
+
+def test_an_experiment_over_many_releases_serves_without_reloading_them(served: Server) -> None:
+    """r16: more releases than the replica used to keep (4): every one stays loaded."""
+    ws = _ws(served)
+    arms = [st.read_state(ws)["live"], *(_copy_of_live(ws) for _ in range(4))]
+    spec = {"name": "wide", "arms": [
+        {"arm": f"a{i}", "release": rid, "weight": 0.2} for i, rid in enumerate(arms)]}  # fmt: skip
+    served.admin("POST", "/admin/experiments", spec)
+    try:
+        members = pd.read_parquet(ws.data / "members.parquet")["member_id"].head(60).tolist()
+        seen = set()
+        for _ in range(2):  # every member twice: members of each arm, interleaved
+            for member in members:
+                body = {"query": "nurse", "member_id": int(member), "k": 3}
+                resp = served.client.post("/v1/search", json=body)
+                assert resp.status_code == 200, resp.text
+                seen.add(resp.json()["release"])
+        assert seen == set(arms)
+        health = _health(served)
+        assert health["status"] == "ok" and health["experiment"] == "wide", health
+        for rid in arms:
+            assert health["releases"][rid]["state"] == "ready"
+            assert health["releases"][rid]["loads"] == 1, health["releases"]  # never reloaded
+    finally:
+        served.admin("DELETE", "/admin/experiments")
 
 
 def test_a_killed_replica_is_ready_only_once_it_serves_what_it_served(served: Server) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -111,9 +111,11 @@ def test_a_bad_state_file_at_start_refuses_naming_the_file(tmp_path: Path) -> No
 class CountingLoader:
     def __init__(self) -> None:
         self.loads: list[str] = []
+        self.load_counts: Counter[str] = Counter()
 
     async def load(self, rid: str) -> Any:
         self.loads.append(rid)
+        self.load_counts[rid] += 1
         if rid == IDS[-1]:
             raise UnknownRelease(rid, "no record")
         return SimpleNamespace(info=lambda: {"index": {"release": rid}})
@@ -146,7 +148,9 @@ def test_every_release_an_experiment_can_reach_stays_loaded() -> None:
         assert (await releases.status(IDS[-1])).state in ("absent", "failed")
         loaded = list(releases._loaded)
         assert set(keep) <= set(loaded) and len(loaded) == len(keep) + SPARE_RELEASES
-        assert (await releases.status(keep[0])).state == "ready"
+        assert await releases.status(keep[0]) == ReleaseStatus(
+            "ready", info={"index": {"release": keep[0]}}, loads=1
+        )
         for rid in keep:
             await releases.get(rid)
         assert sorted(loader.loads) == sorted([*keep, *IDS[len(keep) : len(keep) + 3], IDS[-1]])
