@@ -31,7 +31,7 @@ from ebr.metrics import recall_of
 N, D, CLUSTERS, Q, K = 50_000, 32, 200, 30, 10
 BAND = (-60.0, -2.0)  # degrees of latitude: ~44% of the jobs, above exact_max_eligible
 ANN = PlannerParams(exact_max_eligible=0, exact_max_fraction=0.0)  # as the recall gate forces
-BEFORE = PlannerParams(cone_bound=False)  # the planner the issue measured
+BEFORE = PlannerParams(cone_bound="off")  # the planner the issue measured
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -182,7 +182,7 @@ def test_band_widths(
     assert plan.strategy == "ann_filtered"
     assert missed(rows, gt, outliers) == 0, asdict(plan)
     assert recall_of(rows, gt) >= 0.95, asdict(plan)
-    before = filtered_search(index, x, world["q"], K, mask, replace(params, cone_bound=False))
+    before = filtered_search(index, x, world["q"], K, mask, replace(params, cone_bound="off"))
     assert missed(before[1], gt, outliers) > 0
 
 
@@ -228,6 +228,25 @@ def test_a_bound_costlier_than_the_exact_scan_answers_exactly(world: dict[str, A
     np.testing.assert_array_equal(np.sort(rows, 1), np.sort(truth(x, q, mask), 1))
 
 
+def test_cheap_mode_bounds_only_what_is_cheaper_than_exact(world: dict[str, Any]) -> None:
+    """``cone_bound="cheap"``: the queries whose bound would scan more than exact_share of the
+    eligible rows keep the margin's page (sample-checked) instead of an exact scan."""
+    index, x, mask, outliers = with_outliers(world, "ivf", BAND, 1, "band")
+    q = world["q"]
+    for share, switched in ((0.5, False), (0.02, True)):  # 0.02: every bound is too costly
+        on = PlannerParams(exact_share=share)
+        cheap = replace(on, cone_bound="cheap")
+        _, rows_on, plan_on = filtered_search(index, x, q, K, mask, on)
+        _, rows, plan = filtered_search(index, x, q, K, mask, cheap)
+        assert plan.bounded_queries == plan_on.bounded_queries, (asdict(plan), asdict(plan_on))
+        assert (plan_on.switched_queries > plan.switched_queries) == switched
+        gt = truth(x, q, mask)
+        assert missed(rows_on, gt, outliers) == 0
+        assert (missed(rows, gt, outliers) > 0) == switched  # the margin's miss, unbounded
+    with pytest.raises(ValueError, match="cone_bound in"):
+        PlannerParams(cone_bound="yes")
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cells_the_cone_bound_rules_out_hold_no_better_row(
     seed: int, world: dict[str, Any]
@@ -246,3 +265,29 @@ def test_cells_the_cone_bound_rules_out_hold_no_better_row(
     np.maximum.at(best.T, cell, (q @ x.T).T)  # best[i, c]: query i's best row of cell c
     assert not (~reach & (best[:, cells] > kth[:, None])).any()
     assert (~reach).mean() > 0.2
+
+
+@pytest.mark.parametrize("away", [0.05, 0.5, 1.2])
+def test_a_row_a_hair_off_its_cells_axis_is_never_ruled_out(away: float) -> None:
+    """A row 2e-4 rad off its cell's axis has a float32 cosine of exactly 1: taken at face
+    value, the cone would have no width and a query ``away`` rad from the axis, towards the
+    row, would be bounded below the row's own score (by ~sin(away) * 2e-4)."""
+    rng = np.random.default_rng(0)
+    axes = _unit(rng.standard_normal((8, D)).astype(np.float64))
+    side = rng.standard_normal((8, D))
+    side = _unit(side - np.sum(side * axes, axis=1, keepdims=True) * axes)  # unit, _|_ axis
+    quantizer = faiss.IndexFlatIP(D)
+    quantizer.add(axes.astype(np.float32))
+    index = faiss.IndexIVFFlat(quantizer, D, 8, faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True
+    x = _unit(np.cos(2e-4) * axes + np.sin(2e-4) * side)  # one row per cell
+    assert (np.einsum("ij,ij->i", x, axes.astype(np.float32)) == 1.0).any()
+    index.add(x)
+    cones = cell_cones(index, x, ivf_layout(index))
+    q = _unit(np.cos(away) * axes[:1] + np.sin(away) * side[:1])
+    score = float(q[0] @ x[0])
+    cells = np.arange(8)
+    assert np.argmax(ivf_layout(index)[1] @ x[0]) == 0
+    assert reachable(cones, q, np.array([score - 5e-6], np.float32), cells, 0.0)[0, 0]
+    # ... and ruled out once the page beats it by more than the slack: still a bound.
+    assert not reachable(cones, q, np.array([score + 0.01], np.float32), cells, 0.0)[0, 0]

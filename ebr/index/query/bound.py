@@ -32,6 +32,10 @@ import faiss
 import numpy as np
 
 CHUNK_ROWS = 262_144  # rows read at once while building the cones
+CHUNK_QUERIES = 256  # queries tested at once
+# Radians added to each cell's widest angle: float32 cosines near 1 leave the angle uncertain
+# by up to sqrt(2 * 1e-7) ~ 5e-4 rad (and the bound loosens by ~1e-3 in score, no more).
+ANGLE_SLACK = 1e-3
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class Cones:
     """Each IVF cell's rows as a cone around the cell's axis."""
 
     axes: np.ndarray  # float32 [nlist, d]: unit centroid directions (e0 for a zero centroid)
-    widest: np.ndarray  # float64 [nlist]: the smallest cosine of a row to its cell's axis
+    cos_t: np.ndarray  # float64 [nlist]: cos and sin of the widest angle of a row to its
+    sin_t: np.ndarray  # cell's axis, plus ANGLE_SLACK
     longest: np.ndarray  # float64 [nlist]: the longest row of each cell ...
     shortest: np.ndarray  # ... and the shortest (unit rows: both ~1)
 
@@ -59,7 +64,7 @@ def cell_cones(index: faiss.Index, vectors: np.ndarray, layout: Any) -> Cones:
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     axes = (centroids / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     axes[norms[:, 0] == 0, 0] = 1.0  # any unit axis bounds a cell: its cone is only wider
-    widest = np.full(len(centroids), 1.0)
+    widest = np.full(len(centroids), 1.0)  # the smallest cosine of a row to its cell's axis
     longest = np.zeros(len(centroids))
     shortest = np.full(len(centroids), np.inf)
     for start in range(0, len(cell), CHUNK_ROWS):
@@ -70,7 +75,8 @@ def cell_cones(index: faiss.Index, vectors: np.ndarray, layout: Any) -> Cones:
         np.minimum.at(widest, at, np.clip(cos, -1.0, 1.0))
         np.maximum.at(longest, at, length)
         np.minimum.at(shortest, at, length)
-    cones = Cones(axes, widest, longest, np.where(np.isinf(shortest), 0.0, shortest))
+    t = np.minimum(np.arccos(widest) + ANGLE_SLACK, np.pi)
+    cones = Cones(axes, np.cos(t), np.sin(t), longest, np.where(np.isinf(shortest), 0, shortest))
     _CONES[index] = (index.ntotal, cones)
     return cones
 
@@ -81,17 +87,26 @@ def reachable(
     """Whether a row of cell ``cells[j]`` could score above ``kth[i]`` for query ``q[i]``:
     bool [t, c], for ``q`` float32 [t, d], ``kth`` [t] (each page's last score, less ``tol``
     for float32 rounding), ``cells`` int [c]. False only where the cone bound rules it out."""
+    out = np.empty((len(q), len(cells)), dtype=bool)
+    for start in range(0, len(q), CHUNK_QUERIES):  # float64 temporaries of [chunk, c]
+        part = slice(start, start + CHUNK_QUERIES)
+        out[part] = _reachable(cones, q[part], kth[part], cells, tol)
+    return out
+
+
+def _reachable(
+    cones: Cones, q: np.ndarray, kth: np.ndarray, cells: np.ndarray, tol: float
+) -> np.ndarray:
     qn = np.linalg.norm(q, axis=1).astype(np.float64)
     cos_a = np.clip((q @ cones.axes[cells].T) / np.maximum(qn, 1e-30)[:, None], -1.0, 1.0)
-    # The cosine a row must reach: cos(b) = s / (|q| |x|), at the row length that makes the
-    # test loosest (the longest for a positive s, the shortest for a negative one).
+    # The cosine a row must make with q to beat s: s / (|q| |x|), at the row length that makes
+    # the test loosest (the longest for a positive s, the shortest for a negative one).
     s = kth.astype(np.float64)[:, None] - tol
     length = np.where(s >= 0, cones.longest[cells][None, :], cones.shortest[cells][None, :])
     with np.errstate(divide="ignore", invalid="ignore"):
-        cos_b = np.where(length > 0, s / (qn[:, None] * length), np.where(s < 0, -1.0, 2.0))
-    cos_b = np.nan_to_num(cos_b, nan=-1.0)  # a zero query scores 0 everywhere
-    # Reached when max(0, a - t) <= b: a <= b, or cos(a - t) >= cos(b) for a > b.
-    cos_t = cones.widest[cells][None, :]
-    sin_a, sin_t = np.sqrt(1 - cos_a**2), np.sqrt(np.maximum(1 - cos_t**2, 0.0))
-    best = np.where(cos_a >= cos_t, 1.0, cos_a * cos_t + sin_a * sin_t)  # cos(max(0, a - t))
-    return best + 1e-6 >= cos_b
+        need = np.where(length > 0, s / (qn[:, None] * length), np.where(s < 0, -1.0, 2.0))
+    need = np.nan_to_num(need, nan=-1.0)  # a zero query scores 0 everywhere
+    # The best cosine a row of the cell can make with q: cos(max(0, a - t)).
+    cos_t, sin_t = cones.cos_t[cells][None, :], cones.sin_t[cells][None, :]
+    best = np.where(cos_a >= cos_t, 1.0, cos_a * cos_t + np.sqrt(1 - cos_a**2) * sin_t)
+    return best + 1e-6 >= need

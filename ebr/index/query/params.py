@@ -123,6 +123,9 @@ def set_search_params(index: faiss.Index, params: Mapping[str, Any]) -> None:
         _concrete(index).hnsw.efSearch = checked["ef_search"]
 
 
+CONE_BOUNDS = ("on", "cheap", "off")
+
+
 @dataclass(frozen=True)
 class PlannerParams:
     """Knobs of ``filtered_search``; the defaults come from the 1M-job benchmark."""
@@ -138,8 +141,10 @@ class PlannerParams:
     margin_quantile: float | None = 0.25  # IVF margin: this quantile of probing.spill; None: off
     check_rows: int = 1024  # eligible rows scored exactly to check filtered ANN pages (0: off)
     exact_share: float = 0.5  # ANN scoring more than this share of the eligible rows: exact
-    cone_bound: bool = True  # IVF, correlated queries: score every unprobed row that could beat
-    # the page (ebr.index.query.bound); False: the margin and the sample check alone
+    # IVF, correlated queries (ebr.index.query.bound): "on": scan every unprobed cell that could
+    # hold a row beating the page, exact where that is over exact_share of the eligible rows;
+    # "cheap": only where it is not (the margin's page stands elsewhere); "off": margin alone
+    cone_bound: str = "on"
 
     def __post_init__(self) -> None:
         knobs = [v for v in (self.nprobe, self.ef_search, self.k_factor) if v is not None]
@@ -153,6 +158,7 @@ class PlannerParams:
             "nprobe, ef_search, k_factor >= 1 or None": all(v >= 1 for v in knobs),
             "selectivity_exponent in [0, 2]": 0 <= self.selectivity_exponent <= 2,
             "max_rounds, max_ef_search >= 1": min(self.max_rounds, self.max_ef_search) >= 1,
+            f"cone_bound in {CONE_BOUNDS}": self.cone_bound in CONE_BOUNDS,
         }
         broken = [rule for rule, ok in rules.items() if not ok]
         if broken:

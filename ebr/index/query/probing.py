@@ -242,10 +242,11 @@ def ivf_rounds(
         """Full pages ``s_``, ``r_`` [t, need] of correlated queries ``todo`` completed by the
         cone bound (``ebr.index.query.bound``): every unprobed cell that could hold a better
         row is scanned. Returns (the pages, completed bool [t], exact instead bool [t]: the
-        cells would hold more than exact_share of the eligible rows)."""
+        cells would hold more than exact_share of the eligible rows; with cone_bound "cheap"
+        those pages stand as the margin left them, for the sample check)."""
         none = np.zeros(len(todo), dtype=bool)
         want = (r_ >= 0).all(axis=1) & (margin_of[todo] > -4) & (done[todo] < len(live))
-        at = np.flatnonzero(want) if p.cone_bound else np.empty(0, np.int64)
+        at = np.flatnonzero(want) if p.cone_bound != "off" else np.empty(0, np.int64)
         if not len(at):
             return (s_, r_), none, none
         qs = todo[at]
@@ -263,7 +264,7 @@ def ivf_rounds(
             assign = np.where(np.take_along_axis(extra[go], order, 1), live[order], -1)
             scan(qs[go], assign, np.take_along_axis(scores[qs[go]], order, 1))
         done_, switch = none.copy(), none.copy()
-        done_[at], switch[at] = ~costly, costly
+        done_[at], switch[at] = ~costly, costly & (p.cone_bound == "on")
         return (page[0][todo], page[1][todo]), done_, switch
 
     return search, widen, probes, len(live), np.zeros(len(q), dtype=bool), finish
