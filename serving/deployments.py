@@ -38,6 +38,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from ebr.config import Workspace
+from ebr.ids import MIN_ID
 from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.impressions import ImpressionLog, impression_dir
@@ -196,7 +197,7 @@ class Ingress:
     )
     async def recommendations(
         self,
-        member_id: Annotated[int, UrlPath(gt=0, le=MAX_MEMBER_ID)],
+        member_id: Annotated[int, UrlPath(ge=MIN_ID, le=MAX_MEMBER_ID)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     ) -> SearchResponse:
         """JYMBII ("jobs you may be interested in"): the member's embedding, no query."""

@@ -18,10 +18,13 @@ from pydantic import (
     model_validator,
 )
 
+from ebr.ids import MAX_ID, MIN_ID
+
 MAX_K = 100  # one results page is 10; 100 covers re-rankers without letting k scan the index
 MAX_QUERY_CHARS = 512  # longer than any real job search; bounds tokenizer work per request
-# Member ids are int64 entity keys in Feast: a larger int must fail here, not in the store.
-MAX_MEMBER_ID = 2**63 - 1
+# One id contract with the stream (ebr.ids): ids are int64 entity keys in Feast, from 1; a larger
+# int must fail here, not in the store.
+MAX_MEMBER_ID = MAX_ID
 # Arms of one experiment. Every replica keeps each arm's release loaded for the whole
 # experiment (serving.release_server.MAX_RELEASES_PER_REPLICA is derived from this).
 MAX_ARMS = 16
@@ -31,7 +34,7 @@ Query = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS),
 ]
 # Strict ints: a JSON "10" or 10.5 or true is a client bug worth a 422, not something to coerce.
-MemberId = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMBER_ID)]
+MemberId = Annotated[int, Field(strict=True, ge=MIN_ID, le=MAX_ID)]
 TopK = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
 Retrieval = Literal["ebr", "term", "hybrid"]  # ebr.index.query.search.RETRIEVALS
 RequestKey = Annotated[

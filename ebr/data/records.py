@@ -9,7 +9,7 @@ response:
 ==================  =========================================  ===================================
 column              rule                                       a null means
 ==================  =========================================  ===================================
-job_id, member_id   integer >= 0, required                     (never null)
+job_id, member_id   integer >= 1 (ebr.ids), required          (never null)
 title               non-empty string, required                 (never null)
 remote, active      boolean, required (jobs)                   (never null)
 lat, lon            finite, |lat| <= 90, |lon| <= 180, both    location unknown: no geo filter
@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ebr.ids import MAX_ID, MIN_ID  # one id contract with the stream and the API
+
 MAX_TEXT = 100_000  # longer than any real job description; bounds featurizer and log work
 MAX_KM = 20_040.0  # half the Earth's circumference
 JOB_TEXT = ("description", "company", "industry", "seniority", "employment_type", "city", "country")
 MEMBER_TEXT = ("headline", "seniority", "city", "country", "preferred_employment_type")
-MAX_ID = 2**63 - 1  # ids are int64 keys (Feast entities, slot id maps)
 UNIT_TOLERANCE = 1e-3  # |norm - 1| above this is a broken embedding, not float32 rounding
 ECHO_CHARS = 60  # a rejection echoes at most this much of the bad value
 
@@ -118,16 +119,16 @@ def _nulls(col: pd.Series) -> np.ndarray:
 def _check_id(b: _Batch, field: str) -> None:
     col = b.df[field]
     if pd.api.types.is_integer_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-        b.flag((col < 0).to_numpy(), field, lambda v: f"must be >= 0, got {v}")
+        b.flag((col < MIN_ID).to_numpy(), field, lambda v: f"must be >= {MIN_ID}, got {v}")
         return
     ok = col.map(
         lambda v: (
             isinstance(v, int | np.integer)
             and not isinstance(v, bool | np.bool_)
-            and 0 <= v <= MAX_ID
+            and MIN_ID <= v <= MAX_ID
         )
     ).to_numpy(bool)
-    b.flag(~ok, field, lambda v: f"must be an integer in [0, 2**63), got {echo(v)}")
+    b.flag(~ok, field, lambda v: f"must be an integer in [{MIN_ID}, {MAX_ID}], got {echo(v)}")
 
 
 def _each(col: pd.Series, fn: Any, dtype: Any = bool) -> np.ndarray:

@@ -30,7 +30,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ebr.data.records import MAX_ID, UNIT_TOLERANCE, Rejected, check_members, echo, vector_problem
+from ebr.data.records import (
+    MAX_ID,
+    MIN_ID,
+    UNIT_TOLERANCE,
+    Rejected,
+    check_members,
+    echo,
+    vector_problem,
+)
 from ebr.versions import check_version
 
 EMBEDDING_COLUMNS = ("embedding", "model_version", "event_timestamp")
@@ -116,9 +124,9 @@ def _id(value: Any) -> int | None:
     if isinstance(value, bool | np.bool_) or value is None or value is pd.NA:
         return None
     if isinstance(value, int | np.integer):
-        return int(value) if 0 <= value <= MAX_ID else None
+        return int(value) if MIN_ID <= value <= MAX_ID else None
     if isinstance(value, float | np.floating) and np.isfinite(value) and float(value).is_integer():
-        return int(value) if 0 <= value <= MAX_ID else None
+        return int(value) if MIN_ID <= value <= MAX_ID else None
     return None
 
 
