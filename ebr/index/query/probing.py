@@ -154,9 +154,9 @@ def ivf_rounds(
     index: faiss.Index, vectors: np.ndarray, q: np.ndarray, mask: np.ndarray, need: int,
     sel: Any, p: PlannerParams,
 ) -> Rounds:  # fmt: skip
-    """(search(queries, probes), widen(queries, scores, rows), first-round probes int [nq],
-    most probes) for an IVF index. Each round scans only the cells a query has not scanned yet
-    and merges them into its page; ``widen`` gives the probes the score margin asks for."""
+    """``Rounds`` for an IVF index. Each round scans only the cells a query has not scanned yet
+    and merges them into its page; ``widen`` gives the probes the score margin asks for, and
+    ``finish`` scans, after the rounds, the cells the cone bound cannot rule out."""
     own = search_params(index)
     base, k_factor = p.nprobe or own["nprobe"], p.k_factor or own.get("refine")
     cell, centroids, sizes = ivf_layout(index)
@@ -245,13 +245,16 @@ def ivf_rounds(
         cells would hold more than exact_share of the eligible rows; with cone_bound "cheap"
         those pages stand as the margin left them, for the sample check)."""
         none = np.zeros(len(todo), dtype=bool)
-        want = (r_ >= 0).all(axis=1) & (margin_of[todo] > -4) & (done[todo] < len(live))
-        at = np.flatnonzero(want) if p.cone_bound != "off" else np.empty(0, np.int64)
+        flagged = margin_of[todo] > -4
+        if p.cone_bound == "off" or not flagged.any():  # the ordinary path: no cost
+            return (s_, r_), none, none
+        at = np.flatnonzero(flagged & (r_ >= 0).all(axis=1) & (done[todo] < len(live)))
         if not len(at):
             return (s_, r_), none, none
         qs = todo[at]
         order = _nearest(scores[qs], int(done[qs].max()))
-        last = np.take_along_axis(scores[qs], order[np.arange(len(at)), done[qs] - 1, None], 1)
+        last_probed = order[np.arange(len(at)), done[qs] - 1]
+        last = np.take_along_axis(scores[qs], last_probed[:, None], 1)
         cones = cell_cones(index, vectors, (cell, centroids, sizes))
         # Cells tied with the last one probed count as unprobed: scanned again, merged once.
         unprobed = scores[qs] <= last
