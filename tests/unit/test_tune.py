@@ -257,7 +257,7 @@ def test_cli_retunes_a_slot_without_changing_it(
     tmp_path: Path, small: np.ndarray, capsys: pytest.CaptureFixture[str]
 ):
     cfg = IndexConfig(kind="ivf", nlist=32, nprobe=1, recall_queries=100)
-    items = pd.DataFrame({"job_id": np.arange(len(small), dtype=np.int64)})
+    items = pd.DataFrame({"job_id": np.arange(1, len(small) + 1, dtype=np.int64)})
     slot = write_slot(tmp_path, "s", small, items, "v1", cfg)
     before = {p.relative_to(slot): p.read_bytes() for p in slot.rglob("*") if p.is_file()}
     main(slot=slot, target_recall=0.9, queries=100, full=True)
@@ -268,7 +268,7 @@ def test_cli_retunes_a_slot_without_changing_it(
 
 def test_write_slot_refuses_a_slot_below_its_target_recall(clustered: np.ndarray, tmp_path: Path):
     cfg = IndexConfig(kind="ivfpq", nlist=16, nprobe=2, pq_m=2, refine=2, target_recall=0.999)
-    items = pd.DataFrame({"job_id": np.arange(len(clustered)), "title": "t"})
+    items = pd.DataFrame({"job_id": np.arange(1, len(clustered) + 1), "title": "t"})
     with pytest.raises(RecallGateError, match="target_recall=0.999"):
         write_slot(tmp_path, "gated", clustered, items, "v1", cfg)
     assert not any(tmp_path.iterdir())  # refused before anything was written
@@ -287,7 +287,7 @@ def test_write_slot_gates_on_request_embeddings_when_given(clustered: np.ndarray
     harder; a gate tuned on them probes at least as many cells as one tuned on rows, and the
     manifest says which queries the reported recall was measured on."""
     cfg = IndexConfig(kind="ivf", nlist=256, nprobe=1, target_recall=0.95)
-    items = pd.DataFrame({"job_id": np.arange(len(clustered)), "title": "t"})
+    items = pd.DataFrame({"job_id": np.arange(1, len(clustered) + 1), "title": "t"})
     rng = np.random.default_rng(5)
     mixed = clustered[rng.integers(0, len(clustered), (400, 3))].sum(axis=1)  # between clusters
     requests = (mixed / np.linalg.norm(mixed, axis=1, keepdims=True)).astype(np.float32)
