@@ -266,7 +266,7 @@ def _check_records(
     # The ids were checked with the event (``_header``). Several events of one entity in a
     # read are no fault (``latest`` decides), and a repeated id must not hide the record's
     # other problems from the check: it sees each record under an id of its own.
-    frame[key] = range(len(frame))
+    frame[key] = range(1, len(frame) + 1)  # ids hold the id contract (>= 1)
     if "posted_at" in frame:
         given = frame["posted_at"]
         frame["posted_at"] = pd.to_datetime(given, utc=True, errors="coerce", format="ISO8601")
