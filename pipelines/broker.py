@@ -3,7 +3,8 @@
     events   XADD ebr:events * event <json>           (producers)
     group    XREADGROUP GROUP ebr-embedder <consumer> (the streaming job; at-least-once)
     ack      XACK after every sink has the event      (``Broker.ack``)
-    retry    XAUTOCLAIM entries another consumer left pending past ``claim_idle_ms``
+    retry    XAUTOCLAIM entries left pending past ``claim_idle_ms`` (a failed poll, a crashed
+             worker); XPENDING counts the deliveries of each (``Broker.deliveries``)
     dead     XADD ebr:events:dead * entry_id reason raw, then XACK (bad events never block)
 
 ``RedisServer`` starts a real ``redis-server`` on loopback with its append-only file fsynced on
@@ -33,7 +34,8 @@ GROUP = "ebr-embedder"
 
 
 class Broker:
-    """One consumer of the event stream's consumer group (thread-unsafe: one per worker)."""
+    """One consumer of the event stream's consumer group (no state of its own besides the Redis
+    client, whose connection pool is thread-safe: the job shares one per process)."""
 
     def __init__(self, url: str, consumer: str, stream: str = STREAM, group: str = GROUP,
                  dead: str = DEAD, claim_idle_ms: int = 30_000) -> None:  # fmt: skip
@@ -73,6 +75,18 @@ class Broker:
         """This consumer's entries delivered but not acknowledged (re-read after a restart)."""
         got = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=10_000)
         return [(eid.decode(), f) for _, rows in got or [] for eid, f in rows if f]  # type: ignore[union-attr]
+
+    def deliveries(self, entry_ids: list[str]) -> dict[str, int]:
+        """entry id -> how many times the group delivered it (XPENDING: reads, history re-reads
+        and claims each count), for the ids still pending; one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for eid in entry_ids:
+            pipe.xpending_range(self.stream, self.group, eid, eid, 1)
+        return {
+            row["message_id"].decode(): int(row["times_delivered"])
+            for rows in pipe.execute()
+            for row in rows
+        }
 
     def ack(self, entry_ids: list[str]) -> int:
         """Acknowledge entries every sink has applied; returns how many were pending."""

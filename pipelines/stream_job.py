@@ -9,8 +9,10 @@
 so it outlives the caller, a Flyte task) and records a handle, ``stream/jobs/<name>.json``:
 its PID, the Redis it reads and its log. Without ``--redis-url`` it also starts a Redis on
 loopback (append-only file in ``stream/redis/``) and records it. ``stop`` sends SIGTERM to the
-PID in the handle (SIGKILL after a grace period), after checking that the PID still runs the
-streaming job. ``compact`` snapshots the streamed catalogue (``ebr.stream.catalog``),
+PID in the handle, after checking that the PID still runs the streaming job: run locally (as
+micro-batches, ``pipelines.stream_local``) it ends after its current micro-batch and closes its
+slot writers; SIGKILL follows after a grace period (what it had not acknowledged is read again
+on the next start). ``compact`` snapshots the streamed catalogue (``ebr.stream.catalog``),
 compacts every serving release's slot (``ebr.release.compaction``) and removes the slots that
 earlier compactions replaced once the job has handed them over (``sweep``). On a cluster, the same
 pipeline runs on Flink or Dataflow through ``--runner`` and its runner's own job control.
