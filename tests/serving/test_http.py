@@ -140,7 +140,7 @@ def test_exact_title_queries_find_that_title(api: httpx.Client, items: pd.DataFr
         ({"query": "   "}, ("query", "at least 1 character")),
         ({"query": "x" * 513}, ("query", "at most 512")),
         ({"query": 42}, ("query", "valid string")),
-        ({"member_id": 0}, ("member_id", "greater than 0")),
+        ({"member_id": 0}, ("member_id", "greater than or equal to 1")),
         ({"member_id": "abc"}, ("member_id",)),
         ({"member_id": 2**70}, ("member_id", "less than or equal")),
     ],
@@ -181,7 +181,7 @@ def test_unknown_member_is_404_on_recommendations(api: httpx.Client) -> None:
         ("/v1/members/{m}/recommendations?k=1000", ("k", "less than or equal to 100")),
         ("/v1/members/{m}/recommendations?k=abc", ("k", "valid integer")),
         ("/v1/members/abc/recommendations", ("member_id", "valid integer")),
-        ("/v1/members/0/recommendations", ("member_id", "greater than 0")),
+        ("/v1/members/0/recommendations", ("member_id", "greater than or equal to 1")),
     ],
 )
 def test_bad_recommendation_params_are_422(

@@ -40,7 +40,8 @@ def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
 
 
 def items(n: int, first_id: int) -> pd.DataFrame:
-    return pd.DataFrame({"job_id": np.arange(first_id, first_id + n), "title": ["t"] * n})
+    """``n`` jobs with ids after ``first_id`` (ids start at 1: ``ebr.ids``)."""
+    return pd.DataFrame({"job_id": np.arange(first_id + 1, first_id + n + 1), "title": ["t"] * n})
 
 
 def make_slot(slots: Path, name: str, first_id: int, n: int = 300) -> Path:

@@ -236,7 +236,7 @@ def test_inputs_are_validated(slot_path: Path):
             (items.iloc[:2].assign(salary=1), vec, r"unknown columns \['salary'\]"),
             (items.iloc[:2].drop(columns="title"), vec, r"missing columns \['title'\]"),
             (items.iloc[[1, 1]], vec, "repeats"),
-            (items.iloc[:2].assign(job_id=[-1, 5]), vec, ">= 0"),
+            (items.iloc[:2].assign(job_id=[0, 5]), vec, ">= 1"),
             (items.iloc[:2].assign(remote=["x", None]), vec, "remote"),
         ]
         for records, vectors, message in cases:
