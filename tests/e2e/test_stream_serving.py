@@ -113,7 +113,9 @@ def test_a_killed_serving_replica_comes_back_with_the_same_results(
     jobs = pd.read_parquet(ws / "data" / "jobs.parquet")
     template = int(jobs["job_id"].iloc[0])
     for i in range(5):  # served from the slot's log, not its snapshot
-        rec = job_record(jobs, template, job_id=3_000_000 + i, title=f"Axolotl{i} keeper")
+        rec = job_record(
+            jobs, template, job_id=3_000_000 + i, title=f"Axolotl{i} keeper", active=True
+        )
         broker.produce(encode("job_posted", 3_000_000 + i, now(), rec))
     broker.produce(encode("job_closed", int(jobs["job_id"].iloc[1]), now()))
     wait_drained(broker.client, job)
