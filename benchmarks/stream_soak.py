@@ -8,8 +8,9 @@ Works on a private copy of ``--workspace`` (built at 20k jobs by
 serves, kept in ``var/bench-soak/base`` (``--rebuild`` makes it again); each run on a fresh copy
 of it. The job is started as ``python -m pipelines.stream_job start`` starts it
 (``pipelines.stream_job.start``: its own session, its own loopback Redis) and stopped with
-SIGTERM (``stop``). Every ``--sample-s`` seconds the benchmark reads the job process's RSS and
-CPU time (psutil):
+SIGTERM (``stop``). Every ``--sample-s`` seconds the benchmark reads the job process's RSS (and
+its anonymous and file-backed parts: this machine's kernel pages out cold file pages, which
+come back when touched) and CPU time (psutil):
 
 - warm-up: ``--warm-events`` events of live traffic (``ebr.stream.traffic``: edits, postings,
   closes, profile changes; the demo's job saw ~210 in its first minute), until acknowledged:
@@ -23,8 +24,10 @@ CPU time (psutil):
 - ``freshness`` (``--freshness-seconds``, 0: skipped): ``benchmarks.stream.freshness``, with
   ``python -m serving.app`` beside the job: event -> returned by ``/v1/search`` (target 5 s).
 
-Per phase: the slope of a least-squares line through RSS (MB) over minutes, over the whole phase
-and over its second half, the RSS at start and end, and the mean CPU (% of one core). Target:
+Per phase: the slope of a least-squares line through RSS (MB) over minutes, over the whole phase,
+over its second half and of the anonymous part alone, the RSS at start and end, the mean CPU
+(% of one core), and what the live slot's log holds at the end (its delta: state the job keeps
+in memory, by design, until ``stream_job compact`` folds it into a new slot). Target:
 a flat line, |slope| <= ``TARGET_SLOPE_MB_MIN`` in both phases. Writes
 ``benchmarks/results/stream_soak.json`` and ``stream_soak.png``; a missed target is recorded.
 """
@@ -98,8 +101,19 @@ class Sampler:
         self._last = (now, cpu)
         rss = sum(p.memory_info().rss for p in self._procs()) / 2**20
         return {"t_min": round((now - self.t0) / 60, 4), "rss_mb": round(rss, 1),
-                "cpu_pct": round(busy, 1), "threads": self.proc.num_threads(),
+                **self._status(), "cpu_pct": round(busy, 1), "threads": self.proc.num_threads(),
                 "fds": self.proc.num_fds()}  # fmt: skip
+
+    def _status(self) -> dict[str, float]:
+        """The job's resident memory by kind (/proc/<pid>/status): anonymous (its heap) and
+        file-backed (libraries, mapped files: the kernel may drop and re-read those pages)."""
+        fields = {"RssAnon:": "rss_anon_mb", "RssFile:": "rss_file_mb"}
+        out = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            name, *value = line.split()
+            if name in fields:
+                out[fields[name]] = round(int(value[0]) / 1024, 1)  # kB
+        return out
 
     def phase(self, minutes: float, every_s: float) -> list[dict[str, float]]:
         """Samples every ``every_s`` for ``minutes`` (the first one at once)."""
@@ -122,11 +136,13 @@ def slope(samples: list[dict[str, float]]) -> float | None:
 
 def summary(samples: list[dict[str, float]]) -> dict[str, Any]:
     half = samples[len(samples) // 2 :]
+    anon = [{**s, "rss_mb": s["rss_anon_mb"]} for s in samples if "rss_anon_mb" in s]
     return {
         "minutes": round(samples[-1]["t_min"] - samples[0]["t_min"], 2),
         "samples": len(samples),
         "slope_mb_per_min": slope(samples),
         "slope_second_half_mb_per_min": slope(half),
+        "slope_anon_mb_per_min": slope(anon),
         "rss_start_mb": samples[0]["rss_mb"],
         "rss_end_mb": samples[-1]["rss_mb"],
         "rss_max_mb": max(s["rss_mb"] for s in samples),
@@ -136,6 +152,18 @@ def summary(samples: list[dict[str, float]]) -> dict[str, Any]:
         "fds_end": samples[-1]["fds"],
         "series": samples,
     }
+
+
+def slot_stats(ws: Workspace) -> dict[str, Any]:
+    """What the live release's slot holds besides its snapshot (read-only, the log replayed):
+    the job keeps the same delta in memory until a compaction folds it into a new slot."""
+    from ebr.index.live.slot import open_live
+    from ebr.release.record import read_record
+
+    name = read_record(ws, st.read_state(ws)["live"])["slot"]["name"]
+    stats = open_live(ws.slots / name, writable=False).stats()
+    keys = ("delta_items", "dead_delta_positions", "live_items", "lsn", "log_bytes")
+    return {k: stats[k] for k in keys}
 
 
 def acked(client: redis.Redis, entry_id: str) -> bool:
@@ -235,7 +263,7 @@ def run_job(
                          "applied_s": _q(load.applied_s), "probe_misses": load.misses}  # fmt: skip
             else:
                 samples, extra = sampler.phase(minutes, sample_s), {}
-            out[phase] = summary(samples) | extra
+            out[phase] = summary(samples) | extra | {"slot": slot_stats(ws)}
             print(name, phase, {k: v for k, v in out[phase].items() if k != "series"}, flush=True)
         out["log_tail"] = Path(handle["log"]).read_text(errors="replace")[-1500:]
     finally:
@@ -259,6 +287,10 @@ def plot(results: dict[str, Any]) -> Any:
         s = job[phase]["series"]
         ax.plot([x["t_min"] for x in s], [x["rss_mb"] for x in s], color=color,
                 label=f"{phase}: {job[phase]['slope_mb_per_min']} MB/min")  # fmt: skip
+        if all("rss_anon_mb" in x for x in s):
+            anon = f"{phase}, anonymous: {job[phase]['slope_anon_mb_per_min']} MB/min"
+            ax.plot([x["t_min"] for x in s], [x["rss_anon_mb"] for x in s], color=color, ls=":",
+                    label=anon)  # fmt: skip
         cx.plot([x["t_min"] for x in s][1:], [x["cpu_pct"] for x in s][1:], color=color,
                 label=f"{phase}: mean {job[phase]['cpu_pct_mean']}%")  # fmt: skip
     base = results.get("baseline_unbounded")
