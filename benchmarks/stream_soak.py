@@ -9,8 +9,8 @@ serves, kept in ``var/bench-soak/base`` (``--rebuild`` makes it again); each run
 of it. The job is started as ``python -m pipelines.stream_job start`` starts it
 (``pipelines.stream_job.start``: its own session, its own loopback Redis) and stopped with
 SIGTERM (``stop``). Every ``--sample-s`` seconds the benchmark reads the job process's RSS (and
-its anonymous and file-backed parts: this machine's kernel pages out cold file pages, which
-come back when touched) and CPU time (psutil):
+its anonymous, file-backed and huge-page parts: this machine's kernel pages out cold file
+pages, and folds madvised regions into transparent huge pages) and CPU time (psutil):
 
 - warm-up: ``--warm-events`` events of live traffic (``ebr.stream.traffic``: edits, postings,
   closes, profile changes; the demo's job saw ~210 in its first minute), until acknowledged:
@@ -105,14 +105,18 @@ class Sampler:
                 "fds": self.proc.num_fds()}  # fmt: skip
 
     def _status(self) -> dict[str, float]:
-        """The job's resident memory by kind (/proc/<pid>/status): anonymous (its heap) and
-        file-backed (libraries, mapped files: the kernel may drop and re-read those pages)."""
-        fields = {"RssAnon:": "rss_anon_mb", "RssFile:": "rss_file_mb"}
+        """The job's resident memory by kind: anonymous (its heap), file-backed (libraries,
+        mapped files: the kernel may drop and re-read those pages) and anonymous huge pages
+        (the kernel's khugepaged folds a madvised region into 2 MB pages at some point, which
+        raises RSS by the pages it had not touched, without any allocation)."""
+        fields = {"RssAnon:": "rss_anon_mb", "RssFile:": "rss_file_mb",
+                  "AnonHugePages:": "anon_huge_mb"}  # fmt: skip
         out = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            name, *value = line.split()
-            if name in fields:
-                out[fields[name]] = round(int(value[0]) / 1024, 1)  # kB
+        for status in ("status", "smaps_rollup"):
+            for line in Path(f"/proc/{self.proc.pid}/{status}").read_text().splitlines():
+                name, *value = line.split()
+                if name in fields:
+                    out[fields[name]] = round(int(value[0]) / 1024, 1)  # kB
         return out
 
     def phase(self, minutes: float, every_s: float) -> list[dict[str, float]]:
