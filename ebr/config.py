@@ -43,6 +43,9 @@ def check_version(version: str) -> str:
     return version
 
 
+WORLDS = ("intent", "profile")  # DataConfig.world
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Size and seed of the synthetic job marketplace."""
@@ -56,6 +59,11 @@ class DataConfig:
     n_cities: int = 60  # real cities (GeoNames) jobs and members live in
     n_companies: int = 0  # 0 -> derived from n_jobs
     days: int = 14  # impression log spans this many days (time split uses the last ones)
+    # intent: a search session's query names what the member looks for today (their profile
+    # target, or an occupation they explore) and engagement depends on it; profile: the
+    # generator before issue 21 (every query from the profile target, engagement blind to it)
+    world: str = "intent"
+    explore_share: float = 0.35  # intent world: search sessions not about the profile target
 
     def __post_init__(self) -> None:
         _require(self.n_jobs >= 50, f"n_jobs must be >= 50, got {self.n_jobs}")
@@ -68,6 +76,8 @@ class DataConfig:
         _require(0 <= self.search_fraction <= 1, "search_fraction must be in [0, 1]")
         _require(2 <= self.n_cities <= 1000, f"n_cities must be in [2, 1000], got {self.n_cities}")
         _require(self.days >= 2, "days must be >= 2 (a time split needs a later day)")
+        _require(self.world in WORLDS, f"world must be one of {WORLDS}, got {self.world!r}")
+        _require(0 <= self.explore_share <= 1, "explore_share must be in [0, 1]")
 
     @property
     def n_members(self) -> int:

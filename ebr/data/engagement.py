@@ -22,6 +22,11 @@ LOG_END = pd.Timestamp("2026-11-01T00:00:00Z")
 NOISE = 0.8  # scale of the Gumbel noise on utility: the member's taste no column shows
 SLOPE, CLICK_AT, APPLY_AT = 2.0, 2.2, 3.6  # P(click), P(apply | click): sigmoid(SLOPE (u - AT))
 SAVE_P = 0.3  # a click that is not an apply is a save with this probability
+# The intent world (DataConfig.world): what a search session is about, and what its query does.
+INTENTS = ("profile", "adjacent", "career_change")  # the ``intent`` column of search sessions
+ADJACENT_OF_EXPLORING = 0.6  # of the exploring sessions: adjacent occupation; the rest change
+ADJACENT_TOP = 3  # an adjacent occupation is one of the 3 sharing most profile skills
+MISMATCH = 3.5  # utility a search result loses when it does not match the typed query
 
 
 @dataclass(frozen=True)
@@ -85,19 +90,71 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))  # not scipy's expit: its last bit may differ, and tables with it
 
 
+def search_utility(h: Hidden, mem: np.ndarray, job: np.ndarray, match: np.ndarray) -> np.ndarray:
+    """Noise-free utility of job rows ``job`` shown to member rows ``mem`` for a typed query
+    (the intent world): ``utility`` with its target-occupation term moved to what was typed,
+    2.0 * ``match``, and MISMATCH taken off a job that does not match the query, however well
+    it fits the profile. ``match``: bool [n], the job matches the session's query."""
+    on_target = h.j_occ[job] == h.m_target[mem]
+    return utility(h, mem, job) + 2.0 * (match.astype(np.float64) - on_target) - MISMATCH * ~match
+
+
+def adjacent_occupations(profiles: np.ndarray, top: int = ADJACENT_TOP) -> np.ndarray:
+    """int64 [n_occ, top]: per occupation, the ``top`` others sharing the most skills of their
+    ESCO skill profiles (ties: the lower index); -1 where fewer share any skill."""
+    from scipy.sparse import csr_matrix
+
+    n, width = profiles.shape
+    _, col = np.unique(profiles, return_inverse=True)
+    rows = np.repeat(np.arange(n), width)
+    m = csr_matrix((np.ones(n * width), (rows, col.ravel())), shape=(n, int(col.max()) + 1))
+    m.data[:] = 1.0  # a skill listed twice in a profile counts once
+    shared = (m @ m.T).toarray()
+    np.fill_diagonal(shared, -1.0)
+    order = np.argsort(-shared, axis=1, kind="stable")[:, :top]
+    best = np.take_along_axis(shared, order, axis=1)
+    return np.where(best > 0, order, -1).astype(np.int64)
+
+
+def _intents(
+    rng: np.random.Generator,
+    explore_share: float,
+    target: np.ndarray,
+    adjacent: np.ndarray,
+    j_occ: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per session (intent code into INTENTS int8 [n], intended occupation int [n]): the profile
+    target, or with ``explore_share`` an occupation explored instead: ADJACENT_OF_EXPLORING of
+    those an adjacent occupation (one of the target's ``adjacent`` row), the rest a career
+    change (an occupation drawn as often as it has jobs; the target itself stays profile)."""
+    n = len(target)
+    r = rng.random(n)
+    near = adjacent[target, rng.integers(0, adjacent.shape[1], n)]
+    other = j_occ[rng.integers(0, len(j_occ), n)]
+    explore = r < explore_share
+    is_adj = explore & (r < explore_share * ADJACENT_OF_EXPLORING) & (near >= 0)
+    is_change = explore & ~is_adj & (other != target)
+    occ = np.where(is_adj, near, np.where(is_change, other, target))
+    return np.where(is_adj, 1, np.where(is_change, 2, 0)).astype(np.int8), occ
+
+
 def _queries(
     rng: np.random.Generator,
     target: np.ndarray,
     occ_label: np.ndarray,
     skill_label: np.ndarray,
     profiles: np.ndarray,
-) -> np.ndarray:
-    """Search text a member would type: the target title, a shortened title, or a skill."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search text a member would type for occupations ``target`` -> (queries, skill): the
+    title (50%), its last two words (30%) or one of its four most central skills (20%; the
+    skill's index, -1 for a title query)."""
     kind = rng.random(len(target))
     full = occ_label[target]
     short = np.array([" ".join(t.split()[-2:]) for t in full], dtype=object)
-    skill = skill_label[profiles[target, rng.integers(0, 4, len(target))]]
-    return np.where(kind < 0.5, full, np.where(kind < 0.8, short, skill)).astype(object)
+    skill_idx = profiles[target, rng.integers(0, 4, len(target))]
+    skill = skill_label[skill_idx]
+    text = np.where(kind < 0.5, full, np.where(kind < 0.8, short, skill)).astype(object)
+    return text, np.where(kind < 0.8, -1, skill_idx)
 
 
 def simulate_impressions(
@@ -117,7 +174,12 @@ def simulate_impressions(
         + pd.to_timedelta(np.sort(rng.integers(0, cfg.days * 86400, n_sess)), unit="s")
     )
     s_search = rng.random(n_sess) < cfg.search_fraction
-    s_query = _queries(rng, h.m_target[s_mem], occ_label, skill_label, profiles)
+    intent_world = cfg.world == "intent"
+    s_intent, s_occ = np.zeros(n_sess, np.int8), h.m_target[s_mem]
+    if intent_world:
+        adjacent = adjacent_occupations(profiles)
+        s_intent, s_occ = _intents(rng, cfg.explore_share, s_occ, adjacent, h.j_occ)
+    s_query, s_skill = _queries(rng, s_occ, occ_label, skill_label, profiles)
     s_query[~s_search] = None  # JYMBII feed sessions carry no query
 
     # Jobs grouped by occupation and by city, to draw the incumbent system's candidates.
@@ -135,15 +197,22 @@ def simulate_impressions(
         )
 
     mem = np.repeat(s_mem, k)
+    # The incumbent's sources: the occupation asked for (the profile target in a feed, the
+    # query's in the intent world's searches), the current one, the member's city, anywhere.
+    first, cut = h.m_target[mem], np.array([0.45, 0.6, 0.8])[:, None]
+    searching = np.repeat(s_search, k) & intent_world
+    if intent_world:
+        first = np.where(searching, np.repeat(s_occ, k), first)
+        cut = np.where(searching[None, :], np.array([0.6, 0.7, 0.85])[:, None], cut)
     src = rng.random(len(mem))
     cand = np.where(
-        src < 0.45,
-        pick(by_occ, occ_start, h.m_target[mem]),
+        src < cut[0],
+        pick(by_occ, occ_start, first),
         np.where(
-            src < 0.6,
+            src < cut[1],
             pick(by_occ, occ_start, h.m_current[mem]),
             np.where(
-                src < 0.8,
+                src < cut[2],
                 pick(by_city, city_start, h.m_city[mem]),
                 rng.integers(0, n_jobs, len(mem)),
             ),
@@ -152,7 +221,17 @@ def simulate_impressions(
     u = np.empty(len(mem), dtype=np.float64)
     step = 2_000_000  # bounded memory for the [rows, 6, 10] skill comparison at 1M jobs
     for a in range(0, len(mem), step):
-        u[a : a + step] = utility(h, mem[a : a + step], cand[a : a + step])
+        m_, c_ = mem[a : a + step], cand[a : a + step]
+        u[a : a + step] = utility(h, m_, c_)
+        if intent_world:
+            srch, sess_ = searching[a : a + step], np.arange(a, a + len(m_)) // k
+            skill = s_skill[sess_]
+            match = np.where(
+                skill >= 0,
+                (h.j_sk[c_] == skill[:, None]).any(axis=1),
+                h.j_occ[c_] == s_occ[sess_],
+            )
+            u[a : a + step] = np.where(srch, search_utility(h, m_, c_, match), u[a : a + step])
     gumbel = rng.gumbel(size=len(u))  # drawn before the ranker's noise: the seed's draw order
     # The incumbent ranker orders the page by a noisier view of the same utility.
     order = np.argsort(-(u + 1.5 * rng.normal(size=len(u))).reshape(n_sess, k), axis=1)
@@ -166,7 +245,7 @@ def simulate_impressions(
     save = click & ~apply & (rng.random(len(u)) < SAVE_P)
     outcome = np.where(apply, 3, np.where(save, 2, np.where(click, 1, 0))).astype(np.int8)
     sess = np.repeat(np.arange(n_sess, dtype=np.int64), k)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "impression_id": np.arange(1, len(u) + 1, dtype=np.int64),
             "session_id": sess + 1,
@@ -178,3 +257,8 @@ def simulate_impressions(
             "ts": s_time[sess] + pd.to_timedelta(pos_flat.astype(np.int64) * 5, unit="s"),
         }
     )
+    if intent_world:  # the simulator's label of each search session (evaluation only)
+        intent = np.array(INTENTS, dtype=object)[s_intent]
+        intent[~s_search] = None
+        out["intent"] = pd.array(intent[sess], dtype="string")
+    return out

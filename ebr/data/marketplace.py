@@ -16,10 +16,33 @@ radius and a remote preference. Shown job *j*, the utility is
       + 0.3 * [employment type matches m's preference]
       + 0.8 * Gumbel noise
 
+Search intent (``DataConfig.world = "intent"``, the default): a search session is about
+one occupation, the *intent*. With probability 1 - explore_share (0.65) it is the member's
+target ("profile"); otherwise the member explores: 60% of those an *adjacent* occupation (one
+of the three whose ESCO skill profiles share the most skills with the target), the rest a
+*career change* (an occupation drawn in proportion to its jobs). The query is typed from the
+intent: its title (50%), the title's last two words (30%) or one of its four most central
+skills (20%). A job *matches* the query when it is of the intent occupation (a skill query:
+when it lists that skill). In a search session the target-occupation term above follows the
+query instead, and a job that does not match loses 3.5:
+
+    u_search = u - 2.0 * [occ(j) == target(m)] + 2.0 * match(q, j) - 3.5 * [not match(q, j)]
+
+so a non-matching job is rarely engaged with however well it fits the profile, and among the
+matching jobs profile fit (skills, seniority, distance / commute, remote, employment type)
+decides. The incumbent shows search sessions jobs of the intent occupation (60%), of the
+member's current occupation (10%), of their city (15%) and anywhere (15%). Impressions carry
+the simulator's label ``intent`` (profile | adjacent | career_change; null in feeds) for the
+evaluation only: no model reads it. JYMBII feed sessions (no query) are unchanged: u, and
+candidates from the target (45%), current occupation (15%), city (20%), anywhere (20%).
+``world = "profile"`` reproduces the generator before search intent existed, byte for byte
+(every query from the target, engagement blind to it).
+
 Engagement: the member examines position p with probability 1 / sqrt(1 + p); an examined job
 is clicked with probability sigmoid(2 (u - 2.2)); a click becomes an apply with probability
 sigmoid(2 (u - 3.6)), otherwise a save with probability 0.3. Inactive jobs are never engaged.
-(In code, constants included: ``utility`` and ``funnel`` in ``ebr.data.engagement``.)
+(In code, constants included: ``utility``, ``search_utility`` and ``funnel`` in
+``ebr.data.engagement``.)
 A model that recovers skills, title, seniority, distance and remote recovers the ground truth.
 """
 

@@ -28,6 +28,12 @@ HYBRID_EBR_WEIGHT = 0.25  # w of the EBR list (BM25 gets 1 - w)
 # 0.9 (EBR alone 0.7225), while typed queries (anonymous) peak at 0.5.
 HYBRID_EBR_WEIGHT_MEMBER = 0.9
 FUSIONS = ("rrf", "score")
+# Signed-in search: the query leads, the member reorders. Each retrieval's query-led list
+# (the request embedded without its member, BM25, or their hybrid) is PERSONAL_DEPTH deep;
+# ``personal_rerank`` mixes its scores with each candidate's cosine to the member-aware request
+# embedding, weight PERSONAL_WEIGHT (chosen on the signed-in typed queries, ebr.eval.signed_in).
+PERSONAL_DEPTH = 200
+PERSONAL_WEIGHT = 0.3
 
 
 RowWeights = Sequence[np.ndarray | None] | None
@@ -162,3 +168,60 @@ def fuse_lists(
     if fusion == "score":
         return score_fusion(lists, scores, weights, k, row_weights, scales)
     raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+
+
+def _row_minmax(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each row's valid values mapped to [0, 1] (best 1, worst 0; all equal -> 1); 0 elsewhere."""
+    v = np.where(valid, values, 0.0).astype(np.float64)
+    lo = np.where(valid, v, np.inf).min(1, keepdims=True)
+    hi = np.where(valid, v, -np.inf).max(1, keepdims=True)
+    spread = hi > lo
+    out = np.where(spread, (v - lo) / np.where(spread, hi - lo, 1.0), 1.0)
+    return np.where(valid, out, 0.0)
+
+
+def personal_rerank(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    personal: np.ndarray,
+    k: int,
+    weight: float = PERSONAL_WEIGHT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query-led candidates reordered by the member -> scores float32 [q, k] (-inf pads), ids
+    int64 [q, k] (-1 pads).
+
+    fused(d) = (1 - weight) * minmax(scores)(d) + weight * minmax(personal)(d), each min-max
+    within the row's candidates. Only the query-led list's candidates can be returned: the
+    member reorders what the query found, never replaces it (a job that fits the profile but
+    not the query stays out). Ties: the better query-led position, then the lower id.
+
+    Args:
+        ids: int64 [q, N] query-led candidates, best first; -1 pads (ignored).
+        scores: float [q, N] their query-led scores (any scale: cosine, BM25, fused).
+        personal: float [q, N] each candidate's cosine to the member-aware request embedding.
+        k: results per query (>= 1).
+        weight: the member's share in [0, 1] (0: the query-led order; 1: the member's order
+            of the query's candidates).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if ids.ndim != 2 or ids.shape != scores.shape or ids.shape != personal.shape:
+        raise ValueError(
+            f"ids {ids.shape}, scores {scores.shape} and personal {personal.shape} must be [q, N]"
+        )
+    valid = ids >= 0
+    fused = (1 - weight) * _row_minmax(scores, valid) + weight * _row_minmax(personal, valid)
+    fused = np.where(valid, fused, -np.inf)
+    n = ids.shape[1]
+    # lexsort: last key primary -> fused descending, then position, then id.
+    pos = np.broadcast_to(np.arange(n), ids.shape)
+    order = np.lexsort((ids, pos, -fused), axis=1)[:, :k]
+    out_ids = np.take_along_axis(np.where(valid, ids, -1), order, 1)
+    out_scores = np.take_along_axis(fused, order, 1).astype(np.float32)
+    if out_ids.shape[1] < k:
+        pad = k - out_ids.shape[1]
+        out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
+        out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return out_scores, out_ids.astype(np.int64)
