@@ -151,6 +151,7 @@ class Ingress:
             "experiment": route.experiment, "member_id": member_id,
             "request_key": body.request_key if body else None,
             "query": body.query if body else None, "job_ids": [h.job_id for h in results],
+            "corrected_query": info.get("corrected_query"),
         })  # fmt: skip
         # (offer, not append: a side log never fails the request it records)
         return SearchResponse(
@@ -161,6 +162,7 @@ class Ingress:
             plan=plan if body is not None and body.explain else None,
             query_understood=info.get("query_understood"),
             unknown_words=info.get("unknown_words", []),
+            corrected_query=info.get("corrected_query"),
             notice=notice,
             retrieval=used,
             release=route.release,

@@ -19,6 +19,7 @@ from ebr.config import Workspace
 from ebr.release.record import RECORD_FILE, read_record, record_dir
 from serving.encoder import ReleaseEncoder
 from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownRelease
+from serving.query_spelling import QuerySpeller
 from serving.retriever import ReleaseIndex
 
 Hits = tuple[list[list[dict[str, Any]]], dict[str, Any]]
@@ -34,6 +35,7 @@ class Release:
         self.id = release_id
         self.encoder = ReleaseEncoder(ws, store, release_id)
         self.index = ReleaseIndex(ws, release_id, verify, refresh_s)
+        self.speller = QuerySpeller(self.encoder, self.index)  # typo tolerance
 
     def search_vector(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
                       filter_json: dict[str, Any] | None = None, text: str | None = None,
@@ -48,8 +50,10 @@ class Release:
                filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
         """One search: (hits, plan with ``retrieval``, ``understand(query)``). A query the
         model does not understand is dropped from the embedding (the member alone, or no
-        vector for an anonymous search: term retrieval then answers, if any)."""
-        understood = self.encoder.understand(query)
+        vector for an anonymous search: term retrieval then answers, if any). A misspelled
+        query is searched corrected (``understand``'s ``corrected_query``; ``ebr.spelling``)."""
+        query, corrected_query = self.speller.correct(query)  # what both retrievals search
+        understood = {**self.encoder.understand(query), "corrected_query": corrected_query}
         embed_query = None if understood["query_understood"] is False else query
         vec = None
         if embed_query is not None or member_id is not None:

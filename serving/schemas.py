@@ -126,6 +126,12 @@ class SearchResponse(BaseModel):
     unknown_words: list[str] = Field(
         default_factory=list, description="normalised query words the model never saw"
     )
+    corrected_query: str | None = Field(
+        default=None,
+        description="what was searched when a query word was misspelled: the query's "
+        "normalised words, each word neither the model nor the catalogue knows replaced by the "
+        "closest catalogue word; null when nothing was corrected",
+    )
     notice: str | None = Field(default=None, description="why results are empty or partial")
     retrieval: str | None = Field(
         default=None, description="the retrieval that answered (null: nothing to search with)"

@@ -167,6 +167,11 @@ class TermIndex:
         retriever = bm25s.BM25.load(str(path), mmap=True, show_progress=False)
         return cls(retriever, stats)
 
+    def document_frequencies(self) -> dict[str, int]:
+        """Every term of the snapshot -> the documents holding it (a fresh dict; the
+        catalogue's words for spelling correction, ``ebr.spelling``)."""
+        return {t: int(self._df[i]) for t, i in self._vocab.items() if t}
+
     def _idf(self, term: str) -> float:
         """Lucene idf with the snapshot's statistics (df 0 for a term it never saw)."""
         vid = self._vocab.get(term)
