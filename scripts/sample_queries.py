@@ -24,11 +24,15 @@ def main(
     queries = titles.value_counts().index[:3].tolist()
     typed = ["accountant", "registered nurse", "electrican"]  # as people type (a misspelling)
     m = members.iloc[0]
+    mid = int(m.member_id)
     calls = [("POST", "/v1/search", {"query": q, "k": k}) for q in queries + typed]
-    calls.append(
-        ("POST", "/v1/search", {"query": queries[0], "member_id": int(m.member_id), "k": k})
-    )
-    calls.append(("GET", f"/v1/members/{int(m.member_id)}/recommendations?k={k}", None))
+    # Signed in: what the member typed leads (here not their own occupation), their profile
+    # (city, seniority, skills) orders the jobs that match; a misspelling is corrected.
+    calls += [
+        ("POST", "/v1/search", {"query": q, "member_id": mid, "k": k})
+        for q in (queries[0], "registered nurse", "electrican")
+    ]
+    calls.append(("GET", f"/v1/members/{mid}/recommendations?k={k}", None))
     with httpx.Client(base_url=url, timeout=30) as client:
         for method, path, body in calls:
             r = client.request(method, path, json=body)
@@ -38,6 +42,10 @@ def main(
             who = f" (member {m.member_id}: {m.headline}, {m.city})" if personal else ""
             took = f"{doc['retrieval']}, model {doc['model_version']}, {doc['took_ms']:.1f} ms"
             print(f"\n{method} {path} {body or ''}{who}  -> {took}")
+            if doc.get("corrected_query"):
+                print(f"  showing results for: {doc['corrected_query']}")
+            if doc.get("notice"):
+                print(f"  notice: {doc['notice']}")
             for h in doc["results"]:
                 company, city = h["company"] or "", h["city"] or ""
                 print(f"  {h['score']:.3f}  {h['title']:<45.45} {company:<22.22} {city}")

@@ -55,11 +55,14 @@ class Release:
         query, corrected_query = self.speller.correct(query)  # what both retrievals search
         understood = {**self.encoder.understand(query), "corrected_query": corrected_query}
         embed_query = None if understood["query_understood"] is False else query
-        vec = None
-        if embed_query is not None or member_id is not None:
+        vec = personal = None
+        if embed_query is not None and member_id is not None:
+            # Signed in: the query alone finds the candidates, the member reorders them.
+            vec, personal = self.encoder.encode_signed_in(embed_query, member_id)
+        elif embed_query is not None or member_id is not None:
             vec = self.encoder.encode(embed_query, member_id)
-        hits, plan = self.search_vector(self.encoder.release_id, vec, k, filter_json, query,
-                                        retrieval, member_id is not None)  # fmt: skip
+        hits, plan = self.index.search(vec, k, filter_json, query, retrieval,
+                                       member_id is not None, personal)  # fmt: skip
         return hits, plan, understood
 
     def recommendations(self, member_id: int, k: int) -> Hits:

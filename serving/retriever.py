@@ -57,6 +57,7 @@ class ReleaseIndex:
         text: str | None,
         retrieval: str,
         personalised: bool,
+        personal: np.ndarray | None = None,
     ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
         """Top-k live jobs for one request that pass the filter.
 
@@ -70,9 +71,13 @@ class ReleaseIndex:
             retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.query.search``). What a
                 request can use: no text (or a slot without a term index) -> ebr; no vector ->
                 term; neither -> no results.
-            personalised: the request names a member: hybrid weights the EBR list (which
-                carries the member) ``HYBRID_EBR_WEIGHT_MEMBER`` instead of
-                ``HYBRID_EBR_WEIGHT``.
+            personalised: the request names a member. With ``personal`` (a signed-in search
+                with a query the model understands) ``vectors`` embed the query alone and
+                find the candidates, which the member then reorders
+                (``ebr.index.query.personal``). Without (the member alone: a query the model
+                does not understand), hybrid weights the EBR list (which carries the member)
+                ``HYBRID_EBR_WEIGHT_MEMBER`` instead of ``HYBRID_EBR_WEIGHT``.
+            personal: float32 [1, d] the member-aware request embedding, or None.
 
         Returns:
             One list of up to k hits (display columns + ``score``), best first, and the plan
@@ -90,8 +95,10 @@ class ReleaseIndex:
         if vectors is None and retrieval == "ebr":
             return [[]], {"retrieval": None}
         texts = [text] if text is not None else None
-        weight = HYBRID_EBR_WEIGHT_MEMBER if personalised else HYBRID_EBR_WEIGHT
-        hits = self.live.query(vectors, k, flt, texts=texts, retrieval=retrieval, ebr_weight=weight)
+        member_led = personalised and personal is None
+        weight = HYBRID_EBR_WEIGHT_MEMBER if member_led else HYBRID_EBR_WEIGHT
+        hits = self.live.query(vectors, k, flt, texts=texts, retrieval=retrieval,
+                               ebr_weight=weight, personal=personal)  # fmt: skip
         delta = hits.delta_items
         delta_rows = {}
         if len(delta):  # upserted since the snapshot: their display rows supersede its rows

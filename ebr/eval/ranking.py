@@ -64,6 +64,25 @@ def hybrid_ranking(
     BM25's weight per query and ``bm25_scale`` float [q] divides its scores (instead of
     min-max), as serving does (``ebr.index.query.search.fuse``).
     """
+    return hybrid_scored(
+        ebr_ids, ebr_scores, bm25_ids, bm25_scores, k, alpha, fusion, bm25_coverage, bm25_scale
+    )[0]
+
+
+def hybrid_scored(
+    ebr_ids: np.ndarray,
+    ebr_scores: np.ndarray,
+    bm25_ids: np.ndarray,
+    bm25_scores: np.ndarray,
+    k: int,
+    alpha: float = HYBRID_EBR_WEIGHT,
+    fusion: str = HYBRID_FUSION,
+    bm25_coverage: np.ndarray | None = None,
+    bm25_scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``hybrid_ranking`` with its fused scores: (ids int64 [q, k] (-1 pads), scores float32
+    [q, k] (-inf pads)), best first; the scores are what serving's hybrid hits carry (what
+    ``ebr.index.query.fusion.personal_rerank`` reorders for a signed-in request)."""
     for name, ids, sc in (("ebr", ebr_ids, ebr_scores), ("bm25", bm25_ids, bm25_scores)):
         if ids.ndim != 2 or ids.shape != sc.shape:
             raise ValueError(f"{name}_ids {ids.shape} and {name}_scores {sc.shape} must be [q, K]")
@@ -79,7 +98,8 @@ def hybrid_ranking(
     lists = [np.take_along_axis(ids, o, 1) for (ids, _), o in zip(pairs, orders, strict=True)]
     scores = [np.take_along_axis(sc, o, 1) for (_, sc), o in zip(pairs, orders, strict=True)]
     weights, rows, scales = [alpha, 1 - alpha], [None, bm25_coverage], [None, bm25_scale]
-    return fuse_lists(lists, scores, weights, k, fusion, rows, scales)[1]
+    fused, ids = fuse_lists(lists, scores, weights, k, fusion, rows, scales)
+    return ids, fused
 
 
 def pad_scores(scores: np.ndarray, k: int) -> np.ndarray:

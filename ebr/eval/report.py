@@ -29,6 +29,9 @@ from ebr.eval.ranking import (
     pad_to,
     popularity_ranking,
 )
+from ebr.eval.signed_in import evaluate_signed_in, search_by_intent
+from ebr.eval.signed_in_path import Catalogue
+from ebr.eval.signed_in_tables import intent_html, signed_in_bars, signed_in_html
 from ebr.eval.typed import typed_queries
 from ebr.eval.typed_scores import evaluate_typed, typed_rows
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT_MEMBER
@@ -98,7 +101,9 @@ def evaluate_marketplace(
     adds the method ``ebr_ann`` beside the exact ``ebr``. ``typed``: typed queries
     (ebr.eval.typed.typed_queries) -> a "typed" section (``typed_scores.evaluate_typed``:
     EBR, BM25 and hybrid on queries the model never trained on), judged against
-    ``vocabulary`` (default: the words of the three tables).
+    ``vocabulary`` (default: the words of the three tables), and a "signed_in" section
+    (``ebr.eval.signed_in``: the same queries sent by several members through the signed-in
+    path); the search task's "methods_by_intent" splits its sessions by intent.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -127,7 +132,7 @@ def evaluate_marketplace(
         ebr, ebr_scores = pad_to(found, k_max), pad_scores(cosines, k_max)  # [q, k_max]
 
         n = len(ev)
-        sweeps: dict[str, dict[str, dict[str, float]]] = {}
+        sweeps: dict[str, Any] = {}
         methods = {
             "ebr": _metrics(ebr, positives, gains, ks),
             "popularity": _metrics(
@@ -155,6 +160,11 @@ def evaluate_marketplace(
                 bm25_scale=scale,
             )
             methods["hybrid"] = _metrics(hyb, positives, gains, ks)
+            # Profile-consistent vs exploring searches, today's methods and the signed-in path.
+            sweeps["methods_by_intent"] = search_by_intent(
+                model, mcfg, Catalogue.of(jobs, item_vecs, bm25), ev, held, q, positives,
+                {"ebr": ebr, "bm25": bm, "hybrid": hyb},
+            )  # fmt: skip
             sweeps["hybrid_recall@100_by_ebr_weight"] = fusion_sweep(
                 (ebr, ebr_scores),
                 (bm, bm_scores),
@@ -196,6 +206,10 @@ def evaluate_marketplace(
         report["typed"] = evaluate_typed(
             model, mcfg, jobs, typed, vocab, bm25=bm25, item_vecs=item_vecs
         )
+        report["signed_in"] = evaluate_signed_in(
+            model, mcfg, jobs, members, typed, vocab, interest=interest, bm25=bm25,
+            item_vecs=item_vecs, when=pd.Timestamp(impressions["ts"].max()),
+        )  # fmt: skip
     return report
 
 
@@ -257,8 +271,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path, png_path = out_dir / "eval_report.json", out_dir / "eval_report.png"
 
     training = report.get("training")
-    typed = report.get("typed")
-    panels = len(tasks) + (1 if training else 0) + (1 if typed else 0)
+    typed, signed_in = report.get("typed"), report.get("signed_in")
+    panels = len(tasks) + (1 if training else 0) + (1 if typed else 0) + (1 if signed_in else 0)
     fig = Figure(figsize=(5 * panels, 4), dpi=100)
     FigureCanvasAgg(fig)  # Agg: no display, no pyplot global state
     ks = report["ks"]
@@ -274,6 +288,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         ax.legend()
     if typed:
         typed_bars(fig.add_subplot(1, panels, len(tasks) + 1), typed)
+    if signed_in:
+        signed_in_bars(fig.add_subplot(1, panels, len(tasks) + 1 + bool(typed)), signed_in)
     for i, task in enumerate(tasks, start=1):
         ax = fig.add_subplot(1, panels, i)
         for method, m in report[task]["methods"].items():
@@ -342,6 +358,10 @@ def report_html(report: dict[str, Any], png_path: Path) -> str:
             "<h3>typed queries (never in training)</h3><table border='1'><tr><th>queries</th>"
             f"<th>method</th><th>p@10</th><th>recall@100</th><th>mrr</th></tr>{rows}</table>"
         )
+    if "methods_by_intent" in report.get("search", {}):
+        parts.append(intent_html(report["search"]["methods_by_intent"]))
+    if "signed_in" in report:
+        parts.append(signed_in_html(report["signed_in"]))
     img = base64.b64encode(Path(png_path).read_bytes()).decode()
     parts.append(f"<img src='data:image/png;base64,{img}' alt='recall@k curves'/>")
     return "\n".join(parts)

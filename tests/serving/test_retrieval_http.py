@@ -84,16 +84,46 @@ def test_filters_hold_in_every_mode(
         assert len(got) == min(20, len(eligible))
 
 
-def test_hybrid_leans_on_ebr_when_a_member_personalises(
+@pytest.mark.parametrize("mode", ["ebr", "term", "hybrid"])
+def test_signed_in_search_keeps_the_query_and_reorders_by_member(
+    api: httpx.Client, platform_ws: Path, mode: str
+) -> None:
+    """A signed-in search keeps what was typed: its page comes from the query's own candidates
+    (PERSONAL_DEPTH deep), almost all within the query's anonymous top 100, reordered by the
+    member; members see different orders."""
+    from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, PERSONAL_DEPTH, PERSONAL_WEIGHT
+
+    members = pd.read_parquet(platform_ws / "data" / "members.parquet")["member_id"]
+    anonymous = _search(api, query="manager", k=100, retrieval=mode)
+    found = {h["job_id"] for h in anonymous["results"]}
+    orders, inside, total = set(), 0, 0
+    for member in members.iloc[:4].astype(int):
+        body = _search(api, query="manager", member_id=member, k=10, retrieval=mode,
+                       explain=True)  # fmt: skip
+        got = [h["job_id"] for h in body["results"]]
+        assert len(got) == 10 or (mode == "term" and set(got) == found)
+        inside, total = inside + len(set(got) & found), total + len(got)
+        assert body["plan"]["personal_weight"] == PERSONAL_WEIGHT
+        assert len(got) <= body["plan"]["candidates"] <= PERSONAL_DEPTH
+        if mode == "hybrid":  # the query-led lists are the anonymous ones
+            assert body["plan"]["ebr_weight"] == HYBRID_EBR_WEIGHT
+        orders.add(tuple(got))
+    # The member reorders what the query found (a member-led list would leave the query's).
+    assert inside >= 0.8 * total, (inside, total)
+    assert len(orders) > 1  # members see different orders: personalisation shows
+
+
+def test_member_alone_when_the_query_is_not_understood(
     api: httpx.Client, platform_ws: Path
 ) -> None:
-    from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
+    from ebr.index.query.fusion import HYBRID_EBR_WEIGHT_MEMBER
 
     member = int(pd.read_parquet(platform_ws / "data" / "members.parquet")["member_id"].iloc[0])
-    anonymous = _search(api, query="manager", k=5, explain=True)["plan"]
-    personal = _search(api, query="manager", member_id=member, k=5, explain=True)["plan"]
-    assert anonymous["ebr_weight"] == HYBRID_EBR_WEIGHT
-    assert personal["ebr_weight"] == HYBRID_EBR_WEIGHT_MEMBER > HYBRID_EBR_WEIGHT
+    body = _search(api, query="🚀🚀", member_id=member, k=5, explain=True)
+    assert body["query_understood"] is False and len(body["results"]) == 5
+    assert "personal_weight" not in body["plan"]
+    if body["retrieval"] == "hybrid":
+        assert body["plan"]["ebr_weight"] == HYBRID_EBR_WEIGHT_MEMBER
 
 
 def test_member_only_search_falls_back_to_ebr(api: httpx.Client, platform_ws: Path) -> None:

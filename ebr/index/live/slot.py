@@ -30,7 +30,8 @@ from ebr.index.live.overlay import admit_record, records_to_table
 from ebr.index.live.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import Filter
-from ebr.index.query.fusion import HYBRID_EBR_WEIGHT
+from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, PERSONAL_DEPTH, PERSONAL_WEIGHT
+from ebr.index.query.personal import personalise
 from ebr.index.query.planner import PlannerParams
 from ebr.index.query.search import (
     HYBRID_DEPTH,
@@ -199,6 +200,8 @@ class LiveSlot:
         texts: Sequence[str] | None = None,
         retrieval: str = "ebr",
         ebr_weight: float = HYBRID_EBR_WEIGHT,
+        personal: np.ndarray | None = None,
+        personal_weight: float = PERSONAL_WEIGHT,
     ) -> Hits:
         """Top-k live jobs passing ``flt`` per query (``ebr.index.query.search``): the snapshot
         minus tombstones, merged with an exact scan of the delta.
@@ -211,6 +214,10 @@ class LiveSlot:
             texts: the q query texts (term and hybrid retrieval).
             retrieval: ``ebr`` (embeddings), ``term`` (BM25) or ``hybrid`` (both, fused).
             ebr_weight: hybrid's weight of the EBR list in [0, 1] (BM25 gets the rest).
+            personal: float [q, d] member-aware request embeddings (a signed-in search): the
+                retrieval runs on ``queries`` / ``texts`` alone, PERSONAL_DEPTH deep, and the
+                member reorders its candidates (``ebr.index.query.personal``), weight
+                ``personal_weight``.
         """
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
@@ -222,20 +229,25 @@ class LiveSlot:
             raise ValueError(f"{retrieval} retrieval needs the query vectors")
         elif retrieval == "hybrid":
             texts = check_texts(texts, len(queries))
+        depth = k if personal is None else max(k, PERSONAL_DEPTH)
         # Once per query: the filter's mask and the live delta rows it keeps (both lists of a
         # hybrid search read the same), and the view's deleted count instead of an [n] count.
         sc = unfiltered if flt is None else scope(snap, dead, delta, attrs, flt, view.n_deleted)
         if retrieval == "term":
             assert texts is not None, "checked above"
-            return term_view(snap, dead, delta, attrs, texts, k, flt, sc)
-        assert queries is not None, "checked above"
-        if retrieval == "ebr":
-            return search_view(snap, dead, delta, attrs, queries, k, flt, params, sc)
-        assert texts is not None, "checked above"
-        depth = max(k, HYBRID_DEPTH)
-        ebr = search_view(snap, dead, delta, attrs, queries, depth, flt, params, sc)
-        term = term_view(snap, dead, delta, attrs, texts, depth, flt, sc)
-        return fuse(ebr, term, k, ebr_weight)
+            hits = term_view(snap, dead, delta, attrs, texts, depth, flt, sc)
+        elif retrieval == "ebr":
+            assert queries is not None, "checked above"
+            hits = search_view(snap, dead, delta, attrs, queries, depth, flt, params, sc)
+        else:
+            assert queries is not None and texts is not None, "checked above"
+            deep = max(depth, HYBRID_DEPTH)
+            ebr = search_view(snap, dead, delta, attrs, queries, deep, flt, params, sc)
+            term = term_view(snap, dead, delta, attrs, texts, deep, flt, sc)
+            hits = fuse(ebr, term, depth, ebr_weight)
+        if personal is None:
+            return hits
+        return personalise(hits, snap, delta, personal, k, personal_weight)
 
     def _current(self) -> tuple[_View, Delta, Scope]:
         """The published view, its delta and its unfiltered ``Scope`` (the not-deleted mask),

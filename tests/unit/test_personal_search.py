@@ -1,0 +1,111 @@
+"""Signed-in search on a live slot (``LiveSlot.query(personal=...)``): the query leads, the
+member reorders: results are only ever the query-led candidates, weight 0 is the query-led
+order, weight 1 the member's order of them, and filters, deletes and upserts hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ebr.config import IndexConfig
+from ebr.index.build.writer import write_slot
+from ebr.index.live.slot import open_live
+from ebr.index.query.attributes import AttributeTable
+from ebr.index.query.filters import parse_filter
+from ebr.index.query.fusion import PERSONAL_DEPTH, personal_rerank
+from tests.unit.test_search_live import D, N, _items, _unit
+
+
+@pytest.fixture()
+def live(tmp_path):
+    rng = np.random.default_rng(1)
+    items = _items(np.arange(1, N + 1), rng)
+    path = write_slot(tmp_path, "s1", _unit(rng, N), items, "v1", IndexConfig(kind="flat"))
+    with open_live(path) as lv:
+        yield lv, rng
+
+
+def _cos(lv, ids: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Cosine of each live job in ``ids`` to ``member`` [d], from the live view's own rows."""
+    d_ids, d_vecs, _ = lv.delta()
+    snap = lv.snapshot
+    vec = dict(zip(snap.job_ids.tolist(), np.asarray(snap.vectors), strict=True))
+    vec.update(zip(d_ids.tolist(), d_vecs, strict=True))
+    return np.array([float(vec[int(j)] @ member) for j in ids])
+
+
+@pytest.mark.parametrize("retrieval", ["ebr", "term", "hybrid"])
+def test_results_are_query_led_candidates_reordered(live, retrieval: str) -> None:
+    lv, rng = live
+    q, member = _unit(rng, 3), _unit(rng, 3)
+    texts = ["job 12", "job 7", "job 300"]
+    vecs = None if retrieval == "term" else q
+    led = lv.query(vecs, PERSONAL_DEPTH, texts=texts, retrieval=retrieval)
+    for w in (0.0, 0.3, 1.0):
+        got = lv.query(vecs, 10, texts=texts, retrieval=retrieval, personal=member,
+                       personal_weight=w)  # fmt: skip
+        assert got.plan["personal_weight"] == w
+        for row in range(3):
+            cands = led.job_ids[row][led.job_ids[row] >= 0]
+            ids = got.job_ids[row][got.job_ids[row] >= 0]
+            assert set(ids) <= set(cands)  # never a job the query did not find
+            assert len(ids) == min(10, len(cands))
+            if w == 0.0:  # the query-led order (ties aside: a tie keeps its position)
+                np.testing.assert_array_equal(ids, cands[: len(ids)])
+            if w == 1.0:  # the member's order of the candidates
+                cos = _cos(lv, ids, member[row])
+                assert (np.diff(cos) <= 1e-6).all()
+                assert cos[0] >= _cos(lv, cands, member[row]).max() - 1e-6
+
+
+def test_filters_deletes_and_upserts_hold(live) -> None:
+    lv, rng = live
+    flt = parse_filter({"term": {"seniority": "senior"}})
+    deleted = lv.snapshot.job_ids[:300]
+    lv.delete(deleted)
+    new_ids = np.arange(N + 1, N + 101)
+    new_items = _items(new_ids, rng).assign(seniority="senior")
+    new_vecs = _unit(rng, len(new_ids))
+    lv.upsert(new_items, new_vecs)
+    # An upserted snapshot job gets a new vector: the member's vector is exactly it.
+    moved = int(lv.snapshot.job_ids[500])
+    moved_item = _items(np.array([moved]), rng).assign(seniority="senior")
+    moved_vec = _unit(rng, 1)
+    lv.upsert(moved_item, moved_vec)
+    q = moved_vec.copy()
+    got = lv.query(q, 20, flt, personal=moved_vec, personal_weight=1.0)
+    ids = got.job_ids[0]
+    assert len(ids[ids >= 0]) == 20
+    assert not np.isin(ids, deleted).any()
+    d_ids, _, d_items = lv.delta()
+    snap_ok = AttributeTable.from_items(lv.snapshot.items).mask(flt)
+    senior = set(lv.snapshot.job_ids[snap_ok]) | set(d_ids[d_items["seniority"] == "senior"])
+    assert set(ids) <= senior
+    assert ids[0] == moved  # its upserted vector, not the snapshot row's
+    assert moved in set(got.delta_items["job_id"])
+
+
+def test_personal_rerank_checks_its_inputs() -> None:
+    ids = np.array([[3, 1, -1]])
+    s = np.array([[0.9, 0.5, -np.inf]])
+    with pytest.raises(ValueError, match="weight"):
+        personal_rerank(ids, s, s, 2, 1.5)
+    with pytest.raises(ValueError, match="k must be"):
+        personal_rerank(ids, s, s, 0)
+    with pytest.raises(ValueError, match="must be \\[q, N\\]"):
+        personal_rerank(ids, s[:, :2], s, 2)
+    sc, out = personal_rerank(ids, s, np.array([[0.0, 1.0, 0.0]]), 4, 0.5)
+    assert out.tolist() == [[3, 1, -1, -1]] and np.isneginf(sc[0, 2:]).all()
+
+
+def test_personal_vectors_are_validated(live) -> None:
+    lv, rng = live
+    q = _unit(rng, 1)
+    for bad, what in (
+        (np.ones((1, D + 1), np.float32), "personal must be"),
+        (_unit(rng, 2), "personal"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            lv.query(q, 5, personal=bad)
+    with pytest.raises(ValueError, match="personal vectors: .*NaN"):
+        lv.query(q, 5, personal=np.full((1, D), np.nan, np.float32))
