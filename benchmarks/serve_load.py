@@ -8,8 +8,8 @@ artifacts, its own record: a second copy of everything served), then:
 
 - **overhead**: ``--requests`` sequential POST /v1/search (query + member, k=10, ebr and hybrid)
   p50/p95/p99 over HTTP vs the same work in this process (Feast read through the release's
-  feature service + request tower + search + response rows: ``serving.encoder.ReleaseEncoder``
-  and ``serving.retriever.ReleaseIndex``); target p50 <= 1.5x in-process;
+  feature service + spelling + request tower + search + response rows: ``Release.search`` of
+  ``serving.loaded_release``, the ingress's own call); target p50 <= 1.5x in-process;
 - **throughput**: open-loop Poisson arrivals at rising rates (``--seconds`` each) for one
   release, then for two releases in an experiment: achieved QPS, p50/p99, share answered;
   capacity = the highest rate with p99 < 100 ms and >= 99% answered 200;
@@ -129,13 +129,11 @@ def overhead(server: Server, workspace: Path, members: list[int], n: int) -> dic
     from ebr.config import Workspace
     from ebr.release.state import read_state
     from feature_repo.store import open_store
-    from serving.encoder import ReleaseEncoder
-    from serving.retriever import ReleaseIndex
+    from serving.loaded_release import Release
 
     ws = Workspace(workspace)
     live = read_state(ws)["live"]
-    encoder = ReleaseEncoder(ws, open_store(ws.feature_repo), live)
-    index = ReleaseIndex(ws, live, False, 1.0)
+    rel = Release(ws, open_store(ws.feature_repo), live, False, 1.0)
     out: dict[str, Any] = {}
     for retrieval in ("ebr", "hybrid"):
         reqs = bodies(members, n + 30, seed=1)
@@ -144,8 +142,7 @@ def overhead(server: Server, workspace: Path, members: list[int], n: int) -> dic
             t0 = time.perf_counter()
             resp = server.client.post("/v1/search", json={**body, "retrieval": retrieval})
             t1 = time.perf_counter()
-            vec = encoder.encode(body["query"], body["member_id"])
-            index.search(vec, body["k"], None, body["query"], retrieval, True)
+            rel.search(body["query"], body["member_id"], body["k"], None, retrieval)
             t2 = time.perf_counter()
             assert resp.status_code == 200, resp.text
             if i >= 30:  # warm-up

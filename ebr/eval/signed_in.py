@@ -42,6 +42,7 @@ from ebr.eval.signed_in_path import (
     personal_cosines,
     query_led,
     serve,
+    signed_in_candidates,
 )
 from ebr.eval.signed_in_path import K as K_SERVED
 from ebr.eval.typed import KINDS
@@ -53,7 +54,7 @@ from ebr.model.towers import TwoTower
 from ebr.text import Vocabulary, words
 
 PATHS = ("anonymous", "signed_in")
-WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)  # the member's share the sweep tries (hybrid)
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # the member's share the sweep tries (hybrid)
 METRICS = ("p@10", "recall@100", "fit", "seniority_gap")
 N_MEMBERS = 5
 
@@ -274,15 +275,16 @@ def search_by_intent(
     """Recall@100 on held-out logged searches by intent: {group: {"sessions": n, "recall@100":
     {method: float | None}}}, groups all, profile, exploring (every other intent) and each
     other intent. Methods: ``today`` (name -> ranked ids [n, >=100]: the report's member-aware
-    EBR, BM25, hybrid) and signed_in_<mode> (query-led + ``personal_rerank`` with the
-    member-aware embeddings ``member_q`` float32 [n, dim], the sessions' rows)."""
+    EBR, BM25, hybrid) and signed_in_<mode> (``signed_in_candidates`` + ``personal_rerank``
+    with the member-aware embeddings ``member_q`` float32 [n, dim], the sessions' rows)."""
     texts = [str(q) for q in sessions["query"]]
     whens = sessions["ts"].tolist()
     anon = encode_requests(model.request, texts, [None] * len(texts), mcfg, whens=whens)
     led = query_led(cat, anon, texts, np.ones(len(texts), dtype=bool), PERSONAL_DEPTH)
+    candidates = signed_in_candidates(cat, led, np.arange(len(texts)), member_q)
     ranked = dict(today)
     for mode in MODES:
-        ids, scores = led[mode]
+        ids, scores = candidates[mode]
         personal = personal_cosines(cat, ids, member_q)
         ranked[f"signed_in_{mode}"] = personal_rerank(ids, scores, personal, K_SERVED, weight)[1]
     intent = session_intents(held, sessions["session_id"])

@@ -2,15 +2,16 @@
 and signed in, with exact search over the catalogue (so the evaluation measures the model and
 the fusion, not the ANN index). ``ebr.eval.signed_in`` scores it.
 
-Anonymous (unchanged): ``ebr`` = the request tower without a member, ``term`` = BM25, ``hybrid``
-= their score fusion (``hybrid_scored``: EBR weight ``HYBRID_EBR_WEIGHT``, BM25 weighted by its
-term coverage and divided by its attainable score), each list ``K`` deep as the slot fuses
-``max(k, HYBRID_DEPTH)``-deep lists. Signed in: the query leads, the member reorders. Each
-mode's query-led list, built as for an anonymous request but ``PERSONAL_DEPTH`` deep (for hybrid:
-both lists that deep, fused to that depth), is reordered by ``personal_rerank`` with each
-candidate's cosine to the member-aware request embedding (query AND member profile + interest,
-as ``ebr.model.train.request_members`` builds them). A query no word of which the towers know
-gets no EBR list (serving sends no vector: hybrid falls back to term), and its member-aware
+Anonymous (unchanged): ``ebr`` = the request tower without a member, ``term`` = BM25, ``hybrid`` =
+their score fusion (``hybrid_scored``: EBR weight ``HYBRID_EBR_WEIGHT``, BM25 weighted by its term
+coverage and divided by its attainable score), each list ``K`` deep as the slot fuses ``max(k,
+HYBRID_DEPTH)``-deep lists. Signed in: the query leads, the member reorders. Each mode's query-led
+list, built as for an anonymous request but ``PERSONAL_DEPTH`` deep (for hybrid: both lists that
+deep, fused to that depth), plus for ebr and hybrid the member-aware embedding's own
+``MEMBER_DEPTH`` at the list's floor (``with_member_led``), is reordered by ``personal_rerank``
+with each candidate's cosine to the member-aware request embedding (query AND member profile +
+interest, as ``ebr.model.train.request_members`` builds them). A query no word of which the towers
+know gets no EBR list (serving sends no vector: hybrid falls back to term), and its member-aware
 embedding is the member's alone, as serving embeds it.
 """
 
@@ -32,8 +33,10 @@ from ebr.eval.ranking import hybrid_scored, pad_scores, pad_to
 from ebr.index.query.fusion import (
     HYBRID_EBR_WEIGHT,
     HYBRID_EBR_WEIGHT_MEMBER,
+    MEMBER_DEPTH,
     PERSONAL_DEPTH,
     personal_rerank,
+    with_member_led,
 )
 from ebr.index.query.search import HYBRID_DEPTH
 from ebr.index.query.terms import term_text, tokens
@@ -97,15 +100,18 @@ class Served:
     understood: np.ndarray  # bool [q]: the towers know a word of it
     anonymous: dict[str, np.ndarray]  # mode -> ids int64 [q, K]
     led: dict[str, tuple[np.ndarray, np.ndarray]]  # mode -> query-led (ids, scores) [q, depth]
-    personal: dict[str, np.ndarray]  # mode -> float [q * m, depth] cosines to the member
+    # mode -> per request (ids, scores) [q * m, N]: the query-led list, then (ebr, hybrid) the
+    # member-aware embedding's MEMBER_DEPTH it lacked at its floor (fusion.with_member_led)
+    candidates: dict[str, tuple[np.ndarray, np.ndarray]]
+    personal: dict[str, np.ndarray]  # mode -> float [q * m, N] candidates' cosines to the member
     member_led: dict[str, np.ndarray]  # mode -> ids [q * m, K]: where not understood (else -1)
     rep: np.ndarray  # int64 [q * m]
 
     def signed_in(self, mode: str, weight: float, k: int = K) -> np.ndarray:
         """ids int64 [q * m, k] of the signed-in requests at the member's share ``weight``:
-        the query-led list reordered, or the member-led list for a query not understood."""
-        ids, scores = self.led[mode]
-        out = personal_rerank(ids[self.rep], scores[self.rep], self.personal[mode], k, weight)[1]
+        the candidates reordered, or the member-led list for a query not understood."""
+        ids, scores = self.candidates[mode]
+        out = personal_rerank(ids, scores, self.personal[mode], k, weight)[1]
         return np.where(self.understood[self.rep][:, None], out, self.member_led[mode][:, :k])
 
 
@@ -200,9 +206,27 @@ def serve(
     recs = request_members(sessions, members, interest)
     whens = None if when is None else [when] * (q * m)
     member_q = encode_requests(model.request, [embed[i] for i in rep], recs, mcfg, whens=whens)
-    personal = {mode: personal_cosines(cat, led[mode][0][rep], member_q) for mode in MODES}
+    candidates = signed_in_candidates(cat, led, rep, member_q)
+    personal = {mode: personal_cosines(cat, candidates[mode][0], member_q) for mode in MODES}
     member_led = _member_led(cat, member_q, rep, ~understood[rep], led["term"], texts)
-    return Served(texts, understood, anonymous, led, personal, member_led, rep)
+    return Served(texts, understood, anonymous, led, candidates, personal, member_led, rep)
+
+
+def signed_in_candidates(
+    cat: Catalogue,
+    led: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    rep: np.ndarray,
+    member_q: np.ndarray,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What a signed-in request reorders, as the slot gathers it: request r's query-led list
+    (``led`` mode -> [q, depth], row rep[r]); ebr and hybrid add the top MEMBER_DEPTH of the
+    member-aware embedding ``member_q`` float32 [r, dim] at the list's floor."""
+    member_ids = _ebr_list(cat, member_q, MEMBER_DEPTH)[0]
+    out = {}
+    for mode in MODES:
+        ids, scores = led[mode][0][rep], led[mode][1][rep]
+        out[mode] = (ids, scores) if mode == "term" else with_member_led(ids, scores, member_ids)
+    return out
 
 
 def _member_led(

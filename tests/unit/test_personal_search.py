@@ -1,5 +1,6 @@
 """Signed-in search on a live slot (``LiveSlot.query(personal=...)``): the query leads, the
-member reorders: results are only ever the query-led candidates, weight 0 is the query-led
+member reorders: results are only ever the query-led candidates (ebr and hybrid: plus the
+member-aware embedding's own list, entering at the query-led floor), weight 0 is the query-led
 order, weight 1 the member's order of them, and filters, deletes and upserts hold."""
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from ebr.index.build.writer import write_slot
 from ebr.index.live.slot import open_live
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import parse_filter
-from ebr.index.query.fusion import PERSONAL_DEPTH, personal_rerank
+from ebr.index.query.fusion import (
+    MEMBER_DEPTH,
+    PERSONAL_DEPTH,
+    personal_rerank,
+    with_member_led,
+)
 from tests.unit.test_search_live import D, N, _items, _unit
 
 
@@ -41,14 +47,18 @@ def test_results_are_query_led_candidates_reordered(live, retrieval: str) -> Non
     texts = ["job 12", "job 7", "job 300"]
     vecs = None if retrieval == "term" else q
     led = lv.query(vecs, PERSONAL_DEPTH, texts=texts, retrieval=retrieval)
+    own = lv.query(member, MEMBER_DEPTH)  # the member-aware embedding's own list
     for w in (0.0, 0.3, 1.0):
         got = lv.query(vecs, 10, texts=texts, retrieval=retrieval, personal=member,
                        personal_weight=w)  # fmt: skip
         assert got.plan["personal_weight"] == w
         for row in range(3):
             cands = led.job_ids[row][led.job_ids[row] >= 0]
+            if retrieval != "term":  # term stays keyword matches
+                extra = own.job_ids[row][~np.isin(own.job_ids[row], cands)]
+                cands = np.concatenate([cands, extra[extra >= 0]])
             ids = got.job_ids[row][got.job_ids[row] >= 0]
-            assert set(ids) <= set(cands)  # never a job the query did not find
+            assert set(ids) <= set(cands)  # never a job the query (or the member's) did not find
             assert len(ids) == min(10, len(cands))
             if w == 0.0:  # the query-led order (ties aside: a tie keeps its position)
                 np.testing.assert_array_equal(ids, cands[: len(ids)])
@@ -96,6 +106,28 @@ def test_personal_rerank_checks_its_inputs() -> None:
         personal_rerank(ids, s[:, :2], s, 2)
     sc, out = personal_rerank(ids, s, np.array([[0.0, 1.0, 0.0]]), 4, 0.5)
     assert out.tolist() == [[3, 1, -1, -1]] and np.isneginf(sc[0, 2:]).all()
+
+
+def test_member_led_jobs_enter_at_the_query_led_floor() -> None:
+    ids = np.array([[5, 2, 9, -1], [-1, -1, -1, -1]])
+    s = np.array([[3.0, 2.0, 0.5, -np.inf], [-np.inf] * 4])
+    member = np.array([[9, 7, -1, 7], [4, 4, 8, -1]])
+    both, sc = with_member_led(ids, s, member)
+    # 9 is a query match already; 7 enters once at the row's weakest query-led score (0.5).
+    assert both[0].tolist() == [5, 2, 9, -1, -1, 7, -1, -1]
+    assert sc[0, 5] == 0.5 and np.isneginf(sc[0, [3, 4, 6, 7]]).all()
+    assert both[1].tolist() == [-1] * 4 + [4, -1, 8, -1]  # no query match: the member's list
+    # At weight 0 the query-led order stands: member-led jobs after every query match.
+    cos = np.where(both >= 0, 1.0 - 0.1 * np.arange(8), 0.0)
+    cos[0, 5] = 1.5  # the member's favourite
+    out = personal_rerank(both, sc, cos, 4, 0.0)[1]
+    assert out[0].tolist() == [5, 2, 9, 7]
+    assert personal_rerank(both, sc, cos, 4, 0.5)[1][0, 0] == 5  # the best match holds
+    assert personal_rerank(both, sc, cos, 4, 1.0)[1][0, 0] == 7  # the member alone
+    with pytest.raises(ValueError, match="member_ids"):
+        with_member_led(ids, s, member[:1])
+    with pytest.raises(ValueError, match="must be \\[q, N\\]"):
+        with_member_led(ids, s[:, :2], member)
 
 
 def test_personal_vectors_are_validated(live) -> None:

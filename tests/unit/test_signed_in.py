@@ -160,7 +160,17 @@ def test_signed_in_results_are_query_led_candidates(
     served = _serve(market, model, cat, vocab, texts)
     led = served.understood[served.rep]
     for mode in MODES:
-        candidates = served.led[mode][0][served.rep]
+        candidates = served.candidates[mode][0]
+        led_ids = served.led[mode][0][served.rep]
+        n = led_ids.shape[1]
+        assert np.array_equal(candidates[:, :n], led_ids)  # the query-led list first
+        if mode == "term":  # keyword matches only
+            assert candidates.shape[1] == n
+        else:  # then the member-aware list's jobs it lacked, at its floor
+            extra = candidates[led][:, n:]
+            assert (extra >= 0).any()
+            for row, lead in zip(extra, led_ids[led], strict=True):
+                assert not np.isin(row[row >= 0], lead).any()
         for w in (0.3, 1.0):
             got = served.signed_in(mode, w)
             for row, pool in zip(got[led], candidates[led], strict=True):

@@ -30,8 +30,13 @@ from ebr.index.live.overlay import admit_record, records_to_table
 from ebr.index.live.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import Filter
-from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, PERSONAL_DEPTH, PERSONAL_WEIGHT
-from ebr.index.query.personal import personalise
+from ebr.index.query.fusion import (
+    HYBRID_EBR_WEIGHT,
+    MEMBER_DEPTH,
+    PERSONAL_DEPTH,
+    PERSONAL_WEIGHT,
+)
+from ebr.index.query.personal import check_personal, personalise
 from ebr.index.query.planner import PlannerParams
 from ebr.index.query.search import (
     HYBRID_DEPTH,
@@ -215,8 +220,9 @@ class LiveSlot:
             retrieval: ``ebr`` (embeddings), ``term`` (BM25) or ``hybrid`` (both, fused).
             ebr_weight: hybrid's weight of the EBR list in [0, 1] (BM25 gets the rest).
             personal: float [q, d] member-aware request embeddings (a signed-in search): the
-                retrieval runs on ``queries`` / ``texts`` alone, PERSONAL_DEPTH deep, and the
-                member reorders its candidates (``ebr.index.query.personal``), weight
+                retrieval runs on ``queries`` / ``texts`` alone, PERSONAL_DEPTH deep, ebr and
+                hybrid add ``personal``'s own MEMBER_DEPTH (same filter), and the member
+                reorders the candidates (``ebr.index.query.personal``), weight
                 ``personal_weight``.
         """
         if retrieval not in RETRIEVALS:
@@ -230,6 +236,9 @@ class LiveSlot:
         elif retrieval == "hybrid":
             texts = check_texts(texts, len(queries))
         depth = k if personal is None else max(k, PERSONAL_DEPTH)
+        if personal is not None:
+            n = len(texts) if queries is None else len(queries)
+            personal = check_personal(personal, n, snap, k)
         # Once per query: the filter's mask and the live delta rows it keeps (both lists of a
         # hybrid search read the same), and the view's deleted count instead of an [n] count.
         sc = unfiltered if flt is None else scope(snap, dead, delta, attrs, flt, view.n_deleted)
@@ -247,7 +256,10 @@ class LiveSlot:
             hits = fuse(ebr, term, depth, ebr_weight)
         if personal is None:
             return hits
-        return personalise(hits, snap, delta, personal, k, personal_weight)
+        member = None
+        if retrieval != "term":  # term stays keyword matches; the others add the member's list
+            member = search_view(snap, dead, delta, attrs, personal, MEMBER_DEPTH, flt, params, sc)
+        return personalise(hits, snap, delta, personal, k, personal_weight, member)
 
     def _current(self) -> tuple[_View, Delta, Scope]:
         """The published view, its delta and its unfiltered ``Scope`` (the not-deleted mask),
