@@ -237,7 +237,7 @@ class LiveSlot:
             texts = check_texts(texts, len(queries))
         depth = k if personal is None else max(k, PERSONAL_DEPTH)
         if personal is not None:
-            n = len(texts) if queries is None else len(queries)
+            n = len(queries) if queries is not None else len(texts or ())
             personal = check_personal(personal, n, snap, k)
         # Once per query: the filter's mask and the live delta rows it keeps (both lists of a
         # hybrid search read the same), and the view's deleted count instead of an [n] count.
