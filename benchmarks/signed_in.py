@@ -235,6 +235,7 @@ def main(
             for m in MODES
         },
         "weight": section["weight"],
+        "geo_weight": section["geo_weight"],
         "request_path": path,
         "eval_seconds": round(time.perf_counter() - t1, 1),
         "build_seconds": round(t1 - t0, 1) if built is not None else 0.0,
@@ -271,8 +272,9 @@ def main(
     save_figure(fig, name)
     keys = ("world", "targets", "p@10", "ratios", "request_path")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    print("member weight (geo weight GEO_WEIGHT) / geo weight (member weight PERSONAL_WEIGHT):")
     print("weight  p@10  p@10_ratio  fit  fit_ratio  seniority_gap")
-    for w, s in section["weight_sweep"].items():
+    for w, s in [*section["weight_sweep"].items(), *section["geo_sweep"].items()]:
         print(f"{w:>5} {s['p@10']:.3f} {s['p@10_ratio']:.3f} {s['fit']:.3f} {s['fit_ratio']:.3f} "
               f"{s['seniority_gap']:.3f}")  # fmt: skip
 

@@ -123,19 +123,22 @@ class ReleaseEncoder:
         now = datetime.now(UTC)
         return encode_requests(self._tower, [query], [member], self._cfg, whens=[now])
 
-    def encode_signed_in(self, query: str, member_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """A signed-in search's two embeddings, one forward pass: (the query alone, the query
-        with the member), each float32 [1, dim] unit (``ebr.index.query.personal``: the first
-        finds the candidates, the second reorders them)."""
+    def encode_signed_in(self, query: str, member_id: int) -> tuple[np.ndarray, np.ndarray, Any]:
+        """A signed-in search's two embeddings, one forward pass, and where the member searches
+        from: (the query alone, the query with the member), each float32 [1, dim] unit, and
+        ``ebr.index.query.personal.Places`` of the profile (the first embedding finds the
+        candidates, the second and the place reorder them)."""
+        from ebr.index.query.personal import Places
         from ebr.model.infer import encode_requests
 
         member = self._profile(member_id)
+        place = Places.of([member])
         member["interest"] = member.get("interest") if self.interest else None
         now = datetime.now(UTC)
         both = encode_requests(
             self._tower, [query, query], [None, member], self._cfg, whens=[now, now]
         )
-        return both[:1], both[1:]
+        return both[:1], both[1:], place
 
     def member_embedding(self, member_id: int) -> np.ndarray:
         """float32 [1, dim] JYMBII embedding: the batch one from Feast, else the profile's (a

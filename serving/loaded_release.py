@@ -40,13 +40,14 @@ class Release:
     def search_vector(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
                       filter_json: dict[str, Any] | None = None, text: str | None = None,
                       retrieval: str = "ebr", personalised: bool = False,
-                      personal: np.ndarray | None = None) -> Hits:  # fmt: skip
+                      personal: np.ndarray | None = None, place: Any = None) -> Hits:  # fmt: skip
         """The index's search of request embeddings (``vectors`` and, signed in, the
         member-aware ``personal``) tagged with their release (refused unless it is this
         release's)."""
         if (vectors is not None or personal is not None) and vector_release != self.id:
             raise ReleaseMismatch(str(vector_release), self.id)
-        return self.index.search(vectors, k, filter_json, text, retrieval, personalised, personal)
+        return self.index.search(vectors, k, filter_json, text, retrieval, personalised,
+                                 personal, place)  # fmt: skip
 
     def search(self, query: str | None, member_id: int | None, k: int,
                filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
@@ -57,14 +58,15 @@ class Release:
         query, corrected_query = self.speller.correct(query)  # what both retrievals search
         understood = {**self.encoder.understand(query), "corrected_query": corrected_query}
         embed_query = None if understood["query_understood"] is False else query
-        vec = personal = None
+        vec = personal = place = None
         if embed_query is not None and member_id is not None:
             # Signed in: the query alone finds the candidates, the member reorders them.
-            vec, personal = self.encoder.encode_signed_in(embed_query, member_id)
+            vec, personal, place = self.encoder.encode_signed_in(embed_query, member_id)
         elif embed_query is not None or member_id is not None:
             vec = self.encoder.encode(embed_query, member_id)
         hits, plan = self.search_vector(self.encoder.release_id, vec, k, filter_json, query,
-                                        retrieval, member_id is not None, personal)  # fmt: skip
+                                        retrieval, member_id is not None, personal,
+                                        place)  # fmt: skip
         return hits, plan, understood
 
     def recommendations(self, member_id: int, k: int) -> Hits:

@@ -58,6 +58,7 @@ class ReleaseIndex:
         retrieval: str,
         personalised: bool,
         personal: np.ndarray | None = None,
+        place: Any = None,
     ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
         """Top-k live jobs for one request that pass the filter.
 
@@ -78,6 +79,7 @@ class ReleaseIndex:
                 does not understand), hybrid weights the EBR list (which carries the member)
                 ``HYBRID_EBR_WEIGHT_MEMBER`` instead of ``HYBRID_EBR_WEIGHT``.
             personal: float32 [1, d] the member-aware request embedding, or None.
+            place: with ``personal``, the member's home (``ebr.index.query.personal.Places``).
 
         Returns:
             One list of up to k hits (display columns + ``score``), best first, and the plan
@@ -98,7 +100,7 @@ class ReleaseIndex:
         member_led = personalised and personal is None
         weight = HYBRID_EBR_WEIGHT_MEMBER if member_led else HYBRID_EBR_WEIGHT
         hits = self.live.query(vectors, k, flt, texts=texts, retrieval=retrieval,
-                               ebr_weight=weight, personal=personal)  # fmt: skip
+                               ebr_weight=weight, personal=personal, places=place)  # fmt: skip
         delta = hits.delta_items
         delta_rows = {}
         if len(delta):  # upserted since the snapshot: their display rows supersede its rows

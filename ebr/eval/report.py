@@ -163,7 +163,7 @@ def evaluate_marketplace(
             # Profile-consistent vs exploring searches, today's methods and the signed-in path.
             sweeps["methods_by_intent"] = search_by_intent(
                 model, mcfg, Catalogue.of(jobs, item_vecs, bm25), ev, held, q, positives,
-                {"ebr": ebr, "bm25": bm, "hybrid": hyb},
+                {"ebr": ebr, "bm25": bm, "hybrid": hyb}, members,
             )  # fmt: skip
             sweeps["hybrid_recall@100_by_ebr_weight"] = fusion_sweep(
                 (ebr, ebr_scores),

@@ -14,7 +14,8 @@ as serving corrects them (``Spelling``). Sections:
   of the top 10 for the member: ``fit`` (share within the member's commute radius, or remote
   when the member accepts it) and ``seniority_gap`` (mean |level difference|; anonymous
   results are judged against the same members); ratios signed_in / anonymous; by query kind;
-  a sweep of the member's weight for hybrid (what chooses ``PERSONAL_WEIGHT``);
+  sweeps of the member's weight and of the commute decay's weight for hybrid (what chooses
+  ``PERSONAL_WEIGHT`` and ``GEO_WEIGHT``);
 - misspelled vs correctly spelled (the occupation label the typo was made from): p@10 per mode
   and path, served (corrected), correct, and uncorrected; how many corrections were exact;
 - logged searches (``search_by_intent``, in the report's search section): recall@100 of the
@@ -47,7 +48,7 @@ from ebr.eval.signed_in_path import (
 from ebr.eval.signed_in_path import K as K_SERVED
 from ebr.eval.typed import KINDS
 from ebr.eval.typed_scores import relevant_jobs, typed_metrics
-from ebr.index.query.fusion import PERSONAL_DEPTH, PERSONAL_WEIGHT, personal_rerank
+from ebr.index.query.fusion import GEO_WEIGHT, PERSONAL_DEPTH, PERSONAL_WEIGHT, personal_rerank
 from ebr.metrics import recall_at
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.towers import TwoTower
@@ -55,6 +56,7 @@ from ebr.text import Vocabulary, words
 
 PATHS = ("anonymous", "signed_in")
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # the member's share the sweep tries (hybrid)
+GEO_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)  # commute decay against the cosine (hybrid, at weight)
 METRICS = ("p@10", "recall@100", "fit", "seniority_gap")
 N_MEMBERS = 5
 
@@ -181,6 +183,11 @@ def evaluate_signed_in(
     for w in WEIGHTS:
         s = _summary(_measure(cat, served.signed_in("hybrid", w), rel_r, judges)[known])
         sweep[f"{w:g}"] = {**s, **{f"{m}_ratio": _ratio(s[m], anon[m]) for m in METRICS}}
+    geo_sweep = {}
+    for g in GEO_WEIGHTS:
+        per_g = _measure(cat, served.signed_in("hybrid", weight, geo_weight=g), rel_r, judges)
+        sg = _summary(per_g[known])
+        geo_sweep[f"{g:g}"] = {**sg, **{f"{m}_ratio": _ratio(sg[m], anon[m]) for m in METRICS}}
     changed = [bool(f.corrected) for f in fixes]
     mis = _misspelled(run, cat, panel, jobs, queries, spelling, weight, occupations)
     hybrid = overall["hybrid"]
@@ -204,6 +211,8 @@ def evaluate_signed_in(
         "overall": overall,
         "by_kind": by_kind,
         "weight_sweep": sweep,
+        "geo_weight": GEO_WEIGHT,
+        "geo_sweep": geo_sweep,
         "misspelled": mis,
         "targets": targets,
     }
@@ -270,22 +279,25 @@ def search_by_intent(
     member_q: np.ndarray,
     positives: Sequence[set[int]],
     today: Mapping[str, np.ndarray],
+    members: pd.DataFrame,
     weight: float = PERSONAL_WEIGHT,
 ) -> dict[str, dict[str, Any]]:
     """Recall@100 on held-out logged searches by intent: {group: {"sessions": n, "recall@100":
     {method: float | None}}}, groups all, profile, exploring (every other intent) and each
     other intent. Methods: ``today`` (name -> ranked ids [n, >=100]: the report's member-aware
     EBR, BM25, hybrid) and signed_in_<mode> (``signed_in_candidates`` + ``personal_rerank``
-    with the member-aware embeddings ``member_q`` float32 [n, dim], the sessions' rows)."""
+    with the member-aware embeddings ``member_q`` float32 [n, dim], the sessions' rows, and
+    the commute decay for each session's member, a row of ``members``)."""
     texts = [str(q) for q in sessions["query"]]
     whens = sessions["ts"].tolist()
     anon = encode_requests(model.request, texts, [None] * len(texts), mcfg, whens=whens)
     led = query_led(cat, anon, texts, np.ones(len(texts), dtype=bool), PERSONAL_DEPTH)
     candidates = signed_in_candidates(cat, led, np.arange(len(texts)), member_q)
     ranked = dict(today)
+    homes = members.set_index("member_id").loc[sessions["member_id"].to_numpy()].reset_index()
     for mode in MODES:
         ids, scores = candidates[mode]
-        personal = personal_cosines(cat, ids, member_q)
+        personal = personal_cosines(cat, ids, member_q) + GEO_WEIGHT * cat.decay(ids, homes)
         ranked[f"signed_in_{mode}"] = personal_rerank(ids, scores, personal, K_SERVED, weight)[1]
     intent = session_intents(held, sessions["session_id"])
     groups = {"all": np.ones(len(intent), dtype=bool), "profile": intent == "profile"}

@@ -10,7 +10,8 @@ list, built as for an anonymous request but ``PERSONAL_DEPTH`` deep (for hybrid:
 deep, fused to that depth), plus for ebr and hybrid the member-aware embedding's own
 ``MEMBER_DEPTH`` at the list's floor (``with_member_led``), is reordered by ``personal_rerank``
 with each candidate's cosine to the member-aware request embedding (query AND member profile +
-interest, as ``ebr.model.train.request_members`` builds them). A query no word of which the towers
+interest, as ``ebr.model.train.request_members`` builds them) plus ``GEO_WEIGHT`` times its
+commute decay for the member (``Catalogue.decay``). A query no word of which the towers
 know gets no EBR list (serving sends no vector: hybrid falls back to term), and its member-aware
 embedding is the member's alone, as serving embeds it.
 """
@@ -31,6 +32,7 @@ from ebr.data.marketplace import SENIORITY
 from ebr.eval.bm25 import BM25Baseline
 from ebr.eval.ranking import hybrid_scored, pad_scores, pad_to
 from ebr.index.query.fusion import (
+    GEO_WEIGHT,
     HYBRID_EBR_WEIGHT,
     HYBRID_EBR_WEIGHT_MEMBER,
     MEMBER_DEPTH,
@@ -38,6 +40,7 @@ from ebr.index.query.fusion import (
     personal_rerank,
     with_member_led,
 )
+from ebr.index.query.personal import Places
 from ebr.index.query.search import HYBRID_DEPTH
 from ebr.index.query.terms import term_text, tokens
 from ebr.metrics import exact_topk
@@ -47,6 +50,7 @@ from ebr.model.train import request_members
 from ebr.text import Vocabulary
 
 MODES = ("ebr", "term", "hybrid")
+PLACE_COLUMNS = ("lat", "lon", "max_commute_km", "open_to_remote")  # what Places reads
 K = 100  # results per request (recall@100)
 TOP = 10  # the page personal fit is measured on
 
@@ -74,6 +78,18 @@ class Catalogue:
             }
         )
         return cls(jobs["job_id"].to_numpy(np.int64), vecs, bm25, attrs)
+
+    def decay(self, job_ids: np.ndarray, members: pd.DataFrame) -> np.ndarray:
+        """float32 [r, N]: ``commute_decay`` of ``job_ids`` int64 [r, N] (-1 pads: 0) for row
+        r of ``members`` (lat, lon, max_commute_km, open_to_remote), as serving computes it
+        from the profile (``ebr.index.query.personal.Places``)."""
+        rows = self.rows(job_ids)
+        a = self.attrs.iloc[np.maximum(rows, 0).ravel()]
+        lat, lon = (np.where(rows >= 0, a[c].to_numpy().reshape(rows.shape), np.nan)
+                    for c in ("lat", "lon"))  # fmt: skip
+        remote = (rows >= 0) & a["remote"].to_numpy().reshape(rows.shape)
+        places = Places.of(members[list(PLACE_COLUMNS)].to_dict("records"))
+        return places.decay(lat, lon, remote)
 
     def rows(self, job_ids: np.ndarray) -> np.ndarray:
         """Catalogue rows of ``job_ids`` (any shape; -1 stays -1)."""
@@ -104,14 +120,19 @@ class Served:
     # member-aware embedding's MEMBER_DEPTH it lacked at its floor (fusion.with_member_led)
     candidates: dict[str, tuple[np.ndarray, np.ndarray]]
     personal: dict[str, np.ndarray]  # mode -> float [q * m, N] candidates' cosines to the member
+    geo: dict[str, np.ndarray]  # mode -> float [q * m, N] candidates' commute_decay
     member_led: dict[str, np.ndarray]  # mode -> ids [q * m, K]: where not understood (else -1)
     rep: np.ndarray  # int64 [q * m]
 
-    def signed_in(self, mode: str, weight: float, k: int = K) -> np.ndarray:
-        """ids int64 [q * m, k] of the signed-in requests at the member's share ``weight``:
-        the candidates reordered, or the member-led list for a query not understood."""
+    def signed_in(
+        self, mode: str, weight: float, k: int = K, geo_weight: float = GEO_WEIGHT
+    ) -> np.ndarray:
+        """ids int64 [q * m, k] of the signed-in requests at the member's share ``weight``
+        (cosine + ``geo_weight`` * commute decay): the candidates reordered, or the
+        member-led list for a query not understood."""
         ids, scores = self.candidates[mode]
-        out = personal_rerank(ids, scores, self.personal[mode], k, weight)[1]
+        member = self.personal[mode] + geo_weight * self.geo[mode]
+        out = personal_rerank(ids, scores, member, k, weight)[1]
         return np.where(self.understood[self.rep][:, None], out, self.member_led[mode][:, :k])
 
 
@@ -208,8 +229,10 @@ def serve(
     member_q = encode_requests(model.request, [embed[i] for i in rep], recs, mcfg, whens=whens)
     candidates = signed_in_candidates(cat, led, rep, member_q)
     personal = {mode: personal_cosines(cat, candidates[mode][0], member_q) for mode in MODES}
+    judges = panel.iloc[np.tile(np.arange(m), q)].reset_index(drop=True)
+    geo = {mode: cat.decay(candidates[mode][0], judges) for mode in MODES}
     member_led = _member_led(cat, member_q, rep, ~understood[rep], led["term"], texts)
-    return Served(texts, understood, anonymous, led, candidates, personal, member_led, rep)
+    return Served(texts, understood, anonymous, led, candidates, personal, geo, member_led, rep)
 
 
 def signed_in_candidates(

@@ -91,7 +91,12 @@ def test_signed_in_search_keeps_the_query_and_reorders_by_member(
     """A signed-in search keeps what was typed: its page comes from the query's own candidates
     (PERSONAL_DEPTH deep), almost all within the query's anonymous top 100, reordered by the
     member; members see different orders."""
-    from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, PERSONAL_DEPTH, PERSONAL_WEIGHT
+    from ebr.index.query.fusion import (
+        GEO_WEIGHT,
+        HYBRID_EBR_WEIGHT,
+        PERSONAL_DEPTH,
+        PERSONAL_WEIGHT,
+    )
 
     members = pd.read_parquet(platform_ws / "data" / "members.parquet")["member_id"]
     anonymous = _search(api, query="manager", k=100, retrieval=mode)
@@ -104,6 +109,7 @@ def test_signed_in_search_keeps_the_query_and_reorders_by_member(
         assert len(got) == 10 or (mode == "term" and set(got) == found)
         inside, total = inside + len(set(got) & found), total + len(got)
         assert body["plan"]["personal_weight"] == PERSONAL_WEIGHT
+        assert body["plan"]["geo_weight"] == GEO_WEIGHT  # the profile's home decays by distance
         assert len(got) <= body["plan"]["candidates"] <= PERSONAL_DEPTH
         if mode == "hybrid":  # the query-led lists are the anonymous ones
             assert body["plan"]["ebr_weight"] == HYBRID_EBR_WEIGHT

@@ -14,11 +14,15 @@ from ebr.index.live.slot import open_live
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import parse_filter
 from ebr.index.query.fusion import (
+    DEFAULT_COMMUTE_KM,
+    GEO_WEIGHT,
     MEMBER_DEPTH,
     PERSONAL_DEPTH,
+    commute_decay,
     personal_rerank,
     with_member_led,
 )
+from ebr.index.query.personal import Places
 from tests.unit.test_search_live import D, N, _items, _unit
 
 
@@ -141,3 +145,70 @@ def test_personal_vectors_are_validated(live) -> None:
             lv.query(q, 5, personal=bad)
     with pytest.raises(ValueError, match="personal vectors: .*NaN"):
         lv.query(q, 5, personal=np.full((1, D), np.nan, np.float32))
+
+
+def test_commute_decay() -> None:
+    # Two members: one in Berlin (30 km radius, not remote), one unknown place open to remote.
+    lat, lon = np.array([52.52, np.nan]), np.array([13.40, np.nan])
+    radius, remote_ok = np.array([30.0, np.nan]), np.array([False, True])
+    # Jobs: Berlin centre, ~60 km out (2 radii: 0.5), ~90 km (0.25), remote far, unknown place.
+    j_lat = np.tile([52.52, 52.52, 52.52, 40.0, np.nan], (2, 1))
+    j_lon = np.tile([13.40, 14.2855, 14.7283, -74.0, np.nan], (2, 1))
+    j_remote = np.tile([False, False, False, True, False], (2, 1))
+    got = commute_decay(lat, lon, radius, remote_ok, j_lat, j_lon, j_remote)
+    assert got.dtype == np.float32 and got.shape == (2, 5)
+    np.testing.assert_allclose(got[0], [1.0, 0.5, 0.25, 0.0, 0.0], atol=0.01)
+    # Unknown home: only the remote job counts (the member accepts remote).
+    np.testing.assert_array_equal(got[1], [0.0, 0.0, 0.0, 1.0, 0.0])
+    # No radius: DEFAULT_COMMUTE_KM; a non-positive one too.
+    for r in (np.nan, 0.0, -5.0):
+        d = commute_decay(lat[:1], lon[:1], np.array([r]), remote_ok[:1], j_lat[:1], j_lon[:1],
+                          j_remote[:1])  # fmt: skip
+        km = 60.0 - 30.0  # beyond DEFAULT_COMMUTE_KM (30): 0.5 ** (30 / 30)
+        assert d[0, 1] == pytest.approx(0.5 ** (km / DEFAULT_COMMUTE_KM), abs=0.01)
+
+
+def test_places_of_profiles() -> None:
+    p = Places.of([
+        {"lat": 1.0, "lon": 2.0, "max_commute_km": 15.0, "open_to_remote": True},
+        {"lat": None, "lon": float("nan"), "open_to_remote": None},
+        {},
+    ])  # fmt: skip
+    assert p.lat[0] == 1.0 and np.isnan(p.lat[1:]).all() and np.isnan(p.lon[1:]).all()
+    assert p.radius_km[0] == 15.0 and np.isnan(p.radius_km[1:]).all()
+    assert p.open_to_remote.tolist() == [True, False, False]
+
+
+def test_the_member_home_pulls_nearby_candidates_up(live) -> None:
+    lv, rng = live
+    q, member = _unit(rng, 1), _unit(rng, 1)
+    led = lv.query(q, PERSONAL_DEPTH).job_ids[0]
+    items = lv.snapshot.items.set_index("job_id")
+    far = int(led[150])  # deep in the query-led list
+    home = items.loc[far]
+    place = Places(np.array([home["lat"]]), np.array([home["lon"]]), np.array([10.0]),
+                   np.array([False]))  # fmt: skip
+    plain = lv.query(q, 10, personal=member, personal_weight=1.0)
+    assert far not in plain.job_ids[0] and "geo_weight" not in plain.plan
+    near = lv.query(q, 10, personal=member, personal_weight=1.0, places=place)
+    assert near.plan["geo_weight"] == GEO_WEIGHT
+    # Weighted enough against the cosine, the candidate at the member's home leads.
+    near = lv.query(q, 10, personal=member, personal_weight=1.0, places=place, geo_weight=5.0)
+    assert near.job_ids[0][0] == far
+    # An upserted job is placed by its new record: moved onto the member's home, it leads.
+    moved = int(led[120])
+    lv.upsert(_items(np.array([moved]), rng).assign(lat=home["lat"], lon=home["lon"],
+                                                   remote=False),
+              candidate_vectors_of(lv, moved))  # fmt: skip
+    again = lv.query(q, 10, personal=member, personal_weight=1.0, places=place, geo_weight=5.0)
+    assert set(again.job_ids[0][:2]) == {far, moved}
+    with pytest.raises(ValueError, match="places must hold 1"):
+        two = Places(*(np.repeat(x, 2) for x in (place.lat, place.lon, place.radius_km,
+                                                 place.open_to_remote)))  # fmt: skip
+        lv.query(q, 10, personal=member, places=two)
+
+
+def candidate_vectors_of(lv, job_id: int) -> np.ndarray:
+    """The snapshot vector of ``job_id`` [1, d] (an upsert that moves a job keeps its text)."""
+    row = lv.snapshot.row_positions(np.array([job_id]))
+    return np.asarray(lv.snapshot.vectors)[row]

@@ -16,11 +16,11 @@ from ebr.data.esco import load_occupations
 from ebr.data.marketplace import Marketplace, generate
 from ebr.eval.bm25 import BM25Baseline
 from ebr.eval.report import evaluate_marketplace, report_html, write_report
-from ebr.eval.signed_in import METRICS, WEIGHTS, evaluate_signed_in
+from ebr.eval.signed_in import GEO_WEIGHTS, METRICS, WEIGHTS, evaluate_signed_in
 from ebr.eval.signed_in_members import draw_members, personal_fit, session_intents
 from ebr.eval.signed_in_path import MODES, Catalogue, Served, Spelling, personal_cosines, serve
 from ebr.eval.typed import typed_queries
-from ebr.index.query.fusion import PERSONAL_DEPTH, PERSONAL_WEIGHT
+from ebr.index.query.fusion import GEO_WEIGHT, PERSONAL_DEPTH, PERSONAL_WEIGHT
 from ebr.model.infer import encode_jobs
 from ebr.model.towers import TwoTower
 from ebr.model.train import train
@@ -175,9 +175,19 @@ def test_signed_in_results_are_query_led_candidates(
             got = served.signed_in(mode, w)
             for row, pool in zip(got[led], candidates[led], strict=True):
                 assert set(row[row >= 0].tolist()) <= set(pool[pool >= 0].tolist()), mode
-        # At weight 1 the member orders the query's candidates by cosine alone.
-        best = served.signed_in(mode, 1.0, k=10)[led][:5]
+        # At weight 1 the member orders the query's candidates: by cosine alone without the
+        # commute decay, by cosine + GEO_WEIGHT * decay with it.
+        best = served.signed_in(mode, 1.0, k=10, geo_weight=0.0)[led][:5]
         personal = served.personal[mode][led][:5]
+        geo_best = served.signed_in(mode, 1.0, k=10)[led][:5]
+        geo_personal = personal + GEO_WEIGHT * served.geo[mode][led][:5]
+        assert ((served.geo[mode] >= 0) & (served.geo[mode] <= 1)).all()
+        for row, p, c in zip(geo_best, geo_personal, candidates[led][:5], strict=True):
+            by = {int(j): float(v) for j, v in zip(c, p, strict=True) if j >= 0}
+            assert [by[int(j)] for j in row if j >= 0] == sorted(
+                (by[int(j)] for j in row if j >= 0), reverse=True
+            )
+            assert by[int(row[0])] == pytest.approx(max(by.values()))
         pool = candidates[led][:5]
         for row, p, c in zip(best, personal, pool, strict=True):
             by_cos = {int(j): float(v) for j, v in zip(c, p, strict=True) if j >= 0}
@@ -235,6 +245,11 @@ def test_signed_in_section(
     assert served["fit_ratio"] == pytest.approx(section["overall"]["hybrid"]["ratio"]["fit"])
     # The member's weight buys personal fit: more at 0.7 than at 0.
     assert sweep["0.7"]["fit"] > sweep["0"]["fit"]
+    # The commute decay's sweep: the served weight is the overall row; the decay buys fit.
+    geo = section["geo_sweep"]
+    assert section["geo_weight"] == GEO_WEIGHT and list(geo) == [f"{g:g}" for g in GEO_WEIGHTS]
+    assert geo[f"{GEO_WEIGHT:g}"]["p@10"] == pytest.approx(served["p@10"])
+    assert geo["0.5"]["fit"] > geo["0"]["fit"]
     mis = section["misspelled"]
     assert mis["n"] == (queries["kind"] == "misspelled").sum() > 10
     assert mis["corrected_exactly"] >= 0.8 * mis["n"]  # one-edit typos of catalogue words

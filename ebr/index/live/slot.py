@@ -31,12 +31,13 @@ from ebr.index.live.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, lo
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import Filter
 from ebr.index.query.fusion import (
+    GEO_WEIGHT,
     HYBRID_EBR_WEIGHT,
     MEMBER_DEPTH,
     PERSONAL_DEPTH,
     PERSONAL_WEIGHT,
 )
-from ebr.index.query.personal import check_personal, personalise
+from ebr.index.query.personal import Places, check_personal, personalise
 from ebr.index.query.planner import PlannerParams
 from ebr.index.query.search import (
     HYBRID_DEPTH,
@@ -207,6 +208,8 @@ class LiveSlot:
         ebr_weight: float = HYBRID_EBR_WEIGHT,
         personal: np.ndarray | None = None,
         personal_weight: float = PERSONAL_WEIGHT,
+        places: Places | None = None,
+        geo_weight: float = GEO_WEIGHT,
     ) -> Hits:
         """Top-k live jobs passing ``flt`` per query (``ebr.index.query.search``): the snapshot
         minus tombstones, merged with an exact scan of the delta.
@@ -224,6 +227,8 @@ class LiveSlot:
                 hybrid add ``personal``'s own MEMBER_DEPTH (same filter), and the member
                 reorders the candidates (``ebr.index.query.personal``), weight
                 ``personal_weight``.
+            places: the signed-in members' homes (``personal.Places``, one per query): the
+                member's side adds ``geo_weight`` * ``commute_decay``.
         """
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
@@ -259,7 +264,9 @@ class LiveSlot:
         member = None
         if retrieval != "term":  # term stays keyword matches; the others add the member's list
             member = search_view(snap, dead, delta, attrs, personal, MEMBER_DEPTH, flt, params, sc)
-        return personalise(hits, snap, delta, personal, k, personal_weight, member)
+        return personalise(
+            hits, snap, delta, personal, k, personal_weight, member, places, geo_weight
+        )
 
     def _current(self) -> tuple[_View, Delta, Scope]:
         """The published view, its delta and its unfiltered ``Scope`` (the not-deleted mask),

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ebr.data.geo import haversine_km
+
 RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009): damps the top ranks' weight
 # What hybrid retrieval serves, chosen on the typed queries (benchmarks.typed_queries, 20k
 # jobs; fusion_sweep in its JSON): score fusion with BM25 divided by its attainable score and
@@ -31,15 +33,20 @@ FUSIONS = ("rrf", "score")
 # Signed-in search: the query leads, the member reorders. Each retrieval's query-led list
 # (the request embedded without its member, BM25, or their hybrid) is PERSONAL_DEPTH deep; for
 # ebr and hybrid the member-aware embedding's own top MEMBER_DEPTH join it at the query-led
-# list's floor (``with_member_led``); ``personal_rerank`` mixes the query-led scores with each
-# candidate's cosine to the member-aware request embedding, weight PERSONAL_WEIGHT. Chosen with
-# benchmarks.signed_in on the new world (20k jobs): weight 0.5 keeps typed p@10 at 0.99x
-# anonymous (0.7: 0.95x) with personal fit 1.2x; the member-led candidates lift logged
-# recall@100 from 0.85 to 0.91 (profile-consistent searches 0.84 -> 0.90) and leave typed
-# p@10 and fit as they were.
+# list's floor (``with_member_led``); ``personal_rerank`` mixes the query-led scores (1 - w)
+# with the member's side (w = PERSONAL_WEIGHT): each candidate's cosine to the member-aware
+# request embedding + GEO_WEIGHT * its ``commute_decay`` (as search engines' geo decay
+# functions: 1 within the member's commute radius or for a remote job they accept, halving each
+# further radius; the towers alone place a job near the member only weakly, corr 0.29 with
+# being within commute). Chosen with benchmarks.signed_in on the new world (20k jobs, hybrid):
+# w 0.5 and geo 0.5 keep typed p@10 at 0.96x anonymous with personal fit 1.55x (geo 0: 0.99x
+# and 1.2x; w 0.6: 0.92x); the member-led candidates lift logged recall@100 from 0.85 to 0.91
+# and leave typed p@10 and fit as they were.
 PERSONAL_DEPTH = 200
 MEMBER_DEPTH = 100
 PERSONAL_WEIGHT = 0.5
+GEO_WEIGHT = 0.5
+DEFAULT_COMMUTE_KM = 30.0  # a member without a commute radius
 
 
 RowWeights = Sequence[np.ndarray | None] | None
@@ -100,20 +107,25 @@ def _fuse(
     scores = np.full((n, k), -np.inf, dtype=np.float32)
     out = np.full((n, k), -1, dtype=np.int64)
     for q in range(n):
-        fused: dict[int, float] = {}
-        best: dict[int, int] = {}
+        # Every list's (id, w * value, position), in list order: the sums run in the order
+        # a per-id accumulation over the lists would add them.
+        parts = []
         for ids, vals, w0, m in zip(lists, values, weights, mult, strict=True):
             w = w0 * m[q]
             if w == 0:  # a list weighted 0 adds no candidates either (alpha 1 = EBR alone)
                 continue
-            for pos, (d, v) in enumerate(zip(ids[q].tolist(), vals[q].tolist(), strict=True)):
-                if d < 0:
-                    continue
-                fused[d] = fused.get(d, 0.0) + w * v
-                best[d] = min(best.get(d, pos), pos)
-        top = sorted(fused, key=lambda d: (-fused[d], best[d], d))[:k]
-        out[q, : len(top)] = top
-        scores[q, : len(top)] = [fused[d] for d in top]
+            keep = np.flatnonzero(ids[q] >= 0)
+            parts.append((ids[q][keep], w * np.asarray(vals[q], dtype=np.float64)[keep], keep))
+        if not parts:
+            continue
+        found, at = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+        fused = np.bincount(at, weights=np.concatenate([p[1] for p in parts]),
+                            minlength=len(found))  # fmt: skip
+        best = np.full(len(found), np.iinfo(np.int64).max)
+        np.minimum.at(best, at, np.concatenate([p[2] for p in parts]))
+        top = np.lexsort((found, best, -fused))[:k]
+        out[q, : len(top)] = found[top]
+        scores[q, : len(top)] = fused[top]
     return scores, out
 
 
@@ -204,12 +216,40 @@ def with_member_led(
         raise ValueError(f"ids {ids.shape} and scores {scores.shape} must be [q, N]")
     if member_ids.ndim != 2 or len(member_ids) != len(ids):
         raise ValueError(f"member_ids {member_ids.shape} must be [{len(ids)}, M]")
-    both = _first_only(np.concatenate([ids, member_ids.astype(np.int64, copy=False)], axis=1))
+    extra_ids = member_ids.astype(np.int64, copy=True)
+    for q in range(len(ids)):  # a job both lists hold stays at its query-led place
+        row = extra_ids[q]
+        repeat = np.ones(len(row), dtype=bool)
+        repeat[np.unique(row, return_index=True)[1]] = False
+        row[repeat | np.isin(row, ids[q])] = -1
+    both = np.concatenate([ids, extra_ids], axis=1)
     valid = ids >= 0
     floor = np.where(valid, scores, np.inf).min(axis=1, keepdims=True)
     floor = np.where(np.isfinite(floor), floor, 0.0)
     extra = np.where(both[:, ids.shape[1] :] >= 0, floor, -np.inf)
     return both, np.concatenate([np.where(valid, scores, -np.inf), extra], axis=1)
+
+
+def commute_decay(
+    lat: np.ndarray,
+    lon: np.ndarray,
+    radius_km: np.ndarray,
+    open_to_remote: np.ndarray,
+    job_lat: np.ndarray,
+    job_lon: np.ndarray,
+    job_remote: np.ndarray,
+) -> np.ndarray:
+    """float32 [q, N] in [0, 1]: 1 for a job within the member's commute radius, or remote
+    when the member accepts remote; 0.5 ** ((distance - radius) / radius) beyond; 0 where the
+    member's or the job's place is unknown (NaN). Member arrays [q] (radius NaN or <= 0:
+    ``DEFAULT_COMMUTE_KM``), job arrays [q, N]."""
+    col = [np.asarray(x, dtype=np.float64)[:, None] for x in (lat, lon, radius_km)]
+    r = np.where(np.isfinite(col[2]) & (col[2] > 0), col[2], DEFAULT_COMMUTE_KM)
+    with np.errstate(invalid="ignore"):
+        km = haversine_km(col[0], col[1], job_lat, job_lon)
+        decay = np.where(np.isfinite(km), 0.5 ** (np.maximum(km - r, 0.0) / r), 0.0)
+    accepted = job_remote & np.asarray(open_to_remote, dtype=bool)[:, None]
+    return np.where(accepted, 1.0, decay).astype(np.float32)
 
 
 def personal_rerank(

@@ -14,36 +14,109 @@ candidates.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from ebr.index.query.fusion import PERSONAL_WEIGHT, personal_rerank, with_member_led
+from ebr.index.query.fusion import (
+    GEO_WEIGHT,
+    PERSONAL_WEIGHT,
+    commute_decay,
+    personal_rerank,
+    with_member_led,
+)
 from ebr.index.query.search import Delta, Hits
 from ebr.index.query.slot import Slot
 from ebr.index.query.vectors import check_queries
 
 
-def candidate_vectors(snap: Slot, delta: Delta, job_ids: np.ndarray) -> np.ndarray:
-    """float32 [*job_ids.shape, d]: each live job's vector (its upserted record's when the
-    delta holds one, else its snapshot row's); zeros for -1 padding."""
-    flat = job_ids.ravel()
-    out = np.zeros((len(flat), snap.dim), dtype=np.float32)
-    found = np.zeros(len(flat), dtype=bool)
+def _locate(snap: Slot, delta: Delta, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each live job of ``flat`` int64 [n] (-1 pads) is held: (delta position, snapshot
+    row), -1 where not; its upserted record (the delta's last live one) wins."""
+    pos = np.full(len(flat), -1, dtype=np.int64)
     alive = np.flatnonzero(delta.open_alive())
     if len(alive):
         # The last live position of an id holds its current record.
         ids = delta.ids[alive][::-1]
         last = ~pd.Index(ids).duplicated()
-        pos, at = alive[::-1][last], pd.Index(ids[last]).get_indexer(flat)
+        live, at = alive[::-1][last], pd.Index(ids[last]).get_indexer(flat)
         hit = (at >= 0) & (flat >= 0)
-        out[hit] = delta.vecs[pos[at[hit]]]
-        found |= hit
-    rest = np.flatnonzero(~found & (flat >= 0))
+        pos[hit] = live[at[hit]]
+    rows = np.full(len(flat), -1, dtype=np.int64)
+    rest = np.flatnonzero((pos < 0) & (flat >= 0))
     if len(rest):
-        rows = snap.row_positions(flat[rest])
-        ok = rows >= 0  # a returned job is live: in the delta or the snapshot
-        out[rest[ok]] = snap.vectors[rows[ok]]
+        rows[rest] = snap.row_positions(flat[rest])  # a returned job is live: one or the other
+    return pos, rows
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where q signed-in members search from, one entry per query: home lat, lon (NaN:
+    unknown), commute radius km (NaN: unknown), open to remote."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    radius_km: np.ndarray
+    open_to_remote: np.ndarray
+
+    @classmethod
+    def of(cls, profiles: Sequence[Mapping[str, Any]]) -> Places:
+        """From member profiles (``lat``, ``lon``, ``max_commute_km``, ``open_to_remote``;
+        any may be missing or None)."""
+
+        def num(p: Mapping[str, Any], key: str) -> float:
+            v = p.get(key)
+            return float(v) if v is not None and v == v else np.nan
+
+        return cls(
+            np.array([num(p, "lat") for p in profiles]),
+            np.array([num(p, "lon") for p in profiles]),
+            np.array([num(p, "max_commute_km") for p in profiles]),
+            np.array([bool(p.get("open_to_remote") or False) for p in profiles]),
+        )
+
+    def decay(self, job_lat: np.ndarray, job_lon: np.ndarray, remote: np.ndarray) -> np.ndarray:
+        """``fusion.commute_decay`` of jobs [q, N] for these members."""
+        return commute_decay(
+            self.lat, self.lon, self.radius_km, self.open_to_remote, job_lat, job_lon, remote
+        )
+
+
+Located = tuple[np.ndarray, np.ndarray]  # ``_locate``'s (delta position, snapshot row)
+
+
+def candidate_vectors(
+    snap: Slot, delta: Delta, job_ids: np.ndarray, located: Located | None = None
+) -> np.ndarray:
+    """float32 [*job_ids.shape, d]: each live job's vector (its upserted record's when the
+    delta holds one, else its snapshot row's); zeros for -1 padding. ``located``: where
+    ``_locate`` found ``job_ids`` (found again when None)."""
+    pos, rows = located or _locate(snap, delta, job_ids.ravel())
+    out = np.zeros((len(pos), snap.dim), dtype=np.float32)
+    out[pos >= 0] = delta.vecs[pos[pos >= 0]]
+    out[rows >= 0] = snap.vectors[rows[rows >= 0]]
     return out.reshape(*job_ids.shape, snap.dim)
+
+
+def candidate_places(
+    snap: Slot, delta: Delta, job_ids: np.ndarray, located: Located | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lat, lon) float64 and remote bool, each [*job_ids.shape], of each live job (as
+    ``candidate_vectors`` finds it); NaN / False for -1 padding and unknown values."""
+    pos, rows = located or _locate(snap, delta, job_ids.ravel())
+    lat, lon = np.full(len(pos), np.nan), np.full(len(pos), np.nan)
+    remote = np.zeros(len(pos), dtype=bool)
+    for where, at, (la, lo, re) in (
+        (rows >= 0, rows, snap.places),
+        (pos >= 0, pos, delta.places(snap.items)),
+    ):
+        if where.any():
+            lat[where], lon[where], remote[where] = la[at[where]], lo[at[where]], re[at[where]]
+    shape = job_ids.shape
+    return lat.reshape(shape), lon.reshape(shape), remote.reshape(shape)
 
 
 def check_personal(personal: np.ndarray, n: int, snap: Slot, k: int) -> np.ndarray:
@@ -64,19 +137,28 @@ def personalise(
     k: int,
     weight: float = PERSONAL_WEIGHT,
     member: Hits | None = None,
+    places: Places | None = None,
+    geo_weight: float = GEO_WEIGHT,
 ) -> Hits:
     """``hits`` (the query-led candidates, best first) reordered by the member: top k of
     ``personal_rerank`` with each candidate's cosine to ``personal`` (float32 [q, d] unit
     member-aware request embeddings, one per query), with ``member`` (the member-aware
     embedding's own hits, same filter) added at the query-led floor. The plan gains
     ``personal_weight``, ``candidates`` (query-led candidates per query) and ``member_led``
-    (member-led candidates the query-led list lacked)."""
+    (member-led candidates the query-led list lacked). With ``places`` (the members' homes)
+    the member's side is cosine + ``geo_weight`` * ``commute_decay``; the plan gains
+    ``geo_weight``."""
     personal = check_personal(personal, len(hits.job_ids), snap, k)
     ids, scores = hits.job_ids, hits.scores
     if member is not None:
         ids, scores = with_member_led(ids, scores, member.job_ids)
-    vecs = candidate_vectors(snap, delta, ids)  # [q, N, d]
+    located = _locate(snap, delta, ids.ravel())
+    vecs = candidate_vectors(snap, delta, ids, located)  # [q, N, d]
     cos = np.einsum("qnd,qd->qn", vecs, personal.astype(np.float32, copy=False))
+    if places is not None:
+        if len(places.lat) != len(ids):
+            raise ValueError(f"places must hold {len(ids)} members, got {len(places.lat)}")
+        cos = cos + geo_weight * places.decay(*candidate_places(snap, delta, ids, located))
     scores, job_ids = personal_rerank(ids, scores, cos, k, weight)
     kept = hits.delta_items
     if member is not None and len(member.delta_items):
@@ -91,4 +173,6 @@ def personalise(
     n = most(hits.job_ids)
     extra = most(ids[:, hits.job_ids.shape[1] :])
     plan = {**hits.plan, "personal_weight": weight, "candidates": n, "member_led": extra}
+    if places is not None:
+        plan["geo_weight"] = geo_weight
     return Hits(scores, job_ids, kept, plan)

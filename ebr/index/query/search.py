@@ -45,7 +45,7 @@ from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 from ebr.index.query.masks import mask_info
 from ebr.index.query.planner import PlannerParams, checked_search
 from ebr.index.query.postfilter import postfiltered_search
-from ebr.index.query.slot import Slot
+from ebr.index.query.slot import Slot, item_places
 from ebr.index.query.terms import DocTerms, term_text, top_rows
 from ebr.index.query.vectors import NORM_TOLERANCE, check_queries
 
@@ -89,6 +89,15 @@ class Delta:
         if not len(positions) or not self.tables:
             return like.iloc[:0].copy()
         return self._frame(like).iloc[positions]
+
+    def places(self, like: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``Slot.places`` of the delta's positions (``item_places``), worked out once per
+        view."""
+        out = self._memo.get("places")
+        if out is None:
+            rows = self._frame(like) if self.tables else like.iloc[:0]
+            out = self._memo["places"] = item_places(rows)
+        return out  # type: ignore[no-any-return]
 
     def open_alive(self) -> np.ndarray:
         """[size] bool: ``alive`` minus positions whose record closes the job (``active``

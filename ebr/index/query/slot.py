@@ -48,6 +48,20 @@ def check_name(value: str, what: str, pattern: re.Pattern[str] = SLOT_NAME) -> s
     return value
 
 
+def item_places(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lat, lon) float64 (NaN: unknown or no column) and remote bool (null: False) of
+    ``items`` rows."""
+    n = len(items)
+    lat, lon = (
+        items[c].to_numpy(np.float64, na_value=np.nan) if c in items else np.full(n, np.nan)
+        for c in ("lat", "lon")
+    )
+    remote = np.zeros(n, dtype=bool)
+    if "remote" in items:
+        remote = items["remote"].astype("boolean").fillna(False).to_numpy(bool)
+    return lat, lon, remote
+
+
 @dataclass(frozen=True, eq=False)
 class Slot:
     """A loaded slot. Treat it as read-only: it is shared by every request that searches it."""
@@ -63,12 +77,14 @@ class Slot:
     _row_of: pd.Index = field(init=False, repr=False)  # job_id -> row
     _plain: dict[str, list[Any]] | None = field(init=False, repr=False, default=None)
     _open: np.ndarray | None = field(init=False, repr=False, default=None)
+    _places: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_job_ids", self.items["job_id"].to_numpy(np.int64))
         object.__setattr__(self, "_by_job", self.items.set_index("job_id", drop=False))
         object.__setattr__(self, "_row_of", pd.Index(self._job_ids))
         object.__setattr__(self, "_open", open_mask(self.items))
+        object.__setattr__(self, "_places", item_places(self.items))
 
     @property
     def open_rows(self) -> np.ndarray | None:
@@ -76,6 +92,12 @@ class Slot:
         open (slots built from the catalogue hold open jobs only, ``ebr.release.slots``).
         A closed row is never returned by a search (``ebr.index.query.search``)."""
         return self._open
+
+    @property
+    def places(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lat, lon) float64 [n] (NaN: unknown) and remote bool [n] by row: where a signed-in
+        search's commute decay reads a job (``ebr.index.query.personal``)."""
+        return self._places
 
     @property
     def name(self) -> str:
