@@ -36,6 +36,13 @@ class BM25Baseline:
             out[i] = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
         return out, scores
 
+    def scores_of(self, text: str, job_ids: np.ndarray) -> np.ndarray:
+        """float [*job_ids.shape]: the BM25 score of each job for ``text`` (0: no shared term,
+        or -1 padding)."""
+        rows = pd.Index(self._ids).get_indexer(job_ids.ravel())
+        out = np.where(rows >= 0, self._index.scores(text)[np.maximum(rows, 0)], 0.0)
+        return out.reshape(job_ids.shape)
+
     def coverage(self, queries: Sequence[str]) -> np.ndarray:
         """float [q]: share of each query's terms the index holds (hybrid's BM25 weight)."""
         return np.array([self._index.coverage(t) for t in queries], dtype=np.float64)

@@ -292,7 +292,7 @@ def search_by_intent(
     whens = sessions["ts"].tolist()
     anon = encode_requests(model.request, texts, [None] * len(texts), mcfg, whens=whens)
     led = query_led(cat, anon, texts, np.ones(len(texts), dtype=bool), PERSONAL_DEPTH)
-    candidates = signed_in_candidates(cat, led, np.arange(len(texts)), member_q)
+    candidates = signed_in_candidates(cat, led, np.arange(len(texts)), member_q, anon, texts)
     ranked = dict(today)
     homes = members.set_index("member_id").loc[sessions["member_id"].to_numpy()].reset_index()
     for mode in MODES:

@@ -8,7 +8,8 @@ coverage and divided by its attainable score), each list ``K`` deep as the slot 
 HYBRID_DEPTH)``-deep lists. Signed in: the query leads, the member reorders. Each mode's query-led
 list, built as for an anonymous request but ``PERSONAL_DEPTH`` deep (for hybrid: both lists that
 deep, fused to that depth), plus for ebr and hybrid the member-aware embedding's own
-``MEMBER_DEPTH`` at the list's floor (``with_member_led``), is reordered by ``personal_rerank``
+``MEMBER_DEPTH`` with their query-led scores (``signed_in_candidates``), is reordered by
+``personal_rerank``
 with each candidate's cosine to the member-aware request embedding (query AND member profile +
 interest, as ``ebr.model.train.request_members`` builds them) plus ``GEO_WEIGHT`` times its
 commute decay for the member (``Catalogue.decay``). A query no word of which the towers
@@ -227,7 +228,7 @@ def serve(
     recs = request_members(sessions, members, interest)
     whens = None if when is None else [when] * (q * m)
     member_q = encode_requests(model.request, [embed[i] for i in rep], recs, mcfg, whens=whens)
-    candidates = signed_in_candidates(cat, led, rep, member_q)
+    candidates = signed_in_candidates(cat, led, rep, member_q, anon, texts)
     personal = {mode: personal_cosines(cat, candidates[mode][0], member_q) for mode in MODES}
     judges = panel.iloc[np.tile(np.arange(m), q)].reset_index(drop=True)
     geo = {mode: cat.decay(candidates[mode][0], judges) for mode in MODES}
@@ -240,15 +241,31 @@ def signed_in_candidates(
     led: Mapping[str, tuple[np.ndarray, np.ndarray]],
     rep: np.ndarray,
     member_q: np.ndarray,
+    anon: np.ndarray,
+    texts: Sequence[str],
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """What a signed-in request reorders, as the slot gathers it: request r's query-led list
     (``led`` mode -> [q, depth], row rep[r]); ebr and hybrid add the top MEMBER_DEPTH of the
-    member-aware embedding ``member_q`` float32 [r, dim] at the list's floor."""
+    member-aware embedding ``member_q`` float32 [r, dim] they lack, scored as the slot scores
+    them (``ebr.index.query.personal.member_led_scores``): ebr their cosine to the query's
+    embedding ``anon`` [q, dim]; hybrid the BM25 part of score fusion for ``texts`` [q]."""
     member_ids = _ebr_list(cat, member_q, MEMBER_DEPTH)[0]
+    query_cos = personal_cosines(cat, member_ids, anon[rep])
+    cover, scale = cat.bm25.coverage(texts), cat.bm25.attainable(texts)
+    bm = np.zeros(member_ids.shape)
+    for i in np.unique(rep):
+        at = rep == i
+        bm[at] = cat.bm25.scores_of(texts[i], member_ids[at])
+    term = (1 - HYBRID_EBR_WEIGHT) * (cover / scale)[rep][:, None] * bm
+    own = {"ebr": query_cos, "hybrid": term}
     out = {}
     for mode in MODES:
         ids, scores = led[mode][0][rep], led[mode][1][rep]
-        out[mode] = (ids, scores) if mode == "term" else with_member_led(ids, scores, member_ids)
+        if mode == "term":  # keyword matches only
+            out[mode] = (ids, scores)
+            continue
+        mine = np.where(member_ids >= 0, own[mode], np.nan)
+        out[mode] = with_member_led(ids, scores, member_ids, mine)
     return out
 
 

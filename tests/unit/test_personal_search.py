@@ -128,6 +128,14 @@ def test_member_led_jobs_enter_at_the_query_led_floor() -> None:
     assert out[0].tolist() == [5, 2, 9, 7]
     assert personal_rerank(both, sc, cos, 4, 0.5)[1][0, 0] == 5  # the best match holds
     assert personal_rerank(both, sc, cos, 4, 1.0)[1][0, 0] == 7  # the member alone
+    # With their own query-led scores (NaN: unknown -> the floor) they compete on the query.
+    own = np.array([[np.nan, 2.5, np.nan, np.nan], [1.0, 1.0, np.nan, np.nan]])
+    both2, sc2 = with_member_led(ids, s, member, own)
+    assert both2.tolist() == both.tolist() and sc2[0, 5] == 2.5 and sc2[1, 4] == 1.0
+    assert sc2[1, 6] == 0.0  # no query-led score known: the floor (0 here: no query match)
+    assert personal_rerank(both2, sc2, cos, 4, 0.0)[1][0].tolist() == [5, 7, 2, 9]
+    with pytest.raises(ValueError, match="member_scores"):
+        with_member_led(ids, s, member, own[:, :2])
     with pytest.raises(ValueError, match="member_ids"):
         with_member_led(ids, s, member[:1])
     with pytest.raises(ValueError, match="must be \\[q, N\\]"):

@@ -37,7 +37,12 @@ from ebr.index.query.fusion import (
     PERSONAL_DEPTH,
     PERSONAL_WEIGHT,
 )
-from ebr.index.query.personal import Places, check_personal, personalise
+from ebr.index.query.personal import (
+    Places,
+    check_personal,
+    member_led_scores,
+    personalise,
+)
 from ebr.index.query.planner import PlannerParams
 from ebr.index.query.search import (
     HYBRID_DEPTH,
@@ -261,12 +266,15 @@ class LiveSlot:
             hits = fuse(ebr, term, depth, ebr_weight)
         if personal is None:
             return hits
-        member = None
+        member = member_scores = None
         if retrieval != "term":  # term stays keyword matches; the others add the member's list
             member = search_view(snap, dead, delta, attrs, personal, MEMBER_DEPTH, flt, params, sc)
-        return personalise(
-            hits, snap, delta, personal, k, personal_weight, member, places, geo_weight
-        )
+            assert queries is not None, "checked above"
+            member_scores = member_led_scores(
+                snap, delta, member.job_ids, retrieval, queries, texts, hits
+            )
+        return personalise(hits, snap, delta, personal, k, personal_weight, member,
+                           member_scores, places, geo_weight)  # fmt: skip
 
     def _current(self) -> tuple[_View, Delta, Scope]:
         """The published view, its delta and its unfiltered ``Scope`` (the not-deleted mask),

@@ -32,20 +32,20 @@ HYBRID_EBR_WEIGHT_MEMBER = 0.9
 FUSIONS = ("rrf", "score")
 # Signed-in search: the query leads, the member reorders. Each retrieval's query-led list
 # (the request embedded without its member, BM25, or their hybrid) is PERSONAL_DEPTH deep; for
-# ebr and hybrid the member-aware embedding's own top MEMBER_DEPTH join it at the query-led
-# list's floor (``with_member_led``); ``personal_rerank`` mixes the query-led scores (1 - w)
+# ebr and hybrid the member-aware embedding's own top MEMBER_DEPTH join it with their own
+# query-led scores (``with_member_led``); ``personal_rerank`` mixes the query-led scores (1 - w)
 # with the member's side (w = PERSONAL_WEIGHT): each candidate's cosine to the member-aware
 # request embedding + GEO_WEIGHT * its ``commute_decay`` (as search engines' geo decay
 # functions: 1 within the member's commute radius or for a remote job they accept, halving each
 # further radius; the towers alone place a job near the member only weakly, corr 0.29 with
 # being within commute). Chosen with benchmarks.signed_in on the new world (20k jobs, hybrid):
-# w 0.5 and geo 0.5 keep typed p@10 at 0.96x anonymous with personal fit 1.55x (geo 0: 0.99x
-# and 1.2x; w 0.6: 0.92x); the member-led candidates lift logged recall@100 from 0.85 to 0.91
-# and leave typed p@10 and fit as they were.
+# w 0.5 and geo 0.3 keep typed p@10 at 0.96x anonymous with personal fit 1.54x (geo 0: 0.98x
+# and 1.24x; w 0.6: 0.93x); the member-led candidates and the decay lift logged recall@100 of
+# the served signed-in hybrid from 0.85 to 0.94 (today's member-led hybrid: 0.91).
 PERSONAL_DEPTH = 200
 MEMBER_DEPTH = 100
 PERSONAL_WEIGHT = 0.5
-GEO_WEIGHT = 0.5
+GEO_WEIGHT = 0.3
 DEFAULT_COMMUTE_KM = 30.0  # a member without a commute radius
 
 
@@ -199,12 +199,16 @@ def _row_minmax(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def with_member_led(
-    ids: np.ndarray, scores: np.ndarray, member_ids: np.ndarray
+    ids: np.ndarray,
+    scores: np.ndarray,
+    member_ids: np.ndarray,
+    member_scores: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Query-led candidates plus the member-led list's jobs they lack -> (ids int64 [q, N + M],
-    scores float [q, N + M]). A member-led job enters at its row's lowest query-led score (0
-    after ``personal_rerank``'s min-max), so it rises above a query match only on the member's
-    side of the mix; its position (after every query-led one) breaks ties the same way.
+    scores float [q, N + M]). A member-led job enters with its own query-led score where
+    ``member_scores`` knows it (float [q, M], NaN: unknown), else at its row's lowest
+    query-led score (0 after ``personal_rerank``'s min-max): the query still scores it, and
+    its position (after every query-led one) breaks ties.
 
     Args:
         ids: int64 [q, N] query-led candidates, best first; -1 pads.
@@ -226,7 +230,12 @@ def with_member_led(
     valid = ids >= 0
     floor = np.where(valid, scores, np.inf).min(axis=1, keepdims=True)
     floor = np.where(np.isfinite(floor), floor, 0.0)
-    extra = np.where(both[:, ids.shape[1] :] >= 0, floor, -np.inf)
+    own = floor
+    if member_scores is not None:
+        if member_scores.shape != member_ids.shape:
+            raise ValueError(f"member_scores {member_scores.shape} must be {member_ids.shape}")
+        own = np.where(np.isnan(member_scores), floor, member_scores)
+    extra = np.where(both[:, ids.shape[1] :] >= 0, own, -np.inf)
     return both, np.concatenate([np.where(valid, scores, -np.inf), extra], axis=1)
 
 

@@ -2,14 +2,15 @@
 
 A retrieval (``ebr``, ``term`` or ``hybrid``) run on the query alone finds the candidates,
 ``PERSONAL_DEPTH`` deep; for ebr and hybrid the member-aware request embedding's (query +
-member + context) own top ``MEMBER_DEPTH`` join them at the query-led list's floor
-(``fusion.with_member_led``: jobs near the member the query-only list ranked too deep). Each
-candidate's cosine to the member-aware embedding then mixes with its query-led score
-(``fusion.personal_rerank``) and the top k are returned. So the member's profile cannot
-replace what was typed (a member-led job starts where the query's weakest match stands), while
-among the jobs that match, the member's fit (place, seniority, skills) decides more of the
-order. The evaluation (``ebr.eval.signed_in``) scores the same functions on the same
-candidates.
+member + context) own top ``MEMBER_DEPTH`` join them, scored by the query as the list scores
+its own (``member_led_scores``: matching jobs near the member that a head query's list was too
+short to hold). The member's side of each candidate (its cosine to the member-aware embedding
+plus ``GEO_WEIGHT`` * its commute decay from the member's home) then mixes with its query-led
+score (``fusion.personal_rerank``) and the top k are returned. So the member's profile cannot
+replace what was typed (a member-led job gets on the query's side only what the query gives
+it), while among the jobs that match, the member's fit (place, seniority, skills) decides
+more of the order. The evaluation (``ebr.eval.signed_in``) scores the same functions on the
+same candidates.
 """
 
 from __future__ import annotations
@@ -119,6 +120,43 @@ def candidate_places(
     return lat.reshape(shape), lon.reshape(shape), remote.reshape(shape)
 
 
+def member_led_scores(
+    snap: Slot,
+    delta: Delta,
+    member_ids: np.ndarray,
+    retrieval: str,
+    queries: np.ndarray,
+    texts: Sequence[str] | None,
+    led: Hits,
+) -> np.ndarray:
+    """float [q, M]: the query-led score each member-led job (``member_ids`` int64 [q, M], -1
+    pads: NaN) would get from the query-led list ``led``: ebr its cosine to the query
+    embedding ``queries`` [q, d]; hybrid what score fusion gives a job its EBR list lacks, the
+    BM25 part alone (``fuse``: (1 - ebr_weight) * coverage * BM25 / attainable, from ``led``'s
+    plan), scored on the snapshot's statistics."""
+    q, m = member_ids.shape
+    located = _locate(snap, delta, member_ids.ravel())
+    if retrieval == "ebr":
+        vecs = candidate_vectors(snap, delta, member_ids, located)
+        out = np.einsum("qmd,qd->qm", vecs, queries.astype(np.float32, copy=False))
+        return np.where(member_ids >= 0, out, np.nan)
+    if retrieval != "hybrid" or texts is None or snap.terms is None:
+        raise ValueError(f"member-led scores need ebr or hybrid with texts, got {retrieval!r}")
+    pos, rows = (x.reshape(q, m) for x in located)
+    term, w = led.plan["term"], float(led.plan["ebr_weight"])
+    docs = delta.terms(snap.items) if (pos >= 0).any() else None
+    out = np.full((q, m), np.nan)
+    for i, text in enumerate(texts):
+        bm = np.zeros(m)
+        if (rows[i] >= 0).any():
+            bm[rows[i] >= 0] = snap.terms.scores(text)[rows[i][rows[i] >= 0]]
+        if docs is not None and (pos[i] >= 0).any():
+            bm[pos[i] >= 0] = snap.terms.score_docs(text, docs)[pos[i][pos[i] >= 0]]
+        part = (1 - w) * float(term["coverage"][i]) * bm / float(term["attainable"][i])
+        out[i] = np.where(member_ids[i] >= 0, part, np.nan)
+    return out
+
+
 def check_personal(personal: np.ndarray, n: int, snap: Slot, k: int) -> np.ndarray:
     """``personal`` as float32 [n, dim] finite unit vectors, else a ValueError naming it."""
     if personal.ndim != 2 or personal.shape != (n, snap.dim):
@@ -137,13 +175,15 @@ def personalise(
     k: int,
     weight: float = PERSONAL_WEIGHT,
     member: Hits | None = None,
+    member_scores: np.ndarray | None = None,
     places: Places | None = None,
     geo_weight: float = GEO_WEIGHT,
 ) -> Hits:
     """``hits`` (the query-led candidates, best first) reordered by the member: top k of
     ``personal_rerank`` with each candidate's cosine to ``personal`` (float32 [q, d] unit
     member-aware request embeddings, one per query), with ``member`` (the member-aware
-    embedding's own hits, same filter) added at the query-led floor. The plan gains
+    embedding's own hits, same filter) added with ``member_scores`` (``member_led_scores``;
+    None: at the query-led floor). The plan gains
     ``personal_weight``, ``candidates`` (query-led candidates per query) and ``member_led``
     (member-led candidates the query-led list lacked). With ``places`` (the members' homes)
     the member's side is cosine + ``geo_weight`` * ``commute_decay``; the plan gains
@@ -151,7 +191,7 @@ def personalise(
     personal = check_personal(personal, len(hits.job_ids), snap, k)
     ids, scores = hits.job_ids, hits.scores
     if member is not None:
-        ids, scores = with_member_led(ids, scores, member.job_ids)
+        ids, scores = with_member_led(ids, scores, member.job_ids, member_scores)
     located = _locate(snap, delta, ids.ravel())
     vecs = candidate_vectors(snap, delta, ids, located)  # [q, N, d]
     cos = np.einsum("qnd,qd->qn", vecs, personal.astype(np.float32, copy=False))

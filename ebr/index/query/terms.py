@@ -129,6 +129,7 @@ class TermIndex:
         self.k1, self.b = float(stats["k1"]), float(stats["b"])
         self._df = np.zeros(0, dtype=np.int64)  # documents per vocabulary id
         self._vocab: dict[str, int] = {}
+        self._last: tuple[str, np.ndarray] | None = None  # ``scores``' last query and result
         if retriever is not None:
             self._df = np.diff(np.asarray(retriever.scores["indptr"]))
             self._vocab = retriever.vocab_dict
@@ -194,12 +195,21 @@ class TermIndex:
         return sum(self._idf(t) for t in terms) if terms else 1.0
 
     def scores(self, query: str) -> np.ndarray:
-        """float32 [n_docs]: BM25 of every snapshot document for ``query`` (0: no term)."""
+        """float32 [n_docs], read-only: BM25 of every snapshot document for ``query`` (0: no
+        term). The last query's scores are kept: a signed-in search reads them twice (its
+        term list, then its member-led jobs)."""
+        last = self._last
+        if last is not None and last[0] == query:
+            return last[1]
         terms = list(dict.fromkeys(tokens(query)))
         ids = [self._vocab[t] for t in terms if t in self._vocab]
         if not ids or self._bm25 is None:
-            return np.zeros(self.n_docs, dtype=np.float32)
-        return np.asarray(self._bm25.get_scores(ids), dtype=np.float32)
+            out = np.zeros(self.n_docs, dtype=np.float32)
+        else:
+            out = np.asarray(self._bm25.get_scores(ids), dtype=np.float32)
+        out.flags.writeable = False
+        self._last = (query, out)  # one tuple, replaced whole: safe for concurrent readers
+        return out
 
     def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts)]: BM25 of documents outside the index (the live delta), with the
