@@ -15,7 +15,7 @@ import typer
 def main(
     workspace: Path = Path("var/demo"), url: str = "http://127.0.0.1:8000", k: int = 5
 ) -> None:
-    jobs = pd.read_parquet(workspace / "data" / "jobs.parquet", columns=["title"])
+    jobs = pd.read_parquet(workspace / "data" / "jobs.parquet", columns=["title", "city"])
     members = pd.read_parquet(
         workspace / "data" / "members.parquet", columns=["member_id", "headline", "city"]
     )
@@ -23,7 +23,11 @@ def main(
     titles = jobs["title"].str.replace(r"^(Junior|Senior|Lead|Head) ", "", regex=True).str.lower()
     queries = titles.value_counts().index[:3].tolist()
     typed = ["accountant", "registered nurse", "electrican"]  # as people type (a misspelling)
-    m = members.iloc[0]
+    # The signed-in member: the first whose city has a few jobs of the first sample query
+    # (results in the member's city are starred), else the first member.
+    local = jobs[titles == queries[0]]["city"].value_counts()
+    here = members[members["city"].map(local).fillna(0) >= 3]
+    m = (here if len(here) else members).iloc[0]
     mid = int(m.member_id)
     calls = [("POST", "/v1/search", {"query": q, "k": k}) for q in queries + typed]
     # Signed in: what the member typed leads (here not their own occupation), their profile
@@ -48,7 +52,8 @@ def main(
                 print(f"  notice: {doc['notice']}")
             for h in doc["results"]:
                 company, city = h["company"] or "", h["city"] or ""
-                print(f"  {h['score']:.3f}  {h['title']:<45.45} {company:<22.22} {city}")
+                star = "*" if personal and city == m.city else " "
+                print(f" {star}{h['score']:.3f}  {h['title']:<45.45} {company:<22.22} {city}")
 
 
 if __name__ == "__main__":
