@@ -14,7 +14,7 @@ PORT ?= 8000
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup sysdeps demo serve stop test lint package bench clean
+.PHONY: setup sysdeps demo serve stop test test-fast lint package bench clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,12 @@ lint: setup
 
 test: lint sysdeps
 	$(VENV)/bin/pytest -q
+
+# The inner loop: unit tests without model training or the real stack (under ~2 minutes).
+# `make test` (what CI runs) is the whole suite: tests/unit, tests/quality (model-quality
+# floors), tests/pipelines, tests/serving and tests/e2e (real Beam, Feast, Ray, Flyte).
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow" tests/unit
 
 package: setup
 	$(VENV)/bin/pyflyte --pkgs workflows package --image ebr-platform:latest -o var/flyte-package.tgz --force

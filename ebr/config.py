@@ -348,12 +348,13 @@ class Workspace:
         embeddings/<version>/{jobs,members}.parquet
         feature_repo/                              the Feast repo (definitions + data/)
         slots/<slot-name>/                         immutable index slots
-        slots/aliases.json                         alias -> slot name (the only mutable file)
+        slots/aliases.json                         slot aliases (jobs@<version>, jobs@live)
         eval/<version>/eval_report.{json,png}      held-out evaluation of a version
         interest/models/<iv>/                      member-interest model (its own versions)
         interest/embeddings/<iv>/members.parquet   batch member-interest embeddings
         releases/<id>/release.json                 immutable release records
-        releases/state.json                        live release, experiment, release states
+        releases/state.json                        what is live: the release, experiment,
+                                                   release states (serving reads only this)
         stream/catalog/{jobs,members}.parquet      streamed changes as of the last compaction
         stream/jobs/<name>.json                    handles of running streaming jobs
     """

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from ebr.net import free_port
@@ -83,3 +84,19 @@ def api(platform_ws: Path) -> Iterator[httpx.Client]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def movielens() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """MovieLens-100k (ratings, users, items), read in place from the recbole package."""
+    from ebr.data.movielens import load_movielens
+
+    return load_movielens()
+
+
+@pytest.fixture(scope="session")
+def split(movielens: tuple[pd.DataFrame, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MovieLens' leak-free time split (train, test)."""
+    from ebr.data.movielens import time_split
+
+    return time_split(movielens[0])

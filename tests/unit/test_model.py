@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from ebr.config import DataConfig, ModelConfig, TrainConfig
+from ebr.config import DataConfig, ModelConfig
 from ebr.data.marketplace import generate
 from ebr.model.artifact import check_version, load_item_tower, load_request_tower, save_model
 from ebr.model.features import job_tensors, request_tensors, text_ids
 from ebr.model.infer import encode_jobs, encode_requests
 from ebr.model.specs import two_tower
 from ebr.model.towers import in_batch_softmax_loss
-from ebr.model.train import train
 
 CFG = ModelConfig(hash_buckets=4096, cat_buckets=512, token_dim=16, hidden=32, dim=16)
 
@@ -55,17 +53,10 @@ def test_in_batch_loss_prefers_aligned_pairs_and_masks_duplicate_items() -> None
         in_batch_softmax_loss(x, x[:4], torch.arange(8), 0.1)
 
 
-def test_training_learns_beyond_chance(tmp_path) -> None:
-    mp = generate(DataConfig(n_jobs=1500, seed=5))
-    model, metrics = train(
-        mp.jobs, mp.members, mp.impressions, CFG, TrainConfig(epochs=6, batch_size=128)
-    )
-    assert metrics["loss_curve"][-1] < metrics["loss_curve"][0]
-    chance = 100 / 1500
-    # A query retrieves its held-out positive in the top 100 far more often than chance.
-    assert metrics["search_recall@100"] > 4 * chance, metrics
-
-    path = save_model(model, tmp_path, "v3", {"metrics": metrics})
+def test_model_artifact_round_trips_and_detects_tampering(tmp_path) -> None:
+    mp = generate(DataConfig(n_jobs=300, seed=5))
+    model = two_tower(CFG)
+    path = save_model(model, tmp_path, "v3", {"metrics": {}})
     req, cfg, meta = load_request_tower(path)
     item, _, _ = load_item_tower(path)
     assert cfg == CFG and meta["version"] == "v3"
@@ -95,4 +86,3 @@ def test_recall_metric() -> None:
     items = np.eye(4, dtype=np.float32)
     ids = np.array([10, 11, 12, 13])
     assert exact_topk(items, items[[2]], 1, ids)[1].tolist() == [[12]]
-    assert pd.isna(pd.NA)

@@ -5,18 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ebr.data.movielens import load_movielens, movielens_dir, time_split
+from ebr.data.movielens import movielens_dir, time_split
 from ebr.eval.als import als_baseline, popularity_baseline
-
-
-@pytest.fixture(scope="module")
-def movielens() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    return load_movielens()
-
-
-@pytest.fixture(scope="module")
-def split(movielens: tuple[pd.DataFrame, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return time_split(movielens[0])
 
 
 def test_files_are_read_in_place() -> None:
@@ -91,21 +81,3 @@ def test_als_is_deterministic_for_a_seed(split: tuple[pd.DataFrame, pd.DataFrame
     first = als_baseline(train, test, 944, 1683, factors=16, iterations=5, seed=3)
     second = als_baseline(train, test, 944, 1683, factors=16, iterations=5, seed=3)
     assert first == pytest.approx(second)
-
-
-def test_two_tower_beats_als_on_the_same_split(
-    movielens: tuple[pd.DataFrame, ...], split: tuple[pd.DataFrame, pd.DataFrame]
-) -> None:
-    """The marketplace's Tower / loss / fit on real data: Recall@20 >= ALS (64 factors)."""
-    from ebr.config import TrainConfig
-    from ebr.model.movielens import evaluate_movielens, train_movielens
-
-    _, users, items = movielens
-    train, test = split
-    n_users, n_items = int(users["user_id"].max()) + 1, int(items["item_id"].max()) + 1
-    als = als_baseline(train, test, n_users, n_items)
-    model, fit = train_movielens(train, users, items, TrainConfig(epochs=3, batch_size=256))
-    assert fit["loss_curve"][-1] < fit["loss_curve"][0]
-    got = evaluate_movielens(model, train, test, users, items)
-    assert got["n_test_users"] == als["n_test_users"] == 90
-    assert got["recall@20"] >= als["recall@20"], (got, als)
