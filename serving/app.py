@@ -77,11 +77,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         max_queued_requests=cfg.ingress_max_queued_requests,
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
         logging_config={"enable_access_log": cfg.access_log},
-    ).bind(
-        server, str(ws.root), cfg.retrieval, cfg.state_poll_s,
-        cfg.admin_token_env, cfg.admin_token_file, cfg.max_inflight, cfg.verify_slot,
-        cfg.log_refresh_s,
-    )  # fmt: skip
+    ).bind(server, cfg.model_copy(update={"workspace": str(ws.root)}))
 
 
 def main(

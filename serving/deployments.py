@@ -57,6 +57,7 @@ from serving.router import BadStateFile, ReleaseRouter, Route
 from serving.schemas import (
     MAX_K,
     MAX_MEMBER_ID,
+    AppArgs,
     ErrorResponse,
     ExperimentRequest,
     HealthResponse,
@@ -77,31 +78,21 @@ class Ingress:
     """HTTP API: routes each request to a release and calls the release server (composed in
     ``build_app``); admin routes change what serves."""
 
-    def __init__(
-        self,
-        server: DeploymentHandle | None,
-        workspace: str,
-        retrieval: str = "hybrid",
-        state_poll_s: float = 0.5,
-        admin_token_env: str = "EBR_ADMIN_TOKEN",
-        admin_token_file: str | None = None,
-        max_inflight: int = 8,
-        verify_slot: bool = True,
-        log_refresh_s: float = 1.0,
-    ) -> None:
-        # No release server deployment: this replica serves the releases itself.
+    def __init__(self, server: DeploymentHandle | None, args: AppArgs) -> None:
+        """``server``: the release server deployment, or None (this replica serves the
+        releases itself); ``args``: the app's validated settings, ``workspace`` resolved."""
         self._releases: LocalReleases | RemoteReleases = (
             RemoteReleases(server)
             if server is not None
-            else LocalReleases(workspace, verify_slot, log_refresh_s)
+            else LocalReleases(args.workspace, args.verify_slot, args.log_refresh_s)
         )
-        self._ws = Workspace(Path(workspace))
-        self._retrieval = retrieval  # /v1/search's default (AppArgs.retrieval)
-        self._router = ReleaseRouter(self._ws, state_poll_s)
-        self._token = admin_token(admin_token_env, admin_token_file)
+        self._ws = Workspace(Path(args.workspace))
+        self._retrieval = args.retrieval  # /v1/search's default
+        self._router = ReleaseRouter(self._ws, args.state_poll_s)
+        self._token = admin_token(args.admin_token_env, args.admin_token_file)
         IngressRoute.admin_token = self._token  # checked before an admin body is read
         self._metrics = ServingMetrics()
-        self._admission = Admission(self._metrics, max_inflight)
+        self._admission = Admission(self._metrics, args.max_inflight)
         AdmissionMiddleware.admission = self._admission  # one ingress per replica process
         self._log = ImpressionLog(impression_dir(self._ws))
         self._keeper = Keeper(self._router, self._releases, self._log, self._metrics)
