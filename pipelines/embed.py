@@ -14,8 +14,8 @@ model, an embedding that is not a finite unit vector) is not embedded and goes t
 ``deadletter.jsonl`` beside the tables (pipelines.deadletter); the others go on, and the
 summary counts the refusals per stage. Output folders are staged and swapped into place only
 after the whole pipeline succeeded: readers see the old set or the new one (ebr.io). The
-embedding transform itself (``EmbedBatches``) is ``pipelines.towers``, shared with streaming;
-an element is a batch of rows (``pipelines.batches``).
+embedding transform itself (``EmbedBatches``) is ``pipelines.towers``, whose steps streaming
+runs in-line (``Tower.embed``); an element is a batch of rows (``pipelines.batches``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The embedding transform shared by batch and streaming pipelines: batches of records in,
-one Arrow table of embedding rows per batch out (only sources and sinks differ per pipeline).
+"""The embedding steps of batch and streaming pipelines: batches of records in, one Arrow table
+of embedding rows per batch out. Both run the same three functions (``featurize``, one forward
+pass, ``checked_rows``): batch as Beam stages (``EmbedBatches``), streaming in-line per poll
+(``Tower.embed``); they are not yet one shared Beam transform.
 
 An element is a batch of rows (``pipelines.batches``): the record contract is checked once per
 batch, each record is featurized with the featurizer training used (a record it raises on is a
