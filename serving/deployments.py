@@ -175,7 +175,8 @@ class Ingress:
             start = time.perf_counter()
             retrieval = body.retrieval or self._retrieval
             hits, plan, understood = await self._call(route, lambda: self._releases.search(
-                route.release, body.query, body.member_id, body.k, body.filter, retrieval
+                route.release, body.query, body.member_id, body.k, body.parsed_filter,
+                retrieval,
             ))  # fmt: skip
             return self._respond(
                 route, "search", (hits, plan), start, body, understood, body.member_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from serving.encoder import ReleaseEncoder
 from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownRelease
 from serving.query_spelling import QuerySpeller
 from serving.retriever import ReleaseIndex
+
+if TYPE_CHECKING:
+    from ebr.index.query.filters import Filter
 
 Hits = tuple[list[list[dict[str, Any]]], dict[str, Any]]
 Found = tuple[list[list[dict[str, Any]]], dict[str, Any], dict[str, Any]]
@@ -38,7 +41,7 @@ class Release:
         self.speller = QuerySpeller(self.encoder, self.index)  # typo tolerance
 
     def search_vector(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
-                      filter_json: dict[str, Any] | None = None, text: str | None = None,
+                      flt: Filter | None = None, text: str | None = None,
                       retrieval: str = "ebr", personalised: bool = False,
                       personal: np.ndarray | None = None, place: Any = None) -> Hits:  # fmt: skip
         """The index's search of request embeddings (``vectors`` and, signed in, the
@@ -46,11 +49,11 @@ class Release:
         release's)."""
         if (vectors is not None or personal is not None) and vector_release != self.id:
             raise ReleaseMismatch(str(vector_release), self.id)
-        return self.index.search(vectors, k, filter_json, text, retrieval, personalised,
+        return self.index.search(vectors, k, flt, text, retrieval, personalised,
                                  personal, place)  # fmt: skip
 
     def search(self, query: str | None, member_id: int | None, k: int,
-               filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
+               flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
         """One search: (hits, plan with ``retrieval``, ``understand(query)``). A query the
         model does not understand is dropped from the embedding (the member alone, or no
         vector for an anonymous search: term retrieval then answers, if any). A misspelled
@@ -64,7 +67,7 @@ class Release:
             vec, personal, place = self.encoder.encode_signed_in(embed_query, member_id)
         elif embed_query is not None or member_id is not None:
             vec = self.encoder.encode(embed_query, member_id)
-        hits, plan = self.search_vector(self.encoder.release_id, vec, k, filter_json, query,
+        hits, plan = self.search_vector(self.encoder.release_id, vec, k, flt, query,
                                         retrieval, member_id is not None, personal,
                                         place)  # fmt: skip
         return hits, plan, understood

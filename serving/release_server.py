@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from ray import serve
@@ -37,6 +37,9 @@ from ray.serve.handle import DeploymentHandle
 from serving.loaded_release import Found, Hits, Loader, Release
 from serving.router import ReleaseRouter
 from serving.schemas import MAX_ARMS
+
+if TYPE_CHECKING:
+    from ebr.index.query.filters import Filter
 
 log = logging.getLogger(__name__)
 SPARE_RELEASES = 2  # loaded beyond those requests can reach: warmed candidates, a drained one
@@ -137,10 +140,8 @@ class LocalReleases:
         return await loop.run_in_executor(self._worker, self._timed, work, rel)
 
     async def search(self, release_id: str, query: str | None, member_id: int | None, k: int,
-                     filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
-        return await self._run(
-            release_id, lambda r: r.search(query, member_id, k, filter_json, retrieval)
-        )
+                     flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
+        return await self._run(release_id, lambda r: r.search(query, member_id, k, flt, retrieval))
 
     async def recommendations(self, release_id: str, member_id: int, k: int) -> Hits:
         return await self._run(release_id, lambda r: r.recommendations(member_id, k))
@@ -160,8 +161,8 @@ class RemoteReleases:
         return self._server.options(multiplexed_model_id=release_id)
 
     async def search(self, release_id: str, query: str | None, member_id: int | None, k: int,
-                     filter_json: dict[str, Any] | None, retrieval: str) -> Found:  # fmt: skip
-        call = self._for(release_id).search.remote(query, member_id, k, filter_json, retrieval)
+                     flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
+        call = self._for(release_id).search.remote(query, member_id, k, flt, retrieval)
         return await call  # type: ignore[no-any-return]
 
     async def recommendations(self, release_id: str, member_id: int, k: int) -> Hits:
@@ -221,9 +222,9 @@ class ReleaseServer:
         return await self.release(serve.get_multiplexed_model_id())
 
     async def search(self, query: str | None, member_id: int | None, k: int,
-                     filter_json: dict[str, Any] | None = None,
+                     flt: Filter | None = None,
                      retrieval: str = "hybrid") -> Found:  # fmt: skip
-        return (await self._current()).search(query, member_id, k, filter_json, retrieval)
+        return (await self._current()).search(query, member_id, k, flt, retrieval)
 
     async def recommendations(self, member_id: int, k: int) -> Hits:
         return (await self._current()).recommendations(member_id, k)
@@ -234,9 +235,13 @@ class ReleaseServer:
         retrieval: str = "ebr",
     ) -> Hits:  # fmt: skip
         """Search with a request embedding computed elsewhere; it names the release whose
-        request tower made it, and any other release than this call's is refused."""
+        request tower made it, and any other release than this call's is refused.
+        ``filter_json``: a filter expression, parsed here (``ebr.index.query.filters``)."""
+        from ebr.index.query.filters import parse_filter
+
         rel = await self._current()
-        return rel.search_vector(vector_release, vectors, k, filter_json, text, retrieval)
+        flt = parse_filter(filter_json) if filter_json is not None else None
+        return rel.search_vector(vector_release, vectors, k, flt, text, retrieval)
 
     async def info(self) -> dict[str, Any]:
         """The release this call names, loaded (and checked) if it was not: encoder and index."""

@@ -19,6 +19,7 @@ from serving.errors import ReleaseUnavailable
 
 if TYPE_CHECKING:
     from ebr.index.live.slot import LiveSlot
+    from ebr.index.query.filters import Filter
 
 
 class ReleaseIndex:
@@ -53,7 +54,7 @@ class ReleaseIndex:
         self,
         vectors: np.ndarray | None,
         k: int,
-        filter_json: dict[str, Any] | None,
+        flt: Filter | None,
         text: str | None,
         retrieval: str,
         personalised: bool,
@@ -66,8 +67,8 @@ class ReleaseIndex:
             vectors: float32 [1, d] unit request embedding of this release, or None when the
                 request has nothing the model understands.
             k: results per request (1..100, validated by the ingress).
-            filter_json: a filter expression (validated by the ingress; see
-                ebr.index.query.filters).
+            flt: the parsed filter (``ebr.index.query.filters``; the ingress parses the
+                request's once), or None.
             text: the query text (term and hybrid retrieval), None without a query.
             retrieval: ``ebr``, ``term`` or ``hybrid`` (``ebr.index.query.search``). What a
                 request can use: no text (or a slot without a term index) -> ebr; no vector ->
@@ -85,11 +86,9 @@ class ReleaseIndex:
             One list of up to k hits (display columns + ``score``), best first, and the plan
             (with ``retrieval``, the one used).
         """
-        from ebr.index.query.filters import parse_filter
         from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
 
         self.refresh()
-        flt = parse_filter(filter_json) if filter_json is not None else None
         if text is None or not text.strip() or self.slot.terms is None:
             retrieval = "ebr"  # no query text, or a slot built before term indexes
         elif vectors is None:

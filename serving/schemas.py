@@ -43,6 +43,14 @@ RequestKey = Annotated[
 ReleaseId = Annotated[str, StringConstraints(pattern=r"^rel-v[0-9]+-[0-9]{8}T[0-9]{12}$")]
 
 
+class ParsedFilter(dict[str, Any]):
+    """A request's filter as sent (the dict) with the ``Filter`` validation parsed from it."""
+
+    def __init__(self, value: dict[str, Any], parsed: Any) -> None:
+        super().__init__(value)
+        self.parsed = parsed
+
+
 class SearchRequest(BaseModel):
     """``POST /v1/search`` body: a free-text query, a member (personalisation), or both."""
 
@@ -77,10 +85,16 @@ class SearchRequest(BaseModel):
         from ebr.index.query.filters import FilterError, parse_filter
 
         try:
-            parse_filter(value)
+            parsed = parse_filter(value)
         except FilterError as e:  # the message carries the path, e.g. filter.and[1].range
             raise ValueError(str(e)) from None
-        return value
+        return ParsedFilter(value, parsed)
+
+    @property
+    def parsed_filter(self) -> Any:
+        """The ``ebr.index.query.filters.Filter`` parsed while validating ``filter`` (None
+        without one): what the index applies, parsed once per request."""
+        return self.filter.parsed if isinstance(self.filter, ParsedFilter) else None
 
     @model_validator(mode="after")
     def _query_or_member(self) -> SearchRequest:

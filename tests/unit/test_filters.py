@@ -320,3 +320,15 @@ def test_radius_around_the_meridian(lon: float) -> None:
             np.sort(table.radius_rows(0.0, lon, 60.0, via=via)), [0, 1, 2, 3, 7]
         )
     np.testing.assert_array_equal(df["lon"].to_numpy(), [p[1] for p in SEAM])  # caller's untouched
+
+
+def test_a_search_request_carries_its_filter_parsed_once() -> None:
+    from serving.schemas import SearchRequest
+
+    tree = {"and": [{"term": {"seniority": ["senior", "lead"]}}, {"term": {"remote": True}}]}
+    body = SearchRequest.model_validate({"query": "nurse", "filter": tree})
+    assert body.filter == tree  # as sent
+    assert body.parsed_filter == parse_filter(tree)  # what the index applies
+    assert SearchRequest.model_validate({"query": "nurse"}).parsed_filter is None
+    other = SearchRequest.model_validate({"query": "nurse", "filter": {"term": {"remote": False}}})
+    assert other.parsed_filter != body.parsed_filter
