@@ -43,6 +43,7 @@ from ebr.index.query.fusion import (
 )
 from ebr.index.query.personal import Places
 from ebr.index.query.search import HYBRID_DEPTH
+from ebr.index.query.slot import item_places
 from ebr.index.query.terms import term_text, tokens
 from ebr.metrics import exact_topk
 from ebr.model.infer import encode_requests
@@ -70,14 +71,9 @@ class Catalogue:
     def of(cls, jobs: pd.DataFrame, vecs: np.ndarray, bm25: BM25Baseline) -> Catalogue:
         if len(vecs) != len(jobs):
             raise ValueError(f"{len(vecs)} item vectors for {len(jobs)} jobs")
-        attrs = pd.DataFrame(
-            {
-                "lat": jobs["lat"].to_numpy(np.float64),
-                "lon": jobs["lon"].to_numpy(np.float64),
-                "remote": jobs["remote"].to_numpy(bool),
-                "seniority": seniority_levels(jobs["seniority"]),
-            }
-        )
+        lat, lon, remote = item_places(jobs)  # as a slot reads them (``Slot.places``)
+        seniority = seniority_levels(jobs["seniority"])
+        attrs = pd.DataFrame({"lat": lat, "lon": lon, "remote": remote, "seniority": seniority})
         return cls(jobs["job_id"].to_numpy(np.int64), vecs, bm25, attrs)
 
     def decay(self, job_ids: np.ndarray, members: pd.DataFrame) -> np.ndarray:

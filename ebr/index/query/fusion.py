@@ -273,8 +273,8 @@ def personal_rerank(
 
     fused(d) = (1 - weight) * minmax(scores)(d) + weight * minmax(personal)(d), each min-max
     within the row's candidates. Only the candidates can be returned: the member reorders what
-    the query found (``with_member_led`` may add the member-aware embedding's own list at the
-    query-led floor), never replaces it. Ties: the better position, then the lower id.
+    the query found (``with_member_led`` may add the member-aware embedding's own list, scored
+    by the query), never replaces it. Ties: the better position, then the lower id.
 
     Args:
         ids: int64 [q, N] query-led candidates, best first; -1 pads (ignored).

@@ -183,9 +183,9 @@ def personalise(
     ``personal_rerank`` with each candidate's cosine to ``personal`` (float32 [q, d] unit
     member-aware request embeddings, one per query), with ``member`` (the member-aware
     embedding's own hits, same filter) added with ``member_scores`` (``member_led_scores``;
-    None: at the query-led floor). The plan gains
-    ``personal_weight``, ``candidates`` (query-led candidates per query) and ``member_led``
-    (member-led candidates the query-led list lacked). With ``places`` (the members' homes)
+    None: at the query-led floor). The plan gains ``personal_weight``, ``candidates``
+    (query-led candidates per query) and ``member_led`` (member-led candidates the query-led
+    list lacked). With ``places`` (the members' homes)
     the member's side is cosine + ``geo_weight`` * ``commute_decay``; the plan gains
     ``geo_weight``."""
     personal = check_personal(personal, len(hits.job_ids), snap, k)
