@@ -138,8 +138,8 @@ def _quality(client: Any, workspace: Path, k: int) -> dict[str, Any]:
 
 def main(workspace: Path = Path("var/demo"), requests: int = 200, k: int = 100) -> None:
     """Benchmark the Serve app over ``workspace`` (build one first with `make demo`)."""
-    if not (workspace / "slots" / "aliases.json").exists():
-        raise typer.BadParameter(f"{workspace} has no index slot: run `make demo` first")
+    if not (workspace / "releases" / "state.json").exists():
+        raise typer.BadParameter(f"{workspace} has no release: run `make demo` first")
     client, url = _start(workspace)
     try:
         jobs = pd.read_parquet(workspace / "data" / "jobs.parquet", columns=["title"])

@@ -127,13 +127,14 @@ def bodies(members: list[int], n: int, seed: int = 0) -> list[dict[str, Any]]:
 def overhead(server: Server, workspace: Path, members: list[int], n: int) -> dict[str, Any]:
     """Sequential HTTP vs the same work in process, for ebr and hybrid retrieval."""
     from ebr.config import Workspace
+    from ebr.release.record import read_release
     from ebr.release.state import read_state
     from feature_repo.store import open_store
-    from serving.loaded_release import Release
+    from serving.loaded_release import LoadedRelease
 
     ws = Workspace(workspace)
     live = read_state(ws)["live"]
-    rel = Release(ws, open_store(ws.feature_repo), live, False, 1.0)
+    rel = LoadedRelease(ws, open_store(ws.feature_repo), read_release(ws, live), False, 1.0)
     out: dict[str, Any] = {}
     for retrieval in ("ebr", "hybrid"):
         reqs = bodies(members, n + 30, seed=1)
@@ -260,7 +261,7 @@ def second_release(workspace: Path) -> tuple[str, str]:
     """(live release, another release of the live version: provisioned when there is none)."""
     from ebr.config import GateConfig, Workspace
     from ebr.release.provision import provision
-    from ebr.release.record import read_record, release_version
+    from ebr.release.record import read_release, release_version
     from ebr.release.state import read_state
 
     ws = Workspace(workspace)
@@ -269,8 +270,8 @@ def second_release(workspace: Path) -> tuple[str, str]:
     others = [r for r, e in state["releases"].items() if r != live and e["state"] != "retired"]
     if others:
         return live, others[-1]
-    slot = read_record(ws, live)["slot"]["name"]
-    other = provision(ws, release_version(live), slot, GateConfig(min_coverage=0.0))["id"]
+    slot = read_release(ws, live).slot.name
+    other = provision(ws, release_version(live), slot, GateConfig(min_coverage=0.0)).id
     return live, str(other)
 
 
@@ -320,9 +321,9 @@ def main(
     workspace = workspace.resolve()
     releases = second_release(workspace)
     from ebr.config import Workspace
-    from ebr.release.record import read_record
+    from ebr.release.record import read_release
 
-    slots = {r: read_record(Workspace(workspace), r)["slot"]["name"] for r in releases}
+    slots = {r: read_release(Workspace(workspace), r).slot.name for r in releases}
     members = pd.read_parquet(workspace / "data" / "members.parquet")["member_id"].tolist()
     members = [int(m) for m in members[:2000]]
     reqs = bodies(members, 5000)

@@ -124,15 +124,16 @@ def _request_path(root: Path, n: int) -> dict[str, Any] | None:
     import pandas as pd
 
     from ebr.config import Workspace
+    from ebr.release.record import read_release
     from ebr.release.state import read_state
     from feature_repo.store import open_store
-    from serving.loaded_release import Release
+    from serving.loaded_release import LoadedRelease
 
     ws = Workspace(root)
     live = read_state(ws).get("live")
     if live is None:
         return None
-    rel = Release(ws, open_store(ws.feature_repo), live, False, 1.0)
+    rel = LoadedRelease(ws, open_store(ws.feature_repo), read_release(ws, live), False, 1.0)
     members = pd.read_parquet(ws.data / "members.parquet")["member_id"].astype(int).tolist()
     rng = random.Random(1)
     queries = ["data engineer", "nurse", "sales manager", "software developer", "accountant",

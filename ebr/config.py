@@ -20,7 +20,6 @@ TASKS = ("apply", "save", "click")
 TASK_OUTCOMES = {"apply": ("apply",), "save": ("save",), "click": ("click", "save", "apply")}
 
 
-LIVE_MODES = ("refresh", "promote", "keep")  # what a new slot does to jobs@live
 TUNE_ON = ("requests", "jittered")  # what a slot's recall gate measures on (IndexConfig)
 # What a run does with the slot it built (``ebr.release``): nothing, record a gated candidate
 # release, or record one and make it the live release.
@@ -249,12 +248,10 @@ class GateConfig:
 class ReembedConfig:
     """Everything a re-embedding run reads: the ``reembed`` workflow's one input.
 
-    ``version`` "" re-embeds the version of the live release when the run starts (of the
-    slot jobs@live names, before any release exists). ``live``: "refresh" moves the jobs@live
-    alias to the new slot only while it serves this version (a scheduled run never moves it
-    to another version); "promote" always; "keep" never. ``release``: "candidate" records the
-    new slot as a gated candidate release (``gates``) and leaves the live release alone (what
-    the nightly schedule does); "promote" also makes it live; "none" records nothing.
+    ``version`` "" re-embeds the version of the live release when the run starts (an error
+    before any release is live). ``release``: "candidate" records the new slot as a gated
+    candidate release (``gates``) and leaves the live release alone (what the nightly schedule
+    does); "promote" also makes it live; "none" records nothing (the slot serves nothing).
     ``history_holdout_days``: the member-interest history stops this many days before the
     log's end (the demo's evaluation days; 0 in production, where the log ends now).
     """
@@ -263,7 +260,6 @@ class ReembedConfig:
     version: str = ""
     batch_size: int = 256  # rows per Beam element (one forward pass each)
     history_holdout_days: int = 2
-    live: str = "refresh"
     index: IndexConfig = field(default_factory=IndexConfig)
     release: str = "candidate"
     gates: GateConfig = field(default_factory=GateConfig)
@@ -274,7 +270,6 @@ class ReembedConfig:
             check_version(self.version)
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _require(self.history_holdout_days >= 0, "history_holdout_days must be >= 0")
-        _require(self.live in LIVE_MODES, f"live must be one of {LIVE_MODES}, got {self.live!r}")
         _check_release_mode(self.release)
 
 
@@ -348,7 +343,8 @@ class Workspace:
         embeddings/<version>/{jobs,members}.parquet
         feature_repo/                              the Feast repo (definitions + data/)
         slots/<slot-name>/                         immutable index slots
-        slots/aliases.json                         slot aliases (jobs@<version>, jobs@live)
+        slots/aliases.json                         jobs@<version>: the newest slot built per
+                                                   version (not what serves: state.json says)
         eval/<version>/eval_report.{json,png}      held-out evaluation of a version
         interest/models/<iv>/                      member-interest model (its own versions)
         interest/embeddings/<iv>/members.parquet   batch member-interest embeddings

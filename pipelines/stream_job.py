@@ -163,7 +163,7 @@ def sweep(ws: Workspace, redis_url: str) -> list[str]:
     has handed its successor over (it copied the old log's tail and writes only the new one;
     no request is routed to a retired release) and nothing else names it."""
     from ebr.release.provision import remove_unused_slot
-    from ebr.release.record import read_record
+    from ebr.release.record import read_release
     from ebr.release.state import read_state
 
     applied, removed = Applied(redis.Redis.from_url(redis_url)), []
@@ -171,8 +171,8 @@ def sweep(ws: Workspace, redis_url: str) -> list[str]:
         successor = entry.get("replaced_by")
         if entry["state"] != "retired" or not successor:
             continue
-        slot = read_record(ws, release_id)["slot"]["name"]
-        new_slot = read_record(ws, successor)["slot"]["name"]
+        slot = read_release(ws, release_id).slot.name
+        new_slot = read_release(ws, successor).slot.name
         if (ws.slots / slot).exists() and applied.handed_off(new_slot) is not None:
             if remove_unused_slot(ws, release_id)[0]:
                 removed.append(slot)

@@ -61,7 +61,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     # Replicas may run with another working directory than the process that builds the app.
     ws = Workspace(Path(cfg.workspace).expanduser().resolve())
     router = ReleaseRouter(ws)  # fail the deploy now, not in a replica restart loop
-    request_tower_dir(ws, router.info(router.state()["live"]).model_version)
+    request_tower_dir(ws, router.info(router.state()["live"]).version)
 
     server = None
     if cfg.release_server == "deployment":

@@ -147,8 +147,8 @@ class Ingress:
         # (offer, not append: a side log never fails the request it records)
         return SearchResponse(
             results=results,
-            model_version=release.model_version,
-            slot=release.slot,
+            model_version=release.version,
+            slot=release.slot.name,
             took_ms=round((time.perf_counter() - start) * 1e3, 3),
             plan=plan if body is not None and body.explain else None,
             query_understood=info.get("query_understood"),
@@ -233,7 +233,7 @@ class Ingress:
         for rid in self._router.serving():
             info = self._router.info(rid)
             views.append(ReleaseView(
-                release=rid, model_version=info.model_version, slot=info.slot,
+                release=rid, model_version=info.version, slot=info.slot.name,
                 member_interest_version=info.interest_version, role=st.role(state, rid),
             ))  # fmt: skip
         return ReleasesResponse(live=state["live"], experiment=state["experiment"], serving=views)

@@ -19,12 +19,13 @@ import numpy as np
 
 from ebr.config import Workspace
 from ebr.io import sha256_file
-from ebr.release.record import read_record
 from ebr.versions import feature_names, version_paths
 from serving.errors import ReleaseUnavailable, UnknownMember
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from ebr.release.record import Release
 
 
 def request_tower_dir(ws: Workspace, model_version: str) -> Path:
@@ -45,22 +46,21 @@ def request_tower_dir(ws: Workspace, model_version: str) -> Path:
 class ReleaseEncoder:
     """One release's request tower, vocabulary and Feast feature service."""
 
-    def __init__(self, ws: Workspace, store: FeatureStore, release_id: str) -> None:
+    def __init__(self, ws: Workspace, store: FeatureStore, release: Release) -> None:
         import torch
 
         from ebr.model.artifact import load_request_tower, load_vocabulary
         from ebr.versions import LineageError, read_meta, verified_interest
 
-        record = read_record(ws, release_id)
-        version = record["model"]["version"]
+        release_id, version = release.id, release.version
         folder = request_tower_dir(ws, version)
 
         def refuse(reason: str) -> ReleaseUnavailable:
             return ReleaseUnavailable(release_id, reason)
 
-        if sha256_file(folder / "model.json") != record["model"]["model_json_sha256"]:
+        if sha256_file(folder / "model.json") != release.model.model_json_sha256:
             raise refuse(f"{folder}/model.json changed since the release was recorded")
-        for name, digest in record["model"]["checksums"].items():
+        for name, digest in release.model.checksums.items():
             if sha256_file(folder / name) != digest:
                 raise refuse(f"{folder / name} does not match the release record")
         meta = read_meta(folder)
@@ -68,7 +68,7 @@ class ReleaseEncoder:
             interest = verified_interest(ws, meta)  # the co-trained model, files checked
         except LineageError as err:
             raise refuse(str(err)) from None
-        recorded = (record["member_interest"] or {}).get("version")
+        recorded = release.interest_version
         if interest != recorded:
             raise refuse(
                 f"its request tower was co-trained with member interest {interest}, but the "
@@ -79,10 +79,8 @@ class ReleaseEncoder:
         self._tower, self._cfg, _ = load_request_tower(folder)
         self._vocab = load_vocabulary(folder)  # None for a model saved without one
         self._names = feature_names(version, interest)
-        if self._names.request_service != record["features"]["request_service"]:
-            raise refuse(
-                f"the record names feature service {record['features']['request_service']}"
-            )
+        if self._names.request_service != release.features.request_service:
+            raise refuse(f"the record names feature service {release.features.request_service}")
         self._store = store
         # Resolved once: by name, every read would parse it from the registry again (~7 ms).
         self._service = store.get_feature_service(self._names.request_service)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from serving.router import ReleaseInfo
+from ebr.release.record import Release
 from serving.schemas import HealthResponse, LivenessResponse
 
 LIVENESS_STUCK_S = 120.0  # one request's work running longer than this: the worker is stuck
@@ -57,7 +57,7 @@ def readiness(
     state: Mapping[str, Any],
     kept: Mapping[str, str],
     statuses: Mapping[str, Any],
-    live_info: ReleaseInfo | None,
+    live_info: Release | None,
     preloaded: bool,
     state_problem: Mapping[str, Any] | None,
     log_health: Mapping[str, Any],
@@ -87,15 +87,15 @@ def readiness(
         live_status.state == "ready"
         and live_info is not None
         and not (
-            idx.get("slot") == live_info.slot
-            and idx.get("model_version") == live_info.model_version == enc.get("model_version")
+            idx.get("slot") == live_info.slot.name
+            and idx.get("model_version") == live_info.version == enc.get("model_version")
         )
     )
     if mismatch and live_info is not None:
         problems.append(
             f"live release {live} disagrees with its record: slot {idx.get('slot')} / model "
             f"{idx.get('model_version')} / encoder {enc.get('model_version')}, recorded slot "
-            f"{live_info.slot} / model {live_info.model_version}"
+            f"{live_info.slot.name} / model {live_info.version}"
         )
     down = live_status.state == "failed" or mismatch
     for rid, role in kept.items():

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ebr.config import Workspace
-from ebr.release.record import RECORD_FILE, read_record, record_dir
+from ebr.release.record import RECORD_FILE, Release, read_release, record_dir
 from serving.encoder import ReleaseEncoder
 from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownRelease
 from serving.query_spelling import QuerySpeller
@@ -29,15 +29,16 @@ Hits = tuple[list[list[dict[str, Any]]], dict[str, Any]]
 Found = tuple[list[list[dict[str, Any]]], dict[str, Any], dict[str, Any]]
 
 
-class Release:
-    """One release's encoder and index, loaded and checked together."""
+class LoadedRelease:
+    """One release's encoder and index, loaded and checked together from its record
+    (``release``, read once by the ``Loader``)."""
 
     def __init__(
-        self, ws: Workspace, store: Any, release_id: str, verify: bool, refresh_s: float
+        self, ws: Workspace, store: Any, release: Release, verify: bool, refresh_s: float
     ) -> None:
-        self.id = release_id
-        self.encoder = ReleaseEncoder(ws, store, release_id)
-        self.index = ReleaseIndex(ws, release_id, verify, refresh_s)
+        self.id, self.release = release.id, release
+        self.encoder = ReleaseEncoder(ws, store, release)
+        self.index = ReleaseIndex(release, verify, refresh_s)
         self.speller = QuerySpeller(self.encoder, self.index)  # typo tolerance
 
     def search_vector(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
@@ -100,23 +101,23 @@ class Loader:
         member_profiles(self._store, [1])  # the first online read is ~0.5 s (lazy init)
         self.load_counts: Counter[str] = Counter()  # loads started per release (health shows)
 
-    async def load(self, release_id: str) -> Release:
+    async def load(self, release_id: str) -> LoadedRelease:
         # Off the event loop (checksums, tower and index loads): the releases already loaded
         # keep answering meanwhile.
         self.load_counts[release_id] += 1
         return await asyncio.to_thread(self._load, release_id)
 
-    def _load(self, release_id: str) -> Release:
+    def _load(self, release_id: str) -> LoadedRelease:
         """The release, or an error that says why not: ``UnknownRelease`` (no record),
         ``ReleaseUnavailable`` (a modified record, files gone or changed, a corrupt log)."""
         try:
-            read_record(self.ws, release_id)
+            release = read_release(self.ws, release_id)
         except FileNotFoundError:
             where = record_dir(self.ws, release_id) / RECORD_FILE
             raise UnknownRelease(release_id, f"it is not recorded (no {where})") from None
         except (OSError, ValueError) as err:  # edited (checksum), unreadable, other format
             raise ReleaseUnavailable(release_id, str(err)) from None
         try:
-            return Release(self.ws, self._store, release_id, self._verify, self._refresh_s)
+            return LoadedRelease(self.ws, self._store, release, self._verify, self._refresh_s)
         except (OSError, ValueError) as err:  # tower or slot files gone, a corrupt slot log
             raise ReleaseUnavailable(release_id, f"{type(err).__name__}: {err}") from None

@@ -34,7 +34,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.loaded_release import Found, Hits, Loader, Release
+from serving.loaded_release import Found, Hits, LoadedRelease, Loader
 from serving.router import ReleaseRouter
 from serving.schemas import MAX_ARMS
 
@@ -77,11 +77,11 @@ class LocalReleases:
     def __init__(self, workspace: str, verify: bool, refresh_s: float) -> None:
         self._loader = Loader(workspace, verify, refresh_s)
         # Least recently used first; a failed load stays (health reports why) until retried.
-        self._loaded: OrderedDict[str, asyncio.Task[Release]] = OrderedDict()
+        self._loaded: OrderedDict[str, asyncio.Task[LoadedRelease]] = OrderedDict()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-work")
         self._busy_since: float | None = None  # monotonic start of the work running now
 
-    async def get(self, release_id: str) -> Release:
+    async def get(self, release_id: str) -> LoadedRelease:
         task = self._loaded.get(release_id)
         if task is None or _failure(task) is not None:
             task = asyncio.ensure_future(self._loader.load(release_id))
@@ -127,14 +127,14 @@ class LocalReleases:
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def _timed(self, work: Callable[[Release], T], rel: Release) -> T:
+    def _timed(self, work: Callable[[LoadedRelease], T], rel: LoadedRelease) -> T:
         self._busy_since = time.monotonic()
         try:
             return work(rel)
         finally:
             self._busy_since = None
 
-    async def _run(self, release_id: str, work: Callable[[Release], T]) -> T:
+    async def _run(self, release_id: str, work: Callable[[LoadedRelease], T]) -> T:
         rel = await self.get(release_id)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self._timed, work, rel)
@@ -215,10 +215,10 @@ class ReleaseServer:
             self._preloaded = True
 
     @serve.multiplexed(max_num_models_per_replica=MAX_RELEASES_PER_REPLICA)
-    async def release(self, release_id: str) -> Release:
+    async def release(self, release_id: str) -> LoadedRelease:
         return await self._loader.load(release_id)
 
-    async def _current(self) -> Release:
+    async def _current(self) -> LoadedRelease:
         return await self.release(serve.get_multiplexed_model_id())
 
     async def search(self, query: str | None, member_id: int | None, k: int,

@@ -11,30 +11,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ebr.config import Workspace
 from ebr.index.query.slot import MANIFEST_FILE, plain_columns
 from ebr.io import sha256_file
-from ebr.release.record import read_record
 from serving.errors import ReleaseUnavailable
 
 if TYPE_CHECKING:
     from ebr.index.live.slot import LiveSlot
     from ebr.index.query.filters import Filter
+    from ebr.release.record import Release
 
 
 class ReleaseIndex:
     """One release's slot, opened read-only (the writer, a pipeline, owns its log)."""
 
-    def __init__(self, ws: Workspace, release_id: str, verify: bool, refresh_s: float) -> None:
+    def __init__(self, release: Release, verify: bool, refresh_s: float) -> None:
         from ebr.index.live.slot import open_live
 
-        record = read_record(ws, release_id)
-        slot_dir = ws.slots / record["slot"]["name"]
+        release_id, slot_dir = release.id, release.paths.slot
         if not (slot_dir / MANIFEST_FILE).is_file():
             raise ReleaseUnavailable(release_id, f"its slot {slot_dir.name} is gone")
-        if sha256_file(slot_dir / MANIFEST_FILE) != record["slot"]["manifest_sha256"]:
+        if sha256_file(slot_dir / MANIFEST_FILE) != release.slot.manifest_sha256:
             raise ReleaseUnavailable(release_id, f"slot {slot_dir.name} changed since release")
-        self.release_id, self.version = release_id, record["model"]["version"]
+        self.release_id, self.version = release_id, release.version
         self.live: LiveSlot = open_live(slot_dir, verify=verify, writable=False)
         self.slot = self.live.snapshot
         if self.slot.model_version != self.version:

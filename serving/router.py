@@ -30,7 +30,7 @@ from typing import Any
 
 from ebr.config import Workspace
 from ebr.release.assign import assign
-from ebr.release.record import check_release_id, read_record
+from ebr.release.record import Release, check_release_id, read_release
 from ebr.release.state import STATE_FILE, read_state, rollback_target, serving_ids
 
 log = logging.getLogger(__name__)
@@ -43,16 +43,6 @@ class Route:
     release: str
     arm: str | None = None
     experiment: str | None = None
-
-
-@dataclass(frozen=True)
-class ReleaseInfo:
-    """What a response names about a release (from its verified record)."""
-
-    release: str
-    model_version: str
-    slot: str
-    interest_version: str | None
 
 
 class BadStateFile(ValueError):
@@ -146,7 +136,7 @@ class ReleaseRouter:
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._read_at = 0.0  # wall time the state in use was read
-        self._infos: dict[str, ReleaseInfo] = {}
+        self._infos: dict[str, Release] = {}
         self._problem: BadStateFile | None = None  # the file's current problem, if any
         self._problem_since = 0.0
         self._problem_stamp: tuple[int, int, int] | None = None
@@ -241,16 +231,9 @@ class ReleaseRouter:
             previous = []
         return list(dict.fromkeys(serving_ids(state) + previous))
 
-    def info(self, release_id: str) -> ReleaseInfo:
-        """Model version, slot and interest version of a release (its record, read once)."""
+    def info(self, release_id: str) -> Release:
+        """A release's record, typed (read once per process: records never change)."""
         hit = self._infos.get(release_id)
         if hit is None:
-            record = read_record(self._ws, release_id)
-            interest = record["member_interest"]
-            hit = self._infos[release_id] = ReleaseInfo(
-                release_id,
-                record["model"]["version"],
-                record["slot"]["name"],
-                None if interest is None else interest["version"],
-            )
+            hit = self._infos[release_id] = read_release(self._ws, release_id)
         return hit

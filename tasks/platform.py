@@ -149,33 +149,26 @@ def publish_features(workspace: str, version: str) -> str:
 @task(requests=Resources(cpu="1", mem="1Gi"))
 def serving_version(workspace: str, version: str) -> str:
     """``version``, or when it is "" the model version of the live release at run time (what
-    a scheduled re-embedding must refresh, whichever release went live since it was set up);
-    before any release, the version of the slot jobs@live names."""
-    from ebr.index.build.aliases import resolve_alias, slot_model_version
+    a scheduled re-embedding must refresh, whichever release went live since it was set up)."""
     from ebr.release.record import release_version
     from ebr.release.state import read_state
 
     if version:
         return version
-    ws = Workspace(Path(workspace))
-    live_release = read_state(ws)["live"]
-    if live_release:
-        return release_version(live_release)
-    slots = ws.slots
-    live = slot_model_version(slots, resolve_alias(slots, "jobs@live").name)
+    live = read_state(Workspace(Path(workspace)))["live"]
     if live is None:
-        raise FileNotFoundError(f"jobs@live in {slots} points at a slot without a manifest")
-    return live
+        raise ValueError(f"no release is live in {workspace}: name the version to re-embed")
+    return release_version(live)
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
-def build_index_slot(workspace: str, version: str, index: IndexConfig, live: str) -> str:
-    """Build an immutable FAISS slot from the job embeddings (tuned to ``index.target_recall``);
-    moves jobs@<version>, and jobs@live as ``live`` says (ebr.release.slots.build_job_slot: refresh
-    | promote | keep)."""
+def build_index_slot(workspace: str, version: str, index: IndexConfig) -> str:
+    """Build an immutable FAISS slot from the job embeddings (tuned to ``index.target_recall``)
+    and point jobs@<version> at it (``ebr.release.slots.build_job_slot``); a release records
+    it to serve it."""
     from ebr.release.slots import build_job_slot
 
-    info = build_job_slot(Workspace(Path(workspace)), version, index, live)
+    info = build_job_slot(Workspace(Path(workspace)), version, index)
     print(info)
     return str(info["slot"])
 

@@ -52,11 +52,11 @@ def record_release(workspace: str, version: str, slot: str, gates: GateConfig, m
     if mode == "none":
         return ""
     ws = Workspace(Path(workspace))
-    record = provision(ws, version, slot, gates)
-    print(json.dumps({"release": record["id"], "gates": record["gates"]}, indent=2))
+    release = provision(ws, version, slot, gates)
+    print(json.dumps({"release": release.id, "gates": release.record()["gates"]}, indent=2))
     if mode == "promote":
-        print(promote(ws, record["id"]))
-    return str(record["id"])
+        print(promote(ws, release.id))
+    return release.id
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))

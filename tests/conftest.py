@@ -42,7 +42,7 @@ def platform_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, (
         f"pyflyte run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )
-    assert (root / "slots" / "aliases.json").is_file(), proc.stdout[-2000:]
+    assert (root / "releases" / "state.json").is_file(), proc.stdout[-2000:]
     return root
 
 

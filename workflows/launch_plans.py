@@ -14,7 +14,7 @@ from workflows.streaming import compact_slots
 # 02:00 UTC nightly: re-embed the catalog with the model version of the live release when the
 # run starts (version ""), so new jobs are searchable once promoted; the new slot becomes a
 # gated candidate release (release "candidate"): the schedule never moves the live release by
-# itself ("refresh" only moves the jobs@live alias while it names that version).
+# itself.
 nightly_reembed = LaunchPlan.get_or_create(
     workflow=reembed,
     name="ebr.nightly_reembed",
@@ -25,7 +25,6 @@ nightly_reembed = LaunchPlan.get_or_create(
             workspace="/data/ebr",
             version="",
             history_holdout_days=0,
-            live="refresh",
             release="candidate",
         )
     },

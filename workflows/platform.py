@@ -5,7 +5,8 @@
 
 A config is JSON; fields left out keep their defaults (``BuildConfig``: workspace, version,
 interest_version, data, model, train, batch_size, history_holdout_days, index;
-``ReembedConfig``: workspace, version, batch_size, history_holdout_days, live, index), e.g.
+``ReembedConfig``: workspace, version, batch_size, history_holdout_days, index, release,
+gates), e.g.
 ``--config '{"index": {"kind": "ivf", "target_recall": 0.97}}'``. A bad value fails before
 any task runs, naming the field.
 
@@ -60,7 +61,7 @@ def release_step(
     return rid
 
 
-def reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: Any = None) -> Any:
+def reembed_steps(config: Any, version: Callable[[], Any], after: Any = None) -> Any:
     """The re-embedding tasks, in order (both workflows compose them). ``config``: the
     workflow's config promise (a ``BuildConfig`` or ``ReembedConfig``: both have workspace,
     batch_size, history_holdout_days and index); ``version()`` gives the version's promise.
@@ -68,9 +69,9 @@ def reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: Any
     (``ebr.stream.catalog.fold_snapshot``). Each use reads an attribute afresh (flytekit
     cannot pass one attribute promise to two tasks). Each step reads what the one before wrote
     into the workspace (no task takes an input only to be ordered): interest embeddings ->
-    catalogue embeddings (members joined with them) -> Feast tables -> the slot, which goes
-    live only after the tables beside it. ``after``: a node the first step waits for (what
-    wrote models/<v>)."""
+    catalogue embeddings (members joined with them) -> Feast tables -> the slot (served once a
+    release records it, after the tables beside it). ``after``: a node the first step waits
+    for (what wrote models/<v>)."""
     folded = fold_streamed_changes(workspace=config.workspace)
     interest = embed_member_interest(
         workspace=config.workspace,
@@ -83,9 +84,7 @@ def reembed_steps(config: Any, version: Callable[[], Any], live: Any, after: Any
         after >> folded
     emb = embed_catalog(workspace=config.workspace, version=version(), batch_size=config.batch_size)
     repo = publish_features(workspace=config.workspace, version=version())
-    slot = build_index_slot(
-        workspace=config.workspace, version=version(), index=config.index, live=live
-    )
+    slot = build_index_slot(workspace=config.workspace, version=version(), index=config.index)
     interest >> emb
     emb >> repo
     repo >> slot
@@ -98,7 +97,7 @@ def reembed(config: ReembedConfig = REEMBED_DEFAULTS) -> str:
     a release as ``config.release`` says (see ``ebr.config.ReembedConfig``); returns the new
     slot's name."""
     version = serving_version(workspace=config.workspace, version=config.version)
-    slot = reembed_steps(config, lambda: version, config.live)
+    slot = reembed_steps(config, lambda: version)
     release_step(config, lambda: version, slot, config.release)
     return slot  # type: ignore[no-any-return]
 
@@ -123,7 +122,7 @@ def build_platform(config: BuildConfig = BUILD_DEFAULTS) -> str:
         train=config.train,
     )
     # Re-embedding reads models/<version>, which training wrote.
-    slot = reembed_steps(config, lambda: config.version, "promote", after=model)
+    slot = reembed_steps(config, lambda: config.version, after=model)
     report = evaluate_model(
         workspace=config.workspace, model_dir=model, version=config.version, slot=slot
     )

@@ -12,7 +12,7 @@
 ``provision_release`` (``ebr.config.ReleaseConfig``): model vN (trained now, co-trained with a
 member-interest version, or taken as it is) -> batch member-interest and catalogue embeddings
 (Beam) -> vN's own Feast views and request FeatureService, beside the served versions' ->
-vN's own slot (``jobs@vN``; the jobs@live alias and the live release stay) -> the held-out
+vN's own slot (``jobs@vN``; the live release stays) -> the held-out
 evaluation -> the gates -> a candidate release (returns its id). The serving app picks a
 candidate up when it is promoted or named by an experiment arm: no redeploy.
 """
@@ -40,7 +40,7 @@ def provision_release(config: ReleaseConfig = PROVISION_DEFAULTS) -> str:
         model=config.model,
         train=config.train,
     )
-    slot = reembed_steps(config, lambda: config.version, "keep", after=model)
+    slot = reembed_steps(config, lambda: config.version, after=model)
     report = evaluate_model(
         workspace=config.workspace, model_dir=model, version=config.version, slot=slot
     )

@@ -79,8 +79,8 @@ def provision_cmd(
 ) -> None:
     """Gate and record a release of VERSION as a candidate."""
     gates = GateConfig(min_coverage, min_recall, quality_margin)
-    record = ops.provision(Workspace(workspace), version, slot, gates)
-    _echo({"release": record["id"], "gates": record["gates"]})
+    release = ops.provision(Workspace(workspace), version, slot, gates)
+    _echo({"release": release.id, "gates": release.record()["gates"]})
 
 
 @cli.command()

@@ -30,7 +30,7 @@ from ebr.index.live.slot import compact, open_live
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused
 from ebr.release.provision import prepare, recorded, remove_slot
-from ebr.release.record import read_record
+from ebr.release.record import read_release
 from ebr.release.slots import tuning_requests
 
 MIN_LOG_RECORDS = 1  # a log with fewer records is left as it is
@@ -50,10 +50,10 @@ def compact_release(
     role = st.role(st.read_state(ws), release_id)  # every file it changes, read first
     if role == "retired":
         raise ValueError(f"release {release_id} is retired; there is nothing to compact")
-    record = read_record(ws, release_id)
+    release = read_release(ws, release_id)
     read_aliases(ws.slots)
-    version, old_slot = record["model"]["version"], record["slot"]["name"]
-    live = open_live(ws.slots / old_slot, writable=False)
+    version, old_slot = release.version, release.slot.name
+    live = open_live(release.paths.slot, writable=False)
     records = int(live.stats()["lsn"])
     if records < min_records:
         return {"release": release_id, "compacted": False, "log_records": records,

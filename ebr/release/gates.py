@@ -20,6 +20,7 @@ Each gate returns a ``Gate`` (passed, value, threshold, detail); ``check_gates``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,10 @@ import pyarrow.parquet as pq
 from ebr.config import GateConfig, Workspace
 from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
+from ebr.release.record import Release
 from ebr.release.slots import open_jobs
 from ebr.stream.catalog import current_jobs
-from ebr.versions import FEATURE_VERSIONS_FILE, feature_versions, read_meta, version_paths
+from ebr.versions import FEATURE_VERSIONS_FILE, feature_versions, read_meta
 
 MISSING_SHOWN = 5  # example ids a refusal names
 
@@ -98,25 +100,24 @@ def coverage_gate(ws: Workspace, slot_dir: Path, cfg: GateConfig) -> Gate:
     return Gate("coverage", ok, share, cfg.min_coverage, detail)
 
 
-def _lineage_faults(ws: Workspace, facts: dict[str, Any]) -> list[str]:
+def _lineage_faults(ws: Workspace, release: Release) -> list[str]:
     """What breaks the chain model -> interest -> embeddings -> slot -> Feast (empty: none)."""
-    from ebr.versions import LineageError, check_lineage, interest_paths
+    from ebr.versions import LineageError, check_lineage
 
-    version, faults = facts["model"]["version"], []
-    paths = version_paths(ws, version)
+    version, paths, faults = release.version, release.paths, []
     meta = read_meta(paths.model)
     if meta.get("version") != version:
         faults.append(f"{paths.model}/model.json says version {meta.get('version')!r}")
     for name, digest in meta.get("checksums", {}).items():
         if sha256_file(paths.model / name) != digest:
             faults.append(f"{paths.model / name} does not match model.json's checksum")
-    if meta.get("checksums") != facts["model"]["checksums"]:
+    if meta.get("checksums") != dict(release.model.checksums):
         faults.append("the tower checksums differ from the ones gathered for the release")
-    if sha256_file(paths.model / "model.json") != facts["model"]["model_json_sha256"]:
+    if sha256_file(paths.model / "model.json") != release.model.model_json_sha256:
         faults.append(f"{paths.model}/model.json changed since the release was gathered")
-    iv = (facts["member_interest"] or {}).get("version")
+    iv = release.interest_version
     try:
-        got = check_lineage(meta, None if iv is None else interest_paths(ws, iv).model)
+        got = check_lineage(meta, paths.interest_model)
         if got != iv:
             faults.append(f"model {version} was co-trained with member interest {got}, not {iv}")
     except LineageError as err:
@@ -124,12 +125,11 @@ def _lineage_faults(ws: Workspace, facts: dict[str, Any]) -> list[str]:
     rows = pd.read_parquet(paths.jobs, columns=["model_version"])["model_version"].unique()
     if set(rows) != {version}:
         faults.append(f"{paths.jobs} holds model versions {sorted(map(str, rows))}")
-    slot = facts["slot"]
-    slot_dir = ws.slots / slot["name"]
-    if slot["model_version"] != version:
-        faults.append(f"slot {slot['name']} was built for {slot['model_version']}")
-    if sha256_file(slot_dir / MANIFEST_FILE) != slot["manifest_sha256"]:
-        faults.append(f"slot {slot['name']}'s manifest changed since it was gathered")
+    slot = release.slot
+    if slot.model_version != version:
+        faults.append(f"slot {slot.name} was built for {slot.model_version}")
+    if sha256_file(paths.slot / MANIFEST_FILE) != slot.manifest_sha256:
+        faults.append(f"slot {slot.name}'s manifest changed since it was gathered")
     faults += _feast_faults(ws, version, iv)
     return faults
 
@@ -149,9 +149,9 @@ def _feast_faults(ws: Workspace, version: str, iv: str | None) -> list[str]:
     return []
 
 
-def lineage_gate(ws: Workspace, facts: dict[str, Any]) -> Gate:
-    """Every hop of the release (``facts``: what ``provision`` gathered) names its versions."""
-    faults = _lineage_faults(ws, facts)
+def lineage_gate(ws: Workspace, release: Release) -> Gate:
+    """Every hop of ``release`` (recorded, or gathered by ``provision``) names its versions."""
+    faults = _lineage_faults(ws, release)
     detail = (
         "model, interest, embeddings, slot and Feast agree" if not faults else "; ".join(faults)
     )
@@ -159,7 +159,7 @@ def lineage_gate(ws: Workspace, facts: dict[str, Any]) -> Gate:
 
 
 def quality_gate(
-    evaluation: dict[str, Any] | None, live: dict[str, Any] | None, cfg: GateConfig
+    evaluation: Mapping[str, Any] | None, live: Release | None, cfg: GateConfig
 ) -> Gate | None:
     """Held-out recall@100 of the release (``evaluation``: its record's) against the live
     release's record minus ``cfg.quality_margin``; None when the gate is off."""
@@ -168,33 +168,34 @@ def quality_gate(
     if evaluation is None:
         return Gate("quality", False, None, None, "no evaluation report for this version")
     value = float(evaluation["ebr_recall@100"])
-    if live is None or live.get("evaluation") is None:
+    if live is None or live.evaluation is None:
         return Gate("quality", True, value, None, f"recall@100 {value:.4f}; nothing live yet")
-    floor = float(live["evaluation"]["ebr_recall@100"]) - cfg.quality_margin
+    floor = float(live.evaluation["ebr_recall@100"]) - cfg.quality_margin
     ok = value >= floor
     how = "reaches" if ok else f"is {floor - value:.4f} below"
     return Gate(
         "quality", ok, value, floor,
-        f"held-out recall@100 {value:.4f} {how} live {live['id']}'s minus {cfg.quality_margin}",
+        f"held-out recall@100 {value:.4f} {how} live {live.id}'s minus {cfg.quality_margin}",
     )  # fmt: skip
 
 
 def check_gates(
     ws: Workspace,
-    facts: dict[str, Any],
+    release: Release,
     slot_manifest: dict[str, Any],
     cfg: GateConfig,
-    live: dict[str, Any] | None,
+    live: Release | None,
 ) -> list[dict[str, Any]]:
-    """Run every gate; their verdicts (JSON-able) or ``ReleaseRefused`` naming the failed."""
+    """Run every gate on ``release`` (gathered, not yet recorded); their verdicts (JSON-able)
+    or ``ReleaseRefused`` naming the failed."""
     gates = [
         recall_gate(slot_manifest, cfg),
-        coverage_gate(ws, ws.slots / facts["slot"]["name"], cfg),
-        lineage_gate(ws, facts),
+        coverage_gate(ws, release.paths.slot, cfg),
+        lineage_gate(ws, release),
     ]
-    quality = quality_gate(facts["evaluation"], live, cfg)
+    quality = quality_gate(release.evaluation, live, cfg)
     if quality is not None:
         gates.append(quality)
     if not all(g.passed for g in gates):
-        raise ReleaseRefused(facts["model"]["version"], gates)
+        raise ReleaseRefused(release.version, gates)
     return [asdict(g) for g in gates]

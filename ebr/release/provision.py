@@ -35,9 +35,10 @@ from ebr.io import sha256_file
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused, check_gates, lineage_gate
 from ebr.release.record import (
+    Release,
     list_releases,
     new_release_id,
-    read_record,
+    read_release,
     record_dir,
     write_record,
 )
@@ -126,14 +127,19 @@ def prepare(
     """
     cfg = gates or GateConfig()
     state = st.read_state(ws)  # first: an unreadable state refuses before the slow gates
-    facts = gather(ws, version, slot_name)
-    live = read_record(ws, state["live"]) if state["live"] else None
-    manifest = json.loads((ws.slots / facts["slot"]["name"] / MANIFEST_FILE).read_text())
-    verdicts = check_gates(ws, facts, manifest, cfg, live)
+    doc = {
+        "id": new_release_id(version),
+        **gather(ws, version, slot_name),
+        "parent": state["live"],
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    gathered = Release.from_doc(ws, doc)  # what the gates check, before they have run
+    live = read_release(ws, state["live"]) if state["live"] else None
+    manifest = json.loads((gathered.paths.slot / MANIFEST_FILE).read_text())
+    verdicts = check_gates(ws, gathered, manifest, cfg, live)
     coverage = next(v for v in verdicts if v["gate"] == "coverage")
     return {
-        "id": new_release_id(version),
-        **facts,
+        **doc,
         "coverage": {"share_of_active_jobs": coverage["value"], "detail": coverage["detail"]},
         "gates": verdicts,
         "gate_config": {
@@ -141,15 +147,13 @@ def prepare(
             "min_recall_at_10": cfg.min_recall_at_10,
             "quality_margin": cfg.quality_margin,
         },  # fmt: skip
-        "parent": state["live"],
-        "created_at": datetime.now(UTC).isoformat(),
     }
 
 
 def provision(
     ws: Workspace, version: str, slot_name: str | None = None, gates: GateConfig | None = None
-) -> dict[str, Any]:
-    """Gate and record a release of ``version`` as a candidate; returns its record.
+) -> Release:
+    """Gate and record a release of ``version`` as a candidate; returns it (as recorded).
 
     Raises:
         ReleaseRefused: a gate failed (the message names each failed gate and by how much);
@@ -158,7 +162,7 @@ def provision(
     doc = prepare(ws, version, slot_name, gates)
     with recorded(ws, doc):
         st.add_candidate(ws, doc["id"])
-    return read_record(ws, doc["id"])
+    return read_release(ws, doc["id"])
 
 
 @contextlib.contextmanager
@@ -173,15 +177,15 @@ def recorded(ws: Workspace, doc: dict[str, Any]) -> Iterator[None]:
         raise
 
 
-def _still_consistent(ws: Workspace, release_id: str) -> dict[str, Any]:
-    """The record of ``release_id`` (checksum verified), its lineage re-checked now: files
+def _still_consistent(ws: Workspace, release_id: str) -> Release:
+    """``release_id`` (its record's checksum verified), its lineage re-checked now: files
     replaced after provisioning (a re-trained interest model under the same version, an
     edited slot) refuse the release instead of serving a mixed one."""
-    record = read_record(ws, release_id)
-    lineage = lineage_gate(ws, record)
+    release = read_release(ws, release_id)
+    lineage = lineage_gate(ws, release)
     if not lineage.passed:
-        raise ReleaseRefused(record["model"]["version"], [lineage])
-    return record
+        raise ReleaseRefused(release.version, [lineage])
+    return release
 
 
 def promote(ws: Workspace, release_id: str) -> dict[str, Any]:
@@ -227,7 +231,7 @@ def retire(ws: Workspace, release_id: str, delete_slot: bool = True) -> dict[str
     plan: dict[str, Any] = {}
 
     def check(state: dict[str, Any]) -> None:  # under the state lock, before the write
-        slot = read_record(ws, release_id)["slot"]["name"]
+        slot = read_release(ws, release_id).slot.name
         kept_for = _named_by(ws, state, release_id, slot) if delete_slot else []
         plan.update(slot=slot, kept_for=kept_for)
 
@@ -246,7 +250,7 @@ def _named_by(ws: Workspace, state: dict[str, Any], release_id: str, slot: str) 
     named_by = [
         rid for rid in known
         if rid != release_id and state["releases"].get(rid, {}).get("state") != "retired"
-        and read_record(ws, rid)["slot"]["name"] == slot
+        and read_release(ws, rid).slot.name == slot
     ]  # fmt: skip
     return named_by + [a for a, target in read_aliases(ws.slots).items() if target == slot]
 
@@ -270,7 +274,7 @@ def remove_unused_slot(ws: Workspace, release_id: str) -> tuple[bool, list[str]]
     state = st.read_state(ws)
     if state["releases"].get(release_id, {}).get("state") != "retired":
         raise ValueError(f"release {release_id} is not retired; its slot may still serve")
-    slot = read_record(ws, release_id)["slot"]["name"]
+    slot = read_release(ws, release_id).slot.name
     named_by = _named_by(ws, state, release_id, slot)
     if named_by:
         return False, named_by

@@ -6,22 +6,31 @@ of every other field, so an edited record is refused on read. What changes over 
 life (candidate, serving, retired; live or an experiment arm) lives in the state pointer
 (``ebr.release.state``), never here.
 
+Readers take the typed view, ``read_release`` -> ``Release`` (frozen: model, interest, features,
+slot, gates, paths), read once where a release is loaded and passed on; ``read_record`` gives
+the JSON document itself (what the CLI prints and ``write_record`` writes).
+
     rid = new_release_id("v2")                   # rel-v2-20261130T101500123456
     write_record(ws, {"id": rid, "model": {...}, ...})
-    read_record(ws, rid)["slot"]["name"]
+    read_release(ws, rid).slot.name
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ebr.config import Workspace, check_version
 from ebr.io import atomic_directory, atomic_write_json
+from ebr.versions import interest_paths, version_paths
 
 FORMAT_VERSION = 1
 RECORD_FILE = "release.json"
@@ -116,3 +125,156 @@ def list_releases(ws: Workspace) -> list[str]:
         return []
     ids = [p.name for p in ws.releases.iterdir() if RELEASE_ID.fullmatch(p.name)]
     return sorted(ids, key=lambda rid: (rid.rsplit("-", 1)[1], rid))
+
+
+def _frozen(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    """The two-tower model a release serves: its version and the files' checksums."""
+
+    version: str
+    checksums: Mapping[str, str]  # file name -> sha256, as model.json lists them
+    model_json_sha256: str
+    config: Mapping[str, Any]  # the ModelConfig it was trained with
+
+
+@dataclass(frozen=True)
+class InterestPin:
+    """The member-interest model the two towers were co-trained with."""
+
+    version: str
+    checksums: Mapping[str, str] | None
+    dim: int | None
+
+
+@dataclass(frozen=True)
+class FeaturePin:
+    """The release's Feast feature services and views (``ebr.versions.feature_names``)."""
+
+    request_service: str
+    item_service: str
+    views: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SlotPin:
+    """The index slot the release searches, as its manifest was when the release was gated."""
+
+    name: str
+    manifest_sha256: str
+    model_version: str
+    item_count: int
+    recall_at_10: float
+    index: Mapping[str, Any]  # the manifest's index section (kind, nlist, nprobe, ...)
+
+
+@dataclass(frozen=True)
+class ReleasePaths:
+    """Where a release's files are in its workspace."""
+
+    model: Path  # models/<version>/
+    interest_model: Path | None  # interest/models/<iv>/, None without an interest input
+    jobs: Path  # embeddings/<version>/jobs.parquet
+    members: Path  # embeddings/<version>/members.parquet
+    slot: Path  # slots/<slot name>/
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release, typed: what it pins, its gates' verdicts and where its files are.
+
+    ``Release.from_doc`` checks every field a reader relies on; ``doc`` keeps the whole
+    record (evaluation, coverage, gate config) read-only, for what prints or copies it."""
+
+    id: str
+    model: ModelPin
+    interest: InterestPin | None
+    features: FeaturePin
+    slot: SlotPin
+    gates: tuple[Mapping[str, Any], ...]
+    evaluation: Mapping[str, Any] | None
+    parent: str | None
+    created_at: str
+    paths: ReleasePaths
+    doc: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def version(self) -> str:
+        """The model version (``model.version``): the slot's vectors and the request tower."""
+        return self.model.version
+
+    @property
+    def interest_version(self) -> str | None:
+        return None if self.interest is None else self.interest.version
+
+    def record(self) -> dict[str, Any]:
+        """The record document, a JSON-able copy (what the CLI prints)."""
+        return copy.deepcopy(dict(self.doc))
+
+    @classmethod
+    def from_doc(cls, ws: Workspace, doc: Mapping[str, Any]) -> Release:
+        """The typed view of a record document (``read_record``'s, or one ``provision`` is
+        gating before it writes it). Raises ValueError naming a missing or mistyped field."""
+        try:
+            return cls._parse(ws, doc)
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            rid = doc.get("id") if isinstance(doc, Mapping) else None
+            raise ValueError(f"release record {rid!r} lacks or mistypes a field: {err!r}") from None
+
+    @classmethod
+    def _parse(cls, ws: Workspace, doc: Mapping[str, Any]) -> Release:
+        model, interest, slot = doc["model"], doc["member_interest"], doc["slot"]
+        version = check_version(model["version"])
+        iv = None if interest is None else check_version(interest["version"])
+        paths = version_paths(ws, version)
+        ev = doc.get("evaluation")
+        return cls(
+            id=check_release_id(doc["id"]),
+            model=ModelPin(
+                version,
+                _frozen(model["checksums"]),
+                str(model["model_json_sha256"]),
+                _frozen(model.get("model_config") or {}),
+            ),
+            interest=None
+            if interest is None
+            else InterestPin(
+                iv or "",
+                None if interest.get("checksums") is None else _frozen(interest["checksums"]),
+                interest.get("dim"),
+            ),
+            features=FeaturePin(
+                str(doc["features"]["request_service"]),
+                str(doc["features"]["item_service"]),
+                tuple(doc["features"]["views"]),
+            ),
+            slot=SlotPin(
+                str(slot["name"]),
+                str(slot["manifest_sha256"]),
+                str(slot["model_version"]),
+                int(slot["item_count"]),
+                float(slot["recall_at_10"]),
+                _frozen(slot.get("index") or {}),
+            ),
+            gates=tuple(_frozen(g) for g in doc.get("gates") or ()),
+            evaluation=None if ev is None else _frozen(ev),
+            parent=doc.get("parent"),
+            created_at=str(doc.get("created_at", "")),
+            paths=ReleasePaths(
+                model=paths.model,
+                interest_model=None if iv is None else interest_paths(ws, iv).model,
+                jobs=paths.jobs,
+                members=paths.members,
+                slot=ws.slots / str(slot["name"]),
+            ),
+            doc=_frozen(doc),
+        )
+
+
+def read_release(ws: Workspace, release_id: str) -> Release:
+    """``read_record``'s record (checksum verified), typed. Raises as ``read_record`` does,
+    and ValueError for a record that lacks a field readers rely on."""
+    return Release.from_doc(ws, read_record(ws, release_id))

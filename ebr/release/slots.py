@@ -2,8 +2,9 @@
 
 A release ties together what was co-trained: the model artifact (models/<version>), the
 embeddings its item tower produced (embeddings/<version>) and the slot built from them. The
-slot manifest records the model version, and aliases ``jobs@<version>`` / ``jobs@live`` are
-moved only after the slot is complete.
+slot manifest records the model version; the alias ``jobs@<version>`` (the newest slot built
+for that version: what the next ``provision`` of it pins by default) moves only after the slot
+is complete. Nothing here decides what serves: ``releases/state.json`` does.
 
 A slot holds the catalogue's open jobs (``open_jobs``): a closed job (``active`` false, in the
 batch table or closed through the stream) is never served, and the coverage gate
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebr.config import LIVE_MODES, IndexConfig, Workspace
+from ebr.config import IndexConfig, Workspace
 from ebr.data.records import check_jobs
 from ebr.index.build.aliases import point, read_aliases
 from ebr.index.build.writer import slot_name_for, write_slot
@@ -88,27 +89,18 @@ def tuning_requests(ws: Workspace, version: str, cfg: IndexConfig) -> np.ndarray
     return np.ascontiguousarray(vecs[rows])
 
 
-def build_job_slot(
-    ws: Workspace, version: str, cfg: IndexConfig, live: str = "refresh"
-) -> dict[str, Any]:
-    """Build a new immutable slot for ``version``; point ``jobs@<version>`` at it, and
-    ``jobs@live`` as ``live`` says:
-
-    - ``refresh`` (scheduled runs): only if live is unset or serves ``version`` already, so a
-      nightly run refreshes the live version and never moves live to another one;
-    - ``promote``: always (an operator's explicit release of ``version``);
-    - ``keep``: never.
+def build_job_slot(ws: Workspace, version: str, cfg: IndexConfig) -> dict[str, Any]:
+    """Build a new immutable slot for ``version`` and point ``jobs@<version>`` at it (what
+    serves is a release: ``ebr.release.provision`` records the slot as one).
 
     Jobs whose record breaks the record contract (``ebr.data.records``) are left out and
     counted (``rejected_jobs``), as are closed jobs (``closed_jobs``); the catalogue is
     ``data/jobs.parquet`` with the last compaction's streamed changes
     (``ebr.stream.catalog.current_jobs``, what the coverage gate checks against). An
-    unreadable ``aliases.json`` refuses before the build; if moving the aliases fails, the new
+    unreadable ``aliases.json`` refuses before the build; if moving the alias fails, the new
     slot is removed again.
     """
     check_version(version)
-    if live not in LIVE_MODES:
-        raise ValueError(f"live must be one of {LIVE_MODES}, got {live!r}")
     read_aliases(ws.slots)  # fail before the build, not after it
     ids, vecs = load_embeddings(version_paths(ws, version).jobs, "job_id", version)
     jobs, rejected = check_jobs(current_jobs(ws, list(SLOT_COLUMNS)), required=SLOT_COLUMNS)
@@ -126,8 +118,7 @@ def build_job_slot(
     requests = tuning_requests(ws, version, cfg) if cfg.tune_on == "requests" else None
     path = write_slot(ws.slots, name, vecs, items, version, cfg, tuning_queries=requests)
     try:
-        always = [f"jobs@{version}", *(["jobs@live"] if live == "promote" else [])]
-        moved = point(ws.slots, name, always, ["jobs@live"] if live == "refresh" else [])
+        point(ws.slots, name, [f"jobs@{version}"])
     except BaseException:
         shutil.rmtree(path)  # nothing names it (no log yet): the aliases are as they were
         raise
@@ -135,7 +126,6 @@ def build_job_slot(
     return {
         "slot": name,
         "path": str(path),
-        "live_moved": moved.get("jobs@live", False),
         "rejected_jobs": len(rejected),
         "rejected_examples": [str(r) for r in rejected[:5]],
         "closed_jobs": int(closed.sum()),

@@ -39,7 +39,7 @@ from typing import Any
 
 from ebr.config import Workspace
 from ebr.io import atomic_write_json, file_lock
-from ebr.release.record import check_release_id, release_version
+from ebr.release.record import Release, check_release_id, read_release, release_version
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
@@ -68,6 +68,15 @@ def read_state(ws: Workspace) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); restore it") from None
     return check_state(state, str(path))
+
+
+def live_release(ws: Workspace) -> Release:
+    """The live release, typed (its record read and checked). Raises LookupError when no
+    release is live yet."""
+    live = read_state(ws)["live"]
+    if live is None:
+        raise LookupError(f"no release is live in {ws.releases / STATE_FILE}")
+    return read_release(ws, live)
 
 
 def check_state(state: Any, where: str) -> dict[str, Any]:

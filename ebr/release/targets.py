@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ebr.config import Workspace
-from ebr.release.record import read_record
+from ebr.release.record import read_release
 from ebr.release.state import read_state
 
 
@@ -31,14 +31,6 @@ def write_targets(ws: Workspace) -> list[Target]:
     for release_id, entry in read_state(ws)["releases"].items():
         if entry["state"] == "retired":
             continue
-        record = read_record(ws, release_id)
-        interest = record.get("member_interest") or {}
-        out.append(
-            Target(
-                release_id,
-                record["model"]["version"],
-                interest.get("version"),
-                record["slot"]["name"],
-            )
-        )
+        release = read_release(ws, release_id)
+        out.append(Target(release_id, release.version, release.interest_version, release.slot.name))
     return sorted(out, key=lambda t: t.release_id)

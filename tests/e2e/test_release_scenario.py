@@ -36,7 +36,7 @@ from ebr.config import TrainConfig, Workspace
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused
 from ebr.release.provision import provision
-from ebr.release.record import new_release_id, read_record, write_record
+from ebr.release.record import new_release_id, read_record, read_release, write_record
 from feature_repo.store import copy_workspace
 from tests.conftest import REPO
 from tests.serving_process import Server
@@ -126,7 +126,7 @@ def test_release_n_and_n_plus_1_serve_side_by_side_promote_and_roll_back(
 
     ws = copy_workspace(platform_ws, tmp_path / "ws")
     n = st.read_state(ws)["live"]
-    assert read_record(ws, n)["member_interest"]["version"] == "v1"
+    assert read_release(ws, n).interest_version == "v1"
 
     # 2. Member-interest model v2 (a Flyte task, run locally).
     train_member_interest(

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig, ReembedConfig, Workspace
-from ebr.index.build.aliases import read_aliases, resolve_alias
+from ebr.index.build.aliases import read_aliases
 from ebr.index.query.slot import load_slot
-from ebr.release.record import read_record
-from ebr.release.state import read_state
+from ebr.release.record import read_record, read_release
+from ebr.release.state import live_release, read_state
 from feature_repo.store import copy_workspace
 from tests.conftest import REPO, TINY_SIZE
 
@@ -31,7 +31,7 @@ def test_build_platform_writes_every_stage(platform_ws: Path) -> None:
     emb = pd.read_parquet(platform_ws / "embeddings" / "v1" / "jobs.parquet")
     assert len(emb) == TINY_SIZE and set(emb["model_version"]) == {"v1"}
     assert (platform_ws / "feature_repo" / "data" / "online.db").is_file()
-    slot = load_slot(resolve_alias(platform_ws / "slots", "jobs@live"))
+    slot = load_slot(live_release(Workspace(platform_ws)).paths.slot)
     # A slot serves the catalogue's open jobs: closed ones are never indexed.
     n_open = int(jobs["active"].sum())
     assert 0 < n_open < TINY_SIZE, "the generator closes some jobs"
@@ -90,23 +90,23 @@ def test_nightly_reembed_builds_a_candidate_and_keeps_the_live_release(
     from workflows.platform import reembed
 
     ws = copy_workspace(platform_ws, tmp_path / "ws", publish_versions=False).root
-    before = read_aliases(ws / "slots")["jobs@live"]
+    before = live_release(Workspace(ws)).slot.name
     flat = IndexConfig(kind="flat")
     after = reembed(config=ReembedConfig(workspace=str(ws), version="v1", index=flat))
-    assert after != before and read_aliases(ws / "slots")["jobs@live"] == after
+    assert after != before and read_aliases(ws / "slots")["jobs@v1"] == after
     assert load_slot(ws / "slots" / before).name == before  # old slot intact for rollback
     assert load_slot(ws / "slots" / after).manifest["index"]["kind"] == "flat"
     # The nightly launch plan passes no version: it re-embeds whatever live serves now.
     again = reembed(config=ReembedConfig(workspace=str(ws), index=flat, history_holdout_days=2))
-    assert again not in (before, after) and read_aliases(ws / "slots")["jobs@live"] == again
+    assert again not in (before, after) and read_aliases(ws / "slots")["jobs@v1"] == again
     assert load_slot(ws / "slots" / again).model_version == "v1"
     # Each run recorded a candidate release of its slot; neither moved the live release.
     state = read_state(Workspace(ws))
     assert state["live"] == read_state(Workspace(platform_ws))["live"]
     candidates = [r for r, e in state["releases"].items() if e["state"] == "candidate"]
-    slots = {read_record(Workspace(ws), r)["slot"]["name"] for r in candidates}
+    slots = {read_release(Workspace(ws), r).slot.name for r in candidates}
     assert slots == {after, again}
-    assert {read_record(Workspace(ws), r)["parent"] for r in candidates} == {state["live"]}
+    assert {read_release(Workspace(ws), r).parent for r in candidates} == {state["live"]}
 
 
 def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import redis
 
 from ebr.data.tables import PROFILE_FIELDS
 from ebr.index.live.slot import LiveSlot, open_live
-from ebr.release.record import read_record
+from ebr.release.record import read_release
 from ebr.release.state import read_state
 from pipelines.broker import progress
 
@@ -135,7 +135,7 @@ def release_slot(ws: Path, release_id: str | None = None) -> LiveSlot:
 
     w = Workspace(ws)
     rid = release_id or read_state(w)["live"]
-    return open_live(w.slots / read_record(w, rid)["slot"]["name"], writable=False)
+    return open_live(w.slots / read_release(w, rid).slot.name, writable=False)
 
 
 def live_jobs(live: LiveSlot) -> dict[int, tuple[np.ndarray, dict[str, Any]]]:

@@ -273,8 +273,8 @@ def test_redis_restart_and_a_new_release_are_picked_up_without_restarting_the_jo
         redis_server.start()
         w = Workspace(ws)
         version = live_version(w.root)
-        built = build_job_slot(w, version, IndexConfig(), live="keep")
-        candidate = provision(w, version, slot_name=built["slot"])["id"]
+        built = build_job_slot(w, version, IndexConfig())
+        candidate = provision(w, version, slot_name=built["slot"]).id
         broker.produce(
             encode("job_posted", 6_000_002, now(), job_record(jobs, first, job_id=6_000_002))
         )

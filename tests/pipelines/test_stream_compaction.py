@@ -15,7 +15,7 @@ import pytest
 
 from ebr.config import Workspace
 from ebr.index.live.slot import open_live
-from ebr.release.record import read_record
+from ebr.release.record import read_release
 from ebr.release.state import read_state, rollback_target
 from ebr.stream.events import encode
 from pipelines.broker import Broker, RedisServer
@@ -90,16 +90,16 @@ def test_flyte_starts_compacts_and_stops_the_streaming_job(
         wait_drained(broker.client, job)
         # The job has written to the new slot (handed over): the next compaction sweeps the
         # old slot away; the new one, just replaced again, stays until it is handed over too.
-        old_slot = read_record(w, old)["slot"]["name"]
+        old_slot = read_release(w, old).slot.name
         assert (w.slots / old_slot).is_dir()
         pyflyte("compact_slots", "--workspace", str(ws), "--redis_url", redis_server.url)
         assert not (w.slots / old_slot).exists()
-        assert (w.slots / read_record(w, new)["slot"]["name"]).is_dir()
+        assert (w.slots / read_release(w, new).slot.name).is_dir()
     finally:
         out = pyflyte("stop_streaming", "--workspace", str(ws))
     assert not job.alive(), out
 
-    new_slot = read_record(w, new)["slot"]["name"]
+    new_slot = read_release(w, new).slot.name
     served = live_jobs(release_slot(ws, new))
     for jid, title in titles.items():
         if jid not in closed:
@@ -123,7 +123,7 @@ def test_a_compaction_the_gates_refuse_leaves_the_release_serving(
     ws = copy_workspace(platform_ws, tmp_path / "ws")
     w = Workspace(ws)
     live_id = read_state(w)["live"]
-    slot = read_record(w, live_id)["slot"]["name"]
+    slot = read_release(w, live_id).slot.name
     with open_live(w.slots / slot) as live:  # one logged tombstone: something to compact
         items = live.snapshot.items
         job_id = int(items.loc[items["active"].astype(bool), "job_id"].iloc[0])

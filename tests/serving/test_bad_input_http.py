@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.build.aliases import resolve_alias
+from ebr.config import Workspace
 from ebr.index.live.slot import open_live
+from ebr.release.state import live_release
 from serving.guards import BODY_TIMEOUT_S, MAX_BODY_BYTES
 
 pytestmark = pytest.mark.slow
@@ -164,7 +165,7 @@ def test_fullwidth_and_accented_queries_mean_the_plain_words(api, platform_ws: P
 def test_null_display_fields_of_an_upserted_job_are_null_in_the_response(
     api, platform_ws: Path
 ) -> None:
-    slot_path = resolve_alias(platform_ws / "slots", "jobs@live")
+    slot_path = live_release(Workspace(platform_ws)).paths.slot
     marker = "null_policy_test"
     with open_live(slot_path) as writer:
         snap = writer.snapshot

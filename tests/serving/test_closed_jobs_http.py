@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.build.aliases import resolve_alias
+from ebr.config import Workspace
 from ebr.index.live.slot import open_live
+from ebr.release.state import live_release
 
 pytestmark = pytest.mark.slow
 MODES = ("ebr", "term", "hybrid")
@@ -54,7 +55,7 @@ def test_a_job_closed_by_its_record_is_hidden_until_reopened(
     """Two new jobs with a word no other job has, one open and one closed (as a streamed
     update that sets ``active`` false writes it): once the open one is served, the closed
     one is absent from every mode; reopened, it is served."""
-    slot_path = resolve_alias(platform_ws / "slots", "jobs@live")
+    slot_path = live_release(Workspace(platform_ws)).paths.slot
     with open_live(slot_path) as writer:
         snap = writer.snapshot
         rows = snap.items.iloc[[1, 2]].copy().reset_index(drop=True)

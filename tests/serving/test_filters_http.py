@@ -10,16 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ebr.config import Workspace
 from ebr.data.geo import haversine_km
-from ebr.index.build.aliases import resolve_alias
 from ebr.index.query.slot import load_slot
+from ebr.release.state import live_release
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def items(platform_ws: Path) -> pd.DataFrame:
-    return load_slot(resolve_alias(platform_ws / "slots", "jobs@live"), verify=False).items
+    return load_slot(live_release(Workspace(platform_ws)).paths.slot, verify=False).items
 
 
 def _search(api: httpx.Client, **body: object) -> dict:

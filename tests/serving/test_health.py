@@ -29,7 +29,7 @@ from ebr.config import Workspace
 from ebr.index.live.slot import open_live
 from ebr.release import state as st
 from ebr.release.impressions import read_impressions
-from ebr.release.record import new_release_id, read_record, record_dir, write_record
+from ebr.release.record import new_release_id, read_record, read_release, record_dir, write_record
 from feature_repo.store import copy_workspace
 from tests.serving_process import Server
 
@@ -207,7 +207,7 @@ def test_a_bad_state_file_is_reported_while_the_last_good_state_serves(
 def _upsert_jobs(ws: Workspace, n: int) -> Path:
     """``n`` new jobs in the live slot's log, one frame each (a writer process's view)."""
     live = st.read_state(ws)["live"]
-    slot_path = ws.slots / read_record(ws, live)["slot"]["name"]
+    slot_path = ws.slots / read_release(ws, live).slot.name
     with open_live(slot_path) as writer:
         snap = writer.snapshot
         first = 0 if "active" not in snap.items else int(np.argmax(snap.items["active"].values))

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ebr.index.build.aliases import resolve_alias
+from ebr.config import Workspace
 from ebr.index.query.slot import load_slot
+from ebr.release.state import live_release
 from serving.schemas import AppArgs
 from tests.conftest import REPO
 
@@ -28,7 +29,7 @@ UNKNOWN_MEMBER = 987_654_321  # far above any generated member id
 @pytest.fixture(scope="module")
 def items(platform_ws: Path) -> pd.DataFrame:
     """The jobs of the live slot (job_id + display columns)."""
-    return load_slot(resolve_alias(platform_ws / "slots", "jobs@live"), verify=False).items
+    return load_slot(live_release(Workspace(platform_ws)).paths.slot, verify=False).items
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_healthz_reports_live_slot(api: httpx.Client, platform_ws: Path) -> None
     assert body["problems"] == []
     assert body["model_version"] == body["encoder_model_version"] == "v1"
     assert body["member_interest_version"] == "v1"  # the co-trained interest model it reads
-    assert body["slot"] == resolve_alias(platform_ws / "slots", "jobs@live").name
+    assert body["slot"] == live_release(Workspace(platform_ws)).paths.slot.name
     assert body["item_count"] > 0
     live = body["releases"][body["release"]]
     assert live["role"] == "live" and live["state"] == "ready" and live["log_problems"] == []

@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from ebr.index.build.aliases import resolve_alias
+from ebr.config import Workspace
 from ebr.index.live.slot import open_live
+from ebr.release.state import live_release
 
 pytestmark = pytest.mark.slow
 COMPANY = "Zeta Live Test Co"
@@ -34,7 +35,7 @@ def _wait_for(cond, timeout_s: float = 15.0) -> bool:
 
 
 def test_upsert_then_delete_are_visible_to_queries(api: httpx.Client, platform_ws: Path) -> None:
-    slot_path = resolve_alias(platform_ws / "slots", "jobs@live")
+    slot_path = live_release(Workspace(platform_ws)).paths.slot
     with open_live(slot_path) as writer:  # the writer process's view (single-writer lock)
         snap = writer.snapshot
         row = snap.items.iloc[[0]].copy()

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.build.aliases import resolve_alias
+from ebr.config import Workspace
 from ebr.index.live.slot import open_live
 from ebr.index.query.slot import load_slot
 from ebr.index.query.terms import tokens
+from ebr.release.state import live_release
 from serving.schemas import AppArgs
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ MODES = ("ebr", "term", "hybrid")
 
 @pytest.fixture(scope="module")
 def items(platform_ws: Path) -> pd.DataFrame:
-    return load_slot(resolve_alias(platform_ws / "slots", "jobs@live"), verify=False).items
+    return load_slot(live_release(Workspace(platform_ws)).paths.slot, verify=False).items
 
 
 def _search(api: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def test_a_new_word_upserted_live_is_found_by_term_and_hybrid(
     api: httpx.Client, platform_ws: Path
 ) -> None:
     """A word the model never saw (not understood) still finds a job upserted with it."""
-    slot_path = resolve_alias(platform_ws / "slots", "jobs@live")
+    slot_path = live_release(Workspace(platform_ws)).paths.slot
     with open_live(slot_path) as writer:
         snap = writer.snapshot
         row = snap.items.iloc[[1]].copy()

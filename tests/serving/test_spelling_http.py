@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from ebr.config import Workspace
-from ebr.index.build.aliases import resolve_alias
 from ebr.index.live.slot import open_live
 from ebr.index.query.slot import load_slot
 from ebr.model.artifact import load_vocabulary
 from ebr.release.impressions import read_impressions
+from ebr.release.state import live_release
 from ebr.spelling import Speller
 from ebr.text import words
 from ebr.versions import version_paths
@@ -44,7 +44,7 @@ def misspelled(platform_ws: Path) -> list[tuple[str, str]]:
     """(typo, title) pairs: a common title with one of its words missing a letter, a typo
     neither the model's vocabulary nor the slot's terms know and the catalogue's speller
     takes back to the word (what the served speller must do too)."""
-    slot = load_slot(resolve_alias(platform_ws / "slots", "jobs@live"), verify=False)
+    slot = load_slot(live_release(Workspace(platform_ws)).paths.slot, verify=False)
     assert slot.terms is not None, "the platform's slot has a term index"
     df = slot.terms.document_frequencies()
     vocab = load_vocabulary(version_paths(Workspace(platform_ws), slot.model_version).model)
@@ -132,7 +132,7 @@ def test_a_word_of_a_job_posted_live_is_not_corrected(
     api: httpx.Client, platform_ws: Path, misspelled: list[tuple[str, str]]
 ) -> None:
     """A new word one edit from a catalogue word is corrected until a live job holds it."""
-    slot_path = resolve_alias(platform_ws / "slots", "jobs@live")
+    slot_path = live_release(Workspace(platform_ws)).paths.slot
     title = misspelled[0][1]
     word = max(words(title), key=len)
     new = word + word[-1]  # one letter more: corrected to ``word`` while no job has it

@@ -1,5 +1,5 @@
-"""Aliases: promote / rollback with history, atomic flips under concurrent queries, and slot
-writes that a SIGKILL interrupts.
+"""Aliases: moves with history, a compaction's retarget and its undo, atomic flips under
+concurrent queries, and slot writes that a SIGKILL interrupts.
 
 Run: ``pytest -q tests/unit/test_aliases.py``
 """
@@ -21,11 +21,11 @@ from ebr.config import IndexConfig
 from ebr.index.build import writer as writer_module
 from ebr.index.build.aliases import (
     alias_history,
-    promote,
+    point,
     read_aliases,
     resolve_alias,
-    rollback,
-    set_alias,
+    restore,
+    retarget,
 )
 from ebr.index.build.writer import write_slot
 from ebr.index.live.slot import open_live
@@ -49,37 +49,49 @@ def make_slot(slots: Path, name: str, first_id: int, n: int = 300) -> Path:
     return write_slot(slots, name, vectors, items(n, first_id), "v1", IndexConfig(kind="flat"))
 
 
-def test_promote_returns_previous_and_rollback_walks_history_back(tmp_path: Path):
+def test_point_returns_previous_targets_and_keeps_history(tmp_path: Path):
     for i, name in enumerate("abc"):
         make_slot(tmp_path, name, first_id=1000 * i)
-    assert promote(tmp_path, "jobs@live", "a") is None
-    assert promote(tmp_path, "jobs@live", "b") == "a"
-    assert promote(tmp_path, "jobs@live", "b") == "b"  # re-promoting is a no-op, no history
-    assert promote(tmp_path, "jobs@live", "c") == "b"
-    assert alias_history(tmp_path, "jobs@live") == ["a", "b"]
-    assert rollback(tmp_path, "jobs@live") == "b"
-    assert resolve_alias(tmp_path, "jobs@live") == tmp_path / "b"
-    assert rollback(tmp_path, "jobs@live") == "a"  # the history is a stack
-    with pytest.raises(ValueError, match="no previous target"):
-        rollback(tmp_path, "jobs@live")
-    assert read_aliases(tmp_path) == {"jobs@live": "a"}  # the failed rollback changed nothing
-    with pytest.raises(KeyError, match="unknown alias"):
-        rollback(tmp_path, "jobs@canary")
+    assert point(tmp_path, "a", ["jobs@v1"]) == {"jobs@v1": None}
+    assert point(tmp_path, "b", ["jobs@v1", "jobs@v2"]) == {"jobs@v1": "a", "jobs@v2": None}
+    assert point(tmp_path, "b", ["jobs@v1"]) == {"jobs@v1": "b"}  # already there: no history
+    assert point(tmp_path, "c", ["jobs@v1"]) == {"jobs@v1": "b"}
+    assert alias_history(tmp_path, "jobs@v1") == ["a", "b"]
+    assert resolve_alias(tmp_path, "jobs@v1") == tmp_path / "c"
+    before = (tmp_path / "aliases.json").read_text()
     with pytest.raises(ValueError, match="unknown slot"):
-        promote(tmp_path, "jobs@live", "nope")
+        point(tmp_path, "nope", ["jobs@v1"])
     with pytest.raises(ValueError, match="alias must match"):
-        promote(tmp_path, "jobs live", "a")
+        point(tmp_path, "a", ["jobs@v1", "jobs v1"])  # one bad alias: none moves
+    assert (tmp_path / "aliases.json").read_text() == before
+    with pytest.raises(KeyError, match="unknown alias"):
+        resolve_alias(tmp_path, "jobs@v3")
+
+
+def test_retarget_follows_a_compaction_and_restore_undoes_it(tmp_path: Path):
+    for i, name in enumerate("abc"):
+        make_slot(tmp_path, name, first_id=1000 * i)
+    point(tmp_path, "a", ["jobs@v1", "jobs@old"])
+    point(tmp_path, "b", ["jobs@v2"])
+    moved = retarget(tmp_path, "a", "c")
+    assert moved == ["jobs@old", "jobs@v1"]
+    assert read_aliases(tmp_path) == {"jobs@v1": "c", "jobs@old": "c", "jobs@v2": "b"}
+    point(tmp_path, "b", ["jobs@old"])  # moved on since: restore leaves it alone
+    restore(tmp_path, moved, "a", "c")
+    assert read_aliases(tmp_path) == {"jobs@v1": "a", "jobs@old": "b", "jobs@v2": "b"}
+    assert alias_history(tmp_path, "jobs@v1") == []
+    with pytest.raises(ValueError, match="unknown slot"):
+        retarget(tmp_path, "a", "nope")
 
 
 def test_old_flat_aliases_file_is_read_and_upgraded(tmp_path: Path):
     make_slot(tmp_path, "a", 0)
     make_slot(tmp_path, "b", 1000)
-    (tmp_path / "aliases.json").write_text(json.dumps({"jobs@live": "a", "jobs@v1": "a"}))
-    assert read_aliases(tmp_path) == {"jobs@live": "a", "jobs@v1": "a"}
-    set_alias(tmp_path, "jobs@live", "b")
+    (tmp_path / "aliases.json").write_text(json.dumps({"jobs@v2": "a", "jobs@v1": "a"}))
+    assert read_aliases(tmp_path) == {"jobs@v2": "a", "jobs@v1": "a"}
+    point(tmp_path, "b", ["jobs@v2"])
     raw = json.loads((tmp_path / "aliases.json").read_text())
-    assert raw == {"aliases": {"jobs@live": "b", "jobs@v1": "a"}, "history": {"jobs@live": ["a"]}}
-    assert rollback(tmp_path, "jobs@live") == "a"
+    assert raw == {"aliases": {"jobs@v2": "b", "jobs@v1": "a"}, "history": {"jobs@v2": ["a"]}}
 
 
 def test_malformed_aliases_file_is_an_error(tmp_path: Path):
@@ -88,20 +100,20 @@ def test_malformed_aliases_file_is_an_error(tmp_path: Path):
         read_aliases(tmp_path)
 
 
-def test_promote_and_rollback_never_fail_an_in_flight_query(tmp_path: Path):
+def test_moving_an_alias_never_fails_an_in_flight_query(tmp_path: Path):
     slot_a, slot_b = make_slot(tmp_path, "a", 0, 2000), make_slot(tmp_path, "b", 10_000, 2000)
     queries = unit_rows(4, D, seed=99)
     # What each complete slot answers: a reader's result must equal one of these exactly.
     expected = {
         p.name: open_live(p, writable=False).search(queries, 5)[1] for p in (slot_a, slot_b)
     }
-    promote(tmp_path, "jobs@live", "a")
+    point(tmp_path, "a", ["jobs@v1"])
     stop, failures, seen = threading.Event(), [], {"a": 0, "b": 0}
 
     def reader() -> None:
         while not stop.is_set():
             try:
-                live = open_live(resolve_alias(tmp_path, "jobs@live"), writable=False)
+                live = open_live(resolve_alias(tmp_path, "jobs@v1"), writable=False)
                 slot = live.snapshot
                 _, job_ids = live.search(queries, 5)
                 if not np.array_equal(job_ids, expected[slot.name]):
@@ -115,10 +127,7 @@ def test_promote_and_rollback_never_fail_an_in_flight_query(tmp_path: Path):
         t.start()
     try:
         for i in range(150):
-            if i % 3 == 2:
-                rollback(tmp_path, "jobs@live")
-            else:
-                promote(tmp_path, "jobs@live", "b" if i % 2 else "a")
+            point(tmp_path, "b" if i % 2 else "a", ["jobs@v1"])
     finally:
         stop.set()
         for t in threads:
@@ -143,7 +152,7 @@ def _write_and_hang(slots: str, ready: multiprocessing.synchronize.Event) -> Non
 
 def test_sigkill_during_write_slot_leaves_old_slot_and_alias_serving(tmp_path: Path):
     old = make_slot(tmp_path, "old", 0)
-    promote(tmp_path, "jobs@live", "old")
+    point(tmp_path, "old", ["jobs@v1"])
     ctx = multiprocessing.get_context("spawn")  # no fork of a process with OpenMP threads
     ready = ctx.Event()
     child = ctx.Process(target=_write_and_hang, args=(str(tmp_path), ready))
@@ -158,30 +167,9 @@ def test_sigkill_during_write_slot_leaves_old_slot_and_alias_serving(tmp_path: P
     assert child.exitcode == -signal.SIGKILL
     assert not (tmp_path / "new").exists()  # nothing under the new name, not even empty
     with pytest.raises(ValueError, match="unknown slot"):
-        promote(tmp_path, "jobs@live", "new")
+        point(tmp_path, "new", ["jobs@v1"])
     with pytest.raises(ValueError, match="must match"):  # the hidden temp dir is not a slot name
-        promote(tmp_path, "jobs@live", temp_dirs[0].name)
-    slot = load_slot(resolve_alias(tmp_path, "jobs@live"), verify=True)
+        point(tmp_path, temp_dirs[0].name, ["jobs@v1"])
+    slot = load_slot(resolve_alias(tmp_path, "jobs@v1"), verify=True)
     live = open_live(slot.path, writable=False)
     assert slot.path == old and live.search(unit_rows(1, D, 1), 3)[1].min() >= 0
-
-
-def test_refresh_moves_live_only_within_the_live_version(tmp_path: Path) -> None:
-    """A scheduled re-embedding refreshes jobs@live for the version it serves; it never moves
-    live to another version (not back to v1 after v2 went live)."""
-    from ebr.index.build.aliases import refresh
-
-    def slot(name: str, version: str, first_id: int) -> None:
-        vectors = unit_rows(50, D, seed=first_id)
-        write_slot(tmp_path, name, vectors, items(50, first_id), version, IndexConfig(kind="flat"))
-
-    for name, version, first in (("v1a", "v1", 0), ("v1b", "v1", 100), ("v2a", "v2", 200),
-                                 ("v2b", "v2", 300), ("v1c", "v1", 400)):  # fmt: skip
-        slot(name, version, first)
-    assert refresh(tmp_path, "jobs@live", "v1a")  # unset: the first build goes live
-    assert refresh(tmp_path, "jobs@live", "v1b")  # same version: refreshed
-    promote(tmp_path, "jobs@live", "v2a")  # an operator releases v2
-    assert not refresh(tmp_path, "jobs@live", "v1c")  # the nightly run of v1 must not undo it
-    assert resolve_alias(tmp_path, "jobs@live") == tmp_path / "v2a"
-    assert refresh(tmp_path, "jobs@live", "v2b")
-    assert alias_history(tmp_path, "jobs@live") == ["v1a", "v1b", "v2a"]

@@ -129,7 +129,7 @@ def test_a_slot_built_from_the_catalogue_holds_its_open_jobs(tmp_path: Path) -> 
     ws = Workspace(tmp_path)
     table = catalogue(ws)
     open_ids = set(table.loc[table["active"], "job_id"].tolist())
-    built = build_job_slot(ws, "v1", IndexConfig(kind="flat"), live="promote")
+    built = build_job_slot(ws, "v1", IndexConfig(kind="flat"))
     assert built["closed_jobs"] == N - len(open_ids) > 0 and built["item_count"] == len(open_ids)
     with open_live(Path(built["path"]), writable=False) as live:
         assert set(live.snapshot.job_ids.tolist()) == open_ids
@@ -151,7 +151,7 @@ def test_a_slot_built_from_the_catalogue_holds_its_open_jobs(tmp_path: Path) -> 
     stale = coverage_gate(ws, Path(built["path"]), GateConfig())
     assert not stale.passed and f"1 of them closed in the catalogue (e.g. [{shut}])" in stale.detail
     assert "1 missing" in stale.detail  # the reopened job
-    again = build_job_slot(ws, "v1", IndexConfig(kind="flat"), live="promote")
+    again = build_job_slot(ws, "v1", IndexConfig(kind="flat"))
     with open_live(Path(again["path"]), writable=False) as live:
         assert set(live.snapshot.job_ids.tolist()) == (open_ids - {shut}) | {reopened}
     assert coverage_gate(ws, Path(again["path"]), GateConfig()).passed

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.build.aliases import resolve_alias, set_alias
 from ebr.index.build.faiss_index import build_index, recall_at_k
 from ebr.index.build.writer import slot_name_for, write_slot
 from ebr.index.live.slot import open_live
@@ -198,23 +197,6 @@ def test_write_slot_validates_inputs(tmp_path: Path, change, message: str):
     with pytest.raises(ValueError, match=message):
         write_slot(tmp_path, "s", v.astype(np.float32), it, "v1", IndexConfig(kind="flat"))
     assert not (tmp_path / "s").exists()
-
-
-def test_aliases(tmp_path: Path):
-    cfg = IndexConfig(kind="flat")
-    a = write_slot(tmp_path, "a", unit_rows(20, 8, 6), make_items(20), "v1", cfg)
-    b = write_slot(tmp_path, "b", unit_rows(20, 8, 7), make_items(20), "v2", cfg)
-    set_alias(tmp_path, "prod", "a")
-    set_alias(tmp_path, "canary", "b")
-    assert resolve_alias(tmp_path, "prod") == a
-    set_alias(tmp_path, "prod", "b")  # promotion: only the pointer moves
-    assert resolve_alias(tmp_path, "prod") == b and resolve_alias(tmp_path, "canary") == b
-    assert load_slot(resolve_alias(tmp_path, "prod")).model_version == "v2"
-    with pytest.raises(ValueError, match="unknown slot"):
-        set_alias(tmp_path, "prod", "nope")
-    with pytest.raises(KeyError, match="unknown alias"):
-        resolve_alias(tmp_path, "staging")
-    assert resolve_alias(tmp_path, "prod") == b  # the failed set changed nothing
 
 
 def test_slot_name_for_is_unique_and_valid():

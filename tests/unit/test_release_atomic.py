@@ -19,7 +19,7 @@ from ebr.index.live.slot import open_live
 from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.__main__ import cli
-from ebr.release.record import RECORD_FILE, list_releases, read_record, record_dir
+from ebr.release.record import RECORD_FILE, list_releases, read_release, record_dir
 from tests.unit.test_releases import make_interest, make_version
 
 STATE = Path("releases") / st.STATE_FILE
@@ -34,13 +34,13 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = Workspace(root)
     make_interest(ws, "v1")
     make_version(ws, "v1", "v1")
-    r1 = ops.provision(ws, "v1")["id"]
-    r3 = ops.provision(ws, "v1")["id"]
+    r1 = ops.provision(ws, "v1").id
+    r3 = ops.provision(ws, "v1").id
     make_version(ws, "v2", "v1", seed=1)
-    r2 = ops.provision(ws, "v2")["id"]
+    r2 = ops.provision(ws, "v2").id
     ops.promote(ws, r3)
     ops.promote(ws, r1)
-    slot = read_record(ws, r1)["slot"]["name"]
+    slot = read_release(ws, r1).slot.name
     with open_live(ws.slots / slot) as live:  # re-upsert one job as it is: one log record
         row = live.snapshot.items.iloc[[0]].reset_index(drop=True)
         live.upsert(row, np.asarray(live.snapshot.vectors[[0]]))
@@ -158,13 +158,13 @@ def test_retire_after_a_failure_then_succeeds_and_removes_the_slot(ws: Workspace
     r1, r2, r3 = ids(ws)
     aliases = ws.root / ALIASES
     good = aliases.read_bytes()
-    aliases.write_text('{"aliases": {"jobs@live": "jobs-v1-2026')  # torn (r31's fault)
+    aliases.write_text('{"aliases": {"jobs@v1": "jobs-v1-2026')  # torn (r31's fault)
     with pytest.raises(ValueError, match="aliases.json is not valid JSON"):
         ops.retire(ws, r3)
     assert st.read_state(ws)["releases"][r3]["state"] == "serving"
     aliases.write_bytes(good)
-    r4 = ops.provision(ws, "v1")["id"]  # jobs@v1 names r1's slot; r4 shares it
-    assert read_record(ws, r4)["slot"]["name"] == read_record(ws, r3)["slot"]["name"]
+    r4 = ops.provision(ws, "v1").id  # jobs@v1 names r1's slot; r4 shares it
+    assert read_release(ws, r4).slot.name == read_release(ws, r3).slot.name
     kept = ops.retire(ws, r3)
     assert kept["slot_removed"] is False and set(kept["kept_for"]) >= {r1, r4, "jobs@v1"}
     assert st.read_state(ws)["releases"][r3]["state"] == "retired"
@@ -173,7 +173,7 @@ def test_retire_after_a_failure_then_succeeds_and_removes_the_slot(ws: Workspace
 def test_retire_removes_an_unnamed_slot_and_its_log(ws: Workspace) -> None:
     r1, r2, r3 = ids(ws)
     make_version(ws, "v2", "v1", seed=2)  # jobs@v2 moves on: nothing else names r2's slot
-    slot = read_record(ws, r2)["slot"]["name"]
+    slot = read_release(ws, r2).slot.name
     gone = ops.retire(ws, r2)
     assert gone["slot_removed"] is True and not (ws.slots / slot).exists()
     assert not [p for p in ws.slots.iterdir() if p.name.startswith(f".{slot}")]

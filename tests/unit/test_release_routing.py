@@ -17,7 +17,7 @@ import pytest
 
 from ebr.config import Workspace
 from ebr.release import state as st
-from ebr.release.record import FIELDS, write_record
+from ebr.release.record import FIELDS, Release, write_record
 from serving.errors import ReleaseUnavailable, UnknownRelease
 from serving.health import liveness, readiness, roles
 from serving.release_server import (
@@ -189,13 +189,17 @@ def _status(state: str, **index: Any) -> ReleaseStatus:
 
 
 def test_readiness_reports_each_fault_with_its_reason() -> None:
-    from serving.router import ReleaseInfo
-
     state = {"live": A, "experiment": {"name": "e", "arms": [
         {"arm": "x", "release": A}, {"arm": "y", "release": B}]}}  # fmt: skip
     kept = roles(state, [A, B, C])
     assert kept == {A: "live", B: "arm:y", C: "rollback"}
-    info = ReleaseInfo(A, "v1", "s1", "v1")
+    info = Release.from_doc(Workspace(Path("/ws")), {
+        "id": A, "model": {"version": "v1", "checksums": {}, "model_json_sha256": "x"},
+        "member_interest": {"version": "v1"},
+        "features": {"request_service": "r", "item_service": "i", "views": []},
+        "slot": {"name": "s1", "manifest_sha256": "x", "model_version": "v1", "item_count": 5,
+                 "recall_at_10": 1.0},
+    })  # fmt: skip
     ok_log = {"status": "ok", "writer_alive": True, "dropped": {}}
     ready = {A: _status("ready"), B: _status("ready"), C: _status("ready")}
 

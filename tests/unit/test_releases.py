@@ -17,14 +17,21 @@ import pytest
 
 from benchmarks.query_overhead import items_for
 from ebr.config import GateConfig, IndexConfig, ModelConfig, Workspace
-from ebr.index.build.aliases import read_aliases, set_alias
+from ebr.index.build.aliases import point, read_aliases
 from ebr.index.build.writer import slot_name_for, write_slot
 from ebr.io import atomic_write_json, sha256_file
 from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.assign import assign, bucket
 from ebr.release.gates import ReleaseRefused, recall_gate
-from ebr.release.record import RECORD_FILE, list_releases, read_record, record_dir
+from ebr.release.record import (
+    RECORD_FILE,
+    Release,
+    list_releases,
+    read_record,
+    read_release,
+    record_dir,
+)
 from ebr.versions import interest_paths, version_paths
 
 N_JOBS, DIM, INTEREST_DIM = 400, 16, 8
@@ -75,7 +82,7 @@ def make_version(ws: Workspace, version: str, iv: str, drop_jobs: int = 0, seed:
     name = slot_name_for(version)
     write_slot(ws.slots, name, vecs[keep], items[keep].reset_index(drop=True), version,
                IndexConfig(kind="flat"))  # fmt: skip
-    set_alias(ws.slots, f"jobs@{version}", name)
+    point(ws.slots, name, [f"jobs@{version}"])
     listed_path = ws.feature_repo / "versions.json"
     listed = json.loads(listed_path.read_text())["versions"] if listed_path.is_file() else []
     listed = [e for e in listed if e["version"] != version] + [
@@ -104,21 +111,42 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 def test_provision_records_a_checksummed_candidate(ws: Workspace) -> None:
-    record = ops.provision(ws, "v1")
-    assert record["id"].startswith("rel-v1-") and list_releases(ws) == [record["id"]]
-    assert record["member_interest"]["version"] == "v1" and record["parent"] is None
-    assert record["features"]["request_service"] == "request_features_v1"
-    assert "member_interest_v1" in record["features"]["views"]
-    assert record["slot"]["name"] == read_aliases(ws.slots)["jobs@v1"]
-    assert record["coverage"]["share_of_active_jobs"] == 1.0
-    assert {g["gate"] for g in record["gates"]} == {"recall", "coverage", "lineage"}
-    assert st.role(st.read_state(ws), record["id"]) == "candidate"
-    path = record_dir(ws, record["id"]) / RECORD_FILE
+    release = ops.provision(ws, "v1")
+    assert release.id.startswith("rel-v1-") and list_releases(ws) == [release.id]
+    assert release.interest_version == "v1" and release.parent is None
+    assert release.features.request_service == "request_features_v1"
+    assert "member_interest_v1" in release.features.views
+    assert release.slot.name == read_aliases(ws.slots)["jobs@v1"]
+    assert release.paths.slot == ws.slots / release.slot.name
+    assert release.paths.model == ws.models / "v1"
+    assert release.doc["coverage"]["share_of_active_jobs"] == 1.0
+    assert {g["gate"] for g in release.gates} == {"recall", "coverage", "lineage"}
+    assert release == read_release(ws, release.id)  # the typed view of what was written
+    with pytest.raises(AttributeError):
+        release.slot.name = "elsewhere"  # type: ignore[misc]  # frozen
+    assert st.role(st.read_state(ws), release.id) == "candidate"
+    path = record_dir(ws, release.id) / RECORD_FILE
     doc = json.loads(path.read_text())
     doc["slot"]["name"] = "jobs-v1-elsewhere"  # an edit after the fact
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="does not match its checksum"):
-        read_record(ws, record["id"])
+        read_record(ws, release.id)
+
+
+def test_a_record_missing_a_field_readers_rely_on_is_refused(ws: Workspace) -> None:
+    """Each field a reader takes from the typed view, absent or mistyped, refuses with the
+    release named (never a KeyError deep in serving)."""
+    rid = ops.provision(ws, "v1").id
+    doc = {k: v for k, v in read_record(ws, rid).items() if k not in ("checksum", "format_version")}
+    breaks = [
+        ("slot", {k: v for k, v in doc["slot"].items() if k != "manifest_sha256"}),
+        ("model", {**doc["model"], "checksums": None}),
+        ("features", {**doc["features"], "views": 7}),
+        ("member_interest", {"dim": 32}),
+    ]
+    for field_name, value in breaks:
+        with pytest.raises(ValueError, match=rid):
+            Release.from_doc(ws, {**doc, field_name: value})
 
 
 # ---- gates: each kind of fault refuses, naming the gate and by how much ----
@@ -135,7 +163,7 @@ def test_coverage_gate_names_the_missing_share(tmp_path: Path) -> None:
     assert "below the floor 1.0000 by 0.0" in str(err.value)
     assert not list_releases(ws) and not st.read_state(ws)["releases"]  # nothing recorded
     assert (
-        ops.provision(ws, "v1", gates=GateConfig(min_coverage=0.99))["coverage"][
+        ops.provision(ws, "v1", gates=GateConfig(min_coverage=0.99)).doc["coverage"][
             "share_of_active_jobs"
         ]
         < 1
@@ -167,7 +195,7 @@ def test_lineage_faults_refuse_provision_and_promotion(
     the version with another interest version or not serving it, another version's rows in
     the embeddings, a tower file swapped) refuses a new release and the promotion of one
     recorded before the fault."""
-    before = ops.provision(ws, "v1")["id"]
+    before = ops.provision(ws, "v1").id
     make_interest(ws, "v2")
     paths, listed_path = version_paths(ws, "v1"), ws.feature_repo / "versions.json"
     if fault == "retrained_interest":
@@ -191,7 +219,7 @@ def test_lineage_faults_refuse_provision_and_promotion(
 
 def test_quality_gate_compares_with_the_live_release(ws: Workspace) -> None:
     write_eval(ws, "v1", 0.70)
-    live = ops.provision(ws, "v1")["id"]
+    live = ops.provision(ws, "v1").id
     ops.promote(ws, live)
     make_version(ws, "v2", "v1", seed=1)
     write_eval(ws, "v2", 0.60)
@@ -199,18 +227,19 @@ def test_quality_gate_compares_with_the_live_release(ws: Workspace) -> None:
         ReleaseRefused, match=r"quality gate: held-out recall@100 0\.6000 is 0\.0500 below"
     ):
         ops.provision(ws, "v2", gates=GateConfig(quality_margin=0.05))
-    record = ops.provision(ws, "v2", gates=GateConfig(quality_margin=0.2))
-    assert record["parent"] == live and record["evaluation"]["ebr_recall@100"] == 0.60
-    assert ops.provision(ws, "v2")["gates"][-1]["gate"] == "lineage"  # no margin: no gate
+    release = ops.provision(ws, "v2", gates=GateConfig(quality_margin=0.2))
+    assert release.parent == live and release.evaluation is not None
+    assert release.evaluation["ebr_recall@100"] == 0.60
+    assert ops.provision(ws, "v2").gates[-1]["gate"] == "lineage"  # no margin: no gate
 
 
 # ---- the state pointer ----
 
 
 def test_promote_rollback_experiment_retire(ws: Workspace) -> None:
-    r1 = ops.provision(ws, "v1")["id"]
+    r1 = ops.provision(ws, "v1").id
     make_version(ws, "v2", "v1", seed=1)
-    r2 = ops.provision(ws, "v2")["id"]
+    r2 = ops.provision(ws, "v2").id
     assert ops.promote(ws, r1)["previous"] is None
     assert ops.promote(ws, r2)["previous"] == r1
     state = st.read_state(ws)
@@ -231,10 +260,10 @@ def test_promote_rollback_experiment_retire(ws: Workspace) -> None:
     with pytest.raises(ValueError, match="retired releases never serve again"):
         ops.promote(ws, r2)
     make_version(ws, "v2", "v1", seed=2)  # a newer v2 slot: jobs@v2 moves on
-    r2b = ops.provision(ws, "v2")["id"]
+    r2b = ops.provision(ws, "v2").id
     assert ops.retire(ws, r2)["slot_removed"] is True  # retiring again: nothing names it now
-    assert not (ws.slots / read_record(ws, r2)["slot"]["name"]).exists()
-    assert (ws.slots / read_record(ws, r2b)["slot"]["name"]).is_dir()
+    assert not (ws.slots / read_release(ws, r2).slot.name).exists()
+    assert (ws.slots / read_release(ws, r2b).slot.name).is_dir()
     actions = [e["action"] for e in st.read_state(ws)["events"]]
     assert actions.count("promote") == 2 and actions[-1] == "retire"
 
@@ -254,9 +283,9 @@ def test_promote_rollback_experiment_retire(ws: Workspace) -> None:
 def test_bad_experiments_are_refused(
     ws: Workspace, arms: list[tuple[str, str, float]], message: str
 ) -> None:
-    r1 = ops.provision(ws, "v1")["id"]
+    r1 = ops.provision(ws, "v1").id
     make_version(ws, "v2", "v1", seed=1)
-    r2 = ops.provision(ws, "v2")["id"]
+    r2 = ops.provision(ws, "v2").id
     named = [(a, {"R1": r1, "R2": r2}.get(r, r), w) for a, r, w in arms]
     with pytest.raises((ValueError, KeyError, FileNotFoundError), match=message):
         ops.start_experiment(ws, "x", named)
@@ -264,7 +293,7 @@ def test_bad_experiments_are_refused(
 
 
 def test_concurrent_changes_lose_no_update(ws: Workspace) -> None:
-    rid = ops.provision(ws, "v1")["id"]
+    rid = ops.provision(ws, "v1").id
     threads = [threading.Thread(target=st.promote, args=(ws, rid)) for _ in range(8)]
     for t in threads:
         t.start()
@@ -301,9 +330,9 @@ def test_release_workflows_run_locally_with_flyte(ws: Workspace) -> None:
     does): promote, experiment start/stop, rollback, retire."""
     from workflows import releases as wf
 
-    r1 = ops.provision(ws, "v1")["id"]
+    r1 = ops.provision(ws, "v1").id
     make_version(ws, "v2", "v1", seed=1)
-    r2 = ops.provision(ws, "v2")["id"]
+    r2 = ops.provision(ws, "v2").id
     root = str(ws.root)
     assert json.loads(wf.promote_release(workspace=root, release=r1))["release"] == r1
     arms = [f"control={r1}:0.5", f"treatment={r2}:0.5"]
