@@ -6,7 +6,7 @@
 #   the streaming job (redis-server is in the image for a self-contained run; in production
 #   point --redis-url at a managed Redis):
 #   docker run -v /data/ebr:/data/ebr ebr-platform:latest \
-#       python -m pipelines.stream --workspace /data/ebr --redis-url redis://redis:6379/0
+#       python -m pipelines.streaming.pipeline --workspace /data/ebr --redis-url redis://redis:6379/0
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 \

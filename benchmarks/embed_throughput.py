@@ -17,7 +17,7 @@ jobs) measures in this one process, ``--repeats`` times each, interleaved:
   (featurize + infer only: no read, no record check, no write; the strictest baseline).
 - ``torch_members``: ``encode_requests`` over all members (no query), for the mixed baseline.
 - ``plain_catalog``: ``plain_jobs``'s loop over jobs and members (what ``embed_catalog`` does).
-- ``pipeline_run``:  the whole ``pipelines.embed.embed_catalog`` (jobs + members: Parquet in,
+- ``pipeline_run``:  the whole ``pipelines.batch.embed.embed_catalog`` (jobs + members: Parquet in,
   repeated-id count, validation, embeddings and dead letters out).
 
 Medians are reported, with Beam's items/s as a ratio of the equal-work plain loop's
@@ -63,9 +63,9 @@ from ebr.model.artifact import load_item_tower, load_request_tower
 from ebr.model.features import job_batch, request_batch
 from ebr.model.infer import encode_jobs, encode_requests, run_tower
 from ebr.versions import model_config, read_meta, version_paths
+from pipelines.batch.embed import embed_catalog
 from pipelines.batches import ReadBatches, frame_records
 from pipelines.deadletter import KEYS, REQUIRED
-from pipelines.embed import embed_catalog
 from pipelines.towers import EmbedBatches, rows_table
 
 NAME = "embed_throughput"

@@ -8,8 +8,9 @@ Works on private copies (``feature_repo.store.copy_workspace``) of ``--workspace
 is the live one, and ``base2``, the same plus a v2 candidate trained for one epoch (a second
 serving release with its own towers, Feast views and slot: the streaming job dual-writes).
 Both are kept in ``var/bench-stream/`` and reused (``--rebuild`` makes them again). Each
-measurement runs on a fresh copy with its own Redis (``pipelines.broker.RedisServer``) and the
-streaming job in its own process (``python -m pipelines.stream``), on the 2 cores it shares:
+measurement runs on a fresh copy with its own Redis (``pipelines.streaming.broker.RedisServer``)
+and the streaming job in its own process (``python -m pipelines.streaming.pipeline``), on the 2
+cores it shares:
 
 - ``catch_up``: a backlog of ``--backlog-minutes`` of live traffic at ``--rate`` events/s
   (``ebr.stream.traffic``: 80% job edits, 10% postings of freshly generated jobs, 5% closes,
@@ -61,7 +62,7 @@ from ebr.stream.events import FIELD, encode
 from ebr.stream.traffic import Traffic
 from ebr.versions import version_paths
 from feature_repo.store import copy_workspace
-from pipelines.broker import DEAD, STREAM, Broker, RedisServer, progress
+from pipelines.streaming.broker import DEAD, STREAM, Broker, RedisServer, progress
 
 NAME = "stream"
 ROOT = Path("var/bench-stream")
@@ -148,11 +149,11 @@ def produce(broker: Broker, entries: list[dict[str, str]]) -> None:
 
 
 class Job:
-    """``python -m pipelines.stream`` in its own process."""
+    """``python -m pipelines.streaming.pipeline`` in its own process."""
 
     def __init__(self, ws: Path, url: str, log: Path, max_events: int) -> None:
-        cmd = [sys.executable, "-m", "pipelines.stream", "--workspace", str(ws), "--redis-url",
-               url, "--max-events", str(max_events)]  # fmt: skip
+        cmd = [sys.executable, "-m", "pipelines.streaming.pipeline", "--workspace", str(ws),
+               "--redis-url", url, "--max-events", str(max_events)]  # fmt: skip
         self.out = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.out, stderr=self.out)
 

@@ -6,8 +6,8 @@
 Works on a private copy of ``--workspace`` (built at 20k jobs by
 ``benchmarks.stream.source_workspace`` when it is missing) in which only the live release
 serves, kept in ``var/bench-soak/base`` (``--rebuild`` makes it again); each run on a fresh copy
-of it. The job is started as ``python -m pipelines.stream_job start`` starts it
-(``pipelines.stream_job.start``: its own session, its own loopback Redis) and stopped with
+of it. The job is started as ``python -m pipelines.streaming.job start`` starts it
+(``pipelines.streaming.job.start``: its own session, its own loopback Redis) and stopped with
 SIGTERM (``stop``). Every ``--sample-s`` seconds the benchmark reads the job process's RSS (and
 its anonymous, file-backed and huge-page parts: this machine's kernel pages out cold file
 pages, and folds madvised regions into transparent huge pages) and CPU time (psutil):
@@ -54,8 +54,8 @@ from ebr.release import state as st
 from ebr.stream.events import encode
 from ebr.stream.traffic import Traffic
 from feature_repo.store import copy_workspace
-from pipelines import stream_job
-from pipelines.broker import GROUP, STREAM, progress
+from pipelines.streaming import job as stream_job
+from pipelines.streaming.broker import GROUP, STREAM, progress
 
 NAME = "stream_soak"
 ROOT = Path("var/bench-soak")

@@ -20,6 +20,8 @@ from typing import Any
 # The version rule lives in ebr.config (the workflow configs check it too); read it here.
 from ebr.config import VERSION_RE as VERSION_RE
 from ebr.config import ModelConfig, Workspace, check_version
+from ebr.feast_names import FeatureNames as FeatureNames
+from ebr.feast_names import release_names
 
 META_FILE = "model.json"
 
@@ -130,44 +132,12 @@ def feature_versions(path: Path) -> dict[str, str | None]:
         raise ValueError(f"{path} is malformed ({e}); expected {FEATURE_VERSIONS_FORMAT}") from e
 
 
-@dataclass(frozen=True)
-class FeatureNames:
-    """The Feast objects of a model version (``feature_repo/definitions.py`` defines them under
-    these names; a test keeps the two in step: ``feast apply`` runs that file without ebr)."""
-
-    request_service: str  # what the request tower of the version reads per request
-    item_service: str  # what its item side reads
-    job_view: str  # the version's batch job embeddings
-    member_view: str  # the version's batch member embeddings (JYMBII)
-    profile_view: str  # member profiles (shared by every version)
-    interest_view: str | None  # the co-trained member-interest embeddings (None: no input)
-
-    @property
-    def views(self) -> tuple[str, ...]:
-        """Every feature view the two services read."""
-        views = (self.job_view, self.member_view, self.profile_view, self.interest_view)
-        return tuple(v for v in views if v is not None)
-
-    def request_views(self) -> dict[str, str]:
-        """The request service's views by role: profile, member and (when any) interest."""
-        roles = {"profile": self.profile_view, "member": self.member_view}
-        return roles | ({"interest": self.interest_view} if self.interest_view else {})
-
-
 def feature_names(version: str, interest_version: str | None) -> FeatureNames:
     """The Feast feature services and views of model ``version`` co-trained with member-interest
-    ``interest_version`` (None: none)."""
+    ``interest_version`` (None: none), both checked (``ebr.feast_names`` builds every name)."""
     check_version(version)
-    interest = (
-        None if interest_version is None else f"member_interest_{check_version(interest_version)}"
-    )
-    return FeatureNames(
-        f"request_features_{version}",
-        f"item_features_{version}",
-        f"job_embedding_{version}",
-        f"member_embedding_{version}",
-        "member_profile",
-        interest,
+    return release_names(
+        version, None if interest_version is None else check_version(interest_version)
     )
 
 

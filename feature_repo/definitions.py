@@ -9,8 +9,9 @@ each with the member-interest version it was co-trained with (null for none)::
 
     {"versions": [{"version": "v1", "interest_version": "v1"}]}
 
-``feature_repo/store.py``'s ``publish`` writes it (and copies this file verbatim); a missing or
-malformed list fails the import, naming the file.
+``feature_repo/store.py``'s ``publish`` writes it (and copies this file verbatim, with
+``feast_names.py`` beside it: every name below is built there, ``ebr/feast_names.py`` in the code
+tree); a missing or malformed list fails the import, naming the file.
 
 Apply by hand: ``cd <workspace>/feature_repo && feast apply`` (``feature_repo/store.py`` does the
 same programmatically in ``publish``).
@@ -18,16 +19,20 @@ same programmatically in ``publish``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import TypeGuard
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Bool, Float32, Float64, Int64, String
 
-VERSIONS_FILE = Path(__file__).resolve().parent / "versions.json"
+HERE = Path(__file__).resolve().parent
+VERSIONS_FILE = HERE / "versions.json"
 VERSIONS_FORMAT = '{"versions": [{"version": "v1", "interest_version": "v1" or null}, ...]}'
 
 
@@ -63,6 +68,21 @@ def read_versions(path: Path) -> dict[str, str | None]:
     return out
 
 
+def _load_names(path: Path) -> ModuleType:
+    """The sibling ``feast_names.py``, loaded by its path: `feast apply` puts the repo folder on
+    ``sys.path``, a loader of this file by path (``feature_repo.repo``) may not."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: feature_repo.store.publish copies it here")
+    spec = importlib.util.spec_from_file_location("feast_names", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["feast_names"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+names = _load_names(HERE / "feast_names.py")
+
 # Model version -> the member-interest version it was co-trained with (its lineage).
 INTEREST_OF: dict[str, str | None] = read_versions(VERSIONS_FILE)
 # Model versions whose embedding tables this repo serves.
@@ -80,14 +100,14 @@ member = Entity(name="member", join_keys=["member_id"], value_type=ValueType.INT
 
 # Member profiles as published (publish stamps event_timestamp with the publish time).
 member_profile_source = FileSource(
-    name="member_profile_source",
-    path="data/member_profiles.parquet",
+    name=names.PROFILE_SOURCE,
+    path=names.PROFILE_TABLE,
     timestamp_field="event_timestamp",
 )
 
 # Profile fields that serving needs for filters (geo, remote, employment type) and featurizing.
 member_profile = FeatureView(
-    name="member_profile",
+    name=names.PROFILE_VIEW,
     entities=[member],
     ttl=EMBEDDING_TTL,
     schema=[
@@ -108,35 +128,30 @@ member_profile = FeatureView(
 )
 
 
-def _embedding_view(
-    view: str, source: str, push: str, path: str, entity: Entity, key: str
-) -> dict[str, object]:
-    """A parquet batch source, a push source over it and the online embedding view ``view``."""
-    batch_source = FileSource(name=source, path=path, timestamp_field="event_timestamp")
-    push_source = PushSource(name=push, batch_source=batch_source)
+def _embedding_view(n: names.EmbeddingNames, entity: Entity) -> dict[str, object]:
+    """A parquet batch source, a push source over it and the online embedding view ``n.view``."""
+    batch_source = FileSource(name=n.batch_source, path=n.table, timestamp_field="event_timestamp")
+    push_source = PushSource(name=n.push_source, batch_source=batch_source)
     feature_view = FeatureView(
-        name=view,
+        name=n.view,
         entities=[entity],
         ttl=EMBEDDING_TTL,
         schema=[
-            Field(name=key, dtype=Int64),
+            Field(name=n.key, dtype=Int64),
             Field(name="embedding", dtype=Array(Float32)),
             Field(name="model_version", dtype=String),
         ],
         source=push_source,
         online=True,
     )
-    return {source: batch_source, push: push_source, view: feature_view}
+    return {n.batch_source: batch_source, n.push_source: push_source, n.view: feature_view}
 
 
 @cache  # one set of objects per interest version, however many models share it
 def interest_views(interest_version: str) -> dict[str, object]:
     """The batch member-interest embeddings of one interest-model version
     (``member_interest_<iv>``): an input of the request tower, looked up per request."""
-    name = f"member_interest_{interest_version}"
-    return _embedding_view(
-        name, f"{name}_source", f"{name}_push", f"data/{name}.parquet", member, "member_id"
-    )
+    return _embedding_view(names.interest_names(interest_version), member)
 
 
 def embedding_views(version: str, interest_version: str | None = None) -> dict[str, object]:
@@ -148,30 +163,20 @@ def embedding_views(version: str, interest_version: str | None = None) -> dict[s
     """
     objects: dict[str, object] = {}
     for kind, entity in (("job", job), ("member", member)):
-        objects.update(
-            _embedding_view(
-                f"{kind}_embedding_{version}",
-                f"{kind}_embedding_source_{version}",
-                f"{kind}_embedding_push_{version}",
-                f"data/{kind}_embeddings_{version}.parquet",
-                entity,
-                f"{kind}_id",
-            )
-        )
-    job_view = objects[f"job_embedding_{version}"]
-    member_view = objects[f"member_embedding_{version}"]
-    request_views = [member_view, member_profile]
+        objects.update(_embedding_view(names.embedding_names(kind, version), entity))
+    which = names.release_names(version, interest_version)
+    request_views = [objects[which.member_view], member_profile]
     if interest_version is not None:
         interest = interest_views(interest_version)
         objects.update(interest)
-        request_views.append(interest[f"member_interest_{interest_version}"])
+        request_views.append(interest[which.interest_view])
     # What the request (query) side of model `version` reads per request.
-    objects[f"request_features_{version}"] = FeatureService(
-        name=f"request_features_{version}", features=request_views
+    objects[which.request_service] = FeatureService(
+        name=which.request_service, features=request_views
     )
     # What the item side of model `version` reads (index builds, re-ranking).
-    objects[f"item_features_{version}"] = FeatureService(
-        name=f"item_features_{version}", features=[job_view]
+    objects[which.item_service] = FeatureService(
+        name=which.item_service, features=[objects[which.job_view]]
     )
     return objects
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ebr import feast_names
 from ebr.config import Workspace
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.versions import FEATURE_VERSIONS_FILE as VERSIONS_FILE
@@ -46,6 +47,10 @@ DEFINITION_FILES = (
     "definitions.py",
     ".feastignore",
 )
+# The one place Feast names are built, copied beside definitions.py (which loads it).
+NAMES_SOURCE = Path(feast_names.__file__).resolve()
+REPO_ROOT = NAMES_SOURCE.parents[1]
+NAMES_FILE = "feast_names.py"
 _CHANGE_RE = re.compile(r"^(Created|Updated|Deleted|Removed) ")
 
 
@@ -66,8 +71,10 @@ def served_versions(ws: Workspace) -> dict[str, str | None]:
     path = ws.feature_repo / VERSIONS_FILE
     if not path.is_file():
         # A repo published before versions.json existed: the versions data/ holds tables of.
-        names = (p.name for p in (ws.feature_repo / "data").glob("job_embeddings_v*.parquet"))
-        found = (n.removeprefix("job_embeddings_").removesuffix(".parquet") for n in names)
+        table = feast_names.embedding_names("job", "{}").table  # data/job_embeddings_{}.parquet
+        prefix, suffix = Path(table).name.split("{}")
+        names = (p.name for p in (ws.feature_repo / "data").glob(f"{prefix}v*{suffix}"))
+        found = (n.removeprefix(prefix).removesuffix(suffix) for n in names)
         return {v: model_facts(ws, v)[1] for v in found if VERSION_RE.match(v)}
     return feature_versions(path)
 
@@ -75,14 +82,19 @@ def served_versions(ws: Workspace) -> dict[str, str | None]:
 def write_repo(template: Path, repo: Path, served: dict[str, str | None]) -> None:
     """Copy the template definitions verbatim and list ``served`` in the versions file, so
     `feast apply` there sees every version and the member-interest table each one reads."""
-    for name in DEFINITION_FILES:
-        src = template / name
-        if not src.is_file():
-            raise FileNotFoundError(f"feature_repo template lacks {name}: {src}")
-        atomic_write_bytes(repo / name, src.read_bytes())
+    copy_definitions(template, repo)
     listed = sorted(served.items(), key=lambda kv: int(kv[0][1:]))  # "v2" before "v10"
     entries = [{"version": v, "interest_version": iv} for v, iv in listed]
     atomic_write_json(repo / VERSIONS_FILE, {"versions": entries})
+
+
+def copy_definitions(template: Path, repo: Path) -> None:
+    """The template's definition files and ``feast_names.py``, copied verbatim into ``repo``."""
+    sources = {name: template / name for name in DEFINITION_FILES} | {NAMES_FILE: NAMES_SOURCE}
+    for name, src in sources.items():
+        if not src.is_file():
+            raise FileNotFoundError(f"feature_repo template lacks {name}: {src}")
+        atomic_write_bytes(repo / name, src.read_bytes())
 
 
 def load_definitions(path: Path) -> ModuleType:

@@ -28,6 +28,7 @@ import yaml
 from ebr.config import Workspace
 from ebr.data.records import Rejected
 from ebr.data.tables import PROFILE_FIELDS, check_profiles, read_embedding_table, read_profiles
+from ebr.feast_names import PROFILE_TABLE, PROFILE_VIEW, embedding_names, interest_names
 from ebr.io import atomic_write_bytes, atomic_write_parquet
 from ebr.versions import check_version, feature_names, interest_paths, version_paths
 from feature_repo.repo import (
@@ -116,11 +117,11 @@ def publish(
     dead_path = repo / "data" / f"deadletter_{version}.jsonl"
     atomic_write_bytes(dead_path, "".join(json.dumps(d) + "\n" for d in dead).encode())
     # Data first: apply validates that every FileSource path exists.
-    atomic_write_parquet(repo / "data" / f"job_embeddings_{version}.parquet", jobs)
-    atomic_write_parquet(repo / "data" / f"member_embeddings_{version}.parquet", members)
-    atomic_write_parquet(repo / "data" / "member_profiles.parquet", profiles)
-    if interest is not None:
-        atomic_write_parquet(repo / "data" / f"member_interest_{iv}.parquet", interest)
+    atomic_write_parquet(repo / embedding_names("job", version).table, jobs)
+    atomic_write_parquet(repo / embedding_names("member", version).table, members)
+    atomic_write_parquet(repo / PROFILE_TABLE, profiles)
+    if iv is not None and interest is not None:
+        atomic_write_parquet(repo / interest_names(iv).table, interest)
     write_repo(template, repo, served)
     versions = sorted(served, key=lambda v: int(v[1:]))
     t_write = time.perf_counter()
@@ -204,7 +205,7 @@ def member_profiles(store: FeatureStore, member_ids: list[int]) -> dict[int, dic
     """``member_id -> {field: value}`` (plain Python; skills a list[str]); None if unknown."""
     if not member_ids:
         return {}
-    got = _online(store, "member_profile", PROFILE_FIELDS, "member_id", member_ids)
+    got = _online(store, PROFILE_VIEW, PROFILE_FIELDS, "member_id", member_ids)
     out: dict[int, dict | None] = {}
     for row, mid in enumerate(member_ids):
         values = {f: got[f][row] for f in PROFILE_FIELDS}
@@ -219,8 +220,8 @@ def member_profiles(store: FeatureStore, member_ids: list[int]) -> dict[int, dic
 def _embeddings(
     store: FeatureStore, kind: str, ids: list[int], version: str
 ) -> dict[int, np.ndarray | None]:
-    check_version(version)
-    return _lookup(store, f"{kind}_embedding_{version}", f"{kind}_id", ids)
+    names = embedding_names(kind, check_version(version))
+    return _lookup(store, names.view, names.key, ids)
 
 
 def _lookup(store: FeatureStore, view: str, key: str, ids: list[int]) -> dict[int, Any]:
@@ -238,8 +239,8 @@ def member_interest(
 ) -> dict[int, np.ndarray | None]:
     """``member_id -> float32 (interest dim,)`` from ``member_interest_<iv>``; None if the
     batch run has not embedded that member yet."""
-    check_version(interest_version)
-    return _lookup(store, f"member_interest_{interest_version}", "member_id", member_ids)
+    names = interest_names(check_version(interest_version))
+    return _lookup(store, names.view, names.key, member_ids)
 
 
 def member_embeddings(

@@ -18,9 +18,9 @@ import typer
 
 from ebr.config import Workspace
 from ebr.stream.events import encode
-from pipelines.broker import Broker
-from pipelines.produce import produce_live
-from pipelines.stream_job import status
+from pipelines.streaming.broker import Broker
+from pipelines.streaming.job import status
+from pipelines.streaming.produce import produce_live
 
 
 def main(

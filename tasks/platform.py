@@ -108,7 +108,7 @@ def embed_member_interest(
     end); returns their folder, or "" for a model without a member-interest input."""
     from ebr.data.pairs import split_cutoff
     from ebr.versions import interest_version, read_meta, version_paths
-    from pipelines.embed import embed_interest
+    from pipelines.batch.embed import embed_interest
 
     ws = Workspace(Path(workspace))
     iv = interest_version(read_meta(version_paths(ws, version).model))
@@ -130,7 +130,7 @@ def embed_catalog(workspace: str, version: str, batch_size: int) -> str:
     """Beam batch inference over all jobs and members (members joined with the batch
     interest embeddings of the interest version ``version`` was co-trained with); returns the
     embeddings folder."""
-    from pipelines.embed import embed_catalog as embed
+    from pipelines.batch.embed import embed_catalog as embed
 
     out = embed(Workspace(Path(workspace)), version, batch_size)
     print(out)

@@ -1,4 +1,4 @@
-"""Flyte tasks over the streaming job (``pipelines.stream_job``): start it, stop it, compact
+"""Flyte tasks over the streaming job (``pipelines.streaming.job``): start it, stop it, compact
 the slots it writes. Each returns its result as JSON."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ebr.config import GateConfig, IndexConfig, Workspace
 def start_stream_job(workspace: str, redis_url: str, name: str) -> str:
     """Launch the streaming job (``redis_url`` "": on a loopback Redis it starts); returns its
     handle. The job outlives the task: ``stop_stream_job`` ends it."""
-    from pipelines.stream_job import start
+    from pipelines.streaming.job import start
 
     return json.dumps(start(Workspace(Path(workspace)), redis_url or None, name))
 
@@ -25,7 +25,7 @@ def start_stream_job(workspace: str, redis_url: str, name: str) -> str:
 def stop_stream_job(workspace: str, name: str, stop_redis: bool) -> str:
     """Stop the streaming job (SIGTERM by its recorded PID) and, with ``stop_redis``, the Redis
     its start launched; returns what was stopped."""
-    from pipelines.stream_job import stop
+    from pipelines.streaming.job import stop
 
     return json.dumps(stop(Workspace(Path(workspace)), name, stop_redis))
 
@@ -37,7 +37,7 @@ def compact_stream_slots(
 ) -> str:  # fmt: skip
     """Snapshot the streamed catalogue and fold each serving slot's log into a new slot,
     released through the gates in place of the old one (``redis_url`` "": the job's)."""
-    from pipelines.stream_job import compact, job_redis_url
+    from pipelines.streaming.job import compact, job_redis_url
 
     ws = Workspace(Path(workspace))
     url = job_redis_url(ws, redis_url or None, name)
@@ -52,7 +52,7 @@ def fold_streamed_changes(workspace: str) -> str:
     them: a fresh snapshot from the streaming job's Redis when one was started, else the last
     compaction's (``ebr.stream.catalog.fold_snapshot``); returns the counts."""
     from ebr.stream.catalog import fold_snapshot
-    from pipelines.stream_job import snapshot
+    from pipelines.streaming.job import snapshot
 
     ws = Workspace(Path(workspace))
     try:

@@ -5,8 +5,8 @@ the slot logs it writes (``workflows.launch_plans`` runs compaction on a schedul
     pyflyte run workflows/streaming.py compact_slots --workspace var/demo
     pyflyte run workflows/streaming.py stop_streaming --workspace var/demo --stop_redis
 
-The job (``pipelines.stream``) embeds every change event with the towers of every release not
-retired and writes slot logs and Feast views; it runs until ``stop_streaming``.
+The job (``pipelines.streaming.pipeline``) embeds every change event with the towers of every
+release not retired and writes slot logs and Feast views; it runs until ``stop_streaming``.
 """
 
 from __future__ import annotations

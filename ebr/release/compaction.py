@@ -8,7 +8,7 @@ a new immutable slot of the same model version, gates it as a new release (recal
 the catalogue with the streamed changes, lineage; ``ebr.release.gates``) and replaces the old
 release in each of its roles (live, experiment arms; ``state.replace``). The old release is
 retired, its slot and log kept: the streaming job copies the records that reached the old log
-after the compaction read it into the new one before writing there (``pipelines.stream_sinks``),
+after the compaction read it into the new one before writing there (``pipelines.streaming.sinks``),
 and a rollback goes to the release live before it.
 
 All or nothing: the state, the old release's record and ``slots/aliases.json`` are read

@@ -4,7 +4,8 @@ New postings are fresh jobs of the same generator (its occupations, companies an
 seed other than the catalogue's) under ids above the catalogue's; updates change an existing
 job's title, remote flag or skills to another generated job's; closes pick open jobs; profile
 changes give an existing member another generated member's profile (a new headline, skills,
-city). What ``python -m pipelines.produce --live`` sends and what ``benchmarks.stream`` loads.
+city). What ``python -m pipelines.streaming.produce --live`` sends and what
+``benchmarks.stream`` loads.
 """
 
 from __future__ import annotations

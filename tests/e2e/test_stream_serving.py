@@ -23,7 +23,7 @@ import pytest
 
 from ebr.config import Workspace
 from ebr.stream.events import encode
-from pipelines.broker import Broker, RedisServer
+from pipelines.streaming.broker import Broker, RedisServer
 from tests.pipelines.streaming import (
     StreamJob,
     copy_workspace,

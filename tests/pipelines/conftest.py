@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.broker import RedisServer
+from pipelines.streaming.broker import RedisServer
 
 
 @pytest.fixture

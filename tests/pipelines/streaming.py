@@ -21,7 +21,7 @@ from ebr.data.tables import PROFILE_FIELDS
 from ebr.index.live.slot import LiveSlot, open_live
 from ebr.release.record import read_release
 from ebr.release.state import read_state
-from pipelines.broker import progress
+from pipelines.streaming.broker import progress
 
 REPO = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 180.0
@@ -54,10 +54,11 @@ def profile_record(members: pd.DataFrame, member_id: int, /, **changes: Any) -> 
 
 
 class StreamJob:
-    """``python -m pipelines.stream`` over ``ws`` as a subprocess (its output in a log file)."""
+    """``python -m pipelines.streaming.pipeline`` over ``ws`` as a subprocess (its output in a
+    log file)."""
 
     def __init__(self, ws: Path, url: str, log: Path, *extra: str) -> None:
-        cmd = [sys.executable, "-m", "pipelines.stream", "--workspace", str(ws),
+        cmd = [sys.executable, "-m", "pipelines.streaming.pipeline", "--workspace", str(ws),
                "--redis-url", url, "--poll-interval-s", "0.1", *extra]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.log = log
@@ -113,14 +114,14 @@ def stream_until_drained(ws: Path, client: redis.Redis, url: str, log: Path, *ex
 
 
 class Launched:
-    """A job ``pipelines.stream_job.start`` launched (through Flyte or directly)."""
+    """A job ``pipelines.streaming.job.start`` launched (through Flyte or directly)."""
 
     def __init__(self, ws: Path, name: str = "embedder") -> None:
         self.ws, self.name = ws, name
 
     def alive(self) -> bool:
         from ebr.config import Workspace
-        from pipelines.stream_job import status
+        from pipelines.streaming.job import status
 
         return bool(status(Workspace(self.ws), self.name)["running"])
 

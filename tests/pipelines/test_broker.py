@@ -14,7 +14,7 @@ import pytest
 
 from ebr.data.tables import PROFILE_FIELDS
 from ebr.stream.events import FIELD, decode, encode, entry_order, latest
-from pipelines.broker import Broker, RedisServer
+from pipelines.streaming.broker import Broker, RedisServer
 
 T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
@@ -141,7 +141,7 @@ def test_the_producer_command_appends_each_line(redis_server: RedisServer, tmp_p
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.produce",
+        "pipelines.streaming.produce",
         "--redis-url",
         redis_server.url,
         "--file",

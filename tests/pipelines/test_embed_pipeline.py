@@ -45,7 +45,7 @@ def _test_pipeline() -> TestPipeline:
 
 
 def test_pipeline_embeds_every_job_and_member_like_the_torch_loop(ws: Workspace) -> None:
-    from pipelines.embed import run
+    from pipelines.batch.embed import run
 
     out = run(
         ["--workspace", str(ws.root), "--version", "v1", "--batch-size", "64"],
@@ -86,7 +86,7 @@ def test_embed_transform_keys_rows_by_id(ws: Workspace) -> None:
 
 
 def test_bad_arguments_fail_clearly(ws: Workspace) -> None:
-    from pipelines.embed import run
+    from pipelines.batch.embed import run
 
     with pytest.raises(ValueError, match="version"):
         run(["--workspace", str(ws.root), "--version", "latest"])
@@ -117,7 +117,7 @@ def test_interest_pipeline_matches_point_in_time_history_and_feeds_members(
     from ebr.model.artifact import load_two_tower
     from ebr.model.infer import run_tower
     from ebr.model.interest import engagements, history_as_of, member_batch
-    from pipelines.embed import run
+    from pipelines.batch.embed import run
 
     ws = composite_ws
     before = "2026-10-25T00:00:00+00:00"
@@ -155,7 +155,7 @@ def test_member_embedding_refuses_an_interest_model_that_is_not_its_lineage(
     import shutil
 
     from ebr.versions import LineageError
-    from pipelines.embed import run
+    from pipelines.batch.embed import run
 
     root = tmp_path / "ws"
     shutil.copytree(composite_ws.root, root)
@@ -202,7 +202,7 @@ def _write(path, records: list[dict]) -> None:
 def test_run_embeds_every_good_row_and_dead_letters_each_bad_one(ws: Workspace, tmp_path) -> None:
     import shutil
 
-    from pipelines.embed import run
+    from pipelines.batch.embed import run
 
     root = Path(shutil.copytree(ws.root, tmp_path / "ws"))
     data = root / "data"

@@ -120,12 +120,14 @@ def test_workspace_definitions_are_the_template_and_a_versions_list(
     repo = published["root"] / "feature_repo"
     for name in feast_repo.DEFINITION_FILES:
         assert (repo / name).read_bytes() == (feast_repo.TEMPLATE_DIR / name).read_bytes(), name
+    names = (repo / feast_repo.NAMES_FILE).read_bytes()
+    assert names == (feast_repo.REPO_ROOT / "ebr" / "feast_names.py").read_bytes()
     listed = json.loads((repo / "versions.json").read_text())
     assert listed == {"versions": [{"version": "v1", "interest_version": None}]}
 
 
 def test_the_versions_file_declares_the_views_of_each_version(tmp_path: Path) -> None:
-    shutil.copy(feast_repo.TEMPLATE_DIR / "definitions.py", tmp_path / "definitions.py")
+    feast_repo.copy_definitions(feast_repo.TEMPLATE_DIR, tmp_path)
     versions = tmp_path / "versions.json"
     versions.write_text(
         json.dumps(
@@ -140,7 +142,11 @@ def test_the_versions_file_declares_the_views_of_each_version(tmp_path: Path) ->
     defs = vars(feast_repo.load_definitions(tmp_path / "definitions.py"))
     assert {"job_embedding_v1", "member_embedding_push_v2", "member_interest_v7"} <= set(defs)
     interest = {name for name in defs if name.startswith("member_interest_")}
-    assert interest == {f"member_interest_v7{end}" for end in ("", "_source", "_push")}
+    assert interest == {
+        "member_interest_v7",
+        "member_interest_source_v7",
+        "member_interest_push_v7",
+    }
     request = {fv.name for fv in defs["request_features_v1"].feature_view_projections}
     assert request == {"member_embedding_v1", "member_profile", "member_interest_v7"}
     request = {fv.name for fv in defs["request_features_v2"].feature_view_projections}
@@ -161,7 +167,7 @@ def test_the_versions_file_declares_the_views_of_each_version(tmp_path: Path) ->
 def test_a_missing_or_malformed_versions_file_fails_the_import_by_name(
     tmp_path: Path, text: str | None, error: str
 ) -> None:
-    shutil.copy(feast_repo.TEMPLATE_DIR / "definitions.py", tmp_path / "definitions.py")
+    feast_repo.copy_definitions(feast_repo.TEMPLATE_DIR, tmp_path)
     if text is not None:
         (tmp_path / "versions.json").write_text(text)
     with pytest.raises((FileNotFoundError, ValueError), match=error):
@@ -410,12 +416,12 @@ def test_redis_config_round_trip(
 def test_feature_names_are_the_ones_the_definitions_declare(tmp_path: Path) -> None:
     """``ebr.versions.feature_names`` (what a release records) names exactly the feature
     services and views ``definitions.py`` declares (it runs under ``feast apply`` without ebr,
-    so the naming is written twice; this keeps the two in step)."""
+    reading the copy of ``ebr/feast_names.py`` beside it: the names are built once)."""
     import importlib.util
 
     from ebr.versions import feature_names
 
-    shutil.copy(feast_repo.TEMPLATE_DIR / "definitions.py", tmp_path / "definitions.py")
+    feast_repo.copy_definitions(feast_repo.TEMPLATE_DIR, tmp_path)
     listed = [
         {"version": "v3", "interest_version": "v2"},
         {"version": "v4", "interest_version": None},

@@ -1,4 +1,4 @@
-"""The member joins (pipelines/joins.py) on a real Beam pipeline: malformed joined values are
+"""The member joins (pipelines/batch/joins.py) on a real Beam pipeline: malformed joined values are
 dead letters, never a failed run or a bad feature."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from ebr.config import Workspace
 from ebr.model.interest import history_text
+from pipelines.batch.joins import WITHOUT_INTEREST, AttachHistory, AttachInterest
 from pipelines.batches import Unbatch
-from pipelines.joins import WITHOUT_INTEREST, AttachHistory, AttachInterest
 
 DIM = 4
 

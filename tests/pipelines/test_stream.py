@@ -22,9 +22,9 @@ from ebr.release.slots import build_job_slot
 from ebr.stream.catalog import overlay
 from ebr.stream.events import FIELD, encode
 from feature_repo.store import member_embeddings, member_interest, member_profiles, open_store
-from pipelines.broker import Broker, RedisServer
-from pipelines.embed import embed_catalog, embed_interest
-from pipelines.stream_sinks import latest_catalog
+from pipelines.batch.embed import embed_catalog, embed_interest
+from pipelines.streaming.broker import Broker, RedisServer
+from pipelines.streaming.sinks import latest_catalog
 from tests.pipelines.streaming import (
     StreamJob,
     acked,

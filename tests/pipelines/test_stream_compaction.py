@@ -18,7 +18,7 @@ from ebr.index.live.slot import open_live
 from ebr.release.record import read_release
 from ebr.release.state import read_state, rollback_target
 from ebr.stream.events import encode
-from pipelines.broker import Broker, RedisServer
+from pipelines.streaming.broker import Broker, RedisServer
 from tests.pipelines.streaming import (
     REPO,
     Launched,

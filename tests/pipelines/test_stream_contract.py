@@ -1,4 +1,4 @@
-"""The streaming job's decode step on a real Redis (``pipelines.stream_state``): an update or
+"""The streaming job's decode step on a real Redis (``pipelines.streaming.state``): an update or
 close that arrives before its job's posting is held, so a later-arriving older posting stays
 behind it ("latest event time wins" across polls, not only within one); a poll never fails
 because of one entry (the entry at fault is dead-lettered, the rest flow); poison entries'
@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import pipelines.stream_state as state_mod
+import pipelines.streaming.state as state_mod
 from ebr.config import Workspace
 from ebr.stream.events import FIELD, Event, encode, rank
-from pipelines.broker import Broker, RedisServer
-from pipelines.stream_state import Applied, KnownJobs, decode_poll
+from pipelines.streaming.broker import Broker, RedisServer
+from pipelines.streaming.state import Applied, KnownJobs, decode_poll
 from tests.unit.test_stream_contract import NOW, POISON, job
 
 T = datetime.now(UTC) - timedelta(hours=1)

@@ -4,7 +4,7 @@ its entries were delivered ``max_deliveries`` times, then dead-letters only the 
 fails alone, naming the exception (several kinds of such failures, in the embedding and in the
 sinks); a micro-batch that raises is split down to the entry at fault, which is dead-lettered
 once its budget is spent while the rest is acknowledged; the job stops on SIGTERM through
-``pipelines.stream_job``; the unbounded form still runs here when asked for."""
+``pipelines.streaming.job``; the unbounded form still runs here when asked for."""
 
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ import pandas as pd
 import pytest
 from redis.exceptions import ResponseError
 
-import pipelines.stream_stages as stages
+import pipelines.streaming.stages as stages
 from ebr.config import Workspace
 from ebr.stream.events import FIELD, Event, decode, encode
-from pipelines import stream_job
-from pipelines.broker import Broker, RedisServer, progress
-from pipelines.stream import as_polls, micro_batch
-from pipelines.stream_local import run_local, settle
-from pipelines.stream_shared import close_shared, shared
-from pipelines.stream_sinks import Sinks
-from pipelines.stream_stages import StreamOptions, Work, _Embed, _Write
+from pipelines.streaming import job as stream_job
+from pipelines.streaming.broker import Broker, RedisServer, progress
+from pipelines.streaming.local import run_local, settle
+from pipelines.streaming.pipeline import as_polls, micro_batch
+from pipelines.streaming.shared import close_shared, shared
+from pipelines.streaming.sinks import Sinks
+from pipelines.streaming.stages import StreamOptions, Work, _Embed, _Write
 from tests.pipelines.streaming import (
     Launched,
     StreamJob,

@@ -11,8 +11,8 @@ import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from ebr.stream.events import FIELD, decode, encode
-from pipelines.stream import StreamOptions, build, run_stream
-from pipelines.stream_sources import ReadEntries, kafka_entry, pubsub_entry, source_config
+from pipelines.streaming.pipeline import StreamOptions, build, run_stream
+from pipelines.streaming.sources import ReadEntries, kafka_entry, pubsub_entry, source_config
 
 T0 = datetime(2026, 11, 30, 10, tzinfo=UTC)
 

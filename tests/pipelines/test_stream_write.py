@@ -14,8 +14,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ebr.stream.events import Event, decode, encode
-from pipelines.broker import Broker, RedisServer
-from pipelines.stream import StreamOptions, Work, _Write
+from pipelines.streaming.broker import Broker, RedisServer
+from pipelines.streaming.pipeline import StreamOptions, Work, _Write
 
 
 class _Applied:

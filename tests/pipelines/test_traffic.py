@@ -14,8 +14,8 @@ from ebr.config import DataConfig
 from ebr.data.marketplace import generate
 from ebr.stream.events import decode
 from ebr.stream.traffic import Traffic
-from pipelines.broker import Broker, RedisServer
-from pipelines.produce import produce_live
+from pipelines.streaming.broker import Broker, RedisServer
+from pipelines.streaming.produce import produce_live
 
 
 def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,7 +1,8 @@
 """Where the streaming job reads change events, selected by ``--source``:
 
 - ``redis`` (default, what runs here): Redis Streams through a consumer group, polled by an
-  impulse (``pipelines.stream._Poll``); the job acknowledges each entry after every sink has it.
+  impulse (``pipelines.streaming.pipeline._Poll``); the job acknowledges each entry after
+  every sink has it.
 - ``kafka``: Beam's ``ReadFromKafka`` (a cross-language transform: it needs Beam's Java
   expansion service, which this offline machine cannot fetch), ``--source-config
   '{"bootstrap_servers": "broker:9092", "topic": "ebr-events"}'``; offsets are committed by

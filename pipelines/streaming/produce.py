@@ -1,7 +1,7 @@
 """Write change events to the event stream (Redis Streams): the producer command.
 
-    python -m pipelines.produce --redis-url redis://127.0.0.1:6390/0 --file events.jsonl
-    python -m pipelines.produce --redis-url redis://127.0.0.1:6390/0 --live var/demo \\
+    python -m pipelines.streaming.produce --redis-url redis://127.0.0.1:6390/0 --file events.jsonl
+    python -m pipelines.streaming.produce --redis-url redis://127.0.0.1:6390/0 --live var/demo \\
         --rate 20 --seconds 60
 
 With ``--file`` each input line is one event, ``{"kind", "id", "event_time", "record"}``
@@ -24,7 +24,7 @@ import typer
 
 from ebr.stream.events import FIELD
 from ebr.stream.traffic import Traffic
-from pipelines.broker import STREAM, Broker
+from pipelines.streaming.broker import STREAM, Broker
 
 
 def produce_lines(broker: Broker, lines: list[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 ``embed_events`` embeds one poll's events with every model the target releases need (the batch
 pipeline's steps, ``pipelines.towers.Tower``). ``Sinks.write`` then applies them, each sink only
-the events it has not applied yet (``pipelines.stream_state.Applied``):
+the events it has not applied yet (``pipelines.streaming.state.Applied``):
 
     slot:<slot name>            upserts (job posted/updated) and tombstones (job closed)
     feast:job_embedding_<v>     job rows, pushed online through the view's push source
@@ -29,13 +29,14 @@ import redis
 from ebr.config import Workspace
 from ebr.data.records import echo
 from ebr.data.tables import PROFILE_FIELDS
+from ebr.feast_names import PROFILE_VIEW, EmbeddingNames, embedding_names, interest_names
 from ebr.model.interest import engagements, history_as_of
 from ebr.release.slots import SLOT_COLUMNS
 from ebr.release.targets import Target
 from ebr.stream.events import BadEvent, Event
 from ebr.versions import interest_paths, version_paths
-from pipelines.broker import Broker
-from pipelines.stream_state import Applied
+from pipelines.streaming.broker import Broker
+from pipelines.streaming.state import Applied
 from pipelines.towers import Tower
 
 if TYPE_CHECKING:
@@ -43,12 +44,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 UPSERTS = ("job_posted", "job_updated")
-# Feast view and push source of each embedding kind ({} is the model version)
-FEAST_VIEWS = {
-    "jobs": ("job_embedding_{}", "job_embedding_push_{}"),
-    "members": ("member_embedding_{}", "member_embedding_push_{}"),
-    "interest": ("member_interest_{}", "member_interest_{}_push"),
-}
+PROFILE_SINK = f"feast:{PROFILE_VIEW}"
+
+
+def feast_names_of(kind: str, version: str) -> EmbeddingNames:
+    """The Feast view and push source an embedding kind's rows go to (``ebr.feast_names``)."""
+    if kind == "interest":
+        return interest_names(version)
+    return embedding_names("job" if kind == "jobs" else "member", version)
+
+
 # (kind, model version) -> (rows or None, dead letters) for one poll
 Embedded = dict[tuple[str, str], tuple[pa.Table | None, list[dict[str, Any]]]]
 
@@ -218,8 +223,8 @@ class Sinks:
         self.applied.mark(sink, ups + closed)
 
     def _push(self, kind: str, version: str, events: Sequence[Event], table: Any) -> None:
-        view, push = FEAST_VIEWS[kind]
-        sink = f"feast:{view.format(version)}"
+        names = feast_names_of(kind, version)
+        sink = f"feast:{names.view}"
         vectors = vectors_by_id(table)
         of_kind = [e for e in events if (e.kind in UPSERTS) == (kind == "jobs")]
         fresh = self.applied.newer(sink, [e for e in of_kind if e.entity_id in vectors])
@@ -233,18 +238,18 @@ class Sinks:
                 "event_timestamp": [e.event_time for e in fresh],
             }
         )
-        self._feast().push(push.format(version), frame)
+        self._feast().push(names.push_source, frame)
         self.applied.mark(sink, fresh)
 
     def _write_profiles(self, profiles: Sequence[Event]) -> None:
-        fresh = self.applied.newer("feast:member_profile", profiles)
+        fresh = self.applied.newer(PROFILE_SINK, profiles)
         if not fresh:
             return
         frame = pd.DataFrame([{f: (e.record or {}).get(f) for f in PROFILE_FIELDS} for e in fresh])
         frame.insert(0, "member_id", [e.entity_id for e in fresh])
         frame["event_timestamp"] = [e.event_time for e in fresh]
-        self._feast().write_to_online_store("member_profile", frame)
-        self.applied.mark("feast:member_profile", fresh)
+        self._feast().write_to_online_store(PROFILE_VIEW, frame)
+        self.applied.mark(PROFILE_SINK, fresh)
 
 
 def latest_catalog(client: redis.Redis) -> dict[str, dict[int, dict[str, Any]]]:

@@ -1,16 +1,16 @@
 """Start, stop and compact for the streaming job: what the Flyte tasks and the demo call.
 
-    python -m pipelines.stream_job start --workspace var/demo [--redis-url URL]
-    python -m pipelines.stream_job status --workspace var/demo
-    python -m pipelines.stream_job compact --workspace var/demo
-    python -m pipelines.stream_job stop --workspace var/demo [--stop-redis]
+    python -m pipelines.streaming.job start --workspace var/demo [--redis-url URL]
+    python -m pipelines.streaming.job status --workspace var/demo
+    python -m pipelines.streaming.job compact --workspace var/demo
+    python -m pipelines.streaming.job stop --workspace var/demo [--stop-redis]
 
-``start`` launches ``python -m pipelines.stream`` as a process of its own (its own session,
-so it outlives the caller, a Flyte task) and records a handle, ``stream/jobs/<name>.json``:
+``start`` launches ``python -m pipelines.streaming.pipeline`` as a process of its own (its own
+session, so it outlives the caller, a Flyte task) and records a handle, ``stream/jobs/<name>.json``:
 its PID, the Redis it reads and its log. Without ``--redis-url`` it also starts a Redis on
 loopback (append-only file in ``stream/redis/``) and records it. ``stop`` sends SIGTERM to the
 PID in the handle, after checking that the PID still runs the streaming job: run locally (as
-micro-batches, ``pipelines.stream_local``) it ends after its current micro-batch and closes its
+micro-batches, ``pipelines.streaming.local``) it ends after its current micro-batch and closes its
 slot writers; SIGKILL follows after a grace period (what it had not acknowledged is read again
 on the next start). ``compact`` snapshots the streamed catalogue (``ebr.stream.catalog``),
 compacts every serving release's slot (``ebr.release.compaction``) and removes the slots that
@@ -36,8 +36,8 @@ import typer
 from ebr.config import GateConfig, IndexConfig, Workspace
 from ebr.io import atomic_write_json
 from ebr.stream.catalog import write_snapshot
-from pipelines.broker import RedisServer
-from pipelines.stream_state import Applied
+from pipelines.streaming.broker import RedisServer
+from pipelines.streaming.state import Applied
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30.0
@@ -68,7 +68,7 @@ def status(ws: Workspace, name: str = "embedder") -> dict[str, Any]:
     if not path.is_file():
         return {"name": name, "running": False}
     handle: dict[str, Any] = json.loads(path.read_text())
-    handle["running"] = _runs(handle.get("pid"), "pipelines.stream")
+    handle["running"] = _runs(handle.get("pid"), "pipelines.streaming.pipeline")
     handle["redis_running"] = _runs(handle.get("redis_pid"), "redis-server")
     return handle
 
@@ -100,7 +100,8 @@ def start(
             redis_url, redis_pid = server.url, server.proc.pid
     log = ws.stream / "jobs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pipelines.stream", "--workspace", str(ws.root.resolve()),
+    cmd = [sys.executable, "-m", "pipelines.streaming.pipeline",
+           "--workspace", str(ws.root.resolve()),
            "--redis-url", redis_url, "--consumer", name, *(args or [])]  # fmt: skip
     path_env = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path_env}
@@ -136,9 +137,9 @@ def stop(ws: Workspace, name: str = "embedder", stop_redis: bool = False) -> dic
 def _terminate(pid: int) -> None:
     os.killpg(pid, signal.SIGTERM)  # its own session: the runner's worker threads with it
     deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline and _runs(pid, "pipelines.stream"):
+    while time.monotonic() < deadline and _runs(pid, "pipelines.streaming.pipeline"):
         time.sleep(0.1)
-    if _runs(pid, "pipelines.stream"):
+    if _runs(pid, "pipelines.streaming.pipeline"):
         os.killpg(pid, signal.SIGKILL)
 
 

@@ -1,6 +1,6 @@
 """Beam streaming inference: catalogue and profile changes into every serving release, in seconds.
 
-    python -m pipelines.stream --workspace var/demo --redis-url redis://127.0.0.1:6390/0
+    python -m pipelines.streaming.pipeline --workspace var/demo --redis-url redis://127.0.0.1:6390/0
         [--consumer embedder-1] [--poll-interval-s 0.25] [--run-for-s 600]
 
 Reads change events (``ebr.stream.events``) from the Redis stream's consumer group and, for
@@ -20,7 +20,7 @@ The job runs these same stages in one of two forms (``--mode``, default ``auto``
 
 - ``micro-batch`` (``auto`` with the Redis source on a local runner: what runs here): the job
   reads the stream itself and runs each read as a bounded pipeline on the in-process
-  FnApiRunner (``pipelines.stream_local``). Beam's local runner in streaming mode does not
+  FnApiRunner (``pipelines.streaming.local``). Beam's local runner in streaming mode does not
   hold memory (~360 MB a minute for a no-op pipeline, STACK.md): it cannot run for hours.
 - ``unbounded`` (``auto`` with ``--runner`` Flink or Dataflow, or a kafka / pubsub source):
   ``PeriodicImpulse -> Poll -> ...`` as one streaming pipeline. Measured on the local
@@ -31,10 +31,10 @@ The job runs these same stages in one of two forms (``--mode``, default ``auto``
 
 Embedding runs the batch pipeline's three steps (``pipelines.towers.Tower``: featurize, one
 forward pass, output check) on the poll's records per model version, so stream and batch rows
-are the same. ``pipelines.stream_stages`` holds the stages after Decode; their expensive state
-(towers, Feast store, slot writers) is made once per process (``pipelines.stream_shared``).
+are the same. ``pipelines.streaming.stages`` holds the stages after Decode; their expensive state
+(towers, Feast store, slot writers) is made once per process (``pipelines.streaming.shared``).
 
-Delivery is at-least-once with idempotent sinks (``pipelines.stream_state.Applied``: last event
+Delivery is at-least-once with idempotent sinks (``pipelines.streaming.state.Applied``: last event
 time wins per entity and sink). A failing store (Redis, the disk, the Feast database) leaves
 its poll unacknowledged: the entries are claimed again after ``--claim-idle-ms``. Bad events,
 records the towers refuse and events the sinks cannot take go to the dead-letter stream with
@@ -43,7 +43,7 @@ their reason; the rest flow. Retry budget: once an entry has been delivered
 events are embedded and written one by one, and each that still fails while its entry's budget
 is spent is dead-lettered with the exception; the others are applied. Production: the same
 stages on Flink or Dataflow (``--runner``), Kafka or Pub/Sub through Beam's own IO connectors
-as the source (``--source kafka|pubsub --source-config JSON``: ``pipelines.stream_sources``).
+as the source (``--source kafka|pubsub --source-config JSON``: ``pipelines.streaming.sources``).
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ from redis.exceptions import RedisError
 
 from ebr.config import Workspace
 from ebr.stream.events import as_text
-from pipelines.stream_shared import close_shared
-from pipelines.stream_sources import SOURCES, ReadEntries, source_config
-from pipelines.stream_stages import StreamOptions, Work, _Ack, _Embed, _Write
-from pipelines.stream_state import KnownJobs, decode_poll
+from pipelines.streaming.shared import close_shared
+from pipelines.streaming.sources import SOURCES, ReadEntries, source_config
+from pipelines.streaming.stages import StreamOptions, Work, _Ack, _Embed, _Write
+from pipelines.streaming.state import KnownJobs, decode_poll
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "DirectRunner"  # the local runner that runs an unbounded (streaming) pipeline
@@ -115,7 +115,7 @@ class _Decode(beam.DoFn):
     """entries -> ``Work`` (latest event per entity); each bad entry to the dead-letter stream
     with its reason, acknowledged there: one that breaks the event contract (or fails to decode
     at all), and an update or close of a job that was never posted (held for its posting:
-    ``pipelines.stream_state.KnownJobs``)."""
+    ``pipelines.streaming.state.KnownJobs``)."""
 
     def __init__(self, opts: StreamOptions) -> None:
         self._opts = opts
@@ -168,7 +168,7 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions, run_for_s: float | None)
 
 
 def micro_batch(opts: StreamOptions, runner_options: list[str], mode: str = "auto") -> bool:
-    """Whether the job runs as micro-batches (``pipelines.stream_local``) rather than as one
+    """Whether the job runs as micro-batches (``pipelines.streaming.local``) rather than as one
     unbounded pipeline: ``auto`` picks them for the Redis source on a local runner."""
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
@@ -197,7 +197,7 @@ def run_stream(
     options = list(runner_options or [])
     try:
         if micro_batch(opts, options, mode):
-            from pipelines.stream_local import run_local
+            from pipelines.streaming.local import run_local
 
             run_local(opts, run_for_s, options)
             return

@@ -1,11 +1,12 @@
 """The streaming job on one machine: a loop of micro-batches, each a bounded Beam pipeline.
 
-    python -m pipelines.stream --workspace var/demo --redis-url URL      (``--mode auto``)
+    python -m pipelines.streaming.pipeline --workspace var/demo --redis-url URL  (--mode auto)
 
 Why not one unbounded pipeline here: Beam's local runner in streaming mode does not hold
 memory. ``PeriodicImpulse | Map(noop)`` with ``streaming=True`` on the local DirectRunner grew
 ~360 MB of RSS a minute (STACK.md); the demo's job went from 1.2 to 8.0 GB in 42 idle minutes
-(issue 20). On Flink or Dataflow the job keeps its unbounded form (``pipelines.stream.build``).
+(issue 20). On Flink or Dataflow the job keeps its unbounded form
+(``pipelines.streaming.pipeline.build``).
 Here it loops:
 
 1. read: after a start, this consumer's own pending entries (read but not acknowledged when it
@@ -14,21 +15,22 @@ Here it loops:
    sleeps in Redis and runs no pipeline); while reads come back full (a backlog), up to
    ``DRAIN_POLLS`` reads in one micro-batch;
 2. run them through the bounded graph ``Impulse -> Polls -> Decode -> Embed -> Write -> Ack``:
-   the stages of the unbounded form (``pipelines.stream.apply_polls``), one element per read,
+   the stages of the unbounded form (``pipelines.streaming.pipeline.apply_polls``), one element
+   per read,
    on the in-process FnApiRunner;
 3. at most one micro-batch per ``poll_interval_s``: a run costs Beam itself ~35 ms of a core.
 
 The graph is built once, to its runner proto, and each run takes its reads from this process's
 inbox (``_INBOX``): ~34 ms a run, against ~100 ms for a ``beam.Create(polls)`` pipeline built
 for every micro-batch (5 fused stages, measured here). The stages' state (towers, Feast store,
-slot writers, the Redis client) lives for the process (``pipelines.stream_shared``), so a run
+slot writers, the Redis client) lives for the process (``pipelines.streaming.shared``), so a run
 sets them up at no cost; ``benchmarks/stream_soak.py`` measures the job's memory over hours.
 
 A run that raises (a stage let an exception escape; the stages themselves dead-letter bad
 events and leave failed polls pending) is split: its reads run again in halves, down to single
 entries. An entry that fails alone stays pending (claimed again later) until it has been
 delivered ``max_deliveries`` times; then it is dead-lettered with the exception. A run that
-fails with no entry at all is the job's own fault: it raises. SIGTERM (``pipelines.stream_job
+fails with no entry at all is the job's own fault: it raises. SIGTERM (``pipelines.streaming.job
 stop``) ends the loop after the current micro-batch; the slot writers are closed.
 """
 
@@ -49,10 +51,10 @@ from apache_beam.transforms.environments import EmbeddedPythonEnvironment
 from redis.exceptions import RedisError
 
 from ebr.stream.events import FIELD
-from pipelines.broker import Broker
-from pipelines.stream import DRAIN_POLLS, apply_polls, as_polls
-from pipelines.stream_shared import close_shared
-from pipelines.stream_stages import StreamOptions, gave_up
+from pipelines.streaming.broker import Broker
+from pipelines.streaming.pipeline import DRAIN_POLLS, apply_polls, as_polls
+from pipelines.streaming.shared import close_shared
+from pipelines.streaming.stages import StreamOptions, gave_up
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 1.0  # longest wait in Redis for new entries: also how soon a stop is seen

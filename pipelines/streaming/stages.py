@@ -1,12 +1,12 @@
-"""The streaming job's stages after Decode (``pipelines.stream``): Embed, Write, Ack, with the
-options and the element (``Work``) every stage shares, and the retry budget.
+"""The streaming job's stages after Decode (``pipelines.streaming.pipeline``): Embed, Write,
+Ack, with the options and the element (``Work``) every stage shares, and the retry budget.
 
 ``Work`` is one poll on its way: the entries it acknowledges, the latest event per entity, the
 releases it is written to and every model's rows. ``_Embed`` embeds it (and brings a release
 that joined since up to date: a backfill element), ``_Write`` applies it to every sink,
 ``_Ack`` acknowledges its entries. What a stage holds for long (towers, the Feast store, slot
-writers, the Redis client) is made once per process (``pipelines.stream_shared``): the local
-job sets its stages up again for every micro-batch (``pipelines.stream_local``).
+writers, the Redis client) is made once per process (``pipelines.streaming.shared``): the local
+job sets its stages up again for every micro-batch (``pipelines.streaming.local``).
 
 Retry budget: a failed poll stays pending and is claimed again (``claim_idle_ms``); each
 delivery counts (XPENDING, ``Broker.deliveries``). Once an entry has been delivered
@@ -33,11 +33,11 @@ from ebr.config import Workspace
 from ebr.data.records import echo
 from ebr.release.targets import Target, write_targets
 from ebr.stream.events import BadEvent, Event
-from pipelines.broker import GROUP, STREAM, Broker
 from pipelines.deadletter import REASON_CHARS
-from pipelines.stream_shared import shared
-from pipelines.stream_sinks import Embedded, Sinks, embed_events
-from pipelines.stream_state import Applied
+from pipelines.streaming.broker import GROUP, STREAM, Broker
+from pipelines.streaming.shared import shared
+from pipelines.streaming.sinks import Embedded, Sinks, embed_events
+from pipelines.streaming.state import Applied
 
 log = logging.getLogger(__name__)
 # Failures of the stores, not of an event: the poll is retried whole, later.
@@ -58,7 +58,7 @@ class StreamOptions:
     max_events: int = 512  # entries per poll: one element, one forward pass per model
     claim_idle_ms: int = 30_000  # entries pending this long are claimed again (a failed poll)
     feast_config: str = "feature_store.yaml"
-    source: str = "redis"  # or kafka / pubsub (pipelines.stream_sources); Redis keeps the state
+    source: str = "redis"  # or kafka / pubsub (pipelines.streaming.sources); Redis keeps the state
     source_config: str = ""  # JSON: what the kafka or pubsub source reads
     max_deliveries: int = 5  # retry budget: a failing entry delivered this often is dead-lettered
 
@@ -110,7 +110,7 @@ class _Targets:
 
 
 class _EmbedState(NamedTuple):
-    """What ``_Embed`` keeps for the process (``pipelines.stream_shared``)."""
+    """What ``_Embed`` keeps for the process (``pipelines.streaming.shared``)."""
 
     ws: Workspace
     targets: _Targets
@@ -120,7 +120,7 @@ class _EmbedState(NamedTuple):
 
 
 class _Embed(beam.DoFn):
-    """``Work`` -> the same with every model's rows (``pipelines.stream_sinks.embed_events``);
+    """``Work`` -> the same with every model's rows (``pipelines.streaming.sinks.embed_events``);
     nothing when that fails (the entries stay pending and are claimed again) until the retry
     budget of some is spent: then each event is embedded alone, and one that fails alone while
     its entry's budget is spent is dead-lettered with the exception.

@@ -2,7 +2,7 @@
 writers, Redis clients.
 
 Run locally, the job runs every micro-batch as a bounded Beam pipeline of its own
-(``pipelines.stream_local``), and Beam sets each run's DoFns up from scratch: loading towers,
+(``pipelines.streaming.local``), and Beam sets each run's DoFns up from scratch: loading towers,
 opening the Feast store and replaying slot logs per micro-batch would cost seconds each time
 (and opening a slot's log twice for writing is refused by its lock). So a DoFn's ``setup``
 takes these from here: made once per process and ``StreamOptions``, shared by every run and

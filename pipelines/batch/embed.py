@@ -1,7 +1,7 @@
 """Beam batch inference: member-interest embeddings, and job + member two-tower embeddings.
 
-    python -m pipelines.embed --workspace var/demo --interest-version v1 [--history-before TS]
-    python -m pipelines.embed --workspace var/demo --version v1 [--runner FnApiRunner]
+    python -m pipelines.batch.embed --workspace var/demo --interest-version v1 [--history-before TS]
+    python -m pipelines.batch.embed --workspace var/demo --version v1 [--runner FnApiRunner]
 
 With ``--interest-version``: joins each member's profile with the titles of the jobs they
 engaged with (before ``--history-before``) and writes the member-interest model's embeddings
@@ -44,6 +44,7 @@ from ebr.versions import (
     verified_interest,
     version_paths,
 )
+from pipelines.batch.joins import AttachHistory, AttachInterest
 from pipelines.batches import ReadBatches, Rebatch, Unbatch
 from pipelines.deadletter import (
     KEYS,
@@ -52,7 +53,6 @@ from pipelines.deadletter import (
     WriteDeadLetters,
     summarize,
 )
-from pipelines.joins import AttachHistory, AttachInterest
 from pipelines.towers import EmbedBatches, schema
 
 ID_BATCH = 65_536  # rows per element of the id-only read that counts repeated ids

@@ -1,0 +1,2 @@
+"""Batch wing: Beam batch pipelines over the workspace's tables (``embed``: member-interest
+and catalogue embeddings; ``joins``: the member records they complete first)."""
