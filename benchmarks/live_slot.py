@@ -39,7 +39,8 @@ from benchmarks.common import REPO_ROOT, compact_log_ticks, pyplot, save_figure,
 from ebr.config import IndexConfig
 from ebr.index.build.faiss_index import recall_queries, set_faiss_threads
 from ebr.index.build.writer import write_slot
-from ebr.index.live.slot import LiveSlot, compact, open_live
+from ebr.index.live.handover import compact
+from ebr.index.live.slot import LiveSlot, open_live
 from ebr.index.query.slot import load_slot
 from ebr.metrics import exact_topk
 

@@ -3,7 +3,7 @@ through the gates, put where the old release served.
 
 A streaming job appends every change to the slots of the serving releases; their logs grow
 and each search merges a bigger delta. ``compact_release`` folds the snapshot and its log
-(``ebr.index.live.slot.compact``, read-only: the streaming job keeps writing meanwhile) into
+(``ebr.index.live.handover.compact``, read-only: the streaming job keeps writing meanwhile) into
 a new immutable slot of the same model version, gates it as a new release (recall, coverage of
 the catalogue with the streamed changes, lineage; ``ebr.release.gates``) and replaces the old
 release in each of its roles (live, experiment arms; ``state.replace``). The old release is
@@ -26,7 +26,8 @@ from typing import Any
 from ebr.config import GateConfig, IndexConfig, Workspace
 from ebr.index.build.aliases import read_aliases, restore, retarget
 from ebr.index.build.writer import slot_name_for
-from ebr.index.live.slot import compact, open_live
+from ebr.index.live.handover import compact
+from ebr.index.live.slot import open_live
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused
 from ebr.release.provision import prepare, recorded, remove_slot

@@ -143,31 +143,23 @@ class Sinks:
 
     def _hand_off(self, live: LiveSlot) -> None:
         """A slot compacted from another: copy what reached the old log after the compaction
-        read it (records after ``through_lsn`` plus those the compaction copied itself), take
-        over the old slot's applied ranks, and write to both from now on (``_successor``)."""
-        from ebr.index.live.wal import UPSERT, Record, log_dir_for, replay
+        read it (``ebr.index.live.handover``), take over the old slot's applied ranks, and
+        write to both from now on (``_successor``)."""
+        from ebr.index.live.handover import compacted_from, handover_start, take_over
 
-        lineage = live.snapshot.manifest.get("lineage") or {}
-        old = lineage.get("compacted_from")
-        old_log = log_dir_for(self.ws.slots / str(old))
-        if not old or not old_log.is_dir():
+        source = compacted_from(live)
+        if source is None:
             return
+        old, old_log = source
         name = live.snapshot.name
         done = self.applied.handed_off(name)
         if done is None:  # first time: the new log holds only the compaction's own copies
-            done = int(lineage["through_lsn"]) + int(live.stats()["lsn"])
+            done = handover_start(live)
             self.applied.inherit(f"slot:{old}", f"slot:{name}")
-        tail: list[Record] = []
-        end = replay(old_log, tail.append, after_lsn=done).last_lsn
-        for rec in tail:
-            if rec.kind == UPSERT:
-                assert rec.items is not None and rec.vectors is not None, "upserts carry both"
-                live.upsert(rec.items.to_pandas(), rec.vectors)
-            else:
-                live.delete(rec.job_ids)
-        self.applied.mark_handed_off(name, max(end, done))
-        self._successor[str(old)] = name
-        log.info("slot %s took over %s from lsn %d (%d records copied)", name, old, done, len(tail))
+        end, copied = take_over(live, old_log, done)
+        self.applied.mark_handed_off(name, end)
+        self._successor[old] = name
+        log.info("slot %s took over %s from lsn %d (%d records copied)", name, old, done, copied)
 
     def _feast(self) -> Any:
         if self._store is None:

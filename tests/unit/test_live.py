@@ -20,9 +20,10 @@ import pytest
 from ebr.config import IndexConfig
 from ebr.index.build.faiss_index import recall_queries
 from ebr.index.build.writer import write_slot
-from ebr.index.live import slot as live_module
+from ebr.index.live import handover as handover_module
 from ebr.index.live import wal
-from ebr.index.live.slot import LiveSlot, compact, open_live
+from ebr.index.live.handover import compact
+from ebr.index.live.slot import LiveSlot, open_live
 from ebr.index.query import delta
 from ebr.index.query.slot import load_slot
 from ebr.metrics import exact_topk
@@ -297,13 +298,13 @@ def test_compaction_keeps_recall_and_every_write(
     live.upsert(items.iloc[rows], vectors[rows])  # re-insert the same vectors
     late = pd.DataFrame({"job_id": [10**9], "title": ["late"], "remote": [False]})
     late["posted_at"] = pd.Timestamp("2026-03-01")
-    real_write_slot = live_module.write_slot
+    real_write_slot = handover_module.write_slot
 
     def write_slot_while_appending(*args, **kwargs):  # a write lands mid-compaction
         live.upsert(late, unit_rows(1, D, seed=8))
         return real_write_slot(*args, **kwargs)
 
-    monkeypatch.setattr(live_module, "write_slot", write_slot_while_appending)
+    monkeypatch.setattr(handover_module, "write_slot", write_slot_while_appending)
     new_path = compact(live, slot_path.parent, "ivf-compacted", IVF)
     compacted = load_slot(new_path)
     fresh = write_slot(slot_path.parent, "fresh", vectors, items, "v1", IVF)

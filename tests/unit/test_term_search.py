@@ -12,7 +12,8 @@ import pytest
 
 from ebr.config import IndexConfig
 from ebr.index.build.writer import write_slot
-from ebr.index.live.slot import compact, open_live
+from ebr.index.live.handover import compact
+from ebr.index.live.slot import open_live
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import parse_filter
 from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, fuse_lists

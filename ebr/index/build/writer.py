@@ -85,7 +85,7 @@ def write_slot(
         model_version: the embedding model the vectors came from; queries must use the same.
         cfg: index kind and parameters.
         lineage: JSON-able provenance stored in the manifest, e.g. the slot and log sequence
-            number a compaction folded (``ebr.index.live.slot.compact``).
+            number a compaction folded (``ebr.index.live.handover.compact``).
         tuning_queries: float32 [q, d] unit request embeddings of the same model (q >= 2):
             the recall gate tunes on every other one and the manifest's ``recall_at_10`` is
             measured on the rest. Requests sit farther from the catalogue than jittered job

@@ -5,7 +5,8 @@ beside the slot). An append is durable (fsynced) before it becomes visible or is
 so reopening the slot (``open_live``: load the snapshot, replay the log) restores everything
 that was acknowledged. Searching merges an ANN search of the snapshot, filtered by tombstones,
 with an exact search of the upserted vectors (the delta). ``compact`` folds both into a new
-immutable slot; flipping an alias to it (``ebr.index.build.aliases.promote``) is the release.
+immutable slot and hands the log over to it (``ebr.index.live.handover``); a release that
+names the new slot serves it (``ebr.release.compaction``).
 
     python -c "from ebr.index.live.slot import open_live; s = open_live('var/demo/slots/<slot>'); \
 print(s.stats())"
@@ -24,8 +25,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ebr.config import IndexConfig
-from ebr.index.build.writer import write_slot
 from ebr.index.live.overlay import admit_record, records_to_table
 from ebr.index.live.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
 from ebr.index.query.attributes import AttributeTable
@@ -77,6 +76,16 @@ class _View:
     alive: np.ndarray  # [size] bool: position holds the latest version of a job not deleted
 
 
+@dataclass(frozen=True)
+class Contents:
+    """What a live slot serves as of log position ``lsn`` (``LiveSlot.contents``)."""
+
+    lsn: int
+    vectors: np.ndarray  # float32 [n, d]: snapshot rows not deleted, then the delta
+    items: pd.DataFrame  # their item rows, same order
+    log_problems: tuple[str, ...]  # damage the log's replay found (acknowledged writes lost)
+
+
 class LiveSlot:
     """A snapshot slot plus its log. Appends and searches may run on different threads."""
 
@@ -92,7 +101,7 @@ class LiveSlot:
         self._view = _View(0, np.zeros(n, bool), 0, *empty)
         self._writer: LogWriter | None = None
         self._replayed: ReplayInfo | None = None
-        self._sealed: str | None = None  # set by compact: the slot that now takes the writes
+        self._sealed: str | None = None  # set by seal_into: the slot that now takes the writes
         self._attrs: AttributeTable | None = None  # built by the first filtered query
         self._skipped: list[str] = []  # first rejected log rows: "lsn 7 row 2 (...): lat: ..."
         self._n_skipped = 0
@@ -139,6 +148,36 @@ class LiveSlot:
         else:
             items = self.snapshot.items.iloc[:0].copy()
         return view.ids[pos].copy(), view.vecs[pos].copy(), items
+
+    def contents(self) -> Contents:
+        """Everything the slot serves now, as of one log position: the snapshot rows not
+        deleted and the delta, with the log's known damage (what a compaction folds)."""
+        with self._lock:  # one state: tombstones and delta as of the same lsn
+            view, tables = self._view, list(self._tables)
+        keep = np.flatnonzero(~view.deleted)
+        ids, vecs, items = self._delta_of(view, tables)
+        snap = self.snapshot
+        vectors = np.concatenate([np.asarray(snap.vectors[keep]), vecs])
+        all_items = pd.concat([snap.items.iloc[keep], items], ignore_index=True)
+        return Contents(view.lsn, vectors, all_items, self._log_problems)
+
+    def seal_into(self, new_log: Path, after_lsn: int, new_name: str) -> int:
+        """Copy the records appended after ``after_lsn`` into ``new_log`` (renumbered from 1)
+        and mark this slot sealed into ``new_name``, under the append lock (no append lands
+        between the copy and the seal); -> the records copied."""
+        with self._lock:
+            tail: list[Record] = []
+            replay(self.log_dir, tail.append, after_lsn=after_lsn, quiet=self._log_problems)
+            if tail:
+                writer = LogWriter(new_log)
+                try:
+                    writer.resume(replay(new_log, lambda rec: None))
+                    for i, rec in enumerate(tail, start=1):
+                        writer.append(replace(rec, lsn=i))
+                finally:
+                    writer.close()
+            self._sealed = new_name
+        return len(tail)
 
     def stats(self) -> dict[str, Any]:
         """Sizes and log position, for health checks and deciding when to compact.
@@ -401,51 +440,3 @@ def served_search(slot_path: Path) -> Callable[[np.ndarray, int], np.ndarray]:
     of "the served index" must call."""
     live = open_live(slot_path, writable=False)
     return lambda q, k: live.query(q, k).job_ids
-
-
-def compact(
-    live: LiveSlot,
-    slots_dir: Path,
-    new_name: str,
-    cfg: IndexConfig,
-    tuning_queries: np.ndarray | None = None,
-) -> Path:
-    """Fold ``live`` (snapshot rows not deleted + delta) into the new immutable slot ``new_name``
-    (its recall gate tuned on ``tuning_queries``, request embeddings, as ``write_slot`` says).
-
-    Searches and appends continue while the index builds. Appends that land meanwhile are
-    copied into the new slot's log (which otherwise starts empty) and ``live`` is sealed, so
-    every acknowledged write is in the new slot. The old slot and its log stay, for rollback.
-
-    Returns:
-        The new slot directory; its manifest's ``lineage`` names the old slot and log position.
-    """
-    new_log = log_dir_for(Path(slots_dir) / new_name)
-    if new_log.exists():
-        raise FileExistsError(f"log {new_log} already exists; choose a fresh slot name")
-    with live._lock:  # one state: tombstones and delta as of the same lsn
-        view, tables = live._view, list(live._tables)
-    lsn, keep = view.lsn, np.flatnonzero(~view.deleted)
-    ids, vecs, items = live._delta_of(view, tables)
-    snap = live.snapshot
-    vectors = np.concatenate([np.asarray(snap.vectors[keep]), vecs])
-    all_items = pd.concat([snap.items.iloc[keep], items], ignore_index=True)
-    lineage = {"compacted_from": snap.name, "through_lsn": lsn}
-    if live._log_problems:  # the new log starts clean: keep the record of what was lost
-        lineage["log_problems"] = list(live._log_problems)
-    path = write_slot(
-        slots_dir, new_name, vectors, all_items, snap.model_version, cfg, lineage, tuning_queries
-    )
-    with live._lock:
-        tail: list[Record] = []
-        replay(live.log_dir, tail.append, after_lsn=lsn, quiet=live._log_problems)
-        if tail:
-            writer = LogWriter(new_log)
-            try:
-                writer.resume(replay(new_log, lambda rec: None))
-                for i, rec in enumerate(tail, start=1):
-                    writer.append(replace(rec, lsn=i))
-            finally:
-                writer.close()
-        live._sealed = new_name
-    return path
