@@ -1,7 +1,8 @@
 """Flyte tasks: each is a thin call into one core or pipeline function.
 
-Tasks exchange the workspace root (a path on shared storage) plus the path each stage
-produced, so Flyte orders them by data dependency and caches nothing stale.
+Tasks exchange the workspace (its root, a path on shared storage: ``tasks`` turns it into a
+``Workspace``) plus the path each stage produced, so Flyte orders them by data dependency and
+caches nothing stale.
 """
 
 from __future__ import annotations
@@ -34,13 +35,12 @@ GENERATOR_CODE = ("ebr.data", "ebr.config", "ebr.io", "ebr.text")
     cache=True,
     cache_version=code_version(*GENERATOR_CODE),
 )
-def generate_marketplace(workspace: str, data: DataConfig) -> str:
+def generate_marketplace(workspace: Workspace, data: DataConfig) -> str:
     """Write jobs/members/impressions Parquet tables; returns the data folder."""
     from ebr.data.marketplace import write_marketplace
 
-    ws = Workspace(Path(workspace))
-    print(write_marketplace(data, ws.data))
-    return str(ws.data)
+    print(write_marketplace(data, workspace.data))
+    return str(workspace.data)
 
 
 def _tables(data_dir: str) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def _tables(data_dir: str) -> dict[str, Any]:
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def train_member_interest(
-    workspace: str, data_dir: str, interest_version: str, train: TrainConfig
+    workspace: Workspace, data_dir: str, interest_version: str, train: TrainConfig
 ) -> str:
     """Train the member-interest model; saves interest/models/<iv>, returns that folder."""
     from ebr.model.artifact import save_model
@@ -67,14 +67,12 @@ def train_member_interest(
     model, metrics = train_interest(t["jobs"], t["members"], t["impressions"], tcfg)
     print(metrics)
     meta = {"train": asdict(tcfg), "metrics": metrics}
-    return str(
-        save_model(model, Workspace(Path(workspace)).interest_models, interest_version, meta)
-    )
+    return str(save_model(model, workspace.interest_models, interest_version, meta))
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def train_two_tower(
-    workspace: str,
+    workspace: Workspace,
     data_dir: str,
     version: str,
     interest_dir: str,
@@ -96,12 +94,12 @@ def train_two_tower(
     print(metrics)
     meta = {"train": asdict(tcfg), "metrics": metrics, "lineage": lineage}
     vocab = training_vocabulary(t["jobs"], t["members"], t["impressions"])
-    return str(save_model(trained, Workspace(Path(workspace)).models, version, meta, vocab))
+    return str(save_model(trained, workspace.models, version, meta, vocab))
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def embed_member_interest(
-    workspace: str, version: str, batch_size: int, history_holdout_days: int
+    workspace: Workspace, version: str, batch_size: int, history_holdout_days: int
 ) -> str:
     """Beam: refresh the batch member-interest embeddings of the interest version model
     ``version`` was co-trained with (history up to ``history_holdout_days`` before the log's
@@ -110,44 +108,43 @@ def embed_member_interest(
     from ebr.versions import interest_version, read_meta, version_paths
     from pipelines.batch.embed import embed_interest
 
-    ws = Workspace(Path(workspace))
-    iv = interest_version(read_meta(version_paths(ws, version).model))
+    iv = interest_version(read_meta(version_paths(workspace, version).model))
     if iv is None:
         return ""
     before = None
     if history_holdout_days > 0:
         import pandas as pd
 
-        ts = pd.read_parquet(ws.data / "impressions.parquet", columns=["ts"])
+        ts = pd.read_parquet(workspace.data / "impressions.parquet", columns=["ts"])
         before = split_cutoff(ts, history_holdout_days).to_pydatetime()
-    out = embed_interest(ws, iv, before, batch_size)
+    out = embed_interest(workspace, iv, before, batch_size)
     print(out)
     return str(out["path"])
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
-def embed_catalog(workspace: str, version: str, batch_size: int) -> str:
+def embed_catalog(workspace: Workspace, version: str, batch_size: int) -> str:
     """Beam batch inference over all jobs and members (members joined with the batch
     interest embeddings of the interest version ``version`` was co-trained with); returns the
     embeddings folder."""
     from pipelines.batch.embed import embed_catalog as embed
 
-    out = embed(Workspace(Path(workspace)), version, batch_size)
+    out = embed(workspace, version, batch_size)
     print(out)
     return str(out["path"])
 
 
 @task(requests=Resources(cpu="1", mem="2Gi"), retries=1)
-def publish_features(workspace: str, version: str) -> str:
+def publish_features(workspace: Workspace, version: str) -> str:
     """feast apply + materialize the version's embedding tables; returns the feature repo."""
     from feature_repo.store import publish
 
-    print(publish(Path(workspace), version))
-    return str(Workspace(Path(workspace)).feature_repo)
+    print(publish(workspace.root, version))
+    return str(workspace.feature_repo)
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
-def serving_version(workspace: str, version: str) -> str:
+def serving_version(workspace: Workspace, version: str) -> str:
     """``version``, or when it is "" the model version of the live release at run time (what
     a scheduled re-embedding must refresh, whichever release went live since it was set up)."""
     from ebr.release.record import release_version
@@ -155,26 +152,26 @@ def serving_version(workspace: str, version: str) -> str:
 
     if version:
         return version
-    live = read_state(Workspace(Path(workspace)))["live"]
+    live = read_state(workspace)["live"]
     if live is None:
-        raise ValueError(f"no release is live in {workspace}: name the version to re-embed")
+        raise ValueError(f"no release is live in {workspace.root}: name the version to re-embed")
     return release_version(live)
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
-def build_index_slot(workspace: str, version: str, index: IndexConfig) -> str:
+def build_index_slot(workspace: Workspace, version: str, index: IndexConfig) -> str:
     """Build an immutable FAISS slot from the job embeddings (tuned to ``index.target_recall``)
     and point jobs@<version> at it (``ebr.release.slots.build_job_slot``); a release records
     it to serve it."""
     from ebr.release.slots import build_job_slot
 
-    info = build_job_slot(Workspace(Path(workspace)), version, index)
+    info = build_job_slot(workspace, version, index)
     print(info)
     return str(info["slot"])
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
-def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> str:
+def evaluate_model(workspace: Workspace, model_dir: str, version: str, slot: str) -> str:
     """EBR (exact, and through the served ANN ``slot``) vs BM25 / popularity / hybrid on the
     held-out days; JSON + PNG, shown as a Flyte Deck."""
     from flytekit import Deck
@@ -182,9 +179,8 @@ def evaluate_model(workspace: str, model_dir: str, version: str, slot: str) -> s
     from ebr.eval.report import evaluate_release, report_html, write_report
     from ebr.versions import eval_days, read_meta, version_paths
 
-    ws = Workspace(Path(workspace))
     days = eval_days(read_meta(Path(model_dir)))  # the days this model was trained without
-    report = evaluate_release(ws, Path(model_dir), ws.slots / slot, days)
-    json_path, png_path = write_report(report, version_paths(ws, version).eval)
+    report = evaluate_release(workspace, Path(model_dir), workspace.slots / slot, days)
+    json_path, png_path = write_report(report, version_paths(workspace, version).eval)
     Deck("Evaluation", report_html(report, png_path))
     return str(json_path)

@@ -7,7 +7,6 @@ Each is a thin call into ``ebr.release.provision`` (the same functions the CLI
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from flytekit import Resources, task
 
@@ -16,7 +15,7 @@ from ebr.config import GateConfig, ModelConfig, TrainConfig, Workspace
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def model_for_release(
-    workspace: str,
+    workspace: Workspace,
     version: str,
     train_model: bool,
     interest_version: str,
@@ -28,22 +27,23 @@ def model_for_release(
     from ebr.versions import interest_paths, read_meta, version_paths
     from tasks.platform import train_two_tower
 
-    ws = Workspace(Path(workspace))
-    folder = version_paths(ws, version).model
+    folder = version_paths(workspace, version).model
     if not train_model:
         read_meta(folder)  # FileNotFoundError naming the folder when the model is not there
         return str(folder)
-    interest = interest_paths(ws, interest_version).model
+    interest = interest_paths(workspace, interest_version).model
     read_meta(interest)
     # The task's own function, run inside this task (not a nested Flyte node).
     out: str = train_two_tower.task_function(
-        workspace, str(ws.data), version, str(interest), model, train
+        workspace, str(workspace.data), version, str(interest), model, train
     )
     return out
 
 
 @task(requests=Resources(cpu="1", mem="2Gi"))
-def record_release(workspace: str, version: str, slot: str, gates: GateConfig, mode: str) -> str:
+def record_release(
+    workspace: Workspace, version: str, slot: str, gates: GateConfig, mode: str
+) -> str:
     """Gate ``slot`` of ``version`` and record it as a candidate release ("candidate"), also
     make it live ("promote"), or do nothing ("none"); returns the release id ("" for none).
     A refused release fails the task with the gates' verdicts."""
@@ -51,53 +51,52 @@ def record_release(workspace: str, version: str, slot: str, gates: GateConfig, m
 
     if mode == "none":
         return ""
-    ws = Workspace(Path(workspace))
-    release = provision(ws, version, slot, gates)
+    release = provision(workspace, version, slot, gates)
     print(json.dumps({"release": release.id, "gates": release.record()["gates"]}, indent=2))
     if mode == "promote":
-        print(promote(ws, release.id))
+        print(promote(workspace, release.id))
     return release.id
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
-def promote_release(workspace: str, release: str) -> str:
+def promote_release(workspace: Workspace, release: str) -> str:
     """Make ``release`` live; returns the change (JSON)."""
     from ebr.release.provision import promote
 
-    return json.dumps(promote(Workspace(Path(workspace)), release))
+    return json.dumps(promote(workspace, release))
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
-def rollback_release(workspace: str, to: str) -> str:
+def rollback_release(workspace: Workspace, to: str) -> str:
     """Make the previous live release (or ``to``, when not "") live again; returns the change."""
     from ebr.release.provision import rollback
 
-    return json.dumps(rollback(Workspace(Path(workspace)), to or None))
+    return json.dumps(rollback(workspace, to or None))
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
-def start_experiment(workspace: str, name: str, arms: list[str], salt: str) -> str:
+def start_experiment(workspace: Workspace, name: str, arms: list[str], salt: str) -> str:
     """Split traffic between releases: ``arms`` like ``control=rel-v1-...:0.5``; ``salt`` ""
     -> the name. Returns the change."""
     from ebr.release.provision import parse_arm
     from ebr.release.provision import start_experiment as start
 
     specs = [parse_arm(a) for a in arms]
-    return json.dumps(start(Workspace(Path(workspace)), name, specs, salt or None))
+    return json.dumps(start(workspace, name, specs, salt or None))
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
-def stop_experiment(workspace: str) -> str:
+def stop_experiment(workspace: Workspace) -> str:
     """End the running experiment; returns the change."""
     from ebr.release.state import stop_experiment as stop
 
-    return json.dumps(stop(Workspace(Path(workspace))))
+    return json.dumps(stop(workspace))
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
-def retire_release(workspace: str, release: str, keep_slot: bool) -> str:
+def retire_release(workspace: Workspace, release: str, keep_slot: bool) -> str:
     """Retire ``release`` (neither live nor an arm): it never serves again; its slot is removed
     unless ``keep_slot`` or something still names it. Returns the change (JSON)."""
     from ebr.release.provision import retire
 
-    return json.dumps(retire(Workspace(Path(workspace)), release, delete_slot=not keep_slot))
+    return json.dumps(retire(workspace, release, delete_slot=not keep_slot))
