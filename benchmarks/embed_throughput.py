@@ -274,7 +274,7 @@ def main(
         "20000,100000"
     ),
     train_jobs: Annotated[int, typer.Option(help="marketplace the model trains on")] = 20_000,
-    batch_size: Annotated[int, typer.Option(help="torch loop and RunInference batch")] = 256,
+    batch_size: Annotated[int, typer.Option(help="torch loop and Beam element batch")] = 256,
     repeats: Annotated[int, typer.Option(help="measurements per variant (median)")] = 3,
     threads: Annotated[int, typer.Option(help="torch intra-op threads")] = 2,
     epochs: Annotated[int, typer.Option(help="training epochs of the throwaway model")] = 1,

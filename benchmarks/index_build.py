@@ -7,7 +7,7 @@ Variants: every kind at ``IndexConfig`` defaults (flat, ivf, ivfpq, hnsw), plus 
 other PQ code width (4-bit fast-scan vs 8-bit). Each is built ``--build-repeats`` times at
 ``--threads`` and at 1 thread (median seconds); then one search knob is swept on the built index
 (nprobe 4..64 for ivf/ivfpq, ef_search 16..256 for hnsw, plus the default), measuring recall@10
-(``ebr.index.build.faiss_index.recall_at_k``, ``--queries`` jittered catalogue rows) and
+(``ebr.index.build.faiss_index.ann_recall_at_k``, ``--queries`` jittered catalogue rows) and
 queries/s for one batch of ``--queries`` queries and for the same queries one call each (at
 ``--threads`` and at 1 thread), median of ``--repeats``, each also as a ratio of flat's QPS in
 this run.
@@ -39,7 +39,12 @@ from benchmarks.common import (
     write_result,
 )
 from ebr.config import IndexConfig, Workspace
-from ebr.index.build.faiss_index import build_index, recall_at_k, recall_queries, set_faiss_threads
+from ebr.index.build.faiss_index import (
+    ann_recall_at_k,
+    build_index,
+    recall_queries,
+    set_faiss_threads,
+)
 from ebr.index.query.params import search_params, set_search_params
 from ebr.metrics import EXACT_BLAS_THRESHOLD, exact_topk
 from ebr.versions import version_paths
@@ -206,7 +211,7 @@ def main(
             "index_mib": round(len(faiss.serialize_index(index)) / 2**20, 2),
         }
         if info["kind"] == "flat":
-            recall = recall_at_k(index, vectors, queries, K)
+            recall = ann_recall_at_k(index, vectors, queries, K)
             rows.append({**common, "knob": None, "value": None, "default": True})
             rows[-1].update(recall_at_10=recall, **search_qps(index, q, repeats))
             if variant != "flat":  # an IVF/HNSW request degraded to flat (tiny catalogue)
@@ -220,7 +225,7 @@ def main(
             set_search_params(index, {knob: value})
             row = {**common, "knob": knob, "value": value, "default": value == info[knob]}
             row["search_params"] = search_params(index)
-            row["recall_at_10"] = recall_at_k(index, vectors, queries, K)
+            row["recall_at_10"] = ann_recall_at_k(index, vectors, queries, K)
             rows.append({**row, **search_qps(index, q, repeats)})
             print({k: row[k] for k in ("variant", "knob", "value", "recall_at_10")}, flush=True)
     flat = next(r for r in rows if r["variant"] == "flat")

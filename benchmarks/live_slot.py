@@ -39,7 +39,7 @@ from benchmarks.common import REPO_ROOT, compact_log_ticks, pyplot, save_figure,
 from ebr.config import IndexConfig
 from ebr.index.build.faiss_index import recall_queries, set_faiss_threads
 from ebr.index.build.writer import write_slot
-from ebr.index.live.handover import compact
+from ebr.index.live.handover import fold_into_slot
 from ebr.index.live.slot import LiveSlot, open_live
 from ebr.index.query.slot import load_slot
 from ebr.metrics import exact_topk
@@ -216,7 +216,7 @@ def main(
             live.upsert(items.iloc[rows], vectors[rows])
         results["churn_seconds"] = round(time.perf_counter() - t0, 2)
         phases["live_after_churn"] = measure(live.search)
-        compact_s, path = timed(lambda: compact(live, slots, "compacted", cfg))
+        compact_s, path = timed(lambda: fold_into_slot(live, slots, "compacted", cfg))
         compacted = open_live(path, verify=False)
         phases["compacted"] = measure(compacted.search)
         fresh_s, fresh_path = timed(lambda: write_slot(slots, "fresh", vectors, items, "v1", cfg))

@@ -143,7 +143,7 @@ def overhead(server: Server, workspace: Path, members: list[int], n: int) -> dic
             t0 = time.perf_counter()
             resp = server.client.post("/v1/search", json={**body, "retrieval": retrieval})
             t1 = time.perf_counter()
-            rel.search(body["query"], body["member_id"], body["k"], None, retrieval)
+            rel.answer(body["query"], body["member_id"], body["k"], None, retrieval)
             t2 = time.perf_counter()
             assert resp.status_code == 200, resp.text
             if i >= 30:  # warm-up

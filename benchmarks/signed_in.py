@@ -146,9 +146,9 @@ def _request_path(root: Path, n: int) -> dict[str, Any] | None:
             t0 = time.perf_counter()
             rel.encoder.understand(rel.speller.correct(q)[0])  # as Release.search did
             vec = rel.encoder.encode(q, m)
-            rel.index.search(vec, 10, None, q, retrieval, True)
+            rel.index.retrieve(vec, 10, None, q, retrieval, True)
             t1 = time.perf_counter()
-            rel.search(q, m, 10, None, retrieval)
+            rel.answer(q, m, 10, None, retrieval)
             t2 = time.perf_counter()
             if i >= 20:  # warm-up
                 before.append(t1 - t0)

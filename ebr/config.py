@@ -2,6 +2,9 @@
 
 Each pipeline takes exactly one of these, passed explicitly; nothing reads the environment here.
 Values are validated in ``__post_init__`` so a bad setting fails at the boundary with its name.
+
+Size: every frozen config of the data path and the ``Workspace`` layout, kept together so one
+file says what each run reads and how it is checked.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ read helpers return plain Python / numpy.
 ``feast`` is imported inside functions only: it costs ~6 s (it pulls in torch and fastapi).
 
 Run the tests: ``pytest -q tests/pipelines/test_feast_store.py``
+
+Size: the Feast adapter's two sides, publish (apply, materialize) and the online reads serving
+makes; names come from ``ebr.feast_names``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
-"""The embedding steps of batch and streaming pipelines: batches of records in, one Arrow table
-of embedding rows per batch out. Both run the same three functions (``featurize``, one forward
-pass, ``checked_rows``): batch as Beam stages (``EmbedBatches``), streaming in-line per poll
-(``Tower.embed``); they are not yet one shared Beam transform.
+"""The embedding step of batch and streaming pipelines, one Beam transform: ``EmbedTowers``.
 
-An element is a batch of rows (``pipelines.batches``): the record contract is checked once per
-batch, each record is featurized with the featurizer training used (a record it raises on is a
-dead letter, its batch-mates go on), the tower runs one forward pass per batch (RunInference
-with a handler whose example is a whole batch), and each output row must be a finite unit
-vector. Rows are (id, embedding, model_version, event_timestamp).
+An element is ``(carry, requests)``: each ``EmbedRequest`` names a tower (kind and model
+folder) and a batch of records; the output is ``(carry, results)``, one ``(rows, dead
+letters)`` per request, in order. ``carry`` travels untouched: the streaming job keeps one poll
+whole from its source to its acknowledgement through it (the towers a poll needs change as
+releases join and leave, so they are chosen per element), the batch pipelines carry nothing
+(``EmbedBatches``: one request per batch, of one fixed tower).
+
+Per request: each record is featurized with the featurizer training used (a record it raises
+on is a dead letter, its batch-mates go on), the tower runs one forward pass per batch (a
+failed pass dead-letters the batch's records with the exception) and each output row must be a
+finite unit vector. Rows are (id, embedding, model_version, event_timestamp). Towers are
+loaded once per process (``tower``), checksums verified, and reloaded when their model.json
+changes.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +27,6 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import torch
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from ebr.config import ModelConfig
 from ebr.data.records import UNIT_TOLERANCE, vector_problem
@@ -29,7 +34,7 @@ from ebr.model.artifact import load_item_tower, load_request_tower
 from ebr.model.features import job_tensors, request_tensors, stack, warm_texts
 from ebr.model.infer import run_tower
 from ebr.model.interest import member_tensors
-from ebr.versions import model_config, read_meta
+from ebr.versions import META_FILE, model_config, read_meta
 from pipelines.batches import Rebatch, Unbatch
 from pipelines.deadletter import (
     DEAD,
@@ -94,43 +99,6 @@ def featurize(
     return (_FeatureBatch(ids, stack(rows)) if rows else None), dead
 
 
-class _Featurize(beam.DoFn):
-    """``featurize`` as a Beam stage."""
-
-    def __init__(self, kind: str, cfg: ModelConfig) -> None:
-        self._kind, self._cfg = kind, cfg
-
-    def process(self, batch: list[Any]) -> Iterable[Any]:
-        features, dead = featurize(self._kind, self._cfg, batch)
-        yield from dead
-        if features is not None:
-            yield features
-
-
-class _TowerHandler(ModelHandler):  # type: ignore[misc]  # Beam's classes are untyped
-    """RunInference's model handler for one tower: an example is a whole ``_FeatureBatch``
-    (one forward pass each), loaded from the model folder with its checksums verified."""
-
-    def __init__(self, kind: str, model_dir: Path) -> None:
-        super().__init__()
-        self._kind, self._dir = kind, model_dir
-
-    def load_model(self) -> torch.nn.Module:
-        load = load_item_tower if self._kind == "jobs" else load_request_tower
-        return load(self._dir)[0]
-
-    def run_inference(
-        self, batch: Sequence[_FeatureBatch], model: torch.nn.Module, inference_args: Any = None
-    ) -> Iterable[PredictionResult]:
-        return [PredictionResult(ex, run_tower(model, ex.features)) for ex in batch]
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": 1}  # an example is a batch already
-
-    def get_metrics_namespace(self) -> str:
-        return "ebr_embed"
-
-
 def checked_rows(
     kind: str, version: str, ids: Sequence[int], vectors: np.ndarray
 ) -> tuple[pa.Table | None, list[Any]]:
@@ -150,30 +118,17 @@ def checked_rows(
     return table, dead
 
 
-class _ToTable(beam.DoFn):
-    """``checked_rows`` of each prediction as a Beam stage."""
-
-    def __init__(self, kind: str, version: str) -> None:
-        self._kind, self._version = kind, version
-
-    def process(self, pred: PredictionResult) -> Iterable[Any]:
-        table, dead = checked_rows(self._kind, self._version, pred.example.ids, pred.inference)
-        yield from dead
-        if table is not None:
-            yield table
-
-
 class Tower:
-    """One loaded tower and the same three steps ``EmbedBatches`` runs as Beam stages
-    (``featurize``, one forward pass, ``checked_rows``), called in-line: for a job that must
-    keep one element (a poll of a stream) whole from source to acknowledgement."""
+    """One loaded tower and its three steps: ``featurize``, one forward pass, ``checked_rows``
+    (``EmbedTowers`` runs them; ``tower`` keeps one per model per process)."""
 
     def __init__(self, kind: str, model_dir: Path) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         meta = read_meta(model_dir)
         self.kind, self.cfg, self.version = kind, model_config(meta), str(meta["version"])
-        self.model = _TowerHandler(kind, model_dir).load_model()
+        load = load_item_tower if kind == "jobs" else load_request_tower
+        self.model: torch.nn.Module = load(model_dir)[0]
 
     def embed(self, records: list[Any]) -> tuple[pa.Table | None, list[dict[str, Any]]]:
         """records -> (rows {id, embedding, model_version, event_timestamp} or None, dead
@@ -183,7 +138,7 @@ class Tower:
         if features is not None:
             try:
                 vectors = run_tower(self.model, features.features)
-            except Exception as e:  # the whole batch failed, as RunInference's failed output
+            except Exception as e:  # the whole batch failed: each of its records says why
                 reason = exception_reason(e)
                 dead += [dead_letter("inference", _table(self.kind), k, None, reason)
                          for k in features.ids]  # fmt: skip
@@ -206,62 +161,121 @@ def rows_table(id_col: str, ids: np.ndarray, vecs: np.ndarray, version: str) -> 
     return pa.Table.from_arrays(columns, schema=schema(id_col, dim))
 
 
-def _failed_batch(kind: str) -> Any:
-    """(batch of ``_FeatureBatch``, exception) from RunInference -> one dead letter per row."""
-
-    def rows(failed: tuple[Sequence[_FeatureBatch], BaseException]) -> Iterable[Any]:
-        batch, exc = failed
-        for example in batch:
-            for key in example.ids:
-                row = dead_letter("inference", _table(kind), key, None, exception_reason(exc))
-                yield row.value
-
-    return rows
-
-
 def _table(kind: str) -> str:
     return "jobs" if kind == "jobs" else "members"  # interest runs embed member records
 
 
-class EmbedBatches(beam.PTransform):
-    """batches of records (``pipelines.batches``) -> ``Checked(tables, dead_letter)``: one
-    Arrow table of rows {id, embedding, model_version, event_timestamp} per batch; every record
-    refused on the way (validation, featurizer, inference, output check) as a dead letter
-    (pipelines.deadletter). One forward pass per batch: the per-row Python cost is the
-    featurizer's, as in the plain torch loop.
+_TOWERS: dict[tuple[str, str], tuple[int, Tower]] = {}
+_TOWERS_LOCK = threading.Lock()
 
-    Shared by batch and streaming pipelines: only sources and sinks differ. With
-    ``validate=False`` the caller has validated the records already (batch runs do, before
-    their joins) and the elements are lists of records.
-    """
+
+def tower(kind: str, model_dir: Path | str) -> Tower:
+    """The ``kind`` tower of the model at ``model_dir``, loaded once per process (a streaming
+    job runs many short pipelines; loading per run would cost seconds), again when its
+    model.json changed since."""
+    path = Path(model_dir)
+    stamp = (path / META_FILE).stat().st_mtime_ns
+    key = (kind, str(path.resolve()))
+    with _TOWERS_LOCK:
+        hit = _TOWERS.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = _TOWERS[key] = (stamp, Tower(kind, path))
+    return hit[1]
+
+
+class EmbedRequest(NamedTuple):
+    """Records for one tower: ``kind`` (``KINDS``) of the model at ``model_dir``."""
+
+    kind: str
+    model_dir: str
+    records: list[Any]
+
+
+Result = tuple[pa.Table | None, list[dict[str, Any]]]  # (rows or None, dead letter rows)
+
+
+class Embedding(NamedTuple):
+    """``EmbedTowers``' output element: the carry, each request's result (in order), and the
+    exception when the element could not be embedded at all (then no results)."""
+
+    carry: Any
+    results: tuple[Result, ...]
+    error: BaseException | None = None
+
+
+def embed_requests(requests: Sequence[EmbedRequest]) -> tuple[Result, ...]:
+    """Each request's (rows, dead letters), in order: what ``EmbedTowers`` does per element."""
+    return tuple(tower(r.kind, r.model_dir).embed(list(r.records)) for r in requests)
+
+
+class _EmbedTowers(beam.DoFn):
+    def __init__(self, raise_failures: bool) -> None:
+        self._raise = raise_failures
+
+    def process(self, element: tuple[Any, Sequence[EmbedRequest]]) -> Iterable[Embedding]:
+        carry, requests = element
+        try:
+            results = embed_requests(requests)
+        except Exception as err:  # a tower that cannot load, a store: the caller decides
+            if self._raise:
+                raise
+            yield Embedding(carry, (), err)
+            return
+        yield Embedding(carry, results)
+
+
+class EmbedTowers(beam.PTransform):
+    """``(carry, requests)`` -> ``Embedding(carry, results, error)``: every request embedded by
+    its tower (see the module docstring); one output, so a chain of these stays a line (the
+    local DirectRunner holds a Flatten's elements until the job ends). An element that cannot be
+    embedded at all (a tower that fails to load) raises with ``raise_failures``, else comes
+    out with its ``error``; records a tower refuses are dead letters in the results."""
+
+    def __init__(self, raise_failures: bool = False) -> None:
+        super().__init__()
+        self._raise = raise_failures
+
+    def expand(self, elements: beam.PCollection) -> beam.PCollection:
+        return elements | "EmbedTowers" >> beam.ParDo(_EmbedTowers(self._raise))
+
+
+def _split_result(element: Embedding) -> Iterable[Any]:
+    ((table, dead),) = element.results
+    for row in dead:
+        yield beam.pvalue.TaggedOutput(DEAD, row)
+    if table is not None:
+        yield table
+
+
+class EmbedBatches(beam.PTransform):
+    """batches of records (``pipelines.batches``) of one tower -> ``Checked(tables,
+    dead_letter)``: one Arrow table of rows {id, embedding, model_version, event_timestamp}
+    per batch; every record refused on the way (validation, featurizer, inference, output
+    check) as a dead letter (pipelines.deadletter). ``EmbedTowers`` with one request per
+    batch: the streaming job runs the same transform. With ``validate=False`` the caller has
+    validated the records already (batch runs do, before their joins) and the elements are
+    lists of records."""
 
     def __init__(self, kind: str, model_dir: Path, validate: bool = True) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        meta = read_meta(model_dir)
-        self._kind, self._cfg = kind, model_config(meta)
-        self._version, self._validate = meta["version"], validate
-        self._handler = _TowerHandler(kind, model_dir)
+        read_meta(model_dir)  # a missing model fails at construction, naming the folder
+        self._kind, self._dir, self._validate = kind, str(model_dir), validate
 
     def expand(self, batches: beam.PCollection) -> Checked:
         dead = []
         if self._validate:
             checked = batches | "Validate" >> ValidateBatches(_table(self._kind))
             batches, dead = checked.records, [checked.dead_letter]
-        feats = batches | "Featurize" >> beam.ParDo(_Featurize(self._kind, self._cfg)).with_outputs(
-            DEAD, main="ok"
+        kind, folder = self._kind, self._dir
+        embedded = (
+            batches
+            | "Request" >> beam.Map(lambda b: (None, (EmbedRequest(kind, folder, b),)))
+            | "Embed" >> EmbedTowers(raise_failures=True)
         )
-        preds, failed = (
-            feats.ok | "RunInference" >> RunInference(self._handler).with_exception_handling()
-        )
-        tables = preds | "ToTable" >> beam.ParDo(_ToTable(self._kind, self._version)).with_outputs(
-            DEAD, main="tables"
-        )
-        failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(
-            _failed_batch(self._kind)
-        )
-        dead += [feats[DEAD], failed_rows, tables[DEAD]]
+        tables = embedded | "Rows" >> beam.FlatMap(_split_result).with_outputs(DEAD, main="tables")
+        dead.append(tables[DEAD])
         return Checked(tables.tables, tuple(dead) | "DeadLetters" >> beam.Flatten())
 
 

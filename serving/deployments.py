@@ -20,6 +20,9 @@ first health check passes, so Serve routes nothing to it before then; a side log
 file or a damaged slot log degrades health with a reason and never fails a request.
 
 Admin routes (``/admin/...``) need ``Authorization: Bearer <token>`` (``AppArgs``).
+
+Size: the ingress deployment's routes (search, feeds, admin, health, metrics) share its router,
+admission and impression log; the release work is ``serving.release_server``.
 """
 
 # No `from __future__ import annotations` here: FastAPI resolves the route signatures of a
@@ -174,7 +177,7 @@ class Ingress:
         async def work() -> SearchResponse:
             start = time.perf_counter()
             retrieval = body.retrieval or self._retrieval
-            hits, plan, understood = await self._call(route, lambda: self._releases.search(
+            hits, plan, understood = await self._call(route, lambda: self._releases.search_release(
                 route.release, body.query, body.member_id, body.k, body.parsed_filter,
                 retrieval,
             ))  # fmt: skip

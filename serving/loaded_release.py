@@ -1,6 +1,14 @@
 """One release loaded in a process: its request encoder and index, checked together, and the
 ``Loader`` that opens them (``serving.release_server`` keeps them per replica).
 
+A search, HTTP to FAISS, names each step by what it adds: ``Ingress.search`` (the route,
+``serving.deployments``: validate, route to the live release or an arm) -> ``search_release``
+(``serving.release_server``: pin the release, run on its worker) -> ``LoadedRelease.answer``
+(spelling, understand, encode the request) -> ``LoadedRelease.retrieve`` (check the vectors'
+release) -> ``ReleaseIndex.retrieve`` (tail the slot log, response rows) -> ``LiveSlot.query``
+(plan: ebr / term / hybrid, signed-in rerank) -> ``search_view`` (probe the snapshot with the
+filter, merge the delta) -> FAISS ``index.search``.
+
 Loading names why a release cannot serve: ``UnknownRelease`` (no record) or
 ``ReleaseUnavailable`` (a modified record, files gone or changed, a corrupt slot log), never
 a bare error. Heavy stacks (torch, feast, faiss) are imported when a release loads.
@@ -41,19 +49,19 @@ class LoadedRelease:
         self.index = ReleaseIndex(release, verify, refresh_s)
         self.speller = QuerySpeller(self.encoder, self.index)  # typo tolerance
 
-    def search_vector(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
-                      flt: Filter | None = None, text: str | None = None,
-                      retrieval: str = "ebr", personalised: bool = False,
-                      personal: np.ndarray | None = None, place: Any = None) -> Hits:  # fmt: skip
-        """The index's search of request embeddings (``vectors`` and, signed in, the
+    def retrieve(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
+                 flt: Filter | None = None, text: str | None = None,
+                 retrieval: str = "ebr", personalised: bool = False,
+                 personal: np.ndarray | None = None, place: Any = None) -> Hits:  # fmt: skip
+        """The index's retrieval for request embeddings (``vectors`` and, signed in, the
         member-aware ``personal``) tagged with their release (refused unless it is this
         release's)."""
         if (vectors is not None or personal is not None) and vector_release != self.id:
             raise ReleaseMismatch(str(vector_release), self.id)
-        return self.index.search(vectors, k, flt, text, retrieval, personalised,
-                                 personal, place)  # fmt: skip
+        return self.index.retrieve(vectors, k, flt, text, retrieval, personalised,
+                                   personal, place)  # fmt: skip
 
-    def search(self, query: str | None, member_id: int | None, k: int,
+    def answer(self, query: str | None, member_id: int | None, k: int,
                flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
         """One search: (hits, plan with ``retrieval``, ``understand(query)``). A query the
         model does not understand is dropped from the embedding (the member alone, or no
@@ -68,7 +76,7 @@ class LoadedRelease:
             vec, personal, place = self.encoder.encode_signed_in(embed_query, member_id)
         elif embed_query is not None or member_id is not None:
             vec = self.encoder.encode(embed_query, member_id)
-        hits, plan = self.search_vector(self.encoder.release_id, vec, k, flt, query,
+        hits, plan = self.retrieve(self.encoder.release_id, vec, k, flt, query,
                                         retrieval, member_id is not None, personal,
                                         place)  # fmt: skip
         return hits, plan, understood
@@ -76,7 +84,7 @@ class LoadedRelease:
     def recommendations(self, member_id: int, k: int) -> Hits:
         """JYMBII: the member's embedding (batch, else from the profile), no query."""
         vec = self.encoder.member_embedding(member_id)
-        return self.search_vector(self.encoder.release_id, vec, k, None, None, "ebr", True)
+        return self.retrieve(self.encoder.release_id, vec, k, None, None, "ebr", True)
 
     def info(self) -> dict[str, Any]:
         return {"encoder": self.encoder.info(), "index": self.index.info()}

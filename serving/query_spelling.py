@@ -45,7 +45,7 @@ class KnownWords:
 
 
 class QuerySpeller:
-    """One release's spelling correction (``Release.search`` runs it first)."""
+    """One release's spelling correction (``LoadedRelease.answer`` runs it first)."""
 
     def __init__(self, encoder: ReleaseEncoder, index: ReleaseIndex) -> None:
         self._encoder, self._index = encoder, index

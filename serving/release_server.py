@@ -139,9 +139,9 @@ class LocalReleases:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self._timed, work, rel)
 
-    async def search(self, release_id: str, query: str | None, member_id: int | None, k: int,
-                     flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
-        return await self._run(release_id, lambda r: r.search(query, member_id, k, flt, retrieval))
+    async def search_release(self, release_id: str, query: str | None, member_id: int | None,
+                             k: int, flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
+        return await self._run(release_id, lambda r: r.answer(query, member_id, k, flt, retrieval))
 
     async def recommendations(self, release_id: str, member_id: int, k: int) -> Hits:
         return await self._run(release_id, lambda r: r.recommendations(member_id, k))
@@ -160,9 +160,9 @@ class RemoteReleases:
     def _for(self, release_id: str) -> DeploymentHandle:
         return self._server.options(multiplexed_model_id=release_id)
 
-    async def search(self, release_id: str, query: str | None, member_id: int | None, k: int,
-                     flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
-        call = self._for(release_id).search.remote(query, member_id, k, flt, retrieval)
+    async def search_release(self, release_id: str, query: str | None, member_id: int | None,
+                             k: int, flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
+        call = self._for(release_id).search_release.remote(query, member_id, k, flt, retrieval)
         return await call  # type: ignore[no-any-return]
 
     async def recommendations(self, release_id: str, member_id: int, k: int) -> Hits:
@@ -221,10 +221,11 @@ class ReleaseServer:
     async def _current(self) -> LoadedRelease:
         return await self.release(serve.get_multiplexed_model_id())
 
-    async def search(self, query: str | None, member_id: int | None, k: int,
-                     flt: Filter | None = None,
-                     retrieval: str = "hybrid") -> Found:  # fmt: skip
-        return (await self._current()).search(query, member_id, k, flt, retrieval)
+    async def search_release(self, query: str | None, member_id: int | None, k: int,
+                             flt: Filter | None = None,
+                             retrieval: str = "hybrid") -> Found:  # fmt: skip
+        """One search in the release this call names (``LoadedRelease.answer``)."""
+        return (await self._current()).answer(query, member_id, k, flt, retrieval)
 
     async def recommendations(self, member_id: int, k: int) -> Hits:
         return (await self._current()).recommendations(member_id, k)
@@ -241,7 +242,7 @@ class ReleaseServer:
 
         rel = await self._current()
         flt = parse_filter(filter_json) if filter_json is not None else None
-        return rel.search_vector(vector_release, vectors, k, flt, text, retrieval)
+        return rel.retrieve(vector_release, vectors, k, flt, text, retrieval)
 
     async def info(self) -> dict[str, Any]:
         """The release this call names, loaded (and checked) if it was not: encoder and index."""

@@ -48,7 +48,7 @@ class ReleaseIndex:
             self.live.refresh()
             self._refreshed = time.monotonic()
 
-    def search(
+    def retrieve(
         self,
         vectors: np.ndarray | None,
         k: int,

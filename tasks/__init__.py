@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgpack
+from flytekit.core.constants import MESSAGEPACK
 from flytekit.core.context_manager import FlyteContext
 from flytekit.core.type_engine import TypeEngine, TypeTransformer, TypeTransformerFailedError
 from flytekit.models.literals import Literal, Primitive, Scalar
@@ -40,8 +42,12 @@ class WorkspaceTransformer(TypeTransformer[Workspace]):
     def to_python_value(
         self, ctx: FlyteContext, lv: Literal, expected_python_type: Any
     ) -> Workspace:
-        root = lv.scalar.primitive.string_value if lv.scalar and lv.scalar.primitive else None
-        if not root:
+        root: Any = None
+        if lv.scalar and lv.scalar.primitive:
+            root = lv.scalar.primitive.string_value
+        elif lv.scalar and lv.scalar.binary and lv.scalar.binary.tag == MESSAGEPACK:
+            root = msgpack.loads(lv.scalar.binary.value)  # a config's attribute (config.workspace)
+        if not isinstance(root, str) or not root:
             raise TypeTransformerFailedError(f"a workspace is a non-empty path string, got {lv}")
         return Workspace(Path(root))
 

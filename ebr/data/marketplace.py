@@ -44,6 +44,9 @@ sigmoid(2 (u - 3.6)), otherwise a save with probability 0.3. Inactive jobs are n
 (In code, constants included: ``utility``, ``search_utility`` and ``funnel`` in
 ``ebr.data.engagement``.)
 A model that recovers skills, title, seniority, distance and remote recovers the ground truth.
+
+Size: the generator's entry point and its command; catalogue, members and engagement each have
+their own module.
 """
 
 from __future__ import annotations

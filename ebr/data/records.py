@@ -24,6 +24,9 @@ max_commute_km      null or finite in [0, 20040] (members)     0 (commute unknow
 ==================  =========================================  ===================================
 
 Checks are vectorised over a DataFrame; a single record is checked as a one-row frame.
+
+Size: one rule per field of the job and profile contracts, each with its message; split by
+record kind it would repeat the shared checks.
 """
 
 from __future__ import annotations

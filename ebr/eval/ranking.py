@@ -1,10 +1,12 @@
-"""The non-learned baselines EBR is compared with (popularity, the hybrid fusion) and list
-padding; the metrics themselves are ``ebr.metrics``.
+"""The non-learned baselines EBR is compared with (popularity, the hybrid fusion), list
+padding, and the served index as an evaluation searches it (``served_search``); the metrics
+themselves are ``ebr.metrics``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,3 +136,13 @@ def fusion_sweep(
         }
         for name, fusion, scales in variants
     }
+
+
+def served_search(slot_path: Path) -> Callable[[np.ndarray, int], np.ndarray]:
+    """(request vectors [q, d], k) -> job ids [q, k] through the path the serving ReleaseIndex
+    takes (the live slot opened read-only, ``LiveSlot.query``): what an offline evaluation
+    of "the served index" must call."""
+    from ebr.index.live.slot import open_live
+
+    live = open_live(slot_path, writable=False)
+    return lambda q, k: live.query(q, k).job_ids

@@ -6,6 +6,9 @@
 Held-out sessions are those of the last ``eval_days`` days (ebr.data.pairs.time_split, the
 split training uses); EBR searches all jobs exactly, so the numbers measure the model, not
 the ANN index.
+
+Size: the held-out evaluation and its report (JSON, PNG, the Flyte Deck's HTML) are one
+artifact; the methods it compares live in ``ebr.eval.ranking`` and ``ebr.metrics``.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def evaluate_marketplace(
     JYMBII sessions carry no query, so BM25 and the hybrid do not apply there (nor to a
     query-only tower). ``interest``: daily member-interest snapshots for a model that reads them
     (ebr.model.interest.load_interest_snapshots). ``ann``: (request vectors [q, d], k) ->
-    job ids [q, k] (-1 padded) from the served ANN index (``ebr.index.live.slot.served_search``);
+    job ids [q, k] (-1 padded) from the served ANN index (``ebr.eval.ranking.served_search``);
     adds the method ``ebr_ann`` beside the exact ``ebr``. ``typed``: typed queries
     (ebr.eval.typed.typed_queries) -> a "typed" section (``typed_scores.evaluate_typed``:
     EBR, BM25 and hybrid on queries the model never trained on), judged against
@@ -225,7 +228,7 @@ def evaluate_release(
     served index through the serving path, the typed queries (against the model's training
     vocabulary) and the model's training curves."""
     from ebr.data.esco import load_occupations
-    from ebr.index.live.slot import served_search
+    from ebr.eval.ranking import served_search
     from ebr.model.artifact import load_two_tower, load_vocabulary
     from ebr.model.interest import load_interest_snapshots
     from ebr.versions import interest_paths, verified_interest

@@ -21,6 +21,9 @@ as serving corrects them (``Spelling``). Sections:
 - logged searches (``search_by_intent``, in the report's search section): recall@100 of the
   member-aware EBR, BM25, today's hybrid and each signed-in mode, by the session's ``intent``
   (profile vs exploring = adjacent + career_change; an old log is all profile).
+
+Size: the member-aware section of the report (typed, misspelled, exploring and logged searches),
+its figures and their table; the served path it scores is ``signed_in_path``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ interest, as ``ebr.model.train.request_members`` builds them) plus ``GEO_WEIGHT`
 commute decay for the member (``Catalogue.decay``). A query no word of which the towers
 know gets no EBR list (serving sends no vector: hybrid falls back to term), and its member-aware
 embedding is the member's alone, as serving embeds it.
+
+Size: the offline twin of the served path (spelling, encode, retrieve, signed-in rerank) for
+anonymous and signed-in batches; kept apart from the scoring (``ebr.eval.signed_in``).
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@ through the gates, put where the old release served.
 
 A streaming job appends every change to the slots of the serving releases; their logs grow
 and each search merges a bigger delta. ``compact_release`` folds the snapshot and its log
-(``ebr.index.live.handover.compact``, read-only: the streaming job keeps writing meanwhile) into
-a new immutable slot of the same model version, gates it as a new release (recall, coverage of
-the catalogue with the streamed changes, lineage; ``ebr.release.gates``) and replaces the old
-release in each of its roles (live, experiment arms; ``state.replace``). The old release is
-retired, its slot and log kept: the streaming job copies the records that reached the old log
-after the compaction read it into the new one before writing there (``pipelines.streaming.sinks``),
-and a rollback goes to the release live before it.
+(``ebr.index.live.handover.fold_into_slot``, read-only: the streaming job keeps writing
+meanwhile) into a new immutable slot of the same model version, gates it as a new release
+(recall, coverage of the catalogue with the streamed changes, lineage; ``ebr.release.gates``)
+and replaces the old release in each of its roles (live, experiment arms; ``state.replace``).
+The old release is retired, its slot and log kept: the streaming job copies the records that
+reached the old log after the compaction read it into the new one before writing there
+(``ebr.index.live.handover.take_over``, called by ``pipelines.streaming.sinks``), and a
+rollback goes to the release live before it.
 
 All or nothing: the state, the old release's record and ``slots/aliases.json`` are read
 first; the new release's record, the aliases (one write) and the state (one write, the new
@@ -26,7 +27,7 @@ from typing import Any
 from ebr.config import GateConfig, IndexConfig, Workspace
 from ebr.index.build.aliases import read_aliases, restore, retarget
 from ebr.index.build.writer import slot_name_for
-from ebr.index.live.handover import compact
+from ebr.index.live.handover import fold_into_slot
 from ebr.index.live.slot import open_live
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused
@@ -61,7 +62,7 @@ def compact_release(
                 "reason": f"log holds {records} records (< {min_records})"}  # fmt: skip
     new_slot = slot_name_for(version)
     requests = tuning_requests(ws, version, cfg) if cfg.tune_on == "requests" else None
-    compact(live, ws.slots, new_slot, cfg, requests)
+    fold_into_slot(live, ws.slots, new_slot, cfg, requests)
     try:
         doc = prepare(ws, version, new_slot, gates)
         with recorded(ws, doc):

@@ -21,6 +21,9 @@ log *degraded*: records keep queueing (up to ``max_pending``, then they are drop
 counted), the writer retries with backoff in a fresh file (the failed file keeps at most a
 torn last line, which the reader skips), and ``health()`` says what failed, since when and how
 many records were dropped. The first write that succeeds again ends it, without a restart.
+
+Size: the log's writer, its rotation and durability, and its reader share one record format;
+record building is ``ebr.release.impression_records``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ release, so every move can be undone by a plain rollback except a plain rollback
 
     live A, history []  --promote B-->  live B [A]  --rollback --to C-->  live C [A, B]
     --rollback-->  live B [A]  --rollback-->  live A []
+
+Size: every transition of the one state file (candidate, promote, rollback, experiments, retire,
+replace) under its lock; they share its validation and are tested together.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ model, an embedding that is not a finite unit vector) is not embedded and goes t
 ``deadletter.jsonl`` beside the tables (pipelines.deadletter); the others go on, and the
 summary counts the refusals per stage. Output folders are staged and swapped into place only
 after the whole pipeline succeeded: readers see the old set or the new one (ebr.io). The
-embedding transform itself (``EmbedBatches``) is ``pipelines.towers``, whose steps streaming
-runs in-line (``Tower.embed``); an element is a batch of rows (``pipelines.batches``).
+embedding transform (``EmbedBatches``: ``pipelines.towers.EmbedTowers`` with one request per
+batch) is the one the streaming job runs; an element is a batch of rows
+(``pipelines.batches``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         default=None,
         help="interest runs: only engagements before this ISO time form the history",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="RunInference batch size")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per forward pass")
     p.add_argument("--runner", default=DEFAULT_RUNNER, help="Beam runner (default: local)")
     known, rest = p.parse_known_args(argv)
     if known.batch_size < 1:

@@ -29,10 +29,11 @@ The job runs these same stages in one of two forms (``--mode``, default ``auto``
   group until the job stops; a processing-time trigger fails there (its trigger has no clock).
   While a backlog lasts one impulse drains up to ``DRAIN_POLLS`` reads (~3,000 events/s).
 
-Embedding runs the batch pipeline's three steps (``pipelines.towers.Tower``: featurize, one
-forward pass, output check) on the poll's records per model version, so stream and batch rows
-are the same. ``pipelines.streaming.stages`` holds the stages after Decode; their expensive state
-(towers, Feast store, slot writers) is made once per process (``pipelines.streaming.shared``).
+Embedding runs the batch pipelines' transform (``pipelines.towers.EmbedTowers``: featurize,
+one forward pass, output check) on the poll's records per model version, so stream and batch
+rows are the same. ``pipelines.streaming.stages`` holds the stages after Decode; their
+expensive state (Feast store, slot writers) is made once per process
+(``pipelines.streaming.shared``; towers: ``pipelines.towers.tower``).
 
 Delivery is at-least-once with idempotent sinks (``pipelines.streaming.state.Applied``: last event
 time wins per entity and sink). A failing store (Redis, the disk, the Feast database) leaves
@@ -62,9 +63,10 @@ from redis.exceptions import RedisError
 
 from ebr.config import Workspace
 from ebr.stream.events import as_text
+from pipelines.streaming.embed_stage import Embed
 from pipelines.streaming.shared import close_shared
 from pipelines.streaming.sources import SOURCES, ReadEntries, source_config
-from pipelines.streaming.stages import StreamOptions, Work, _Ack, _Embed, _Write
+from pipelines.streaming.stages import StreamOptions, Work, _Ack, _Write
 from pipelines.streaming.state import KnownJobs, decode_poll
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,7 @@ def apply_polls(polls: beam.PCollection, opts: StreamOptions, ack: bool) -> beam
     written = (
         polls
         | "Decode" >> beam.ParDo(_Decode(opts))
-        | "Embed" >> beam.ParDo(_Embed(opts))
+        | "Embed" >> Embed(opts)
         | "Write" >> beam.ParDo(_Write(opts))
     )
     return written | "Ack" >> beam.ParDo(_Ack(opts)) if ack else written

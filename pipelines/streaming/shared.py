@@ -1,5 +1,5 @@
-"""What the streaming job's DoFns hold for the whole process: towers, the Feast store, slot
-writers, Redis clients.
+"""What the streaming job's DoFns hold for the whole process: the Feast store, slot writers,
+Redis clients, member histories (towers: ``pipelines.towers.tower``).
 
 Run locally, the job runs every micro-batch as a bounded Beam pipeline of its own
 (``pipelines.streaming.local``), and Beam sets each run's DoFns up from scratch: loading towers,

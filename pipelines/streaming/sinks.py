@@ -1,8 +1,8 @@
-"""The streaming job's embedding step and its sinks: slot logs, Feast views, the catalogue.
+"""The streaming job's sinks: slot logs, Feast views, the catalogue.
 
-``embed_events`` embeds one poll's events with every model the target releases need (the batch
-pipeline's steps, ``pipelines.towers.Tower``). ``Sinks.write`` then applies them, each sink only
-the events it has not applied yet (``pipelines.streaming.state.Applied``):
+``Sinks.write`` applies one poll's events and their embeddings (``pipelines.streaming.embedding``)
+to every sink of the target releases, each sink only the events it has not applied yet
+(``pipelines.streaming.state.Applied``):
 
     slot:<slot name>            upserts (job posted/updated) and tombstones (job closed)
     feast:job_embedding_<v>     job rows, pushed online through the view's push source
@@ -23,27 +23,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import redis
 
 from ebr.config import Workspace
 from ebr.data.records import echo
 from ebr.data.tables import PROFILE_FIELDS
 from ebr.feast_names import PROFILE_VIEW, EmbeddingNames, embedding_names, interest_names
-from ebr.model.interest import engagements, history_as_of
 from ebr.release.slots import SLOT_COLUMNS
 from ebr.release.targets import Target
 from ebr.stream.events import BadEvent, Event
-from ebr.versions import interest_paths, version_paths
 from pipelines.streaming.broker import Broker
+from pipelines.streaming.embedding import UPSERTS, Embedded, vectors_by_id
 from pipelines.streaming.state import Applied
-from pipelines.towers import Tower
 
 if TYPE_CHECKING:
     from ebr.index.live.slot import LiveSlot
 
 log = logging.getLogger(__name__)
-UPSERTS = ("job_posted", "job_updated")
 PROFILE_SINK = f"feast:{PROFILE_VIEW}"
 
 
@@ -52,63 +48,6 @@ def feast_names_of(kind: str, version: str) -> EmbeddingNames:
     if kind == "interest":
         return interest_names(version)
     return embedding_names("job" if kind == "jobs" else "member", version)
-
-
-# (kind, model version) -> (rows or None, dead letters) for one poll
-Embedded = dict[tuple[str, str], tuple[pa.Table | None, list[dict[str, Any]]]]
-
-
-def _tower(cache: dict[Any, Any], ws: Workspace, kind: str, version: str) -> Tower:
-    key = ("tower", kind, version)
-    if key not in cache:
-        paths = interest_paths(ws, version) if kind == "interest" else version_paths(ws, version)
-        cache[key] = Tower(kind, paths.model)
-    return cache[key]  # type: ignore[no-any-return]
-
-
-def _histories(cache: dict[Any, Any], ws: Workspace) -> dict[int, str]:
-    """member_id -> the history text of every engagement logged (the batch interest run's
-    input when it is given no cut-off), read once per worker."""
-    if "histories" not in cache:
-        impressions = pd.read_parquet(ws.data / "impressions.parquet")
-        jobs = pd.read_parquet(ws.data / "jobs.parquet", columns=["job_id", "title"])
-        engaged = engagements(impressions, jobs)
-        after_all = engaged["ts"].max() + pd.Timedelta(seconds=1) if len(engaged) else None
-        cache["histories"] = {} if after_all is None else history_as_of(engaged, after_all)
-    return cache["histories"]  # type: ignore[no-any-return]
-
-
-def vectors_by_id(table: pa.Table | None) -> dict[int, np.ndarray]:
-    if table is None:
-        return {}
-    ids = table.column(0).to_numpy()
-    vecs = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
-    return {int(i): v.astype(np.float32) for i, v in zip(ids, vecs, strict=True)}
-
-
-def embed_events(
-    ws: Workspace, events: Sequence[Event], targets: Sequence[Target], cache: dict[Any, Any]
-) -> Embedded:
-    """Rows of every model the targets need for one poll: ("jobs", v), ("interest", iv) and
-    ("members", v); each with the dead letters of the records its tower refused."""
-    jobs = [e.record for e in events if e.kind in UPSERTS]
-    members = [e for e in events if e.kind == "member_profile_updated"]
-    out: Embedded = {}
-    for version in dict.fromkeys(t.version for t in targets):
-        if jobs:
-            out["jobs", version] = _tower(cache, ws, "jobs", version).embed(list(jobs))
-    if not members:
-        return out
-    history = _histories(cache, ws)
-    for iv in dict.fromkeys(t.interest_version for t in targets if t.interest_version):
-        recs = [{**(e.record or {}), "history": history.get(e.entity_id, "")} for e in members]
-        out["interest", iv] = _tower(cache, ws, "interest", iv).embed(recs)
-    for t in {t.version: t for t in targets}.values():
-        iv = t.interest_version
-        interest = vectors_by_id(out["interest", iv][0]) if iv else {}
-        recs = [{**(e.record or {}), "interest": interest.get(e.entity_id)} for e in members]
-        out["members", t.version] = _tower(cache, ws, "members", t.version).embed(recs)
-    return out
 
 
 class Sinks:

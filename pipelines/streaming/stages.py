@@ -1,12 +1,13 @@
-"""The streaming job's stages after Decode (``pipelines.streaming.pipeline``): Embed, Write,
-Ack, with the options and the element (``Work``) every stage shares, and the retry budget.
+"""The streaming job's stages after Decode (``pipelines.streaming.pipeline``): Write and Ack
+(Embed is ``pipelines.streaming.embed_stage``), with the options and the element (``Work``)
+every stage shares, and the retry budget.
 
 ``Work`` is one poll on its way: the entries it acknowledges, the latest event per entity, the
-releases it is written to and every model's rows. ``_Embed`` embeds it (and brings a release
-that joined since up to date: a backfill element), ``_Write`` applies it to every sink,
-``_Ack`` acknowledges its entries. What a stage holds for long (towers, the Feast store, slot
-writers, the Redis client) is made once per process (``pipelines.streaming.shared``): the local
-job sets its stages up again for every micro-batch (``pipelines.streaming.local``).
+releases it is written to and every model's rows. ``Embed`` fills the rows, ``_Write`` applies
+it to every sink, ``_Ack`` acknowledges its entries. What a stage holds for long (the Feast
+store, slot writers, the Redis client) is made once per process
+(``pipelines.streaming.shared``): the local job sets its stages up again for every
+micro-batch (``pipelines.streaming.local``).
 
 Retry budget: a failed poll stays pending and is claimed again (``claim_idle_ms``); each
 delivery counts (XPENDING, ``Broker.deliveries``). Once an entry has been delivered
@@ -20,29 +21,29 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apache_beam as beam
 from redis.exceptions import RedisError
 
 from ebr.config import Workspace
 from ebr.data.records import echo
-from ebr.release.targets import Target, write_targets
+from ebr.release.targets import Target
 from ebr.stream.events import BadEvent, Event
 from pipelines.deadletter import REASON_CHARS
 from pipelines.streaming.broker import GROUP, STREAM, Broker
 from pipelines.streaming.shared import shared
-from pipelines.streaming.sinks import Embedded, Sinks, embed_events
-from pipelines.streaming.state import Applied
+from pipelines.streaming.sinks import Sinks
+
+if TYPE_CHECKING:
+    from pipelines.streaming.embedding import Embedded
 
 log = logging.getLogger(__name__)
 # Failures of the stores, not of an event: the poll is retried whole, later.
 TRANSIENT = (RedisError, OSError, sqlite3.OperationalError)
-BACKFILL_RETRY_S = 60.0  # a release still not brought up to date after this gets another
 
 
 @dataclass(frozen=True)
@@ -90,110 +91,6 @@ class Work(NamedTuple):
     targets: tuple[Target, ...] = ()
     embedded: Embedded | None = None
     backfill: tuple[str, ...] = ()  # releases this element brings up to date with the catalog
-
-
-class _Targets:
-    """The releases to write, re-read when ``releases/state.json`` changes."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self._ws, self._stamp = ws, -1
-        self._targets: tuple[Target, ...] = ()
-
-    def current(self) -> tuple[Target, ...]:
-        path = self._ws.releases / "state.json"
-        stamp = path.stat().st_mtime_ns if path.is_file() else 0
-        if stamp != self._stamp:
-            self._targets = tuple(write_targets(self._ws))
-            self._stamp = stamp
-            log.info("writing to releases %s", [t.release_id for t in self._targets])
-        return self._targets
-
-
-class _EmbedState(NamedTuple):
-    """What ``_Embed`` keeps for the process (``pipelines.streaming.shared``)."""
-
-    ws: Workspace
-    targets: _Targets
-    applied: Applied
-    cache: dict[Any, Any]  # towers and histories, loaded once
-    issued: dict[str, float]  # release -> when its backfill was sent on
-
-
-class _Embed(beam.DoFn):
-    """``Work`` -> the same with every model's rows (``pipelines.streaming.sinks.embed_events``);
-    nothing when that fails (the entries stay pending and are claimed again) until the retry
-    budget of some is spent: then each event is embedded alone, and one that fails alone while
-    its entry's budget is spent is dead-lettered with the exception.
-
-    A release the job has not written to before (a candidate recorded, an arm added; every
-    release on the job's first start) first gets a backfill element: the streamed catalog's
-    latest event per entity, so it holds every change streamed before it joined. The sinks skip
-    what it has already (an idempotent replay)."""
-
-    def __init__(self, opts: StreamOptions) -> None:
-        self._opts = opts
-
-    def setup(self) -> None:
-        def make() -> _EmbedState:
-            ws = Workspace(Path(self._opts.workspace))
-            return _EmbedState(ws, _Targets(ws), Applied(self._opts.broker().client), {}, {})
-
-        state = shared("embed", self._opts, make)
-        self._ws, self._targets, self._applied, self._cache, self._issued = state
-
-    def process(self, work: Work) -> Iterable[Work]:
-        try:
-            targets = self._targets.current()
-            unseen = self._applied.unseen([t.release_id for t in targets])
-            now = time.monotonic()  # one backfill in flight per release (again if it failed)
-            late = [r for r in unseen if now - self._issued.get(r, now) >= BACKFILL_RETRY_S]
-            new = [r for r in unseen if r not in self._issued] + late
-            if new:
-                self._issued.update(dict.fromkeys(new, now))
-                yield self._backfill(tuple(t for t in targets if t.release_id in new))
-            embedded = embed_events(self._ws, work.events, targets, self._cache)
-        except Exception:  # retried as a failed sink is: the poll stays pending
-            log.exception("embedding failed for a poll of %d entries", len(work.entry_ids))
-            alone = self._one_by_one(work)
-            if alone is None:
-                log.warning("%d entries stay pending", len(work.entry_ids))
-                return
-            yield alone
-            return
-        yield work._replace(targets=targets, embedded=embedded)
-
-    def _one_by_one(self, work: Work) -> Work | None:
-        """After a failed embedding: None (the poll stays pending) unless the retry budget of
-        some of its entries is spent; then the poll without the events that fail alone (each
-        dead-lettered with its exception), or None when one of those still has budget left."""
-        try:
-            broker = self._opts.broker()
-            spent = spent_budget(broker, work.entry_ids, self._opts.max_deliveries)
-            if not spent:
-                return None
-            targets, good, bad = self._targets.current(), [], []
-            for event in work.events:
-                try:
-                    embed_events(self._ws, [event], targets, self._cache)
-                    good.append(event)
-                except Exception as err:
-                    if event.entry_id not in spent:
-                        return None
-                    n = spent[event.entry_id]
-                    bad.append(gave_up(event.entry_id, n, "embedding", err, event.record))
-            embedded = embed_events(self._ws, good, targets, self._cache)
-            broker.dead_letter(bad)  # acknowledged now: a retry of the rest does not repeat them
-        except Exception:
-            log.exception("embedding one by one failed too")
-            return None
-        return work._replace(events=good, targets=targets, embedded=embedded)
-
-    def _backfill(self, targets: tuple[Target, ...]) -> Work:
-        events = self._applied.catalog_events()
-        log.info("bringing %s up to date: %d streamed changes", [t.release_id for t in targets],
-                 len(events))  # fmt: skip
-        embedded = embed_events(self._ws, events, targets, self._cache)
-        return Work([], events, targets, embedded, tuple(t.release_id for t in targets))
 
 
 class _Writer:

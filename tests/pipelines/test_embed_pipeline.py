@@ -336,12 +336,15 @@ def test_an_unreadable_id_does_not_refuse_the_job_it_equals(ws: Workspace) -> No
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # lat = inf
-def test_featurizer_and_output_failures_are_dead_letters(ws: Workspace) -> None:
+def test_featurizer_and_output_failures_are_dead_letters(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Unvalidated input (validate=False): the featurizer's exception and a non-finite
     embedding are refused one element at a time; the batch-mates go on."""
     import apache_beam as beam
 
-    from pipelines.towers import EmbedRecords, _failed_batch, _FeatureBatch
+    from pipelines import towers
+    from pipelines.towers import EmbedRecords
 
     jobs = pd.read_parquet(ws.data / "jobs.parquet").head(6).to_dict("records")
     no_title = {k: v for k, v in _job(jobs[0], 10_021).items() if k != "title"}
@@ -370,10 +373,18 @@ def test_featurizer_and_output_failures_are_dead_letters(ws: Workspace) -> None:
             ),
             label="dead letters",
         )
-    # A batch the model raises on: one dead letter per element of it, the exception named.
-    rows = list(_failed_batch("members")(([_FeatureBatch([1, 2], {})], RuntimeError("x" * 500))))
+    # A batch the model raises on: one dead letter per record of it, the exception named.
+    tower = towers.Tower("members", ws.models / "v1")
+
+    def boom(*_: object) -> None:
+        raise RuntimeError("x" * 500)
+
+    monkeypatch.setattr(towers, "run_tower", boom)
+    members = pd.read_parquet(ws.data / "members.parquet").head(2).to_dict("records")
+    table, rows = tower.embed(members)
+    assert table is None
     assert [(r["stage"], r["kind"], r["id"]) for r in rows] == [
-        ("inference", "members", 1),
-        ("inference", "members", 2),
+        ("inference", "members", int(members[0]["member_id"])),
+        ("inference", "members", int(members[1]["member_id"])),
     ]
     assert rows[0]["reason"].startswith("RuntimeError: xxx") and len(rows[0]["reason"]) == 200

@@ -20,16 +20,19 @@ import pandas as pd
 import pytest
 from redis.exceptions import ResponseError
 
+import pipelines.streaming.embed_stage as embed_stage
 import pipelines.streaming.stages as stages
 from ebr.config import Workspace
 from ebr.stream.events import FIELD, Event, decode, encode
 from pipelines.streaming import job as stream_job
 from pipelines.streaming.broker import Broker, RedisServer, progress
+from pipelines.streaming.embed_stage import _Settle
 from pipelines.streaming.local import run_local, settle
 from pipelines.streaming.pipeline import as_polls, micro_batch
 from pipelines.streaming.shared import close_shared, shared
 from pipelines.streaming.sinks import Sinks
-from pipelines.streaming.stages import StreamOptions, Work, _Embed, _Write
+from pipelines.streaming.stages import StreamOptions, Work, _Write
+from pipelines.towers import Embedding
 from tests.pipelines.streaming import (
     Launched,
     StreamJob,
@@ -187,15 +190,20 @@ def test_an_embedding_that_keeps_failing_dead_letters_the_event_once_its_budget_
             raise error
         return {("jobs", "v1"): (None, [])}
 
-    monkeypatch.setattr(stages, "embed_events", embed)
-    stage = _Embed(_options(broker))
-    stage._ws, stage._applied, stage._cache, stage._issued = None, _Applied(), {}, {}  # type: ignore[assignment]
+    monkeypatch.setattr(embed_stage, "embed_events", embed)
+    stage = _Settle(_options(broker))
+    stage._ws, stage._cache = None, {}  # type: ignore[assignment]
     stage._targets = type("T", (), {"current": lambda self: ()})()  # type: ignore[assignment]
     events = _closes(broker, [6, 7, 8])
+    failure = RuntimeError("the poll's embedding raised")  # what the shared transform reported
+
+    def failed(events: list[Event]) -> Embedding:
+        return Embedding((Work([e.entry_id for e in events], events), {}, (), failure), ())
+
     for _ in range(BUDGET - 1):
-        assert list(stage.process(Work([e.entry_id for e in events], events))) == []
+        assert list(stage.process(failed(events))) == []
         events = _redeliver(broker)
-    (out,) = stage.process(Work([e.entry_id for e in events], events))
+    (out,) = stage.process(failed(events))
     assert [e.entity_id for e in out.events] == [6, 8]
     assert out.entry_ids == [e.entry_id for e in events]  # the poll is acknowledged whole
     (letter,) = broker.dead_letters()

@@ -104,12 +104,12 @@ def test_an_embedding_of_another_release_is_refused_in_the_ingress(platform_ws: 
     rel = asyncio.run(releases.get(live))
     other = "rel-v9-20261130T000000000000"
     with pytest.raises(ReleaseMismatch, match=f"release {other} cannot search release {live}"):
-        rel.search_vector(other, _unit_query(), 5)
+        rel.retrieve(other, _unit_query(), 5)
     with pytest.raises(ReleaseMismatch, match=f"release {other} cannot search release {live}"):
-        rel.search_vector(other, None, 5, None, "nurse", "term", True, _unit_query())
-    hits, _ = rel.search_vector(live, _unit_query(), 5)
+        rel.retrieve(other, None, 5, None, "nurse", "term", True, _unit_query())
+    hits, _ = rel.retrieve(live, _unit_query(), 5)
     assert len(hits[0]) == 5  # its own release's embedding is searched
-    hits, plan = rel.search_vector(live, _unit_query(), 5, None, "nurse", "hybrid", True,
+    hits, plan = rel.retrieve(live, _unit_query(), 5, None, "nurse", "hybrid", True,
                                    _unit_query())  # fmt: skip
     assert len(hits[0]) == 5 and "personal_weight" in plan  # signed in: reordered by the member
 

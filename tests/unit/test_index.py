@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.build.faiss_index import build_index, recall_at_k
+from ebr.index.build.faiss_index import ann_recall_at_k, build_index
 from ebr.index.build.writer import slot_name_for, write_slot
 from ebr.index.live.slot import open_live
 from ebr.index.query.slot import DATA_FILES, Slot, load_slot
@@ -68,7 +68,7 @@ def test_index_kinds_reach_recall_floor(vectors: np.ndarray, cfg: IndexConfig, f
     if cfg.kind == "ivfpq":
         assert isinstance(index, faiss.IndexRefineFlat)
         assert ("x4fs" in info["factory"]) == (cfg.pq_nbits == 4)
-    assert recall_at_k(index, vectors, n_queries=200, k=10, seed=1) >= floor
+    assert ann_recall_at_k(index, vectors, n_queries=200, k=10, seed=1) >= floor
 
 
 def test_small_catalogue_degrades_to_flat():
@@ -121,7 +121,7 @@ def test_slot_round_trip_returns_nearest_job_ids(slot_dir: Path, vectors: np.nda
     np.testing.assert_array_equal(job_ids[:, 0], make_items(N)["job_id"].to_numpy()[rows])
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
     # nprobe and refine k_factor survive write_index/read_index: recall matches the manifest.
-    assert recall_at_k(slot.index, vectors, n_queries=200, k=10, seed=1) >= 0.85
+    assert ann_recall_at_k(slot.index, vectors, n_queries=200, k=10, seed=1) >= 0.85
     shown = slot.rows(job_ids[:, 0])
     assert shown["title"].tolist() == [f"title {r}" for r in rows]
 

@@ -22,7 +22,7 @@ from ebr.index.build.faiss_index import recall_queries
 from ebr.index.build.writer import write_slot
 from ebr.index.live import handover as handover_module
 from ebr.index.live import wal
-from ebr.index.live.handover import compact
+from ebr.index.live.handover import fold_into_slot
 from ebr.index.live.slot import LiveSlot, open_live
 from ebr.index.query import delta
 from ebr.index.query.slot import load_slot
@@ -305,7 +305,7 @@ def test_compaction_keeps_recall_and_every_write(
         return real_write_slot(*args, **kwargs)
 
     monkeypatch.setattr(handover_module, "write_slot", write_slot_while_appending)
-    new_path = compact(live, slot_path.parent, "ivf-compacted", IVF)
+    new_path = fold_into_slot(live, slot_path.parent, "ivf-compacted", IVF)
     compacted = load_slot(new_path)
     fresh = write_slot(slot_path.parent, "fresh", vectors, items, "v1", IVF)
 

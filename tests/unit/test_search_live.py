@@ -103,7 +103,7 @@ def test_tiny_eligible_set_mixing_snapshot_and_delta_returns_all_of_it(live) -> 
 def test_served_search_returns_k_jobs_where_a_fixed_probe_falls_short(tmp_path) -> None:
     """Offline evaluation of the served index must see what serving returns: k jobs for
     large k, where the slot's own fixed nprobe visits too few IVF cells to fill them."""
-    from ebr.index.live.slot import served_search
+    from ebr.eval.ranking import served_search
     from ebr.index.query.slot import load_slot
 
     rng = np.random.default_rng(1)

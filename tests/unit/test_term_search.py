@@ -12,7 +12,7 @@ import pytest
 
 from ebr.config import IndexConfig
 from ebr.index.build.writer import write_slot
-from ebr.index.live.handover import compact
+from ebr.index.live.handover import fold_into_slot
 from ebr.index.live.slot import open_live
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import parse_filter
@@ -150,7 +150,7 @@ def test_compaction_rebuilds_the_term_index_over_the_live_view(live, tmp_path) -
     lv, rng = live
     _churn(lv, rng)
     before = lv.query(None, K, texts=["zookeeper"], retrieval="term").job_ids
-    path = compact(lv, lv.snapshot.path.parent, "s2", IndexConfig(kind="ivf", nprobe=8))
+    path = fold_into_slot(lv, lv.snapshot.path.parent, "s2", IndexConfig(kind="ivf", nprobe=8))
     with open_live(path) as lv2:
         after = lv2.query(None, K, texts=["zookeeper"], retrieval="term").job_ids
         assert set(after[0].tolist()) == set(before[0].tolist())

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from ebr.config import IndexConfig
-from ebr.index.build.faiss_index import build_index, recall_at_k, recall_queries
+from ebr.index.build.faiss_index import ann_recall_at_k, build_index, recall_queries
 from ebr.index.build.filtered_gate import gate_filters
 from ebr.index.build.retune import main
-from ebr.index.build.tune import RecallGateError, recall_gate, tune
+from ebr.index.build.tune import RecallGateError, check_target_recall, tune
 from ebr.index.build.writer import write_slot
 from ebr.index.query.params import index_kind, search_params, set_search_params
 from ebr.index.query.planner import PlannerParams
@@ -57,7 +57,7 @@ def test_hnsw_builds_and_reaches_recall_floor(small: np.ndarray):
     assert info["nlist"] is None and info["refine"] is None
     assert index.hnsw.efConstruction == 40
     # Measured ~0.99; a wrong metric or a broken efSearch drops it far below.
-    assert recall_at_k(index, small, n_queries=200, k=10, seed=1) >= 0.9
+    assert ann_recall_at_k(index, small, n_queries=200, k=10, seed=1) >= 0.9
     scores, _ = index.search(small[:5], 3)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # similarities, best first
 
@@ -161,8 +161,8 @@ def test_tune_picks_cheapest_setting_meeting_target(clustered: np.ndarray, cfg: 
     assert full["kind"] == cfg.kind and full["target_recall"] == 0.95
     assert search_params(index) == full["chosen"]  # applied to the index
     _assert_cheapest_passing(full, 0.95)
-    # The gate's figure is what recall_at_k (the slot manifest's measurement) sees afterwards.
-    assert recall_at_k(index, clustered, 300, seed=cfg.seed) == full["recall_at_10"]
+    # The gate's figure is what ann_recall_at_k (the slot manifest's measurement) sees afterwards.
+    assert ann_recall_at_k(index, clustered, 300, seed=cfg.seed) == full["recall_at_10"]
 
     # The gate covers filtered search too: the planner at the chosen setting, three filters.
     assert set(full["filtered_recall_at_10"]) == {"random", "half_space", "clusters"}
@@ -246,11 +246,11 @@ def test_tiny_catalogue_passes_the_filtered_gate():
 
 
 def test_recall_gate():
-    recall_gate(0.95, 0.95)
+    check_target_recall(0.95, 0.95)
     with pytest.raises(RecallGateError, match=r"0\.9000 with \{'nprobe': 4\}.*target_recall=0\.95"):
-        recall_gate(0.9, 0.95, {"nprobe": 4})
+        check_target_recall(0.9, 0.95, {"nprobe": 4})
     with pytest.raises(ValueError, match="target_recall must be in"):
-        recall_gate(0.9, 0.0)
+        check_target_recall(0.9, 0.0)
 
 
 def test_cli_retunes_a_slot_without_changing_it(

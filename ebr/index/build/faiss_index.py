@@ -17,10 +17,10 @@ Search-time knobs (nprobe, refine, ef_search) are set and read with ``ebr.index.
 Try it::
 
     python -c "import numpy as np; from ebr.config import IndexConfig; \
-from ebr.index.build.faiss_index import build_index, recall_at_k; \
+from ebr.index.build.faiss_index import build_index, ann_recall_at_k; \
 x = np.random.default_rng(0).standard_normal((20000, 64)).astype('float32'); \
 x /= np.linalg.norm(x, axis=1, keepdims=True); idx, info = build_index(x, IndexConfig()); \
-print(info, recall_at_k(idx, x, 200))"
+print(info, ann_recall_at_k(idx, x, 200))"
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def recall_queries(vectors: np.ndarray, n_queries: int, seed: int, noise: float)
     return np.ascontiguousarray(q, dtype=np.float32)
 
 
-def recall_at_k(
+def ann_recall_at_k(
     index: faiss.Index,
     vectors: np.ndarray,
     n_queries: int,

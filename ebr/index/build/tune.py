@@ -9,7 +9,7 @@ Drop-in after ``build_index``::
 Re-tune a written slot without changing it: ``python -m ebr.index.build.retune --slot ...``.
 
 Recall is measured against exact search on jittered catalogue rows, the same queries
-``recall_at_k(index, vectors, n, seed=cfg.seed)`` uses, so the tuner's figure and a slot
+``ann_recall_at_k(index, vectors, n, seed=cfg.seed)`` uses, so the tuner's figure and a slot
 manifest's agree; or on real request embeddings passed as ``queries`` (closer to what serving
 sees, see ``tune``). Cost is the wall time of one batch search of those queries (median of 3, at
 ``threads`` FAISS threads): the quantity a batch-serving replica pays per query.
@@ -42,7 +42,7 @@ from ebr.metrics import exact_topk, recall_of
 REFINE_FACTORS = (16, 8, 4, 2, 1)  # high first: it finds a passing setting sooner (a cost bound)
 EF_SEARCH = (16, 32, 64, 128, 256, 512)
 TIMING_REPEATS = 3
-QUERY_NOISE = 0.1  # recall_at_k's default: tuner and manifest measure on the same queries
+QUERY_NOISE = 0.1  # ann_recall_at_k's default: tuner and manifest measure on the same queries
 
 
 class RecallGateError(ValueError):
@@ -53,7 +53,9 @@ class RecallGateError(ValueError):
         self.sweep = list(sweep)
 
 
-def recall_gate(recall: float, target: float, params: Mapping[str, Any] | None = None) -> None:
+def check_target_recall(
+    recall: float, target: float, params: Mapping[str, Any] | None = None
+) -> None:
     """Raise ``RecallGateError`` when ``recall`` (recall@10 vs exact) is below ``target``."""
     if not 0 < target <= 1:
         raise ValueError(f"target_recall must be in (0, 1], got {target}")

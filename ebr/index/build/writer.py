@@ -19,7 +19,7 @@ import pandas as pd
 
 from ebr.config import IndexConfig
 from ebr.data.records import check_jobs, require_valid
-from ebr.index.build.faiss_index import build_index, recall_at_k, recall_on
+from ebr.index.build.faiss_index import ann_recall_at_k, build_index, recall_on
 from ebr.index.build.tune import tune
 from ebr.index.query.slot import (
     DATA_FILES,
@@ -85,7 +85,7 @@ def write_slot(
         model_version: the embedding model the vectors came from; queries must use the same.
         cfg: index kind and parameters.
         lineage: JSON-able provenance stored in the manifest, e.g. the slot and log sequence
-            number a compaction folded (``ebr.index.live.handover.compact``).
+            number a compaction folded (``ebr.index.live.handover.fold_into_slot``).
         tuning_queries: float32 [q, d] unit request embeddings of the same model (q >= 2):
             the recall gate tunes on every other one and the manifest's ``recall_at_10`` is
             measured on the rest. Requests sit farther from the catalogue than jittered job
@@ -131,7 +131,7 @@ def write_slot(
     else:
         tuned = tune(index, vectors, cfg, n_queries=n_queries)
         # Reported recall uses fresh queries (another seed), not the ones the tuner picked with.
-        recall = recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed + 1)
+        recall = ann_recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed + 1)
         source = "jittered catalogue rows"
     info.update(tuned["chosen"])
 

@@ -1,6 +1,6 @@
 """Log hand-over between a live slot and the slot compacted from it, in one place.
 
-A compaction (``compact``) folds a live slot (snapshot rows not deleted + delta) into a new
+A compaction (``fold_into_slot``) folds a live slot (snapshot rows not deleted + delta) into a new
 immutable slot while searches and appends go on; the appends that land during the build are
 copied into the new slot's log and the old slot is sealed, so every acknowledged write is in
 the new slot. The new manifest's ``lineage`` names the old slot and the log position it read
@@ -30,7 +30,7 @@ from ebr.index.live.wal import UPSERT, Record, log_dir_for, replay
 log = logging.getLogger(__name__)
 
 
-def compact(
+def fold_into_slot(
     live: LiveSlot,
     slots_dir: Path,
     new_name: str,

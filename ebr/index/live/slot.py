@@ -4,12 +4,15 @@ A ``LiveSlot`` is a loaded ``Slot`` and its log (``ebr.index.live.wal``, in ``<s
 beside the slot). An append is durable (fsynced) before it becomes visible or is acknowledged,
 so reopening the slot (``open_live``: load the snapshot, replay the log) restores everything
 that was acknowledged. Searching merges an ANN search of the snapshot, filtered by tombstones,
-with an exact search of the upserted vectors (the delta). ``compact`` folds both into a new
-immutable slot and hands the log over to it (``ebr.index.live.handover``); a release that
-names the new slot serves it (``ebr.release.compaction``).
+with an exact search of the upserted vectors (the delta). ``ebr.index.live.handover`` folds
+both into a new immutable slot and hands the log over to it; a release that names the new
+slot serves it (``ebr.release.compaction``).
 
     python -c "from ebr.index.live.slot import open_live; s = open_live('var/demo/slots/<slot>'); \
 print(s.stats())"
+
+Size: one class whose view, appends, replay and seal share one lock and the view's invariants;
+retrieval is ``ebr.index.query.retrieve``, compaction and hand-over ``handover``.
 """
 
 from __future__ import annotations
@@ -29,32 +32,11 @@ from ebr.index.live.overlay import admit_record, records_to_table
 from ebr.index.live.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
 from ebr.index.query.attributes import AttributeTable
 from ebr.index.query.filters import Filter
-from ebr.index.query.fusion import (
-    GEO_WEIGHT,
-    HYBRID_EBR_WEIGHT,
-    MEMBER_DEPTH,
-    PERSONAL_DEPTH,
-    PERSONAL_WEIGHT,
-)
-from ebr.index.query.personal import (
-    Places,
-    check_personal,
-    member_led_scores,
-    personalise,
-)
+from ebr.index.query.fusion import GEO_WEIGHT, HYBRID_EBR_WEIGHT, PERSONAL_WEIGHT
+from ebr.index.query.personal import Places
 from ebr.index.query.planner import PlannerParams
-from ebr.index.query.search import (
-    HYBRID_DEPTH,
-    RETRIEVALS,
-    Delta,
-    Hits,
-    Scope,
-    check_texts,
-    fuse,
-    scope,
-    search_view,
-    term_view,
-)
+from ebr.index.query.retrieve import LiveView, retrieve
+from ebr.index.query.search import Delta, Hits, Scope, scope
 from ebr.index.query.slot import Slot, load_slot
 from ebr.index.query.vectors import check_vectors
 
@@ -255,65 +237,14 @@ class LiveSlot:
         places: Places | None = None,
         geo_weight: float = GEO_WEIGHT,
     ) -> Hits:
-        """Top-k live jobs passing ``flt`` per query (``ebr.index.query.search``): the snapshot
-        minus tombstones, merged with an exact scan of the delta.
-
-        Args:
-            queries: float [q, d] finite, L2-normalised query embeddings of the slot's model
-                (not needed by ``retrieval="term"``).
-            k: results per query (>= 1); k come back whenever k live jobs pass the filter
-                (term retrieval: whenever k of them share a query term).
-            texts: the q query texts (term and hybrid retrieval).
-            retrieval: ``ebr`` (embeddings), ``term`` (BM25) or ``hybrid`` (both, fused).
-            ebr_weight: hybrid's weight of the EBR list in [0, 1] (BM25 gets the rest).
-            personal: float [q, d] member-aware request embeddings (a signed-in search): the
-                retrieval runs on ``queries`` / ``texts`` alone, PERSONAL_DEPTH deep, ebr and
-                hybrid add ``personal``'s own MEMBER_DEPTH (same filter), and the member
-                reorders the candidates (``ebr.index.query.personal``), weight
-                ``personal_weight``.
-            places: the signed-in members' homes (``personal.Places``, one per query): the
-                member's side adds ``geo_weight`` * ``commute_decay``.
-        """
-        if retrieval not in RETRIEVALS:
-            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+        """Top-k live jobs passing ``flt`` per query: ``ebr.index.query.retrieve`` (which says
+        what each argument does) over this slot's current view, the snapshot minus tombstones
+        merged with an exact scan of the delta."""
         view, delta, unfiltered = self._current()
-        snap, attrs, dead = self.snapshot, self.attributes, view.deleted
-        if retrieval == "term":
-            texts = check_texts(texts)
-        elif queries is None:
-            raise ValueError(f"{retrieval} retrieval needs the query vectors")
-        elif retrieval == "hybrid":
-            texts = check_texts(texts, len(queries))
-        depth = k if personal is None else max(k, PERSONAL_DEPTH)
-        if personal is not None:
-            n = len(queries) if queries is not None else len(texts or ())
-            personal = check_personal(personal, n, snap, k)
-        # Once per query: the filter's mask and the live delta rows it keeps (both lists of a
-        # hybrid search read the same), and the view's deleted count instead of an [n] count.
-        sc = unfiltered if flt is None else scope(snap, dead, delta, attrs, flt, view.n_deleted)
-        if retrieval == "term":
-            assert texts is not None, "checked above"
-            hits = term_view(snap, dead, delta, attrs, texts, depth, flt, sc)
-        elif retrieval == "ebr":
-            assert queries is not None, "checked above"
-            hits = search_view(snap, dead, delta, attrs, queries, depth, flt, params, sc)
-        else:
-            assert queries is not None and texts is not None, "checked above"
-            deep = max(depth, HYBRID_DEPTH)
-            ebr = search_view(snap, dead, delta, attrs, queries, deep, flt, params, sc)
-            term = term_view(snap, dead, delta, attrs, texts, deep, flt, sc)
-            hits = fuse(ebr, term, depth, ebr_weight)
-        if personal is None:
-            return hits
-        member = member_scores = None
-        if retrieval != "term":  # term stays keyword matches; the others add the member's list
-            member = search_view(snap, dead, delta, attrs, personal, MEMBER_DEPTH, flt, params, sc)
-            assert queries is not None, "checked above"
-            member_scores = member_led_scores(
-                snap, delta, member.job_ids, retrieval, queries, texts, hits
-            )
-        return personalise(hits, snap, delta, personal, k, personal_weight, member,
-                           member_scores, places, geo_weight)  # fmt: skip
+        live = LiveView(self.snapshot, view.deleted, view.n_deleted, delta, self.attributes,
+                        unfiltered)  # fmt: skip
+        return retrieve(live, queries, k, flt, params, texts, retrieval, ebr_weight, personal,
+                        personal_weight, places, geo_weight)  # fmt: skip
 
     def _current(self) -> tuple[_View, Delta, Scope]:
         """The published view, its delta and its unfiltered ``Scope`` (the not-deleted mask),
@@ -432,11 +363,3 @@ def open_live(slot_path: Path, verify: bool = True, writable: bool = True) -> Li
         raise
     live._writer = writer
     return live
-
-
-def served_search(slot_path: Path) -> Callable[[np.ndarray, int], np.ndarray]:
-    """(request vectors [q, d], k) -> job ids [q, k] through the path the serving ReleaseIndex
-    takes (the live slot opened read-only, ``LiveSlot.query``): what an offline evaluation
-    of "the served index" must call."""
-    live = open_live(slot_path, writable=False)
-    return lambda q, k: live.query(q, k).job_ids

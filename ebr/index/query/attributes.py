@@ -14,6 +14,9 @@ Built once per slot (``AttributeTable.from_items(slot.items)``; ~2 s at 1M rows)
 Rows with a null attribute are in no posting list, sorted column or cell, so they never match.
 Longitude is kept in (-180, 180]: -180 is stored as 180, the same meridian (``filters`` says
 how a bound at -180 or 180 reads), so one meridian is never two places in a sorted column.
+
+Size: one table type with an index per attribute kind (categorical, numeric, geo, text) behind
+one lookup interface.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ two scales, cosine and BM25, are unrelated). A list missing d adds 0; ``row_weig
 list's weight query by query (serving scales BM25's by its term coverage). Ties: the better
 best position, then the lower id. Used by serving (``ebr.index.query.search``) and by the
 evaluation (``ebr.eval.ranking.hybrid_ranking``), so both measure one fusion.
+
+Size: both fusions (reciprocal rank, min-max scores) and the signed-in rerank's weights share
+normalisation and tie rules.
 """
 
 from __future__ import annotations

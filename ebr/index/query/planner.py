@@ -42,6 +42,9 @@ come back full but wrong. Without the safeguards below, recall@10 was 0.82 (IVF)
   answered exactly (``suspect_queries``). A sample rarely holds a lone outlier: hence the bound.
 
     scores, rows, plan = filtered_search(slot.index, slot.vectors, q, 10, table.mask(flt))
+
+Size: the cost model, its calibration and the checked dispatch are one decision (which plan
+answers a filtered query) and are tested as one.
 """
 
 from __future__ import annotations

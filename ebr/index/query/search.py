@@ -13,9 +13,9 @@ what a query may return, so an unfiltered query keeps its unfiltered plan (the d
 when the slot holds closed rows).
 
 So the guarantees of the planner (no ineligible result; k results whenever k are eligible)
-hold for the live view too: the delta is searched exhaustively. ``LiveSlot.query`` (and
-``LiveSlot.search``, its scores and ids) is the only caller: serving, evaluation, benchmarks
-and tests all search through it.
+hold for the live view too: the delta is searched exhaustively. ``ebr.index.query.retrieve``
+(through ``LiveSlot.query``, and ``LiveSlot.search``, its scores and ids) is the only caller:
+serving, evaluation, benchmarks and tests all search through it.
 
 Three retrievals (``RETRIEVALS``) share that view and those guarantees:
 
@@ -25,6 +25,9 @@ Three retrievals (``RETRIEVALS``) share that view and those guarantees:
 - ``hybrid``: both lists, ``HYBRID_DEPTH`` deep, fused
   (``ebr.index.query.fusion``: reciprocal rank or normalised scores, weighted); k results
   whenever k jobs are eligible (the EBR list fills them).
+
+Size: the one search path (scope, snapshot, delta, merge) and its result type; the retrievals
+that call it are ``ebr.index.query.retrieve``.
 """
 
 from __future__ import annotations
