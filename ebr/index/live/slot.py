@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 import numpy as np
 import pandas as pd
@@ -31,10 +31,6 @@ import pyarrow as pa
 from ebr.index.live.overlay import admit_record, records_to_table
 from ebr.index.live.wal import DELETE, UPSERT, LogWriter, Record, ReplayInfo, log_dir_for, replay
 from ebr.index.query.attributes import AttributeTable
-from ebr.index.query.filters import Filter
-from ebr.index.query.fusion import GEO_WEIGHT, HYBRID_EBR_WEIGHT, PERSONAL_WEIGHT
-from ebr.index.query.personal import Places
-from ebr.index.query.planner import PlannerParams
 from ebr.index.query.retrieve import LiveView, retrieve
 from ebr.index.query.search import Delta, Hits, Scope, scope
 from ebr.index.query.slot import Slot, load_slot
@@ -43,6 +39,7 @@ from ebr.index.query.vectors import check_vectors
 TABLES_MERGE = 1024  # delta item tables kept apart before they are merged into one
 MAX_SKIPPED_SHOWN = 20  # rejected log rows kept (with reasons) for stats(); all are counted
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,18 @@ class Contents:
     vectors: np.ndarray  # float32 [n, d]: snapshot rows not deleted, then the delta
     items: pd.DataFrame  # their item rows, same order
     log_problems: tuple[str, ...]  # damage the log's replay found (acknowledged writes lost)
+
+
+def _over_view(
+    fn: Callable[Concatenate[LiveView, P], Hits],
+) -> Callable[Concatenate[LiveSlot, P], Hits]:
+    """``fn`` as a method that passes the slot's current ``view()`` first."""
+
+    def method(self: LiveSlot, *args: P.args, **kwargs: P.kwargs) -> Hits:
+        return fn(self.view(), *args, **kwargs)
+
+    method.__doc__ = fn.__doc__
+    return method
 
 
 class LiveSlot:
@@ -223,28 +232,16 @@ class LiveSlot:
             self._attrs = AttributeTable.from_items(self.snapshot.items)
         return self._attrs
 
-    def query(
-        self,
-        queries: np.ndarray | None,
-        k: int,
-        flt: Filter | None = None,
-        params: PlannerParams | None = None,
-        texts: Sequence[str] | None = None,
-        retrieval: str = "ebr",
-        ebr_weight: float = HYBRID_EBR_WEIGHT,
-        personal: np.ndarray | None = None,
-        personal_weight: float = PERSONAL_WEIGHT,
-        places: Places | None = None,
-        geo_weight: float = GEO_WEIGHT,
-    ) -> Hits:
-        """Top-k live jobs passing ``flt`` per query: ``ebr.index.query.retrieve`` (which says
-        what each argument does) over this slot's current view, the snapshot minus tombstones
-        merged with an exact scan of the delta."""
+    def view(self) -> LiveView:
+        """What a retrieval reads now: the snapshot minus tombstones and the delta, as of the
+        last published log position."""
         view, delta, unfiltered = self._current()
-        live = LiveView(self.snapshot, view.deleted, view.n_deleted, delta, self.attributes,
+        return LiveView(self.snapshot, view.deleted, view.n_deleted, delta, self.attributes,
                         unfiltered)  # fmt: skip
-        return retrieve(live, queries, k, flt, params, texts, retrieval, ebr_weight, personal,
-                        personal_weight, places, geo_weight)  # fmt: skip
+
+    # Top-k live jobs passing a filter per query: ``ebr.index.query.retrieve.retrieve`` over
+    # ``view()`` (its arguments after the view, typed as they are there).
+    query = _over_view(retrieve)
 
     def _current(self) -> tuple[_View, Delta, Scope]:
         """The published view, its delta and its unfiltered ``Scope`` (the not-deleted mask),
