@@ -40,8 +40,8 @@ cat <<MSG
 
 Ray Serve is running at http://127.0.0.1:$PORT, and the streaming job over $WS
 (stop both with: make stop). Send more live traffic (the job's Redis URL: see
-$VENV/bin/python -m pipelines.stream_job status --workspace $WS):
-  $VENV/bin/python -m pipelines.produce --redis-url <its redis_url> --live $WS --seconds 30
+$VENV/bin/python -m pipelines.streaming.job status --workspace $WS):
+  $VENV/bin/python -m pipelines.streaming.produce --redis-url <its redis_url> --live $WS --seconds 30
   curl -s -X POST http://127.0.0.1:$PORT/v1/search -H 'content-type: application/json' \\
        -d '{"query": "software developer", "member_id": 1, "k": 5}'
   curl -s http://127.0.0.1:$PORT/v1/members/1/recommendations?k=5
