@@ -123,8 +123,11 @@ def plan_members(element: Embedding, ws: Workspace) -> tuple[Any, Any]:
     work, keys = element.carry
     if element.error is not None:
         return (work, {}, (), element.error), ()
-    first = embedded_of(keys, element.results)
-    keys2, requests = member_requests(ws, work.events, work.targets, first)
+    try:
+        first = embedded_of(keys, element.results)
+        keys2, requests = member_requests(ws, work.events, work.targets, first)
+    except Exception as err:  # settled as a failed round is
+        return (work, {}, (), err), ()
     return (work, first, keys2, None), requests
 
 

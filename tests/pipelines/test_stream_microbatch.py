@@ -26,7 +26,7 @@ from ebr.config import Workspace
 from ebr.stream.events import FIELD, Event, decode, encode
 from pipelines.streaming import job as stream_job
 from pipelines.streaming.broker import Broker, RedisServer, progress
-from pipelines.streaming.embed_stage import _Settle
+from pipelines.streaming.embed_stage import _Settle, plan_members
 from pipelines.streaming.local import run_local, settle
 from pipelines.streaming.pipeline import as_polls, micro_batch
 from pipelines.streaming.shared import close_shared, shared
@@ -210,6 +210,18 @@ def test_an_embedding_that_keeps_failing_dead_letters_the_event_once_its_budget_
     assert letter["entry_id"] == events[1].entry_id
     assert f"embedding failed after {BUDGET} deliveries: {type(error).__name__}" in letter["reason"]
     assert progress(broker.client)[1] == 1  # the dead letter is acknowledged at once
+
+
+def test_a_round_that_fails_or_cannot_be_planned_reaches_settle_with_its_error() -> None:
+    """The Embed stage stays one line: a failed first round, or a second round that cannot be
+    planned, travels on as the poll with its error (``_Settle`` decides), never raises."""
+    work = Work(["1-0"], [])
+    boom = RuntimeError("tower gone")
+    carry, requests = plan_members(Embedding((work, (("jobs", "v1"),)), (), boom), None)
+    assert carry == (work, {}, (), boom) and requests == ()
+    # results that do not match the round's requests: planning fails, the error travels
+    carry, requests = plan_members(Embedding((work, (("jobs", "v1"),)), ()), None)
+    assert carry[0] is work and isinstance(carry[3], ValueError) and requests == ()
 
 
 class _Batches:
