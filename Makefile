@@ -14,7 +14,7 @@ PORT ?= 8000
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup sysdeps demo serve stop test test-fast lint package bench clean
+.PHONY: setup sysdeps demo serve stop test test-fast test-tiers lint package bench clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ test: lint sysdeps
 # floors), tests/pipelines, tests/serving and tests/e2e (real Beam, Feast, Ray, Flyte).
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow" tests/unit
+
+# The suite tier by tier, each tier's time (what issue 22's closing note reports).
+test-tiers: setup sysdeps
+	bash scripts/test_tiers.sh
 
 package: setup
 	$(VENV)/bin/pyflyte --pkgs workflows package --image ebr-platform:latest -o var/flyte-package.tgz --force
