@@ -127,14 +127,12 @@ def bodies(members: list[int], n: int, seed: int = 0) -> list[dict[str, Any]]:
 def overhead(server: Server, workspace: Path, members: list[int], n: int) -> dict[str, Any]:
     """Sequential HTTP vs the same work in process, for ebr and hybrid retrieval."""
     from ebr.config import Workspace
-    from ebr.release.record import read_release
-    from ebr.release.state import read_state
+    from ebr.release.state import live_release
     from feature_repo.store import open_store
     from serving.loaded_release import LoadedRelease
 
     ws = Workspace(workspace)
-    live = read_state(ws)["live"]
-    rel = LoadedRelease(ws, open_store(ws.feature_repo), read_release(ws, live), False, 1.0)
+    rel = LoadedRelease(ws, open_store(ws.feature_repo), live_release(ws), False, 1.0)
     out: dict[str, Any] = {}
     for retrieval in ("ebr", "hybrid"):
         reqs = bodies(members, n + 30, seed=1)

@@ -56,7 +56,6 @@ from ebr.config import BuildConfig, DataConfig, ReleaseConfig, TrainConfig, Work
 from ebr.net import free_port
 from ebr.release import provision as ops
 from ebr.release import state as st
-from ebr.release.record import read_release
 from ebr.release.targets import write_targets
 from ebr.stream.events import FIELD, encode
 from ebr.stream.traffic import Traffic
@@ -100,7 +99,7 @@ def bases(src: Path, rebuild: bool) -> tuple[Path, Path]:
         from workflows.releases import provision_release
 
         ws = copy_workspace(one, two)
-        iv = read_release(ws, st.read_state(ws)["live"]).interest_version or "v1"
+        iv = st.live_release(ws).interest_version or "v1"
         cfg = ReleaseConfig(workspace=str(two), version="v2", train_model=True,
                             interest_version=iv, train=TrainConfig(epochs=1))  # fmt: skip
         provision_release(config=cfg)
@@ -299,7 +298,7 @@ def batch_ratio(base: Path, batch_size: int) -> dict[str, Any]:
     from benchmarks.embed_throughput import beam_jobs
 
     ws = Workspace(base)
-    version = read_release(ws, st.read_state(ws)["live"]).version
+    version = st.live_release(ws).version
     out = run_dir("batch") / "out"
     out.mkdir()
     t0 = time.perf_counter()

@@ -162,9 +162,8 @@ def slot_stats(ws: Workspace) -> dict[str, Any]:
     """What the live release's slot holds besides its snapshot (read-only, the log replayed):
     the job keeps the same delta in memory until a compaction folds it into a new slot."""
     from ebr.index.live.slot import open_live
-    from ebr.release.record import read_release
 
-    name = read_release(ws, st.read_state(ws)["live"]).slot.name
+    name = st.live_release(ws).slot.name
     stats = open_live(ws.slots / name, writable=False).stats()
     keys = ("delta_items", "dead_delta_positions", "live_items", "lsn", "log_bytes")
     return {k: stats[k] for k in keys}
