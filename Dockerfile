@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 \
 WORKDIR /app
 
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential curl \
-    redis-server \
+    redis-server libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first (cached layer); CPU torch from the PyTorch CPU index keeps the image small.
