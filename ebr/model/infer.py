@@ -63,3 +63,27 @@ def encode_requests(
         for i in range(0, len(queries), batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, cfg.dim), dtype=np.float32)
+
+
+def encode_request_heads(
+    tower: RequestTower,
+    queries: Sequence[str | None],
+    members: Sequence[Mapping[str, Any] | None],
+    cfg: ModelConfig,
+    whens: Sequence[Any] | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Every task head's request embedding, one body pass per batch: float32 [len(tasks), n,
+    dim] unit rows in ``cfg.tasks`` order (``encode_requests`` gives one head's)."""
+    times = list(whens) if whens is not None else [None] * len(queries)
+    parts = []
+    for i in range(0, len(queries), batch_size):
+        batch = request_batch(
+            queries[i : i + batch_size], members[i : i + batch_size], cfg, times[i : i + batch_size]
+        )
+        with torch.inference_mode():
+            out = tower.every_head(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        parts.append(out.numpy().astype(np.float32, copy=False))
+    if not parts:
+        return np.zeros((max(len(cfg.tasks), 1), 0, cfg.dim), dtype=np.float32)
+    return np.concatenate(parts, axis=1)

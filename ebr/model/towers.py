@@ -127,6 +127,13 @@ class Tower(nn.Module):
         """Named inputs of the spec (each [b, ...]) -> float [b, dim] unit rows."""
         return self.head(self.body(inputs), task, self.lexical(inputs))
 
+    def every_head(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """float [len(tasks), b, dim] unit rows: each task head on one body pass (the shared
+        output alone, [1, b, dim], for a tower without tasks)."""
+        h, lexical = self.body(inputs), self.lexical(inputs)
+        names: tuple[str | None, ...] = self.tasks or (None,)
+        return torch.stack([self.head(h, t, lexical) for t in names])
+
 
 class RequestTower(Tower):
     """Query text + member profile + member-interest embedding + context; one head per task."""

@@ -211,6 +211,14 @@ class TermIndex:
         self._last = (query, out)  # one tuple, replaced whole: safe for concurrent readers
         return out
 
+    def docs_with(self, term: str) -> np.ndarray:
+        """int64 [df], ascending: the rows whose document holds ``term`` (a normalised word)."""
+        vid = self._vocab.get(term)
+        if vid is None or self._bm25 is None:
+            return np.zeros(0, dtype=np.int64)
+        indptr = self._bm25.scores["indptr"]
+        return np.asarray(self._bm25.scores["indices"][indptr[vid] : indptr[vid + 1]], np.int64)
+
     def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts)]: BM25 of documents outside the index (the live delta), with the
         index's statistics, so the scores compare with ``scores``."""
