@@ -263,6 +263,8 @@ class GateConfig:
     # Held-out EBR recall@100 (through the served index) may trail the live release's by at
     # most this much; None -> no quality gate (a release without an evaluation report passes).
     quality_margin: float | None = None
+    # A pinned ranker's held-out NDCG@10 must be at least this times the retrieval order's.
+    min_ranker_ndcg_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         _require(
@@ -272,6 +274,10 @@ class GateConfig:
         _require(
             0.0 <= self.min_recall_at_10 <= 1.0,
             f"min_recall_at_10 must be in [0, 1], got {self.min_recall_at_10}",
+        )
+        _require(
+            self.min_ranker_ndcg_ratio >= 0,
+            f"min_ranker_ndcg_ratio must be >= 0, got {self.min_ranker_ndcg_ratio}",
         )
         _require(
             self.quality_margin is None or 0.0 <= self.quality_margin <= 1.0,

@@ -14,6 +14,10 @@ Per model version ``v`` (``kind`` is "job" or "member") and member-interest vers
     table         data/{kind}_embeddings_{v}.parquet   data/member_interest_{iv}.parquet
                   data/member_profiles.parquet
     services      request_features_{v} (member, profile, interest views), item_features_{v}
+
+Shared by every version: ``job_popularity`` and ``company_popularity`` (engagement counts of
+the trailing days, ``ebr.rank.popularity``; the ranker reads both in one online read), from
+``data/job_popularity.parquet`` and ``data/company_popularity.parquet``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,34 @@ from dataclasses import dataclass
 PROFILE_VIEW = "member_profile"
 PROFILE_SOURCE = "member_profile_source"
 PROFILE_TABLE = "data/member_profiles.parquet"
+POPULARITY_DAYS = 7  # the trailing window the popularity counts cover
+
+
+@dataclass(frozen=True)
+class PopularityNames:
+    """One popularity view's Feast objects, its table and its count fields."""
+
+    view: str
+    batch_source: str
+    table: str
+    key: str
+    fields: tuple[str, ...]
+
+
+def popularity_names(entity: str) -> PopularityNames:
+    """The popularity view of ``entity`` ("job" or "company")."""
+    if entity not in ("job", "company"):
+        raise ValueError(f"entity must be 'job' or 'company', got {entity!r}")
+    counts = ("impressions", "clicks", "applies")
+    return PopularityNames(
+        f"{entity}_popularity",
+        f"{entity}_popularity_source",
+        f"data/{entity}_popularity.parquet",
+        "job_id" if entity == "job" else "company",
+        tuple(f"{entity}_{c}_{POPULARITY_DAYS}d" for c in counts),
+    )
+
+
 EMBEDDING_KINDS = ("job", "member")  # entities with a two-tower embedding view per version
 
 

@@ -128,6 +128,30 @@ member_profile = FeatureView(
 )
 
 
+# An employer; popularity counts are kept per company as well as per job.
+company = Entity(name="company", join_keys=["company"], value_type=ValueType.STRING)
+
+
+# Engagement counts over the trailing days, one change-log row per day boundary
+# (ebr.rank.popularity; publish recomputes them from the impression log): ranker features.
+def _popularity_view(entity: Entity, kind: str, key_type: object) -> dict[str, object]:
+    n = names.popularity_names(kind)
+    source = FileSource(name=n.batch_source, path=n.table, timestamp_field="event_timestamp")
+    feature_view = FeatureView(
+        name=n.view,
+        entities=[entity],
+        ttl=EMBEDDING_TTL,  # a count that stops changing stays the latest row (no expiry)
+        schema=[Field(name=n.key, dtype=key_type), *(Field(name=f, dtype=Int64) for f in n.fields)],
+        source=source,
+        online=True,
+    )
+    return {n.batch_source: source, n.view: feature_view}
+
+
+globals().update(_popularity_view(job, "job", Int64))
+globals().update(_popularity_view(company, "company", String))
+
+
 def _embedding_view(n: names.EmbeddingNames, entity: Entity) -> dict[str, object]:
     """A parquet batch source, a push source over it and the online embedding view ``n.view``."""
     batch_source = FileSource(name=n.batch_source, path=n.table, timestamp_field="event_timestamp")

@@ -31,7 +31,13 @@ import yaml
 from ebr.config import Workspace
 from ebr.data.records import Rejected
 from ebr.data.tables import PROFILE_FIELDS, check_profiles, read_embedding_table, read_profiles
-from ebr.feast_names import PROFILE_TABLE, PROFILE_VIEW, embedding_names, interest_names
+from ebr.feast_names import (
+    PROFILE_TABLE,
+    PROFILE_VIEW,
+    embedding_names,
+    interest_names,
+    popularity_names,
+)
 from ebr.io import atomic_write_bytes, atomic_write_parquet
 from ebr.versions import check_version, feature_names, interest_paths, version_paths
 from feature_repo.repo import (
@@ -55,6 +61,7 @@ __all__ = [
     "member_interest",
     "member_profiles",
     "open_store",
+    "popularity",
     "publish",
     "request_features",
 ]
@@ -125,6 +132,9 @@ def publish(
     atomic_write_parquet(repo / PROFILE_TABLE, profiles)
     if iv is not None and interest is not None:
         atomic_write_parquet(repo / interest_names(iv).table, interest)
+    popularity = _popularity_tables(ws)
+    for table in popularity:
+        atomic_write_parquet(repo / table.attrs.pop("table"), table)
     write_repo(template, repo, served)
     versions = sorted(served, key=lambda v: int(v[1:]))
     t_write = time.perf_counter()
@@ -137,11 +147,11 @@ def publish(
     changes = apply_definitions(store, repo / "definitions.py")
     t_apply = time.perf_counter()
 
-    tables = [jobs, members] + ([] if interest is None else [interest])
-    stamps = pd.concat([t["event_timestamp"] for t in tables])
+    tables = [jobs, members, *popularity] + ([] if interest is None else [interest])
+    stamps = pd.concat([t["event_timestamp"] for t in tables if len(t)])
     start = min(stamps.min(), pd.Timestamp(published_at)).to_pydatetime() - timedelta(seconds=1)
     end = max(stamps.max(), pd.Timestamp(published_at)).to_pydatetime() + timedelta(seconds=1)
-    views = list(feature_names(version, iv).views)
+    views = [*feature_names(version, iv).views, *(popularity_names(e).view for e in POPULARITY)]
     store.materialize(start_date=start, end_date=end, feature_views=views)
     t_end = time.perf_counter()
     return {
@@ -155,6 +165,7 @@ def publish(
         "jobs": len(jobs),
         "members": len(members),
         "profiles": len(profiles),
+        "popularity_rows": {e: len(t) for e, t in zip(POPULARITY, popularity, strict=True)},
         "refused": {table: len(rows) for table, rows in refused.items()},
         "refused_examples": dead[:REFUSED_EXAMPLES],
         "dead_letter_path": str(dead_path),
@@ -164,6 +175,41 @@ def publish(
         "materialize_s": round(t_end - t_apply, 3),
         "total_s": round(t_end - t0, 3),
     }
+
+
+POPULARITY = ("job", "company")  # the popularity views' entities, in table order
+
+
+def _popularity_tables(ws: Workspace) -> list[pd.DataFrame]:
+    """The job and company popularity change logs of the workspace's impression log
+    (``ebr.rank.popularity``; empty without one), each with its repo table in ``attrs``."""
+    from ebr.rank.popularity import popularity_tables
+
+    log, jobs = ws.data / "impressions.parquet", ws.data / "jobs.parquet"
+    if log.is_file() and jobs.is_file():
+        impressions = pd.read_parquet(log, columns=["job_id", "ts", "outcome"])
+        catalogue = pd.read_parquet(jobs, columns=["job_id", "company"])
+    else:
+        impressions = pd.DataFrame({"job_id": [], "ts": [], "outcome": []})
+        catalogue = pd.DataFrame({"job_id": [], "company": []})
+    out = list(popularity_tables(impressions, catalogue))
+    for entity, table in zip(POPULARITY, out, strict=True):
+        table.attrs["table"] = popularity_names(entity).table
+    return out
+
+
+def popularity(store: FeatureStore, job_ids: list[int], companies: list[str | None]) -> np.ndarray:
+    """int64 [n, 6]: the job and company popularity counts (``job_popularity`` then
+    ``company_popularity`` fields) of each (job, its company), 0 where none is recorded: one
+    online read for every candidate of a request."""
+    names = [popularity_names(e) for e in POPULARITY]
+    if not job_ids:
+        return np.zeros((0, sum(len(n.fields) for n in names)), dtype=np.int64)
+    rows = [{"job_id": int(j), "company": c or ""} for j, c in zip(job_ids, companies, strict=True)]
+    refs = [f"{n.view}:{f}" for n in names for f in n.fields]
+    got = store.get_online_features(features=refs, entity_rows=rows).to_dict()
+    cols = [got[f] for n in names for f in n.fields]
+    return np.array([[0 if v is None else v for v in col] for col in cols], dtype=np.int64).T
 
 
 def _expand_env(text: str) -> str:

@@ -55,6 +55,7 @@ from serving.metrics import (
     ServingMetrics,
     answered,
 )
+from serving.page import PageOptions
 from serving.release_server import LocalReleases, RemoteReleases
 from serving.router import BadStateFile, ReleaseRouter, Route
 from serving.schemas import (
@@ -124,6 +125,7 @@ class Ingress:
         body: SearchRequest | None = None,
         understood: dict[str, Any] | None = None,
         member_id: int | None = None,
+        explain: bool = False,
     ) -> SearchResponse:
         """The response (and its impression log record) for ``found`` = (hits, plan)."""
         hits, plan = found
@@ -153,7 +155,7 @@ class Ingress:
             model_version=release.version,
             slot=release.slot.name,
             took_ms=round((time.perf_counter() - start) * 1e3, 3),
-            plan=plan if body is not None and body.explain else None,
+            plan=plan if (body is not None and body.explain) or explain else None,
             query_understood=info.get("query_understood"),
             unknown_words=info.get("unknown_words", []),
             corrected_query=info.get("corrected_query"),
@@ -177,9 +179,11 @@ class Ingress:
         async def work() -> SearchResponse:
             start = time.perf_counter()
             retrieval = body.retrieval or self._retrieval
+            options = PageOptions(body.max_per_company, body.max_per_city, body.candidates,
+                                  body.explain)  # fmt: skip
             hits, plan, understood = await self._call(route, lambda: self._releases.search_release(
                 route.release, body.query, body.member_id, body.k, body.parsed_filter,
-                retrieval,
+                retrieval, options,
             ))  # fmt: skip
             return self._respond(
                 route, "search", (hits, plan), start, body, understood, body.member_id
@@ -196,16 +200,23 @@ class Ingress:
         self,
         member_id: Annotated[int, UrlPath(ge=MIN_ID, le=MAX_MEMBER_ID)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+        max_per_company: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
+        max_per_city: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
+        explain: bool = False,
     ) -> SearchResponse:
-        """JYMBII ("jobs you may be interested in"): the member's embedding, no query."""
+        """JYMBII ("jobs you may be interested in"): the member's embedding, no query; ranked
+        and crowded as the release (or the caps given) says."""
         route = self._router.route(member_id, None)
+        options = PageOptions(max_per_company, max_per_city, None, explain)
 
         async def work() -> SearchResponse:
             start = time.perf_counter()
             found = await self._call(
-                route, lambda: self._releases.recommendations(route.release, member_id, k)
+                route,
+                lambda: self._releases.recommendations(route.release, member_id, k, options),
             )
-            return self._respond(route, "recommendations", found, start, member_id=member_id)
+            return self._respond(route, "recommendations", found, start, member_id=member_id,
+                                 explain=explain)  # fmt: skip
 
         return await self._served("recommendations", route, work)
 

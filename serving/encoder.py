@@ -11,6 +11,7 @@ Heavy stacks (torch, feast) are imported when a release loads: the ingress never
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,22 @@ def request_tower_dir(ws: Workspace, model_version: str) -> Path:
             "embedded by the same model version as the slot"
         )
     return path
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One request's embeddings (``ReleaseEncoder.request``): ``vec`` float32 [1, dim] what
+    retrieval searches with; ``personal`` [1, dim] the member-aware embedding that reorders a
+    query-led search (None otherwise) and ``place`` the member's home; ``heads`` [T, dim] the
+    request per task head; ``query_vec`` [dim] the query embedded alone (None: not searched
+    by it); ``profile`` the member's Feast profile (None: anonymous)."""
+
+    vec: np.ndarray
+    personal: np.ndarray | None
+    place: Any
+    heads: np.ndarray
+    query_vec: np.ndarray | None
+    profile: dict[str, Any] | None
 
 
 class ReleaseEncoder:
@@ -77,6 +94,8 @@ class ReleaseEncoder:
         torch.set_num_threads(1)  # a replica gets a fraction of a core
         self.release_id, self.version, self.interest = release_id, version, interest
         self._tower, self._cfg, _ = load_request_tower(folder)
+        tasks = self._cfg.tasks
+        self._serve = tasks.index(self._cfg.serve_task) if tasks else 0  # the serving head
         self._vocab = load_vocabulary(folder)  # None for a model saved without one
         self._names = feature_names(version, interest)
         if self._names.request_service != release.features.request_service:
@@ -113,30 +132,42 @@ class ReleaseEncoder:
 
     def encode(self, query: str | None, member_id: int | None) -> np.ndarray:
         """float32 [1, dim] unit embedding of one request (now as its time context)."""
-        from ebr.model.infer import encode_requests
+        return self.request(query, member_id).vec  # type: ignore[return-value]
 
-        member = None if member_id is None else self._profile(member_id)
-        if member is not None:
-            member["interest"] = member.get("interest") if self.interest else None
-        now = datetime.now(UTC)
-        return encode_requests(self._tower, [query], [member], self._cfg, whens=[now])
+    def request(self, query: str | None, member_id: int | None, led: bool = False) -> Encoded:
+        """One request's embeddings, one forward pass (every task head; ``Encoded``).
 
-    def encode_signed_in(self, query: str, member_id: int) -> tuple[np.ndarray, np.ndarray, Any]:
-        """A signed-in search's two embeddings, one forward pass, and where the member searches
-        from: (the query alone, the query with the member), each float32 [1, dim] unit, and
-        ``ebr.index.query.personal.Places`` of the profile (the first embedding finds the
-        candidates, the second and the place reorder them)."""
+        ``led`` (a signed-in search with a query the towers know): the query alone finds the
+        candidates (``vec``) and the query with the member reorders them (``personal``, and
+        ``place``, the member's home). Otherwise ``vec`` embeds what there is (query and/or
+        member) and ``personal`` is None. ``heads`` hold the request with everything it has
+        (the member-aware one when signed in), per task head: the ranker's cosines."""
         from ebr.index.query.personal import Places
-        from ebr.model.infer import encode_requests
+        from ebr.model.infer import encode_request_heads
 
-        member = self._profile(member_id)
-        place = Places.of([member])
-        member["interest"] = member.get("interest") if self.interest else None
+        profile = None if member_id is None else self._profile(member_id)
+        member = None
+        if profile is not None:
+            member = {**profile, "interest": profile.get("interest") if self.interest else None}
         now = datetime.now(UTC)
-        both = encode_requests(
-            self._tower, [query, query], [None, member], self._cfg, whens=[now, now]
-        )
-        return both[:1], both[1:], place
+        if led:
+            if query is None or profile is None:
+                raise ValueError("a query-led request needs a query and a member")
+            both = encode_request_heads(self._tower, [query, query], [None, member], self._cfg,
+                                        whens=[now, now])  # fmt: skip
+            vec, personal = both[self._serve, :1], both[self._serve, 1:]
+            return Encoded(vec, personal, Places.of([profile]), both[:, 1], vec[0], profile)
+        heads = encode_request_heads(self._tower, [query], [member], self._cfg, whens=[now])
+        vec = heads[self._serve]
+        query_vec = vec[0] if query is not None and member is None else None
+        return Encoded(vec, None, None, heads[:, 0], query_vec, profile)
+
+    def heads(self, member_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """A feed's ranking inputs: the member's request per task head float32 [T, dim] (from
+        the profile, now) and the profile."""
+        got = self.request(None, member_id)
+        assert got.profile is not None, "a member's request has its profile"
+        return got.heads, got.profile
 
     def member_embedding(self, member_id: int) -> np.ndarray:
         """float32 [1, dim] JYMBII embedding: the batch one from Feast, else the profile's (a

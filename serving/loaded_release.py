@@ -4,10 +4,11 @@
 A search, HTTP to FAISS, names each step by what it adds: ``Ingress.search`` (the route,
 ``serving.deployments``: validate, route to the live release or an arm) -> ``search_release``
 (``serving.release_server``: pin the release, run on its worker) -> ``LoadedRelease.answer``
-(spelling, understand, encode the request) -> ``LoadedRelease.retrieve`` (check the vectors'
-release) -> ``ReleaseIndex.retrieve`` (tail the slot log, response rows) -> ``LiveSlot.query``
-(plan: ebr / term / hybrid, signed-in rerank) -> ``search_view`` (probe the snapshot with the
-filter, merge the delta) -> FAISS ``index.search``.
+(spelling, understand, encode the request) -> ``serve_page`` (``serving.page``: retrieve N
+candidates, rank them with the release's ranker, crowd, backfill, explain) ->
+``ReleaseIndex.candidates`` (tail the slot log) -> ``ebr.index.query.retrieve`` (plan: ebr /
+term / hybrid, signed-in rerank) -> ``search_view`` (probe the snapshot with the filter, merge
+the delta) -> FAISS ``index.search``.
 
 Loading names why a release cannot serve: ``UnknownRelease`` (no record) or
 ``ReleaseUnavailable`` (a modified record, files gone or changed, a corrupt slot log), never
@@ -25,15 +26,18 @@ import numpy as np
 
 from ebr.config import Workspace
 from ebr.release.record import RECORD_FILE, Release, read_release, record_dir
-from serving.encoder import ReleaseEncoder
+from serving.encoder import Encoded, ReleaseEncoder
 from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownRelease
+from serving.page import PageOptions, serve_page
 from serving.query_spelling import QuerySpeller
+from serving.ranking import RankStage
 from serving.retriever import ReleaseIndex
 
 if TYPE_CHECKING:
     from ebr.index.query.filters import Filter
 
 Hits = tuple[list[list[dict[str, Any]]], dict[str, Any]]
+DEFAULT_PAGE = PageOptions()  # the release's defaults
 Found = tuple[list[list[dict[str, Any]]], dict[str, Any], dict[str, Any]]
 
 
@@ -47,6 +51,11 @@ class LoadedRelease:
         self.id, self.release = release.id, release
         self.encoder = ReleaseEncoder(ws, store, release)
         self.index = ReleaseIndex(release, verify, refresh_s)
+        self.stage = RankStage(release, store)  # ranker, popularity; crowding defaults
+        if self.stage.ranker is not None:
+            from ebr.rank.candidates import slot_columns
+
+            self.stage.warm(self.index.slot.job_ids, slot_columns(self.index.slot).company)
         self.speller = QuerySpeller(self.encoder, self.index)  # typo tolerance
 
     def retrieve(self, vector_release: str | None, vectors: np.ndarray | None, k: int,
@@ -62,32 +71,41 @@ class LoadedRelease:
                                    personal, place)  # fmt: skip
 
     def answer(self, query: str | None, member_id: int | None, k: int,
-               flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
+               flt: Filter | None, retrieval: str,
+               options: PageOptions = DEFAULT_PAGE) -> Found:  # fmt: skip
         """One search: (hits, plan with ``retrieval``, ``understand(query)``). A query the
         model does not understand is dropped from the embedding (the member alone, or no
         vector for an anonymous search: term retrieval then answers, if any). A misspelled
-        query is searched corrected (``understand``'s ``corrected_query``; ``ebr.spelling``)."""
+        query is searched corrected (``understand``'s ``corrected_query``; ``ebr.spelling``).
+        The page follows retrieval's stages (``serving.page``: rank, crowd, explain)."""
         query, corrected_query = self.speller.correct(query)  # what both retrievals search
         understood = {**self.encoder.understand(query), "corrected_query": corrected_query}
         embed_query = None if understood["query_understood"] is False else query
-        vec = personal = place = None
-        if embed_query is not None and member_id is not None:
-            # Signed in: the query alone finds the candidates, the member reorders them.
-            vec, personal, place = self.encoder.encode_signed_in(embed_query, member_id)
-        elif embed_query is not None or member_id is not None:
-            vec = self.encoder.encode(embed_query, member_id)
-        hits, plan = self.retrieve(self.encoder.release_id, vec, k, flt, query,
-                                        retrieval, member_id is not None, personal,
-                                        place)  # fmt: skip
+        enc = None
+        if embed_query is not None or member_id is not None:
+            # Signed in with a query: the query alone finds the candidates, the member
+            # reorders them.
+            led = embed_query is not None and member_id is not None
+            enc = self.encoder.request(embed_query, member_id, led)
+        hits, plan = serve_page(self.index, self.stage, enc, k, flt, query, retrieval, options)
         return hits, plan, understood
 
-    def recommendations(self, member_id: int, k: int) -> Hits:
-        """JYMBII: the member's embedding (batch, else from the profile), no query."""
+    def recommendations(self, member_id: int, k: int,
+                        options: PageOptions = DEFAULT_PAGE) -> Hits:  # fmt: skip
+        """JYMBII: the member's embedding (batch, else from the profile), no query; ranked
+        and crowded as the release says (``serving.page``)."""
         vec = self.encoder.member_embedding(member_id)
-        return self.retrieve(self.encoder.release_id, vec, k, None, None, "ebr", True)
+        if not (self.stage.ranker is not None or self.stage.pin.max_per_company
+                or self.stage.pin.max_per_city or options.explain
+                or options.max_per_company or options.max_per_city):  # fmt: skip
+            return self.retrieve(self.encoder.release_id, vec, k, None, None, "ebr", True)
+        heads, profile = self.encoder.heads(member_id)
+        enc = Encoded(vec, None, None, heads, None, profile)
+        return serve_page(self.index, self.stage, enc, k, None, None, "ebr", options)
 
     def info(self) -> dict[str, Any]:
-        return {"encoder": self.encoder.info(), "index": self.index.info()}
+        return {"encoder": self.encoder.info(), "index": self.index.info(),
+                "ranking": self.stage.info()}  # fmt: skip
 
 
 class Loader:

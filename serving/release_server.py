@@ -34,7 +34,8 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.loaded_release import Found, Hits, LoadedRelease, Loader
+from serving.loaded_release import DEFAULT_PAGE, Found, Hits, LoadedRelease, Loader
+from serving.page import PageOptions
 from serving.router import ReleaseRouter
 from serving.schemas import MAX_ARMS
 
@@ -140,11 +141,15 @@ class LocalReleases:
         return await loop.run_in_executor(self._worker, self._timed, work, rel)
 
     async def search_release(self, release_id: str, query: str | None, member_id: int | None,
-                             k: int, flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
-        return await self._run(release_id, lambda r: r.answer(query, member_id, k, flt, retrieval))
+                             k: int, flt: Filter | None, retrieval: str,
+                             options: PageOptions = DEFAULT_PAGE) -> Found:  # fmt: skip
+        return await self._run(
+            release_id, lambda r: r.answer(query, member_id, k, flt, retrieval, options)
+        )
 
-    async def recommendations(self, release_id: str, member_id: int, k: int) -> Hits:
-        return await self._run(release_id, lambda r: r.recommendations(member_id, k))
+    async def recommendations(self, release_id: str, member_id: int, k: int,
+                              options: PageOptions = DEFAULT_PAGE) -> Hits:  # fmt: skip
+        return await self._run(release_id, lambda r: r.recommendations(member_id, k, options))
 
     async def info(self, release_id: str) -> dict[str, Any]:
         return (await self.get(release_id)).info()
@@ -161,12 +166,17 @@ class RemoteReleases:
         return self._server.options(multiplexed_model_id=release_id)
 
     async def search_release(self, release_id: str, query: str | None, member_id: int | None,
-                             k: int, flt: Filter | None, retrieval: str) -> Found:  # fmt: skip
-        call = self._for(release_id).search_release.remote(query, member_id, k, flt, retrieval)
+                             k: int, flt: Filter | None, retrieval: str,
+                             options: PageOptions = DEFAULT_PAGE) -> Found:  # fmt: skip
+        call = self._for(release_id).search_release.remote(
+            query, member_id, k, flt, retrieval, options
+        )
         return await call  # type: ignore[no-any-return]
 
-    async def recommendations(self, release_id: str, member_id: int, k: int) -> Hits:
-        return await self._for(release_id).recommendations.remote(member_id, k)  # type: ignore[no-any-return]
+    async def recommendations(self, release_id: str, member_id: int, k: int,
+                              options: PageOptions = DEFAULT_PAGE) -> Hits:  # fmt: skip
+        call = self._for(release_id).recommendations.remote(member_id, k, options)
+        return await call  # type: ignore[no-any-return]
 
     async def info(self, release_id: str) -> dict[str, Any]:
         return await self._for(release_id).info.remote()  # type: ignore[no-any-return]
@@ -222,13 +232,14 @@ class ReleaseServer:
         return await self.release(serve.get_multiplexed_model_id())
 
     async def search_release(self, query: str | None, member_id: int | None, k: int,
-                             flt: Filter | None = None,
-                             retrieval: str = "hybrid") -> Found:  # fmt: skip
+                             flt: Filter | None = None, retrieval: str = "hybrid",
+                             options: PageOptions = DEFAULT_PAGE) -> Found:  # fmt: skip
         """One search in the release this call names (``LoadedRelease.answer``)."""
-        return (await self._current()).answer(query, member_id, k, flt, retrieval)
+        return (await self._current()).answer(query, member_id, k, flt, retrieval, options)
 
-    async def recommendations(self, member_id: int, k: int) -> Hits:
-        return (await self._current()).recommendations(member_id, k)
+    async def recommendations(self, member_id: int, k: int,
+                              options: PageOptions = DEFAULT_PAGE) -> Hits:  # fmt: skip
+        return (await self._current()).recommendations(member_id, k, options)
 
     async def search_vector(
         self, vector_release: str | None, vectors: np.ndarray | None, k: int,

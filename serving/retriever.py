@@ -18,6 +18,8 @@ from serving.errors import ReleaseUnavailable
 if TYPE_CHECKING:
     from ebr.index.live.slot import LiveSlot
     from ebr.index.query.filters import Filter
+    from ebr.index.query.retrieve import LiveView
+    from ebr.index.query.search import Hits
     from ebr.release.record import Release
 
 
@@ -84,7 +86,30 @@ class ReleaseIndex:
             One list of up to k hits (display columns + ``score``), best first, and the plan
             (with ``retrieval``, the one used).
         """
+        _, hits, plan = self.candidates(vectors, k, flt, text, retrieval, personalised,
+                                        personal, place)  # fmt: skip
+        if hits is None:
+            return [[]], plan
+        found = hits.job_ids[0] >= 0
+        ids, scores = hits.job_ids[0][found], hits.scores[0][found].astype(float)
+        return [self.rows(hits, ids, scores)], plan
+
+    def candidates(
+        self,
+        vectors: np.ndarray | None,
+        depth: int,
+        flt: Filter | None,
+        text: str | None,
+        retrieval: str,
+        personalised: bool,
+        personal: np.ndarray | None = None,
+        place: Any = None,
+    ) -> tuple[LiveView | None, Hits | None, dict[str, Any]]:
+        """``retrieve``'s search, ``depth`` deep, before the response rows: (the live view it
+        read, its Hits [1, depth], the plan with ``retrieval``); (None, None, plan) when the
+        request has nothing to search with. Later stages read the same view."""
         from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_EBR_WEIGHT_MEMBER
+        from ebr.index.query.retrieve import retrieve
 
         self.refresh()
         if text is None or not text.strip() or self.slot.terms is None:
@@ -92,30 +117,31 @@ class ReleaseIndex:
         elif vectors is None:
             retrieval = "term"
         if vectors is None and retrieval == "ebr":
-            return [[]], {"retrieval": None}
+            return None, None, {"retrieval": None}
         texts = [text] if text is not None else None
         member_led = personalised and personal is None
         weight = HYBRID_EBR_WEIGHT_MEMBER if member_led else HYBRID_EBR_WEIGHT
-        hits = self.live.query(vectors, k, flt, texts=texts, retrieval=retrieval,
-                               ebr_weight=weight, personal=personal, places=place)  # fmt: skip
+        view = self.live.view()
+        hits = retrieve(view, vectors, depth, flt, texts=texts, retrieval=retrieval,
+                        ebr_weight=weight, personal=personal, places=place)  # fmt: skip
+        return view, hits, {"retrieval": retrieval, **hits.plan}
+
+    def rows(self, hits: Hits, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        """Response rows (display columns + ``score``) of ``ids`` (live jobs among ``hits``'
+        results, any order) with their ``scores``: an upserted job's row is its delta record."""
         delta = hits.delta_items
         delta_rows = {}
         if len(delta):  # upserted since the snapshot: their display rows supersede its rows
             plain = plain_columns(delta)
-            ids = plain["job_id"]
-            delta_rows = {int(j): {c: v[i] for c, v in plain.items()} for i, j in enumerate(ids)}
-        out = []
-        for row_scores, row_ids in zip(hits.scores, hits.job_ids, strict=True):
-            found = row_ids >= 0
-            ids, scores = row_ids[found].tolist(), row_scores[found].tolist()
-            snapshot = self.slot.records([j for j in ids if j not in delta_rows])
-            from_snapshot = iter(snapshot)
-            records = [
-                {**(delta_rows[j] if j in delta_rows else next(from_snapshot)), "score": score}
-                for j, score in zip(ids, scores, strict=True)
-            ]
-            out.append(records)
-        return out, {"retrieval": retrieval, **hits.plan}
+            found = plain["job_id"]
+            delta_rows = {int(j): {c: v[i] for c, v in plain.items()} for i, j in enumerate(found)}
+        ids_list, scores_list = ids.tolist(), np.asarray(scores, dtype=float).tolist()
+        snapshot = self.slot.records([j for j in ids_list if j not in delta_rows])
+        from_snapshot = iter(snapshot)
+        return [
+            {**(delta_rows[j] if j in delta_rows else next(from_snapshot)), "score": score}
+            for j, score in zip(ids_list, scores_list, strict=True)
+        ]
 
     def info(self) -> dict[str, Any]:
         """The slot this release serves, its log position (``lsn``) and ``log_problems``:

@@ -36,6 +36,8 @@ Query = Annotated[
 # Strict ints: a JSON "10" or 10.5 or true is a client bug worth a 422, not something to coerce.
 MemberId = Annotated[int, Field(strict=True, ge=MIN_ID, le=MAX_ID)]
 TopK = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
+Cap = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
+Depth = Annotated[int, Field(strict=True, ge=1, le=2000)]
 Retrieval = Literal["ebr", "term", "hybrid"]  # ebr.index.query.search.RETRIEVALS
 RequestKey = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
@@ -65,7 +67,25 @@ class SearchRequest(BaseModel):
         '{"and": [{"term": {"seniority": ["senior", "lead"]}}, '
         '{"geo_radius": {"lat": 52.5, "lon": 13.4, "km": 50}}]}',
     )
-    explain: bool = Field(default=False, description="include how the planner searched")
+    explain: bool = Field(
+        default=False,
+        description="include how the request was answered: per result its retrieval scores, "
+        "the ranker's per-feature contributions and its crowding demotion; in the plan the "
+        "funnel (eligible, retrieved, ranked, crowded out) and milliseconds per stage",
+    )
+    max_per_company: Cap | None = Field(
+        default=None,
+        description="at most this many results of one company on the page, backfilled from "
+        "further candidates (default: the release's)",
+    )
+    max_per_city: Cap | None = Field(
+        default=None, description="at most this many results in one city (default: the release's)"
+    )
+    candidates: Depth | None = Field(
+        default=None,
+        description="candidates retrieved, then ranked and crowded (default: the release's, "
+        "200); the page is k of them",
+    )
     retrieval: Retrieval | None = Field(
         default=None,
         description="ebr (embeddings), term (BM25 over the job text) or hybrid (both, fused "
@@ -117,8 +137,15 @@ class JobHit(BaseModel):
     seniority: str | None = None
     remote: bool | None = None
     score: float = Field(
-        description="ebr: cosine similarity of request and job embeddings; term: BM25; "
-        "hybrid: the fused reciprocal-rank score"
+        description="what the page is ordered by: the release's ranker's score when it ranked "
+        "the request, else the retrieval's (ebr: cosine similarity of request and job "
+        "embeddings; term: BM25; hybrid: the fused score)"
+    )
+    explain: dict[str, Any] | None = Field(
+        default=None,
+        description="with explain: retrieval (rank, score, ebr_cosine, head_cosines, bm25, "
+        "term_coverage), ranker (score, rank, contributions per feature) and crowding "
+        "(ranked_at, position, demoted_by)",
     )
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-WINDOW_DAYS = 7
+from ebr.feast_names import POPULARITY_DAYS, popularity_names
+
+WINDOW_DAYS = POPULARITY_DAYS
 COUNTS = ("impressions", "clicks", "applies")  # clicks: any engagement (click, save, apply)
-JOB_FIELDS = tuple(f"job_{c}_{WINDOW_DAYS}d" for c in COUNTS)
-COMPANY_FIELDS = tuple(f"company_{c}_{WINDOW_DAYS}d" for c in COUNTS)
+JOB_FIELDS = popularity_names("job").fields  # job_impressions_7d, job_clicks_7d, ...
+COMPANY_FIELDS = popularity_names("company").fields
 
 
 def _daily(impressions: pd.DataFrame, key: pd.Series) -> tuple[pd.DataFrame, pd.DatetimeIndex]:

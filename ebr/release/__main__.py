@@ -2,6 +2,8 @@
 
     python -m ebr.release show --workspace var/demo
     python -m ebr.release provision --workspace var/demo --version v2 --min-coverage 0.99
+    python -m ebr.release provision --workspace var/demo --version v2 --ranker latest \\
+        --max-per-company 3                      # the same retrieval, ranked and crowded
     python -m ebr.release promote --workspace var/demo rel-v2-20261130T101500123456
     python -m ebr.release rollback --workspace var/demo
     python -m ebr.release start-experiment --workspace var/demo v2-vs-v1 \\
@@ -28,6 +30,7 @@ import typer
 from ebr.config import GateConfig, Workspace
 from ebr.release import provision as ops
 from ebr.release import state as st
+from ebr.release.ranking import RankingSpec
 from ebr.release.record import list_releases
 
 cli = typer.Typer(add_completion=False, help="Embedding releases: provision, promote, A/B, retire.")
@@ -76,10 +79,20 @@ def provision_cmd(
     min_coverage: Annotated[float, typer.Option(help="share of active jobs required")] = 1.0,
     min_recall: Annotated[float, typer.Option(help="tuned recall@10 floor (0: slot's)")] = 0.0,
     quality_margin: Annotated[float | None, typer.Option(help="max recall@100 drop")] = None,
+    ranker: Annotated[
+        str | None, typer.Option(help="'latest' or a ranker id of VERSION (default: none)")
+    ] = None,
+    depth: Annotated[int, typer.Option(help="candidates retrieved per request")] = 200,
+    max_per_company: Annotated[int | None, typer.Option(help="default crowding cap")] = None,
+    max_per_city: Annotated[int | None, typer.Option(help="default crowding cap")] = None,
+    min_ranker_ratio: Annotated[
+        float, typer.Option(help="ranker NDCG@10 floor, x the retrieval order's")
+    ] = 1.0,
 ) -> None:
     """Gate and record a release of VERSION as a candidate."""
-    gates = GateConfig(min_coverage, min_recall, quality_margin)
-    release = ops.provision(Workspace(workspace), version, slot, gates)
+    gates = GateConfig(min_coverage, min_recall, quality_margin, min_ranker_ratio)
+    ranking = RankingSpec(ranker, depth, max_per_company, max_per_city)
+    release = ops.provision(Workspace(workspace), version, slot, gates, ranking)
     _echo({"release": release.id, "gates": release.record()["gates"]})
 
 

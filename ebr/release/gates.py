@@ -12,7 +12,10 @@
   the slot was built for this version and still matches its manifest, and the Feast repo
   serves this version with that interest version;
 - ``quality`` (when ``GateConfig.quality_margin`` is set): held-out EBR recall@100 through the
-  served index >= the live release's minus the margin.
+  served index >= the live release's minus the margin;
+- ``ranker`` (a release that pins one, ``ebr.release.ranking``): its held-out NDCG@10 >=
+  ``GateConfig.min_ranker_ndcg_ratio`` x the retrieval order's; its file is the one pinned
+  (lineage checks that again at promote, rollback and experiment start).
 
 Each gate returns a ``Gate`` (passed, value, threshold, detail); ``check_gates`` raises
 ``ReleaseRefused`` listing every failed one.
@@ -31,6 +34,7 @@ import pyarrow.parquet as pq
 from ebr.config import GateConfig, Workspace
 from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
+from ebr.release.ranking import ranker_faults, ranker_verdict
 from ebr.release.record import Release
 from ebr.release.slots import open_jobs
 from ebr.stream.catalog import current_jobs
@@ -131,7 +135,7 @@ def _lineage_faults(ws: Workspace, release: Release) -> list[str]:
     if sha256_file(paths.slot / MANIFEST_FILE) != slot.manifest_sha256:
         faults.append(f"slot {slot.name}'s manifest changed since it was gathered")
     faults += _feast_faults(ws, version, iv)
-    return faults
+    return faults + ranker_faults(release)
 
 
 def _feast_faults(ws: Workspace, version: str, iv: str | None) -> list[str]:
@@ -179,6 +183,16 @@ def quality_gate(
     )  # fmt: skip
 
 
+def ranker_gate(release: Release, cfg: GateConfig) -> Gate | None:
+    """The release's ranker (``ebr.release.ranking``) against ``min_ranker_ndcg_ratio``;
+    None for a release without one."""
+    verdict = ranker_verdict(release, cfg.min_ranker_ndcg_ratio)
+    if verdict is None:
+        return None
+    passed, value, detail = verdict
+    return Gate("ranker", passed, value, cfg.min_ranker_ndcg_ratio, detail)
+
+
 def check_gates(
     ws: Workspace,
     release: Release,
@@ -193,9 +207,9 @@ def check_gates(
         coverage_gate(ws, release.paths.slot, cfg),
         lineage_gate(ws, release),
     ]
-    quality = quality_gate(release.evaluation, live, cfg)
-    if quality is not None:
-        gates.append(quality)
+    for extra in (quality_gate(release.evaluation, live, cfg), ranker_gate(release, cfg)):
+        if extra is not None:
+            gates.append(extra)
     if not all(g.passed for g in gates):
         raise ReleaseRefused(release.version, gates)
     return [asdict(g) for g in gates]

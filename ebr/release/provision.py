@@ -34,6 +34,7 @@ from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
 from ebr.release import state as st
 from ebr.release.gates import ReleaseRefused, check_gates, lineage_gate
+from ebr.release.ranking import RankingSpec, ranking_doc
 from ebr.release.record import (
     Release,
     list_releases,
@@ -117,10 +118,15 @@ def gather(ws: Workspace, version: str, slot_name: str | None = None) -> dict[st
 
 
 def prepare(
-    ws: Workspace, version: str, slot_name: str | None = None, gates: GateConfig | None = None
+    ws: Workspace,
+    version: str,
+    slot_name: str | None = None,
+    gates: GateConfig | None = None,
+    ranking: RankingSpec | None = None,
 ) -> dict[str, Any]:
     """The gated record of a new release of ``version`` (not written): what ``provision``
     records. Reads the state (the live release is the parent and the quality baseline).
+    ``ranking``: what follows retrieval (``ebr.release.ranking``; default retrieval order).
 
     Raises:
         ReleaseRefused: a gate failed (the message names each failed gate and by how much).
@@ -130,6 +136,7 @@ def prepare(
     doc = {
         "id": new_release_id(version),
         **gather(ws, version, slot_name),
+        "ranking": ranking_doc(ws, version, ranking or RankingSpec()),
         "parent": state["live"],
         "created_at": datetime.now(UTC).isoformat(),
     }
@@ -146,20 +153,26 @@ def prepare(
             "min_coverage": cfg.min_coverage,
             "min_recall_at_10": cfg.min_recall_at_10,
             "quality_margin": cfg.quality_margin,
+            "min_ranker_ndcg_ratio": cfg.min_ranker_ndcg_ratio,
         },  # fmt: skip
     }
 
 
 def provision(
-    ws: Workspace, version: str, slot_name: str | None = None, gates: GateConfig | None = None
+    ws: Workspace,
+    version: str,
+    slot_name: str | None = None,
+    gates: GateConfig | None = None,
+    ranking: RankingSpec | None = None,
 ) -> Release:
     """Gate and record a release of ``version`` as a candidate; returns it (as recorded).
+    ``ranking``: its ranker and crowding defaults (``ebr.release.ranking``).
 
     Raises:
         ReleaseRefused: a gate failed (the message names each failed gate and by how much);
             nothing is recorded then, nor when recording the candidate in the state fails.
     """
-    doc = prepare(ws, version, slot_name, gates)
+    doc = prepare(ws, version, slot_name, gates, ranking)
     with recorded(ws, doc):
         st.add_candidate(ws, doc["id"])
     return read_release(ws, doc["id"])

@@ -172,6 +172,27 @@ class SlotPin:
 
 
 @dataclass(frozen=True)
+class RankerPin:
+    """The second-stage ranker a release serves (``ebr.rank``): its folder and checksums."""
+
+    id: str
+    path: Path  # rankers/<version>/<id>/
+    model_sha256: str  # of its model.txt
+    ndcg: Mapping[str, Any]  # held-out NDCG@10 by session kind, as its training judged it
+
+
+@dataclass(frozen=True)
+class RankingPin:
+    """What follows retrieval in this release: how many candidates are retrieved (``depth``),
+    the ranker that orders them (None: retrieval order) and the page's crowding defaults."""
+
+    depth: int = 200
+    ranker: RankerPin | None = None
+    max_per_company: int | None = None
+    max_per_city: int | None = None
+
+
+@dataclass(frozen=True)
 class ReleasePaths:
     """Where a release's files are in its workspace."""
 
@@ -200,6 +221,7 @@ class Release:
     created_at: str
     paths: ReleasePaths
     doc: Mapping[str, Any] = field(repr=False, compare=False)
+    ranking: RankingPin = RankingPin()  # records before rankers: retrieval order, no caps
 
     @property
     def version(self) -> str:
@@ -232,6 +254,7 @@ class Release:
         paths = version_paths(ws, version)
         ev = doc.get("evaluation")
         return cls(
+            ranking=_ranking(ws, doc.get("ranking")),
             id=check_release_id(doc["id"]),
             model=ModelPin(
                 version,
@@ -272,6 +295,32 @@ class Release:
             ),
             doc=_frozen(doc),
         )
+
+
+def _cap(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"ranking.{name} must be an integer >= 1 or null, got {value!r}")
+    return value
+
+
+def _ranking(ws: Workspace, doc: Mapping[str, Any] | None) -> RankingPin:
+    """The ``ranking`` field of a record (absent in records written before rankers)."""
+    if doc is None:
+        return RankingPin()
+    depth = doc.get("depth", 200)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 2000:
+        raise ValueError(f"ranking.depth must be an integer in [1, 2000], got {depth!r}")
+    pin = doc.get("ranker")
+    ranker = None
+    if pin is not None:
+        ranker = RankerPin(
+            str(pin["id"]), ws.root / str(pin["path"]), str(pin["model_sha256"]),
+            _frozen(pin.get("ndcg@10") or {}),
+        )  # fmt: skip
+    return RankingPin(depth, ranker, _cap(doc.get("max_per_company"), "max_per_company"),
+                      _cap(doc.get("max_per_city"), "max_per_city"))  # fmt: skip
 
 
 def read_release(ws: Workspace, release_id: str) -> Release:
