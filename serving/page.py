@@ -12,8 +12,10 @@ until the page is full or the retrieval returned every eligible job. Filters hol
 only retrieved jobs are ever ranked.
 
 A request with neither a ranker nor a cap is today's retrieval, ``k`` deep. With ``explain``
-each result carries its retrieval scores, the ranker's per-feature contributions and its
-crowding demotion, and the plan the funnel (eligible, retrieved, ranked, crowded out) and the
+each result carries its retrieval scores, the ranker's per-feature contributions and how many
+places crowding moved it up (``promoted_by``: crowded-out jobs ranked above it), and the plan
+the jobs crowding demoted off the page (``crowding.crowded_out``, with the cap each hit), the
+funnel (eligible, retrieved, ranked, crowded out) and the
 milliseconds of each stage.
 """
 
@@ -49,6 +51,16 @@ class PageOptions:
 
 def _num(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def _capped_by(i: int, picked: np.ndarray, cols: Any, caps: Caps) -> list[str]:
+    """Which caps the page's results of candidate ``i``'s company / city fill."""
+    out = []
+    for name, col, cap in (("max_per_company", cols.company, caps.max_per_company),
+                           ("max_per_city", cols.city, caps.max_per_city)):  # fmt: skip
+        if cap is not None and sum(col[j] == col[i] for j in picked.tolist()) >= cap:
+            out.append(name)
+    return out
 
 
 def _eligible(plan: dict[str, Any]) -> int | None:
@@ -141,7 +153,7 @@ def serve_page(
                                       zip((*FEATURES, "base"), contrib[row], strict=True)},
                 },
                 "crowding": {"ranked_at": int(rank_of[i]), "position": row,
-                             "demoted_by": row - int(rank_of[i])},
+                             "promoted_by": int(rank_of[i]) - row},
             }  # fmt: skip
         ms["explain"] = (time.perf_counter() - t) * 1e3
         plan["funnel"] = {
@@ -152,7 +164,8 @@ def serve_page(
         plan["crowding"] = {
             "max_per_company": caps.max_per_company, "max_per_city": caps.max_per_city,
             "crowded_out": [{"job_id": int(ids[i]), "company": cands.cols.company[i],
-                             "city": cands.cols.city[i], "ranked_at": int(rank_of[i])}
+                             "city": cands.cols.city[i], "ranked_at": int(rank_of[i]),
+                             "capped_by": _capped_by(i, picked, cands.cols, caps)}
                             for i in page.crowded_out.tolist()],
         }  # fmt: skip
         plan["ranker"] = None if not ranked or stage.ranker is None else stage.ranker.id

@@ -145,7 +145,8 @@ class JobHit(BaseModel):
         default=None,
         description="with explain: retrieval (rank, score, ebr_cosine, head_cosines, bm25, "
         "term_coverage), ranker (score, rank, contributions per feature) and crowding "
-        "(ranked_at, position, demoted_by)",
+        "(ranked_at, position, promoted_by: places gained from crowded-out jobs); the jobs "
+        "crowding demoted off the page are in the plan (crowding.crowded_out)",
     )
 
 

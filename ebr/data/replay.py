@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ebr.data.engagement import Hidden, funnel, utility
+from ebr.data.engagement import Hidden, funnel, search_utility, utility
 from ebr.data.esco import load_occupations, load_skills, occupation_skill_profiles
 from ebr.data.marketplace import EMPLOYMENT, SENIORITY, TITLE_PREFIX
 
@@ -27,18 +27,69 @@ _GUMBEL = -np.log(-np.log((np.arange(NODES) + 0.5) / NODES))
 
 
 def engagement_probabilities(
-    h: Hidden, mem: np.ndarray, job: np.ndarray, position: np.ndarray
+    h: Hidden,
+    mem: np.ndarray,
+    job: np.ndarray,
+    position: np.ndarray,
+    match: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """P(click) and P(apply), float [n] each, of job rows ``job`` shown to member rows ``mem``
-    at 0-based ``position`` (0 = top slot), under the generator's model (noise integrated)."""
+    at 0-based ``position`` (0 = top slot), under the generator's model (noise integrated).
+    ``match`` (float [n]: 1 / 0 the job matches the typed query, NaN for a feed) scores a
+    search's rows with ``search_utility`` (what was typed decides, as in the intent world)."""
     p_click, p_apply = np.empty(len(mem)), np.empty(len(mem))
     for a in range(0, len(mem), 20_000):  # bounded memory: [rows, NODES] floats per step
         s = slice(a, a + 20_000)
-        u = utility(h, mem[s], job[s])[:, None]
+        u = utility(h, mem[s], job[s])
+        if match is not None:
+            m = match[s]
+            typed = ~np.isnan(m)
+            if typed.any():
+                searched = search_utility(h, mem[s][typed], job[s][typed], m[typed] > 0)
+                u[typed] = searched
+        u = u[:, None]
         seen, click, apply = funnel(u, _GUMBEL[None, :], position[s], h.j_active[job[s]])
         p_click[s] = seen * click.mean(axis=1)
         p_apply[s] = seen * (click * apply).mean(axis=1)
     return p_click, p_apply
+
+
+class QueryMatches:
+    """Which jobs of a table match a typed query, read from its words as the generator wrote
+    them: an occupation's label (its jobs), the last two words of labels (each such
+    occupation's jobs) or a skill's label (the jobs listing it); other text matches the jobs
+    whose title holds all its words (``ebr.text.words``)."""
+
+    def __init__(self, jobs: pd.DataFrame) -> None:
+        from ebr.text import words
+
+        labels = load_occupations().set_index("uri")["label"].str.lower()
+        occ = jobs["occupation_uri"].map(labels).fillna("").to_numpy(object)
+        self._label: dict[str, list[int]] = {}
+        self._short: dict[str, list[int]] = {}
+        for row, label in enumerate(occ):
+            self._label.setdefault(label, []).append(row)
+            self._short.setdefault(" ".join(label.split()[-2:]), []).append(row)
+        self._skill: dict[str, list[int]] = {}
+        for row, skills in enumerate(jobs["skills"]):
+            for sk in {str(x).lower() for x in (skills if skills is not None else [])}:
+                self._skill.setdefault(sk, []).append(row)
+        self._titles = [frozenset(words(str(t))) for t in jobs["title"]]
+        self._words = words
+        self.n = len(jobs)
+
+    def __call__(self, query: str) -> np.ndarray:
+        """bool [n]: the table's rows that match ``query``."""
+        q = " ".join(str(query).lower().split())
+        out = np.zeros(self.n, dtype=bool)
+        rows = self._label.get(q) or self._short.get(q) or self._skill.get(q)
+        if rows:
+            out[rows] = True
+            return out
+        wanted = frozenset(self._words(q))
+        if wanted:
+            out[:] = [wanted <= t for t in self._titles]
+        return out
 
 
 def _codes(values: pd.Series, categories: tuple[str, ...], what: str) -> np.ndarray:

@@ -6,9 +6,8 @@ A candidate's gain is its expected outcome grade if the member examined it (none
 save 2, apply 3: ``GRADES``), the engagement funnel (``ebr.data.engagement.funnel``) averaged
 over the taste noise, with the utility the simulator gives it: ``search_utility`` for a search
 (the job matches what was typed, or loses ``MISMATCH``) and the profile ``utility`` for a feed.
-What a typed query matches is read from its words as the generator wrote them: an occupation's
-label (its jobs), the last two words of labels (the jobs of each such occupation) or a skill's
-label (the jobs listing it); other text matches jobs whose title holds all its words.
+What a typed query matches is read from its words as the generator wrote them
+(``ebr.data.replay.QueryMatches``).
 """
 
 from __future__ import annotations
@@ -19,9 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.data.engagement import APPLY_AT, CLICK_AT, NOISE, SAVE_P, SLOPE, search_utility, utility
-from ebr.data.esco import load_occupations
-from ebr.data.replay import _GUMBEL, hidden_from_tables
-from ebr.index.query.terms import tokens
+from ebr.data.replay import _GUMBEL, QueryMatches, hidden_from_tables
 
 GRADES = {"none": 0, "click": 1, "save": 2, "apply": 3}
 
@@ -49,32 +46,7 @@ class Judge:
         self.hidden = hidden_from_tables(jobs, members)
         self._job_row = pd.Index(jobs["job_id"].to_numpy(np.int64))
         self._mem_row = pd.Index(members["member_id"].to_numpy(np.int64))
-        labels = load_occupations().set_index("uri")["label"].str.lower()
-        occ = jobs["occupation_uri"].map(labels).fillna("").to_numpy(object)
-        self._by_label: dict[str, list[int]] = {}
-        self._by_short: dict[str, list[int]] = {}
-        for row, label in enumerate(occ):
-            self._by_label.setdefault(label, []).append(row)
-            self._by_short.setdefault(" ".join(label.split()[-2:]), []).append(row)
-        self._by_skill: dict[str, list[int]] = {}
-        for row, skills in enumerate(jobs["skills"]):
-            for s in set(str(x).lower() for x in (skills if skills is not None else [])):
-                self._by_skill.setdefault(s, []).append(row)
-        self._titles = [frozenset(tokens(str(t))) for t in jobs["title"]]
-        self._n = len(jobs)
-
-    def matches(self, query: str) -> np.ndarray:
-        """bool [n_jobs]: the catalogue's jobs that match ``query`` (module docstring)."""
-        q = " ".join(str(query).lower().split())
-        out = np.zeros(self._n, dtype=bool)
-        rows = self._by_label.get(q) or self._by_short.get(q) or self._by_skill.get(q)
-        if rows:
-            out[rows] = True
-            return out
-        words = frozenset(tokens(q))
-        if words:
-            out[:] = [words <= t for t in self._titles]
-        return out
+        self.matches = QueryMatches(jobs)  # bool [n_jobs] of a query (module docstring)
 
     def gains(
         self, member_id: int, job_ids: Sequence[int] | np.ndarray, query: str | None

@@ -6,7 +6,8 @@ Reads the impression log (``ebr.release.impressions``), keeps the requests of on
 and, for every request with a known member, computes the *expected* engagement the synthetic
 marketplace's preference model gives the list that was shown (``ebr.data.replay``: the
 generator's hidden state rebuilt from the tables, and its engagement funnel averaged over the
-noise). Per request that is
+noise; a search is judged by what was typed, ``search_utility``, with the query serving
+searched: the corrected one when it corrected a typo). Per request that is
 
 - ``apply_rate`` / ``click_rate``: P(>= 1 apply / click among the shown jobs), the headline;
 - ``applies_per_request`` / ``clicks_per_request``: expected number of applies / clicks.
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ebr.config import Workspace
-from ebr.data.replay import engagement_probabilities, hidden_from_tables
+from ebr.data.replay import QueryMatches, engagement_probabilities, hidden_from_tables
 from ebr.io import atomic_write_bytes, atomic_write_json
 from ebr.release.impressions import read_impressions
 from ebr.release.state import read_state
@@ -51,6 +52,9 @@ def score_requests(
     the METRICS and ``unknown_jobs`` (shown job ids missing from ``jobs``: never engaged)."""
     known = requests[requests["member_id"].isin(members["member_id"])].reset_index(drop=True)
     sub = members.set_index("member_id").loc[np.sort(known["member_id"].unique())].reset_index()
+    typed = _typed(known)
+    matcher = QueryMatches(jobs) if typed.notna().any() else None  # the whole catalogue's rule
+    catalogue_row = pd.Series(np.arange(len(jobs)), index=jobs["job_id"].to_numpy())
     jobs = jobs[jobs["job_id"].isin(known["job_ids"].explode())].reset_index(drop=True)
     h = hidden_from_tables(jobs, sub)  # only what was shown: fast at any catalogue size
     lengths = known["job_ids"].map(len).to_numpy(int)
@@ -60,9 +64,16 @@ def score_requests(
     job = pd.Series(np.arange(len(jobs)), index=jobs["job_id"]).reindex(shown).to_numpy()
     ok = ~np.isnan(job)
     mem = pd.Series(np.arange(len(sub)), index=sub["member_id"]).loc[known["member_id"]]
+    match = np.full(len(shown), np.nan)  # feeds: NaN (profile utility)
+    if matcher is not None:
+        at = catalogue_row.reindex(shown).to_numpy()
+        for r, text in typed.dropna().items():
+            rows = np.flatnonzero(req == r)
+            hit = ~np.isnan(at[rows])
+            match[rows[hit]] = matcher(str(text))[at[rows[hit]].astype(int)]
     p_click, p_apply = np.zeros(len(shown)), np.zeros(len(shown))
     p_click[ok], p_apply[ok] = engagement_probabilities(
-        h, mem.to_numpy(int)[req[ok]], job[ok].astype(int), position[ok]
+        h, mem.to_numpy(int)[req[ok]], job[ok].astype(int), position[ok], match[ok]
     )
 
     def per_request(x: np.ndarray) -> np.ndarray:
@@ -77,6 +88,18 @@ def score_requests(
     out["clicks_per_request"] = per_request(p_click)
     out["unknown_jobs"] = per_request((~ok).astype(float)).astype(int)
     return out
+
+
+def _typed(requests: pd.DataFrame) -> pd.Series:
+    """Per request, the text it searched (the corrected query when serving corrected it; None
+    for a feed or a search without a query)."""
+    query = requests["query"] if "query" in requests else pd.Series(None, index=requests.index)
+    if "corrected_query" in requests:
+        query = requests["corrected_query"].where(requests["corrected_query"].notna(), query)
+    query = query.where(query.notna(), None)
+    if "kind" in requests:
+        query = query.where(requests["kind"] == "search", None)
+    return query.astype(object)
 
 
 def _arm_draws(scored: pd.DataFrame, seed: int, arm: str, n_draws: int) -> tuple[Any, Any]:

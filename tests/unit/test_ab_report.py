@@ -239,3 +239,37 @@ def test_the_control_is_the_first_arm_the_experiment_was_started_with(market) ->
     report = ab_report(ws, n_draws=200)
     assert report["control"] == "good" and list(report["differences"]) == ["bad"]
     assert report["differences"]["bad"]["apply_rate"]["ci95"][1] < 0
+
+
+def test_a_search_is_replayed_by_what_was_typed(market) -> None:
+    """One member's list of an occupation's best jobs for them, and their profile's best (of
+    other occupations): searched for that occupation the first engages more than as a feed and
+    the second less (it no longer matches what was typed); a corrected query counts as
+    typed."""
+    from ebr.data.esco import load_occupations
+    from ebr.release.ab_report import score_requests
+
+    ws, truth = market
+    jobs, members = (pd.read_parquet(ws.data / f"{t}.parquet") for t in ("jobs", "members"))
+    label = load_occupations().set_index("uri")["label"].str.lower()
+    for member in (1, 2, 3, 5, 8):
+        best = oracle_topk(truth, [member], 10)[0]
+        occ = jobs["occupation_uri"].iloc[best[0] - 1]
+        others = jobs[(jobs["occupation_uri"] != occ) & jobs["active"]]
+        other = others["occupation_uri"].value_counts().index[0]
+        pool = jobs.index[jobs["occupation_uri"] == other].to_numpy()
+        u = utility(truth, np.full(len(pool), member - 1), pool)
+        typed_jobs = jobs["job_id"].to_numpy()[pool[np.argsort(-u)[:10]]]
+        profile = [j for j in best.tolist() if jobs["occupation_uri"].iloc[j - 1] != other]
+        query = str(label[other])
+        reqs = pd.DataFrame({
+            "arm": "a", "release": REL_A, "member_id": member,
+            "kind": ["search", "recommendations", "search", "recommendations"],
+            "query": [query, None, query, None], "corrected_query": None,
+            "job_ids": [list(typed_jobs), list(typed_jobs), profile, profile],
+        })  # fmt: skip
+        got = score_requests(reqs, jobs, members)["applies_per_request"].to_numpy()
+        assert got[0] > got[1] and got[2] < got[3], (member, query, got)
+        fixed = reqs.iloc[[0, 2]].assign(query="zzzz", corrected_query=query)
+        assert np.allclose(score_requests(fixed, jobs, members)["applies_per_request"],
+                           got[[0, 2]])  # fmt: skip
