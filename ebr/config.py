@@ -344,6 +344,8 @@ class BuildConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     release: str = "promote"  # building a version on demand is the operator's release of it
     gates: GateConfig = field(default_factory=GateConfig)
+    rank: bool = True  # train a second-stage ranker and pin it in the release
+    ranker: RankerConfig = field(default_factory=RankerConfig)
 
     def __post_init__(self) -> None:
         _check_version_run(self)

@@ -13,7 +13,7 @@ from typing import Any
 
 from flytekit import Resources, task
 
-from ebr.config import DataConfig, IndexConfig, ModelConfig, TrainConfig, Workspace
+from ebr.config import DataConfig, IndexConfig, ModelConfig, RankerConfig, TrainConfig, Workspace
 from ebr.fingerprint import code_version
 
 TABLES = ("jobs", "members", "impressions")
@@ -184,3 +184,19 @@ def evaluate_model(workspace: Workspace, model_dir: str, version: str, slot: str
     json_path, png_path = write_report(report, version_paths(workspace, version).eval)
     Deck("Evaluation", report_html(report, png_path))
     return str(json_path)
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"))
+def train_ranker(
+    workspace: Workspace, version: str, slot: str, ranker: RankerConfig, enabled: bool
+) -> str:
+    """The second-stage ranker of ``version`` (``ebr.rank.train``: LambdaMART over what
+    ``slot`` retrieves for the log's training sessions, judged on its held-out ones); returns
+    its id ("" when not ``enabled``)."""
+    if not enabled:
+        return ""
+    from ebr.rank.train import train_ranker as train
+
+    path = train(workspace, version, ranker, slot)
+    print((path / "ranker.json").read_text())
+    return path.name

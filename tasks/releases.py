@@ -42,16 +42,20 @@ def model_for_release(
 
 @task(requests=Resources(cpu="1", mem="2Gi"))
 def record_release(
-    workspace: Workspace, version: str, slot: str, gates: GateConfig, mode: str
+    workspace: Workspace, version: str, slot: str, gates: GateConfig, mode: str, ranker: str
 ) -> str:
     """Gate ``slot`` of ``version`` and record it as a candidate release ("candidate"), also
     make it live ("promote"), or do nothing ("none"); returns the release id ("" for none).
+    ``ranker``: a ranker id of ``version``, "live" (the live release's ranking when it serves
+    ``version``: a re-embedded slot keeps its ranker and caps) or "" (retrieval order).
     A refused release fails the task with the gates' verdicts."""
     from ebr.release.provision import promote, provision
+    from ebr.release.ranking import RankingSpec, live_ranking
 
     if mode == "none":
         return ""
-    release = provision(workspace, version, slot, gates)
+    ranking = live_ranking(workspace, version) if ranker == "live" else RankingSpec(ranker or None)
+    release = provision(workspace, version, slot, gates, ranking)
     print(json.dumps({"release": release.id, "gates": release.record()["gates"]}, indent=2))
     if mode == "promote":
         print(promote(workspace, release.id))

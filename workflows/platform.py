@@ -12,8 +12,9 @@ any task runs, naming the field.
 
 ``build_platform``: marketplace data -> member-interest model -> composite multi-task
 two-tower (co-trained with that interest version, lineage in its model.json) -> the
-re-embedding steps, plus an evaluation report (a Flyte Deck) -> a gated release, made live
-(``release``: "promote"). ``reembed`` (scheduled nightly, see launch_plans.py) refreshes the
+re-embedding steps, plus an evaluation report (a Flyte Deck) -> the second-stage ranker
+(``rank``; ``ebr.rank.train``) -> a gated release that pins it, made live (``release``:
+"promote"). ``reembed`` (scheduled nightly, see launch_plans.py) refreshes the
 batch member-interest embeddings with the interest version the model names, then Beam-embeds
 jobs and members, publishes the Feast tables and builds an index slot, as fresh jobs and
 engagements arrive, and records it as a candidate release of the live release's version: it
@@ -38,6 +39,7 @@ from tasks.platform import (
     publish_features,
     serving_version,
     train_member_interest,
+    train_ranker,
     train_two_tower,
 )
 from tasks.releases import record_release
@@ -49,13 +51,20 @@ BUILD_DEFAULTS = BuildConfig()
 
 
 def release_step(
-    config: Any, version: Callable[[], Any], slot: Any, mode: Any, after: Any = None
+    config: Any,
+    version: Callable[[], Any],
+    slot: Any,
+    mode: Any,
+    after: Any = None,
+    ranker: Any = "live",
 ) -> Any:
     """Record ``slot`` as a gated release as ``mode`` says (``record_release``), after
-    ``after`` (the evaluation, whose figures the record keeps)."""
+    ``after`` (the evaluation, whose figures the record keeps), ranked by ``ranker`` (an id,
+    "live": the live release's ranking for its version, "": none)."""
     rid = record_release(
-        workspace=config.workspace, version=version(), slot=slot, gates=config.gates, mode=mode
-    )
+        workspace=config.workspace, version=version(), slot=slot, gates=config.gates, mode=mode,
+        ranker=ranker,
+    )  # fmt: skip
     if after is not None:
         after >> rid
     return rid
@@ -126,5 +135,9 @@ def build_platform(config: BuildConfig = BUILD_DEFAULTS) -> str:
     report = evaluate_model(
         workspace=config.workspace, model_dir=model, version=config.version, slot=slot
     )
-    release_step(config, lambda: config.version, slot, config.release, after=report)
+    ranker = train_ranker(workspace=config.workspace, version=config.version, slot=slot,
+                          ranker=config.ranker, enabled=config.rank)  # fmt: skip
+    report >> ranker
+    release_step(config, lambda: config.version, slot, config.release, after=ranker,
+                 ranker=ranker)  # fmt: skip
     return slot  # type: ignore[no-any-return]

@@ -140,9 +140,11 @@ def ab_report(
     seed: int = 0,
     n_draws: int = 2000,
     control: str | None = None,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """The readout of ``experiment`` (default: the one of the latest logged experiment request)
-    as a JSON-ready dict (module docstring); deterministic given ``seed``."""
+    as a JSON-ready dict (module docstring); deterministic given ``seed``. ``kind``: only the
+    requests of that kind ("search" or "recommendations")."""
     if seed < 0 or n_draws < 100:
         raise ValueError(f"seed must be >= 0 and n_draws >= 100, got {seed}, {n_draws}")
     log = read_impressions(ws)
@@ -151,6 +153,8 @@ def ab_report(
         raise ValueError(f"no experiment requests in the impression log under {ws.root}")
     name = experiment or str(tagged.loc[tagged["ts"].idxmax(), "experiment"])
     rows = tagged[tagged["experiment"] == name]
+    if kind is not None:
+        rows = rows[rows["kind"] == kind]
     if rows.empty:
         raise ValueError(f"no requests of {name!r}; logged: {sorted(set(tagged['experiment']))}")
     names = sorted(set(rows["arm"]))
@@ -190,7 +194,7 @@ def ab_report(
                 "relative": float(et[k] / ec[k] - 1) if ec[k] > 0 else None,
             }  # fmt: skip
     return {
-        "experiment": name, "control": ctrl, "seed": seed, "n_draws": n_draws,
+        "experiment": name, "control": ctrl, "seed": seed, "n_draws": n_draws, "kind": kind,
         "metrics": METRICS, "arms": arms, "differences": differences,
         "method": "expected engagement under the marketplace's preference model (noise "
         "integrated) per request; mean over requests; 95% percentile bootstrap resampling "

@@ -44,6 +44,22 @@ class RankingSpec:
                 raise ValueError(f"{name} must be an integer >= 1 or None, got {v!r}")
 
 
+def live_ranking(ws: Workspace, version: str) -> RankingSpec:
+    """The live release's ranking (ranker, depth, caps) when it serves ``version``, else the
+    default (retrieval order): what a re-embedded slot of the live version keeps."""
+    from ebr.release.state import live_release
+
+    try:
+        live = live_release(ws)
+    except (FileNotFoundError, ValueError, KeyError):
+        return RankingSpec()
+    if live is None or live.version != version:
+        return RankingSpec()
+    pin = live.ranking
+    return RankingSpec(None if pin.ranker is None else pin.ranker.id, pin.depth,
+                       pin.max_per_company, pin.max_per_city)  # fmt: skip
+
+
 def find_ranker(ws: Workspace, version: str, which: str) -> str:
     """The id of ranker ``which`` of ``version`` ("latest": the newest); FileNotFoundError
     naming the folder when there is none."""

@@ -135,7 +135,8 @@ def test_pyflyte_package_serializes_workflows_and_launch_plans(tmp_path: Path) -
         compaction_bytes = tar.extractfile(compaction).read()  # type: ignore[union-attr]
     entities = ["build_platform", "reembed", "nightly_reembed", "generate_marketplace"]
     entities += ["train_two_tower", "embed_catalog", "publish_features", "build_index_slot"]
-    entities += ["evaluate_model", "record_release", "provision_release", "promote_release"]
+    entities += ["evaluate_model", "train_ranker", "record_release", "provision_release"]
+    entities += ["promote_release"]
     entities += ["rollback_release", "start_experiment", "stop_experiment", "retire_release"]
     entities += ["start_streaming", "stop_streaming", "compact_slots", "fold_streamed_changes"]
     for entity in entities:
@@ -166,3 +167,6 @@ def test_each_step_runs_after_the_one_whose_files_it_reads() -> None:
     assert "embed_member_interest" in build["embed_catalog"]
     assert "publish_features" in build["build_index_slot"]
     assert "build_index_slot" in build["evaluate_model"]
+    # The ranker replays the slot's retrieval and follows the evaluation; the release pins it.
+    assert {"build_index_slot", "evaluate_model"} <= build["train_ranker"]
+    assert "train_ranker" in build["record_release"]

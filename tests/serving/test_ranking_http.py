@@ -1,0 +1,105 @@
+"""The ranking stage over HTTP, on the platform build_platform made (its live release pins the
+ranker it trained): signed-in searches and feeds are ranked and explained, crowding caps hold
+on full pages, filters hold, bad caps are a 422 naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from ebr.config import Workspace
+from ebr.rank.features import FEATURES
+from ebr.release.state import live_release
+
+pytestmark = pytest.mark.slow
+
+
+def _search(api: httpx.Client, **body: Any) -> dict[str, Any]:
+    r = api.post("/v1/search", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def queries(platform_ws: Path) -> list[tuple[str, int]]:
+    """(query, member) pairs of the log's searches: what members typed."""
+    log = pd.read_parquet(Path(platform_ws) / "data" / "impressions.parquet")
+    s = log[log["query"].notna()].drop_duplicates("session_id").head(8)
+    return list(zip(s["query"].astype(str), s["member_id"].astype(int), strict=True))
+
+
+def test_the_live_release_pins_a_gated_ranker(platform_ws: Path) -> None:
+    release = live_release(Workspace(platform_ws))
+    pin = release.ranking.ranker
+    assert pin is not None and pin.path.is_dir()
+    gate = next(g for g in release.record()["gates"] if g["gate"] == "ranker")
+    assert gate["passed"] and gate["value"] >= 1.0
+
+
+def test_signed_in_search_is_ranked_and_explained(api: httpx.Client, queries) -> None:  # type: ignore[no-untyped-def]
+    for query, member in queries[:4]:
+        body = _search(api, query=query, member_id=member, k=10, explain=True)
+        assert len(body["results"]) == 10
+        plan = body["plan"]
+        assert plan["ranker"] and plan["funnel"]["ranked"] == plan["funnel"]["retrieved"] >= 10
+        assert set(plan["stages_ms"]) >= {"retrieve", "features", "rank", "crowd"}
+        scores = [h["score"] for h in body["results"]]
+        assert scores == sorted(scores, reverse=True)  # the page follows the ranker's score
+        for hit in body["results"]:
+            ex = hit["explain"]
+            assert set(ex) == {"retrieval", "ranker", "crowding"}
+            contrib = ex["ranker"]["contributions"]
+            assert set(contrib) == {*FEATURES, "base"}
+            total = sum(v for v in contrib.values() if v is not None)
+            assert total == pytest.approx(hit["score"], abs=1e-3)  # TreeSHAP adds up
+            assert ex["retrieval"]["rank"] >= 0 and ex["retrieval"]["bm25"] is not None
+    anonymous = _search(api, query=queries[0][0], k=10, explain=True)
+    assert anonymous["plan"]["ranker"] is None  # trained on members' sessions: not ranked
+    assert all(h["explain"]["ranker"] is None for h in anonymous["results"])
+
+
+def test_crowding_caps_hold_on_full_pages(api: httpx.Client, queries) -> None:  # type: ignore[no-untyped-def]
+    for query, member in queries:
+        for caps in ({"max_per_company": 1}, {"max_per_city": 2},
+                     {"max_per_company": 1, "max_per_city": 1}):  # fmt: skip
+            body = _search(api, query=query, member_id=member, k=20, **caps)
+            page = pd.DataFrame(body["results"])
+            assert len(page) == 20
+            if "max_per_company" in caps:
+                assert page["company"].value_counts().max() <= caps["max_per_company"]
+            if "max_per_city" in caps:
+                assert page["city"].value_counts().max() <= caps["max_per_city"]
+    query, member = queries[0]
+    flt = {"term": {"remote": [True]}}
+    body = _search(api, query=query, member_id=member, k=10, filter=flt, max_per_company=1)
+    assert body["results"] and all(h["remote"] for h in body["results"])
+
+
+def test_feeds_are_ranked_and_crowded(api: httpx.Client, queries) -> None:  # type: ignore[no-untyped-def]
+    member = queries[0][1]
+    r = api.get(f"/v1/members/{member}/recommendations",
+                params={"k": 15, "max_per_company": 1, "explain": "true"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["results"]) == 15 and body["plan"]["ranker"]
+    assert pd.DataFrame(body["results"])["company"].is_unique
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_per_company", 0), ("max_per_company", "2"), ("max_per_city", -1),
+     ("max_per_city", 1.5), ("candidates", 0), ("candidates", 5000), ("max_per_company", True)],
+)  # fmt: skip
+def test_bad_ranking_fields_are_422_naming_them(api: httpx.Client, field: str, value: Any) -> None:
+    r = api.post("/v1/search", json={"query": "nurse", "member_id": 1, field: value})
+    assert r.status_code == 422, r.text
+    assert field in r.json()["message"]
+
+
+def test_bad_feed_caps_are_422(api: httpx.Client) -> None:
+    r = api.get("/v1/members/1/recommendations", params={"max_per_company": 0})
+    assert r.status_code == 422 and "max_per_company" in r.text
