@@ -9,6 +9,7 @@ push sink read the same functions.
 Per model version ``v`` (``kind`` is "job" or "member") and member-interest version ``iv``:
 
     view          {kind}_embedding_{v}           member_interest_{iv}        member_profile
+                                                 job_interest_{iv} (its jobs: the ranker's)
     push source   {kind}_embedding_push_{v}      member_interest_push_{iv}
     batch source  {kind}_embedding_source_{v}    member_interest_source_{iv} member_profile_source
     table         data/{kind}_embeddings_{v}.parquet   data/member_interest_{iv}.parquet
@@ -91,6 +92,19 @@ def interest_names(interest_version: str) -> EmbeddingNames:
         f"member_interest_source_{interest_version}",
         f"data/{view}.parquet",
         "member_id",
+    )
+
+
+def job_interest_names(interest_version: str) -> EmbeddingNames:
+    """The jobs as member-interest model ``interest_version``'s item tower embeds them: the
+    ranker's member-interest cosine (``job_interest_<iv>``)."""
+    view = f"job_interest_{interest_version}"
+    return EmbeddingNames(
+        view,
+        f"job_interest_push_{interest_version}",
+        f"job_interest_source_{interest_version}",
+        f"data/{view}.parquet",
+        "job_id",
     )
 
 

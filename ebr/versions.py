@@ -46,6 +46,7 @@ class InterestPaths:
     model: Path  # interest/models/<iv>/
     embeddings: Path  # interest/embeddings/<iv>/: the interest run's output folder
     members: Path  # interest/embeddings/<iv>/members.parquet
+    jobs: Path  # interest/embeddings/<iv>/jobs.parquet: jobs by the interest model's item tower
 
 
 def version_paths(ws: Workspace, version: str) -> VersionPaths:
@@ -67,7 +68,11 @@ def interest_paths(ws: Workspace, interest_version: str) -> InterestPaths:
     check_version(interest_version)
     out = ws.interest_embeddings / interest_version
     return InterestPaths(
-        interest_version, ws.interest_models / interest_version, out, out / "members.parquet"
+        interest_version,
+        ws.interest_models / interest_version,
+        out,
+        out / "members.parquet",
+        out / "jobs.parquet",
     )
 
 

@@ -174,8 +174,12 @@ def _embedding_view(n: names.EmbeddingNames, entity: Entity) -> dict[str, object
 @cache  # one set of objects per interest version, however many models share it
 def interest_views(interest_version: str) -> dict[str, object]:
     """The batch member-interest embeddings of one interest-model version
-    (``member_interest_<iv>``): an input of the request tower, looked up per request."""
-    return _embedding_view(names.interest_names(interest_version), member)
+    (``member_interest_<iv>``): an input of the request tower, looked up per request; and its
+    item tower's job embeddings (``job_interest_<iv>``), which the ranker reads."""
+    return {
+        **_embedding_view(names.interest_names(interest_version), member),
+        **_embedding_view(names.job_interest_names(interest_version), job),
+    }
 
 
 def embedding_views(version: str, interest_version: str | None = None) -> dict[str, object]:

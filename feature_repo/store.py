@@ -36,6 +36,7 @@ from ebr.feast_names import (
     PROFILE_VIEW,
     embedding_names,
     interest_names,
+    job_interest_names,
     popularity_names,
 )
 from ebr.io import atomic_write_bytes, atomic_write_parquet
@@ -63,6 +64,7 @@ __all__ = [
     "open_store",
     "popularity",
     "publish",
+    "rank_features",
     "request_features",
 ]
 
@@ -118,10 +120,11 @@ def publish(
     dim = dim or len(jobs["embedding"].iloc[0])
     members, refused["members"] = read_embedding_table(paths.members, "member_id", version, dim)
     profiles, refused["profiles"] = read_profiles(ws.data / "members.parquet", published_at)
-    interest = None
+    interest = job_interest = None
     if iv is not None:
         path = interest_paths(ws, iv).members
         interest, refused["interest"] = read_embedding_table(path, "member_id", iv, interest_dim)
+        job_interest, refused["job_interest"] = _job_interest(ws, iv, interest_dim)
     # Refused rows are not published; they are listed beside the published data.
     dead = _dead_letters(refused)
     dead_path = repo / "data" / f"deadletter_{version}.jsonl"
@@ -130,8 +133,9 @@ def publish(
     atomic_write_parquet(repo / embedding_names("job", version).table, jobs)
     atomic_write_parquet(repo / embedding_names("member", version).table, members)
     atomic_write_parquet(repo / PROFILE_TABLE, profiles)
-    if iv is not None and interest is not None:
+    if iv is not None and interest is not None and job_interest is not None:
         atomic_write_parquet(repo / interest_names(iv).table, interest)
+        atomic_write_parquet(repo / job_interest_names(iv).table, job_interest)
     popularity = _popularity_tables(ws)
     for table in popularity:
         atomic_write_parquet(repo / table.attrs.pop("table"), table)
@@ -147,7 +151,7 @@ def publish(
     changes = apply_definitions(store, repo / "definitions.py")
     t_apply = time.perf_counter()
 
-    tables = [jobs, members, *popularity] + ([] if interest is None else [interest])
+    tables = [jobs, members, *popularity] + [t for t in (interest, job_interest) if t is not None]
     stamps = pd.concat([t["event_timestamp"] for t in tables if len(t)])
     start = min(stamps.min(), pd.Timestamp(published_at)).to_pydatetime() - timedelta(seconds=1)
     end = max(stamps.max(), pd.Timestamp(published_at)).to_pydatetime() + timedelta(seconds=1)
@@ -180,6 +184,20 @@ def publish(
 POPULARITY = ("job", "company")  # the popularity views' entities, in table order
 
 
+def _job_interest(ws: Workspace, iv: str, dim: int | None) -> tuple[pd.DataFrame, list[Rejected]]:
+    """The jobs as interest model ``iv`` embeds them (the interest run writes them), or an
+    empty table for interest embeddings made before it did (the ranker then reads none)."""
+    path = interest_paths(ws, iv).jobs
+    if path.is_file():
+        return read_embedding_table(path, "job_id", iv, dim)
+    empty = pd.DataFrame({
+        "job_id": pd.Series(dtype="int64"), "embedding": pd.Series(dtype="object"),
+        "model_version": pd.Series(dtype="object"),
+        "event_timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
+    })  # fmt: skip
+    return empty, []
+
+
 def _popularity_tables(ws: Workspace) -> list[pd.DataFrame]:
     """The job and company popularity change logs of the workspace's impression log
     (``ebr.rank.popularity``; empty without one), each with its repo table in ``attrs``."""
@@ -198,18 +216,41 @@ def _popularity_tables(ws: Workspace) -> list[pd.DataFrame]:
     return out
 
 
-def popularity(store: FeatureStore, job_ids: list[int], companies: list[str | None]) -> np.ndarray:
-    """int64 [n, 6]: the job and company popularity counts (``job_popularity`` then
-    ``company_popularity`` fields) of each (job, its company), 0 where none is recorded: one
-    online read for every candidate of a request."""
+def rank_features(
+    store: FeatureStore,
+    job_ids: list[int],
+    companies: list[str | None],
+    interest_version: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the ranker reads of candidates, in one online read: int64 [n, 6] job then company
+    popularity counts (0 where none is recorded) and, with ``interest_version``, float32
+    [n, dim] each job's ``job_interest_<iv>`` embedding (NaN rows where none)."""
     names = [popularity_names(e) for e in POPULARITY]
-    if not job_ids:
-        return np.zeros((0, sum(len(n.fields) for n in names)), dtype=np.int64)
-    rows = [{"job_id": int(j), "company": c or ""} for j, c in zip(job_ids, companies, strict=True)]
+    width = sum(len(n.fields) for n in names)
     refs = [f"{n.view}:{f}" for n in names for f in n.fields]
+    view = None if interest_version is None else job_interest_names(interest_version).view
+    if view is not None:
+        refs.append(f"{view}:embedding")
+    if not job_ids:
+        return np.zeros((0, width), dtype=np.int64), None if view is None else np.zeros((0, 0))
+    rows = [{"job_id": int(j), "company": c or ""} for j, c in zip(job_ids, companies, strict=True)]
     got = store.get_online_features(features=refs, entity_rows=rows).to_dict()
     cols = [got[f] for n in names for f in n.fields]
-    return np.array([[0 if v is None else v for v in col] for col in cols], dtype=np.int64).T
+    counts = np.array([[0 if v is None else v for v in col] for col in cols], dtype=np.int64).T
+    if view is None:
+        return counts, None
+    vecs = got["embedding"]
+    dim = next((len(v) for v in vecs if v is not None), 0)
+    out = np.full((len(job_ids), dim), np.nan, dtype=np.float32)
+    for i, v in enumerate(vecs):
+        if v is not None and len(v) == dim:
+            out[i] = v
+    return counts, out
+
+
+def popularity(store: FeatureStore, job_ids: list[int], companies: list[str | None]) -> np.ndarray:
+    """int64 [n, 6]: ``rank_features``' popularity counts alone."""
+    return rank_features(store, job_ids, companies)[0]
 
 
 def _expand_env(text: str) -> str:

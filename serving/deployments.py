@@ -180,7 +180,7 @@ class Ingress:
             start = time.perf_counter()
             retrieval = body.retrieval or self._retrieval
             options = PageOptions(body.max_per_company, body.max_per_city, body.candidates,
-                                  body.explain)  # fmt: skip
+                                  body.explain, body.rank)  # fmt: skip
             hits, plan, understood = await self._call(route, lambda: self._releases.search_release(
                 route.release, body.query, body.member_id, body.k, body.parsed_filter,
                 retrieval, options,

@@ -47,6 +47,7 @@ class PageOptions:
     max_per_city: int | None = None
     depth: int | None = None
     explain: bool = False
+    rank: bool = True  # False: the retrieval's order for this request (caps still apply)
 
 
 def _num(x: float) -> float | None:
@@ -89,7 +90,7 @@ def serve_page(
     caps = Caps(options.max_per_company or pin.max_per_company,
                 options.max_per_city or pin.max_per_city)  # fmt: skip
     signed_in = enc is not None and enc.profile is not None
-    ranked = stage.ranks(signed_in)
+    ranked = options.rank and stage.ranks(signed_in)
     vec = None if enc is None else enc.vec
     personal, place = (None, None) if enc is None else (enc.personal, enc.place)
     if not (ranked or caps.active or options.explain):

@@ -1,11 +1,12 @@
-"""A loaded release's stages after retrieval: its ranker (``ebr.rank``) and the popularity
-counts the ranker reads from Feast, cached.
+"""A loaded release's stages after retrieval: its ranker (``ebr.rank``) and what the ranker
+reads from Feast per candidate, cached: popularity counts and the job's embedding by the
+member-interest model (``job_interest_<iv>``, both written by the batch pipeline).
 
 The ranker orders a request's candidates when the release pins one and the request names a
 member (signed-in searches and JYMBII feeds: the log's sessions it was trained on all have
 one); anonymous searches keep the retrieval order. Popularity changes once a day (the batch
-pipeline publishes it), so each job's and company's counts are kept ``POPULARITY_TTL_S`` and a
-request reads the ones it lacks in one Feast call (none once warm): an online read of 200
+pipeline publishes it), so each job's and company's values are kept ``POPULARITY_TTL_S`` and
+a request reads the ones it lacks in one Feast call (none once warm): an online read of 200
 candidates costs ~16 ms with the sqlite store, five times the whole ranking stage.
 
 Heavy stacks (lightgbm) are imported when a release with a ranker loads.
@@ -36,17 +37,24 @@ class PopularityCache:
     """Job and company popularity counts (``feature_repo.store.popularity``) by key, each
     kept ``ttl_s``; thread-safe (a replica's release worker and a warm-up may share it)."""
 
-    def __init__(self, store: Any, ttl_s: float = POPULARITY_TTL_S) -> None:
-        self._store, self._ttl = store, ttl_s
+    def __init__(
+        self, store: Any, interest_version: str | None = None, ttl_s: float = POPULARITY_TTL_S
+    ) -> None:
+        self._store, self._ttl, self._iv = store, ttl_s, interest_version
+        self._vectors: dict[int, np.ndarray] = {}  # job -> job_interest_<iv> (NaN: none)
         self._jobs: dict[int, tuple[float, tuple[int, ...]]] = {}  # key -> (read at, counts)
         self._companies: dict[str, tuple[float, tuple[int, ...]]] = {}
         self._lock = threading.Lock()
         self.reads = 0  # Feast reads made (at most one per request)
         self.keys_read = 0
 
-    def get(self, job_ids: list[int], companies: list[str | None]) -> np.ndarray:
-        """int64 [n, 6]: the counts of each (job, company), one Feast read for the missing."""
-        from feature_repo.store import popularity
+    def get(
+        self, job_ids: list[int], companies: list[str | None]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """int64 [n, 6]: the counts of each (job, company), and float32 [n, d] each job's
+        interest-model embedding (None without an interest version); one Feast read for the
+        missing."""
+        from feature_repo.store import rank_features
 
         now = time.monotonic()
         comp = [c or "" for c in companies]
@@ -55,20 +63,29 @@ class PopularityCache:
         miss = [i for i, (j, c) in enumerate(zip(job_ids, comp, strict=True))
                 if not fresh(jobs.get(j), now) or not fresh(firms.get(c), now)]  # fmt: skip
         if miss:
-            got = popularity(self._store, [job_ids[i] for i in miss], [comp[i] for i in miss])
+            got, vecs = rank_features(self._store, [job_ids[i] for i in miss],
+                                      [comp[i] for i in miss], self._iv)  # fmt: skip
             with self._lock:
                 if len(jobs) + len(firms) > POPULARITY_MAX_KEYS:
                     jobs.clear()
                     firms.clear()
+                    self._vectors.clear()
                 for row, i in enumerate(miss):  # one dict item replaced whole: safe to read
                     jobs[job_ids[i]] = (now, tuple(got[row, :3].tolist()))
                     firms[comp[i]] = (now, tuple(got[row, 3:].tolist()))
+                    if vecs is not None and vecs.shape[1]:
+                        self._vectors[job_ids[i]] = vecs[row]
                 self.reads += 1
                 self.keys_read += len(miss)
         empty = (now, (0, 0, 0))  # cleared meanwhile by another thread's read: counted as 0
         rows = [jobs.get(j, empty)[1] + firms.get(c, empty)[1]
                 for j, c in zip(job_ids, comp, strict=True)]  # fmt: skip
-        return np.array(rows, dtype=np.int64).reshape(len(job_ids), 6)
+        counts = np.array(rows, dtype=np.int64).reshape(len(job_ids), 6)
+        if self._iv is None or not self._vectors:
+            return counts, None
+        dim = len(next(iter(self._vectors.values())))
+        none = np.full(dim, np.nan, dtype=np.float32)
+        return counts, np.stack([self._vectors.get(j, none) for j in job_ids])
 
     def _fresh(self, entry: tuple[float, tuple[int, ...]] | None, now: float) -> bool:
         return entry is not None and now - entry[0] < self._ttl
@@ -87,7 +104,7 @@ class RankStage:
                 self.ranker = Ranker.load(self.pin.ranker.path, self.pin.ranker.model_sha256)
             except (OSError, ValueError) as err:
                 raise ReleaseUnavailable(release.id, f"its ranker: {err}") from None
-        self.popularity = PopularityCache(store)
+        self.popularity = PopularityCache(store, release.interest_version)
 
     def warm(self, job_ids: np.ndarray, companies: np.ndarray, chunk: int = 2000) -> None:
         """Read the popularity of the slot's jobs in the background, ``chunk`` keys a Feast
@@ -114,8 +131,8 @@ class RankStage:
         from ebr.rank.features import feature_matrix
 
         companies = [c if isinstance(c, str) else None for c in cands.cols.company]
-        pop = self.popularity.get(cands.job_ids.tolist(), companies)
-        return feature_matrix(request, cands, pop)
+        pop, interest = self.popularity.get(cands.job_ids.tolist(), companies)
+        return feature_matrix(request, cands, pop, interest)
 
     def info(self) -> dict[str, Any]:
         return {"ranker": None if self.ranker is None else self.ranker.id,

@@ -81,6 +81,11 @@ class SearchRequest(BaseModel):
     max_per_city: Cap | None = Field(
         default=None, description="at most this many results in one city (default: the release's)"
     )
+    rank: bool = Field(
+        default=True,
+        description="false: this request keeps the retrieval's order (the release's ranker "
+        "does not run; crowding still applies)",
+    )
     candidates: Depth | None = Field(
         default=None,
         description="candidates retrieved, then ranked and crowded (default: the release's, "

@@ -59,6 +59,7 @@ class RankContext:
     jobs: pd.DataFrame
     interest: dict[pd.Timestamp, np.ndarray] | None
     popularity: tuple[pd.DataFrame, pd.DataFrame]
+    job_interest: tuple[pd.Index, np.ndarray] | None = None  # job ids, float32 [n, d]
     judge: Judge | None = None
     _records: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -80,8 +81,20 @@ class RankContext:
         return cls(
             tower, cfg, load_vocabulary(model_dir), open_live(slot_dir, verify=False,
             writable=False), tables["members"], tables["jobs"], snaps, pop,
-            Judge(tables["jobs"], tables["members"]) if judge else None,
+            _job_interest(interest_dir),
+            Judge(tables["jobs"], tables["members"]) if judge
+            else None,
         )  # fmt: skip
+
+    def interest_of(self, job_ids: np.ndarray) -> np.ndarray | None:
+        """float32 [n, d]: the jobs' member-interest-model embeddings (NaN rows: none)."""
+        if self.job_interest is None:
+            return None
+        index, vecs = self.job_interest
+        at = index.get_indexer(job_ids)
+        out = np.full((len(job_ids), vecs.shape[1]), np.nan, dtype=np.float32)
+        out[at >= 0] = vecs[at[at >= 0]]
+        return out
 
     def records(self, member_ids: list[int], ts: list[pd.Timestamp]) -> list[dict[str, Any]]:
         """Member records with their point-in-time interest, as the request tower reads them."""
@@ -89,6 +102,20 @@ class RankContext:
 
         frame = pd.DataFrame({"member_id": member_ids, "ts": ts})
         return request_members(frame, self.members, self.interest)
+
+
+def _job_interest(interest_dir: Path | None) -> tuple[pd.Index, np.ndarray] | None:
+    """The interest run's job embeddings (``interest/embeddings/<iv>/jobs.parquet``, what
+    Feast's ``job_interest_<iv>`` serves), or None (no interest model, or none written)."""
+    if interest_dir is None:
+        return None
+    path = interest_dir.parents[1] / "embeddings" / interest_dir.name / "jobs.parquet"
+    if not path.is_file():
+        return None
+    table = pd.read_parquet(path, columns=["job_id", "embedding"])
+    return pd.Index(table["job_id"].to_numpy(np.int64)), np.stack(table["embedding"]).astype(
+        np.float32
+    )
 
 
 def sessions(impressions: pd.DataFrame) -> pd.DataFrame:
@@ -220,7 +247,8 @@ def build(ctx: RankContext, rows: pd.DataFrame, shown: bool, depth: int = DEPTH)
         for s, got, ids, scores, pos, lab, rank in per:
             cands = gather(view, ids, scores, got["query_vec"], got["heads"], got["text"])
             req = RankRequest(got["text"], Member.of(got["member"]), pd.Timestamp(s.ts))
-            X.append(feature_matrix(req, cands, pop[cursor : cursor + len(ids)]))
+            X.append(feature_matrix(req, cands, pop[cursor : cursor + len(ids)],
+                                    ctx.interest_of(ids)))  # fmt: skip
             cursor += len(ids)
             label.append(lab)
             position.append(pos)

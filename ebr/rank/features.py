@@ -41,6 +41,7 @@ FEATURES = (
     "job_age_days",  # request time - posted_at
     "skill_overlap",  # share of the job's skills the member lists
     "headline_match",  # share of the job title's terms in the member's headline
+    "interest_cos",  # member-interest embedding . the interest model's job embedding
     "job_ctr",  # (clicks + 1) / (impressions + 10), trailing window
     "job_apply_rate",  # (applies + 0.5) / (impressions + 10)
     "job_impressions",  # log1p
@@ -60,6 +61,13 @@ def _num(value: Any) -> float:
     return out
 
 
+def _vector(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    vec = np.asarray(value, dtype=np.float32).ravel()
+    return vec if len(vec) and np.isfinite(vec).all() else None
+
+
 @dataclass(frozen=True)
 class Member:
     """What the ranker reads of a member's profile (``member_profile`` in Feast)."""
@@ -72,6 +80,7 @@ class Member:
     employment: str | None
     skills: frozenset[str]
     headline: frozenset[str]  # its terms (``ebr.index.query.terms.tokens``)
+    interest: np.ndarray | None = None  # float32 [d] member-interest embedding (unit), if any
 
     @classmethod
     def of(cls, profile: Mapping[str, Any]) -> Member:
@@ -86,6 +95,7 @@ class Member:
             profile.get("preferred_employment_type") or None,
             frozenset(str(s) for s in skills) if skills is not None else frozenset(),
             frozenset(tokens(str(profile.get("headline") or ""))),
+            _vector(profile.get("interest")),
         )
 
 
@@ -106,9 +116,15 @@ def _title_match(query: Sequence[str], titles: np.ndarray) -> np.ndarray:
     return np.array([len(q.intersection(tokens(t or ""))) / len(q) for t in titles])
 
 
-def feature_matrix(request: RankRequest, cands: Candidates, popularity: np.ndarray) -> np.ndarray:
+def feature_matrix(
+    request: RankRequest,
+    cands: Candidates,
+    popularity: np.ndarray,
+    job_interest: np.ndarray | None = None,
+) -> np.ndarray:
     """float32 [N, len(FEATURES)] (module docstring); ``popularity`` [N, 6] holds
-    POPULARITY_FIELDS per candidate (0 where nothing was counted)."""
+    POPULARITY_FIELDS per candidate (0 where nothing was counted); ``job_interest`` float32
+    [N, d] each candidate's embedding by the member-interest model (NaN rows: none)."""
     n, cols = len(cands.job_ids), cands.cols
     if popularity.shape != (n, len(POPULARITY_FIELDS)):
         raise ValueError(f"popularity must be [{n}, {len(POPULARITY_FIELDS)}], "
@@ -139,6 +155,9 @@ def feature_matrix(request: RankRequest, cands: Candidates, popularity: np.ndarr
                 len(m.headline.intersection(t)) / len(t) if (t := tokens(x or "")) else np.nan
                 for x in cols.title
             ]
+    if m is not None and m.interest is not None and job_interest is not None:
+        if job_interest.shape == (n, len(m.interest)):
+            f["interest_cos"] = job_interest @ m.interest  # NaN rows stay NaN
     f["job_age_days"] = request.when.value / 86_400e9 - cols.posted_day
     imp, clk, app, cimp, cclk, capp = popularity.astype(np.float64).T
     f["job_ctr"], f["job_apply_rate"] = (clk + 1) / (imp + 10), (app + 0.5) / (imp + 10)

@@ -5,9 +5,11 @@
 
 With ``--interest-version``: joins each member's profile with the titles of the jobs they
 engaged with (before ``--history-before``) and writes the member-interest model's embeddings
-to ``interest/embeddings/<iv>/members.parquet``. With ``--version``: embeds every job (item
-tower) and every member (request tower, no query; the member's interest embedding of the
-co-trained interest version joined in) to ``embeddings/<version>/{jobs,members}.parquet``.
+to ``interest/embeddings/<iv>/members.parquet``, and its item tower's embeddings of every job
+to ``jobs.parquet`` beside it (the ranker's member-interest cosine). With ``--version``: embeds
+every job (item tower) and every member (request tower, no query; the member's interest
+embedding of the co-trained interest version joined in) to
+``embeddings/<version>/{jobs,members}.parquet``.
 Rows are (id, embedding, model_version, event_timestamp). A record refused on the way (an id
 repeated in the input, the record contract of ebr.data.records, a join, the featurizer, the
 model, an embedding that is not a finite unit vector) is not embedded and goes to
@@ -163,7 +165,7 @@ def _embed(
     paths: VersionPaths | InterestPaths
     if interest_version is not None:
         paths = interest_paths(ws, interest_version)
-        outputs: tuple[str, ...] = ("members",)
+        outputs: tuple[str, ...] = ("members", "jobs")
     else:
         assert version is not None, "a catalogue run names its model version"
         paths = version_paths(ws, version)
@@ -202,6 +204,8 @@ def _embed(
             joined = single | "History" >> AttachHistory(ws, history_before)
             dead.append(joined.dead_letter)
             embed("Interest", "interest", joined.records | Rebatch(batch_size), "members")
+            # The interest model's item tower: the jobs in its space (the ranker's cosine).
+            embed("InterestJobs", "jobs", checked("jobs", "jobs"), "jobs")
         else:
             iv = verified_interest(ws, meta)
             if iv is not None:

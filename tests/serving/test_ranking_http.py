@@ -103,3 +103,22 @@ def test_bad_ranking_fields_are_422_naming_them(api: httpx.Client, field: str, v
 def test_bad_feed_caps_are_422(api: httpx.Client) -> None:
     r = api.get("/v1/members/1/recommendations", params={"max_per_company": 0})
     assert r.status_code == 422 and "max_per_company" in r.text
+
+
+def test_the_ranker_keeps_what_was_typed(api: httpx.Client, platform_ws: Path) -> None:
+    """Ranked signed-in pages match the typed occupation about as often as the retrieval's
+    page (``rank: false``) does: the ranker reorders the query's candidates by the member, it
+    does not bring back the profile (issue 21)."""
+    log = pd.read_parquet(Path(platform_ws) / "data" / "impressions.parquet")
+    typed = log[log["query"].notna() & (log["intent"] != "profile")]
+    sessions = typed.drop_duplicates("session_id").head(12)
+    ranked = plain = 0
+    for query, member in zip(sessions["query"], sessions["member_id"], strict=True):
+        words = set(str(query).lower().split())
+
+        def matching(body: dict[str, Any], words: set[str] = words) -> int:
+            return sum(words <= set(h["title"].lower().split()) for h in body["results"])
+
+        ranked += matching(_search(api, query=query, member_id=int(member), k=10))
+        plain += matching(_search(api, query=query, member_id=int(member), k=10, rank=False))
+    assert plain > 0 and ranked >= 0.85 * plain, (ranked, plain)

@@ -89,9 +89,10 @@ def test_filters_hold_in_every_mode(
 def test_signed_in_search_keeps_the_query_and_reorders_by_member(
     api: httpx.Client, platform_ws: Path, mode: str
 ) -> None:
-    """A signed-in search keeps what was typed: its page comes from the query's own candidates
-    (PERSONAL_DEPTH deep), almost all within the query's anonymous top 100, reordered by the
-    member; members see different orders."""
+    """A signed-in search keeps what was typed: its retrieval's page (``rank: false``, the
+    release's ranker aside: tests/serving/test_ranking_http.py) comes from the query's own
+    candidates (PERSONAL_DEPTH deep), almost all within the query's anonymous top 100,
+    reordered by the member; members see different orders."""
     from ebr.index.query.fusion import (
         GEO_WEIGHT,
         HYBRID_EBR_WEIGHT,
@@ -105,7 +106,7 @@ def test_signed_in_search_keeps_the_query_and_reorders_by_member(
     orders, inside, total = set(), 0, 0
     for member in members.iloc[:4].astype(int):
         body = _search(api, query="manager", member_id=member, k=10, retrieval=mode,
-                       explain=True)  # fmt: skip
+                       explain=True, rank=False)  # fmt: skip
         got = [h["job_id"] for h in body["results"]]
         assert len(got) == 10 or (mode == "term" and set(got) == found)
         inside, total = inside + len(set(got) & found), total + len(got)
