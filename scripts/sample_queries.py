@@ -54,6 +54,19 @@ def main(
                 company, city = h["company"] or "", h["city"] or ""
                 star = "*" if personal and city == m.city else " "
                 print(f" {star}{h['score']:.3f}  {h['title']:<45.45} {company:<22.22} {city}")
+        # The ranking stage explained: one employer at most, why the first result is first.
+        body = {"query": queries[0], "member_id": mid, "k": k, "max_per_company": 1,
+                "explain": True}  # fmt: skip
+        doc = client.post("/v1/search", json=body).json()
+        plan = doc["plan"]
+        print(f"\nPOST /v1/search {body}  -> ranker {plan.get('ranker')}")
+        print(f"  funnel {plan.get('funnel')}\n  ms per stage {plan.get('stages_ms')}")
+        if doc["results"] and doc["results"][0]["explain"]["ranker"]:
+            top = doc["results"][0]
+            parts = top["explain"]["ranker"]["contributions"]
+            best = sorted((kv for kv in parts.items() if kv[0] != "base" and kv[1] is not None),
+                          key=lambda kv: -abs(kv[1]))[:5]  # fmt: skip
+            print(f"  #1 {top['title']}: " + ", ".join(f"{f} {v:+.2f}" for f, v in best))
 
 
 if __name__ == "__main__":

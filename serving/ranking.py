@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,23 +30,30 @@ if TYPE_CHECKING:
     from ebr.release.record import Release
 
 log = logging.getLogger(__name__)
-POPULARITY_TTL_S = 300.0  # counts change once a day; a replica re-reads each within 5 minutes
+POPULARITY_TTL_S = 3600.0  # they change once a day (the batch); a replica re-reads them hourly
 POPULARITY_MAX_KEYS = 500_000  # bounded memory: the cache starts over past this many keys
 
 
 class PopularityCache:
-    """Job and company popularity counts (``feature_repo.store.popularity``) by key, each
-    kept ``ttl_s``; thread-safe (a replica's release worker and a warm-up may share it)."""
+    """What the ranker reads of candidates from Feast (``feature_repo.store.rank_features``):
+    job and company popularity counts and the jobs' interest-model embeddings, by key.
+
+    Values are read once and kept; every ``ttl_s`` they are read again in the background
+    (``refresh``, set by ``RankStage.warm``: the slot's jobs) while requests keep the values
+    they have; a key a request lacks is read in its one Feast call. Thread-safe for one
+    writer per key set (the release worker and the refresh replace items whole)."""
 
     def __init__(
         self, store: Any, interest_version: str | None = None, ttl_s: float = POPULARITY_TTL_S
     ) -> None:
         self._store, self._ttl, self._iv = store, ttl_s, interest_version
         self._vectors: dict[int, np.ndarray] = {}  # job -> job_interest_<iv> (NaN: none)
-        self._jobs: dict[int, tuple[float, tuple[int, ...]]] = {}  # key -> (read at, counts)
-        self._companies: dict[str, tuple[float, tuple[int, ...]]] = {}
+        self._jobs: dict[int, tuple[int, ...]] = {}  # job -> its counts
+        self._companies: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
-        self.reads = 0  # Feast reads made (at most one per request)
+        self._read_at = time.monotonic()
+        self.refresh: Callable[[], None] | None = None
+        self.reads = 0  # Feast reads made (at most one per request, plus the refreshes)
         self.keys_read = 0
 
     def get(
@@ -54,32 +62,18 @@ class PopularityCache:
         """int64 [n, 6]: the counts of each (job, company), and float32 [n, d] each job's
         interest-model embedding (None without an interest version); one Feast read for the
         missing."""
-        from feature_repo.store import rank_features
-
         now = time.monotonic()
+        if now - self._read_at >= self._ttl and self.refresh is not None:
+            self._read_at = now
+            self.refresh()  # in the background; the current values serve meanwhile
         comp = [c or "" for c in companies]
         jobs, firms = self._jobs, self._companies
-        fresh = self._fresh
         miss = [i for i, (j, c) in enumerate(zip(job_ids, comp, strict=True))
-                if not fresh(jobs.get(j), now) or not fresh(firms.get(c), now)]  # fmt: skip
+                if j not in jobs or c not in firms]  # fmt: skip
         if miss:
-            got, vecs = rank_features(self._store, [job_ids[i] for i in miss],
-                                      [comp[i] for i in miss], self._iv)  # fmt: skip
-            with self._lock:
-                if len(jobs) + len(firms) > POPULARITY_MAX_KEYS:
-                    jobs.clear()
-                    firms.clear()
-                    self._vectors.clear()
-                for row, i in enumerate(miss):  # one dict item replaced whole: safe to read
-                    jobs[job_ids[i]] = (now, tuple(got[row, :3].tolist()))
-                    firms[comp[i]] = (now, tuple(got[row, 3:].tolist()))
-                    if vecs is not None and vecs.shape[1]:
-                        self._vectors[job_ids[i]] = vecs[row]
-                self.reads += 1
-                self.keys_read += len(miss)
-        empty = (now, (0, 0, 0))  # cleared meanwhile by another thread's read: counted as 0
-        rows = [jobs.get(j, empty)[1] + firms.get(c, empty)[1]
-                for j, c in zip(job_ids, comp, strict=True)]  # fmt: skip
+            self.read([job_ids[i] for i in miss], [comp[i] for i in miss])
+        zero = (0, 0, 0)  # cleared meanwhile by a read past POPULARITY_MAX_KEYS: counted as 0
+        rows = [jobs.get(j, zero) + firms.get(c, zero) for j, c in zip(job_ids, comp, strict=True)]
         counts = np.array(rows, dtype=np.int64).reshape(len(job_ids), 6)
         if self._iv is None or not self._vectors:
             return counts, None
@@ -87,8 +81,23 @@ class PopularityCache:
         none = np.full(dim, np.nan, dtype=np.float32)
         return counts, np.stack([self._vectors.get(j, none) for j in job_ids])
 
-    def _fresh(self, entry: tuple[float, tuple[int, ...]] | None, now: float) -> bool:
-        return entry is not None and now - entry[0] < self._ttl
+    def read(self, job_ids: list[int], companies: list[str]) -> None:
+        """One Feast read of ``job_ids`` (and their ``companies``), kept."""
+        from feature_repo.store import rank_features
+
+        got, vecs = rank_features(self._store, job_ids, companies, self._iv)
+        with self._lock:
+            if len(self._jobs) + len(self._companies) > POPULARITY_MAX_KEYS:
+                self._jobs.clear()
+                self._companies.clear()
+                self._vectors.clear()
+            for row, (j, c) in enumerate(zip(job_ids, companies, strict=True)):
+                self._jobs[j] = tuple(got[row, :3].tolist())
+                self._companies[c] = tuple(got[row, 3:].tolist())
+                if vecs is not None and vecs.shape[1]:
+                    self._vectors[j] = vecs[row]
+            self.reads += 1
+            self.keys_read += len(job_ids)
 
 
 class RankStage:
@@ -107,20 +116,25 @@ class RankStage:
         self.popularity = PopularityCache(store, release.interest_version)
 
     def warm(self, job_ids: np.ndarray, companies: np.ndarray, chunk: int = 2000) -> None:
-        """Read the popularity of the slot's jobs in the background, ``chunk`` keys a Feast
-        read, so requests find them cached (a miss still reads, once per request)."""
+        """Read what the ranker reads of the slot's jobs in the background, ``chunk`` keys a
+        Feast read, now and every ``POPULARITY_TTL_S``, so requests find it kept (a miss still
+        reads, once per request)."""
+        ids = [int(j) for j in job_ids]
+        comps = [c if isinstance(c, str) else "" for c in companies]
 
         def run() -> None:
-            for a in range(0, len(job_ids), chunk):
-                ids = [int(j) for j in job_ids[a : a + chunk]]
-                comps = [c if isinstance(c, str) else None for c in companies[a : a + chunk]]
+            for a in range(0, len(ids), chunk):
                 try:
-                    self.popularity.get(ids, comps)
+                    self.popularity.read(ids[a : a + chunk], comps[a : a + chunk])
                 except Exception as err:  # noqa: BLE001 - requests read what they miss
-                    log.warning("popularity warm-up stopped: %s", err)
+                    log.warning("ranking features warm-up stopped: %s", err)
                     return
 
-        threading.Thread(target=run, name="popularity-warm-up", daemon=True).start()
+        def start() -> None:
+            threading.Thread(target=run, name="ranking-features-read", daemon=True).start()
+
+        self.popularity.refresh = start
+        start()
 
     def ranks(self, signed_in: bool) -> bool:
         """Whether this stage orders a request (a ranker, and a member to rank for)."""

@@ -104,7 +104,10 @@ def _coverage(terms: TermIndex, text: str, rows: np.ndarray, delta_docs: object 
     if not query:
         return out
     for term in query:
-        out += (rows >= 0) & np.isin(rows, terms.docs_with(term))
+        docs = terms.docs_with(term)  # ascending rows
+        if len(docs):
+            at = np.minimum(np.searchsorted(docs, rows), len(docs) - 1)
+            out += (rows >= 0) & (docs[at] == rows)
         if delta_docs is not None and (pos >= 0).any():
             post = delta_docs.postings.get(term)  # type: ignore[attr-defined]
             if post is not None:

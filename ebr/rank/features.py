@@ -11,8 +11,9 @@ request has no member side, a feed no query side): LightGBM learns where missing
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -109,11 +110,20 @@ class RankRequest:
     when: pd.Timestamp
 
 
-def _title_match(query: Sequence[str], titles: np.ndarray) -> np.ndarray:
-    if not query:
-        return np.full(len(titles), np.nan)
-    q = set(query)
-    return np.array([len(q.intersection(tokens(t or ""))) / len(q) for t in titles])
+@lru_cache(maxsize=65_536)  # titles repeat across jobs (occupation labels): one set each
+def _terms(text: str) -> frozenset[str]:
+    return frozenset(tokens(text))
+
+
+def _shares(words: frozenset[str], texts: np.ndarray, of_text: bool) -> np.ndarray:
+    """float [n]: the share of ``words`` in each text's terms (``of_text``: of the text's
+    terms in ``words``); NaN for a text without terms."""
+    out = np.full(len(texts), np.nan)
+    for i, t in enumerate(texts):
+        terms = _terms(t) if isinstance(t, str) else frozenset()
+        if terms:
+            out[i] = len(words & terms) / (len(terms) if of_text else len(words))
+    return out
 
 
 def feature_matrix(
@@ -135,7 +145,7 @@ def feature_matrix(
         f[f"cos_{task}"] = cands.heads[:, i]
     f["bm25"], f["term_coverage"] = cands.bm25, cands.coverage
     query = list(dict.fromkeys(tokens(request.query))) if request.query else []
-    f["title_match"] = _title_match(query, cols.title)
+    f["title_match"] = _shares(frozenset(query), cols.title, False) if query else np.nan
     f["job_remote"] = cols.remote
     m = request.member
     if m is not None:
@@ -151,10 +161,7 @@ def feature_matrix(
                 for s in cols.skills
             ]
         if m.headline:
-            f["headline_match"] = [
-                len(m.headline.intersection(t)) / len(t) if (t := tokens(x or "")) else np.nan
-                for x in cols.title
-            ]
+            f["headline_match"] = _shares(m.headline, cols.title, True)
     if m is not None and m.interest is not None and job_interest is not None:
         if job_interest.shape == (n, len(m.interest)):
             f["interest_cos"] = job_interest @ m.interest  # NaN rows stay NaN

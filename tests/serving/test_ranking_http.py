@@ -122,3 +122,35 @@ def test_the_ranker_keeps_what_was_typed(api: httpx.Client, platform_ws: Path) -
         ranked += matching(_search(api, query=query, member_id=int(member), k=10))
         plain += matching(_search(api, query=query, member_id=int(member), k=10, rank=False))
     assert plain > 0 and ranked >= 0.85 * plain, (ranked, plain)
+
+
+def test_serving_reads_the_features_training_joins(platform_ws: Path) -> None:
+    """What the ranker reads online (one Feast call) is what its training joined offline:
+    popularity as of now from the same change logs, the interest run's job embeddings."""
+    import numpy as np
+
+    from ebr.rank.popularity import as_of, popularity_tables
+    from ebr.versions import interest_paths
+    from feature_repo.store import open_store, rank_features
+
+    ws = Workspace(platform_ws)
+    jobs = pd.read_parquet(ws.data / "jobs.parquet").sample(150, random_state=0)
+    iv = live_release(ws).interest_version
+    assert iv is not None
+    counts, vecs = rank_features(open_store(ws.feature_repo), jobs["job_id"].tolist(),
+                                 jobs["company"].tolist(), iv)  # fmt: skip
+    job_t, comp_t = popularity_tables(pd.read_parquet(ws.data / "impressions.parquet"),
+                                      pd.read_parquet(ws.data / "jobs.parquet"))  # fmt: skip
+    now = [pd.Timestamp.now(tz="UTC")] * len(jobs)
+    expected = np.concatenate(
+        [
+            as_of(job_t, "job_id", jobs["job_id"].to_numpy(), now),
+            as_of(comp_t, "company", jobs["company"].to_numpy(), now),
+        ],
+        axis=1,
+    )
+    assert (counts == expected).all() and counts[:, 0].sum() > 0
+    table = pd.read_parquet(interest_paths(ws, iv).jobs).set_index("job_id")
+    assert vecs is not None
+    want = np.stack(table.loc[jobs["job_id"], "embedding"].to_numpy())
+    assert np.allclose(vecs, want, atol=1e-6)

@@ -120,3 +120,17 @@ def test_no_document_scores_above_the_attainable_score(query: str) -> None:
     # A document repeating every query term many times comes close, never over.
     flood = " ".join([query] * 200)
     assert index.score_texts(query, [flood])[0] < best
+
+
+def test_docs_with_lists_each_terms_rows_ascending() -> None:
+    """``docs_with`` (the ranker's term coverage searches it) gives exactly the rows whose text
+    holds the term, ascending; nothing for a term no row has."""
+    rng = np.random.default_rng(3)
+    vocab = ["nurse", "care", "data", "engineer", "night", "senior", "ward", "python"]
+    texts = [" ".join(rng.choice(vocab, int(rng.integers(1, 6)))) for _ in range(400)]
+    index = TermIndex.build(texts)
+    for term in vocab:
+        rows = index.docs_with(term)
+        assert (np.diff(rows) > 0).all()
+        assert rows.tolist() == [i for i, t in enumerate(texts) if term in t.split()]
+    assert len(index.docs_with("zebra")) == 0
