@@ -156,6 +156,8 @@ def publish(
     start = min(stamps.min(), pd.Timestamp(published_at)).to_pydatetime() - timedelta(seconds=1)
     end = max(stamps.max(), pd.Timestamp(published_at)).to_pydatetime() + timedelta(seconds=1)
     views = [*feature_names(version, iv).views, *(popularity_names(e).view for e in POPULARITY)]
+    if iv is not None:  # the interest model's job embeddings: the ranker reads them online
+        views.append(job_interest_names(iv).view)
     store.materialize(start_date=start, end_date=end, feature_views=views)
     t_end = time.perf_counter()
     return {

@@ -55,7 +55,9 @@ def test_build_platform_writes_every_stage(platform_ws: Path) -> None:
     record = read_record(ws, live)
     assert record["slot"]["name"] == slot.name and record["member_interest"]["version"] == "v1"
     assert record["evaluation"]["ebr_recall@100"] == methods["ebr_ann"]["recall@100"]
-    assert {g["gate"] for g in record["gates"] if g["passed"]} == {"recall", "coverage", "lineage"}
+    passed = {g["gate"] for g in record["gates"] if g["passed"]}
+    assert passed == {"recall", "coverage", "lineage", "ranker"}  # and the ranker it trained
+    assert record["ranking"]["ranker"]["id"].startswith("rank-v1-")
 
 
 def test_composite_model_records_and_publishes_its_member_interest_lineage(

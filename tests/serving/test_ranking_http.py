@@ -106,22 +106,32 @@ def test_bad_feed_caps_are_422(api: httpx.Client) -> None:
 
 
 def test_the_ranker_keeps_what_was_typed(api: httpx.Client, platform_ws: Path) -> None:
-    """Ranked signed-in pages match the typed occupation about as often as the retrieval's
-    page (``rank: false``) does: the ranker reorders the query's candidates by the member, it
-    does not bring back the profile (issue 21)."""
+    """Ranked signed-in pages of exploring searches (not the profile's occupation) still match
+    what was typed (``QueryMatches``: the occupation's jobs, or a skill's): the ranker reorders
+    the query's candidates by the member, it does not bring the profile back (issue 21). It
+    does trade some matches for fit (var/demo2, held-out exploring searches: 0.88 -> 0.77 of
+    the top 10 for adjacent occupations, 0.90 -> 0.83 for career changes), which the
+    preference model rewards (NDCG, replayed applies); the floor keeps that trade bounded."""
+    from ebr.data.replay import QueryMatches
+
+    jobs = pd.read_parquet(Path(platform_ws) / "data" / "jobs.parquet")
+    row = pd.Series(range(len(jobs)), index=jobs["job_id"])
+    matches = QueryMatches(jobs)
     log = pd.read_parquet(Path(platform_ws) / "data" / "impressions.parquet")
     typed = log[log["query"].notna() & (log["intent"] != "profile")]
-    sessions = typed.drop_duplicates("session_id").head(12)
+    sessions = typed.drop_duplicates("session_id").head(16)
     ranked = plain = 0
     for query, member in zip(sessions["query"], sessions["member_id"], strict=True):
-        words = set(str(query).lower().split())
+        match = matches(str(query))
 
-        def matching(body: dict[str, Any], words: set[str] = words) -> int:
-            return sum(words <= set(h["title"].lower().split()) for h in body["results"])
+        def matching(body: dict[str, Any], match: Any = match) -> int:
+            return int(sum(match[row[h["job_id"]]] for h in body["results"]))
 
         ranked += matching(_search(api, query=query, member_id=int(member), k=10))
         plain += matching(_search(api, query=query, member_id=int(member), k=10, rank=False))
-    assert plain > 0 and ranked >= 0.85 * plain, (ranked, plain)
+    assert plain > 0 and ranked >= 0.8 * plain and ranked >= 0.6 * 10 * len(sessions), (
+        ranked, plain,
+    )  # fmt: skip
 
 
 def test_serving_reads_the_features_training_joins(platform_ws: Path) -> None:
