@@ -17,8 +17,8 @@ size when it is missing; the copy in ``var/bench-rank/ws``, rebuilt each run):
   judged by what was typed). Target: the ranker arm's apply-rate lift has a 95% interval > 0.
 - **Cost**: in process, on the ranked release, per signed-in search: ms of features (with the
   popularity read) and of scoring 200 candidates (target p50 <= 3 ms together), Feast reads
-  per request (target <= 1); HTTP p50 of the two arms, interleaved on one server (target:
-  the ranked arm's p50 rises by at most that).
+  per request (target <= 1); HTTP p50 of the two arms by request kind, interleaved on one
+  server (target: the ranked arm's signed-in ``/v1/search`` p50 rises by at most 3 ms).
 
 Writes benchmarks/results/ranking.json and ranking.png; a missed target is recorded.
 """
@@ -202,22 +202,25 @@ def main(
         from ray import serve
 
         serve.shutdown()
-    http = {arm: {"p50_ms": round(float(g["ms"].median()), 2),
-                  "p95_ms": round(float(g["ms"].quantile(0.95)), 2),
-                  "server_took_p50_ms": round(float(g["took_ms"].median()), 2),
-                  "requests": len(g)} for arm, g in sent.groupby("arm")}  # fmt: skip
+    http = {f"{arm}:{kind}": {"p50_ms": round(float(g["ms"].median()), 2),
+                              "p95_ms": round(float(g["ms"].quantile(0.95)), 2),
+                              "server_took_p50_ms": round(float(g["took_ms"].median()), 2),
+                              "requests": len(g)}
+            for (arm, kind), g in sent.groupby(["arm", "kind"])}  # fmt: skip
     ab = {"all": ab_report(ws, EXPERIMENT, control="retrieval")}
     for kind, logged in (("search", "search"), ("feed", "recommendations")):
         ab[kind] = ab_report(ws, EXPERIMENT, control="retrieval", kind=logged)
     lift = {k: ab[k]["differences"]["ranker"]["apply_rate"] for k in ab}
     nd = meta["evaluation"]["ndcg@10"]
-    http_delta = http["ranker"]["p50_ms"] - http["retrieval"]["p50_ms"]
+    # /v1/search, signed in: both arms retrieve PERSONAL_DEPTH (200) candidates; the ranked
+    # arm adds the ranking stage. (A ranked feed also retrieves 200 instead of k: in "http".)
+    http_delta = http["ranker:search"]["p50_ms"] - http["retrieval:search"]["p50_ms"]
     targets = {
         "search_ndcg_ge_1.10x": nd["search"]["ratio"] >= 1.10,
         "feed_ndcg_ge_1.10x": nd["feed"]["ratio"] >= 1.10,
         "apply_lift_ci_above_0": lift["all"]["ci95"][0] > 0,
         "ranking_p50_le_3ms": in_process["ranking_ms_p50"] <= 3.0,
-        "http_p50_rise_le_ranking_p50": http_delta <= max(in_process["ranking_ms_p50"], 3.0),
+        "search_http_p50_rise_le_3ms": http_delta <= 3.0,
         "feast_reads_per_request_le_1": in_process["feast_reads_per_request"] <= 1.0,
     }
     results = {
@@ -226,7 +229,8 @@ def main(
         "ndcg@10": nd, "importance": meta["evaluation"]["importance"],
         "ab": {k: {"arms": v["arms"], "differences": v["differences"]} for k, v in ab.items()},
         "apply_rate_lift": lift,
-        "cost": {"in_process": in_process, "http": http, "http_p50_delta_ms": round(http_delta, 2)},
+        "cost": {"in_process": in_process, "http": http,
+                 "search_http_p50_delta_ms": round(http_delta, 2)},
         "targets": targets,
     }  # fmt: skip
     params = {"workspace": str(workspace), "sessions": len(rows), "seed": seed,

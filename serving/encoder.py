@@ -162,20 +162,26 @@ class ReleaseEncoder:
         query_vec = vec[0] if query is not None and member is None else None
         return Encoded(vec, None, None, heads[:, 0], query_vec, profile)
 
-    def heads(self, member_id: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """A feed's ranking inputs: the member's request per task head float32 [T, dim] (from
-        the profile, now) and the profile."""
+    def feed(self, member_id: int) -> Encoded:
+        """A ranked feed's request, one profile read: ``vec`` the batch member embedding
+        (``member_embedding``'s rule), ``heads`` the member's request per task head (from the
+        profile, now) and the profile."""
         got = self.request(None, member_id)
         assert got.profile is not None, "a member's request has its profile"
-        return got.heads, got.profile
+        batch = self._batch_vector(member_id, got.profile)
+        return got if batch is None else Encoded(batch, None, None, got.heads, None, got.profile)
 
     def member_embedding(self, member_id: int) -> np.ndarray:
         """float32 [1, dim] JYMBII embedding: the batch one from Feast, else the profile's (a
         member who joined after the last batch run)."""
-        profile = self._profile(member_id)
+        vec = self._batch_vector(member_id, self._profile(member_id))
+        return self.encode(None, member_id) if vec is None else vec
+
+    def _batch_vector(self, member_id: int, profile: dict[str, Any]) -> np.ndarray | None:
+        """float32 [1, dim]: the profile's batch member embedding, None before a batch run."""
         vec = profile.get("member_embedding")
         if vec is None:
-            return self.encode(None, member_id)
+            return None
         vec = np.asarray(vec, dtype=np.float32).reshape(1, -1)
         if vec.shape[1] != self._cfg.dim:
             raise ValueError(

@@ -26,7 +26,7 @@ import numpy as np
 
 from ebr.config import Workspace
 from ebr.release.record import RECORD_FILE, Release, read_release, record_dir
-from serving.encoder import Encoded, ReleaseEncoder
+from serving.encoder import ReleaseEncoder
 from serving.errors import ReleaseMismatch, ReleaseUnavailable, UnknownRelease
 from serving.page import PageOptions, serve_page
 from serving.query_spelling import QuerySpeller
@@ -94,13 +94,12 @@ class LoadedRelease:
                         options: PageOptions = DEFAULT_PAGE) -> Hits:  # fmt: skip
         """JYMBII: the member's embedding (batch, else from the profile), no query; ranked
         and crowded as the release says (``serving.page``)."""
-        vec = self.encoder.member_embedding(member_id)
         if not (self.stage.ranker is not None or self.stage.pin.max_per_company
                 or self.stage.pin.max_per_city or options.explain
                 or options.max_per_company or options.max_per_city):  # fmt: skip
+            vec = self.encoder.member_embedding(member_id)
             return self.retrieve(self.encoder.release_id, vec, k, None, None, "ebr", True)
-        heads, profile = self.encoder.heads(member_id)
-        enc = Encoded(vec, None, None, heads, None, profile)
+        enc = self.encoder.feed(member_id)
         return serve_page(self.index, self.stage, enc, k, None, None, "ebr", options)
 
     def info(self) -> dict[str, Any]:

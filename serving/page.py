@@ -114,7 +114,8 @@ def serve_page(
         X = score = None
         if ranked:
             assert enc is not None and enc.profile is not None and stage.ranker is not None
-            request = RankRequest(text, Member.of(enc.profile), pd.Timestamp.now(tz="UTC"))
+            now = pd.Timestamp(time.time_ns(), unit="ns", tz="UTC")
+            request = RankRequest(text, Member.of(enc.profile), now)
             X = stage.features(request, cands)
             t2 = time.perf_counter()
             ms["features"] += (t2 - t) * 1e3

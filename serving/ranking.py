@@ -34,22 +34,50 @@ POPULARITY_TTL_S = 3600.0  # they change once a day (the batch); a replica re-re
 POPULARITY_MAX_KEYS = 500_000  # bounded memory: the cache starts over past this many keys
 
 
+class _Rows:
+    """Values by key in one growing matrix (a key's row never moves; a new value replaces
+    the row's content whole, under the writer's lock)."""
+
+    def __init__(self, width: int, dtype: Any) -> None:
+        self.row: dict[Any, int] = {}
+        self.values = np.zeros((1024, width), dtype=dtype)
+
+    def put(self, keys: list[Any], values: np.ndarray) -> None:
+        for key, value in zip(keys, values, strict=True):
+            at = self.row.get(key)
+            if at is None:
+                at = len(self.row)
+                if at >= len(self.values):  # grow: readers keep the old matrix meanwhile
+                    grown = np.zeros((2 * len(self.values), self.values.shape[1]),
+                                     dtype=self.values.dtype)  # fmt: skip
+                    grown[: len(self.values)] = self.values
+                    self.values = grown
+                self.values[at] = value
+                self.row[key] = at  # published after its row is written
+            else:
+                self.values[at] = value
+
+    def rows(self, keys: list[Any]) -> np.ndarray:
+        """int64 [n]: each key's row, -1 where none."""
+        get = self.row.get
+        return np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+
+
 class PopularityCache:
     """What the ranker reads of candidates from Feast (``feature_repo.store.rank_features``):
     job and company popularity counts and the jobs' interest-model embeddings, by key.
 
     Values are read once and kept; every ``ttl_s`` they are read again in the background
     (``refresh``, set by ``RankStage.warm``: the slot's jobs) while requests keep the values
-    they have; a key a request lacks is read in its one Feast call. Thread-safe for one
-    writer per key set (the release worker and the refresh replace items whole)."""
+    they have; a key a request lacks is read in its one Feast call. Thread-safe: writers
+    (the release worker, the refresh) hold the lock, readers see whole rows."""
 
     def __init__(
         self, store: Any, interest_version: str | None = None, ttl_s: float = POPULARITY_TTL_S
     ) -> None:
         self._store, self._ttl, self._iv = store, ttl_s, interest_version
-        self._vectors: dict[int, np.ndarray] = {}  # job -> job_interest_<iv> (NaN: none)
-        self._jobs: dict[int, tuple[int, ...]] = {}  # job -> its counts
-        self._companies: dict[str, tuple[int, ...]] = {}
+        self._jobs, self._companies = _Rows(3, np.int64), _Rows(3, np.int64)
+        self._vectors: _Rows | None = None  # job -> job_interest_<iv> (NaN: none); on 1st read
         self._lock = threading.Lock()
         self._read_at = time.monotonic()
         self.refresh: Callable[[], None] | None = None
@@ -60,26 +88,25 @@ class PopularityCache:
         self, job_ids: list[int], companies: list[str | None]
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """int64 [n, 6]: the counts of each (job, company), and float32 [n, d] each job's
-        interest-model embedding (None without an interest version); one Feast read for the
-        missing."""
+        interest-model embedding (None without one); one Feast read for the missing."""
         now = time.monotonic()
         if now - self._read_at >= self._ttl and self.refresh is not None:
             self._read_at = now
             self.refresh()  # in the background; the current values serve meanwhile
         comp = [c or "" for c in companies]
-        jobs, firms = self._jobs, self._companies
-        miss = [i for i, (j, c) in enumerate(zip(job_ids, comp, strict=True))
-                if j not in jobs or c not in firms]  # fmt: skip
-        if miss:
+        jr, cr = self._jobs.rows(job_ids), self._companies.rows(comp)
+        miss = np.flatnonzero((jr < 0) | (cr < 0))
+        if len(miss):
             self.read([job_ids[i] for i in miss], [comp[i] for i in miss])
-        zero = (0, 0, 0)  # cleared meanwhile by a read past POPULARITY_MAX_KEYS: counted as 0
-        rows = [jobs.get(j, zero) + firms.get(c, zero) for j, c in zip(job_ids, comp, strict=True)]
-        counts = np.array(rows, dtype=np.int64).reshape(len(job_ids), 6)
-        if self._iv is None or not self._vectors:
+            jr, cr = self._jobs.rows(job_ids), self._companies.rows(comp)
+        counts = np.concatenate([self._jobs.values[jr], self._companies.values[cr]], axis=1)
+        vectors = self._vectors
+        if vectors is None:
             return counts, None
-        dim = len(next(iter(self._vectors.values())))
-        none = np.full(dim, np.nan, dtype=np.float32)
-        return counts, np.stack([self._vectors.get(j, none) for j in job_ids])
+        vr = vectors.rows(job_ids)
+        out = vectors.values[np.maximum(vr, 0)]
+        out[vr < 0] = np.nan
+        return counts, out
 
     def read(self, job_ids: list[int], companies: list[str]) -> None:
         """One Feast read of ``job_ids`` (and their ``companies``), kept."""
@@ -87,15 +114,15 @@ class PopularityCache:
 
         got, vecs = rank_features(self._store, job_ids, companies, self._iv)
         with self._lock:
-            if len(self._jobs) + len(self._companies) > POPULARITY_MAX_KEYS:
-                self._jobs.clear()
-                self._companies.clear()
-                self._vectors.clear()
-            for row, (j, c) in enumerate(zip(job_ids, companies, strict=True)):
-                self._jobs[j] = tuple(got[row, :3].tolist())
-                self._companies[c] = tuple(got[row, 3:].tolist())
-                if vecs is not None and vecs.shape[1]:
-                    self._vectors[j] = vecs[row]
+            if len(self._jobs.row) + len(self._companies.row) > POPULARITY_MAX_KEYS:
+                self._jobs, self._companies = _Rows(3, np.int64), _Rows(3, np.int64)
+                self._vectors = None
+            self._jobs.put(job_ids, got[:, :3])
+            self._companies.put(companies, got[:, 3:])
+            if vecs is not None and vecs.shape[1]:
+                if self._vectors is None:
+                    self._vectors = _Rows(vecs.shape[1], np.float32)
+                self._vectors.put(job_ids, vecs)
             self.reads += 1
             self.keys_read += len(job_ids)
 

@@ -115,15 +115,21 @@ def _terms(text: str) -> frozenset[str]:
     return frozenset(tokens(text))
 
 
-def _shares(words: frozenset[str], texts: np.ndarray, of_text: bool) -> np.ndarray:
-    """float [n]: the share of ``words`` in each text's terms (``of_text``: of the text's
-    terms in ``words``); NaN for a text without terms."""
-    out = np.full(len(texts), np.nan)
-    for i, t in enumerate(texts):
+def _title_shares(
+    query: frozenset[str], headline: frozenset[str], titles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """float [n] each: the share of the ``query``'s terms in each title, and of each title's
+    terms in the member's ``headline``; NaN without query / headline / title terms."""
+    title_match, headline_match = np.full(len(titles), np.nan), np.full(len(titles), np.nan)
+    nq = len(query)
+    for i, t in enumerate(titles):
         terms = _terms(t) if isinstance(t, str) else frozenset()
         if terms:
-            out[i] = len(words & terms) / (len(terms) if of_text else len(words))
-    return out
+            if nq:
+                title_match[i] = len(query & terms) / nq
+            if headline:
+                headline_match[i] = len(headline & terms) / len(terms)
+    return title_match, headline_match
 
 
 def feature_matrix(
@@ -145,9 +151,10 @@ def feature_matrix(
         f[f"cos_{task}"] = cands.heads[:, i]
     f["bm25"], f["term_coverage"] = cands.bm25, cands.coverage
     query = list(dict.fromkeys(tokens(request.query))) if request.query else []
-    f["title_match"] = _shares(frozenset(query), cols.title, False) if query else np.nan
-    f["job_remote"] = cols.remote
     m = request.member
+    headline = m.headline if m is not None else frozenset()
+    f["title_match"], f["headline_match"] = _title_shares(frozenset(query), headline, cols.title)
+    f["job_remote"] = cols.remote
     if m is not None:
         km = haversine_km(np.full(n, m.lat), np.full(n, m.lon), cols.lat, cols.lon)
         f["distance_over_commute"] = km / m.commute_km
@@ -160,8 +167,6 @@ def feature_matrix(
                 len(m.skills.intersection(s)) / len(s) if s is not None and len(s) else np.nan
                 for s in cols.skills
             ]
-        if m.headline:
-            f["headline_match"] = _shares(m.headline, cols.title, True)
     if m is not None and m.interest is not None and job_interest is not None:
         if job_interest.shape == (n, len(m.interest)):
             f["interest_cos"] = job_interest @ m.interest  # NaN rows stay NaN
