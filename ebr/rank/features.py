@@ -161,7 +161,7 @@ def feature_matrix(
         f["remote_fit"] = cols.remote & m.open_to_remote
         f["seniority_gap"] = cols.level - m.level
         if m.employment is not None:
-            f["employment_fit"] = np.array([e == m.employment for e in cols.employment])
+            f["employment_fit"] = cols.employment == m.employment  # elementwise (object)
         if m.skills:
             f["skill_overlap"] = [
                 len(m.skills.intersection(s)) / len(s) if s is not None and len(s) else np.nan
