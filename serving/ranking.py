@@ -94,13 +94,22 @@ class PopularityCache:
             self._read_at = now
             self.refresh()  # in the background; the current values serve meanwhile
         comp = [c or "" for c in companies]
-        jr, cr = self._jobs.rows(job_ids), self._companies.rows(comp)
+        # One binding of each table per pass: a read past POPULARITY_MAX_KEYS replaces them.
+        jobs, firms, vectors = self._jobs, self._companies, self._vectors
+        jr, cr = jobs.rows(job_ids), firms.rows(comp)
         miss = np.flatnonzero((jr < 0) | (cr < 0))
-        if len(miss):
+        for _ in range(2):  # a read that starts over drops this request's kept keys: again
+            if not len(miss):
+                break
             self.read([job_ids[i] for i in miss], [comp[i] for i in miss])
-            jr, cr = self._jobs.rows(job_ids), self._companies.rows(comp)
-        counts = np.concatenate([self._jobs.values[jr], self._companies.values[cr]], axis=1)
-        vectors = self._vectors
+            jobs, firms, vectors = self._jobs, self._companies, self._vectors
+            jr, cr = jobs.rows(job_ids), firms.rows(comp)
+            miss = np.flatnonzero((jr < 0) | (cr < 0))
+        zero = np.zeros((1, 3), dtype=np.int64)  # dropped by another thread's reset: 0
+        counts = np.concatenate(
+            [np.where((jr >= 0)[:, None], jobs.values[np.maximum(jr, 0)], zero),
+             np.where((cr >= 0)[:, None], firms.values[np.maximum(cr, 0)], zero)], axis=1,
+        )  # fmt: skip
         if vectors is None:
             return counts, None
         vr = vectors.rows(job_ids)
