@@ -51,9 +51,9 @@ def live_ranking(ws: Workspace, version: str) -> RankingSpec:
 
     try:
         live = live_release(ws)
-    except (FileNotFoundError, ValueError, KeyError):
+    except LookupError:  # nothing live yet (an unreadable state or record still raises)
         return RankingSpec()
-    if live is None or live.version != version:
+    if live.version != version:
         return RankingSpec()
     pin = live.ranking
     return RankingSpec(None if pin.ranker is None else pin.ranker.id, pin.depth,

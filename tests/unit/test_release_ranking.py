@@ -66,6 +66,7 @@ def test_a_ranker_below_the_floor_or_unknown_is_refused(ws: Workspace) -> None:
 
 def test_promotion_and_rollback_carry_it_and_a_changed_ranker_is_refused(ws: Workspace) -> None:
     path = _ranker(ws, "v1", 1.2)
+    assert live_ranking(ws, "v1") == RankingSpec()  # nothing live yet: retrieval order
     plain = ops.provision(ws, "v1")
     ranked = ops.provision(ws, "v1", ranking=RankingSpec(path.name, max_per_company=3))
     ops.promote(ws, plain.id)
