@@ -39,7 +39,7 @@ serve: setup
 # Stops only the server the demo started (its PID file), never processes found by name.
 stop:
 	@bash scripts/stop.sh var/serve.pid
-	@[ ! -d $(DEMO_WS)/stream/jobs ] || PYTHONPATH=$(CURDIR) $(PY) -m pipelines.streaming.job stop --workspace $(DEMO_WS) --stop-redis
+	@[ ! -d $(DEMO_WS)/stream/jobs ] || $(VENV)/bin/ebr stream stop --workspace $(DEMO_WS) --stop-redis
 
 # redis-server backs the Redis online-store test (the test starts and stops its own server).
 sysdeps:

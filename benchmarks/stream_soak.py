@@ -6,7 +6,7 @@
 Works on a private copy of ``--workspace`` (built at 20k jobs by
 ``benchmarks.stream.source_workspace`` when it is missing) in which only the live release
 serves, kept in ``var/bench-soak/base`` (``--rebuild`` makes it again); each run on a fresh copy
-of it. The job is started as ``python -m pipelines.streaming.job start`` starts it
+of it. The job is started as ``ebr stream start`` starts it
 (``pipelines.streaming.job.start``: its own session, its own loopback Redis) and stopped with
 SIGTERM (``stop``). Every ``--sample-s`` seconds the benchmark reads the job process's RSS (and
 its anonymous, file-backed and huge-page parts: this machine's kernel pages out cold file

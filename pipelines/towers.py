@@ -34,6 +34,7 @@ from ebr.model.artifact import load_item_tower, load_request_tower
 from ebr.model.features import job_tensors, request_tensors, stack, warm_texts
 from ebr.model.infer import run_tower
 from ebr.model.interest import member_tensors
+from ebr.progress import report
 from ebr.versions import META_FILE, model_config, read_meta
 from pipelines.batches import Rebatch, Unbatch
 from pipelines.deadletter import (
@@ -244,6 +245,7 @@ def _split_result(element: Embedding) -> Iterable[Any]:
     for row in dead:
         yield beam.pvalue.TaggedOutput(DEAD, row)
     if table is not None:
+        report("embed", advance=table.num_rows)
         yield table
 
 

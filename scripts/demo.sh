@@ -20,7 +20,7 @@ echo "== 1/4 Flyte workflow build_platform (size=$SIZE) -> $WS"
 grep -E "Elapsed \(wall|Maximum resident" var/demo-build.time | sed 's/^\s*/   /'
 
 echo "== 2/4 Ray Serve on http://127.0.0.1:$PORT (log: var/serve.log)"
-nohup "$VENV/bin/python" -m serving.app --workspace "$WS" --port "$PORT" >var/serve.log 2>&1 &
+nohup "$VENV/bin/ebr" serve --workspace "$WS" --port "$PORT" >var/serve.log 2>&1 &
 echo $! >var/serve.pid
 for _ in $(seq 1 180); do
   if curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then break; fi
@@ -29,7 +29,9 @@ for _ in $(seq 1 180); do
 done
 curl -fsS "http://127.0.0.1:$PORT/healthz" && echo
 
-echo "== 3/4 sample searches"
+echo "== 3/4 sample searches (the relevance page: http://127.0.0.1:$PORT/)"
+"$VENV/bin/ebr" release list --workspace "$WS"
+"$VENV/bin/ebr" search "registerd nurse" --k 5 --url "http://127.0.0.1:$PORT"
 "$VENV/bin/python" scripts/sample_queries.py --workspace "$WS" --url "http://127.0.0.1:$PORT"
 
 echo "== 4/4 streaming: a loopback Redis + the Beam streaming job (log: $WS/stream/jobs/embedder.log)"
@@ -38,10 +40,10 @@ echo "== 4/4 streaming: a loopback Redis + the Beam streaming job (log: $WS/stre
 
 cat <<MSG
 
-Ray Serve is running at http://127.0.0.1:$PORT, and the streaming job over $WS
-(stop both with: make stop). Send more live traffic (the job's Redis URL: see
-$VENV/bin/python -m pipelines.streaming.job status --workspace $WS):
-  $VENV/bin/python -m pipelines.streaming.produce --redis-url <its redis_url> --live $WS --seconds 30
+Ray Serve is running at http://127.0.0.1:$PORT (the relevance page: open it in a browser),
+and the streaming job over $WS (stop both with: make stop). More live traffic, a search:
+  $VENV/bin/ebr stream produce --workspace $WS --live --seconds 30
+  $VENV/bin/ebr search "software developer" --member 1 --k 5 --url http://127.0.0.1:$PORT
   curl -s -X POST http://127.0.0.1:$PORT/v1/search -H 'content-type: application/json' \\
        -d '{"query": "software developer", "member_id": 1, "k": 5}'
   curl -s http://127.0.0.1:$PORT/v1/members/1/recommendations?k=5

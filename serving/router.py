@@ -117,8 +117,8 @@ def load_state(ws: Workspace) -> dict[str, Any]:
         raise BadStateFile(path, reason) from err
     if isinstance(state, dict) and state.get("live") is None:
         raise NoLiveRelease(
-            path, "no live release: provision and promote one (python -m ebr.release "
-            "provision / promote, or the build_platform workflow)",
+            path, "no live release: provision and promote one (ebr release provision / "
+            "promote, or the build_platform workflow)",
         )  # fmt: skip
     problems = state_problems(state)
     if problems:
@@ -216,6 +216,18 @@ class ReleaseRouter:
             arm = assign(experiment, member_id, request_key)
             return Route(arm["release"], arm["arm"], experiment["name"])
         return Route(state["live"])
+
+    def pinned(self, release_id: str) -> Route:
+        """A request that names its release (the relevance page's side-by-side): one this
+        replica keeps (``keep``), answered outside any experiment (no arm: an A/B readout
+        never counts it). Raises ValueError naming the releases it may name."""
+        kept = self.keep()
+        if release_id not in kept:
+            raise ValueError(
+                f"release: {release_id} is not one requests may name now (those kept: "
+                f"{', '.join(kept)})"
+            )
+        return Route(release_id)
 
     def serving(self) -> list[str]:
         """Releases requests may be routed to now (live and every arm)."""

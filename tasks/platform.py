@@ -7,17 +7,12 @@ caches nothing stale.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from flytekit import Resources, task
 
 from ebr.config import DataConfig, IndexConfig, ModelConfig, RankerConfig, TrainConfig, Workspace
 from ebr.fingerprint import code_version
-
-TABLES = ("jobs", "members", "impressions")
-
 
 # What the marketplace tables are a function of, besides the DataConfig input (Flyte keys the
 # cache on the inputs too): the generator's code. Its bundled data (ESCO, GeoNames) comes from
@@ -27,8 +22,8 @@ GENERATOR_CODE = ("ebr.data", "ebr.config", "ebr.io", "ebr.text")
 
 # Deterministic (same config + same code -> byte-identical tables), so cached; the version
 # changes with the code, so an edited generator never serves stale tables from the cache.
-# A cache hit skips the body: the tables must still be in the workspace (``_tables`` says so
-# when they are not; rerun with --overwrite-cache after deleting a workspace).
+# A cache hit skips the body: the tables must still be in the workspace (``ebr.steps.read_tables``
+# says so when they are not; rerun with --overwrite-cache after deleting a workspace).
 @task(
     requests=Resources(cpu="2", mem="4Gi"),
     retries=1,
@@ -43,31 +38,14 @@ def generate_marketplace(workspace: Workspace, data: DataConfig) -> str:
     return str(workspace.data)
 
 
-def _tables(data_dir: str) -> dict[str, Any]:
-    import pandas as pd
-
-    missing = [n for n in TABLES if not (Path(data_dir) / f"{n}.parquet").is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{data_dir} lacks {missing}: generate_marketplace's cached result names tables that "
-            "are gone (was the workspace deleted?); rerun with --overwrite-cache"
-        )
-    return {n: pd.read_parquet(Path(data_dir) / f"{n}.parquet") for n in TABLES}
-
-
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def train_member_interest(
     workspace: Workspace, data_dir: str, interest_version: str, train: TrainConfig
 ) -> str:
     """Train the member-interest model; saves interest/models/<iv>, returns that folder."""
-    from ebr.model.artifact import save_model
-    from ebr.model.interest import train_interest
+    from ebr.steps import train_member_interest as fit
 
-    t, tcfg = _tables(data_dir), train
-    model, metrics = train_interest(t["jobs"], t["members"], t["impressions"], tcfg)
-    print(metrics)
-    meta = {"train": asdict(tcfg), "metrics": metrics}
-    return str(save_model(model, workspace.interest_models, interest_version, meta))
+    return str(fit(workspace, interest_version, train))
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"))
@@ -83,18 +61,11 @@ def train_two_tower(
     model at ``interest_dir`` (lineage saved in model.json); returns models/<version>.
     ``model.text_encoder``: "hashed" or "hashed+minilm" (adds frozen MiniLM query/title
     vectors)."""
-    from ebr.model.artifact import save_model
-    from ebr.model.train import train_with_interest
-    from ebr.text import training_vocabulary
+    from ebr.steps import train_two_tower as train_model
 
-    t, tcfg = _tables(data_dir), train
-    trained, metrics, lineage = train_with_interest(
-        t["jobs"], t["members"], t["impressions"], Path(interest_dir), model, tcfg
-    )
+    path, metrics = train_model(workspace, version, Path(interest_dir), model, train)
     print(metrics)
-    meta = {"train": asdict(tcfg), "metrics": metrics, "lineage": lineage}
-    vocab = training_vocabulary(t["jobs"], t["members"], t["impressions"])
-    return str(save_model(trained, workspace.models, version, meta, vocab))
+    return str(path)
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)
@@ -104,22 +75,11 @@ def embed_member_interest(
     """Beam: refresh the batch member-interest embeddings of the interest version model
     ``version`` was co-trained with (history up to ``history_holdout_days`` before the log's
     end); returns their folder, or "" for a model without a member-interest input."""
-    from ebr.data.pairs import split_cutoff
-    from ebr.versions import interest_version, read_meta, version_paths
-    from pipelines.batch.embed import embed_interest
+    from pipelines.batch.embed import embed_interest_of
 
-    iv = interest_version(read_meta(version_paths(workspace, version).model))
-    if iv is None:
-        return ""
-    before = None
-    if history_holdout_days > 0:
-        import pandas as pd
-
-        ts = pd.read_parquet(workspace.data / "impressions.parquet", columns=["ts"])
-        before = split_cutoff(ts, history_holdout_days).to_pydatetime()
-    out = embed_interest(workspace, iv, before, batch_size)
+    out = embed_interest_of(workspace, version, batch_size, history_holdout_days)
     print(out)
-    return str(out["path"])
+    return "" if out is None else str(out["path"])
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), retries=1)

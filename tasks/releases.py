@@ -1,7 +1,7 @@
 """Flyte tasks over ``ebr.release``: record a gated release, change what serves.
 
 Each is a thin call into ``ebr.release.provision`` (the same functions the CLI
-``python -m ebr.release`` and the serving admin routes call) and returns its result as JSON.
+``ebr release`` and the serving admin routes call) and returns its result as JSON.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def model_for_release(
 ) -> str:
     """models/<version>: trained now on the workspace's data (co-trained with member-interest
     ``interest_version``) when ``train_model``, else the existing one; returns its folder."""
+    from ebr.steps import train_two_tower
     from ebr.versions import interest_paths, read_meta, version_paths
-    from tasks.platform import train_two_tower
 
     folder = version_paths(workspace, version).model
     if not train_model:
@@ -33,11 +33,9 @@ def model_for_release(
         return str(folder)
     interest = interest_paths(workspace, interest_version).model
     read_meta(interest)
-    # The task's own function, run inside this task (not a nested Flyte node).
-    out: str = train_two_tower.task_function(
-        workspace, str(workspace.data), version, str(interest), model, train
-    )
-    return out
+    path, metrics = train_two_tower(workspace, version, interest, model, train)
+    print(metrics)
+    return str(path)
 
 
 @task(requests=Resources(cpu="1", mem="2Gi"))

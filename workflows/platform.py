@@ -18,7 +18,7 @@ re-embedding steps, plus an evaluation report (a Flyte Deck) -> the second-stage
 batch member-interest embeddings with the interest version the model names, then Beam-embeds
 jobs and members, publishes the Feast tables and builds an index slot, as fresh jobs and
 engagements arrive, and records it as a candidate release of the live release's version: it
-never moves the live release (``python -m ebr.release promote`` or the ``promote_release``
+never moves the live release (``ebr release promote`` or the ``promote_release``
 workflow does). Parallel versions and experiments: ``workflows/releases.py``.
 """
 

@@ -18,6 +18,7 @@ import torch
 
 from ebr.config import TrainConfig
 from ebr.model.towers import TwoTower, in_batch_softmax_loss
+from ebr.progress import report
 
 
 @dataclass
@@ -139,6 +140,7 @@ def fit(model: TwoTower, data: PairData, tcfg: TrainConfig) -> dict[str, Any]:
         curve.append(float(np.mean(losses)))
         for t in tasks:
             task_curves[t].append(float(np.mean(per_task[t])))
+        report("train", advance=1, total=tcfg.epochs, loss=round(curve[-1], 4))
     return {
         "train_pairs": n,
         "train_seconds": round(time.perf_counter() - t0, 2),

@@ -14,5 +14,5 @@ each importing only those above it:
 - ``assign``: deterministic experiment arms (a salted hash of the member id or request key);
 - ``provision``: gather a version's facts, run the gates, write the record as a candidate.
 
-    python -m ebr.release --help     # show, provision, promote, rollback, experiments, retire
+    ebr release --help     # list, show, provision, promote, rollback, retire (cli.release)
 """

@@ -1,6 +1,6 @@
 """Offline A/B readout: replay the marketplace's engagement model on the results each arm served.
 
-    python -m ebr.release.ab_report --workspace var/demo [--experiment v2-vs-v1] [--out PATH]
+    ebr experiment report --workspace var/demo [--experiment v2-vs-v1] [--out PATH]
 
 Reads the impression log (``ebr.release.impressions``), keeps the requests of one experiment
 and, for every request with a known member, computes the *expected* engagement the synthetic
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -229,27 +228,20 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def main(
-    workspace: Path = Path("var/demo"),
+def write_readout(
+    ws: Workspace,
     experiment: str | None = None,
-    out: Path | None = None,
     control: str | None = None,
+    kind: str | None = None,
+    out: Path | None = None,
     seed: int = 0,
     n_draws: int = 2000,
 ) -> dict[str, Any]:
-    """CLI: print the readout as JSON and write it to ``out`` (default
-    ``<workspace>/eval/ab_report_<experiment>.json``) with a PNG chart beside it."""
-    ws = Workspace(workspace)
-    report = ab_report(ws, experiment, seed=seed, n_draws=n_draws, control=control)
+    """``ab_report``, written to ``out`` (default ``<workspace>/eval/ab_report_<experiment>
+    .json``) with a PNG chart beside it; -> the readout."""
+    report = ab_report(ws, experiment, seed=seed, n_draws=n_draws, control=control, kind=kind)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", report["experiment"])
     path = out or ws.root / "eval" / f"ab_report_{safe}.json"
     atomic_write_json(path, report)
     plot_report(report, path.with_suffix(".png"))
-    print(json.dumps(report, indent=2, sort_keys=True))
     return report
-
-
-if __name__ == "__main__":
-    import typer
-
-    typer.run(main)

@@ -17,7 +17,7 @@ first; the new release's record, the aliases (one write) and the state (one writ
 release recorded and put in place together) follow, and a failure at any step undoes the
 ones before it and removes the new slot: the old release keeps serving, nothing else changed.
 
-    python -m ebr.release compact --workspace var/demo [--release rel-v1-...]
+    ebr slot compact --workspace var/demo [--release rel-v1-...]
 """
 
 from __future__ import annotations

@@ -128,6 +128,25 @@ def embed_interest(
     )
 
 
+def embed_interest_of(
+    ws: Workspace, version: str, batch_size: int = 256, history_holdout_days: int = 2
+) -> dict[str, Any] | None:
+    """``embed_interest`` for the interest version model ``version`` was co-trained with,
+    over the engagement history up to ``history_holdout_days`` before the log's end (all of
+    it at 0); None for a model without a member-interest input."""
+    from ebr.data.pairs import split_cutoff
+    from ebr.versions import interest_version, read_meta, version_paths
+
+    iv = interest_version(read_meta(version_paths(ws, version).model))
+    if iv is None:
+        return None
+    before = None
+    if history_holdout_days > 0:
+        ts = pd.read_parquet(ws.data / "impressions.parquet", columns=["ts"])
+        before = split_cutoff(ts, history_holdout_days).to_pydatetime()
+    return embed_interest(ws, iv, before, batch_size)
+
+
 def run(
     argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None
 ) -> dict[str, Any]:

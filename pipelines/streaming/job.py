@@ -1,9 +1,9 @@
 """Start, stop and compact for the streaming job: what the Flyte tasks and the demo call.
 
-    python -m pipelines.streaming.job start --workspace var/demo [--redis-url URL]
-    python -m pipelines.streaming.job status --workspace var/demo
-    python -m pipelines.streaming.job compact --workspace var/demo
-    python -m pipelines.streaming.job stop --workspace var/demo [--stop-redis]
+    ebr stream start --workspace var/demo [--redis-url URL]
+    ebr stream status --workspace var/demo
+    ebr stream compact --workspace var/demo
+    ebr stream stop --workspace var/demo [--stop-redis]
 
 ``start`` launches ``python -m pipelines.streaming.pipeline`` as a process of its own (its own
 session, so it outlives the caller, a Flyte task) and records a handle, ``stream/jobs/<name>.json``:
@@ -28,10 +28,9 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import redis
-import typer
 
 from ebr.config import GateConfig, IndexConfig, Workspace
 from ebr.io import atomic_write_json
@@ -41,7 +40,6 @@ from pipelines.streaming.state import Applied
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30.0
-cli = typer.Typer(add_completion=False, help="The streaming job: start, status, compact, stop.")
 
 
 def handle_path(ws: Workspace, name: str) -> Path:
@@ -190,52 +188,3 @@ def snapshot(ws: Workspace, redis_url: str | None = None, name: str = "embedder"
     write_snapshot(ws, "jobs", applied.catalog("job"))
     write_snapshot(ws, "members", applied.catalog("member"))
     return True
-
-
-WorkspaceOpt = Annotated[Path, typer.Option(help="workspace root")]
-NameOpt = Annotated[str, typer.Option(help="the job's name (its consumer name)")]
-
-
-def _echo(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
-
-
-@cli.command("start")
-def start_cmd(
-    workspace: WorkspaceOpt,
-    redis_url: Annotated[str | None, typer.Option(help="default: start one on loopback")] = None,
-    name: NameOpt = "embedder",
-) -> None:
-    """Start the streaming job."""
-    _echo(start(Workspace(workspace), redis_url, name))
-
-
-@cli.command("status")
-def status_cmd(workspace: WorkspaceOpt, name: NameOpt = "embedder") -> None:
-    """Show the job's handle and whether it runs."""
-    _echo(status(Workspace(workspace), name))
-
-
-@cli.command("stop")
-def stop_cmd(workspace: WorkspaceOpt, name: NameOpt = "embedder", stop_redis: bool = False) -> None:
-    """Stop the streaming job (and the Redis it started, with --stop-redis)."""
-    _echo(stop(Workspace(workspace), name, stop_redis))
-
-
-@cli.command("compact")
-def compact_cmd(
-    workspace: WorkspaceOpt,
-    redis_url: Annotated[str | None, typer.Option(help="default: the job's")] = None,
-    name: NameOpt = "embedder",
-    min_records: int = 1,
-) -> None:
-    """Fold each serving slot's log into a new snapshot, through the release gates."""
-    ws = Workspace(workspace)
-    url = job_redis_url(ws, redis_url, name)
-    if not url:
-        raise typer.BadParameter("no --redis-url and no started job to take it from")
-    _echo(compact(ws, url, min_records=min_records))
-
-
-if __name__ == "__main__":
-    cli()

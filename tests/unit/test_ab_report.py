@@ -18,7 +18,7 @@ from ebr.data.engagement import Hidden, utility
 from ebr.data.marketplace import generate_with_truth, write_marketplace
 from ebr.data.oracle import oracle_topk
 from ebr.data.replay import engagement_probabilities, hidden_from_tables
-from ebr.release.ab_report import ab_report, main
+from ebr.release.ab_report import ab_report, write_readout
 from ebr.release.impressions import (
     COLUMNS,
     ImpressionLog,
@@ -219,7 +219,7 @@ def test_ab_report_sees_the_better_arm_and_is_deterministic(market, tmp_path: Pa
     assert good["clicks_per_request"]["mean"] > good["click_rate"]["mean"]  # >= 1 vs count
     # Same seed, same readout; the CLI writes it atomically with a chart beside it.
     out = tmp_path / "ab.json"
-    assert main(workspace=ws.root, out=out, control="bad", n_draws=500) == report
+    assert write_readout(ws, control="bad", out=out, n_draws=500) == report
     assert json.loads(out.read_text())["arms"]["good"]["apply_rate"] == good["apply_rate"]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     other = ab_report(ws, seed=1, n_draws=500, control="bad")["arms"]["good"]["apply_rate"]

@@ -60,15 +60,16 @@ def test_a_cache_hit_skips_generation_and_a_wiped_workspace_is_named(tmp_path: P
     import shutil
 
     from ebr.config import DataConfig
-    from tasks.platform import _tables, generate_marketplace
+    from ebr.steps import read_tables
+    from tasks.platform import generate_marketplace
 
     cfg = DataConfig(n_jobs=200, seed=5)
     data = Path(generate_marketplace(workspace=str(tmp_path), data=cfg))
     stamp = (data / "jobs.parquet").stat().st_mtime_ns
     assert Path(generate_marketplace(workspace=str(tmp_path), data=cfg)) == data
     assert (data / "jobs.parquet").stat().st_mtime_ns == stamp  # not generated again
-    assert len(_tables(str(data))["jobs"]) == 200
+    assert len(read_tables(data)["jobs"]) == 200
     shutil.rmtree(data)
     assert Path(generate_marketplace(workspace=str(tmp_path), data=cfg)) == data  # a hit
     with pytest.raises(FileNotFoundError, match="overwrite-cache"):
-        _tables(str(data))
+        read_tables(data)

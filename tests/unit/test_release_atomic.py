@@ -1,7 +1,7 @@
-"""Multi-step release operations are all or nothing: each CLI command of ``python -m
-ebr.release`` whose dependency (state.json, aliases.json, a record) is unreadable fails with
-one line naming the file and leaves state.json, aliases.json, the records and the slots as
-they were; a failure after the first write undoes it."""
+"""Multi-step release operations are all or nothing: each ``ebr`` release command whose
+dependency (state.json, aliases.json, a record) is unreadable fails with one line naming the
+file and leaves state.json, aliases.json, the records and the slots as they were; a failure
+after the first write undoes it."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from ebr.config import Workspace
 from ebr.index.build.aliases import alias_history, read_aliases
 from ebr.index.live.slot import open_live
 from ebr.release import provision as ops
 from ebr.release import state as st
-from ebr.release.__main__ import cli
 from ebr.release.record import RECORD_FILE, list_releases, read_release, record_dir
 from tests.unit.test_releases import make_interest, make_version
 
@@ -75,18 +75,19 @@ def snapshot(ws: Workspace) -> dict[str, object]:
 
 # Each command with the CLI arguments it takes (r1 live, r2 a candidate, r3 a standby).
 COMMANDS: dict[str, Callable[[str, str, str], list[str]]] = {
-    "provision": lambda r1, r2, r3: ["provision", "--version", "v2"],
-    "promote": lambda r1, r2, r3: ["promote", r2],
-    "rollback": lambda r1, r2, r3: ["rollback"],
-    "rollback_to": lambda r1, r2, r3: ["rollback", "--to", r2],
+    "provision": lambda r1, r2, r3: ["release", "provision", "--version", "v2"],
+    "promote": lambda r1, r2, r3: ["release", "promote", r2],
+    "rollback": lambda r1, r2, r3: ["release", "rollback"],
+    "rollback_to": lambda r1, r2, r3: ["release", "rollback", "--to", r2],
     "start_experiment": lambda r1, r2, r3: [
-        "start-experiment",
+        "experiment",
+        "start",
         "x",
         f"a={r1}:0.5",
         f"b={r2}:0.5",
     ],  # fmt: skip
-    "retire": lambda r1, r2, r3: ["retire", r3],
-    "compact": lambda r1, r2, r3: ["compact", "--release", r1],
+    "retire": lambda r1, r2, r3: ["release", "retire", r3],
+    "compact": lambda r1, r2, r3: ["slot", "compact", "--release", r1],
 }
 
 
@@ -136,7 +137,7 @@ def test_a_command_with_an_unreadable_dependency_fails_and_changes_nothing(
     r1, r2, r3 = ids(ws)
     named = FAULTS[fault](ws, r1, r2, r3)
     before = snapshot(ws)
-    result = CliRunner().invoke(cli, [*COMMANDS[command](r1, r2, r3), "--workspace", str(ws.root)])
+    result = CliRunner().invoke(app, [*COMMANDS[command](r1, r2, r3), "--workspace", str(ws.root)])
     message = result.output
     assert result.exit_code == 1, message
     assert message.startswith("error: ") and "Traceback" not in message, message
@@ -149,7 +150,7 @@ def test_each_command_works_on_the_intact_workspace(ws: Workspace, command: str)
     """The fault matrix above is meaningful: each command succeeds without its fault."""
     r1, r2, r3 = ids(ws)
     before = snapshot(ws)
-    result = CliRunner().invoke(cli, [*COMMANDS[command](r1, r2, r3), "--workspace", str(ws.root)])
+    result = CliRunner().invoke(app, [*COMMANDS[command](r1, r2, r3), "--workspace", str(ws.root)])
     assert result.exit_code == 0, result.output
     assert snapshot(ws) != before
 

@@ -17,7 +17,6 @@ import pytest
 from ebr.config import IndexConfig
 from ebr.index.build.faiss_index import ann_recall_at_k, build_index, recall_queries
 from ebr.index.build.filtered_gate import gate_filters
-from ebr.index.build.retune import main
 from ebr.index.build.tune import RecallGateError, check_target_recall, tune
 from ebr.index.build.writer import write_slot
 from ebr.index.query.params import index_kind, search_params, set_search_params
@@ -253,16 +252,20 @@ def test_recall_gate():
         check_target_recall(0.9, 0.0)
 
 
-def test_cli_retunes_a_slot_without_changing_it(
-    tmp_path: Path, small: np.ndarray, capsys: pytest.CaptureFixture[str]
-):
+def test_cli_retunes_a_slot_without_changing_it(tmp_path: Path, small: np.ndarray):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
     cfg = IndexConfig(kind="ivf", nlist=32, nprobe=1, recall_queries=100)
     items = pd.DataFrame({"job_id": np.arange(1, len(small) + 1, dtype=np.int64)})
     slot = write_slot(tmp_path, "s", small, items, "v1", cfg)
     before = {p.relative_to(slot): p.read_bytes() for p in slot.rglob("*") if p.is_file()}
-    main(slot=slot, target_recall=0.9, queries=100, full=True)
-    out = capsys.readouterr().out
-    assert "ivf, now {'nprobe': 1}" in out and "<- chosen" in out and "nprobe=32" in out
+    args = ["slot", "tune", "--slot", str(slot), "--target-recall", "0.9", "--queries", "100"]
+    result = CliRunner().invoke(app, [*args, "--full"])
+    assert result.exit_code == 0, result.output
+    assert "chosen {'nprobe'" in result.output and "<-" in result.output
+    assert "nprobe=32" in result.output  # --full: every setting measured
     assert {p.relative_to(slot): p.read_bytes() for p in slot.rglob("*") if p.is_file()} == before
 
 

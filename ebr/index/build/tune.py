@@ -6,7 +6,7 @@ Drop-in after ``build_index``::
     tuned = tune(index, vectors, cfg)        # sets the chosen knobs on ``index``
     info.update(tuned["chosen"])             # or raises RecallGateError: no setting is good enough
 
-Re-tune a written slot without changing it: ``python -m ebr.index.build.retune --slot ...``.
+Re-tune a written slot without changing it: ``ebr slot tune --slot ...``.
 
 Recall is measured against exact search on jittered catalogue rows, the same queries
 ``ann_recall_at_k(index, vectors, n, seed=cfg.seed)`` uses, so the tuner's figure and a slot
@@ -38,6 +38,7 @@ from ebr.index.query.params import index_kind, search_params, set_search_params
 from ebr.index.query.planner import PlannerParams
 from ebr.index.query.vectors import check_vectors
 from ebr.metrics import exact_topk, recall_of
+from ebr.progress import report
 
 REFINE_FACTORS = (16, 8, 4, 2, 1)  # high first: it finds a passing setting sooner (a cost bound)
 EF_SEARCH = (16, 32, 64, 128, 256, 512)
@@ -171,6 +172,7 @@ def tune(
                 recall = recall_of(found, truth)
                 entry = {"params": params, "recall": recall, "seconds": seconds}
                 sweep.append(entry)
+                report("tune", advance=1, recall=round(recall, 4), params=params)
                 passes = recall >= target
                 if passes and (best is None or seconds < best["seconds"]):
                     best = entry

@@ -33,6 +33,7 @@ from ebr.index.query.slot import (
 from ebr.index.query.terms import TERMS_DIR, TermIndex, term_text
 from ebr.index.query.vectors import check_vectors
 from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet, sha256_file
+from ebr.progress import report
 
 
 def _check_items(items: pd.DataFrame, n_rows: int) -> pd.DataFrame:
@@ -118,8 +119,10 @@ def write_slot(
         raise FileExistsError(f"slot already exists (slots are immutable): {target}")
 
     start = time.perf_counter()
+    report("slot", stage=f"building the {cfg.kind} index over {len(vectors):,} vectors")
     index, info = build_index(vectors, cfg)
     build_seconds = time.perf_counter() - start
+    report("slot", stage=f"tuning to recall@10 >= {cfg.target_recall}")
     n_queries = min(cfg.recall_queries, len(vectors))
     # Recall gate: the cheapest search setting reaching cfg.target_recall is applied, and a
     # slot that cannot reach it is refused here (RecallGateError), before anything is written.
@@ -136,6 +139,7 @@ def write_slot(
     info.update(tuned["chosen"])
 
     start = time.perf_counter()
+    report("slot", stage="indexing the terms (BM25)")
     terms = TermIndex.build(term_text(items))  # what term and hybrid retrieval search
     terms_seconds = time.perf_counter() - start
 

@@ -12,7 +12,7 @@ wrote to the old slot until the release that names the new one replaced it) call
 (``handover_start`` says where that starts the first time). The writer keeps its own record of
 how far it got (``pipelines.streaming.state.Applied``), so a restart copies nothing twice.
 
-    python -m ebr.release compact --workspace var/demo      # compaction, gated as a release
+    ebr slot compact --workspace var/demo             # compaction, gated as a release
 """
 
 from __future__ import annotations
