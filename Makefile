@@ -41,11 +41,14 @@ stop:
 	@bash scripts/stop.sh var/serve.pid
 	@[ ! -d $(DEMO_WS)/stream/jobs ] || $(VENV)/bin/ebr stream stop --workspace $(DEMO_WS) --stop-redis
 
-# redis-server backs the Redis online-store test (the test starts and stops its own server).
+# redis-server backs the Redis online-store test (the test starts and stops its own server);
+# chromium + chromium-driver run the relevance page's browser tests (Selenium drives them).
+SYSDEPS := redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 sysdeps:
-	@command -v redis-server >/dev/null || { \
+	@missing=$$(for d in $(SYSDEPS); do command -v $${d%%:*} >/dev/null || echo $${d#*:}; done); \
+	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ runs the same).
     ebr serve                               Ray Serve over HTTP (the page at /)
     ebr search "data engineer" --member 17  a search from the terminal, as a table
     ebr judgments report                    NDCG@10 per release from the page's judgments
+    ebr corpus build | eval | upsert | delete | search | list    knowledge-base corpora (RAG)
 
 ``--json`` (anywhere on the line) prints results as JSON. Bad arguments print one line naming
 the option and exit 2; work that cannot be done prints ``error: <why>`` and exits 1.
@@ -23,7 +24,7 @@ import typer
 # typer 0.29 vendors click: its usage errors are typer's own classes, not click's.
 from typer._click.exceptions import UsageError
 
-from cli import build, judgments, search, stream
+from cli import build, corpus, judgments, search, stream
 from cli.output import ERR, MODE, operator_errors
 from cli.release import experiment_app, release_app
 
@@ -53,6 +54,7 @@ app.add_typer(release_app, name="release")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(stream.stream_app, name="stream")
 app.add_typer(judgments.judgments_app, name="judgments")
+app.add_typer(corpus.corpus_app, name="corpus")
 
 
 @app.command(context_settings={"allow_extra_args": False})

@@ -16,6 +16,10 @@ Per model version ``v`` (``kind`` is "job" or "member") and member-interest vers
                   data/member_profiles.parquet
     services      request_features_{v} (member, profile, interest views), item_features_{v}
 
+Per corpus ``c`` (``ebr.corpus``) of version ``v``: the view ``{c}_article_embedding_{v}``
+(entity ``article``, key ``article_id``) from ``data/{c}_articles_{v}.parquet``; the corpora a
+repo serves are listed in ``corpora.json`` beside ``versions.json``.
+
 Shared by every version: ``job_popularity`` and ``company_popularity`` (engagement counts of
 the trailing days, ``ebr.rank.popularity``; the ranker reads both in one online read), from
 ``data/job_popularity.parquet`` and ``data/company_popularity.parquet``.
@@ -80,6 +84,18 @@ def embedding_names(kind: str, version: str) -> EmbeddingNames:
         f"{kind}_embedding_source_{version}",
         f"data/{kind}_embeddings_{version}.parquet",
         f"{kind}_id",
+    )
+
+
+def corpus_names(corpus: str, version: str) -> EmbeddingNames:
+    """The article embedding view of corpus ``corpus`` (its encoder generation ``version``)."""
+    view = f"{corpus}_article_embedding_{version}"
+    return EmbeddingNames(
+        view,
+        f"{corpus}_article_embedding_push_{version}",
+        f"{corpus}_article_embedding_source_{version}",
+        f"data/{corpus}_articles_{version}.parquet",
+        "article_id",
     )
 
 

@@ -34,6 +34,8 @@ from feast.types import Array, Bool, Float32, Float64, Int64, String
 HERE = Path(__file__).resolve().parent
 VERSIONS_FILE = HERE / "versions.json"
 VERSIONS_FORMAT = '{"versions": [{"version": "v1", "interest_version": "v1" or null}, ...]}'
+CORPORA_FILE = HERE / "corpora.json"
+CORPORA_FORMAT = '{"corpora": [{"name": "esco", "version": "v1"}, ...]}'
 
 
 def _is_version(value: object) -> TypeGuard[str]:
@@ -213,3 +215,27 @@ def embedding_views(version: str, interest_version: str | None = None) -> dict[s
 # module-level names (job_embedding_v1, member_embedding_push_v1, request_features_v1, ...).
 for _version in EMBEDDING_VERSIONS:
     globals().update(embedding_views(_version, INTEREST_OF[_version]))
+
+
+# An article of a knowledge-base corpus (ebr.corpus); ids are per corpus.
+article = Entity(name="article", join_keys=["article_id"], value_type=ValueType.INT64)
+
+
+def read_corpora(path: Path) -> list[tuple[str, str]]:
+    """(corpus, version) pairs ``corpora.json`` lists (none when the file is absent)."""
+    if not path.is_file():
+        return []
+    try:
+        listed = json.loads(path.read_text())["corpora"]
+        pairs = [(str(c["name"]), str(c["version"])) for c in listed]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is malformed ({e!r}); expected {CORPORA_FORMAT}") from e
+    for name, version in pairs:
+        if not (name.isascii() and name.replace("_", "").isalnum()) or not _is_version(version):
+            raise ValueError(f"{path}: bad entry {name!r} {version!r}; expected {CORPORA_FORMAT}")
+    return pairs
+
+
+# Each corpus's article embeddings: looked up by id (a RAG caller's "more like this").
+for _corpus, _version in read_corpora(CORPORA_FILE):
+    globals().update(_embedding_view(names.corpus_names(_corpus, _version), article))

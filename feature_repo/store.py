@@ -34,12 +34,13 @@ from ebr.data.tables import PROFILE_FIELDS, check_profiles, read_embedding_table
 from ebr.feast_names import (
     PROFILE_TABLE,
     PROFILE_VIEW,
+    corpus_names,
     embedding_names,
     interest_names,
     job_interest_names,
     popularity_names,
 )
-from ebr.io import atomic_write_bytes, atomic_write_parquet
+from ebr.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from ebr.versions import check_version, feature_names, interest_paths, version_paths
 from feature_repo.repo import (
     TEMPLATE_DIR,
@@ -184,6 +185,53 @@ def publish(
 
 
 POPULARITY = ("job", "company")  # the popularity views' entities, in table order
+CORPORA_FILE = "corpora.json"  # the corpora a repo serves (definitions.py reads it)
+
+
+def publish_corpus(
+    workspace_root: Path, corpus: str, version: str, config_name: str = "feature_store.yaml"
+) -> dict[str, Any]:
+    """Publish corpus ``corpus``'s article embeddings of ``version`` (``ebr.corpus.build``'s
+    table) as the Feast view ``<corpus>_article_embedding_<version>``: listed in corpora.json,
+    applied beside the job versions the repo serves (published first: ``publish``), and
+    materialized. Rows without a usable vector are refused and counted."""
+    from ebr.corpus.build import corpus_paths
+
+    check_version(version)
+    _check_config_name(config_name)
+    t0 = time.perf_counter()
+    ws = Workspace(Path(workspace_root))
+    repo, names = ws.feature_repo, corpus_names(corpus, version)
+    served = served_versions(ws)
+    if not served:
+        raise FileNotFoundError(f"{repo} serves no model version yet: publish the jobs first")
+    rows, refused = read_embedding_table(corpus_paths(ws, corpus).embeddings(version),
+                                         "article_id", version)  # fmt: skip
+    atomic_write_parquet(repo / names.table, rows)
+    listed_path = repo / CORPORA_FILE
+    listed = json.loads(listed_path.read_text())["corpora"] if listed_path.is_file() else []
+    entry = {"name": corpus, "version": version}
+    listed = sorted(
+        [e for e in listed if e != entry] + [entry], key=lambda e: (e["name"], e["version"])
+    )
+    atomic_write_json(listed_path, {"corpora": listed})
+    write_repo(TEMPLATE_DIR, repo, served)
+    store = open_store(repo, config_name)
+    changes = apply_definitions(store, repo / "definitions.py")
+    stamps = rows["event_timestamp"]
+    start = stamps.min().to_pydatetime() - timedelta(seconds=1)
+    end = max(stamps.max(), pd.Timestamp(datetime.now(UTC))).to_pydatetime() + timedelta(seconds=1)
+    store.materialize(start_date=start, end_date=end, feature_views=[names.view])
+    return {"corpus": corpus, "version": version, "view": names.view, "articles": len(rows),
+            "refused": len(refused), "apply_changes": changes,
+            "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
+def article_embeddings(
+    store: FeatureStore, corpus: str, version: str, article_ids: list[int]
+) -> dict[int, np.ndarray | None]:
+    """``article_id -> embedding`` online (None where unknown)."""
+    return _lookup(store, corpus_names(corpus, version).view, "article_id", article_ids)
 
 
 def _job_interest(ws: Workspace, iv: str, dim: int | None) -> tuple[pd.DataFrame, list[Rejected]]:

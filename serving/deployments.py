@@ -46,6 +46,7 @@ from ebr.release import provision as ops
 from ebr.release import state as st
 from ebr.release.impressions import ImpressionLog, impression_dir
 from ebr.release.record import check_release_id
+from serving import corpora as _corpora_routes  # noqa: F401 - its routes join the app
 from serving.api import BODY_ERRORS, NOT_FOUND, IngressRoute, admin_token, app, authorize
 from serving.keeper import Keeper
 from serving.metrics import (
@@ -68,12 +69,14 @@ from serving.schemas import (
     JobHit,
     LivenessResponse,
     PromoteRequest,
+    ReleaseId,
     ReleasesResponse,
     ReleaseView,
     RollbackRequest,
     SearchRequest,
     SearchResponse,
 )
+from serving.workbench import Bound
 
 
 @serve.deployment
@@ -92,6 +95,7 @@ class Ingress:
         )
         self._ws = Workspace(Path(args.workspace))
         self._retrieval = args.retrieval  # /v1/search's default
+        self._judgments = args.judgments  # the relevance page may save judgments
         self._router = ReleaseRouter(self._ws, args.state_poll_s)
         self._token = admin_token(args.admin_token_env, args.admin_token_file)
         IngressRoute.admin_token = self._token  # checked before an admin body is read
@@ -100,6 +104,7 @@ class Ingress:
         AdmissionMiddleware.admission = self._admission  # one ingress per replica process
         self._log = ImpressionLog(impression_dir(self._ws))
         self._keeper = Keeper(self._router, self._releases, self._log, self._metrics)
+        Bound.ingress = self  # the relevance page's routes (serving.workbench)
 
     async def check_health(self) -> None:
         """Serve's health check. The first one (before Serve routes anything here) waits for
@@ -107,6 +112,16 @@ class Ingress:
         await self._keeper.check_health()
 
     # ---- plumbing: one release per request, errors as HTTP answers, counted ----
+
+    def _route(self, member_id: int | None, request_key: str | None, release: str | None) -> Route:
+        """The release named (422 naming ``release`` unless this replica keeps it), else the
+        live release or the request's experiment arm."""
+        if release is None:
+            return self._router.route(member_id, request_key)
+        try:
+            return self._router.pinned(release)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from err
 
     async def _call(self, route: Route, call: Callable[[], Awaitable[Any]]) -> Any:
         return await answered(call, self._metrics, route.release)
@@ -174,7 +189,7 @@ class Ingress:
         """Jobs for a free-text query, personalised by ``member_id`` when given; by
         embeddings, terms or both (``retrieval``); answered by the live release or the
         request's experiment arm (by ``member_id``, else ``request_key``)."""
-        route = self._router.route(body.member_id, body.request_key)
+        route = self._route(body.member_id, body.request_key, body.release)
 
         async def work() -> SearchResponse:
             start = time.perf_counter()
@@ -203,10 +218,12 @@ class Ingress:
         max_per_company: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
         max_per_city: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
         explain: bool = False,
+        release: Annotated[ReleaseId | None, Query()] = None,
     ) -> SearchResponse:
         """JYMBII ("jobs you may be interested in"): the member's embedding, no query; ranked
-        and crowded as the release (or the caps given) says."""
-        route = self._router.route(member_id, None)
+        and crowded as the release (or the caps given) says; ``release``: answered by that
+        release (one kept here) outside any experiment."""
+        route = self._route(member_id, None, release)
         options = PageOptions(max_per_company, max_per_city, None, explain)
 
         async def work() -> SearchResponse:

@@ -7,6 +7,7 @@ field, never a 500 from deep inside a replica. ``AppArgs`` is the single input o
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -101,6 +102,12 @@ class SearchRequest(BaseModel):
         description="an anonymous client's stable key (session or cookie id): experiments "
         "assign anonymous requests by it (members by member_id)",
     )
+    release: ReleaseId | None = Field(
+        default=None,
+        description="answer with this release instead of the routed one (the relevance "
+        "page's side-by-side): one the replica keeps (live, an experiment arm, the rollback "
+        "target); such a request takes no part in an experiment",
+    )
 
     @field_validator("filter")
     @classmethod
@@ -141,6 +148,10 @@ class JobHit(BaseModel):
     country: str | None = None
     seniority: str | None = None
     remote: bool | None = None
+    employment_type: str | None = None
+    posted_at: datetime | None = None
+    lat: float | None = Field(default=None, description="the job's place (degrees)")
+    lon: float | None = None
     score: float = Field(
         description="what the page is ordered by: the release's ranker's score when it ranked "
         "the request, else the retrieval's (ebr: cosine similarity of request and job "
@@ -275,6 +286,46 @@ class ExperimentRequest(BaseModel):
     salt: str | None = Field(default=None, max_length=128, description="default: the name")
 
 
+SetName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+class JudgmentRequest(BaseModel):
+    """``PUT /v1/judgments/{set}``: one result marked relevant or not for what was searched."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: Query | None = Field(default=None, description="what was typed (none: a feed)")
+    member_id: MemberId | None = Field(default=None, description="the signed-in member")
+    job_id: Annotated[int, Field(strict=True, ge=MIN_ID, le=MAX_ID)]
+    relevant: Annotated[bool, Field(strict=True)]
+
+    @model_validator(mode="after")
+    def _query_or_member(self) -> JudgmentRequest:
+        if self.query is None and self.member_id is None:
+            raise ValueError("at least one of 'query' or 'member_id' is required")
+        return self
+
+
+class SampleMember(BaseModel):
+    member_id: int
+    headline: str | None = None
+    city: str | None = None
+    country: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+
+class Place(BaseModel):
+    """A city found by name (GeoNames), for a geo filter typed by place."""
+
+    name: str
+    country: str
+    lat: float
+    lon: float
+    population: int
+
+
 class ErrorResponse(BaseModel):
     """Body of every 4xx the API returns itself (validation errors keep FastAPI's ``detail``)."""
 
@@ -308,6 +359,9 @@ class AppArgs(BaseModel):
     # What /v1/search uses when a request names none: hybrid had the best precision on typed
     # queries (benchmarks.typed_queries); a request may pick ebr or term itself.
     retrieval: Retrieval = "hybrid"
+    # The relevance page may save judgments (judgments/<set>.json in the workspace); off for a
+    # server whose workspace must not change from a public route.
+    judgments: bool = True
     # Used by ``serving.app.main`` and tests; with a config YAML the application's own
     # ``route_prefix`` key decides (Serve sets the prefix at deploy, not inside the graph).
     route_prefix: str = Field(default="/", pattern=r"^/")

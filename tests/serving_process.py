@@ -23,7 +23,7 @@ class Server:
     """``python -m serving.app`` on a workspace, in its own process (its own Ray)."""
 
     def __init__(self, ws: Workspace, token: str = "test-admin-token") -> None:
-        self.port, self.token = free_port(), token
+        self.ws, self.port, self.token = ws, free_port(), token
         env = {**os.environ, "PYTHONPATH": str(REPO), "EBR_ADMIN_TOKEN": token}
         cmd = [sys.executable, "-m", "serving.app", "--workspace", str(ws.root),
                "--port", str(self.port)]  # fmt: skip

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,3 +67,40 @@ def unit_xyz(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
     return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1).astype(
         np.float32
     )
+
+
+@lru_cache(maxsize=1)
+def _city_index() -> tuple[list[tuple[str, str, float, float, int]], dict[str, list[int]]]:
+    """Every GeoNames city of 15,000+ people (name, country, lat, lon, population), and the
+    cities by lower-cased name and alternate name in Latin letters ("New York" and "NYC" for
+    New York City, "München" for Munich): ``i`` for a city named so, ``~i`` for an alternate."""
+    with open(_geonames_dir() / "cities15000.json") as f:
+        raw = json.load(f)
+    cities: list[tuple[str, str, float, float, int]] = []
+    index: dict[str, list[int]] = {}
+    for i, c in enumerate(raw.values()):
+        cities.append((c["name"], c["countrycode"], float(c["latitude"]),
+                       float(c["longitude"]), int(c["population"])))  # fmt: skip
+        name = c["name"].lower()
+        index.setdefault(name, []).append(i)
+        for alt in {a.lower() for a in c.get("alternatenames") or ()} - {name}:
+            if alt.isascii() or alt.encode("latin-1", "ignore").decode("latin-1") == alt:
+                index.setdefault(alt, []).append(~i)
+    return cities, index
+
+
+def find_city(text: str) -> dict[str, Any] | None:
+    """The city a person means by ``text`` ("Berlin", "paris, fr", "München", "new york"): a
+    city of that name before one known so by another name, then the most populous (in the
+    country given after a comma, if any); None when no city of 15,000+ people has the name."""
+    name, _, country = (part.strip() for part in text.partition(","))
+    cities, index = _city_index()
+    found = [
+        (i >= 0, cities[i if i >= 0 else ~i]) for i in index.get(" ".join(name.split()).lower(), [])
+    ]
+    if country:
+        found = [f for f in found if f[1][1].lower() == country.lower()]
+    if not found:
+        return None
+    _, (city, cc, lat, lon, population) = max(found, key=lambda f: (f[0], f[1][4]))
+    return {"name": city, "country": cc, "lat": lat, "lon": lon, "population": population}
