@@ -11,6 +11,12 @@ is full while the retrieval was full, the retrieval goes 4x deeper and the stage
 until the page is full or the retrieval returned every eligible job. Filters hold throughout:
 only retrieved jobs are ever ranked.
 
+A ranked search orders its candidates by whether they match what was typed first
+(``ebr.rank.candidates.query_tiers``: half the query's terms in its title, or all of them
+in its text), then by the
+ranker's score: the member's fit orders the jobs the query asks for, and a job near the member
+that the query does not ask for only fills the page after them.
+
 A request with neither a ranker nor a cap is today's retrieval, ``k`` deep. With ``explain``
 each result carries its retrieval scores, the ranker's per-feature contributions and how many
 places crowding moved it up (``promoted_by``: crowded-out jobs ranked above it), and the plan
@@ -83,7 +89,7 @@ def serve_page(
     options: PageOptions,
 ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     """The page of ``k`` for one request (module docstring): ([records], plan)."""
-    from ebr.rank.candidates import gather
+    from ebr.rank.candidates import gather, query_tiers
     from ebr.rank.features import FEATURES, TASKS, Member, RankRequest
 
     pin = stage.pin
@@ -120,7 +126,9 @@ def serve_page(
             t2 = time.perf_counter()
             ms["features"] += (t2 - t) * 1e3
             score = stage.ranker.score(X)
-            order = np.argsort(-score, kind="stable")
+            # matches of what was typed first, each tier in the ranker's order
+            tiers = query_tiers(cands.coverage, X[:, FEATURES.index("title_match")])
+            order = np.lexsort((-score, tiers))
             ms["rank"] += (time.perf_counter() - t2) * 1e3
         else:
             order = np.arange(len(ids))

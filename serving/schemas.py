@@ -154,7 +154,8 @@ class JobHit(BaseModel):
     lon: float | None = None
     score: float = Field(
         description="what the page is ordered by: the release's ranker's score when it ranked "
-        "the request, else the retrieval's (ebr: cosine similarity of request and job "
+        "the request (a search's jobs that match what was typed come first, each group by "
+        "score), else the retrieval's (ebr: cosine similarity of request and job "
         "embeddings; term: BM25; hybrid: the fused score)"
     )
     explain: dict[str, Any] | None = Field(

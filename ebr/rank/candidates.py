@@ -95,6 +95,26 @@ class Candidates:
     cols: ItemColumns
 
 
+# A candidate matches what was typed when its title holds half the query's terms, or its text
+# all of them ("registered nurse": a nurse job does; a sheet-metal job near the member, or a
+# garden labourer whose text mentions a plant nursery, does not).
+MATCH_TITLE, MATCH_TEXT = 0.5, 1.0
+
+
+def query_tiers(coverage: np.ndarray, title_share: np.ndarray) -> np.ndarray:
+    """int8 [N]: 0 for a candidate that matches the query (``MATCH_TITLE`` of its terms in the
+    title, or ``MATCH_TEXT`` in the text), 1 for one that does not; all 0 without a query
+    (NaN) or when none matches (nothing to keep first). A ranked search orders by tier, then
+    by the ranker's score: the ranker weighs a member's fit among the jobs that match what
+    was typed, and never puts a job the query does not ask for above one it does."""
+    title = np.nan_to_num(title_share, nan=0.0)
+    text = np.nan_to_num(coverage, nan=0.0)
+    match = (title >= MATCH_TITLE) | (text >= MATCH_TEXT)
+    if not match.any():
+        return np.zeros(len(coverage), dtype=np.int8)
+    return (~match).astype(np.int8)
+
+
 def _coverage(terms: TermIndex, text: str, rows: np.ndarray, delta_docs: object | None,
               pos: np.ndarray) -> np.ndarray:  # fmt: skip
     """Share of ``text``'s distinct terms in each candidate's text (snapshot ``rows`` >= 0

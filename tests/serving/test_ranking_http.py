@@ -47,8 +47,7 @@ def test_signed_in_search_is_ranked_and_explained(api: httpx.Client, queries) ->
         plan = body["plan"]
         assert plan["ranker"] and plan["funnel"]["ranked"] == plan["funnel"]["retrieved"] >= 10
         assert set(plan["stages_ms"]) >= {"retrieve", "features", "rank", "crowd"}
-        scores = [h["score"] for h in body["results"]]
-        assert scores == sorted(scores, reverse=True)  # the page follows the ranker's score
+        _assert_tiered(body["results"], body["corrected_query"] or query)
         for hit in body["results"]:
             ex = hit["explain"]
             assert set(ex) == {"retrieval", "ranker", "crowding"}
@@ -60,6 +59,46 @@ def test_signed_in_search_is_ranked_and_explained(api: httpx.Client, queries) ->
     anonymous = _search(api, query=queries[0][0], k=10, explain=True)
     assert anonymous["plan"]["ranker"] is None  # trained on members' sessions: not ranked
     assert all(h["explain"]["ranker"] is None for h in anonymous["results"])
+
+
+def _matches(hit: dict[str, Any], query: str) -> bool:
+    """``ebr.rank.candidates.query_tiers``'s match: half the query's terms in the title, or
+    all of them in the job's text."""
+    from ebr.text import words
+
+    terms = set(words(query))
+    title = len(terms & set(words(hit["title"]))) / max(len(terms), 1)
+    return title >= 0.5 or (hit["explain"]["retrieval"]["term_coverage"] or 0) >= 1.0
+
+
+def _assert_tiered(results: list[dict[str, Any]], query: str) -> None:
+    """A ranked search's page: jobs matching what was typed first, each group in the ranker's
+    order."""
+    tiers = [0 if _matches(h, query) else 1 for h in results]
+    if 0 not in tiers:
+        tiers = [0] * len(tiers)  # no candidate matched: the ranker's order alone
+    assert tiers == sorted(tiers), tiers
+    for tier in (0, 1):
+        scores = [h["score"] for h, t in zip(results, tiers, strict=True) if t == tier]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_a_signed_in_search_shows_what_was_typed_before_the_profile(
+    api: httpx.Client, platform_ws: Path
+) -> None:
+    """A member typing another occupation than their own sees jobs of what they typed first,
+    however well jobs of their own occupation near home fit them."""
+    jobs = pd.read_parquet(Path(platform_ws) / "data" / "jobs.parquet", columns=["title"])
+    members = pd.read_parquet(Path(platform_ws) / "data" / "members.parquet",
+                              columns=["member_id", "headline"])  # fmt: skip
+    titles = jobs["title"].str.replace(r"^(Junior|Senior|Lead|Head) ", "", regex=True)
+    for query in titles.str.lower().value_counts().index[:5]:
+        other = members[~members["headline"].str.lower().str.contains(query, regex=False)]
+        for member in other["member_id"].head(3).astype(int):
+            body = _search(api, query=query, member_id=member, k=10, explain=True)
+            assert body["plan"]["ranker"], "a signed-in search is ranked"
+            _assert_tiered(body["results"], query)
+            assert _matches(body["results"][0], query), (query, member, body["results"][0])
 
 
 def test_crowding_caps_hold_on_full_pages(api: httpx.Client, queries) -> None:  # type: ignore[no-untyped-def]

@@ -149,3 +149,18 @@ def test_ranker_learns_fits_saves_and_refuses_tampering(tmp_path) -> None:  # ty
     (path / MODEL_FILE).write_text((path / MODEL_FILE).read_text() + "\n")
     with pytest.raises(ValueError, match="sha256"):
         Ranker.load(path)
+
+
+def test_query_tiers_put_what_was_typed_first() -> None:
+    from ebr.rank.candidates import query_tiers
+
+    coverage = np.array([0.5, 1.0, 0.5, 0.5, np.nan])  # share of the query's terms in the text
+    title = np.array([0.0, 0.0, 0.5, 0.49, np.nan])  # ... in the title
+    assert query_tiers(coverage, title).tolist() == [1, 0, 0, 1, 1]
+    none = np.array([0.4, 0.2])
+    assert query_tiers(none, none).tolist() == [0, 0]  # none matches: one tier
+    assert query_tiers(np.full(3, np.nan), np.full(3, np.nan)).tolist() == [0, 0, 0]  # a feed
+    # ordered by tier, then by the ranker's score (what serving.page does)
+    score = np.array([9.0, 1.0, 2.0, 8.0, 7.0])
+    order = np.lexsort((-score, query_tiers(coverage, title)))
+    assert order.tolist() == [2, 1, 0, 3, 4]
