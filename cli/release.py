@@ -21,7 +21,7 @@ it changed nothing (``ebr.release.provision``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,10 +52,16 @@ def list_cmd(workspace: WorkspaceOpt) -> None:
         doc = read_record(ws, rid)
         rows.append({
             "release": rid, "role": st.role(state, rid), "version": doc["model"]["version"],
-            "slot": doc["slot"]["name"], "ranker": (doc.get("ranking") or {}).get("ranker"),
+            "slot": doc["slot"]["name"], "ranker": _ranker_id(doc),
             "created_at": doc["created_at"],
         })  # fmt: skip
     emit(rows, title=f"releases in {ws.root} (live: {state['live']})")
+
+
+def _ranker_id(doc: dict[str, Any]) -> str | None:
+    """The id of the ranker a release record pins (None: retrieval order)."""
+    ranker = (doc.get("ranking") or {}).get("ranker")
+    return ranker.get("id") if isinstance(ranker, dict) else ranker
 
 
 @release_app.command()

@@ -54,6 +54,7 @@ def main(
         first = d.find_elements(By.CSS_SELECTOR, "section.column")[-1]
         first.find_element(By.CSS_SELECTOR, "details.why summary").click()
         first.find_element(By.CSS_SELECTOR, ".judge .yes").click()
+        wait.until(lambda d: "NDCG@10" in d.find_element(By.ID, "ndcg").text)
         d.save_screenshot(str(out / "page-compare.png"))
         Select(d.find_element(By.ID, "release-b")).select_by_index(0)
         fill("query", "software developer")
