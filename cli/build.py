@@ -105,7 +105,9 @@ def embed(
     if publish:
         from feature_repo.store import publish as publish_tables
 
-        out["features"] = publish_tables(ws.root, version)
+        published = publish_tables(ws.root, version)
+        out["features"] = {k: published[k] for k in ("versions_served", "feature_views",
+                                                     "refused", "total_s")}  # fmt: skip
     emit(out)
 
 

@@ -17,6 +17,7 @@ import pytest
 from ebr.config import Workspace
 from ebr.corpus import corpus_spec
 from ebr.corpus.build import build_corpus, upsert_articles
+from tests.serving.test_page_http import assert_names_field
 
 pytestmark = pytest.mark.slow
 ESCO = corpus_spec("esco")
@@ -109,8 +110,4 @@ def test_the_feast_view_holds_the_articles(built, platform_ws: Path) -> None:  #
 def test_bad_corpus_requests_name_the_field(
     api: httpx.Client, path: str, body: dict[str, Any], code: int, field: str
 ) -> None:
-    r = api.post(path, json=body)
-    assert r.status_code == code, r.text
-    doc = r.json()
-    message = doc.get("message") or doc["detail"]
-    assert isinstance(message, str) and message.startswith(field), message
+    assert_names_field(api.post(path, json=body), code, field)

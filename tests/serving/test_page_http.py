@@ -57,11 +57,15 @@ def test_sample_members_and_places(api: httpx.Client, platform_ws: Path) -> None
 def test_bad_reads_name_the_field(
     api: httpx.Client, path: str, params: dict[str, object], code: int, field: str
 ) -> None:
-    r = api.get(path, params=params)
+    assert_names_field(api.get(path, params=params), code, field)
+
+
+def assert_names_field(r: httpx.Response, code: int, field: str) -> None:
+    """``r`` is a ``code`` whose one-line message starts with the bad field's name."""
     assert r.status_code == code, r.text
     body = r.json()
     message = body.get("message") or body["detail"]
-    assert isinstance(message, str) and message.startswith(f"{field}"), message
+    assert isinstance(message, str) and message.startswith(field), message
 
 
 @pytest.mark.parametrize(
