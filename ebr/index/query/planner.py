@@ -61,7 +61,7 @@ from ebr.index.query.exact import exact_masked
 from ebr.index.query.graph import graph_rounds
 from ebr.index.query.masks import mask_info
 from ebr.index.query.params import PlannerParams, index_kind, search_params  # re-exported
-from ebr.index.query.probing import empty_page, exact_subset, ivf_layout, ivf_rounds, suspects
+from ebr.index.query.probing import empty_page, ivf_layout, ivf_rounds, suspects
 
 
 @dataclass(frozen=True)
@@ -307,11 +307,14 @@ def _planned(
     m = info.count
     need, s = min(k, m), (m / n if n else 0.0)
     filtered = m < n  # an all-eligible mask searches unfiltered: same answer, no selector cost
-    small = m <= max(p.exact_max_eligible, p.exact_max_fraction * n)
+    # Exact for a small, sparse mask; a dense one (most rows eligible) is what the ANN index is
+    # tuned for, and an exact scan of it costs what all n rows cost.
+    small = m <= max(p.exact_max_eligible, p.exact_max_fraction * n) and (
+        s <= p.exact_max_selectivity
+    )
     if m == 0 or len(q) == 0 or (filtered and (small or kind == "flat")):
-        scores, rows = (
-            exact_subset(vectors, np.flatnonzero(mask), q, k) if m and len(q) else empty_page(q, k)
-        )
+        # In place for a dense mask (no gather of most of a memory-mapped file per query).
+        scores, rows = exact_masked(vectors, mask, q, k) if m and len(q) else empty_page(q, k)
         _check_results(rows, n, mask, need, "exact_subset")
         return scores, rows, Plan("exact_subset", n, m, s, k)
 

@@ -218,6 +218,8 @@ def _hits(
     if not plan["delta_items"]:
         return Hits(scores, job_ids, _no_items(snap), plan)
     hit_pos = np.flatnonzero(alive & np.isin(delta.ids[:size], job_ids[job_ids >= 0]))
+    if not len(hit_pos):  # no streamed job on the page: no frame to build (~0.2 ms a query)
+        return Hits(scores, job_ids, _no_items(snap), plan)
     return Hits(scores, job_ids, delta.items(hit_pos, snap.items).reset_index(drop=True), plan)
 
 
