@@ -34,7 +34,7 @@ demo: setup sysdeps
 	bash scripts/demo.sh $(DEMO_WS) $(DEMO_SIZE) $(PORT)
 
 serve: setup
-	$(PY) -m serving.app --workspace $(DEMO_WS) --port $(PORT)
+	$(VENV)/bin/ebr serve --workspace $(DEMO_WS) --port $(PORT)
 
 # Stops only the server the demo started (its PID file), never processes found by name.
 stop:
