@@ -130,8 +130,10 @@ class ReleaseIndex:
         """Response rows (display columns + ``score``) of ``ids`` (live jobs among ``hits``'
         results, any order) with their ``scores``: an upserted job's row is its delta record."""
         delta = hits.delta_items
-        delta_rows = {}
-        if len(delta):  # upserted since the snapshot: their display rows supersede its rows
+        # Upserted since the snapshot: their display rows supersede its rows. The live view
+        # converted them once (``Hits.delta_rows``); a frame only where a stage built its own.
+        delta_rows = hits.delta_rows
+        if len(delta) and not all(int(j) in delta_rows for j in delta["job_id"].tolist()):
             plain = plain_columns(delta)
             found = plain["job_id"]
             delta_rows = {int(j): {c: v[i] for c, v in plain.items()} for i, j in enumerate(found)}

@@ -290,3 +290,36 @@ def test_deletes_alone_take_the_postfilter_and_never_return_a_deleted_job(live, 
     again = lv.query(q, k, params=ann)
     assert not np.isin(again.job_ids, hits.job_ids[:, 0]).any() and (again.job_ids >= 0).all()
     assert lv._current()[2].eligible is not mask  # a new view, a new frozen mask
+
+
+@pytest.mark.parametrize("retrieval", ["ebr", "term", "hybrid"])
+def test_streamed_rows_come_converted_once_per_view(live, retrieval: str) -> None:
+    """A page's upserted jobs come as plain rows (``Hits.delta_rows``), equal to converting the
+    page's delta frame, nulls as None; each log table is converted once for the slot, not once
+    per query or per view (a stream makes a new view every refresh)."""
+    from ebr.index.query.slot import plain_columns
+
+    lv, rng = live
+    rec = _items(np.arange(N + 1, N + 41), rng).astype(object)
+    rec.at[0, "city"], rec.at[1, "posted_at"] = None, None  # nulls travel as None
+    vecs = _unit(rng, 40)
+    lv.upsert(rec, vecs)
+    view = lv.view()
+    texts = [f"job {N + i + 1}" for i in range(5)]
+    from ebr.index.query.retrieve import retrieve
+
+    found = retrieve(view, vecs[:5], 10, texts=texts, retrieval=retrieval)
+    assert len(found.delta_items), "upserted jobs on the pages"
+    plain = plain_columns(found.delta_items)
+    want = {int(j): {c: v[i] for c, v in plain.items()} for i, j in enumerate(plain["job_id"])}
+    assert found.delta_rows == want
+    assert all(row["city"] is None for j, row in want.items() if j == N + 1)
+    cache = view.delta.plain_cache
+    converted = {key: hit[1] for key, hit in cache.items()}
+    assert converted, "the page's tables were converted"
+    lv.upsert(_items(np.array([N + 99]), rng), _unit(rng, 1))  # the stream moves on: a new view
+    later = lv.view()
+    assert later is not view and later.delta.plain_cache is cache
+    again = retrieve(later, vecs[:5], 10, texts=texts, retrieval=retrieval)
+    assert again.delta_rows == found.delta_rows
+    assert all(cache[key][1] is plain for key, plain in converted.items())  # not converted again

@@ -29,7 +29,7 @@ from ebr.index.query.fusion import (
     personal_rerank,
     with_member_led,
 )
-from ebr.index.query.search import Delta, Hits
+from ebr.index.query.search import Delta, Hits, page_rows
 from ebr.index.query.slot import Slot
 from ebr.index.query.vectors import check_queries
 
@@ -215,4 +215,5 @@ def personalise(
     plan = {**hits.plan, "personal_weight": weight, "candidates": n, "member_led": extra}
     if places is not None:
         plan["geo_weight"] = geo_weight
-    return Hits(scores, job_ids, kept, plan)
+    rows = page_rows(job_ids, hits.delta_rows, member.delta_rows if member is not None else {})
+    return Hits(scores, job_ids, kept, plan, rows)

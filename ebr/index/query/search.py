@@ -48,7 +48,7 @@ from ebr.index.query.fusion import HYBRID_EBR_WEIGHT, HYBRID_FUSION, fuse_lists
 from ebr.index.query.masks import mask_info
 from ebr.index.query.planner import PlannerParams, checked_search
 from ebr.index.query.postfilter import postfiltered_search
-from ebr.index.query.slot import Slot, item_places
+from ebr.index.query.slot import Slot, item_places, plain_columns
 from ebr.index.query.terms import DocTerms, term_text, top_rows
 from ebr.index.query.vectors import NORM_TOLERANCE, check_queries
 
@@ -66,6 +66,10 @@ class Hits:
     job_ids: np.ndarray
     delta_items: pd.DataFrame
     plan: dict[str, Any]
+    # The same delta rows as plain Python values by job id (the response's null policy,
+    # ``slot.plain_columns``), converted once per live view: a response reads these, not the
+    # frame (converting the frame per request made a streamed job's page cost 4x).
+    delta_rows: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,11 @@ class Delta:
     vecs: np.ndarray  # [>= size, d] float32
     alive: np.ndarray  # [size] bool: positions holding a live record
     tables: list[pa.Table]  # item rows in position order (at least ``size`` rows)
+    # Each table's rows as plain values, shared by the views of one live slot (its tables only
+    # grow, so a table is converted once however many views read it): id -> (table, columns).
+    plain_cache: dict[int, tuple[pa.Table, dict[str, list[Any]]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     # What every query of this view would otherwise derive again from the tables: the item
     # rows as one frame, their term counts (~10 ms a hybrid query with 500 delta rows).
     _memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -92,6 +101,28 @@ class Delta:
         if not len(positions) or not self.tables:
             return like.iloc[:0].copy()
         return self._frame(like).iloc[positions]
+
+    def records(self, positions: np.ndarray, like: pd.DataFrame) -> dict[int, dict[str, Any]]:
+        """job id -> the item row at each of ``positions`` as plain values, in the dtypes of
+        ``like`` (the snapshot's items). Each log table is converted once for the live slot
+        (``plain_cache``), not once per view: a stream makes a view a second."""
+        bounds = self._memo.get("bounds")
+        if bounds is None:
+            bounds = self._memo["bounds"] = np.cumsum([0] + [t.num_rows for t in self.tables])
+            current = {id(t) for t in self.tables}
+            for key in [key for key in list(self.plain_cache) if key not in current]:
+                self.plain_cache.pop(key, None)  # merged away: its rows live in a new table
+        out = {}
+        for pos in positions.tolist():
+            i = int(np.searchsorted(bounds, pos, side="right")) - 1
+            table = self.tables[i]
+            hit = self.plain_cache.get(id(table))
+            if hit is None or hit[0] is not table:
+                frame = table.to_pandas().astype(like.dtypes.to_dict())
+                hit = self.plain_cache[id(table)] = (table, plain_columns(frame))
+            plain, row = hit[1], pos - int(bounds[i])
+            out[int(plain["job_id"][row])] = {c: v[row] for c, v in plain.items()}
+        return out
 
     def places(self, like: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``Slot.places`` of the delta's positions (``item_places``), worked out once per
@@ -220,7 +251,8 @@ def _hits(
     hit_pos = np.flatnonzero(alive & np.isin(delta.ids[:size], job_ids[job_ids >= 0]))
     if not len(hit_pos):  # no streamed job on the page: no frame to build (~0.2 ms a query)
         return Hits(scores, job_ids, _no_items(snap), plan)
-    return Hits(scores, job_ids, delta.items(hit_pos, snap.items).reset_index(drop=True), plan)
+    items = delta.items(hit_pos, snap.items).reset_index(drop=True)
+    return Hits(scores, job_ids, items, plan, delta.records(hit_pos, snap.items))
 
 
 def search_view(
@@ -349,6 +381,7 @@ def fuse(
     else:
         rows = pd.concat([ebr.delta_items, term.delta_items]).drop_duplicates("job_id")
         kept = rows[rows["job_id"].isin(job_ids[job_ids >= 0])].reset_index(drop=True)
+    plain = page_rows(job_ids, ebr.delta_rows, term.delta_rows)
     plan = {
         "strategy": "hybrid",
         "fusion": fusion,
@@ -356,4 +389,12 @@ def fuse(
         "ebr": ebr.plan,
         "term": term.plan,
     }
-    return Hits(scores, job_ids, kept, plan)
+    return Hits(scores, job_ids, kept, plan, plain)
+
+
+def page_rows(job_ids: np.ndarray, *found: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The plain delta rows among ``found`` of the jobs on the page ``job_ids``."""
+    if not any(found):
+        return {}
+    wanted = set(job_ids[job_ids >= 0].tolist())
+    return {j: row for rows in found for j, row in rows.items() if j in wanted}
