@@ -3,10 +3,12 @@
 Checked on every call: no returned row is ineligible; each query gets min(k, eligible) rows.
 
 - ``ann``: no filter (or all rows eligible): the index's own probes, re-probing short queries.
-- ``exact_subset``: eligible <= max(20k, 2% of n), or a flat index: scan only the eligible
-  rows' exact vectors (``faiss.knn``), exact results at a cost that grows with the eligible
-  count. On 1M x 64 it out-ran IVF-PQ + bitmap up to 2-5% selectivity (2 threads, 1,000
-  queries; ``benchmarks/filtered_search.py``, crossover): hence 2%.
+- ``exact_subset``: eligible <= max(20k, 2% of n) and at most ``exact_max_selectivity`` of n
+  (a dense mask is the ANN index's job: an exact scan of it costs what every row costs), or a
+  flat index: scan only the eligible rows' exact vectors (``faiss.knn``; in place for a
+  dense mask), exact results at a cost that grows with the eligible count. On 1M x 64 it
+  out-ran IVF-PQ + bitmap up to 2-5% selectivity (2 threads, 1,000 queries;
+  ``benchmarks/filtered_search.py``, crossover): hence 2%.
 - ``ann_filtered``: FAISS with an ``IDSelectorBitmap`` (O(1) per check), rounds built by
   ``ebr.index.query.probing``. IVF: each query probes, nearest first, only cells holding eligible
   rows, until they hold as many as ``nprobe / selectivity**a`` cells would for a filter
