@@ -124,34 +124,54 @@ def bodies(members: list[int], n: int, seed: int = 0) -> list[dict[str, Any]]:
             for _ in range(n)]  # fmt: skip
 
 
+VARIANTS = (("ebr", True), ("ebr", False), ("hybrid", True), ("hybrid", False))
+
+
 def overhead(server: Server, workspace: Path, members: list[int], n: int) -> dict[str, Any]:
-    """Sequential HTTP vs the same work in process, for ebr and hybrid retrieval."""
+    """Sequential HTTP vs the same work in process, configured alike: the in-process release
+    runs FAISS, torch and BLAS at one thread each as a replica does (``one_thread``; the
+    threads of both sides read with threadpoolctl and reported), the same requests, the four
+    variants (ebr / hybrid, with and without a member) round robin, which side goes first
+    alternating."""
     from ebr.config import Workspace
     from ebr.release.state import live_release
     from feature_repo.store import open_store
-    from serving.loaded_release import LoadedRelease
+    from serving.loaded_release import LoadedRelease, one_thread, thread_counts
 
     ws = Workspace(workspace)
     rel = LoadedRelease(ws, open_store(ws.feature_repo), live_release(ws), False, 1.0)
-    out: dict[str, Any] = {}
-    for retrieval in ("ebr", "hybrid"):
-        reqs = bodies(members, n + 30, seed=1)
-        http, local = [], []
-        for i, body in enumerate(reqs):  # alternate, so drift hits both
+    one_thread()  # after the load: the pools its libraries brought are limited too
+    health = server.client.get("/healthz").json()
+    served = health["releases"].get(health["release"], {}).get("threads")
+    times: dict[tuple[str, bool], tuple[list[float], list[float]]] = {v: ([], []) for v in VARIANTS}
+    reqs = bodies(members, 4 * (n + 30), seed=1)
+    for i, body in enumerate(reqs):
+        retrieval, signed_in = VARIANTS[i % len(VARIANTS)]
+        member = body["member_id"] if signed_in else None
+        payload = {"query": body["query"], "k": body["k"], "retrieval": retrieval}
+        if signed_in:
+            payload["member_id"] = member
+        took = {}
+        for side in ("http", "local") if i % 8 < 4 else ("local", "http"):  # who goes first
             t0 = time.perf_counter()
-            resp = server.client.post("/v1/search", json={**body, "retrieval": retrieval})
-            t1 = time.perf_counter()
-            rel.answer(body["query"], body["member_id"], body["k"], None, retrieval)
-            t2 = time.perf_counter()
-            assert resp.status_code == 200, resp.text
-            if i >= 30:  # warm-up
-                http.append(t1 - t0)
-                local.append(t2 - t1)
-        ratio = statistics.median(http) / statistics.median(local)
-        out[retrieval] = {"http_ms": quantiles(http), "in_process_ms": quantiles(local),
-                          "p50_ratio": round(ratio, 2),
-                          "meets_target": ratio <= TARGET_RATIO}  # fmt: skip
-        print("overhead", retrieval, out[retrieval], flush=True)
+            if side == "http":
+                resp = server.client.post("/v1/search", json=payload)
+                assert resp.status_code == 200, resp.text
+            else:
+                rel.answer(body["query"], member, body["k"], None, retrieval)
+            took[side] = time.perf_counter() - t0
+        if i >= 4 * 30:  # warm-up
+            times[(retrieval, signed_in)][0].append(took["http"])
+            times[(retrieval, signed_in)][1].append(took["local"])
+    out: dict[str, Any] = {"threads": {"in_process": thread_counts(), "replica": served}}
+    for (retrieval, signed_in), (http_s, local_s) in times.items():
+        ratio = statistics.median(http_s) / statistics.median(local_s)
+        key = f"{retrieval}{'+member' if signed_in else ''}"
+        out[key] = {"http_ms": quantiles(http_s), "in_process_ms": quantiles(local_s),
+                    "p50_ratio": round(ratio, 2),
+                    "meets_target": ratio <= TARGET_RATIO}  # fmt: skip
+        print("overhead", key, out[key], flush=True)
+    print("threads", out["threads"], flush=True)
     return out
 
 
@@ -273,11 +293,15 @@ def second_release(workspace: Path) -> tuple[str, str]:
     return live, str(other)
 
 
-def plot(results: dict[str, Any], title: str) -> Any:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    ax = axes[0]
-    labels = list(results["overhead"])
+def plt_axes() -> Any:
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
+    return fig, ax
+
+
+def plot_overhead(fig_ax: Any, results: dict[str, Any]) -> Any:
+    """HTTP vs in-process p50 per variant on ``fig_ax`` = (figure, axes); -> the figure."""
+    fig, ax = fig_ax
+    labels = [name for name in results["overhead"] if name != "threads"]
     for j, who in enumerate(("http_ms", "in_process_ms")):
         vals = [results["overhead"][r][who]["p50"] for r in labels]
         ax.bar(np.arange(len(labels)) + (j - 0.5) * 0.38, vals, 0.38, label=who)
@@ -285,6 +309,13 @@ def plot(results: dict[str, Any], title: str) -> Any:
     ax.set_ylabel("p50 ms")
     ax.set_title(f"search p50, HTTP vs in process (target <= {TARGET_RATIO}x)")
     ax.legend()
+    return fig
+
+
+def plot(results: dict[str, Any], title: str) -> Any:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    plot_overhead((fig, axes[0]), results)
     for ax, key in zip(axes[1:], ("one_release", "two_releases"), strict=True):
         steps = results["throughput"][key]["steps"]
         ax.plot(
@@ -313,6 +344,9 @@ def main(
         str, typer.Option(help="AppArgs fields of the server, e.g. '{\"ingress_replicas\": 2}'")
     ] = "{}",
     name: Annotated[str, typer.Option(help="results/<name>.json, .png")] = NAME,
+    overhead_only: Annotated[
+        bool, typer.Option(help="only the HTTP vs in-process overhead (results/<name>_overhead)")
+    ] = False,
 ) -> None:
     """Measure serving over HTTP and write results/serve_load.{json,png}."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -329,6 +363,9 @@ def main(
     results: dict[str, Any] = {"releases": list(releases)}
     try:
         results["overhead"] = overhead(server, workspace, members, requests)
+        if overhead_only:
+            name = f"{name}_overhead"
+            return
         one = capacity(server.url, reqs, seconds)
         server.admin("POST", "/admin/experiments", {"name": "serve-load", "arms": [
             {"arm": "a", "release": releases[0], "weight": 0.5},
@@ -344,6 +381,11 @@ def main(
         results["metrics_sample"] = server.client.get("/metrics").text[:4000]
     finally:
         server.stop()
+        if overhead_only:
+            params = {"workspace": str(workspace), "requests": requests,
+                      "target_ratio": TARGET_RATIO, "app_args": json.loads(app_args)}  # fmt: skip
+            print(write_result(name, 1, params, results))
+            print(save_figure(plot_overhead(plt_axes(), results), name))
     params = {"workspace": str(workspace), "requests": requests, "seconds_per_step": seconds,
               "rates": RATES, "p99_limit_ms": P99_LIMIT_S * 1e3,
               "target_ratio": TARGET_RATIO, "app_args": json.loads(app_args)}  # fmt: skip

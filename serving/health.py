@@ -50,6 +50,8 @@ def _release_view(role: str, status: Any) -> dict[str, Any]:
     for key in ("slot", "lsn", "log_problems"):
         if key in index:
             view[key] = index[key]
+    if (status.info or {}).get("threads"):
+        view["threads"] = status.info["threads"]  # as the replica reads them (threadpoolctl)
     return view
 
 

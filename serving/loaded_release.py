@@ -104,22 +104,47 @@ class LoadedRelease:
 
     def info(self) -> dict[str, Any]:
         return {"encoder": self.encoder.info(), "index": self.index.info(),
-                "ranking": self.stage.info()}  # fmt: skip
+                "ranking": self.stage.info(), "threads": thread_counts()}  # fmt: skip
+
+
+def one_thread() -> None:
+    """FAISS's OpenMP, torch and the BLAS libraries at one thread each, as a replica runs one
+    request per call on a fraction of a core (FAISS single-query search was 10-20x slower with
+    2 OpenMP threads on the 2-core machines; ``torch.set_num_threads`` does not reach FAISS's
+    OpenMP, nor numpy's BLAS)."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)  # every BLAS and OpenMP pool loaded now, for this process
+
+
+def thread_counts() -> dict[str, Any]:
+    """The threads each pool of this process runs with, read (threadpoolctl), not assumed."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_info
+
+    pools: dict[str, list[int]] = {}
+    for pool in threadpool_info():
+        pools.setdefault(f"{pool['user_api']}:{pool['internal_api']}", []).append(
+            int(pool["num_threads"])
+        )
+    return {"faiss_omp": faiss.omp_get_max_threads(), "torch": torch.get_num_threads(),
+            "pools": {name: sorted(set(n)) for name, n in sorted(pools.items())}}  # fmt: skip
 
 
 class Loader:
-    """What a process serving releases opens once: the Feast store, and one-thread FAISS and
-    torch (one request per call on a fraction of a core: extra threads only contend; FAISS
-    single-query search was 10-20x slower with 2 OpenMP threads on the 2-core machines)."""
+    """What a process serving releases opens once: the Feast store, and one-thread FAISS,
+    torch and BLAS (``one_thread``: one request per call on a fraction of a core, extra
+    threads only contend)."""
 
     def __init__(self, workspace: str, verify: bool, refresh_s: float) -> None:
-        import faiss
-        import torch
-
         from feature_repo.store import member_profiles, open_store
 
-        faiss.omp_set_num_threads(1)
-        torch.set_num_threads(1)
+        one_thread()
         self.ws = Workspace(Path(workspace))
         self._verify, self._refresh_s = verify, refresh_s
         self._store = open_store(self.ws.feature_repo)
@@ -143,6 +168,8 @@ class Loader:
         except (OSError, ValueError) as err:  # edited (checksum), unreadable, other format
             raise ReleaseUnavailable(release_id, str(err)) from None
         try:
-            return LoadedRelease(self.ws, self._store, release, self._verify, self._refresh_s)
+            loaded = LoadedRelease(self.ws, self._store, release, self._verify, self._refresh_s)
         except (OSError, ValueError) as err:  # tower or slot files gone, a corrupt slot log
             raise ReleaseUnavailable(release_id, f"{type(err).__name__}: {err}") from None
+        one_thread()  # pools the release's libraries loaded (a ranker's OpenMP, another BLAS)
+        return loaded
