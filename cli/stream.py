@@ -22,6 +22,16 @@ WorkspaceOpt = Annotated[Path, typer.Option(exists=True, file_okay=False, help="
 NameOpt = Annotated[str, typer.Option(help="the job's name (its consumer name)")]
 
 
+def _redis_url(ws: Workspace, redis_url: str | None, name: str) -> str:
+    """``--redis-url``, else the started job's; a bad argument when there is neither."""
+    from pipelines.streaming.job import job_redis_url
+
+    url = job_redis_url(ws, redis_url, name)
+    if not url:
+        raise typer.BadParameter("no --redis-url and no started job to take it from")
+    return url
+
+
 @stream_app.command()
 @operator_errors
 def start(
@@ -67,13 +77,9 @@ def compact(
 ) -> None:
     """Snapshot the streamed catalogue and fold each serving slot's log, through the gates."""
     from pipelines.streaming.job import compact as compact_job
-    from pipelines.streaming.job import job_redis_url
 
     ws = Workspace(workspace)
-    url = job_redis_url(ws, redis_url, name)
-    if not url:
-        raise typer.BadParameter("no --redis-url and no started job to take it from")
-    emit(compact_job(ws, url, min_records=min_records))
+    emit(compact_job(ws, _redis_url(ws, redis_url, name), min_records=min_records))
 
 
 @stream_app.command()
@@ -92,15 +98,12 @@ def produce(
 ) -> None:
     """Append the events of --file, or --live traffic, to the job's stream."""
     from pipelines.streaming.broker import Broker
-    from pipelines.streaming.job import job_redis_url
     from pipelines.streaming.produce import produce_lines, produce_live
 
     if (file is None) == (not live):
         raise typer.BadParameter("give exactly one of --file and --live")
     ws = Workspace(workspace)
-    url = job_redis_url(ws, redis_url, name)
-    if not url:
-        raise typer.BadParameter("no --redis-url and no started job to take it from")
+    url = _redis_url(ws, redis_url, name)
     broker = Broker(url, "producer")
     if file is not None:
         ids = produce_lines(broker, file.read_text().splitlines())

@@ -24,6 +24,7 @@ from ebr.config import Workspace
 from ebr.corpus import CORPORA, NAME, corpus_spec
 from ebr.corpus.build import corpus_paths, live_slot_dir, read_corpus_state
 from serving.api import NOT_FOUND, app
+from serving.retriever import hit_rows
 from serving.schemas import MAX_K, ErrorResponse, Query, Retrieval
 from serving.workbench import _ingress
 
@@ -79,18 +80,9 @@ class LoadedCorpus:
         hits = retrieve(self.live.view(), vectors, k, texts=[query], retrieval=retrieval,
                         ebr_weight=self.spec.ebr_weight)  # fmt: skip
         found = hits.job_ids[0] >= 0
-        ids, scores = hits.job_ids[0][found].tolist(), hits.scores[0][found].tolist()
-        delta = hits.delta_items
-        fresh = {}
-        if len(delta):  # upserted since the snapshot: the log's rows supersede the snapshot's
-            fresh = {int(r["job_id"]): r for r in delta.to_dict("records")}
-        rows = iter(self.live.snapshot.records([j for j in ids if j not in fresh]))
-        out = []
-        for j, score in zip(ids, scores, strict=True):
-            row = fresh[j] if j in fresh else next(rows)
-            out.append({"article_id": j, "title": row["title"], "text": row.get("description"),
-                        "score": float(score)})  # fmt: skip
-        return out
+        rows = hit_rows(self.live.snapshot, hits, hits.job_ids[0][found], hits.scores[0][found])
+        return [{"article_id": r["job_id"], "title": r["title"], "text": r.get("description"),
+                 "score": r["score"]} for r in rows]  # fmt: skip
 
 
 class Corpora:
@@ -104,6 +96,8 @@ class Corpora:
         with self._lock:
             held = self._loaded.get(name)
             if held is None or held.record["id"] != live:
+                if held is not None:
+                    held.live.close()  # its log handle (searches in flight keep working)
                 self._loaded[name] = held = LoadedCorpus(self._ws, name)
             return held
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ebr.index.query.slot import MANIFEST_FILE, plain_columns
+from ebr.index.query.slot import MANIFEST_FILE
 from ebr.io import sha256_file
 from serving.errors import ReleaseUnavailable
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ebr.index.query.filters import Filter
     from ebr.index.query.retrieve import LiveView
     from ebr.index.query.search import Hits
+    from ebr.index.query.slot import Slot
     from ebr.release.record import Release
 
 
@@ -127,23 +128,8 @@ class ReleaseIndex:
         return view, hits, {"retrieval": retrieval, **hits.plan}
 
     def rows(self, hits: Hits, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        """Response rows (display columns + ``score``) of ``ids`` (live jobs among ``hits``'
-        results, any order) with their ``scores``: an upserted job's row is its delta record."""
-        delta = hits.delta_items
-        # Upserted since the snapshot: their display rows supersede its rows. The live view
-        # converted them once (``Hits.delta_rows``); a frame only where a stage built its own.
-        delta_rows = hits.delta_rows
-        if len(delta) and not all(int(j) in delta_rows for j in delta["job_id"].tolist()):
-            plain = plain_columns(delta)
-            found = plain["job_id"]
-            delta_rows = {int(j): {c: v[i] for c, v in plain.items()} for i, j in enumerate(found)}
-        ids_list, scores_list = ids.tolist(), np.asarray(scores, dtype=float).tolist()
-        snapshot = self.slot.records([j for j in ids_list if j not in delta_rows])
-        from_snapshot = iter(snapshot)
-        return [
-            {**(delta_rows[j] if j in delta_rows else next(from_snapshot)), "score": score}
-            for j, score in zip(ids_list, scores_list, strict=True)
-        ]
+        """Response rows of ``ids`` with their ``scores`` (``hit_rows``)."""
+        return hit_rows(self.slot, hits, ids, scores)
 
     def info(self) -> dict[str, Any]:
         """The slot this release serves, its log position (``lsn``) and ``log_problems``:
@@ -155,3 +141,16 @@ class ReleaseIndex:
                 "recall_at_10": m.get("recall_at_10"), "lsn": int(stats["lsn"]),
                 "live_items": int(stats["live_items"]),
                 "log_problems": [str(p) for p in stats.get("log_problems", [])]}  # fmt: skip
+
+
+def hit_rows(slot: Slot, hits: Hits, ids: np.ndarray, scores: Any) -> list[dict[str, Any]]:
+    """Response rows (display columns + ``score``) of ``ids`` (live items among ``hits``'
+    results, any order) with their ``scores``: an upserted item's row is its delta record,
+    which the live view converted once (``Hits.delta_rows``), the others the snapshot's."""
+    delta_rows = hits.delta_rows
+    ids_list, scores_list = ids.tolist(), np.asarray(scores, dtype=float).tolist()
+    from_snapshot = iter(slot.records([j for j in ids_list if j not in delta_rows]))
+    return [
+        {**(delta_rows[j] if j in delta_rows else next(from_snapshot)), "score": score}
+        for j, score in zip(ids_list, scores_list, strict=True)
+    ]

@@ -46,6 +46,14 @@ RequestKey = Annotated[
 ReleaseId = Annotated[str, StringConstraints(pattern=r"^rel-v[0-9]+-[0-9]{8}T[0-9]{12}$")]
 
 
+def require_query_or_member(body: Any) -> Any:
+    """``body`` (a request with ``query`` and ``member_id``) if it has either; else the
+    ValueError a 422 carries."""
+    if body.query is None and body.member_id is None:
+        raise ValueError("at least one of 'query' or 'member_id' is required")
+    return body
+
+
 class ParsedFilter(dict[str, Any]):
     """A request's filter as sent (the dict) with the ``Filter`` validation parsed from it."""
 
@@ -130,9 +138,7 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _query_or_member(self) -> SearchRequest:
-        if self.query is None and self.member_id is None:
-            raise ValueError("at least one of 'query' or 'member_id' is required")
-        return self
+        return require_query_or_member(self)
 
 
 class JobHit(BaseModel):
@@ -303,9 +309,7 @@ class JudgmentRequest(BaseModel):
 
     @model_validator(mode="after")
     def _query_or_member(self) -> JudgmentRequest:
-        if self.query is None and self.member_id is None:
-            raise ValueError("at least one of 'query' or 'member_id' is required")
-        return self
+        return require_query_or_member(self)
 
 
 class SampleMember(BaseModel):

@@ -75,13 +75,20 @@ def check_articles(docs: pd.DataFrame, max_chars: int) -> pd.DataFrame:
 
 def embed_texts(texts: list[str]) -> np.ndarray:
     """float32 [n, 384] unit rows of the packaged MiniLM, with progress per batch."""
-    from ebr.model.sentence import sentence_vectors
+    from ebr.model.sentence import MINILM_DIM, sentence_vectors
 
-    out = np.zeros((len(texts), 384), dtype=np.float32)
+    out = np.zeros((len(texts), MINILM_DIM), dtype=np.float32)
     for a in range(0, len(texts), BATCH):
         out[a : a + BATCH] = sentence_vectors(texts[a : a + BATCH])
         report("embed", advance=len(texts[a : a + BATCH]), total=len(texts))
     return out
+
+
+def slot_items(docs: pd.DataFrame) -> pd.DataFrame:
+    """Checked articles as slot rows: the id in the slot's key column, the text as the
+    description (displayed and indexed for BM25)."""
+    return pd.DataFrame({"job_id": docs["article_id"], "title": docs["title"],
+                         "description": docs["text"]})  # fmt: skip
 
 
 def article_text(docs: pd.DataFrame) -> list[str]:
@@ -105,10 +112,9 @@ def build_corpus(ws: Workspace, spec: CorpusSpec, version: str = "v1") -> dict[s
     })  # fmt: skip
     atomic_write_parquet(paths.embeddings(version), table)
     stamp = now.strftime("%Y%m%dT%H%M%S%f")
-    items = pd.DataFrame({"job_id": docs["article_id"], "title": docs["title"],
-                          "description": docs["text"]})  # fmt: skip
     cfg = IndexConfig(kind=spec.index_kind, tune_on="jittered")
-    slot = write_slot(paths.slots, f"{spec.name}-{version}-{stamp}", vectors, items, version, cfg)
+    name = f"{spec.name}-{version}-{stamp}"
+    slot = write_slot(paths.slots, name, vectors, slot_items(docs), version, cfg)
     manifest = json.loads((slot / "manifest.json").read_text())
     record = {
         "id": f"{spec.name}-{version}-{stamp}", "corpus": spec.name, "version": version,
@@ -167,13 +173,8 @@ def upsert_articles(ws: Workspace, spec: CorpusSpec, docs: pd.DataFrame) -> dict
     docs = check_articles(docs, spec.max_text_chars)
     _, slot_dir = live_slot_dir(ws, spec.name)
     vectors = embed_texts(article_text(docs))
-    records = pd.DataFrame({"job_id": docs["article_id"], "title": docs["title"],
-                            "description": docs["text"]})  # fmt: skip
-    live = open_live(slot_dir)
-    try:
-        lsn = live.upsert(records, vectors)
-    finally:
-        live.close()
+    with open_live(slot_dir) as live:
+        lsn = live.upsert(slot_items(docs), vectors)
     return {"corpus": spec.name, "upserted": len(docs), "lsn": lsn}
 
 
@@ -182,9 +183,6 @@ def delete_articles(ws: Workspace, name: str, article_ids: list[int]) -> dict[st
     from ebr.index.live.slot import open_live
 
     _, slot_dir = live_slot_dir(ws, name)
-    live = open_live(slot_dir)
-    try:
+    with open_live(slot_dir) as live:
         lsn = live.delete(np.asarray(article_ids, dtype=np.int64))
-    finally:
-        live.close()
     return {"corpus": name, "deleted": len(article_ids), "lsn": lsn}
