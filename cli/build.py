@@ -139,7 +139,7 @@ def tune(
     target_recall: Annotated[
         float, typer.Option(min=0.5, max=1.0, help="recall@10 to reach")
     ] = IndexConfig.target_recall,
-    queries: Annotated[int, typer.Option(min=10, help="jittered rows as queries")] = 500,
+    queries: Annotated[int, typer.Option(min=10, help="held-out rows as queries")] = 500,
     full: Annotated[bool, typer.Option(help="measure every setting")] = False,
 ) -> None:
     """Re-tune SLOT's index in memory and show the sweep (read-only: the slot is unchanged)."""
@@ -156,12 +156,14 @@ def tune(
         emit(_sweep_rows(err.sweep, None), title=loaded.name)
         raise ValueError(str(err)) from None
     emit(_sweep_rows(tuned["sweep"], tuned["chosen"]), title=f"{loaded.name}: chosen "
-         f"{tuned['chosen']} at recall@10 {tuned['recall_at_10']:.4f}")  # fmt: skip
+         f"{tuned['chosen']} at recall@10 {tuned['recall_at_10']:.4f} (99% lower bound "
+         f"{tuned['recall_lower_at_10']:.4f}, {tuned['source']})")  # fmt: skip
 
 
 def _sweep_rows(sweep: Any, chosen: Any) -> list[dict[str, Any]]:
     return [{"params": " ".join(f"{k}={v}" for k, v in e["params"].items()) or "(exact)",
-             "recall@10": round(e["recall"], 4), "ms": round(e["seconds"] * 1e3, 2),
+             "recall@10": round(e["recall"], 4), "lower": round(e["recall_lower"], 4),
+             "ms": round(e["seconds"] * 1e3, 2),
              "chosen": "<-" if e["params"] == chosen else ""} for e in sweep]  # fmt: skip
 
 

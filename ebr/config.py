@@ -23,7 +23,7 @@ TASKS = ("apply", "save", "click")
 TASK_OUTCOMES = {"apply": ("apply",), "save": ("save",), "click": ("click", "save", "apply")}
 
 
-TUNE_ON = ("requests", "jittered")  # what a slot's recall gate measures on (IndexConfig)
+TUNE_ON = ("requests", "held_out", "jittered")  # what a slot's recall gate measures on
 # What a run does with the slot it built (``ebr.release``): nothing, record a gated candidate
 # release, or record one and make it the live release.
 RELEASE_MODES = ("none", "candidate", "promote")
@@ -192,10 +192,12 @@ class IndexConfig:
     ef_construction: int = 80  # HNSW build beam: higher -> better graph, slower build
     ef_search: int = 64  # HNSW search beam (hnsw)
     target_recall: float = 0.95  # recall@10 vs exact a slot must reach (the tuner's gate)
-    recall_queries: int = 500  # queries used to measure recall@10 against exact search
+    recall_queries: int = 1000  # queries the gate tunes on, and as many its claim is measured on
     # What the gate measures recall on: "requests" (the version's request-tower member
-    # embeddings, i.e. JYMBII requests; jittered rows when a version has too few) or
-    # "jittered" (jittered catalogue rows: easier, so it can pass settings real requests miss)
+    # embeddings, i.e. JYMBII requests; held-out rows when a version has too few),
+    # "held_out" (catalogue rows searched leave-one-out, as queries not in the catalogue) or
+    # "jittered" (jittered catalogue rows: easier, so it can pass settings real queries miss:
+    # GloVe-400k, 0.950 claimed on jittered rows, 0.942 served on held-out words)
     tune_on: str = "requests"
     seed: int = 3
 

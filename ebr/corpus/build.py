@@ -112,7 +112,7 @@ def build_corpus(ws: Workspace, spec: CorpusSpec, version: str = "v1") -> dict[s
     })  # fmt: skip
     atomic_write_parquet(paths.embeddings(version), table)
     stamp = now.strftime("%Y%m%dT%H%M%S%f")
-    cfg = IndexConfig(kind=spec.index_kind, tune_on="jittered")
+    cfg = IndexConfig(kind=spec.index_kind, tune_on="held_out")
     name = f"{spec.name}-{version}-{stamp}"
     slot = write_slot(paths.slots, name, vectors, slot_items(docs), version, cfg)
     manifest = json.loads((slot / "manifest.json").read_text())

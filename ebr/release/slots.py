@@ -71,7 +71,7 @@ def load_embeddings(path: Path, id_col: str, version: str) -> tuple[np.ndarray, 
     return df[id_col].to_numpy(np.int64), vecs
 
 
-MIN_TUNING_REQUESTS = 100  # fewer request embeddings than this: the gate uses jittered rows
+MIN_TUNING_REQUESTS = 100  # fewer request embeddings than this: the gate uses held-out rows
 
 
 def tuning_requests(ws: Workspace, version: str, cfg: IndexConfig) -> np.ndarray | None:

@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 
 from ebr.index.query.planner import PlannerParams, filtered_search
-from ebr.metrics import exact_topk, recall_of
+from ebr.metrics import drop_own, exact_topk, recall_of
 
 FILTER_SHARE = 0.4  # eligible share of each gate filter (moderate: the planner's ANN range)
 FILTER_GROUPS = 16  # groups of the "clusters" filter: rows by nearest of 16 random rows
@@ -67,23 +67,29 @@ def filtered_recalls(
     k: int,
     seed: int,
     planner: PlannerParams | None = None,
+    own: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Recall@k of the planner's ANN path against exact filtered search, per ``gate_filters``
     filter, at ``index``'s current search setting.
 
     The ANN path is forced (``exact_max_*`` = 0): at the gate's 40% the default planner would
     scan small catalogues exactly and pass whatever the index does. Recall counts min(k,
-    eligible) rows per query.
+    eligible) rows per query. ``own``: the catalogue rows the queries are (held-out rows),
+    each left out of its own results (``ebr.metrics.drop_own``).
     """
     forced = replace(planner or PlannerParams(), exact_max_eligible=0, exact_max_fraction=0.0)
     out: dict[str, float] = {}
     for name, (mask, qs) in gate_filters(vectors, queries, seed).items():
         rows = np.flatnonzero(mask)
-        need = min(k, len(rows))
-        if need == 0:  # a catalogue of a row or two: nothing to filter
+        need = min(k, len(rows) - (own is not None))
+        if need <= 0:  # a catalogue of a row or two: nothing to filter
             continue
         q = queries[qs]
-        _, sub = exact_topk(vectors[rows], q, need)
-        _, found, _ = filtered_search(index, vectors, q, need, mask, forced)
-        out[name] = recall_of(found, rows[sub])
+        deeper = need + (own is not None)  # leave-one-out: one deeper, the query's row dropped
+        _, sub = exact_topk(vectors[rows], q, deeper)
+        _, found, _ = filtered_search(index, vectors, q, deeper, mask, forced)
+        truth = rows[sub]
+        if own is not None:
+            truth, found = drop_own(truth, own[qs]), drop_own(np.asarray(found), own[qs])
+        out[name] = recall_of(found, truth)
     return out

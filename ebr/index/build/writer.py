@@ -19,8 +19,10 @@ import pandas as pd
 
 from ebr.config import IndexConfig
 from ebr.data.records import check_jobs, require_valid
-from ebr.index.build.faiss_index import ann_recall_at_k, build_index, recall_on
-from ebr.index.build.tune import tune
+from ebr.index.build.faiss_index import build_index, recalls_on
+from ebr.index.build.tune import SOURCE_REQUESTS, tune
+from ebr.index.build.tune import tuning_queries as catalogue_queries
+from ebr.index.query.params import index_kind, set_search_params
 from ebr.index.query.slot import (
     DATA_FILES,
     FORMAT_VERSION,
@@ -33,6 +35,7 @@ from ebr.index.query.slot import (
 from ebr.index.query.terms import TERMS_DIR, TermIndex, term_text
 from ebr.index.query.vectors import check_vectors
 from ebr.io import atomic_directory, atomic_write_json, atomic_write_parquet, sha256_file
+from ebr.metrics import recall_lower_bound
 from ebr.progress import report
 
 
@@ -92,7 +95,8 @@ def write_slot(
             measured on the rest. Requests sit farther from the catalogue than jittered job
             rows, so a gate tuned on rows alone can pass settings that miss the target on
             real requests (20k-job demo: nprobe 2 on rows, 16 on request embeddings). None:
-            jittered catalogue rows (``recall_queries``), as before.
+            held-out catalogue rows, each searched leave-one-out (jittered rows when
+            ``cfg.tune_on`` is "jittered"); ``recall_queries_source`` says which.
 
     Returns:
         The slot directory.
@@ -118,24 +122,37 @@ def write_slot(
         # Fail before the expensive build; atomic_directory checks again at write time.
         raise FileExistsError(f"slot already exists (slots are immutable): {target}")
 
-    start = time.perf_counter()
-    report("slot", stage=f"building the {cfg.kind} index over {len(vectors):,} vectors")
-    index, info = build_index(vectors, cfg)
-    build_seconds = time.perf_counter() - start
-    report("slot", stage=f"tuning to recall@10 >= {cfg.target_recall}")
-    n_queries = min(cfg.recall_queries, len(vectors))
     # Recall gate: the cheapest search setting reaching cfg.target_recall is applied, and a
     # slot that cannot reach it is refused here (RecallGateError), before anything is written.
+    # The claim is measured on the other half of the queries, not the ones the tuner picked with.
+    own: np.ndarray | None = None
     if requests is not None:
-        tuned = tune(index, vectors, cfg, queries=requests[0::2])
-        # Reported recall: the other half, not the queries the tuner picked with.
-        recall = recall_on(index, vectors, requests[1::2], k=10)
-        n_queries, source = len(requests), "request embeddings"
+        queries, source = requests, SOURCE_REQUESTS
     else:
-        tuned = tune(index, vectors, cfg, n_queries=n_queries)
-        # Reported recall uses fresh queries (another seed), not the ones the tuner picked with.
-        recall = ann_recall_at_k(index, vectors, n_queries, k=10, seed=cfg.seed + 1)
-        source = "jittered catalogue rows"
+        n_queries = 2 * min(cfg.recall_queries, len(vectors))
+        queries, own, source = catalogue_queries(vectors, cfg, n_queries, cfg.seed)
+
+    start = time.perf_counter()
+    report("slot", stage=f"building the {cfg.kind} index over {len(vectors):,} vectors")
+    index, info = build_index(vectors, cfg, untrained=own)  # held-out rows: out of sample
+    build_seconds = time.perf_counter() - start
+    report("slot", stage=f"tuning to recall@10 >= {cfg.target_recall}")
+    gate_index, gate_vectors = index, vectors
+    if own is not None and index_kind(index) == "hnsw":
+        # A held-out row's own links lead its leave-one-out search to its neighbours: the
+        # gate tunes a graph built the same way without those rows, searched by them.
+        keep = np.ones(len(vectors), dtype=bool)
+        keep[own] = False
+        gate_vectors = vectors[keep]
+        gate_index, _ = build_index(gate_vectors, cfg)
+        own = None
+    # A catalogue of a row or two has one query: it tunes and claims on the same one.
+    halves = (slice(0, None, 2), slice(1, None, 2)) if len(queries) > 1 else (slice(None),) * 2
+    tune_own, claim_own = (None, None) if own is None else (own[halves[0]], own[halves[1]])
+    tuned = tune(gate_index, gate_vectors, cfg, queries=queries[halves[0]], own=tune_own,
+                 source=source)  # fmt: skip
+    per_query = recalls_on(gate_index, gate_vectors, queries[halves[1]], k=10, own=claim_own)
+    set_search_params(index, tuned["chosen"])
     info.update(tuned["chosen"])
 
     start = time.perf_counter()
@@ -157,12 +174,17 @@ def write_slot(
             "metric": "cosine",
             "index": info,
             "item_count": len(items),
-            "recall_at_10": recall,
-            "recall_queries": n_queries,
+            # The recall the slot claims: the 99% lower bound measured on the queries the
+            # tuner did not pick with, so new queries of that kind get at least this.
+            "recall_at_10": recall_lower_bound(per_query),
+            "recall_at_10_measured": float(per_query.mean()),
+            "recall_queries": len(per_query),  # what the claim is measured on
             "recall_queries_source": source,
             "tuning": {
                 "target_recall": tuned["target_recall"],
                 "tuned_recall_at_10": tuned["recall_at_10"],
+                "tuned_recall_lower_at_10": tuned["recall_lower_at_10"],
+                "tuning_queries": tuned["n_queries"],
                 "chosen": tuned["chosen"],
                 "settings_tried": len(tuned["sweep"]),
                 # The planner's recall under filters made from the vectors (tune.gate_filters).
