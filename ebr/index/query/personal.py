@@ -29,7 +29,7 @@ from ebr.index.query.fusion import (
     personal_rerank,
     with_member_led,
 )
-from ebr.index.query.search import Delta, Hits, page_rows
+from ebr.index.query.search import Delta, Hits, page_items, page_rows
 from ebr.index.query.slot import Slot
 from ebr.index.query.vectors import check_queries
 
@@ -200,12 +200,7 @@ def personalise(
             raise ValueError(f"places must hold {len(ids)} members, got {len(places.lat)}")
         cos = cos + geo_weight * places.decay(*candidate_places(snap, delta, ids, located))
     scores, job_ids = personal_rerank(ids, scores, cos, k, weight)
-    kept = hits.delta_items
-    if member is not None and len(member.delta_items):
-        kept = pd.concat([kept, member.delta_items]) if len(kept) else member.delta_items
-    if len(kept):
-        kept = kept[kept["job_id"].isin(job_ids[job_ids >= 0])]
-        kept = kept.drop_duplicates("job_id").reset_index(drop=True)
+    kept = page_items(job_ids, hits, *([member] if member is not None else []))
 
     def most(x: np.ndarray) -> int:
         return int((x >= 0).sum(axis=1).max()) if x.size else 0
