@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -216,11 +217,57 @@ async def open_loop(
     return samples
 
 
-def capacity(url: str, reqs: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+class TreeCPU:
+    """CPU seconds (user + system) of a process and its descendants: the server's whole tree
+    (``serving.app``, Ray's GCS, raylet and workers, the replicas, HAProxy)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+
+    def seconds(self) -> float:
+        import psutil
+
+        total = 0.0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:  # ended between the listing and the read
+                continue
+            total += t.user + t.system
+        return total
+
+
+def accounted(
+    run: Callable[[], list[tuple[float, int, float, dict[str, Any]]]],
+    seconds: float,
+    tree: TreeCPU | None,
+) -> dict[str, Any]:
+    """``summary`` of one open-loop step with the CPU it took on each side: this process (the
+    load generator: its own cost, which shares the 2 cores) and the server's process tree,
+    in cores busy over the step, and the server's CPU ms per answered request."""
+    gen0, srv0, t0 = time.process_time(), tree.seconds() if tree else 0.0, time.perf_counter()
+    samples = run()
+    wall = time.perf_counter() - t0
+    stats = summary(samples, seconds)
+    stats["generator_cpu_cores"] = round((time.process_time() - gen0) / wall, 3)
+    if tree is not None:
+        server_s = tree.seconds() - srv0
+        ok = sum(1 for _, status, _, _ in samples if status == 200)
+        stats["server_cpu_cores"] = round(server_s / wall, 3)
+        stats["server_cpu_ms_per_ok"] = round(server_s * 1e3 / ok, 3) if ok else None
+    return stats
+
+
+def capacity(
+    url: str, reqs: list[dict[str, Any]], seconds: float, tree: TreeCPU | None = None
+) -> dict[str, Any]:
     """Rising open-loop rates until p99 >= 100 ms or < 99% answered twice in a row."""
     steps, best, misses = [], None, 0
     for rate in RATES:
-        stats = summary(asyncio.run(open_loop(url, reqs, rate, seconds)), seconds)
+        stats = accounted(lambda r=rate: asyncio.run(open_loop(url, reqs, r, seconds)), seconds,
+                          tree)  # fmt: skip
         steps.append({"rate": rate, **stats})
         print("rate", rate, stats, flush=True)
         ok = stats["p99_ms"] is not None and stats["p99_ms"] < P99_LIMIT_S * 1e3
@@ -259,9 +306,16 @@ def switch(server: Server, reqs: list[dict[str, Any]], rate: float, seconds: flo
             "switch_times_s": times}  # fmt: skip
 
 
-def overload(url: str, reqs: list[dict[str, Any]], cap: float, seconds: float) -> dict[str, Any]:
+def overload(url: str, reqs: list[dict[str, Any]], cap: float, seconds: float,
+             tree: TreeCPU | None = None) -> dict[str, Any]:  # fmt: skip
     """3x capacity, then 0.5x: shed share, accepted p99, recovery time."""
-    heavy = asyncio.run(open_loop(url, reqs, 3 * cap, seconds))
+    got: dict[str, Any] = {}
+
+    def heavy_run() -> list[tuple[float, int, float, dict[str, Any]]]:
+        got["samples"] = asyncio.run(open_loop(url, reqs, 3 * cap, seconds))
+        return got["samples"]  # type: ignore[no-any-return]
+
+    at_3x = accounted(heavy_run, seconds, tree)
     calm = asyncio.run(open_loop(url, reqs, 0.5 * cap, seconds))
     recovered = None
     for second in range(int(seconds)):
@@ -270,7 +324,7 @@ def overload(url: str, reqs: list[dict[str, Any]], cap: float, seconds: float) -
         if window and len(lat) == len(window) and pct(lat, 99) < P99_LIMIT_S * 1e3:
             recovered = second
             break
-    return {"at_3x": {"rate": 3 * cap, **summary(heavy, seconds)},
+    return {"at_3x": {"rate": 3 * cap, **at_3x},
             "after_at_half": {"rate": 0.5 * cap, **summary(calm, seconds)},
             "recovery_s": recovered}  # fmt: skip
 
@@ -333,6 +387,85 @@ def plot(results: dict[str, Any], title: str) -> Any:
     return fig
 
 
+IDLE_S = 20.0  # the server's idle CPU is measured this long after the runs
+CAPACITY_TARGET = 300  # QPS at p99 < 100 ms, one release (the issue's)
+OVERLOAD_P99_MS, SHED_P50_MS = 200.0, 20.0  # at 3x capacity: accepted p99, 503 p50
+
+
+def capacity_runs(server: Server, reqs: list[dict[str, Any]], seconds: float,
+                  runs: int) -> dict[str, Any]:  # fmt: skip
+    """Capacity of the live release, then 3x that rate, ``runs`` times over, with the CPU the
+    load generator (this process) and the server's tree each used per step (``accounted``)."""
+    tree = TreeCPU(server.proc.pid)
+    out: list[dict[str, Any]] = []
+    for run in range(runs):
+        cap = capacity(server.url, reqs, seconds, tree)
+        over = overload(server.url, reqs, float(cap["capacity_qps"] or RATES[0]), seconds, tree)
+        out.append({"capacity": cap, "overload": over})
+        print("run", run, cap["capacity_qps"], over["at_3x"], flush=True)
+    # What the server's tree burns with no requests (Ray's GCS, raylet, agents, the Serve
+    # controller's polling), measured warm (after the runs: a fresh server is still reading
+    # its ranking features): the rest of its CPU at a step is the requests'.
+    t0, idle0 = time.perf_counter(), tree.seconds()
+    time.sleep(IDLE_S)
+    idle = (tree.seconds() - idle0) / (time.perf_counter() - t0)
+    caps = [r["capacity"]["capacity_qps"] or 0 for r in out]
+    heavy = [r["overload"]["at_3x"] for r in out]
+    at_cap = [next(s for s in r["capacity"]["steps"] if s["rate"] == c) if c else None
+              for r, c in zip(out, caps, strict=True)]  # fmt: skip
+    # The requests' own CPU per answered request at capacity (the tree's idle burn taken off).
+    per_req = [(s["server_cpu_cores"] - idle) * 1e3 / s["answered_qps"] for s in at_cap
+               if s and s["answered_qps"]]  # fmt: skip
+    return {
+        "server_idle_cpu_cores": round(idle, 3),
+        "request_cpu_ms_at_capacity": [round(v, 2) for v in per_req],
+        "runs": out,
+        "capacity_qps": caps,
+        "capacity_spread": {"min": min(caps), "median": statistics.median(caps),
+                            "max": max(caps)},
+        "at_capacity": [{k: s[k] for k in ("p50_ms", "p99_ms", "generator_cpu_cores",
+                                            "server_cpu_cores", "server_cpu_ms_per_ok")}
+                        if s else None for s in at_cap],
+        # What two cores would serve with the generator's measured CPU and the server's idle
+        # burn taken off, were every cycle busy (a ceiling, not a capacity: p99 < 100 ms
+        # needs headroom): 2000 ms of CPU a second over the requests' CPU ms each.
+        "server_only_ceiling_qps": [round(2000 / v, 1) for v in per_req if v > 0],
+        "overload_accepted_p99_ms": [h["p99_ms"] for h in heavy],
+        "overload_shed_p50_ms": [h["shed_p50_ms"] for h in heavy],
+        "targets": {
+            "capacity_300_qps": f"{sum(c >= CAPACITY_TARGET for c in caps)}/{runs}",
+            "overload_p99_200ms": f"{sum((h['p99_ms'] or 1e9) <= OVERLOAD_P99_MS for h in heavy)}"
+                                  f"/{runs}",
+            "shed_p50_20ms": f"{sum((h['shed_p50_ms'] or 0) <= SHED_P50_MS for h in heavy)}/{runs}",
+        },
+    }  # fmt: skip
+
+
+def plot_capacity(results: dict[str, Any]) -> Any:
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for i, run in enumerate(results["runs"]):
+        steps = run["capacity"]["steps"]
+        ax.plot([s["rate"] for s in steps], [s["p99_ms"] or np.nan for s in steps], "o-",
+                label=f"run {i}: p99 (capacity {run['capacity']['capacity_qps']})")  # fmt: skip
+    ax.axhline(P99_LIMIT_S * 1e3, color="grey", ls="--")
+    ax.set_xlabel("offered QPS (open loop)")
+    ax.set_ylabel("p99 ms")
+    ax.set_yscale("log")
+    ax.set_title("one release: p99 vs offered rate, three runs")
+    ax.legend(fontsize=8)
+    xs = np.arange(len(results["runs"]))
+    bx.bar(xs - 0.2, results["overload_accepted_p99_ms"], 0.4, label="accepted p99 ms")
+    bx.bar(xs + 0.2, [v or 0 for v in results["overload_shed_p50_ms"]], 0.4,
+           label="503 p50 ms")  # fmt: skip
+    bx.axhline(OVERLOAD_P99_MS, color="C0", ls="--", lw=1)
+    bx.axhline(SHED_P50_MS, color="C1", ls="--", lw=1)
+    bx.set_xticks(xs, [f"run {i}" for i in xs])
+    bx.set_title("at 3x capacity")
+    bx.legend(fontsize=8)
+    return fig
+
+
 def main(
     workspace: Annotated[Path, typer.Option(help="a workspace with a live release")] = Path(
         "var/demo"
@@ -347,6 +480,9 @@ def main(
     overhead_only: Annotated[
         bool, typer.Option(help="only the HTTP vs in-process overhead (results/<name>_overhead)")
     ] = False,
+    capacity_only: Annotated[
+        int, typer.Option(help="N > 0: only capacity + 3x overload, N runs (<name>_capacity)")
+    ] = 0,
 ) -> None:
     """Measure serving over HTTP and write results/serve_load.{json,png}."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -362,6 +498,19 @@ def main(
     server = Server(workspace, port, app_args)
     results: dict[str, Any] = {"releases": list(releases)}
     try:
+        if capacity_only:
+            results.update(capacity_runs(server, reqs, seconds, capacity_only))
+            params = {"workspace": str(workspace), "seconds_per_step": seconds, "rates": RATES,
+                      "runs": capacity_only, "app_args": json.loads(app_args),
+                      "requests": "query + member (signed in), the server's default retrieval",
+                      "cpu_accounting": "generator_cpu_cores: this process's CPU (load "
+                      "generator, shares the 2 cores) per step; server_cpu_cores: the server's "
+                      "process tree; server_idle_cpu_cores: the tree with no requests; "
+                      "request_cpu_ms_at_capacity: (server cores - idle) / answered QPS; "
+                      "server_only_ceiling_qps: 2000 / that"}  # fmt: skip
+            print(write_result(f"{name}_capacity", 2, params, results))
+            print(save_figure(plot_capacity(results), f"{name}_capacity"))
+            return
         results["overhead"] = overhead(server, workspace, members, requests)
         if overhead_only:
             name = f"{name}_overhead"

@@ -79,6 +79,22 @@ from serving.schemas import (
 from serving.workbench import Bound
 
 
+def written(response: SearchResponse) -> Response:
+    """``response`` as the JSON ``response_model=SearchResponse`` documents, written by pydantic
+    at once: FastAPI would validate the model it was just built as again, then encode it
+    (~65 us a search of 10, of a ~1 ms fixed HTTP cost). A NaN is written as null.
+
+    ``Server-Timing`` (W3C) says where the server's time went: ``answer``, the release's own
+    work; ``ingress``, the request in the ingress from admission to this response
+    (``took_ms``: the answer plus the hop to the release's worker and back, and the response
+    built). What a client sees beyond ``ingress`` is the HTTP front and the network."""
+    timing = f"ingress;dur={response.took_ms}"
+    if response._answer_ms is not None:
+        timing = f"answer;dur={response._answer_ms}, {timing}"
+    return Response(response.model_dump_json(), media_type="application/json",
+                    headers={"server-timing": timing})  # fmt: skip
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -157,6 +173,7 @@ class Ingress:
         release = self._router.info(route.release)
         request_id = uuid.uuid4().hex
         results = [JobHit(**h) for h in hits[0]]
+        answer_ms = plan.pop("answer_ms", None)  # the Server-Timing header's (``written``)
         self._log.offer({
             "request_id": request_id, "kind": kind, "release": route.release, "arm": route.arm,
             "experiment": route.experiment, "member_id": member_id,
@@ -165,7 +182,7 @@ class Ingress:
             "corrected_query": info.get("corrected_query"),
         })  # fmt: skip
         # (offer, not append: a side log never fails the request it records)
-        return SearchResponse(
+        response = SearchResponse(
             results=results,
             model_version=release.version,
             slot=release.slot.name,
@@ -181,11 +198,13 @@ class Ingress:
             experiment=route.experiment,
             request_id=request_id,
         )
+        response._answer_ms = answer_ms
+        return response
 
     # ---- read routes ----
 
     @app.post("/v1/search", response_model=SearchResponse, responses={**NOT_FOUND, **BODY_ERRORS})
-    async def search(self, body: SearchRequest) -> SearchResponse:
+    async def search(self, body: SearchRequest) -> Response:
         """Jobs for a free-text query, personalised by ``member_id`` when given; by
         embeddings, terms or both (``retrieval``); answered by the live release or the
         request's experiment arm (by ``member_id``, else ``request_key``)."""
@@ -204,7 +223,7 @@ class Ingress:
                 route, "search", (hits, plan), start, body, understood, body.member_id
             )
 
-        return await self._served("search", route, work)
+        return written(await self._served("search", route, work))
 
     @app.get(
         "/v1/members/{member_id}/recommendations",
@@ -219,7 +238,7 @@ class Ingress:
         max_per_city: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
         explain: bool = False,
         release: Annotated[ReleaseId | None, Query()] = None,
-    ) -> SearchResponse:
+    ) -> Response:
         """JYMBII ("jobs you may be interested in"): the member's embedding, no query; ranked
         and crowded as the release (or the caps given) says; ``release``: answered by that
         release (one kept here) outside any experiment."""
@@ -235,7 +254,7 @@ class Ingress:
             return self._respond(route, "recommendations", found, start, member_id=member_id,
                                  explain=explain)  # fmt: skip
 
-        return await self._served("recommendations", route, work)
+        return written(await self._served("recommendations", route, work))
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def healthz(self) -> JSONResponse:

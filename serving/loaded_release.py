@@ -18,6 +18,7 @@ a bare error. Heavy stacks (torch, feast, faiss) are imported when a release loa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,10 @@ class LoadedRelease:
         model does not understand is dropped from the embedding (the member alone, or no
         vector for an anonymous search: term retrieval then answers, if any). A misspelled
         query is searched corrected (``understand``'s ``corrected_query``; ``ebr.spelling``).
-        The page follows retrieval's stages (``serving.page``: rank, crowd, explain)."""
+        The page follows retrieval's stages (``serving.page``: rank, crowd, explain). The
+        plan's ``answer_ms`` is this call's own time (the ingress sends it in the
+        ``Server-Timing`` header beside its own, ``took_ms``)."""
+        start = time.perf_counter()
         query, corrected_query = self.speller.correct(query)  # what both retrievals search
         understood = {**self.encoder.understand(query), "corrected_query": corrected_query}
         embed_query = None if understood["query_understood"] is False else query
@@ -89,6 +93,7 @@ class LoadedRelease:
             led = embed_query is not None and member_id is not None
             enc = self.encoder.request(embed_query, member_id, led)
         hits, plan = serve_page(self.index, self.stage, enc, k, flt, query, retrieval, options)
+        plan["answer_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         return hits, plan, understood
 
     def recommendations(self, member_id: int, k: int,

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     field_validator,
     model_validator,
@@ -177,6 +178,9 @@ class SearchResponse(BaseModel):
     """Results of a search or a recommendation feed, best first."""
 
     results: list[JobHit]
+    # The release's own time answering (``LoadedRelease.answer``'s ``answer_ms``), for the
+    # ``Server-Timing`` header beside ``took_ms``; not part of the body.
+    _answer_ms: float | None = PrivateAttr(default=None)
     model_version: str = Field(description="embedding version of both request and index")
     slot: str = Field(description="index slot that answered (immutable, named by build time)")
     took_ms: float = Field(description="server-side time from request to response, ms")
