@@ -116,7 +116,10 @@ class Ingress:
         self._token = admin_token(args.admin_token_env, args.admin_token_file)
         IngressRoute.admin_token = self._token  # checked before an admin body is read
         self._metrics = ServingMetrics()
-        self._admission = Admission(self._metrics, args.max_inflight)
+        budget = None if args.queue_budget_ms is None else args.queue_budget_ms / 1e3
+        self._admission = Admission(self._metrics, args.max_inflight, budget)
+        if isinstance(self._releases, LocalReleases):  # the work's time, for the budget
+            self._releases.on_work = self._admission.served
         AdmissionMiddleware.admission = self._admission  # one ingress per replica process
         self._log = ImpressionLog(impression_dir(self._ws))
         self._keeper = Keeper(self._router, self._releases, self._log, self._metrics)

@@ -81,6 +81,7 @@ class LocalReleases:
         self._loaded: OrderedDict[str, asyncio.Task[LoadedRelease]] = OrderedDict()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-work")
         self._busy_since: float | None = None  # monotonic start of the work running now
+        self.on_work: Callable[[float], None] | None = None  # each work item's seconds
 
     async def get(self, release_id: str) -> LoadedRelease:
         task = self._loaded.get(release_id)
@@ -129,11 +130,13 @@ class LocalReleases:
         return 0.0 if since is None else time.monotonic() - since
 
     def _timed(self, work: Callable[[LoadedRelease], T], rel: LoadedRelease) -> T:
-        self._busy_since = time.monotonic()
+        self._busy_since = since = time.monotonic()
         try:
             return work(rel)
         finally:
             self._busy_since = None
+            if self.on_work is not None:
+                self.on_work(time.monotonic() - since)
 
     async def _run(self, release_id: str, work: Callable[[LoadedRelease], T]) -> T:
         rel = await self.get(release_id)

@@ -384,6 +384,12 @@ class AppArgs(BaseModel):
     # Backpressure: requests in flight in one ingress replica beyond max_inflight get a 503
     # with Retry-After at once; Serve queues at most ingress_max_queued_requests more.
     max_inflight: int = Field(default=8, ge=1, le=10_000)
+    # A latency bound on top (None: off): a search or feed is shed when the ones in flight
+    # ahead of it would keep it waiting longer than this, by the release work's measured
+    # time (``serving.metrics.Admission``), so accepted requests stay fast under overload
+    # whatever a request costs. Off by default: a busy machine's slow answers would shed
+    # short bursts that max_inflight lets through.
+    queue_budget_ms: float | None = Field(default=None, gt=0, le=60_000)
     ingress_max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
     ingress_max_queued_requests: int = Field(default=64, ge=-1, le=100_000)
     backend_max_ongoing_requests: int = Field(default=8, ge=1, le=10_000)

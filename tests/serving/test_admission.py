@@ -66,3 +66,29 @@ def test_requests_past_the_limit_are_shed_at_once_and_the_limit_frees() -> None:
     assert 'ebr_shed_requests_total{route="recommendations"} 1.0' in text
     assert 'ebr_shed_requests_total{route="search"} 1.0' in text
     assert "ebr_inflight_requests 0.0" in text
+
+
+def test_a_queue_budget_sheds_what_would_wait_too_long() -> None:
+    """With ``queue_budget_s``, a request is shed once those in flight ahead of it would keep
+    it waiting past the budget at the release work's measured pace, well before
+    ``max_inflight``; faster work admits more again."""
+    metrics = ServingMetrics()
+    admission = Admission(metrics, max_inflight=100, queue_budget_s=0.1)
+    assert all(admission.try_enter("search") for _ in range(20))  # nothing measured yet
+    for _ in range(20):
+        admission.leave()
+    for _ in range(200):
+        admission.served(0.030)  # 30 ms a request: 3 ahead wait 90 ms, 4 would wait 120
+    admitted = 0
+    while admission.try_enter("search"):
+        admitted += 1
+    assert admitted == 4  # the 5th would wait behind 4 x 30 ms
+    for _ in range(admitted):
+        admission.leave()
+    for _ in range(200):
+        admission.served(0.0045)  # 22 ahead wait 99 ms
+    assert sum(admission.try_enter("search") for _ in range(30)) == 23
+    assert 'ebr_shed_requests_total{route="search"} 8.0' in metrics.render().decode()
+    unbounded = Admission(ServingMetrics(), max_inflight=5)  # no budget: max_inflight alone
+    unbounded.served(10.0)
+    assert sum(unbounded.try_enter("search") for _ in range(8)) == 5
