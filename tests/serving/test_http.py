@@ -83,6 +83,13 @@ def test_search_by_query_returns_k_sorted_hits(api: httpx.Client) -> None:
     assert resp.status_code == 200, resp.text
     _assert_hits(resp.json(), 7)
     assert resp.json()["took_ms"] > 0
+    # Where the time went: the release's work within the ingress's (``took_ms``), W3C style.
+    timing = dict(part.strip().split(";dur=") for part in resp.headers["server-timing"].split(","))
+    assert (
+        set(timing) == {"answer", "ingress"} and float(timing["ingress"]) == resp.json()["took_ms"]
+    )
+    assert 0 < float(timing["answer"]) <= float(timing["ingress"])
+    assert "answer_ms" not in (_search(api, query="nurse", explain=True).json()["plan"] or {})
 
 
 def test_search_default_k_is_10(api: httpx.Client) -> None:
