@@ -323,3 +323,23 @@ def test_streamed_rows_come_converted_once_per_view(live, retrieval: str) -> Non
     again = retrieve(later, vecs[:5], 10, texts=texts, retrieval=retrieval)
     assert again.delta_rows == found.delta_rows
     assert all(cache[key][1] is plain for key, plain in converted.items())  # not converted again
+
+
+def test_each_upserted_table_is_counted_for_terms_once_for_the_slot(live) -> None:
+    """A new view (a stream makes one a second) joins its tables' term counts: only a table
+    no earlier view counted is counted, and a hybrid search over it finds the new words."""
+    lv, rng = live
+    q = _unit(rng, 1)
+    lv.upsert(_items(np.array([N + 1, N + 2]), rng).assign(title="zebra keeper"), _unit(rng, 2))
+    lv.query(q, 5, texts=["zebra keeper"], retrieval="hybrid")
+
+    def counted() -> dict:
+        return {key: v for key, v in lv._current()[1].table_cache.items() if key[0] == "terms"}
+
+    first = counted()
+    assert len(first) == 1
+    lv.upsert(_items(np.array([N + 3]), rng).assign(title="zebra trainer"), _unit(rng, 1))
+    hits = lv.query(q, 5, texts=["zebra trainer"], retrieval="hybrid")
+    second = counted()
+    assert len(second) == 2 and all(second[key][1] is first[key][1] for key in first)
+    assert N + 3 in set(hits.job_ids[0].tolist())

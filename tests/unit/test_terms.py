@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.index.query.terms import DocTerms, TermIndex, term_text, tokens, top_rows
+from ebr.index.query.terms import DocTerms, JoinedTerms, TermIndex, term_text, tokens, top_rows
 
 ITEMS = pd.DataFrame(
     {
@@ -58,6 +58,28 @@ def test_documents_counted_once_score_like_their_texts(query: str) -> None:
     assert "cafe" in live and "nurse" in live and "driver" not in live
     assert "accountant" not in live and 7 not in live
     assert index.coverage("nurse driver", live) == 0.5
+
+
+@pytest.mark.parametrize("cuts", [(), (2,), (1, 3), (0, 2, 5), (5,)])
+def test_joined_terms_are_the_terms_of_the_joined_texts(cuts: tuple[int, ...]) -> None:
+    """A view's delta terms joined from its tables' counts (``JoinedTerms``, empty parts
+    included) score, cover and list every term as counting all the texts at once does."""
+    texts = term_text(ITEMS)
+    bounds = [0, *cuts, len(texts)]
+    joined = JoinedTerms([DocTerms(texts[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)])
+    whole, index = DocTerms(texts), TermIndex.build(texts[:2])
+    assert len(joined) == len(whole)
+    np.testing.assert_array_equal(joined.lengths, whole.lengths)
+    for term in {*whole.postings, "zzz"}:
+        want, got = whole.postings.get(term), joined.postings.get(term)
+        assert (got is None) == (want is None) and (term in joined.postings) == (want is not None)
+        if want is not None:
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    for query in QUERIES:
+        np.testing.assert_allclose(index.score_docs(query, joined), index.score_docs(query, whole))
+    alive = np.array([False, True, True])
+    assert ("cafe" in joined.vocabulary(alive)) and ("nurse" not in joined.vocabulary(alive))
 
 
 def test_only_documents_sharing_a_term_score() -> None:
