@@ -178,13 +178,17 @@ class Delta:
         return hit[1]  # type: ignore[no-any-return]
 
     def places(self, like: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``Slot.places`` of the delta's positions (``item_places``), worked out once per
-        view."""
-        out = self._memo.get("places")
-        if out is None:
-            rows = self._frame(like) if self.tables else like.iloc[:0]
-            out = self._memo["places"] = item_places(rows)
-        return out  # type: ignore[no-any-return]
+        """``Slot.places`` of the delta's positions (``item_places``): each table's once for
+        the slot, joined once per view."""
+
+        def joined() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            parts = self.per_table("places", item_places, like)
+            if not parts:
+                return item_places(like.iloc[:0])
+            lat, lon, remote = (np.concatenate([p[i] for p in parts]) for i in range(3))
+            return lat, lon, remote
+
+        return self.once("places", joined)
 
     def open_alive(self) -> np.ndarray:
         """[size] bool: ``alive`` minus positions whose record closes the job (``active``
