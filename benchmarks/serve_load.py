@@ -309,13 +309,7 @@ def switch(server: Server, reqs: list[dict[str, Any]], rate: float, seconds: flo
 def overload(url: str, reqs: list[dict[str, Any]], cap: float, seconds: float,
              tree: TreeCPU | None = None) -> dict[str, Any]:  # fmt: skip
     """3x capacity, then 0.5x: shed share, accepted p99, recovery time."""
-    got: dict[str, Any] = {}
-
-    def heavy_run() -> list[tuple[float, int, float, dict[str, Any]]]:
-        got["samples"] = asyncio.run(open_loop(url, reqs, 3 * cap, seconds))
-        return got["samples"]  # type: ignore[no-any-return]
-
-    at_3x = accounted(heavy_run, seconds, tree)
+    at_3x = accounted(lambda: asyncio.run(open_loop(url, reqs, 3 * cap, seconds)), seconds, tree)
     calm = asyncio.run(open_loop(url, reqs, 0.5 * cap, seconds))
     recovered = None
     for second in range(int(seconds)):

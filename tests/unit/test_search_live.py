@@ -314,12 +314,12 @@ def test_streamed_rows_come_converted_once_per_view(live, retrieval: str) -> Non
     want = {int(j): {c: v[i] for c, v in plain.items()} for i, j in enumerate(plain["job_id"])}
     assert found.delta_rows == want
     assert all(row["city"] is None for j, row in want.items() if j == N + 1)
-    cache = view.delta.plain_cache
-    converted = {key: hit[1] for key, hit in cache.items()}
+    cache = view.delta.table_cache
+    converted = {key: hit[1] for key, hit in cache.items() if key[0] == "plain"}
     assert converted, "the page's tables were converted"
     lv.upsert(_items(np.array([N + 99]), rng), _unit(rng, 1))  # the stream moves on: a new view
     later = lv.view()
-    assert later is not view and later.delta.plain_cache is cache
+    assert later is not view and later.delta.table_cache is cache
     again = retrieve(later, vecs[:5], 10, texts=texts, retrieval=retrieval)
     assert again.delta_rows == found.delta_rows
     assert all(cache[key][1] is plain for key, plain in converted.items())  # not converted again

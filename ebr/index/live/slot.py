@@ -87,7 +87,6 @@ class LiveSlot:
         self._schema = pa.Schema.from_pandas(snapshot.items, preserve_index=False)
         self._pos: dict[int, int] = {}  # job_id -> delta position of its live version
         self._tables: list[pa.Table] = []  # delta items, one table per upsert, in position order
-        self._plain: dict[int, Any] = {}  # each table's rows as plain values (search.Delta)
         self._per_table: dict[Any, Any] = {}  # what each table derives (search.Delta.per_table)
         n, d = len(snapshot.job_ids), snapshot.dim
         empty = np.empty(0, np.int64), np.empty((0, d), np.float32), np.empty(0, bool)
@@ -252,8 +251,7 @@ class LiveSlot:
         if cached is None or cached[0] is not self._view:
             # The view first, then the tables: tables only grow past a published view's size.
             view = self._view
-            delta = Delta(view.ids, view.vecs, view.alive, list(self._tables), self._plain,
-                          self._per_table)  # fmt: skip
+            delta = Delta(view.ids, view.vecs, view.alive, list(self._tables), self._per_table)
             sc = scope(self.snapshot, view.deleted, delta, self.attributes, None, view.n_deleted)
             if sc.eligible is not None:  # a fresh ~deleted, fixed for the view: frozen, so the
                 sc.eligible.flags.writeable = False  # planner caches what it derives from it

@@ -97,13 +97,9 @@ class Delta:
     vecs: np.ndarray  # [>= size, d] float32
     alive: np.ndarray  # [size] bool: positions holding a live record
     tables: list[pa.Table]  # item rows in position order (at least ``size`` rows)
-    # Each table's rows as plain values, shared by the views of one live slot (its tables only
-    # grow, so a table is converted once however many views read it): id -> (table, columns).
-    plain_cache: dict[int, tuple[pa.Table, dict[str, list[Any]]]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    # What is derived from each table (its frame, term counts, ranker columns), shared the
-    # same way (``per_table``): (what, id) -> (table, value).
+    # What is derived from each table (its frame, plain rows, term counts, ranker columns,
+    # places), shared by the views of one live slot (its tables only grow, so a table is
+    # converted once however many views read it; ``per_table``): (what, id) -> (table, value).
     table_cache: dict[tuple[str, int], tuple[pa.Table, Any]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -112,11 +108,11 @@ class Delta:
     _memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def _frame(self, like: pd.DataFrame) -> pd.DataFrame:
-        frame = self._memo.get("frame")
-        if frame is None:  # ``like`` is always the snapshot's items (one view, one slot)
-            frame = pa.concat_tables(self.tables).to_pandas().astype(like.dtypes.to_dict())
-            self._memo["frame"] = frame
-        return frame  # type: ignore[no-any-return]
+        """Every item row as one frame (``like`` is always the snapshot's items: one view,
+        one slot), joined from the tables' frames once per view."""
+        if not self.tables:
+            return like.iloc[:0]
+        return self.once("frame", lambda: pd.concat(self._table_frames(like), ignore_index=True))
 
     def items(self, positions: np.ndarray, like: pd.DataFrame) -> pd.DataFrame:
         """Item rows at ``positions``, in the dtypes of ``like`` (the snapshot's items)."""
@@ -127,22 +123,13 @@ class Delta:
     def records(self, positions: np.ndarray, like: pd.DataFrame) -> dict[int, dict[str, Any]]:
         """job id -> the item row at each of ``positions`` as plain values, in the dtypes of
         ``like`` (the snapshot's items). Each log table is converted once for the live slot
-        (``plain_cache``), not once per view: a stream makes a view a second."""
-        bounds = self._memo.get("bounds")
-        if bounds is None:
-            bounds = self._memo["bounds"] = np.cumsum([0] + [t.num_rows for t in self.tables])
-            current = {id(t) for t in self.tables}
-            for key in [key for key in list(self.plain_cache) if key not in current]:
-                self.plain_cache.pop(key, None)  # merged away: its rows live in a new table
+        (``per_table``), not once per view: a stream makes a view a second."""
+        bounds = self.once("bounds", lambda: np.cumsum([0] + [t.num_rows for t in self.tables]))
+        tables = self.once("plain", lambda: self.per_table("plain", plain_columns, like))
         out = {}
         for pos in positions.tolist():
             i = int(np.searchsorted(bounds, pos, side="right")) - 1
-            table = self.tables[i]
-            hit = self.plain_cache.get(id(table))
-            if hit is None or hit[0] is not table:
-                frame = table.to_pandas().astype(like.dtypes.to_dict())
-                hit = self.plain_cache[id(table)] = (table, plain_columns(frame))
-            plain, row = hit[1], pos - int(bounds[i])
+            plain, row = tables[i], pos - int(bounds[i])
             out[int(plain["job_id"][row])] = {c: v[row] for c, v in plain.items()}
         return out
 
@@ -158,24 +145,28 @@ class Delta:
         each table's worked out once for the live slot (``table_cache``), not once per view
         (the whole delta's term counts made the first hybrid query on every view cost ~60 ms
         at 1,000 delta rows, ~230 ms at 5,000)."""
-        current = {id(t) for t in self.tables}
-        for stale in [c for c in list(self.table_cache) if c[1] not in current]:
-            self.table_cache.pop(stale, None)  # merged away: its rows live in a new table
         out = []
-        for table in self.tables:
+        for table, frame in zip(self.tables, self._table_frames(like), strict=True):
             hit = self.table_cache.get((key, id(table)))
             if hit is None or hit[0] is not table:
-                frame = self._table_frame(table, like)
                 hit = self.table_cache[(key, id(table))] = (table, make(frame))
             out.append(hit[1])
         return out
 
-    def _table_frame(self, table: pa.Table, like: pd.DataFrame) -> pd.DataFrame:
-        hit = self.table_cache.get(("frame", id(table)))
-        if hit is None or hit[0] is not table:
-            frame = table.to_pandas().astype(like.dtypes.to_dict())
-            hit = self.table_cache[("frame", id(table))] = (table, frame)
-        return hit[1]  # type: ignore[no-any-return]
+    def _table_frames(self, like: pd.DataFrame) -> list[pd.DataFrame]:
+        """Each table's rows in ``like``'s dtypes, converted once for the live slot; what was
+        kept for tables merged away (their rows live in a new table) is dropped."""
+        current = {id(t) for t in self.tables}
+        for stale in [c for c in list(self.table_cache) if c[1] not in current]:
+            self.table_cache.pop(stale, None)
+        out = []
+        for table in self.tables:
+            hit = self.table_cache.get(("frame", id(table)))
+            if hit is None or hit[0] is not table:
+                frame = table.to_pandas().astype(like.dtypes.to_dict())
+                hit = self.table_cache[("frame", id(table))] = (table, frame)
+            out.append(hit[1])
+        return out
 
     def places(self, like: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``Slot.places`` of the delta's positions (``item_places``): each table's once for
@@ -207,7 +198,7 @@ class Delta:
 
     def terms(self, like: pd.DataFrame) -> DocTerms:
         """Term counts of every item row (``ebr.index.query.terms.term_text``): each table's
-        counted once for the live slot (``terms_cache``), joined once per view."""
+        counted once for the live slot (``per_table``), joined once per view."""
         return self.once("terms", lambda: JoinedTerms(self.per_table("terms", _doc_terms, like)))
 
 
