@@ -105,19 +105,25 @@ class Sampler:
                 "fds": self.proc.num_fds()}  # fmt: skip
 
     def _status(self) -> dict[str, float]:
-        """The job's resident memory by kind: anonymous (its heap), file-backed (libraries,
-        mapped files: the kernel may drop and re-read those pages) and anonymous huge pages
-        (the kernel's khugepaged folds a madvised region into 2 MB pages at some point, which
-        raises RSS by the pages it had not touched, without any allocation)."""
+        """Resident memory by kind, summed over the process tree (a Serve replica's heap is
+        in a Ray worker, not in the process started): anonymous (heaps), file-backed
+        (libraries, mapped files: the kernel may drop and re-read those pages) and anonymous
+        huge pages (the kernel's khugepaged folds a madvised region into 2 MB pages at some
+        point, which raises RSS by the pages it had not touched, without any allocation)."""
         fields = {"RssAnon:": "rss_anon_mb", "RssFile:": "rss_file_mb",
                   "AnonHugePages:": "anon_huge_mb"}  # fmt: skip
-        out = {}
-        for status in ("status", "smaps_rollup"):
-            for line in Path(f"/proc/{self.proc.pid}/{status}").read_text().splitlines():
-                name, *value = line.split()
-                if name in fields:
-                    out[fields[name]] = round(int(value[0]) / 1024, 1)  # kB
-        return out
+        kb = dict.fromkeys(fields.values(), 0)
+        for proc in self._procs():
+            for status in ("status", "smaps_rollup"):
+                try:
+                    text = Path(f"/proc/{proc.pid}/{status}").read_text()
+                except OSError:  # gone, or not ours to read
+                    continue
+                for line in text.splitlines():
+                    name, *value = line.split()
+                    if name in fields:
+                        kb[fields[name]] += int(value[0])
+        return {k: round(v / 1024, 1) for k, v in kb.items()}
 
     def phase(self, minutes: float, every_s: float) -> list[dict[str, float]]:
         """Samples every ``every_s`` for ``minutes`` (the first one at once)."""

@@ -6,6 +6,7 @@ Run: ``pytest -q tests/unit/test_live.py``
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from ebr.config import IndexConfig
@@ -23,7 +25,7 @@ from ebr.index.build.writer import write_slot
 from ebr.index.live import handover as handover_module
 from ebr.index.live import wal
 from ebr.index.live.handover import fold_into_slot
-from ebr.index.live.slot import LiveSlot, open_live
+from ebr.index.live.slot import LiveSlot, merge_tables, open_live
 from ebr.index.query import delta
 from ebr.index.query.slot import load_slot
 from ebr.metrics import exact_topk
@@ -353,3 +355,26 @@ def test_delta_search_paths_agree_with_many_superseded_versions(
     now = np.vstack([unit_rows(400, D, seed=22), np.asarray(live.snapshot.vectors[400:])])
     _, rows = exact_topk(now, queries, K)
     np.testing.assert_array_equal(fast[1], items["job_id"].to_numpy()[rows])
+
+
+def test_delta_tables_merge_into_few_tables_of_doubling_size() -> None:
+    """Tiny upsert tables are merged every few appends (TABLES_MERGE) without merging the whole
+    delta again each time: rows keep their order, merges shrink from the first on, few of them, and
+    each row is merged again about log2(rows / batch) times, not rows / batch times."""
+    tables: list[pa.Table] = []
+    merged, remerged, n = 0, 0, 0
+    rng = np.random.default_rng(0)
+    for _ in range(6000):
+        m = int(rng.integers(1, 6))
+        tables.append(pa.table({"job_id": np.arange(n, n + m)}))
+        n += m
+        if len(tables) - merged >= 16:
+            tables, merged = merge_tables(tables, merged)
+            remerged += tables[-1].num_rows
+    whole = pa.concat_tables(tables).column("job_id").to_numpy()
+    np.testing.assert_array_equal(whole, np.arange(n))
+    sizes = [t.num_rows for t in tables[:merged]]
+    assert all(a > b for a, b in itertools.pairwise(sizes)), sizes
+    assert merged <= np.log2(n / 16) + 1, sizes
+    assert len(tables) - merged < 16
+    assert remerged <= n * (np.log2(n / 16) + 1) and remerged < n * 20, remerged / n

@@ -343,3 +343,82 @@ def test_a_healthy_and_a_torn_log_report_no_problems(slot_path: Path) -> None:
         stats = live.stats()
         assert stats["log_problems"] == [] and stats["torn_bytes_dropped"] > 0
         assert tombstoned(live) == {1000}
+
+
+def tail(log_dir: Path, since: wal.ReplayInfo) -> tuple[list[wal.Record], wal.ReplayInfo]:
+    got: list[wal.Record] = []
+    return got, wal.replay(log_dir, got.append, since.last_lsn, since.problems, since=since)
+
+
+def test_a_tailing_replay_reads_only_the_new_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader following a writer (``since``) gets what a full replay gets, across segment
+    rotations and appends it catches half-written, reading only the bytes appended since."""
+    monkeypatch.setattr(wal, "SEGMENT_BYTES", 1500)
+    log_dir = tmp_path / "slot.log"
+    write_log(log_dir, range(1, 6))
+    seen, info = replayed(log_dir)
+    read: list[int] = []
+    real_read = wal._read
+    monkeypatch.setattr(wal, "_read", lambda seg, off: read.append(off) or real_read(seg, off))
+    lsn = 5
+    for step in range(12):
+        before = sum(p.stat().st_size for p in log_dir.glob("*.wal"))
+        write_log(log_dir, range(lsn + 1, lsn + 4))
+        lsn += 3
+        segment = sorted(log_dir.glob("*.wal"))[-1]
+        whole = segment.read_bytes()
+        if step % 3 == 0 and len(frames_of(whole)) > 1:  # the reader catches the last append
+            cut = frames_of(whole)[-1][1] + 11  # half-written
+            segment.write_bytes(whole[:cut])
+            got, half = tail(log_dir, info)
+            assert half.problems == () and half.torn_bytes == 11 and half.last_lsn == lsn - 1
+            seen += got
+            info = half
+            segment.write_bytes(whole)  # the append completes
+        read.clear()
+        got, info = tail(log_dir, info)
+        seen += got
+        after = sum(p.stat().st_size for p in log_dir.glob("*.wal"))
+        fresh = sum(
+            p.stat().st_size - off
+            for p, off in zip(sorted(log_dir.glob("*.wal"))[-len(read) :], read, strict=True)
+        )
+        assert fresh <= after - before + (len(wal.MAGIC) + wal.MARK_BYTES) * len(read), (
+            "read more than the tail"
+        )
+        assert info.last_lsn == lsn and info.problems == () and info.torn_bytes == 0
+    assert len(sorted(log_dir.glob("*.wal"))) >= 4
+    assert_records(seen, list(range(1, lsn + 1)))
+    full, whole_info = replayed(log_dir)
+    assert_records(full, list(range(1, lsn + 1)))
+    assert (info.segment, info.end, info.records) == (
+        whole_info.segment,
+        whole_info.end,
+        whole_info.records,
+    )
+
+
+@pytest.mark.parametrize("how", ["flip", "garbage", "shrunk"])
+def test_damage_after_a_tailing_replay_is_reported_as_a_full_replay_does(
+    clean: Path, tmp_path: Path, how: str
+) -> None:
+    log_dir = damaged_copy(clean, tmp_path, (clean / "00000000000000000001.wal").read_bytes())
+    _, info = replayed(log_dir)
+    write_log(log_dir, range(N_FRAMES + 1, N_FRAMES + 6))
+    segment = log_dir / "00000000000000000001.wal"
+    data = bytearray(segment.read_bytes())
+    frames = frames_of(bytes(data))
+    if how == "flip":  # a frame appended after the reader's position
+        data[(frames[N_FRAMES + 1][1] + frames[N_FRAMES + 1][2]) // 2] ^= 0xFF
+    elif how == "garbage":  # bytes that are no frame between two appends
+        data[frames[N_FRAMES][1] : frames[N_FRAMES][1]] = bytes(range(200))
+    else:  # the segment rewritten shorter than where the reader stopped: read it all again
+        del data[frames[3][1] : frames[4][1]]
+    segment.write_bytes(bytes(data))
+    got, tailed = tail(log_dir, info)
+    full, whole = replayed(log_dir)
+    assert tailed.problems == whole.problems and tailed.problems
+    assert [r.lsn for r in got] == [r.lsn for r in full if r.lsn > N_FRAMES]
+    assert (tailed.last_lsn, tailed.end) == (whole.last_lsn, whole.end)

@@ -52,6 +52,7 @@ __all__ = [
     "ReplayInfo", "encode", "log_dir_for", "replay",
 ]  # fmt: skip
 MAGIC = b"EBRWAL1\n"
+MARK_BYTES = 32  # see ReplayInfo.mark
 SEGMENT_BYTES = 64 << 20  # rotation keeps any one file small enough to read whole on replay
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class ReplayInfo:
     end: int  # byte offset in ``segment`` where appends go: after the last frame or damage
     torn_bytes: int  # bytes after ``end``: a torn tail (one interrupted, unacknowledged write)
     problems: tuple[str, ...] = ()  # damage and lost lsns, one line each; () for a sound log
+    mark: bytes = b""  # the last MARK_BYTES before ``end``: a replay ``since`` this one checks
+    # that they are still there (the segment was not rewritten) before reading on from ``end``
 
 
 def _lsns(first: int, last: int) -> str:
@@ -99,6 +102,7 @@ def replay(
     apply: Callable[[Record], None],
     after_lsn: int = 0,
     quiet: Collection[str] = (),
+    since: ReplayInfo | None = None,
 ) -> ReplayInfo:
     """Read every intact frame in order and pass records with lsn > ``after_lsn`` to ``apply``.
 
@@ -107,48 +111,62 @@ def replay(
     applied, and it is logged as an error (unless the line is in ``quiet``: already reported)
     and listed in ``problems``. A torn tail at the end of the last segment is not a problem.
 
+    ``since`` (what an earlier replay of this log returned) reads only the bytes appended after
+    it: a reader tailing a writer pays for the new frames, not for the whole log again (which
+    also kept every read's bytes alive behind the tables decoded from them). It is ignored, and
+    the whole log read, when that replay found damage or its segment no longer holds its end.
+
     Raises:
         ValueError: an intact frame of a kind this version does not know.
     """
     segments = sorted(Path(log_dir).glob("*.wal"))
-    lsn, count, end, torn = 0, 0, 0, 0
+    lsn, count, end, torn, offset, mark = 0, 0, 0, 0, 0, b""
+    resumed = None if since is None else _resume(since, segments)
+    if since is not None and resumed is not None:
+        segments = segments[segments.index(since.segment) :]  # type: ignore[arg-type]
+        lsn, count, offset = since.last_lsn, since.records, since.end
     problems: list[str] = []
     damaged: list[str] = []  # byte ranges skipped since the last intact frame
     skipped = 0  # their size: each may have held up to skipped // MIN_FRAME frames
     for i, seg in enumerate(segments):
-        data, last, name = seg.read_bytes(), i == len(segments) - 1, f"{seg.parent.name}/{seg.name}"
-        pos = len(MAGIC) if data[: len(MAGIC)] == MAGIC else 0  # a bad magic is damage too
-        if not pos and last and MAGIC.startswith(data):  # crashed while creating the segment
+        last, name = i == len(segments) - 1, f"{seg.parent.name}/{seg.name}"
+        base = offset if i == 0 else 0  # positions below are relative to the bytes read
+        data = resumed if i == 0 and resumed is not None else _read(seg, 0)
+        prior = since.mark if base and since is not None else b""  # the bytes before ``data``
+        pos = 0 if base or data[: len(MAGIC)] != MAGIC else len(MAGIC)  # bad magic: damage
+        if not base and not pos and last and MAGIC.startswith(data):  # crashed while creating
             end, torn = 0, len(data)
             break
         first = int(seg.stem) if seg.stem.isdigit() else 0
-        if not data:
+        if not data and not base:
             damaged.append(f"{name} (empty)")
         while pos < len(data):
-            frame = frame_at(data, pos) if pos else None
+            frame = frame_at(data, pos) if pos or base else None
             if frame is None:
                 limit = max(lsn, first - 1) + (skipped + len(data)) // MIN_FRAME + 1
                 found = next_frame(data, pos + 1, lsn, limit)
-                if found is None and last and pos and torn_at(data, pos):
+                if found is None and last and (pos or base) and torn_at(data, pos):
                     break  # a torn tail: the append a crash interrupted, never acknowledged
                 stop = len(data) if found is None else found
-                damaged.append(f"{name} bytes {pos}-{stop} ({stop - pos} bytes)")
+                damaged.append(f"{name} bytes {base + pos}-{base + stop} ({stop - pos} bytes)")
                 skipped, pos = skipped + stop - pos, stop
                 continue
             rec_lsn, stop = frame
             if rec_lsn <= lsn:  # intact but out of order: applying it would undo later writes
-                problems.append(f"{name} byte {pos}: lsn {rec_lsn} after lsn {lsn}, skipped")
+                at = f"{name} byte {base + pos}"
+                problems.append(f"{at}: lsn {rec_lsn} after lsn {lsn}, skipped")
                 pos = stop
                 continue
-            if pos == len(MAGIC) and rec_lsn != first:
+            if not base and pos == len(MAGIC) and rec_lsn != first:
                 problems.append(f"{name}: named for lsn {seg.stem} but starts with lsn {rec_lsn}")
             if damaged or rec_lsn != lsn + 1:
-                problems.append(_resumed(damaged, lsn, rec_lsn, f"{name} byte {pos}"))
+                problems.append(_resumed(damaged, lsn, rec_lsn, f"{name} byte {base + pos}"))
                 damaged, skipped = [], 0
             if rec_lsn > after_lsn:
-                apply(decode(memoryview(data)[pos + _FRAME.size : stop], f"{seg} byte {pos}"))
+                where = f"{seg} byte {base + pos}"
+                apply(decode(memoryview(data)[pos + _FRAME.size : stop], where))
             lsn, count, pos = rec_lsn, count + 1, stop
-        end, torn = pos, len(data) - pos
+        end, torn, mark = base + pos, len(data) - pos, (prior + data[:pos])[-MARK_BYTES:]
     if damaged:
         problems.append(
             f"{', '.join(damaged)} damaged at the end of the log: the acknowledged records "
@@ -157,7 +175,30 @@ def replay(
     for line in problems:
         if line not in quiet:
             log.error("log %s: %s", log_dir, line)
-    return ReplayInfo(lsn, count, segments[-1] if segments else None, end, torn, tuple(problems))
+    tail_segment = segments[-1] if segments else None
+    return ReplayInfo(lsn, count, tail_segment, end, torn, tuple(problems), mark if end else b"")
+
+
+def _resume(since: ReplayInfo, segments: list[Path]) -> bytes | None:
+    """The bytes of ``since``'s segment after its end, when a replay can go on from there: it
+    found no damage (a full replay words damage by what follows it), and its segment is still
+    there with the bytes it ended on (not rewritten). None when it cannot."""
+    if since.problems or since.segment is None or since.segment not in segments or not since.end:
+        return None
+    try:
+        data = _read(since.segment, since.end - len(since.mark))
+    except FileNotFoundError:
+        return None
+    if data[: len(since.mark)] != since.mark:
+        return None
+    return data[len(since.mark) :]
+
+
+def _read(segment: Path, offset: int) -> bytes:
+    """The bytes of ``segment`` from ``offset`` on."""
+    with open(segment, "rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
