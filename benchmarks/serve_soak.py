@@ -7,7 +7,10 @@ Starts ``ebr serve`` on the workspace (its own process and Ray, loopback), warms
 for ``--busy`` minutes sends ~``--rate`` requests/s from this process, one at a time: signed-in
 and anonymous searches (ebr and hybrid, explain on some), recommendations, knowledge-base
 searches when a corpus is built, places, sample members, and once a minute a judgment and the
-judgments report; then nothing for ``--idle`` minutes. The server's process tree (its Ray
+judgments report; then nothing for ``--idle`` minutes. With ``--stream-rate R`` the workspace's
+streaming job (started here when it is not running, and stopped after) takes ~R live marketplace
+events a second (``ebr stream produce --live``) through warm-up and the busy phase, so the
+replicas tail a growing slot log as they serve. The server's process tree (its Ray
 workers included) is sampled every ``--every`` seconds (``benchmarks.stream_soak.Sampler``):
 RSS (anonymous, file-backed), CPU, threads, fds. Flat memory: the RSS slope of the busy
 phase's second half and of the idle phase near 0 MB/min.
@@ -86,9 +89,20 @@ def main(
     rate: Annotated[float, typer.Option(help="requests a second")] = 20.0,
     every: Annotated[float, typer.Option(help="seconds between samples")] = 10.0,
     port: Annotated[int, typer.Option(help="HTTP port")] = 8147,
+    stream_rate: Annotated[
+        float, typer.Option(help="live stream events a second while busy (0: no stream)")
+    ] = 0.0,
 ) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     workspace = workspace.resolve()
+    if stream_rate:
+        from ebr.config import Workspace
+        from pipelines.streaming import job
+
+        ws = Workspace(workspace)
+        started_job = not job.status(ws)["running"]
+        if started_job:
+            job.start(ws)
     log = open(REPO_ROOT / "var" / "serve_soak.log", "w")  # noqa: SIM115 - closed below
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--workspace", str(workspace),
@@ -112,14 +126,27 @@ def main(
         sampler = Sampler(proc.pid)
         stop, counts = threading.Event(), {}
         load = threading.Thread(target=traffic, args=(url, members, rate, stop, counts))
+        producer = None
+        if stream_rate:
+            producer = subprocess.Popen(
+                [sys.executable, "-m", "cli", "stream", "produce", "--workspace", str(workspace),
+                 "--live", "--rate", str(stream_rate), "--seconds", str((warmup + busy) * 60)],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         load.start()
         time.sleep(warmup * 60)
         busy_samples = sampler.phase(busy, every)
         stop.set()
         load.join()
-        results["busy"] = {**summary(busy_samples), "answers": dict(counts), "rate": rate}
+        if producer is not None:
+            producer.terminate()  # its own PID
+            producer.wait(timeout=60)
+        results["busy"] = {**summary(busy_samples), "answers": dict(counts), "rate": rate,
+                           "stream_events_per_s": stream_rate}  # fmt: skip
         results["idle"] = summary(sampler.phase(idle, every))
     finally:
+        if stream_rate and started_job:
+            job.stop(ws)
         proc.send_signal(signal.SIGTERM)  # the server's own PID
         try:
             proc.wait(timeout=60)
@@ -130,7 +157,8 @@ def main(
         s = {k: v for k, v in results[phase].items() if k != "series"}
         print(phase, s, flush=True)
     params = {"workspace": str(workspace), "busy_min": busy, "idle_min": idle,
-              "warmup_min": warmup, "rate": rate, "every_s": every}  # fmt: skip
+              "warmup_min": warmup, "rate": rate, "every_s": every,
+              "stream_rate": stream_rate}  # fmt: skip
     write_result(NAME, 1, params, results)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -138,6 +166,9 @@ def main(
         series = results[phase]["series"]
         ax.plot([offset + s["t_min"] - series[0]["t_min"] for s in series],
                 [s["rss_mb"] for s in series], label=f"{phase} (RSS)")  # fmt: skip
+        ax.plot([offset + s["t_min"] - series[0]["t_min"] for s in series],
+                [s.get("rss_anon_mb", 0.0) for s in series], ls=":",
+                label=f"{phase} (anonymous)")  # fmt: skip
     ax.set_xlabel("minutes")
     ax.set_ylabel("MB, the server's process tree")
     ax.set_title("ebr serve: RSS busy, then idle")
