@@ -44,6 +44,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent
 DEFINITION_FILES = (
     "feature_store.yaml",
     "feature_store.redis.yaml",
+    "feature_store.redis_cluster.yaml",
     "definitions.py",
     ".feastignore",
 )

@@ -69,15 +69,26 @@ __all__ = [
     "request_features",
 ]
 
-CONFIG_NAMES = ("feature_store.yaml", "feature_store.redis.yaml")
+CONFIG_NAMES = (
+    "feature_store.yaml",
+    "feature_store.redis.yaml",
+    "feature_store.redis_cluster.yaml",
+)
+# The config every reader and writer opens when none is named: the embedded sqlite store, or
+# the one EBR_FEAST_CONFIG names (the demo's prod profile: feature_store.redis_cluster.yaml).
+CONFIG_ENV = "EBR_FEAST_CONFIG"
 # Feast expands ${VAR} but has no default syntax; these apply when the variable is unset.
 ENV_DEFAULTS = {"REDIS_CONNECTION_STRING": "127.0.0.1:6379"}
 REFUSED_EXAMPLES = 5  # refused rows shown in publish's summary (the file lists them all)
 
 
-def _check_config_name(config_name: str) -> None:
-    if config_name not in CONFIG_NAMES:
-        raise ValueError(f"config_name must be one of {CONFIG_NAMES}, got {config_name!r}")
+def _check_config_name(config_name: str | None) -> str:
+    """``config_name``, or the default (``EBR_FEAST_CONFIG``, else the sqlite one), checked."""
+    name = config_name or os.environ.get(CONFIG_ENV) or "feature_store.yaml"
+    if name not in CONFIG_NAMES:
+        where = "config_name" if config_name else CONFIG_ENV
+        raise ValueError(f"{where} must be one of {CONFIG_NAMES}, got {name!r}")
+    return name
 
 
 def _dead_letters(refused: dict[str, list[Rejected]]) -> list[dict[str, Any]]:
@@ -88,7 +99,7 @@ def publish(
     workspace_root: Path,
     version: str,
     template_dir: Path | None = None,
-    config_name: str = "feature_store.yaml",
+    config_name: str | None = None,
 ) -> dict[str, Any]:
     """Publish embeddings of ``version`` and member profiles to Feast, online and offline.
 
@@ -106,7 +117,7 @@ def publish(
     Returns row counts, the applied feature views and seconds per step.
     """
     check_version(version)
-    _check_config_name(config_name)
+    config_name = _check_config_name(config_name)
     t0 = time.perf_counter()
     ws = Workspace(Path(workspace_root))
     repo, template = ws.feature_repo, Path(template_dir or TEMPLATE_DIR)
@@ -189,7 +200,7 @@ CORPORA_FILE = "corpora.json"  # the corpora a repo serves (definitions.py reads
 
 
 def publish_corpus(
-    workspace_root: Path, corpus: str, version: str, config_name: str = "feature_store.yaml"
+    workspace_root: Path, corpus: str, version: str, config_name: str | None = None
 ) -> dict[str, Any]:
     """Publish corpus ``corpus``'s article embeddings of ``version`` (``ebr.corpus.build``'s
     table) as the Feast view ``<corpus>_article_embedding_<version>``: listed in corpora.json,
@@ -198,7 +209,7 @@ def publish_corpus(
     from ebr.corpus.build import corpus_paths
 
     check_version(version)
-    _check_config_name(config_name)
+    config_name = _check_config_name(config_name)
     t0 = time.perf_counter()
     ws = Workspace(Path(workspace_root))
     repo, names = ws.feature_repo, corpus_names(corpus, version)
@@ -312,8 +323,9 @@ def _expand_env(text: str) -> str:
     return os.path.expandvars(re.sub(r"\$\{(\w+)\}", default, text))
 
 
-def open_store(repo_path: Path, config_name: str = "feature_store.yaml") -> FeatureStore:
-    """A FeatureStore over ``repo_path`` configured by ``config_name`` (sqlite or Redis yaml).
+def open_store(repo_path: Path, config_name: str | None = None) -> FeatureStore:
+    """A FeatureStore over ``repo_path`` configured by ``config_name`` (sqlite, Redis or Redis
+    Cluster yaml; by default the one ``EBR_FEAST_CONFIG`` names, else sqlite).
 
     Relative paths in the yaml and the definitions resolve against ``repo_path``, whatever the
     process's working directory.
@@ -322,7 +334,7 @@ def open_store(repo_path: Path, config_name: str = "feature_store.yaml") -> Feat
     from feast.repo_config import FeastConfigError, RepoConfig
     from pydantic import ValidationError
 
-    _check_config_name(config_name)
+    config_name = _check_config_name(config_name)
     repo_path = Path(repo_path).resolve()
     fs_yaml = repo_path / config_name
     if not fs_yaml.is_file():

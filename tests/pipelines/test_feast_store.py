@@ -437,3 +437,36 @@ def test_feature_names_are_the_ones_the_definitions_declare(tmp_path: Path) -> N
         services = [objects[names.request_service], objects[names.item_service]]
         read = {p.name for service in services for p in service.feature_view_projections}
         assert read == set(names.views)
+
+
+def test_redis_cluster_is_selected_by_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EBR_FEAST_CONFIG=feature_store.redis_cluster.yaml makes every reader and writer that
+    names no config (publish, open_store) use a 3-node Redis Cluster: what is published is
+    read back, keys spread over the nodes, and the sqlite store is never written."""
+    from feature_repo.redis_cluster import RedisCluster
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")  # make sysdeps installs it
+    with RedisCluster(tmp_path / "cluster") as cluster:
+        monkeypatch.setenv("REDIS_CLUSTER_NODES", cluster.nodes)
+        monkeypatch.setenv("EBR_FEAST_CONFIG", "feature_store.redis_cluster.yaml")
+        tables = _make_workspace(tmp_path / "ws")
+        report = feast_store.publish(tmp_path / "ws", "v1")
+        assert report["jobs"] == N_JOBS and report["config_name"].endswith("cluster.yaml")
+        store = feast_store.open_store(tmp_path / "ws" / "feature_repo")
+        assert store.config.online_store.redis_type == "redis_cluster"
+        got = feast_store.member_embeddings(store, [1, UNKNOWN_ID], "v1")
+        assert np.allclose(got[1], tables["members"]["embedding"].iloc[0])
+        assert got[UNKNOWN_ID] is None
+        jobs = feast_store.job_embeddings(store, [int(j) for j in tables["jobs"]["job_id"]], "v1")
+        assert all(v is not None for v in jobs.values()) and len(jobs) == N_JOBS
+        import redis
+
+        keys = [redis.Redis(port=p).dbsize() for p in cluster.ports]
+        assert sum(k > 0 for k in keys) >= 2, keys  # hash slots spread the entities
+        assert not (tmp_path / "ws" / "feature_repo" / "data" / "online.db").exists()
+        monkeypatch.setenv("EBR_FEAST_CONFIG", "feature_store.nope.yaml")
+        with pytest.raises(ValueError, match="EBR_FEAST_CONFIG"):
+            feast_store.open_store(tmp_path / "ws" / "feature_repo")
