@@ -31,8 +31,10 @@ $(STAMP): pyproject.toml $(LOCKS)
 	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
+# PROFILE=prod: the online store on a 3-node Redis Cluster the demo starts on loopback.
+PROFILE ?= local
 demo: setup sysdeps
-	bash scripts/demo.sh $(DEMO_WS) $(DEMO_SIZE) $(PORT)
+	bash scripts/demo.sh $(DEMO_WS) $(DEMO_SIZE) $(PORT) $(PROFILE)
 
 serve: setup
 	$(VENV)/bin/ebr serve --workspace $(DEMO_WS) --port $(PORT)
@@ -41,6 +43,7 @@ serve: setup
 stop:
 	@bash scripts/stop.sh var/serve.pid
 	@[ ! -d $(DEMO_WS)/stream/jobs ] || $(VENV)/bin/ebr stream stop --workspace $(DEMO_WS) --stop-redis
+	@[ ! -f var/redis-cluster/cluster.json ] || $(PY) -m feature_repo.redis_cluster stop --folder var/redis-cluster
 
 # redis-server backs the Redis online-store test (the test starts and stops its own server);
 # chromium + chromium-driver run the relevance page's browser tests (Selenium drives them).

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw", "exact")  # exact: torch on a GPU (query.device)
 SCHEMAS = ("jobs", "interest", "movielens")
 REQUEST_INPUTS = ("composite", "query")
 TEXT_ENCODERS = ("hashed", "hashed+minilm")

@@ -77,14 +77,22 @@ CONFIG_NAMES = (
 # The config every reader and writer opens when none is named: the embedded sqlite store, or
 # the one EBR_FEAST_CONFIG names (the demo's prod profile: feature_store.redis_cluster.yaml).
 CONFIG_ENV = "EBR_FEAST_CONFIG"
+ONLINE_STORE_FILE = "online_store"  # in a workspace's repo: the config it was published with
 # Feast expands ${VAR} but has no default syntax; these apply when the variable is unset.
 ENV_DEFAULTS = {"REDIS_CONNECTION_STRING": "127.0.0.1:6379"}
 REFUSED_EXAMPLES = 5  # refused rows shown in publish's summary (the file lists them all)
 
 
-def _check_config_name(config_name: str | None) -> str:
-    """``config_name``, or the default (``EBR_FEAST_CONFIG``, else the sqlite one), checked."""
-    name = config_name or os.environ.get(CONFIG_ENV) or "feature_store.yaml"
+def _check_config_name(config_name: str | None, repo: Path | None = None) -> str:
+    """``config_name``, else ``EBR_FEAST_CONFIG``, else the config ``repo`` was last published
+    with (``ONLINE_STORE_FILE``: a workspace remembers its online store), else sqlite; checked."""
+    recorded = Path(repo or ".") / ONLINE_STORE_FILE
+    name = (
+        config_name
+        or os.environ.get(CONFIG_ENV)
+        or (recorded.read_text().strip() if repo is not None and recorded.is_file() else None)
+        or "feature_store.yaml"
+    )
     if name not in CONFIG_NAMES:
         where = "config_name" if config_name else CONFIG_ENV
         raise ValueError(f"{where} must be one of {CONFIG_NAMES}, got {name!r}")
@@ -117,10 +125,10 @@ def publish(
     Returns row counts, the applied feature views and seconds per step.
     """
     check_version(version)
-    config_name = _check_config_name(config_name)
     t0 = time.perf_counter()
     ws = Workspace(Path(workspace_root))
     repo, template = ws.feature_repo, Path(template_dir or TEMPLATE_DIR)
+    config_name = _check_config_name(config_name, repo)
     published_at = datetime.now(UTC).replace(microsecond=0)
     dim, iv, interest_dim = model_facts(ws, version)
     served = {**served_versions(ws), version: iv}  # read before this publish writes anything
@@ -171,6 +179,7 @@ def publish(
     if iv is not None:  # the interest model's job embeddings: the ranker reads them online
         views.append(job_interest_names(iv).view)
     store.materialize(start_date=start, end_date=end, feature_views=views)
+    atomic_write_bytes(repo / ONLINE_STORE_FILE, f"{config_name}\n".encode())  # readers open it
     t_end = time.perf_counter()
     return {
         "version": version,
@@ -209,10 +218,10 @@ def publish_corpus(
     from ebr.corpus.build import corpus_paths
 
     check_version(version)
-    config_name = _check_config_name(config_name)
     t0 = time.perf_counter()
     ws = Workspace(Path(workspace_root))
     repo, names = ws.feature_repo, corpus_names(corpus, version)
+    config_name = _check_config_name(config_name, repo)
     served = served_versions(ws)
     if not served:
         raise FileNotFoundError(f"{repo} serves no model version yet: publish the jobs first")
@@ -334,8 +343,8 @@ def open_store(repo_path: Path, config_name: str | None = None) -> FeatureStore:
     from feast.repo_config import FeastConfigError, RepoConfig
     from pydantic import ValidationError
 
-    config_name = _check_config_name(config_name)
     repo_path = Path(repo_path).resolve()
+    config_name = _check_config_name(config_name, repo_path)
     fs_yaml = repo_path / config_name
     if not fs_yaml.is_file():
         raise FileNotFoundError(f"Feast config not found: {fs_yaml} (run publish first?)")

@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
 # The demo: build the whole platform with the Flyte workflow on embedded defaults, start
 # Ray Serve on loopback and print a few searches. Idempotent: it rebuilds its workspace.
-#   usage: scripts/demo.sh [workspace] [size] [port]
+#   usage: scripts/demo.sh [workspace] [size] [port] [profile]
+# Profile "prod" puts Feast's online store on a 3-node Redis Cluster started on loopback
+# (feature_repo.redis_cluster; stopped by make stop): every step then publishes to and reads
+# from it (EBR_FEAST_CONFIG), and the workspace remembers it for later `ebr serve` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WS=${1:-var/demo}
 SIZE=${2:-20000}
 PORT=${3:-8000}
+PROFILE=${4:-local}
 VENV=.venv
 export RAY_USAGE_STATS_ENABLED=0 PYTHONPATH=$PWD
 
 make -s stop >/dev/null 2>&1 || true
 rm -rf "$WS"
 mkdir -p "$WS" var
+case "$PROFILE" in
+  local) ;;
+  prod)
+    echo "== 0/4 online store: a 3-node Redis Cluster on loopback (var/redis-cluster)"
+    REDIS_CLUSTER_NODES=$("$VENV/bin/python" -m feature_repo.redis_cluster start --folder var/redis-cluster)
+    export REDIS_CLUSTER_NODES EBR_FEAST_CONFIG=feature_store.redis_cluster.yaml
+    echo "   REDIS_CLUSTER_NODES=$REDIS_CLUSTER_NODES (export it for later ebr serve runs)"
+    ;;
+  *) echo "PROFILE must be local or prod, not $PROFILE"; exit 2 ;;
+esac
 
 echo "== 1/4 Flyte workflow build_platform (size=$SIZE) -> $WS"
 /usr/bin/time -v -o var/demo-build.time "$VENV/bin/pyflyte" run --overwrite-cache workflows/platform.py build_platform \

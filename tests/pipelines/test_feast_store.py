@@ -444,7 +444,8 @@ def test_redis_cluster_is_selected_by_configuration(
 ) -> None:
     """EBR_FEAST_CONFIG=feature_store.redis_cluster.yaml makes every reader and writer that
     names no config (publish, open_store) use a 3-node Redis Cluster: what is published is
-    read back, keys spread over the nodes, and the sqlite store is never written."""
+    read back, keys spread over the nodes, the sqlite store is never written, and readers
+    keep opening the cluster without the variable (the workspace records its store)."""
     from feature_repo.redis_cluster import RedisCluster
 
     if shutil.which("redis-server") is None:
@@ -467,6 +468,9 @@ def test_redis_cluster_is_selected_by_configuration(
         keys = [redis.Redis(port=p).dbsize() for p in cluster.ports]
         assert sum(k > 0 for k in keys) >= 2, keys  # hash slots spread the entities
         assert not (tmp_path / "ws" / "feature_repo" / "data" / "online.db").exists()
+        monkeypatch.delenv("EBR_FEAST_CONFIG")  # the workspace remembers its online store
+        again = feast_store.open_store(tmp_path / "ws" / "feature_repo")
+        assert again.config.online_store.redis_type == "redis_cluster"
         monkeypatch.setenv("EBR_FEAST_CONFIG", "feature_store.nope.yaml")
         with pytest.raises(ValueError, match="EBR_FEAST_CONFIG"):
             feast_store.open_store(tmp_path / "ws" / "feature_repo")

@@ -105,7 +105,7 @@ def build_index(
         # a big catalogue rather than after.
         raise ValueError(f"pq_m={pq_m} must divide the vector dim d={d}")
 
-    degraded = cfg.kind != "flat" and n < MIN_IVF_POINTS
+    degraded = cfg.kind not in ("flat", "exact") and n < MIN_IVF_POINTS
     kind = "flat" if degraded else cfg.kind
     info: dict[str, Any] = {
         "kind": kind,
@@ -121,7 +121,7 @@ def build_index(
         "ef_search": None,
         "degraded_to_flat": degraded,
     }
-    if kind == "flat":
+    if kind in ("flat", "exact"):  # exact: searched with torch on a device once loaded
         index: faiss.Index = faiss.IndexFlatIP(d)
         index.add(vectors)
         return index, info

@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ebr.index.query import device
 from ebr.index.query.terms import TERMS_DIR, TermIndex
 from ebr.io import sha256_file
 
@@ -207,6 +208,8 @@ def load_slot(path: Path, verify: bool = True) -> Slot:
         raise ValueError(f"slot {path} item counts disagree: {counts}")
     if index.d != manifest["dim"]:
         raise ValueError(f"slot {path} index dim {index.d} != manifest dim {manifest['dim']}")
+    if manifest.get("index", {}).get("kind") == "exact":  # torch on a GPU (or the CPU)
+        device.attach(index, vectors)
     terms = TermIndex.load(path / TERMS_DIR) if "terms" in manifest else None
     if terms is not None and terms.n_docs != len(items):
         raise ValueError(f"slot {path} term index has {terms.n_docs} documents, not {len(items)}")
