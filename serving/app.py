@@ -64,14 +64,21 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     request_tower_dir(ws, router.info(router.state()["live"]).version)
 
     server = None
+    spread = (
+        {}
+        if cfg.max_replicas_per_node is None
+        else {"max_replicas_per_node": cfg.max_replicas_per_node}
+    )
     if cfg.release_server == "deployment":
         server = ReleaseServer.options(
+            **spread,
             num_replicas=cfg.server_replicas,
             max_ongoing_requests=cfg.backend_max_ongoing_requests,
             ray_actor_options={"num_cpus": cfg.server_num_cpus},
             logging_config={"enable_access_log": cfg.access_log},
         ).bind(str(ws.root), cfg.verify_slot, cfg.log_refresh_s)
     return Ingress.options(
+        **spread,
         num_replicas=cfg.ingress_replicas,
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
         max_queued_requests=cfg.ingress_max_queued_requests,
@@ -97,10 +104,23 @@ def main(
     app_args: str = typer.Option(
         "{}", help="more AppArgs fields as JSON, e.g. '{\"ingress_replicas\": 2}'"
     ),
+    ray_address: str = typer.Option(
+        "",
+        help="deploy onto this running Ray cluster (e.g. 127.0.0.1:6379) instead of starting "
+        "a local Ray: Serve's proxy on the head node only, with --front proxy",
+    ),
 ) -> None:
-    """Start a local Ray, serve the app over HTTP and block until SIGTERM / SIGINT."""
+    """Start a local Ray (or join ``--ray-address``), serve the app over HTTP and block until
+    SIGTERM / SIGINT."""
     if front not in FRONTS:
         raise typer.BadParameter(f"--front must be one of {', '.join(FRONTS)}, not {front!r}")
+    if ray_address and (front != "proxy" or throughput_optimized):
+        # HAProxy and direct ingress bind per-node ports on the node they run on; a cluster's
+        # nodes sharing one host would collide. Serve's proxy on the head answers for all.
+        raise typer.BadParameter(
+            "--ray-address runs behind Serve's proxy on the head node: add --front proxy "
+            "--no-throughput-optimized"
+        )
     if front == "haproxy" and not throughput_optimized:
         raise typer.BadParameter("--front haproxy needs --throughput-optimized (direct ingress)")
     if front == "proxy" and not is_loopback(host):
@@ -117,6 +137,9 @@ def main(
     if "ray" in sys.modules:  # Ray reads its settings when imported: they would not all apply
         raise RuntimeError("serving.app.main must run before anything imports ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no phone-home
+    if ray_address:
+        _serve(args, host, port, 0, 0, workspace, ray_address)
+        return
     run_dir = Path(tempfile.mkdtemp(prefix="ebr-serve-"))
     ports = claim_ports()  # this server's own ports, held until it exits
     try:
@@ -147,16 +170,24 @@ def main(
 
 
 def _serve(
-    args: AppArgs, host: str, port: int, num_cpus: int, metrics_port: int, workspace: str
+    args: AppArgs,
+    host: str,
+    port: int,
+    num_cpus: int,
+    metrics_port: int,
+    workspace: str,
+    ray_address: str = "",
 ) -> None:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port)
+    http = {"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}
+    if ray_address:  # a cluster someone else runs: join it; its nodes run the replicas
+        ray.init(address=ray_address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
-        serve.start(
-            http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}
-        )
+        serve.start(http_options=http, proxy_location="HeadOnly" if ray_address else None)
         serve.run(build_app(args), name=APP_NAME, route_prefix=args.route_prefix, blocking=False)
         typer.echo(f"serving the releases of {workspace} on http://{host}:{port}", err=True)
         stop = threading.Event()

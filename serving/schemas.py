@@ -359,6 +359,9 @@ class AppArgs(BaseModel):
     server_replicas: int = Field(default=1, ge=1, le=64)
     # Ingress replicas (each serves HTTP on its own port behind Serve's HAProxy or proxy).
     ingress_replicas: int = Field(default=1, ge=1, le=64)
+    # At most this many ingress (and release server) replicas on one Ray node: 1 spreads them
+    # over a cluster's nodes, so losing a node loses one replica, not all (None: Serve packs).
+    max_replicas_per_node: int | None = Field(default=None, ge=1, le=64)
     # One log line per request costs CPU on the hot path; metrics count every request anyway.
     access_log: bool = False
     # Sha256 of every slot file at load; off only for quick local experiments on huge slots.
