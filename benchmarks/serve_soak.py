@@ -14,7 +14,7 @@ replicas tail a growing slot log as they serve. The server's process tree (its R
 workers included) is sampled every ``--every`` seconds (``benchmarks.stream_soak.Sampler``):
 RSS (anonymous, file-backed), CPU, threads, fds. Flat memory: the RSS slope of the busy
 phase's second half and of the idle phase near 0 MB/min.
-Writes benchmarks/results/serve_soak.json and serve_soak.png.
+Writes benchmarks/results/serve_soak.json and serve_soak.png (serve_soak_stream.* with a stream).
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def main(
     params = {"workspace": str(workspace), "busy_min": busy, "idle_min": idle,
               "warmup_min": warmup, "rate": rate, "every_s": every,
               "stream_rate": stream_rate}  # fmt: skip
-    write_result(NAME, 1, params, results)
+    name = f"{NAME}_stream" if stream_rate else NAME  # the two soaks are kept apart
+    write_result(name, 1, params, results)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for phase, offset in (("busy", 0.0), ("idle", busy)):
@@ -173,7 +174,7 @@ def main(
     ax.set_ylabel("MB, the server's process tree")
     ax.set_title("ebr serve: RSS busy, then idle")
     ax.legend()
-    save_figure(fig, NAME)
+    save_figure(fig, name)
 
 
 if __name__ == "__main__":
