@@ -54,9 +54,11 @@ class LoadedRelease:
         self.index = ReleaseIndex(release, verify, refresh_s)
         self.stage = RankStage(release, store)  # ranker, popularity; crowding defaults
         if self.stage.ranker is not None:
-            from ebr.rank.candidates import slot_columns
+            from ebr.rank.candidates import ITEM_COLUMNS, ItemColumns, slot_columns
 
             self.stage.warm(self.index.slot.job_ids, slot_columns(self.index.slot).company)
+            delta = self.index.live.view().delta  # the ranker's columns of streamed rows too
+            delta.warm(self.index.slot.items, (ITEM_COLUMNS, ItemColumns.of))
         self.speller = QuerySpeller(self.encoder, self.index)  # typo tolerance
         self.threads: dict[str, Any] = {}  # its process's thread pools (Loader: after the load)
 

@@ -25,6 +25,9 @@ _LEVEL = {s: float(i) for i, s in enumerate(SENIORITY)}
 _DAY_NS = 86_400 * 10**9
 
 
+ITEM_COLUMNS = "item_columns"  # what a live slot keeps per delta table (Delta.per_table)
+
+
 @dataclass(frozen=True)
 class ItemColumns:
     """Per item row, what features read (object columns hold None for a null)."""
@@ -179,8 +182,8 @@ def gather(
     if in_delta.any():
         # Each delta table's columns once for the slot, joined once per view (per request
         # the conversion cost ~2 ms of pandas, per view ~10 ms at 1,000 delta rows).
-        every = delta.once("item_columns", lambda: ItemColumns.join(
-            delta.per_table("item_columns", ItemColumns.of, snap.items)))  # fmt: skip
+        every = delta.once(ITEM_COLUMNS, lambda: ItemColumns.join(
+            delta.per_table(ITEM_COLUMNS, ItemColumns.of, snap.items)))  # fmt: skip
         fresh = every.take(pos[in_delta])
         for f in cols.__dataclass_fields__:
             getattr(cols, f)[in_delta] = getattr(fresh, f)

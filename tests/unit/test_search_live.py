@@ -343,3 +343,26 @@ def test_each_upserted_table_is_counted_for_terms_once_for_the_slot(live) -> Non
     second = counted()
     assert len(second) == 2 and all(second[key][1] is first[key][1] for key in first)
     assert N + 3 in set(hits.job_ids[0].tolist())
+
+
+def test_warm_works_out_every_table_before_the_first_query(live, monkeypatch) -> None:
+    """``Delta.warm`` (a release load calls it) derives each table's plain rows, term counts
+    and places, and what it is asked for more: the first hybrid query then derives nothing."""
+    from ebr.index.query import search
+
+    lv, rng = live
+    for i in range(3):  # three upsert tables
+        rec = _items(np.array([N + 10 + i]), rng).assign(title=f"walrus tamer {i}")
+        lv.upsert(rec, _unit(rng, 1))
+    delta = lv.view().delta
+    made: list[str] = []
+    delta.warm(lv.snapshot.items, ("extra", lambda frame: made.append("extra") or len(frame)))
+    keys = {key[0] for key, (table, _) in delta.table_cache.items() if table in delta.tables}
+    assert {"frame", "plain", "terms", "places", "extra"} <= keys
+    assert len(made) == len(delta.tables)
+    calls: list[int] = []
+    real = search._doc_terms
+    monkeypatch.setattr(search, "_doc_terms", lambda frame: calls.append(1) or real(frame))
+    hits = lv.query(_unit(rng, 1), 5, texts=["walrus tamer"], retrieval="hybrid")
+    assert not calls, "the first query counted terms again"
+    assert {N + 10, N + 11, N + 12} & set(hits.job_ids[0].tolist())
