@@ -70,10 +70,10 @@ def main(
     from pipelines.streaming.broker import RedisServer
 
     root, member_ids, job_ids = workspace(members)
-    redis = RedisServer(ROOT / "redis")
-    cluster = RedisCluster(ROOT / "cluster").start()
+    redis, cluster = RedisServer(ROOT / "redis"), RedisCluster(ROOT / "cluster")
     results: dict[str, Any] = {}
     try:
+        cluster.start()
         os.environ["REDIS_CONNECTION_STRING"] = f"127.0.0.1:{redis.port}"
         os.environ["REDIS_CLUSTER_NODES"] = cluster.nodes
         stores, publish_s = {}, {}

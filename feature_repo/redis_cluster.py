@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,10 +28,22 @@ from pathlib import Path
 HANDLE = "cluster.json"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(taken: list[int]) -> int:
+    """A loopback port at most 55,535 whose cluster bus port (10,000 higher) is free too:
+    redis-server refuses a higher one, and the kernel's ephemeral ports reach 60,999."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20_000, 55_535)
+        if port in taken or port + 10_000 in taken:
+            continue
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a Redis Cluster node")
 
 
 def _send(port: int, *args: str, timeout: float = 2.0) -> str:
@@ -73,8 +86,9 @@ class RedisCluster:
     def start(self, timeout_s: float = 60.0) -> RedisCluster:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
+            procs = []
             for _ in range(self._n):
-                port = _free_port()
+                port = _free_port(self.ports)
                 node = self.folder / str(port)
                 node.mkdir(exist_ok=True)
                 cmd = [self._binary, "--bind", "127.0.0.1", "--port", str(port),
@@ -87,9 +101,17 @@ class RedisCluster:
                     )
                 self.ports.append(port)
                 self.pids.append(proc.pid)
+                procs.append(proc)
             deadline = time.monotonic() + timeout_s
-            for port in self.ports:
-                self._wait(lambda port=port: "PONG" in _send(port, "PING"), deadline, "answer")
+            for port, proc in zip(self.ports, procs, strict=True):
+
+                def answers(port: int = port, proc: subprocess.Popen[bytes] = proc) -> bool:
+                    if proc.poll() is not None:  # refused to start: say why
+                        tail = (self.folder / str(port) / "redis.log").read_text()[-300:]
+                        raise RuntimeError(f"redis-server on port {port} exited: {tail}")
+                    return "PONG" in _send(port, "PING")
+
+                self._wait(answers, deadline, "answer")
             subprocess.run(
                 [self._cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                  "--cluster-replicas", "0", "--cluster-yes"],
