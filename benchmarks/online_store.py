@@ -61,6 +61,13 @@ def workspace(members: int) -> tuple[Path, list[int], list[int]]:
     return root, [int(m) for m in profiles["member_id"]], [int(j) for j in jobs["job_id"]]
 
 
+def used_memory(ports: list[int]) -> int:
+    """Bytes Redis says its data takes (INFO memory: used_memory), summed over ``ports``."""
+    import redis
+
+    return sum(int(redis.Redis(port=p).info("memory")["used_memory"]) for p in ports)
+
+
 def main(
     members: Annotated[int, typer.Option(help="catalogue size (members scale with it)")] = 20_000,
     reads: Annotated[int, typer.Option(help="timed reads per store and read kind")] = 300,
@@ -77,11 +84,20 @@ def main(
         os.environ["REDIS_CONNECTION_STRING"] = f"127.0.0.1:{redis.port}"
         os.environ["REDIS_CLUSTER_NODES"] = cluster.nodes
         stores, publish_s = {}, {}
+        base = used_memory([redis.port])
         for kind, config in STORES.items():
             t0 = time.perf_counter()
             fs.publish(root, "v1", config_name=config)
             publish_s[kind] = round(time.perf_counter() - t0, 2)
             stores[kind] = fs.open_store(root / "feature_repo", config)
+        # What the online store holds per entity (the capacity plan's arithmetic): Redis's
+        # own memory accounting after the publish, over the entities published.
+        entities = len(member_ids) + len(job_ids)
+        results["redis_bytes_per_entity"] = round((used_memory([redis.port]) - base) / entities)
+        results["redis_cluster_bytes_per_entity"] = round(used_memory(cluster.ports) / entities)
+        results["sqlite_bytes_per_entity"] = round(
+            (root / "feature_repo" / "data" / "online.db").stat().st_size / entities
+        )
         rng = random.Random(3)
         reads_of: dict[str, Callable[[Any], object]] = {
             "profiles_1": lambda s: fs.member_profiles(s, rng.sample(member_ids, 1)),
