@@ -54,7 +54,7 @@ class Sinks:
     """Every sink of the streaming job for one worker (slot logs are opened for writing: one
     writer process per slot, enforced by the log's lock)."""
 
-    def __init__(self, ws: Workspace, broker: Broker, feast_config: str) -> None:
+    def __init__(self, ws: Workspace, broker: Broker, feast_config: str | None) -> None:
         self.ws, self.broker = ws, broker
         self.applied = Applied(broker.client)
         self._feast_config = feast_config

@@ -58,7 +58,8 @@ class StreamOptions:
     poll_interval_s: float = 0.25  # one poll per impulse; at most one micro-batch per interval
     max_events: int = 512  # entries per poll: one element, one forward pass per model
     claim_idle_ms: int = 30_000  # entries pending this long are claimed again (a failed poll)
-    feast_config: str = "feature_store.yaml"
+    # None: the store the workspace was published to (EBR_FEAST_CONFIG, else its record)
+    feast_config: str | None = None
     source: str = "redis"  # or kafka / pubsub (pipelines.streaming.sources); Redis keeps the state
     source_config: str = ""  # JSON: what the kafka or pubsub source reads
     max_deliveries: int = 5  # retry budget: a failing entry delivered this often is dead-lettered
