@@ -422,3 +422,32 @@ def test_damage_after_a_tailing_replay_is_reported_as_a_full_replay_does(
     assert tailed.problems == whole.problems and tailed.problems
     assert [r.lsn for r in got] == [r.lsn for r in full if r.lsn > N_FRAMES]
     assert (tailed.last_lsn, tailed.end) == (whole.last_lsn, whole.end)
+
+
+def test_a_replica_finds_damage_to_frames_it_applied_and_its_repair(
+    slot_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only replica tails the log, and reads it whole every LOG_VERIFY_S: damage to a
+    frame it applied long ago (a disk fault) shows in its stats, and clears once repaired."""
+    from ebr.index.live import slot as slot_module
+
+    with open_live(slot_path) as live:
+        for j in range(1000, 1006):
+            live.delete([j])
+    replica = open_live(slot_path, writable=False)
+    seg = sorted(wal.log_dir_for(slot_path).glob("*.wal"))[-1]
+    data = seg.read_bytes()
+    second = frames_of(data)[1]
+    damaged = bytearray(data)
+    damaged[second[1] + 18] ^= 0xFF
+    seg.write_bytes(bytes(damaged))
+    monkeypatch.setattr(slot_module, "LOG_VERIFY_S", 3600.0)
+    assert replica.refresh() == 0 and replica.stats()["log_problems"] == []  # tailing only
+    monkeypatch.setattr(slot_module, "LOG_VERIFY_S", 0.0)
+    assert replica.refresh() == 0
+    problems = replica.stats()["log_problems"]
+    assert len(problems) == 1 and "lost (lsn 2)" in problems[0]
+    assert tombstoned(replica) == set(range(1000, 1006))  # what it applied stays applied
+    seg.write_bytes(data)  # repaired
+    replica.refresh()
+    assert replica.stats()["log_problems"] == []

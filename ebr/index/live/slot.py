@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from ebr.index.query.search import Delta, Hits, Scope, scope
 from ebr.index.query.slot import Slot, load_slot
 from ebr.index.query.vectors import check_vectors
 
+LOG_VERIFY_S = 10.0  # a read-only replica re-reads its whole log this often (refresh)
 TABLES_MERGE = 1024  # delta item tables kept apart before they are merged into one
 MAX_SKIPPED_SHOWN = 20  # rejected log rows kept (with reasons) for stats(); all are counted
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class LiveSlot:
         self._writer: LogWriter | None = None
         self._replayed: ReplayInfo | None = None
         self._tail: ReplayInfo | None = None  # where the last replay of the log ended
+        self._verified = time.monotonic()  # when the whole log was last read (open, refresh)
         self._sealed: str | None = None  # set by seal_into: the slot that now takes the writes
         self._attrs: AttributeTable | None = None  # built by the first filtered query
         self._skipped: list[str] = []  # first rejected log rows: "lsn 7 row 2 (...): lat: ..."
@@ -287,9 +290,14 @@ class LiveSlot:
         """
         applied: list[Record] = []
         with self._lock:
+            # Only what was appended since the last replay, but the whole log again every
+            # LOG_VERIFY_S: damage to frames already applied (a disk fault) must show in
+            # health, and a repair clear it (a replay that found damage is never tailed).
+            now = time.monotonic()
+            whole = now - self._verified >= LOG_VERIFY_S
             info = replay(self.log_dir, applied.append, self._view.lsn, self._log_problems,
-                          since=self._tail)  # fmt: skip
-            self._tail = info  # the next refresh reads only what is appended after it
+                          since=None if whole else self._tail)  # fmt: skip
+            self._tail, self._verified = info, now if whole else self._verified
             self._log_problems = info.problems  # logged once (``quiet``), reported until fixed
             for rec in applied:
                 self._apply(self._admit(rec), copy=True)

@@ -163,8 +163,10 @@ def replay(
                 problems.append(_resumed(damaged, lsn, rec_lsn, f"{name} byte {base + pos}"))
                 damaged, skipped = [], 0
             if rec_lsn > after_lsn:
-                where = f"{seg} byte {base + pos}"
-                apply(decode(memoryview(data)[pos + _FRAME.size : stop], where))
+                # Its own bytes: a table decoded from a view of ``data`` kept the whole read
+                # alive as long as the table lived (a live slot keeps its tables).
+                payload = memoryview(bytes(memoryview(data)[pos + _FRAME.size : stop]))
+                apply(decode(payload, f"{seg} byte {base + pos}"))
             lsn, count, pos = rec_lsn, count + 1, stop
         end, torn, mark = base + pos, len(data) - pos, (prior + data[:pos])[-MARK_BYTES:]
     if damaged:
