@@ -194,8 +194,18 @@ def embed_catalog_sharded(
         parts = staging / "parts"
         parts.mkdir()
         fn = _EmbedShard(str(paths.model), str(parts), batch_size, cfg.dim, repeated, interest)
-        with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
-            _ = pipeline | "Shards" >> beam.Create(todo) | "Embed" >> beam.ParDo(fn)
+        pipeline = beam.Pipeline(options=PipelineOptions(options))
+        _ = pipeline | "Shards" >> beam.Create(todo) | "Embed" >> beam.ParDo(fn)
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        finally:
+            # The DaskRunner's client stays this process's default dask client: every later
+            # dask compute here (Feast's file offline store materializes with dask) would go
+            # to that cluster, or fail once it is gone.
+            client = getattr(result, "client", None)
+            if client is not None:
+                client.close()
         for kind in TABLES:
             files = sorted(parts.glob(f"{kind}-*.parquet"))
             want = sum(s[0] == kind for s in todo)

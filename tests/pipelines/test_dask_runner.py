@@ -67,6 +67,10 @@ def test_dask_runner_writes_what_the_local_runner_writes(ws: Workspace) -> None:
         got_summary = embed_catalog_sharded(ws, "v1", 64, options, shard_rows=100)
         workers = len(cluster.scheduler_info["workers"])
     assert workers == 2 and got_summary["shards"] >= 6
+    from distributed import default_client
+
+    with pytest.raises(ValueError):  # the runner's client is closed, not left the default
+        default_client()
     got, got_dead = read(ws.embeddings / "v1")
     assert got_dead == want_dead
     for kind, key in (("jobs", "job_id"), ("members", "member_id")):
