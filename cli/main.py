@@ -69,8 +69,9 @@ def serve(
     the relevance page is at /."""
     from serving.app import main as serve_main
 
+    # Every option named: a typer function called directly gets no defaults resolved.
     serve_main(workspace=workspace, host=host, port=port, num_cpus=num_cpus, front="haproxy",
-               throughput_optimized=True, app_args=app_args)  # fmt: skip
+               throughput_optimized=True, app_args=app_args, ray_address="")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,3 +87,22 @@ def test_the_console_script_is_installed() -> None:
     assert script is not None, "pip install -e . installs the ebr console script"
     done = subprocess.run([script, "release", "list"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: Missing option '--workspace'")
+
+
+def test_ebr_serve_hands_every_option_to_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ebr serve`` calls ``serving.app.main`` directly, where typer resolves no defaults: a
+    server option the command does not pass arrives as typer's OptionInfo (``--ray-address``
+    once did, and every ``ebr serve`` refused to start). The server's options are all named."""
+    import inspect
+
+    import serving.app
+
+    options = set(inspect.signature(serving.app.main).parameters)
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(serving.app, "main", lambda **kw: seen.update(kw))
+    assert main(["serve", "--workspace", str(tmp_path), "--port", "8123"]) == 0
+    assert set(seen) == options
+    assert not [k for k, v in seen.items() if type(v).__module__.startswith("typer")]
+    assert seen["port"] == 8123 and seen["ray_address"] == ""
