@@ -11,8 +11,9 @@ if ! [[ "$PID" =~ ^[0-9]+$ ]] || ! kill -0 "$PID" 2>/dev/null; then
   echo "server $PID is not running"; rm -f "$PIDFILE"; exit 0
 fi
 # A recycled PID could belong to anything: only signal our own serving process.
-if ! tr '\0' ' ' <"/proc/$PID/cmdline" 2>/dev/null | grep -q "serving.app"; then
-  echo "PID $PID is not serving.app (stale $PIDFILE); not stopping it"; rm -f "$PIDFILE"; exit 0
+# (the demo starts it as `ebr serve`, which runs serving.app in the same process)
+if ! tr '\0' ' ' <"/proc/$PID/cmdline" 2>/dev/null | grep -qE "serving\.app|bin/ebr serve "; then
+  echo "PID $PID is not our server (stale $PIDFILE); not stopping it"; rm -f "$PIDFILE"; exit 0
 fi
 kill -TERM "$PID"
 for _ in $(seq 1 60); do
