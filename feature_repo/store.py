@@ -94,7 +94,9 @@ def _check_config_name(config_name: str | None, repo: Path | None = None) -> str
         or "feature_store.yaml"
     )
     if name not in CONFIG_NAMES:
-        where = "config_name" if config_name else CONFIG_ENV
+        where = (
+            "config_name" if config_name else CONFIG_ENV if os.environ.get(CONFIG_ENV) else recorded
+        )
         raise ValueError(f"{where} must be one of {CONFIG_NAMES}, got {name!r}")
     return name
 
