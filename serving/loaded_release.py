@@ -53,12 +53,14 @@ class LoadedRelease:
         self.encoder = ReleaseEncoder(ws, store, release)
         self.index = ReleaseIndex(release, verify, refresh_s)
         self.stage = RankStage(release, store)  # ranker, popularity; crowding defaults
+        ranker_columns = []
         if self.stage.ranker is not None:
             from ebr.rank.candidates import ITEM_COLUMNS, ItemColumns, slot_columns
 
             self.stage.warm(self.index.slot.job_ids, slot_columns(self.index.slot).company)
-            delta = self.index.live.view().delta  # the ranker's columns of streamed rows too
-            delta.warm(self.index.slot.items, (ITEM_COLUMNS, ItemColumns.of))
+            ranker_columns.append((ITEM_COLUMNS, ItemColumns.of))
+        # The streamed rows' derived columns (and the ranker's), before any request.
+        self.index.live.view().delta.warm(self.index.slot.items, *ranker_columns)
         self.speller = QuerySpeller(self.encoder, self.index)  # typo tolerance
         self.threads: dict[str, Any] = {}  # its process's thread pools (Loader: after the load)
 

@@ -38,7 +38,6 @@ class ReleaseIndex:
         self.release_id, self.version = release_id, release.version
         self.live: LiveSlot = open_live(slot_dir, verify=verify, writable=False)
         self.slot = self.live.snapshot
-        self.live.view().delta.warm(self.slot.items)  # the streamed rows, before any request
         if self.slot.model_version != self.version:
             raise ReleaseUnavailable(release_id, f"slot holds {self.slot.model_version} vectors")
         self.live.attributes()  # build the filter index now, not on the first filtered query

@@ -145,28 +145,33 @@ class Delta:
         each table's worked out once for the live slot (``table_cache``), not once per view
         (the whole delta's term counts made the first hybrid query on every view cost ~60 ms
         at 1,000 delta rows, ~230 ms at 5,000)."""
-        out = []
-        for table, frame in zip(self.tables, self._table_frames(like), strict=True):
-            hit = self.table_cache.get((key, id(table)))
-            if hit is None or hit[0] is not table:
-                hit = self.table_cache[(key, id(table))] = (table, make(frame))
-            out.append(hit[1])
-        return out
+        frames = self._table_frames(like)
+        return [self._cached(key, t, make, f) for t, f in zip(self.tables, frames, strict=True)]
 
     def _table_frames(self, like: pd.DataFrame) -> list[pd.DataFrame]:
         """Each table's rows in ``like``'s dtypes, converted once for the live slot; what was
-        kept for tables merged away (their rows live in a new table) is dropped."""
+        kept for tables merged away (their rows live in a new table) is dropped, once a view."""
+        self.once("pruned", self._prune)
+        dtypes = like.dtypes.to_dict()
+
+        def frame(table: pa.Table) -> pd.DataFrame:
+            return table.to_pandas().astype(dtypes)
+
+        return [self._cached("frame", t, frame, t) for t in self.tables]
+
+    def _cached(self, key: str, table: pa.Table, make: Callable[[Any], T], arg: Any) -> T:
+        """``make(arg)`` for ``table`` (as ``key``), kept in ``table_cache`` for the slot (a
+        table's id is only trusted with the table itself: ids are reused)."""
+        hit = self.table_cache.get((key, id(table)))
+        if hit is None or hit[0] is not table:
+            hit = self.table_cache[(key, id(table))] = (table, make(arg))
+        return hit[1]  # type: ignore[no-any-return]
+
+    def _prune(self) -> bool:
         current = {id(t) for t in self.tables}
         for stale in [c for c in list(self.table_cache) if c[1] not in current]:
             self.table_cache.pop(stale, None)
-        out = []
-        for table in self.tables:
-            hit = self.table_cache.get(("frame", id(table)))
-            if hit is None or hit[0] is not table:
-                frame = table.to_pandas().astype(like.dtypes.to_dict())
-                hit = self.table_cache[("frame", id(table))] = (table, frame)
-            out.append(hit[1])
-        return out
+        return True
 
     def places(self, like: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``Slot.places`` of the delta's positions (``item_places``): each table's once for

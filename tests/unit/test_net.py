@@ -1,4 +1,4 @@
-"""Loopback ports for the servers the platform starts (ebr.net, serving.front)."""
+"""Loopback ports for the servers the platform starts (ebr.net; serving.front claims blocks)."""
 
 
 def test_free_ports_stay_out_of_the_ephemeral_range_and_the_claimed_blocks() -> None:
