@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -25,21 +24,22 @@ import subprocess
 import time
 from pathlib import Path
 
+from ebr.net import free_port
+
 HANDLE = "cluster.json"
+BUS_OFFSET = 10_000  # a node's cluster bus listens this far above its port
 
 
 def _free_port(taken: list[int]) -> int:
-    """A loopback port at most 55,535 whose cluster bus port (10,000 higher) is free too:
-    redis-server refuses a higher one, and the kernel's ephemeral ports reach 60,999."""
-    rng = random.Random()
+    """A loopback port (``ebr.net.free_port``: below 20,000, so at most 55,535 as
+    redis-server requires) whose cluster bus port, 10,000 higher, is free too."""
     for _ in range(1000):
-        port = rng.randrange(20_000, 55_535)
-        if port in taken or port + 10_000 in taken:
+        port = free_port()
+        if port in taken or port + BUS_OFFSET in taken:
             continue
         try:
-            for p in (port, port + 10_000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + BUS_OFFSET))
         except OSError:
             continue
         return port
